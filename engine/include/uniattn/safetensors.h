@@ -1,0 +1,86 @@
+// safetensors files, memory-mapped: an 8-byte little-endian header length, a JSON header mapping tensor
+// names to {dtype, shape, data_offsets}, then the raw little-endian data. Sharded checkpoints add
+// model.safetensors.index.json with a "weight_map" from tensor name to shard file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "uniattn/status.h"
+
+namespace uniattn {
+
+enum class DType { kF32, kF16, kBF16 };
+const char* DTypeName(DType dtype);  // safetensors spelling: F32, F16, BF16
+int DTypeBytes(DType dtype);
+StatusOr<DType> ParseDType(const std::string& name);
+
+float HalfToFloat(uint16_t h);
+uint16_t FloatToHalf(float f);  // round to nearest even
+float BF16ToFloat(uint16_t b);
+uint16_t FloatToBF16(float f);  // round to nearest even
+
+// A view of one tensor inside a mapped file.
+struct TensorView {
+    std::string name;
+    std::string file;  // the file it lives in, for messages
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;
+    size_t nbytes = 0;
+
+    int64_t numel() const;
+    std::string ShapeString() const;
+    // Converts to fp32 into out[numel()].
+    void ToFloat(float* out) const;
+};
+
+// One mapped file. Movable, not copyable; unmaps on destruction.
+class SafetensorsFile {
+public:
+    static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+    ~SafetensorsFile();
+    SafetensorsFile(const SafetensorsFile&) = delete;
+    SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+    const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+    const std::string& path() const { return path_; }
+
+private:
+    SafetensorsFile() = default;
+    std::string path_;
+    void* map_ = nullptr;
+    size_t map_size_ = 0;
+    std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model directory: model.safetensors, or the shards listed by
+// model.safetensors.index.json.
+class TensorSet {
+public:
+    static StatusOr<TensorSet> OpenDir(const std::string& dir);
+    // nullptr when absent.
+    const TensorView* Find(const std::string& name) const;
+    std::vector<std::string> Names() const;
+
+private:
+    std::vector<std::shared_ptr<SafetensorsFile>> files_;
+    std::map<std::string, const TensorView*> index_;
+};
+
+// A tensor to write: fp32 data converted to `dtype` on write.
+struct TensorToWrite {
+    std::string name;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+    const float* data = nullptr;
+};
+
+// Writes one safetensors file (tensors sorted by name, as the reference writer does).
+Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace uniattn

@@ -1,0 +1,45 @@
+// The paged KV cache's memory: one K plane per anchor/normal layer, one V plane per layer, each
+//   [num_blocks, block_size, num_kv_heads, head_dim]
+// Reuse layers own no K plane (spec §3), so a block costs block_size · KvBytesPerToken(), and the same
+// byte budget holds more blocks for a UniAttn model. Which sequence owns which block is the block
+// manager's business (kv/block_manager.h); this class never interprets ownership.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "uniattn/model_config.h"
+
+namespace uniattn {
+
+class KvCache {
+public:
+    // Allocates num_blocks blocks on the backend.
+    static StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, const ModelConfig& config, int block_size,
+                                                     int64_t num_blocks);
+    // How many blocks fit in `bytes` for this model's layout.
+    static int64_t BlocksForBytes(const ModelConfig& config, DType dtype, int block_size, int64_t bytes);
+
+    int block_size() const { return block_size_; }
+    int64_t num_blocks() const { return num_blocks_; }
+    int64_t bytes_per_block() const { return bytes_per_block_; }
+    int64_t total_bytes() const { return bytes_per_block_ * num_blocks_; }
+    DType dtype() const { return dtype_; }
+
+    bool HasK(int layer) const { return k_planes_[layer].base != nullptr; }
+    const KvPlane& K(int layer) const { return k_planes_[layer]; }  // precondition: HasK(layer)
+    const KvPlane& V(int layer) const { return v_planes_[layer]; }
+
+private:
+    KvCache() = default;
+    int block_size_ = 0;
+    int64_t num_blocks_ = 0;
+    int64_t bytes_per_block_ = 0;
+    DType dtype_ = DType::kF32;
+    std::vector<std::unique_ptr<DeviceBuffer>> buffers_;
+    std::vector<KvPlane> k_planes_;  // base == nullptr for reuse layers
+    std::vector<KvPlane> v_planes_;
+};
+
+}  // namespace uniattn

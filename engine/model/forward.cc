@@ -1,0 +1,176 @@
+#include "model/forward.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace uniattn {
+
+void ForwardInput::AddSequence(const std::vector<int32_t>& chunk, int start, const std::vector<int32_t>& blocks,
+                               int block_size, bool want_last_logits) {
+    if (query_start.empty()) query_start.push_back(0);
+    for (size_t i = 0; i < chunk.size(); ++i) {
+        const int pos = start + static_cast<int>(i);
+        tokens.push_back(chunk[i]);
+        positions.push_back(pos);
+        slot_mapping.push_back(static_cast<int64_t>(blocks[pos / block_size]) * block_size + pos % block_size);
+    }
+    query_start.push_back(static_cast<int32_t>(tokens.size()));
+    context_len.push_back(start + static_cast<int>(chunk.size()));
+    pending_tables_.push_back(blocks);
+    if (want_last_logits && !chunk.empty()) logits_rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
+}
+
+void ForwardInput::Finish() {
+    max_blocks_per_seq = 1;
+    for (const auto& t : pending_tables_) max_blocks_per_seq = std::max<int>(max_blocks_per_seq, t.size());
+    block_tables.assign(static_cast<size_t>(max_blocks_per_seq) * pending_tables_.size(), 0);
+    for (size_t s = 0; s < pending_tables_.size(); ++s) {
+        std::copy(pending_tables_[s].begin(), pending_tables_[s].end(), block_tables.begin() + s * max_blocks_per_seq);
+    }
+    pending_tables_.clear();
+}
+
+namespace {
+enum Scratch : size_t { kX, kXn, kQkv, kAttn, kMlp, kGateUp, kLogitIn, kProbs, kNumScratch };
+}
+
+Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t meta_bytes) {
+    const ModelConfig& c = model_->config;
+    const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+    const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+    const int64_t probs = c.num_reuse_layers() > 0 ? static_cast<int64_t>(num_tokens) * c.num_heads * max_ctx : 1;
+    if (num_tokens > cap_tokens_ || num_logits > cap_logits_ || probs > cap_probs_ || scratch_.empty()) {
+        cap_tokens_ = std::max(num_tokens, cap_tokens_);
+        cap_logits_ = std::max(num_logits, cap_logits_);
+        cap_probs_ = std::max(probs, cap_probs_);
+        const int64_t T = cap_tokens_;
+        const int64_t widths[kNumScratch] = {
+            T * c.hidden_size,
+            T * c.hidden_size,
+            T * std::max(q_dim + 2 * kv_dim, kv_dim + q_dim),
+            T * q_dim,
+            T * c.intermediate_size,
+            T * 2 * static_cast<int64_t>(c.intermediate_size),
+            static_cast<int64_t>(cap_logits_) * c.hidden_size,
+            cap_probs_,
+        };
+        scratch_.clear();
+        for (int64_t n : widths) {
+            UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> b, backend_->Alloc(sizeof(float) * std::max<int64_t>(n, 1)));
+            scratch_.push_back(std::move(b));
+        }
+    }
+    if (meta_bytes > cap_meta_) {
+        UA_ASSIGN_OR_RETURN(meta_, backend_->Alloc(meta_bytes));
+        cap_meta_ = meta_bytes;
+    }
+    return Status::Ok();
+}
+
+Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_logits) {
+    const ModelConfig& c = model_->config;
+    const ModelWeights& w = model_->weights;
+    const int T = in.num_tokens();
+    const int S = in.num_seqs();
+    if (T == 0) return Status::Ok();
+    UA_CHECK_EQ(static_cast<int>(in.positions.size()), T);
+    UA_CHECK_EQ(static_cast<int>(in.slot_mapping.size()), T);
+    UA_CHECK_EQ(static_cast<int>(in.query_start.size()), S + 1);
+    int max_ctx = 0;
+    for (int32_t n : in.context_len) max_ctx = std::max(max_ctx, n);
+    const int num_logits = static_cast<int>(in.logits_rows.size());
+
+    // Step metadata travels to the device in one buffer.
+    const size_t meta_bytes = sizeof(int32_t) * (2 * T + S + 1 + S + in.block_tables.size()) + sizeof(int64_t) * T + 64;
+    UA_RETURN_IF_ERROR(Reserve(T, num_logits, max_ctx, meta_bytes));
+    std::vector<char> host_meta(meta_bytes);
+    size_t off = 0;
+    auto pack = [&](const void* src, size_t bytes) {
+        off = (off + 7) / 8 * 8;
+        std::memcpy(host_meta.data() + off, src, bytes);
+        const size_t at = off;
+        off += bytes;
+        return at;
+    };
+    const size_t o_slots = pack(in.slot_mapping.data(), sizeof(int64_t) * T);
+    const size_t o_tokens = pack(in.tokens.data(), sizeof(int32_t) * T);
+    const size_t o_pos = pack(in.positions.data(), sizeof(int32_t) * T);
+    const size_t o_qs = pack(in.query_start.data(), sizeof(int32_t) * (S + 1));
+    const size_t o_ctx = pack(in.context_len.data(), sizeof(int32_t) * S);
+    const size_t o_bt = pack(in.block_tables.data(), sizeof(int32_t) * in.block_tables.size());
+    backend_->CopyToDevice(meta_->data(), host_meta.data(), off);
+    char* dev = static_cast<char*>(meta_->data());
+
+    AttentionBatch batch;
+    batch.num_seqs = S;
+    batch.num_tokens = T;
+    batch.query_start = reinterpret_cast<const int32_t*>(dev + o_qs);
+    batch.context_len = reinterpret_cast<const int32_t*>(dev + o_ctx);
+    batch.block_tables = reinterpret_cast<const int32_t*>(dev + o_bt);
+    batch.max_blocks_per_seq = in.max_blocks_per_seq;
+    batch.positions = reinterpret_cast<const int32_t*>(dev + o_pos);
+    batch.slot_mapping = reinterpret_cast<const int64_t*>(dev + o_slots);
+    batch.max_context_len = max_ctx;
+
+    const int64_t d = c.hidden_size, hd = c.head_dim;
+    const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, ff = c.intermediate_size;
+    const Tensor x = MakeTensor(Scratch(kX), DType::kF32, T, d);
+    const Tensor xn = MakeTensor(Scratch(kXn), DType::kF32, T, d);
+    const Tensor attn = MakeTensor(Scratch(kAttn), DType::kF32, T, q_dim);
+    const Tensor mlp = MakeTensor(Scratch(kMlp), DType::kF32, T, ff);
+    const Tensor gate_up = MakeTensor(Scratch(kGateUp), DType::kF32, T, 2 * ff);
+    float* probs = Scratch(kProbs);
+    const auto eps = static_cast<float>(c.rms_norm_eps);
+
+    backend_->Embedding(reinterpret_cast<const int32_t*>(dev + o_tokens), T, w.embed, x);
+    for (int l = 0; l < c.num_layers; ++l) {
+        const LayerWeights& lw = w.layers[l];
+        backend_->RmsNorm(x, lw.attn_norm, eps, xn);
+        switch (c.layer_kinds[l]) {
+            case LayerKind::kNormal:
+            case LayerKind::kAnchor: {
+                const Tensor qkv = MakeTensor(Scratch(kQkv), DType::kF32, T, q_dim + 2 * kv_dim);
+                backend_->MatMul(xn, lw.w_qkv, qkv, false);
+                const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim), v = qkv.Cols(q_dim + kv_dim, kv_dim);
+                backend_->Rope(q, c.num_heads, c.head_dim, batch.positions, c.rope_theta);
+                backend_->Rope(k, c.num_kv_heads, c.head_dim, batch.positions, c.rope_theta);
+                backend_->WriteKv(k, kv.K(l), batch.slot_mapping);
+                backend_->WriteKv(v, kv.V(l), batch.slot_mapping);
+                const bool anchor = c.layer_kinds[l] == LayerKind::kAnchor;
+                backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, anchor ? probs : nullptr);
+                backend_->MatMul(attn, lw.w_o, x, true);
+                break;
+            }
+            case LayerKind::kReuse: {
+                // [v | c] = x̃ · [Wv; Wc]^T; this layer's V is cached before P_A · V so the current token's
+                // own value is included; h1 = x + Wo·a + c.
+                const Tensor vc = MakeTensor(Scratch(kQkv), DType::kF32, T, kv_dim + q_dim);
+                backend_->MatMul(xn, lw.w_vc, vc, false);
+                backend_->WriteKv(vc.Cols(0, kv_dim), kv.V(l), batch.slot_mapping);
+                backend_->ReuseAttention(probs, kv.V(l), batch, c.num_heads, attn);
+                backend_->Add(x, vc.Cols(kv_dim, q_dim));
+                backend_->MatMul(attn, lw.w_o, x, true);
+                break;
+            }
+        }
+        backend_->RmsNorm(x, lw.ffn_norm, eps, xn);
+        backend_->MatMul(xn, lw.w_gate_up, gate_up, false);
+        backend_->SiluMul(gate_up, mlp);
+        backend_->MatMul(mlp, lw.w_down, x, true);
+    }
+    if (num_logits == 0) return Status::Ok();
+    const Tensor sel = MakeTensor(Scratch(kLogitIn), DType::kF32, num_logits, d);
+    const Tensor sel_norm = MakeTensor(Scratch(kXn), DType::kF32, num_logits, d);
+    backend_->GatherRows(x, in.logits_rows.data(), num_logits, sel);
+    backend_->RmsNorm(sel, w.final_norm, eps, sel_norm);
+    const int64_t logits_elems = static_cast<int64_t>(num_logits) * c.vocab_size;
+    if (!logits_ || logits_->bytes() < sizeof(float) * logits_elems) {
+        UA_ASSIGN_OR_RETURN(logits_, backend_->Alloc(sizeof(float) * logits_elems));
+    }
+    const Tensor logits = MakeTensor(logits_->data(), DType::kF32, num_logits, c.vocab_size);
+    backend_->MatMul(sel_norm, w.lm_head, logits, false);
+    backend_->CopyToHost(host_logits, logits.data, sizeof(float) * logits_elems);
+    return Status::Ok();
+}
+
+}  // namespace uniattn

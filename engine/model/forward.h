@@ -1,0 +1,60 @@
+// One forward pass over a batch of sequences, against the backend interface. Written once for every
+// backend; the UniAttn layer kinds are handled here (spec §2, §4 method 2: the anchor hands its
+// probabilities P to the reuse layers of its superblock).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+
+namespace uniattn {
+
+// Host-side description of one step. Sequence s contributes tokens [query_start[s], query_start[s+1])
+// at consecutive positions ending at context_len[s] - 1; their K/V land at slot_mapping.
+struct ForwardInput {
+    std::vector<int32_t> tokens;        // [T]
+    std::vector<int32_t> positions;     // [T]
+    std::vector<int64_t> slot_mapping;  // [T]
+    std::vector<int32_t> query_start;   // [S + 1]
+    std::vector<int32_t> context_len;   // [S]
+    std::vector<int32_t> block_tables;  // [S, max_blocks_per_seq], row-major
+    int max_blocks_per_seq = 0;
+    std::vector<int32_t> logits_rows;   // tokens whose next-token logits are wanted
+
+    int num_seqs() const { return static_cast<int>(context_len.size()); }
+    int num_tokens() const { return static_cast<int>(tokens.size()); }
+    // Appends one sequence's chunk: `chunk` tokens starting at position `start`, cached through `blocks`.
+    void AddSequence(const std::vector<int32_t>& chunk, int start, const std::vector<int32_t>& blocks, int block_size,
+                     bool want_last_logits);
+    // Pads block table rows to a common width; call after the last AddSequence.
+    void Finish();
+
+private:
+    std::vector<std::vector<int32_t>> pending_tables_;
+};
+
+class ModelRunner {
+public:
+    ModelRunner(const Model* model, Backend* backend) : model_(model), backend_(backend) {}
+
+    // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory).
+    Status Forward(const ForwardInput& in, KvCache& kv, float* host_logits);
+
+private:
+    Status Reserve(int num_tokens, int num_logits, int max_ctx, size_t meta_bytes);
+    float* Scratch(size_t index) { return static_cast<float*>(scratch_[index]->data()); }
+
+    const Model* model_;
+    Backend* backend_;
+    std::vector<std::unique_ptr<DeviceBuffer>> scratch_;
+    std::unique_ptr<DeviceBuffer> meta_;
+    std::unique_ptr<DeviceBuffer> logits_;
+    int cap_tokens_ = 0, cap_logits_ = 0;
+    int64_t cap_probs_ = 0;
+    size_t cap_meta_ = 0;
+};
+
+}  // namespace uniattn

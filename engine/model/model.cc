@@ -1,0 +1,34 @@
+#include "model/model.h"
+
+#include "util/file.h"
+
+namespace uniattn {
+
+StatusOr<ModelConfig> Model::LoadConfig(const std::string& dir) {
+    if (!IsDirectory(dir)) return NotFound(dir + ": model directory does not exist");
+    const std::string path = dir + "/config.json";
+    UA_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    return ModelConfig::FromJson(text, path);
+}
+
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* backend, bool load_tokenizer) {
+    auto model = std::make_unique<Model>();
+    model->dir = dir;
+    UA_ASSIGN_OR_RETURN(model->config, LoadConfig(dir));
+    UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
+    auto weights = LoadWeights(tensors, model->config, backend);
+    if (!weights.ok()) {
+        return Status(weights.status().code(), dir + ": " + weights.status().message());
+    }
+    model->weights = std::move(weights).value();
+    if (load_tokenizer) {
+        UA_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(dir, model->config));
+        if (model->tokenizer->vocab_size() > model->config.vocab_size) {
+            return InvalidArgument(dir + "/tokenizer.model: " + std::to_string(model->tokenizer->vocab_size()) +
+                                   " pieces but config.json vocab_size is " + std::to_string(model->config.vocab_size));
+        }
+    }
+    return model;
+}
+
+}  // namespace uniattn

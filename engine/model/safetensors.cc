@@ -1,0 +1,350 @@
+#include "uniattn/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include "uniattn/json.h"
+#include "util/file.h"
+
+namespace uniattn {
+
+const char* DTypeName(DType dtype) {
+    switch (dtype) {
+        case DType::kF32:
+            return "F32";
+        case DType::kF16:
+            return "F16";
+        case DType::kBF16:
+            return "BF16";
+    }
+    return "?";
+}
+
+int DTypeBytes(DType dtype) {
+    switch (dtype) {
+        case DType::kF32:
+            return 4;
+        case DType::kF16:
+        case DType::kBF16:
+            return 2;
+    }
+    return 0;
+}
+
+StatusOr<DType> ParseDType(const std::string& name) {
+    if (name == "F32") return DType::kF32;
+    if (name == "F16") return DType::kF16;
+    if (name == "BF16") return DType::kBF16;
+    return Unimplemented("unsupported dtype \"" + name + "\" (supported: F32, F16, BF16)");
+}
+
+float HalfToFloat(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F;
+    uint32_t mant = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else {  // subnormal: normalise
+            exp = 127 - 15 + 1;
+            while ((mant & 0x400) == 0) {
+                mant <<= 1;
+                --exp;
+            }
+            mant &= 0x3FF;
+            bits = sign | (exp << 23) | (mant << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t FloatToHalf(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+    const uint32_t absx = x & 0x7FFFFFFF;
+    if (absx >= 0x7F800000) return sign | (absx > 0x7F800000 ? 0x7E00 : 0x7C00);  // NaN / Inf
+    if (absx >= 0x477FF000) return sign | 0x7C00;                                  // overflow to Inf
+    if (absx < 0x38800000) {                                                       // subnormal or zero
+        if (absx < 0x33000000) return sign;
+        const uint32_t e = absx >> 23;
+        const uint32_t m = (absx & 0x7FFFFF) | 0x800000;
+        const uint32_t shift = 126 - e;  // 14 + (113 - e) - 1 ... shifts m into a 10-bit subnormal
+        uint32_t half_m = m >> (shift - 0);
+        const uint32_t rem = m & ((1u << shift) - 1);
+        const uint32_t halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (half_m & 1))) ++half_m;
+        return sign | static_cast<uint16_t>(half_m);
+    }
+    uint32_t bits = absx - 0x38000000;  // rebias exponent 127 -> 15
+    const uint32_t rem = bits & 0x1FFF;
+    bits >>= 13;
+    if (rem > 0x1000 || (rem == 0x1000 && (bits & 1))) ++bits;
+    return sign | static_cast<uint16_t>(bits);
+}
+
+float BF16ToFloat(uint16_t b) {
+    const uint32_t bits = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t FloatToBF16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFF) > 0x7F800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet NaN
+    const uint32_t rounding = 0x7FFF + ((x >> 16) & 1);
+    return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+int64_t TensorView::numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+}
+
+std::string TensorView::ShapeString() const {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+void TensorView::ToFloat(float* out) const {
+    const int64_t n = numel();
+    switch (dtype) {
+        case DType::kF32:
+            std::memcpy(out, data, static_cast<size_t>(n) * 4);
+            break;
+        case DType::kF16:
+            for (int64_t i = 0; i < n; ++i) {
+                uint16_t h;
+                std::memcpy(&h, data + 2 * i, 2);
+                out[i] = HalfToFloat(h);
+            }
+            break;
+        case DType::kBF16:
+            for (int64_t i = 0; i < n; ++i) {
+                uint16_t h;
+                std::memcpy(&h, data + 2 * i, 2);
+                out[i] = BF16ToFloat(h);
+            }
+            break;
+    }
+}
+
+StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        ::close(fd);
+        return DataLoss(path + ": cannot stat");
+    }
+    const size_t size = static_cast<size_t>(st.st_size);
+    if (size < 8) {
+        ::close(fd);
+        return DataLoss(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header)");
+    }
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (map == MAP_FAILED) return DataLoss(path + ": mmap failed: " + std::strerror(errno));
+
+    std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+    file->path_ = path;
+    file->map_ = map;
+    file->map_size_ = size;
+    const auto* bytes = static_cast<const uint8_t*>(map);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
+    if (header_len > size - 8 || header_len > (100u << 20)) {
+        return DataLoss(path + ": truncated or corrupt safetensors file: header length " + std::to_string(header_len) +
+                        " exceeds file size " + std::to_string(size));
+    }
+    std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_len);
+    UA_ASSIGN_OR_RETURN(Json root, ParseJson(header, path + " (safetensors header)"));
+    if (!root.is_object()) return DataLoss(path + ": safetensors header is not a JSON object");
+    const uint8_t* data_start = bytes + 8 + header_len;
+    const size_t data_size = size - 8 - header_len;
+    for (const auto& [name, entry] : root.members()) {
+        if (name == "__metadata__") continue;
+        const std::string where = path + ": tensor \"" + name + "\"";
+        if (!entry.is_object()) return DataLoss(where + ": header entry is not an object");
+        const Json* dt = entry.Find("dtype");
+        const Json* shape = entry.Find("shape");
+        const Json* offs = entry.Find("data_offsets");
+        if (!dt || !dt->is_string() || !shape || !shape->is_array() || !offs || !offs->is_array() ||
+            offs->array().size() != 2) {
+            return DataLoss(where + ": header entry needs dtype, shape and data_offsets[2]");
+        }
+        TensorView v;
+        v.name = name;
+        v.file = path;
+        auto dtype = ParseDType(dt->string_value());
+        if (!dtype.ok()) return Status(dtype.status().code(), where + ": " + dtype.status().message());
+        v.dtype = *dtype;
+        int64_t numel = 1;
+        for (const Json& d : shape->array()) {
+            if (!d.is_integer() || d.int_value() < 0) return DataLoss(where + ": bad shape");
+            v.shape.push_back(d.int_value());
+            if (d.int_value() > 0 && numel > (INT64_MAX / d.int_value())) return DataLoss(where + ": shape overflows");
+            numel *= d.int_value();
+        }
+        const Json& b = offs->array()[0];
+        const Json& e = offs->array()[1];
+        if (!b.is_integer() || !e.is_integer() || b.int_value() < 0 || e.int_value() < b.int_value()) {
+            return DataLoss(where + ": bad data_offsets");
+        }
+        const auto begin = static_cast<uint64_t>(b.int_value());
+        const auto end = static_cast<uint64_t>(e.int_value());
+        if (end > data_size) {
+            return DataLoss(where + ": data ends at byte " + std::to_string(end) + " but the file holds only " +
+                            std::to_string(data_size) + " data bytes (truncated file?)");
+        }
+        if (end - begin != static_cast<uint64_t>(numel) * DTypeBytes(v.dtype)) {
+            return DataLoss(where + ": " + std::to_string(end - begin) + " bytes do not match shape " +
+                            v.ShapeString() + " of " + DTypeName(v.dtype));
+        }
+        v.data = data_start + begin;
+        v.nbytes = end - begin;
+        file->tensors_.emplace(name, std::move(v));
+    }
+    return file;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+    if (map_ != nullptr) ::munmap(map_, map_size_);
+}
+
+StatusOr<TensorSet> TensorSet::OpenDir(const std::string& dir) {
+    TensorSet set;
+    const std::string index_path = dir + "/model.safetensors.index.json";
+    const std::string single_path = dir + "/model.safetensors";
+    std::vector<std::string> shard_files;
+    if (FileExists(index_path)) {
+        UA_ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+        UA_ASSIGN_OR_RETURN(Json idx, ParseJson(text, index_path));
+        const Json* wm = idx.Find("weight_map");
+        if (wm == nullptr || !wm->is_object()) return DataLoss(index_path + ": missing \"weight_map\" object");
+        std::set<std::string> seen;
+        for (const auto& [name, file] : wm->members()) {
+            if (!file.is_string()) return DataLoss(index_path + ": weight_map[\"" + name + "\"] is not a string");
+            const std::string& f = file.string_value();
+            if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
+                return DataLoss(index_path + ": shard name \"" + f + "\" must be a plain file name");
+            }
+            if (seen.insert(f).second) shard_files.push_back(dir + "/" + f);
+        }
+    } else if (FileExists(single_path)) {
+        shard_files.push_back(single_path);
+    } else {
+        return NotFound(dir + ": no model.safetensors or model.safetensors.index.json");
+    }
+    for (const std::string& path : shard_files) {
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+        set.files_.push_back(std::move(f));
+    }
+    for (const auto& f : set.files_) {
+        for (const auto& [name, view] : f->tensors()) {
+            if (!set.index_.emplace(name, &view).second) {
+                return DataLoss(f->path() + ": tensor \"" + name + "\" appears in more than one shard");
+            }
+        }
+    }
+    return set;
+}
+
+const TensorView* TensorSet::Find(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : it->second;
+}
+
+std::vector<std::string> TensorSet::Names() const {
+    std::vector<std::string> names;
+    names.reserve(index_.size());
+    for (const auto& [name, view] : index_) names.push_back(name);
+    return names;
+}
+
+Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+    std::vector<const TensorToWrite*> sorted;
+    sorted.reserve(tensors.size());
+    for (const auto& t : tensors) sorted.push_back(&t);
+    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
+
+    Json header = Json::Object();
+    if (!metadata.empty()) {
+        Json meta = Json::Object();
+        for (const auto& [k, v] : metadata) meta.Set(k, Json::String(v));
+        header.Set("__metadata__", std::move(meta));
+    }
+    uint64_t offset = 0;
+    for (const auto* t : sorted) {
+        int64_t n = 1;
+        Json shape = Json::Array();
+        for (int64_t d : t->shape) {
+            shape.Push(Json::Int(d));
+            n *= d;
+        }
+        const uint64_t nbytes = static_cast<uint64_t>(n) * DTypeBytes(t->dtype);
+        Json entry = Json::Object();
+        entry.Set("dtype", Json::String(DTypeName(t->dtype)));
+        entry.Set("shape", std::move(shape));
+        Json offs = Json::Array();
+        offs.Push(Json::Int(static_cast<int64_t>(offset)));
+        offs.Push(Json::Int(static_cast<int64_t>(offset + nbytes)));
+        entry.Set("data_offsets", std::move(offs));
+        header.Set(t->name, std::move(entry));
+        offset += nbytes;
+    }
+    std::string h = header.Dump();
+    while ((h.size() + 8) % 8 != 0) h.push_back(' ');  // align data to 8 bytes
+
+    const std::string tmp = path + ".tmp";
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return NotFound(tmp + ": cannot open for writing");
+    uint64_t len = h.size();
+    char len_bytes[8];
+    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xFF);
+    out.write(len_bytes, 8);
+    out.write(h.data(), static_cast<std::streamsize>(h.size()));
+    std::vector<uint16_t> half;
+    for (const auto* t : sorted) {
+        int64_t n = 1;
+        for (int64_t d : t->shape) n *= d;
+        switch (t->dtype) {
+            case DType::kF32:
+                out.write(reinterpret_cast<const char*>(t->data), static_cast<std::streamsize>(n * 4));
+                break;
+            case DType::kF16:
+            case DType::kBF16:
+                half.resize(static_cast<size_t>(n));
+                for (int64_t i = 0; i < n; ++i) {
+                    half[i] = t->dtype == DType::kF16 ? FloatToHalf(t->data[i]) : FloatToBF16(t->data[i]);
+                }
+                out.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(n * 2));
+                break;
+        }
+    }
+    out.close();
+    if (!out) return DataLoss(tmp + ": write failed");
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) return DataLoss(path + ": rename failed");
+    return Status::Ok();
+}
+
+}  // namespace uniattn

@@ -1,0 +1,119 @@
+#include "uniattn/tokenizer.h"
+
+#include "uniattn/json.h"
+#include "util/file.h"
+
+#ifdef UNIATTN_HAVE_SENTENCEPIECE
+#include <sentencepiece_processor.h>
+#endif
+
+namespace uniattn {
+
+namespace {
+
+// The replacement character U+FFFD: SentencePiece emits it for byte-fallback pieces that do not yet
+// form a complete UTF-8 character.
+constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+
+bool EndsWith(const std::string& s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+#ifdef UNIATTN_HAVE_SENTENCEPIECE
+class SentencePieceTokenizer final : public Tokenizer {
+public:
+    Status Init(const std::string& dir, const ModelConfig& config) {
+        const std::string path = dir + "/tokenizer.model";
+        if (!FileExists(path)) return NotFound(path + ": tokenizer file not found");
+        auto st = sp_.Load(path);
+        if (!st.ok()) return DataLoss(path + ": cannot load SentencePiece model: " + st.ToString());
+        bos_id_ = sp_.bos_id() >= 0 ? sp_.bos_id() : config.bos_token_id;
+        eos_id_ = sp_.eos_id() >= 0 ? sp_.eos_id() : config.eos_token_id;
+        const std::string cfg_path = dir + "/tokenizer_config.json";
+        if (FileExists(cfg_path)) {
+            UA_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
+            UA_ASSIGN_OR_RETURN(Json cfg, ParseJson(text, cfg_path));
+            if (const Json* b = cfg.Find("add_bos_token"); b && b->is_bool()) add_bos_ = b->bool_value();
+        }
+        return Status::Ok();
+    }
+
+    std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
+        std::vector<int> ids;
+        (void)sp_.Encode(text, &ids);
+        std::vector<int32_t> out;
+        out.reserve(ids.size() + 1);
+        if (add_bos) out.push_back(bos_id_);
+        out.insert(out.end(), ids.begin(), ids.end());
+        return out;
+    }
+
+    std::string Decode(const std::vector<int32_t>& ids) const override {
+        std::vector<int> v;
+        v.reserve(ids.size());
+        for (int32_t id : ids) {
+            if (id >= 0 && id < sp_.GetPieceSize()) v.push_back(id);
+        }
+        std::string out;
+        (void)sp_.Decode(v, &out);
+        return out;
+    }
+
+    std::string IdToPiece(int32_t id) const override {
+        return id >= 0 && id < sp_.GetPieceSize() ? sp_.IdToPiece(id) : std::string();
+    }
+    int vocab_size() const override { return sp_.GetPieceSize(); }
+
+private:
+    sentencepiece::SentencePieceProcessor sp_;
+};
+#endif
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir, const ModelConfig& config) {
+#ifdef UNIATTN_HAVE_SENTENCEPIECE
+    auto tok = std::make_unique<SentencePieceTokenizer>();
+    UA_RETURN_IF_ERROR(tok->Init(dir, config));
+    return std::unique_ptr<Tokenizer>(std::move(tok));
+#else
+    (void)config;
+    return Unimplemented(dir + "/tokenizer.model: this build has no SentencePiece (install libsentencepiece-dev)");
+#endif
+}
+
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer, const std::vector<int32_t>& context)
+    : tok_(tokenizer), ids_(context) {
+    // A few tokens of context keep SentencePiece's leading-space handling identical in both decodes.
+    read_offset_ = ids_.size();
+    prefix_offset_ = ids_.size() > 5 ? ids_.size() - 5 : 0;
+}
+
+std::string IncrementalDetokenizer::Push(int32_t id) {
+    ids_.push_back(id);
+    const std::vector<int32_t> prefix(ids_.begin() + prefix_offset_, ids_.begin() + read_offset_);
+    const std::vector<int32_t> full(ids_.begin() + prefix_offset_, ids_.end());
+    const std::string prefix_text = tok_->Decode(prefix);
+    const std::string full_text = tok_->Decode(full);
+    if (full_text.size() > prefix_text.size() && !EndsWith(full_text, kReplacement) &&
+        full_text.compare(0, prefix_text.size(), prefix_text) == 0) {
+        prefix_offset_ = read_offset_;
+        read_offset_ = ids_.size();
+        return full_text.substr(prefix_text.size());
+    }
+    return {};
+}
+
+std::string IncrementalDetokenizer::Flush() {
+    const std::vector<int32_t> prefix(ids_.begin() + prefix_offset_, ids_.begin() + read_offset_);
+    const std::vector<int32_t> full(ids_.begin() + prefix_offset_, ids_.end());
+    const std::string prefix_text = tok_->Decode(prefix);
+    const std::string full_text = tok_->Decode(full);
+    prefix_offset_ = read_offset_ = ids_.size();
+    if (full_text.size() > prefix_text.size() && full_text.compare(0, prefix_text.size(), prefix_text) == 0) {
+        return full_text.substr(prefix_text.size());
+    }
+    return {};
+}
+
+}  // namespace uniattn

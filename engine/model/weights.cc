@@ -1,0 +1,147 @@
+#include "model/weights.h"
+
+#include <set>
+#include <vector>
+
+namespace uniattn {
+
+std::string LayerTensorName(int layer, const std::string& suffix) {
+    return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+namespace {
+
+class Loader {
+public:
+    Loader(const TensorSet& tensors, Backend* backend, ModelWeights& w) : tensors_(tensors), backend_(backend), w_(w) {}
+
+    // Finds a tensor and checks its shape.
+    StatusOr<const TensorView*> Get(const std::string& name, std::vector<int64_t> shape) {
+        const TensorView* v = tensors_.Find(name);
+        if (v == nullptr) return NotFound("missing tensor \"" + name + "\"");
+        if (v->shape != shape) {
+            TensorView want;
+            want.shape = shape;
+            return InvalidArgument(v->file + ": tensor \"" + name + "\" has shape " + v->ShapeString() +
+                                   ", expected " + want.ShapeString());
+        }
+        return v;
+    }
+
+    // Stacks the given tensors along rows into one backend tensor [Σ rows, cols].
+    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts) {
+        const int64_t cols = parts[0]->shape.size() == 2 ? parts[0]->shape[1] : parts[0]->shape[0];
+        int64_t rows = 0;
+        for (const auto* p : parts) rows += p->shape.size() == 2 ? p->shape[0] : 1;
+        const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+        staging_.resize(static_cast<size_t>(rows * cols));
+        int64_t off = 0;
+        for (const auto* p : parts) {
+            p->ToFloat(staging_.data() + off);
+            off += p->numel();
+        }
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
+        backend_->CopyToDevice(buf->data(), staging_.data(), bytes);
+        Tensor t = MakeTensor(buf->data(), DType::kF32, rows, cols);
+        w_.bytes += static_cast<int64_t>(bytes);
+        w_.buffers.push_back(std::move(buf));
+        return t;
+    }
+
+private:
+    const TensorSet& tensors_;
+    Backend* backend_;
+    ModelWeights& w_;
+    std::vector<float> staging_;
+};
+
+}  // namespace
+
+StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& c, Backend* backend) {
+    if (backend->WeightDType() != DType::kF32) {
+        return Unimplemented("backend " + backend->Name() + " needs a weight dtype this loader does not produce yet");
+    }
+    // Spec §5: v2_proj tensors must match the reuse set exactly, and only with grouping keys.
+    std::set<int> v2_layers;
+    for (const std::string& name : tensors.Names()) {
+        const std::string prefix = "model.layers.";
+        const std::string suffix = ".v2_proj.weight";
+        if (name.rfind(prefix, 0) == 0 && name.size() > suffix.size() &&
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+            const std::string mid = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+            if (mid.find_first_not_of("0123456789") == std::string::npos && !mid.empty()) {
+                v2_layers.insert(std::stoi(mid));
+            } else {
+                return InvalidArgument("unexpected compensation tensor \"" + name + "\"");
+            }
+        }
+    }
+    std::set<int> reuse_layers;
+    for (int l = 0; l < c.num_layers; ++l) {
+        if (c.layer_kinds[l] == LayerKind::kReuse) reuse_layers.insert(l);
+    }
+    auto list = [](const std::set<int>& s) {
+        std::string out;
+        for (int l : s) out += (out.empty() ? "" : ",") + std::to_string(l);
+        return "{" + out + "}";
+    };
+    if (!v2_layers.empty() && !c.has_grouping) {
+        return InvalidArgument("checkpoint has v2_proj tensors for layers " + list(v2_layers) +
+                               " but config.json has no grouping_idx/grouping_begin_idx/grouping_end_idx keys");
+    }
+    if (c.has_grouping && !reuse_layers.empty() && v2_layers.empty()) {
+        return InvalidArgument("config.json has UniAttn grouping keys (reuse layers " + list(reuse_layers) +
+                               ") but the checkpoint has no v2_proj tensors");
+    }
+    if (v2_layers != reuse_layers) {
+        return InvalidArgument("v2_proj tensors exist for layers " + list(v2_layers) +
+                               " but the grouping keys make the reuse layers " + list(reuse_layers));
+    }
+
+    ModelWeights w;
+    Loader ld(tensors, backend, w);
+    const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+    const int64_t ff = c.intermediate_size, vocab = c.vocab_size;
+
+    UA_ASSIGN_OR_RETURN(const TensorView* embed, ld.Get("model.embed_tokens.weight", {vocab, d}));
+    UA_ASSIGN_OR_RETURN(w.embed, ld.Stack({embed}));
+    UA_ASSIGN_OR_RETURN(const TensorView* norm, ld.Get("model.norm.weight", {d}));
+    UA_ASSIGN_OR_RETURN(w.final_norm, ld.Stack({norm}));
+    if (c.tie_word_embeddings) {
+        w.lm_head = w.embed;
+    } else {
+        UA_ASSIGN_OR_RETURN(const TensorView* head, ld.Get("lm_head.weight", {vocab, d}));
+        UA_ASSIGN_OR_RETURN(w.lm_head, ld.Stack({head}));
+    }
+    w.layers.resize(c.num_layers);
+    for (int l = 0; l < c.num_layers; ++l) {
+        LayerWeights& lw = w.layers[l];
+        auto get = [&](const std::string& suffix, std::vector<int64_t> shape) {
+            return ld.Get(LayerTensorName(l, suffix), std::move(shape));
+        };
+        UA_ASSIGN_OR_RETURN(const TensorView* in_norm, get("input_layernorm.weight", {d}));
+        UA_ASSIGN_OR_RETURN(lw.attn_norm, ld.Stack({in_norm}));
+        UA_ASSIGN_OR_RETURN(const TensorView* post_norm, get("post_attention_layernorm.weight", {d}));
+        UA_ASSIGN_OR_RETURN(lw.ffn_norm, ld.Stack({post_norm}));
+        UA_ASSIGN_OR_RETURN(const TensorView* wv, get("self_attn.v_proj.weight", {kv_dim, d}));
+        if (c.layer_kinds[l] == LayerKind::kReuse) {
+            // Q/K are never read for reuse layers (spec §2), so they are neither required nor loaded.
+            UA_ASSIGN_OR_RETURN(const TensorView* wc, get("v2_proj.weight", {q_dim, d}));
+            UA_ASSIGN_OR_RETURN(lw.w_vc, ld.Stack({wv, wc}));
+        } else {
+            UA_ASSIGN_OR_RETURN(const TensorView* wq, get("self_attn.q_proj.weight", {q_dim, d}));
+            UA_ASSIGN_OR_RETURN(const TensorView* wk, get("self_attn.k_proj.weight", {kv_dim, d}));
+            UA_ASSIGN_OR_RETURN(lw.w_qkv, ld.Stack({wq, wk, wv}));
+        }
+        UA_ASSIGN_OR_RETURN(const TensorView* wo, get("self_attn.o_proj.weight", {d, q_dim}));
+        UA_ASSIGN_OR_RETURN(lw.w_o, ld.Stack({wo}));
+        UA_ASSIGN_OR_RETURN(const TensorView* wg, get("mlp.gate_proj.weight", {ff, d}));
+        UA_ASSIGN_OR_RETURN(const TensorView* wu, get("mlp.up_proj.weight", {ff, d}));
+        UA_ASSIGN_OR_RETURN(lw.w_gate_up, ld.Stack({wg, wu}));
+        UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
+        UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
+    }
+    return w;
+}
+
+}  // namespace uniattn

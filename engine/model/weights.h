@@ -1,0 +1,43 @@
+// A model's weights on a backend, fused for the layer loop:
+//   normal/anchor layers: w_qkv = [Wq; Wk; Wv]   [Hq·hd + 2·Hkv·hd, d]
+//   reuse layers:         w_vc  = [Wv; Wc]        [Hkv·hd + Hq·hd, d]   (spec §2: one GEMM; no Wq/Wk)
+//   every layer:          w_gate_up = [Wgate; Wup] [2·ff, d]
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "uniattn/model_config.h"
+#include "uniattn/safetensors.h"
+
+namespace uniattn {
+
+struct LayerWeights {
+    Tensor attn_norm;  // [1, d]
+    Tensor ffn_norm;   // [1, d]
+    Tensor w_qkv;      // normal/anchor only
+    Tensor w_vc;       // reuse only
+    Tensor w_o;        // [d, Hq·hd]
+    Tensor w_gate_up;  // [2·ff, d]
+    Tensor w_down;     // [d, ff]
+};
+
+struct ModelWeights {
+    Tensor embed;       // [vocab, d]
+    Tensor final_norm;  // [1, d]
+    Tensor lm_head;     // [vocab, d]; the embedding when tied
+    std::vector<LayerWeights> layers;
+    std::vector<std::unique_ptr<DeviceBuffer>> buffers;
+    int64_t bytes = 0;
+};
+
+// Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of spec §5.
+// Messages name the file and the tensor.
+StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend);
+
+// The tensor names of the Hugging Face Llama layout.
+std::string LayerTensorName(int layer, const std::string& suffix);
+
+}  // namespace uniattn

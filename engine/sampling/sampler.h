@@ -1,0 +1,52 @@
+// Per-request sampling: logits processors (bias, penalties), then greedy or temperature with
+// top-k / top-p / min-p filtering. Each request owns its RNG, so a seeded request draws the same
+// tokens whatever else runs in the batch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "uniattn/status.h"
+
+namespace uniattn {
+
+struct SamplingParams {
+    float temperature = 1.0f;  // 0 = greedy
+    float top_p = 1.0f;        // (0, 1]
+    int top_k = 0;             // 0 or -1 = off
+    float min_p = 0.0f;        // [0, 1]
+    float repetition_penalty = 1.0f;  // > 0; 1 = off (divides positive logits, multiplies negative)
+    float presence_penalty = 0.0f;    // [-2, 2]
+    float frequency_penalty = 0.0f;   // [-2, 2]
+    std::map<int32_t, float> logit_bias;
+    std::optional<uint64_t> seed;
+    int num_logprobs = 0;  // top alternatives to report per token (0 = only the chosen token's)
+
+    // Checks ranges; `vocab_size` bounds logit_bias ids. Messages name the field.
+    Status Validate(int vocab_size) const;
+};
+
+struct SampleResult {
+    int32_t token = 0;
+    float logprob = 0;  // of the chosen token under the processed distribution (before top-k/p filtering)
+    std::vector<std::pair<int32_t, float>> top;  // num_logprobs best (token, logprob), best first
+};
+
+class Sampler {
+public:
+    Sampler(const SamplingParams& params, uint64_t fallback_seed);
+    // `logits` [vocab] is modified in place. `prompt` and `generated` feed the penalties.
+    SampleResult Sample(float* logits, int vocab_size, const std::vector<int32_t>& prompt,
+                        const std::vector<int32_t>& generated);
+
+private:
+    SamplingParams params_;
+    std::mt19937_64 rng_;
+    std::vector<std::pair<float, int32_t>> scratch_;
+};
+
+}  // namespace uniattn

@@ -1,0 +1,154 @@
+// uniattn-generate: one prompt, one completion, on the CPU backend (or another compiled-in backend).
+//   uniattn-generate --model DIR --prompt TEXT --max-tokens N [--temperature T --top-p P --top-k K
+//                    --seed S] [--json] [--threads N] [--backend cpu] [--ignore-eos] [--stats]
+// Without --prompt it reads prompts from stdin, one per line (interactive use).
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "model/model.h"
+#include "model/session.h"
+#include "sampling/sampler.h"
+#include "uniattn/json.h"
+#include "util/flags.h"
+
+namespace uniattn {
+namespace {
+
+int Fail(const Status& s) {
+    std::fprintf(stderr, "uniattn-generate: %s\n", s.message().c_str());
+    return 1;
+}
+
+struct Options {
+    int max_tokens = 64;
+    bool json = false;
+    bool ignore_eos = false;
+    bool stats = false;
+    SamplingParams sampling;
+};
+
+Status RunOne(const Model& model, Session& session, const std::string& prompt, const Options& o) {
+    const Tokenizer& tok = *model.tokenizer;
+    std::vector<int32_t> prompt_ids = tok.Encode(prompt, tok.add_bos());
+    if (prompt_ids.empty()) return InvalidArgument("the prompt encodes to no tokens");
+    const int room = session.capacity() - static_cast<int>(prompt_ids.size());
+    if (room <= 0) {
+        return FailedPrecondition("the prompt has " + std::to_string(prompt_ids.size()) +
+                                  " tokens; the model's context length is " + std::to_string(session.capacity()));
+    }
+    session.Reset();
+    Sampler sampler(o.sampling, static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+    IncrementalDetokenizer detok(&tok, prompt_ids);
+    std::vector<int32_t> generated;
+    std::string text;
+    std::vector<float> logits;
+    const int vocab = model.config.vocab_size;
+
+    const auto t0 = std::chrono::steady_clock::now();
+    UA_RETURN_IF_ERROR(session.Append(prompt_ids, false, &logits));
+    const auto t1 = std::chrono::steady_clock::now();
+    const int limit = std::min(o.max_tokens, room);
+    while (static_cast<int>(generated.size()) < limit) {
+        const SampleResult r = sampler.Sample(logits.data(), vocab, prompt_ids, generated);
+        if (r.token == tok.eos_id() && !o.ignore_eos) break;
+        generated.push_back(r.token);
+        const std::string piece = detok.Push(r.token);
+        text += piece;
+        if (!o.json) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+        }
+        if (static_cast<int>(generated.size()) == limit) break;
+        UA_RETURN_IF_ERROR(session.Append({r.token}, false, &logits));
+    }
+    const std::string tail = detok.Flush();
+    text += tail;
+    const auto t2 = std::chrono::steady_clock::now();
+    if (o.json) {
+        Json out = Json::Object();
+        Json pids = Json::Array(), ids = Json::Array();
+        for (int32_t id : prompt_ids) pids.Push(Json::Int(id));
+        for (int32_t id : generated) ids.Push(Json::Int(id));
+        out.Set("prompt_ids", std::move(pids));
+        out.Set("ids", std::move(ids));
+        out.Set("text", Json::String(text));
+        std::printf("%s\n", out.Dump().c_str());
+    } else {
+        std::printf("%s\n", tail.c_str());
+    }
+    if (o.stats) {
+        const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+        const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+        const size_t decoded = generated.empty() ? 0 : generated.size() - 1;
+        std::fprintf(stderr, "prompt %zu tokens in %.4f s (%.1f tokens/s); generated %zu tokens, decode %.1f tokens/s\n",
+                     prompt_ids.size(), prefill_s, prompt_ids.size() / prefill_s, generated.size(),
+                     decoded > 0 ? decoded / decode_s : 0.0);
+    }
+    return Status::Ok();
+}
+
+int Main(int argc, char** argv) {
+    Flags flags({"model", "prompt", "max-tokens", "temperature", "top-p", "top-k", "min-p", "seed", "threads",
+                 "backend"},
+                {"json", "ignore-eos", "stats", "help"});
+    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
+    if (flags.Has("help") || !flags.Has("model")) {
+        std::fprintf(stderr,
+                     "usage: uniattn-generate --model DIR [--prompt TEXT] [--max-tokens N] [--temperature T]\n"
+                     "       [--top-p P] [--top-k K] [--min-p P] [--seed S] [--json] [--ignore-eos] [--stats]\n"
+                     "       [--threads N] [--backend cpu]\n");
+        return flags.Has("help") ? 0 : 2;
+    }
+    Options o;
+    auto max_tokens = flags.GetInt("max-tokens", 64);
+    auto temperature = flags.GetDouble("temperature", 0.0);
+    auto top_p = flags.GetDouble("top-p", 1.0);
+    auto top_k = flags.GetInt("top-k", 0);
+    auto min_p = flags.GetDouble("min-p", 0.0);
+    auto threads = flags.GetInt("threads", 0);
+    for (const Status& s : {max_tokens.status(), temperature.status(), top_p.status(), top_k.status(), min_p.status(),
+                            threads.status()}) {
+        if (!s.ok()) return Fail(s);
+    }
+    if (*max_tokens < 0) return Fail(InvalidArgument("--max-tokens must be >= 0"));
+    o.max_tokens = static_cast<int>(*max_tokens);
+    o.json = flags.Has("json");
+    o.ignore_eos = flags.Has("ignore-eos");
+    o.stats = flags.Has("stats");
+    o.sampling.temperature = static_cast<float>(*temperature);
+    o.sampling.top_p = static_cast<float>(*top_p);
+    o.sampling.top_k = static_cast<int>(*top_k);
+    o.sampling.min_p = static_cast<float>(*min_p);
+    if (flags.Has("seed")) {
+        auto seed = flags.GetInt("seed", 0);
+        if (!seed.ok()) return Fail(seed.status());
+        o.sampling.seed = static_cast<uint64_t>(*seed);
+    }
+
+    auto backend = MakeBackend(flags.Get("backend", "cpu"), static_cast<int>(*threads));
+    if (!backend.ok()) return Fail(backend.status());
+    auto model = Model::Load(flags.Get("model"), backend->get());
+    if (!model.ok()) return Fail(model.status());
+    if (Status s = o.sampling.Validate((*model)->config.vocab_size); !s.ok()) return Fail(s);
+    auto session = Session::Create(model->get(), backend->get());
+    if (!session.ok()) return Fail(session.status());
+
+    if (flags.Has("prompt")) {
+        if (Status s = RunOne(**model, **session, flags.Get("prompt"), o); !s.ok()) return Fail(s);
+        return 0;
+    }
+    std::string line;
+    std::fprintf(stderr, "> ");
+    while (std::getline(std::cin, line)) {
+        if (Status s = RunOne(**model, **session, line, o); !s.ok()) std::fprintf(stderr, "error: %s\n", s.message().c_str());
+        std::fprintf(stderr, "> ");
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace uniattn
+
+int main(int argc, char** argv) { return uniattn::Main(argc, argv); }

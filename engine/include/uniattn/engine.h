@@ -1,0 +1,180 @@
+// The engine's public API: the only engine header the server includes (with tokenizer.h, status.h,
+// model_config.h). One engine thread owns every request, sequence and KV block; callers on any thread
+// submit requests and read each request's event stream. See engine/README.md for the contract.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "uniattn/model_config.h"
+#include "uniattn/status.h"
+#include "uniattn/tokenizer.h"
+
+namespace uniattn {
+
+struct EngineConfig {
+    std::string model_dir;
+    std::string backend = "cpu";      // "cpu" or "cuda" (when compiled in)
+    int num_threads = 0;              // CPU backend threads; 0 = all cores
+    int block_size = 16;              // tokens per KV block
+    int64_t kv_cache_bytes = 0;       // KV pool size in bytes; 0 = use kv_cache_memory_fraction
+    double kv_cache_memory_fraction = 0.1;  // of free device memory (CPU: of physical RAM) when bytes == 0
+    int max_num_seqs = 64;            // sequences per step
+    int max_num_batched_tokens = 512; // tokens per step (decodes + prefill chunks)
+    int max_model_len = 0;            // 0 = the model's max_position_embeddings
+    bool enable_prefix_caching = true;
+    int max_queued_requests = 1024;   // Submit returns kResourceExhausted past this many waiting requests
+    std::string model_name;           // served name; default: the directory's base name
+};
+
+// Sampling and stopping, per request. Ranges are checked at Submit (kInvalidArgument naming the field).
+struct GenerationRequest {
+    std::vector<int32_t> prompt_ids;  // required, non-empty; BOS included if wanted
+    int max_tokens = 16;              // >= 1 (capped by the context length)
+    int n = 1;                        // parallel samples sharing the prompt's KV blocks
+    float temperature = 1.0f;         // 0 = greedy
+    float top_p = 1.0f;
+    int top_k = 0;                    // 0 or -1 = off
+    float min_p = 0.0f;
+    float repetition_penalty = 1.0f;
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    std::map<int32_t, float> logit_bias;
+    std::optional<uint64_t> seed;     // sample i of n uses seed + i
+    std::vector<int32_t> stop_token_ids;
+    std::vector<std::string> stop;    // stop strings: matched across token boundaries, never emitted
+    bool ignore_eos = false;
+    int logprobs = -1;                // -1: none; 0: the chosen token's; k > 0: also the top k (k <= 20)
+    bool detokenize = true;           // fill TokenEvent::text
+};
+
+enum class FinishReason {
+    kStop,    // EOS, a stop token id or a stop string
+    kLength,  // max_tokens or the context length
+    kAbort,   // cancelled, or the engine shut down
+};
+const char* FinishReasonName(FinishReason reason);  // "stop", "length", "abort"
+
+struct TokenLogprob {
+    int32_t token = 0;
+    float logprob = 0;
+};
+
+// One event of a request's stream. Per sample index: zero or more kToken, then exactly one kFinished
+// or kError. After every sample has ended the stream is closed.
+struct RequestEvent {
+    enum class Kind { kToken, kFinished, kError };
+    Kind kind = Kind::kToken;
+    int index = 0;                     // which of the n samples
+    int32_t token = -1;                // kToken
+    std::string text;                  // kToken: new text (may be empty while UTF-8 or a stop string is pending);
+                                       // kFinished: any text still held back
+    float logprob = 0;                 // kToken, when requested
+    std::vector<TokenLogprob> top_logprobs;
+    FinishReason finish_reason = FinishReason::kStop;  // kFinished
+    Status error;                      // kError
+    // kFinished/kError: usage of this sample
+    int prompt_tokens = 0;
+    int completion_tokens = 0;
+    int cached_tokens = 0;             // prompt tokens served from the prefix cache
+};
+
+// Per-request timings, for metrics (seconds; from the engine's clock).
+struct RequestTimings {
+    double queue_s = 0;      // submit -> first scheduled
+    double ttft_s = 0;       // submit -> first token
+    double prefill_s = 0;    // first scheduled -> first token
+    double decode_s = 0;     // first token -> finish
+    double e2e_s = 0;        // submit -> finish
+    std::vector<double> inter_token_s;
+    int prompt_tokens = 0;
+    int generation_tokens = 0;
+    FinishReason finish_reason = FinishReason::kStop;
+    bool errored = false;
+};
+
+// What the engine thread reports; implementations must be fast and must not call back into the engine.
+class EngineObserver {
+public:
+    virtual ~EngineObserver() = default;
+    virtual void OnRequestFinished(const RequestTimings& timings) = 0;
+    // One scheduler step: tokens processed, time spent (seconds) by phase.
+    virtual void OnStep(int num_prefill_tokens, int num_decode_tokens, double schedule_s, double forward_s,
+                        double sample_s) = 0;
+};
+
+// The caller's end of one request. Thread-safe.
+class RequestHandle {
+public:
+    virtual ~RequestHandle() = default;
+    virtual uint64_t id() const = 0;
+    // Pops the next event; waits up to `timeout`. Returns false on timeout or when the stream is closed
+    // and drained (then closed() is true).
+    virtual bool Next(RequestEvent* event, std::chrono::milliseconds timeout) = 0;
+    // Non-blocking pop.
+    virtual bool TryNext(RequestEvent* event) = 0;
+    virtual bool closed() const = 0;
+    // Asks the engine to stop the request; its blocks are freed at the next step and the stream ends with
+    // kFinished(kAbort) for every unfinished sample. Idempotent.
+    virtual void Cancel() = 0;
+    // Called (on the engine thread) whenever events become available; for asynchronous servers. Set it
+    // before reading; it must not block.
+    virtual void SetNotify(std::function<void()> notify) = 0;
+};
+
+struct EngineStats {
+    int num_running = 0;
+    int num_waiting = 0;
+    int64_t num_blocks_total = 0;
+    int64_t num_blocks_used = 0;     // owned by a running sequence (cached-but-free blocks not counted)
+    int64_t num_blocks_cached = 0;   // free blocks still holding reusable prefix-cache content
+    int64_t kv_bytes_used = 0;
+    int64_t kv_bytes_total = 0;
+    int64_t num_preemptions = 0;
+    int64_t prefix_cache_queries = 0;  // tokens
+    int64_t prefix_cache_hits = 0;     // tokens
+    int64_t prompt_tokens = 0;
+    int64_t generation_tokens = 0;
+    int64_t steps = 0;
+    double seconds_since_last_step = 0;  // for readiness: time since the engine loop last went round
+    bool draining = false;
+};
+
+struct ModelInfo {
+    std::string name;
+    std::string dir;
+    ModelConfig config;
+    int max_model_len = 0;
+    int block_size = 0;
+    int64_t kv_bytes_per_token = 0;        // this model's layout, in the KV dtype
+    int64_t kv_bytes_per_token_dense = 0;  // the same shape with every layer keeping K and V
+    std::string backend;
+};
+
+class Engine {
+public:
+    // Loads the model, sizes the KV pool, starts the engine thread.
+    static StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config);
+    virtual ~Engine() = default;  // stops the engine thread; unfinished requests end with kAbort
+
+    // Validates and queues a request. Errors: kInvalidArgument (bad field, named), kFailedPrecondition
+    // (prompt + max_tokens can never fit: message gives the prompt length and the limit),
+    // kResourceExhausted (queue full), kUnavailable (draining or shut down).
+    virtual StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request) = 0;
+    virtual void SetObserver(std::shared_ptr<EngineObserver> observer) = 0;  // before the first Submit
+    virtual const ModelInfo& model_info() const = 0;
+    virtual const Tokenizer& tokenizer() const = 0;
+    virtual EngineStats Stats() const = 0;
+    // Stops admitting (Submit returns kUnavailable); running and queued requests continue.
+    virtual void StartDraining() = 0;
+    // True when no request is queued or running.
+    virtual bool Idle() const = 0;
+};
+
+}  // namespace uniattn

@@ -59,14 +59,14 @@ struct AttentionBatch {
 
 // Owned device memory.
 class DeviceBuffer {
-public:
+  public:
     virtual ~DeviceBuffer() = default;
     virtual void* data() = 0;
     virtual size_t bytes() const = 0;
 };
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
     virtual std::string Name() const = 0;
     // The dtype weights are stored in on this backend.

@@ -14,7 +14,7 @@
 namespace uniattn {
 
 class KvCache {
-public:
+  public:
     // Allocates num_blocks blocks on the backend.
     static StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, const ModelConfig& config, int block_size,
                                                      int64_t num_blocks);
@@ -31,7 +31,7 @@ public:
     const KvPlane& K(int layer) const { return k_planes_[layer]; }  // precondition: HasK(layer)
     const KvPlane& V(int layer) const { return v_planes_[layer]; }
 
-private:
+  private:
     KvCache() = default;
     int block_size_ = 0;
     int64_t num_blocks_ = 0;

@@ -56,7 +56,8 @@ Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t 
         };
         scratch_.clear();
         for (int64_t n : widths) {
-            UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> b, backend_->Alloc(sizeof(float) * std::max<int64_t>(n, 1)));
+            UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> b,
+                                backend_->Alloc(sizeof(float) * std::max<int64_t>(n, 1)));
             scratch_.push_back(std::move(b));
         }
     }

@@ -22,7 +22,7 @@ struct ForwardInput {
     std::vector<int32_t> context_len;   // [S]
     std::vector<int32_t> block_tables;  // [S, max_blocks_per_seq], row-major
     int max_blocks_per_seq = 0;
-    std::vector<int32_t> logits_rows;   // tokens whose next-token logits are wanted
+    std::vector<int32_t> logits_rows;  // tokens whose next-token logits are wanted
 
     int num_seqs() const { return static_cast<int>(context_len.size()); }
     int num_tokens() const { return static_cast<int>(tokens.size()); }
@@ -32,18 +32,18 @@ struct ForwardInput {
     // Pads block table rows to a common width; call after the last AddSequence.
     void Finish();
 
-private:
+  private:
     std::vector<std::vector<int32_t>> pending_tables_;
 };
 
 class ModelRunner {
-public:
+  public:
     ModelRunner(const Model* model, Backend* backend) : model_(model), backend_(backend) {}
 
     // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory).
     Status Forward(const ForwardInput& in, KvCache& kv, float* host_logits);
 
-private:
+  private:
     Status Reserve(int num_tokens, int num_logits, int max_ctx, size_t meta_bytes);
     float* Scratch(size_t index) { return static_cast<float*>(scratch_[index]->data()); }
 

@@ -33,8 +33,9 @@ std::vector<float> PermuteRope(const float* w, int num_heads, int head_dim, int 
 Status ImportLlama2c(const Llama2cImportOptions& o) {
     UA_ASSIGN_OR_RETURN(std::string bin, ReadFile(o.checkpoint));
     if (bin.size() >= 4 && std::memcmp(bin.data(), "ak42", 4) == 0) {
-        return Unimplemented(o.checkpoint + ": llama2.c version-1+ exports (magic \"ak42\") are not supported; "
-                                            "use the legacy format of run.c");
+        return Unimplemented(o.checkpoint +
+                             ": llama2.c version-1+ exports (magic \"ak42\") are not supported; "
+                             "use the legacy format of run.c");
     }
     if (bin.size() < 28) return DataLoss(o.checkpoint + ": too short for a llama2.c header");
     int32_t h[7];

@@ -11,10 +11,10 @@
 namespace uniattn {
 
 struct Llama2cImportOptions {
-    std::string checkpoint;      // llama2.c .bin
-    std::string tokenizer;       // SentencePiece tokenizer.model copied beside the weights
+    std::string checkpoint;  // llama2.c .bin
+    std::string tokenizer;   // SentencePiece tokenizer.model copied beside the weights
     std::string out_dir;
-    DType dtype = DType::kF32;   // F32 keeps every value exactly
+    DType dtype = DType::kF32;  // F32 keeps every value exactly
 };
 
 Status ImportLlama2c(const Llama2cImportOptions& options);

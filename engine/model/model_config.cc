@@ -28,8 +28,8 @@ Status ModelConfig::DeriveLayerKinds() {
     if (g < 1) return InvalidArgument("grouping_idx (G) must be >= 1, got " + std::to_string(g));
     if (b < 0) return InvalidArgument("grouping_begin_idx (B) must be >= 0, got " + std::to_string(b));
     if (b > e) {
-        return InvalidArgument("grouping_begin_idx (B=" + std::to_string(b) + ") is greater than grouping_end_idx (E=" +
-                               std::to_string(e) + ")");
+        return InvalidArgument("grouping_begin_idx (B=" + std::to_string(b) +
+                               ") is greater than grouping_end_idx (E=" + std::to_string(e) + ")");
     }
     if (e > num_layers + 1) {
         return InvalidArgument("grouping_end_idx (E=" + std::to_string(e) + ") exceeds num_hidden_layers + 1 (" +

@@ -78,8 +78,8 @@ uint16_t FloatToHalf(float f) {
     const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
     const uint32_t absx = x & 0x7FFFFFFF;
     if (absx >= 0x7F800000) return sign | (absx > 0x7F800000 ? 0x7E00 : 0x7C00);  // NaN / Inf
-    if (absx >= 0x477FF000) return sign | 0x7C00;                                  // overflow to Inf
-    if (absx < 0x38800000) {                                                       // subnormal or zero
+    if (absx >= 0x477FF000) return sign | 0x7C00;                                 // overflow to Inf
+    if (absx < 0x38800000) {                                                      // subnormal or zero
         if (absx < 0x33000000) return sign;
         const uint32_t e = absx >> 23;
         const uint32_t m = (absx & 0x7FFFFF) | 0x800000;

@@ -4,8 +4,8 @@
 
 namespace uniattn {
 
-StatusOr<std::unique_ptr<Session>> Session::Create(const Model* model, Backend* backend, int block_size,
-                                                   int max_chunk, int max_tokens) {
+StatusOr<std::unique_ptr<Session>> Session::Create(const Model* model, Backend* backend, int block_size, int max_chunk,
+                                                   int max_tokens) {
     std::unique_ptr<Session> s(new Session(model, backend));
     s->block_size_ = block_size;
     s->max_chunk_ = std::max(1, max_chunk);

@@ -11,7 +11,7 @@
 namespace uniattn {
 
 class Session {
-public:
+  public:
     // Room for the model's whole context (max_position_embeddings, or max_tokens when > 0).
     static StatusOr<std::unique_ptr<Session>> Create(const Model* model, Backend* backend, int block_size = 16,
                                                      int max_chunk = 256, int max_tokens = 0);
@@ -23,7 +23,7 @@ public:
     int length() const { return length_; }
     int capacity() const { return capacity_; }
 
-private:
+  private:
     Session(const Model* model, Backend* backend) : model_(model), runner_(model, backend) {}
     const Model* model_;
     ModelRunner runner_;

@@ -21,7 +21,7 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
 
 #ifdef UNIATTN_HAVE_SENTENCEPIECE
 class SentencePieceTokenizer final : public Tokenizer {
-public:
+  public:
     Status Init(const std::string& dir, const ModelConfig& config) {
         const std::string path = dir + "/tokenizer.model";
         if (!FileExists(path)) return NotFound(path + ": tokenizer file not found");
@@ -64,7 +64,7 @@ public:
     }
     int vocab_size() const override { return sp_.GetPieceSize(); }
 
-private:
+  private:
     sentencepiece::SentencePieceProcessor sp_;
 };
 #endif

@@ -12,7 +12,7 @@ std::string LayerTensorName(int layer, const std::string& suffix) {
 namespace {
 
 class Loader {
-public:
+  public:
     Loader(const TensorSet& tensors, Backend* backend, ModelWeights& w) : tensors_(tensors), backend_(backend), w_(w) {}
 
     // Finds a tensor and checks its shape.
@@ -22,8 +22,8 @@ public:
         if (v->shape != shape) {
             TensorView want;
             want.shape = shape;
-            return InvalidArgument(v->file + ": tensor \"" + name + "\" has shape " + v->ShapeString() +
-                                   ", expected " + want.ShapeString());
+            return InvalidArgument(v->file + ": tensor \"" + name + "\" has shape " + v->ShapeString() + ", expected " +
+                                   want.ShapeString());
         }
         return v;
     }
@@ -48,7 +48,7 @@ public:
         return t;
     }
 
-private:
+  private:
     const TensorSet& tensors_;
     Backend* backend_;
     ModelWeights& w_;

@@ -21,7 +21,8 @@ Status SamplingParams::Validate(int vocab_size) const {
         return bad("frequency_penalty", "must be in [-2, 2]");
     }
     for (const auto& [id, bias] : logit_bias) {
-        if (id < 0 || id >= vocab_size) return bad("logit_bias", "has token id " + std::to_string(id) + " outside the vocabulary");
+        if (id < 0 || id >= vocab_size)
+            return bad("logit_bias", "has token id " + std::to_string(id) + " outside the vocabulary");
         if (!(bias >= -100.0f && bias <= 100.0f)) return bad("logit_bias", "values must be in [-100, 100]");
     }
     if (num_logprobs < 0 || num_logprobs > 20) return bad("logprobs", "must be in [0, 20]");
@@ -75,8 +76,9 @@ SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t
         for (int i = 0; i < vocab; ++i) scratch_[i] = {logits[i], i};
         size_t keep = vocab;
         if (p.top_k > 0 && static_cast<size_t>(p.top_k) < keep) keep = p.top_k;
-        std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(),
-                          [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+        std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
         const float inv_t = 1.0f / p.temperature;
         std::vector<double> probs(keep);
         double z = 0;
@@ -120,8 +122,9 @@ SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t
         best.reserve(vocab);
         for (int i = 0; i < vocab; ++i) best.emplace_back(logits[i], i);
         const size_t n = std::min<size_t>(p.num_logprobs, vocab);
-        std::partial_sort(best.begin(), best.begin() + n, best.end(),
-                          [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+        std::partial_sort(best.begin(), best.begin() + n, best.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
         for (size_t i = 0; i < n; ++i) r.top.emplace_back(best[i].second, logprob(best[i].second));
     }
     return r;

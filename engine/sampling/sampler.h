@@ -15,10 +15,10 @@
 namespace uniattn {
 
 struct SamplingParams {
-    float temperature = 1.0f;  // 0 = greedy
-    float top_p = 1.0f;        // (0, 1]
-    int top_k = 0;             // 0 or -1 = off
-    float min_p = 0.0f;        // [0, 1]
+    float temperature = 1.0f;         // 0 = greedy
+    float top_p = 1.0f;               // (0, 1]
+    int top_k = 0;                    // 0 or -1 = off
+    float min_p = 0.0f;               // [0, 1]
     float repetition_penalty = 1.0f;  // > 0; 1 = off (divides positive logits, multiplies negative)
     float presence_penalty = 0.0f;    // [-2, 2]
     float frequency_penalty = 0.0f;   // [-2, 2]
@@ -37,13 +37,13 @@ struct SampleResult {
 };
 
 class Sampler {
-public:
+  public:
     Sampler(const SamplingParams& params, uint64_t fallback_seed);
     // `logits` [vocab] is modified in place. `prompt` and `generated` feed the penalties.
     SampleResult Sample(float* logits, int vocab_size, const std::vector<int32_t>& prompt,
                         const std::vector<int32_t>& generated);
 
-private:
+  private:
     SamplingParams params_;
     std::mt19937_64 rng_;
     std::vector<std::pair<float, int32_t>> scratch_;

@@ -13,7 +13,7 @@
 namespace uniattn {
 
 class Flags {
-public:
+  public:
     // `valued` flags take a value; `booleans` take none.
     Flags(std::set<std::string> valued, std::set<std::string> booleans)
         : valued_(std::move(valued)), booleans_(std::move(booleans)) {}
@@ -25,7 +25,7 @@ public:
     StatusOr<double> GetDouble(const std::string& name, double fallback) const;
     const std::vector<std::string>& positional() const { return positional_; }
 
-private:
+  private:
     std::set<std::string> valued_, booleans_;
     std::map<std::string, std::string> values_;
     std::vector<std::string> positional_;

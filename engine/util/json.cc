@@ -182,7 +182,7 @@ std::string Json::DumpPretty(int indent) const {
 }
 
 class JsonParser {
-public:
+  public:
     JsonParser(std::string_view text, std::string_view what) : text_(text), what_(what) {}
 
     StatusOr<Json> ParseDocument() {
@@ -193,7 +193,7 @@ public:
         return value;
     }
 
-private:
+  private:
     static constexpr int kMaxDepth = 256;
 
     Status Error(const std::string& msg) const {

@@ -6,7 +6,8 @@ namespace uniattn {
 namespace {
 
 TEST(JsonTest, ParsesNestedDocument) {
-    auto j = ParseJson(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\u00e9\n"}, "d": true, "e": null, "big": 9007199254740993})");
+    auto j =
+        ParseJson(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\u00e9\n"}, "d": true, "e": null, "big": 9007199254740993})");
     ASSERT_TRUE(j.ok()) << j.status().ToString();
     ASSERT_TRUE(j->Find("a")->is_array());
     EXPECT_EQ(j->Find("a")->array()[0].int_value(), 1);

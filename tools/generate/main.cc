@@ -82,7 +82,8 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
         const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
         const double decode_s = std::chrono::duration<double>(t2 - t1).count();
         const size_t decoded = generated.empty() ? 0 : generated.size() - 1;
-        std::fprintf(stderr, "prompt %zu tokens in %.4f s (%.1f tokens/s); generated %zu tokens, decode %.1f tokens/s\n",
+        std::fprintf(stderr,
+                     "prompt %zu tokens in %.4f s (%.1f tokens/s); generated %zu tokens, decode %.1f tokens/s\n",
                      prompt_ids.size(), prefill_s, prompt_ids.size() / prefill_s, generated.size(),
                      decoded > 0 ? decoded / decode_s : 0.0);
     }
@@ -90,9 +91,9 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"model", "prompt", "max-tokens", "temperature", "top-p", "top-k", "min-p", "seed", "threads",
-                 "backend"},
-                {"json", "ignore-eos", "stats", "help"});
+    Flags flags(
+        {"model", "prompt", "max-tokens", "temperature", "top-p", "top-k", "min-p", "seed", "threads", "backend"},
+        {"json", "ignore-eos", "stats", "help"});
     if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
     if (flags.Has("help") || !flags.Has("model")) {
         std::fprintf(stderr,
@@ -142,7 +143,8 @@ int Main(int argc, char** argv) {
     std::string line;
     std::fprintf(stderr, "> ");
     while (std::getline(std::cin, line)) {
-        if (Status s = RunOne(**model, **session, line, o); !s.ok()) std::fprintf(stderr, "error: %s\n", s.message().c_str());
+        if (Status s = RunOne(**model, **session, line, o); !s.ok())
+            std::fprintf(stderr, "error: %s\n", s.message().c_str());
         std::fprintf(stderr, "> ");
     }
     return 0;

@@ -20,7 +20,7 @@ namespace uniattn {
 namespace {
 
 class HostBuffer final : public DeviceBuffer {
-public:
+  public:
     explicit HostBuffer(size_t bytes) : bytes_(bytes) {
         // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
         data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
@@ -30,7 +30,7 @@ public:
     size_t bytes() const override { return bytes_; }
     bool ok() const { return data_ != nullptr; }
 
-private:
+  private:
     void* data_ = nullptr;
     size_t bytes_ = 0;
 };
@@ -48,7 +48,7 @@ inline int64_t PlaneOffset(const KvPlane& p, int64_t slot, int kv_head) {
 }
 
 class CpuBackend final : public Backend {
-public:
+  public:
     explicit CpuBackend(int num_threads) : num_threads_(num_threads > 0 ? num_threads : omp_get_max_threads()) {
 #ifdef UNIATTN_HAVE_BLAS
         openblas_set_num_threads(num_threads_);
@@ -160,13 +160,13 @@ public:
                 const int s = seq_of[t];
                 const int kvh = h / n_rep;
                 const int n_ctx = b.positions[t] + 1;  // causal: positions 0..pos
-                float* p = probs ? probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len
-                                 : local.data();
+                float* p = probs ? probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len : local.data();
                 const float* qv = q.f32() + t * q.ld + static_cast<int64_t>(h) * hd;
                 const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
                 float mx = -INFINITY;
                 for (int j = 0; j < n_ctx; ++j) {
-                    const int64_t slot = static_cast<int64_t>(table[j / k.block_size]) * k.block_size + j % k.block_size;
+                    const int64_t slot =
+                        static_cast<int64_t>(table[j / k.block_size]) * k.block_size + j % k.block_size;
                     p[j] = Dot(qv, static_cast<const float*>(k.base) + PlaneOffset(k, slot, kvh), hd) * scale;
                     mx = std::max(mx, p[j]);
                 }
@@ -224,7 +224,7 @@ public:
         }
     }
 
-private:
+  private:
     static constexpr int64_t kBlasMinRows = 4;
 
     // out[0:hd] = Σ_j p[j] · v[slot(j), kvh]

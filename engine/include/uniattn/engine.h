@@ -20,17 +20,17 @@ namespace uniattn {
 
 struct EngineConfig {
     std::string model_dir;
-    std::string backend = "cpu";      // "cpu" or "cuda" (when compiled in)
-    int num_threads = 0;              // CPU backend threads; 0 = all cores
-    int block_size = 16;              // tokens per KV block
-    int64_t kv_cache_bytes = 0;       // KV pool size in bytes; 0 = use kv_cache_memory_fraction
+    std::string backend = "cpu";            // "cpu" or "cuda" (when compiled in)
+    int num_threads = 0;                    // CPU backend threads; 0 = all cores
+    int block_size = 16;                    // tokens per KV block
+    int64_t kv_cache_bytes = 0;             // KV pool size in bytes; 0 = use kv_cache_memory_fraction
     double kv_cache_memory_fraction = 0.1;  // of free device memory (CPU: of physical RAM) when bytes == 0
-    int max_num_seqs = 64;            // sequences per step
-    int max_num_batched_tokens = 512; // tokens per step (decodes + prefill chunks)
-    int max_model_len = 0;            // 0 = the model's max_position_embeddings
+    int max_num_seqs = 64;                  // sequences per step
+    int max_num_batched_tokens = 512;       // tokens per step (decodes + prefill chunks)
+    int max_model_len = 0;                  // 0 = the model's max_position_embeddings
     bool enable_prefix_caching = true;
-    int max_queued_requests = 1024;   // Submit returns kResourceExhausted past this many waiting requests
-    std::string model_name;           // served name; default: the directory's base name
+    int max_queued_requests = 1024;  // Submit returns kResourceExhausted past this many waiting requests
+    std::string model_name;          // served name; default: the directory's base name
 };
 
 // Sampling and stopping, per request. Ranges are checked at Submit (kInvalidArgument naming the field).
@@ -40,18 +40,18 @@ struct GenerationRequest {
     int n = 1;                        // parallel samples sharing the prompt's KV blocks
     float temperature = 1.0f;         // 0 = greedy
     float top_p = 1.0f;
-    int top_k = 0;                    // 0 or -1 = off
+    int top_k = 0;  // 0 or -1 = off
     float min_p = 0.0f;
     float repetition_penalty = 1.0f;
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
     std::map<int32_t, float> logit_bias;
-    std::optional<uint64_t> seed;     // sample i of n uses seed + i
+    std::optional<uint64_t> seed;  // sample i of n uses seed + i
     std::vector<int32_t> stop_token_ids;
-    std::vector<std::string> stop;    // stop strings: matched across token boundaries, never emitted
+    std::vector<std::string> stop;  // stop strings: matched across token boundaries, never emitted
     bool ignore_eos = false;
-    int logprobs = -1;                // -1: none; 0: the chosen token's; k > 0: also the top k (k <= 20)
-    bool detokenize = true;           // fill TokenEvent::text
+    int logprobs = -1;       // -1: none; 0: the chosen token's; k > 0: also the top k (k <= 20)
+    bool detokenize = true;  // fill TokenEvent::text
 };
 
 enum class FinishReason {
@@ -71,27 +71,27 @@ struct TokenLogprob {
 struct RequestEvent {
     enum class Kind { kToken, kFinished, kError };
     Kind kind = Kind::kToken;
-    int index = 0;                     // which of the n samples
-    int32_t token = -1;                // kToken
-    std::string text;                  // kToken: new text (may be empty while UTF-8 or a stop string is pending);
-                                       // kFinished: any text still held back
-    float logprob = 0;                 // kToken, when requested
+    int index = 0;       // which of the n samples
+    int32_t token = -1;  // kToken
+    std::string text;    // kToken: new text (may be empty while UTF-8 or a stop string is pending);
+                         // kFinished: any text still held back
+    float logprob = 0;   // kToken, when requested
     std::vector<TokenLogprob> top_logprobs;
     FinishReason finish_reason = FinishReason::kStop;  // kFinished
-    Status error;                      // kError
+    Status error;                                      // kError
     // kFinished/kError: usage of this sample
     int prompt_tokens = 0;
     int completion_tokens = 0;
-    int cached_tokens = 0;             // prompt tokens served from the prefix cache
+    int cached_tokens = 0;  // prompt tokens served from the prefix cache
 };
 
 // Per-request timings, for metrics (seconds; from the engine's clock).
 struct RequestTimings {
-    double queue_s = 0;      // submit -> first scheduled
-    double ttft_s = 0;       // submit -> first token
-    double prefill_s = 0;    // first scheduled -> first token
-    double decode_s = 0;     // first token -> finish
-    double e2e_s = 0;        // submit -> finish
+    double queue_s = 0;    // submit -> first scheduled
+    double ttft_s = 0;     // submit -> first token
+    double prefill_s = 0;  // first scheduled -> first token
+    double decode_s = 0;   // first token -> finish
+    double e2e_s = 0;      // submit -> finish
     std::vector<double> inter_token_s;
     int prompt_tokens = 0;
     int generation_tokens = 0;
@@ -101,7 +101,7 @@ struct RequestTimings {
 
 // What the engine thread reports; implementations must be fast and must not call back into the engine.
 class EngineObserver {
-public:
+  public:
     virtual ~EngineObserver() = default;
     virtual void OnRequestFinished(const RequestTimings& timings) = 0;
     // One scheduler step: tokens processed, time spent (seconds) by phase.
@@ -111,7 +111,7 @@ public:
 
 // The caller's end of one request. Thread-safe.
 class RequestHandle {
-public:
+  public:
     virtual ~RequestHandle() = default;
     virtual uint64_t id() const = 0;
     // Pops the next event; waits up to `timeout`. Returns false on timeout or when the stream is closed
@@ -132,8 +132,8 @@ struct EngineStats {
     int num_running = 0;
     int num_waiting = 0;
     int64_t num_blocks_total = 0;
-    int64_t num_blocks_used = 0;     // owned by a running sequence (cached-but-free blocks not counted)
-    int64_t num_blocks_cached = 0;   // free blocks still holding reusable prefix-cache content
+    int64_t num_blocks_used = 0;    // owned by a running sequence (cached-but-free blocks not counted)
+    int64_t num_blocks_cached = 0;  // free blocks still holding reusable prefix-cache content
     int64_t kv_bytes_used = 0;
     int64_t kv_bytes_total = 0;
     int64_t num_preemptions = 0;
@@ -158,7 +158,7 @@ struct ModelInfo {
 };
 
 class Engine {
-public:
+  public:
     // Loads the model, sizes the KV pool, starts the engine thread.
     static StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config);
     virtual ~Engine() = default;  // stops the engine thread; unfinished requests end with kAbort

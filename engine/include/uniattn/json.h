@@ -16,7 +16,7 @@
 namespace uniattn {
 
 class Json {
-public:
+  public:
     enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
 
     Json() = default;
@@ -54,7 +54,7 @@ public:
     std::string Dump() const;  // compact
     std::string DumpPretty(int indent = 2) const;
 
-private:
+  private:
     friend class JsonParser;
     void DumpTo(std::string& out, int indent, int depth) const;
 

@@ -40,7 +40,7 @@ struct TensorView {
 
 // One mapped file. Movable, not copyable; unmaps on destruction.
 class SafetensorsFile {
-public:
+  public:
     static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
     ~SafetensorsFile();
     SafetensorsFile(const SafetensorsFile&) = delete;
@@ -49,7 +49,7 @@ public:
     const std::map<std::string, TensorView>& tensors() const { return tensors_; }
     const std::string& path() const { return path_; }
 
-private:
+  private:
     SafetensorsFile() = default;
     std::string path_;
     void* map_ = nullptr;
@@ -60,13 +60,13 @@ private:
 // All tensors of a model directory: model.safetensors, or the shards listed by
 // model.safetensors.index.json.
 class TensorSet {
-public:
+  public:
     static StatusOr<TensorSet> OpenDir(const std::string& dir);
     // nullptr when absent.
     const TensorView* Find(const std::string& name) const;
     std::vector<std::string> Names() const;
 
-private:
+  private:
     std::vector<std::shared_ptr<SafetensorsFile>> files_;
     std::map<std::string, const TensorView*> index_;
 };

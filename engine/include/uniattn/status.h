@@ -27,7 +27,7 @@ enum class StatusCode {
 const char* StatusCodeName(StatusCode code);
 
 class [[nodiscard]] Status {
-public:
+  public:
     Status() = default;
     Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
@@ -37,7 +37,7 @@ public:
     const std::string& message() const { return message_; }
     std::string ToString() const;
 
-private:
+  private:
     StatusCode code_ = StatusCode::kOk;
     std::string message_;
 };
@@ -55,8 +55,8 @@ inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move
 // A value or the Status explaining why there is none.
 template <typename T>
 class [[nodiscard]] StatusOr {
-public:
-    StatusOr(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  public:
+    StatusOr(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
     StatusOr(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
         if (status_.ok()) status_ = Internal("StatusOr built from an OK status without a value");
     }
@@ -69,7 +69,7 @@ public:
     const T* operator->() const { return &*value_; }
     T& operator*() { return *value_; }
 
-private:
+  private:
     Status status_;
     std::optional<T> value_;
 };
@@ -81,10 +81,10 @@ private:
 #define UA_CONCAT_INNER(a, b) a##b
 #define UA_CONCAT(a, b) UA_CONCAT_INNER(a, b)
 
-#define UA_RETURN_IF_ERROR(expr)                    \
-    do {                                            \
-        ::uniattn::Status ua_status_ = (expr);      \
-        if (!ua_status_.ok()) return ua_status_;    \
+#define UA_RETURN_IF_ERROR(expr)                 \
+    do {                                         \
+        ::uniattn::Status ua_status_ = (expr);   \
+        if (!ua_status_.ok()) return ua_status_; \
     } while (0)
 
 #define UA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
@@ -95,20 +95,20 @@ private:
 #define UA_ASSIGN_OR_RETURN(lhs, expr) UA_ASSIGN_OR_RETURN_IMPL(UA_CONCAT(ua_statusor_, __LINE__), lhs, expr)
 
 // Fatal checks: for invariants only, never for input a client or a file can get wrong.
-#define UA_CHECK(cond)                                                         \
-    do {                                                                       \
-        if (!(cond)) ::uniattn::CheckFailed(__FILE__, __LINE__, #cond, "");    \
+#define UA_CHECK(cond)                                                      \
+    do {                                                                    \
+        if (!(cond)) ::uniattn::CheckFailed(__FILE__, __LINE__, #cond, ""); \
     } while (0)
 
-#define UA_CHECK_OP(a, b, op)                                                             \
-    do {                                                                                  \
-        const auto& ua_a_ = (a);                                                          \
-        const auto& ua_b_ = (b);                                                          \
-        if (!(ua_a_ op ua_b_)) {                                                          \
-            std::ostringstream ua_os_;                                                    \
-            ua_os_ << ua_a_ << " vs " << ua_b_;                                           \
+#define UA_CHECK_OP(a, b, op)                                                            \
+    do {                                                                                 \
+        const auto& ua_a_ = (a);                                                         \
+        const auto& ua_b_ = (b);                                                         \
+        if (!(ua_a_ op ua_b_)) {                                                         \
+            std::ostringstream ua_os_;                                                   \
+            ua_os_ << ua_a_ << " vs " << ua_b_;                                          \
             ::uniattn::CheckFailed(__FILE__, __LINE__, #a " " #op " " #b, ua_os_.str()); \
-        }                                                                                 \
+        }                                                                                \
     } while (0)
 #define UA_CHECK_EQ(a, b) UA_CHECK_OP(a, b, ==)
 #define UA_CHECK_NE(a, b) UA_CHECK_OP(a, b, !=)

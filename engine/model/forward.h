@@ -3,6 +3,7 @@
 // probabilities P to the reuse layers of its superblock).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -36,9 +37,17 @@ struct ForwardInput {
     std::vector<std::vector<int32_t>> pending_tables_;
 };
 
+// Observes each layer's attention block, for calibration (spec §6): `xn` is the normalised layer input
+// x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden] in host memory. Return
+// false to stop the pass after this layer (no logits are produced then).
+using LayerTap = std::function<bool(int layer, const float* xn, const float* h1, int num_tokens)>;
+
 class ModelRunner {
   public:
     ModelRunner(const Model* model, Backend* backend) : model_(model), backend_(backend) {}
+
+    // Installs (or clears, with nullptr) a tap; taps cost two device-to-host copies per layer.
+    void SetLayerTap(LayerTap tap) { tap_ = std::move(tap); }
 
     // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory).
     Status Forward(const ForwardInput& in, KvCache& kv, float* host_logits);
@@ -49,6 +58,8 @@ class ModelRunner {
 
     const Model* model_;
     Backend* backend_;
+    LayerTap tap_;
+    std::vector<float> tap_xn_, tap_h1_;
     std::vector<std::unique_ptr<DeviceBuffer>> scratch_;
     std::unique_ptr<DeviceBuffer> meta_;
     std::unique_ptr<DeviceBuffer> logits_;

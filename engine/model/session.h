@@ -22,6 +22,7 @@ class Session {
     void Reset() { length_ = 0; }
     int length() const { return length_; }
     int capacity() const { return capacity_; }
+    ModelRunner& runner() { return runner_; }
 
   private:
     Session(const Model* model, Backend* backend) : model_(model), runner_(model, backend) {}

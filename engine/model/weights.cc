@@ -98,6 +98,12 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
                                " but the grouping keys make the reuse layers " + list(reuse_layers));
     }
 
+    if (!reuse_layers.empty() && static_cast<int64_t>(c.num_heads) * c.head_dim != c.hidden_size) {
+        return InvalidArgument(
+            "UniAttn compensation is added to the residual stream, so it needs num_heads * head_dim (" +
+            std::to_string(c.num_heads * c.head_dim) + ") == hidden_size (" + std::to_string(c.hidden_size) + ")");
+    }
+
     ModelWeights w;
     Loader ld(tensors, backend, w);
     const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;

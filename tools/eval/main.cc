@@ -1,7 +1,132 @@
-// uniattn-eval: perplexity of a model on a text file (issue 3 fills in the reference comparison).
+// uniattn-eval: perplexity of a model on a text file and, with --reference, how far its next-token
+// distributions are from a reference model's (greedy-token agreement and mean KL(reference || model)).
+//   uniattn-eval --model DIR --text FILE [--reference DIR] [--threads N] [--json]
+// Protocol (model/text_corpus.h): documents split at blank lines, each BOS + tokens truncated to the
+// context length; perplexity = exp(mean NLL over every predicted token of every document).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
-int main() {
-    std::fprintf(stderr, "uniattn-eval: not implemented yet\n");
+#include "model/model.h"
+#include "model/session.h"
+#include "model/text_corpus.h"
+#include "uniattn/json.h"
+#include "util/flags.h"
+
+namespace uniattn {
+namespace {
+
+int Fail(const Status& s) {
+    std::fprintf(stderr, "uniattn-eval: %s\n", s.message().c_str());
     return 1;
 }
+
+// log-softmax of one row, in double.
+void LogSoftmax(const float* logits, int n, std::vector<double>& out) {
+    out.resize(n);
+    double mx = logits[0];
+    for (int i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(logits[i]));
+    double z = 0;
+    for (int i = 0; i < n; ++i) z += std::exp(logits[i] - mx);
+    const double lz = mx + std::log(z);
+    for (int i = 0; i < n; ++i) out[i] = logits[i] - lz;
+}
+
+int Main(int argc, char** argv) {
+    Flags flags({"model", "text", "reference", "threads"}, {"json", "help"});
+    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
+    if (flags.Has("help") || !flags.Has("model") || !flags.Has("text")) {
+        std::fprintf(stderr, "usage: uniattn-eval --model DIR --text FILE [--reference DIR] [--threads N] [--json]\n");
+        return flags.Has("help") ? 0 : 2;
+    }
+    auto threads = flags.GetInt("threads", 0);
+    if (!threads.ok()) return Fail(threads.status());
+    auto backend = MakeCpuBackend(static_cast<int>(*threads));
+    auto model = Model::Load(flags.Get("model"), backend.get());
+    if (!model.ok()) return Fail(model.status());
+    std::unique_ptr<Model> reference;
+    if (flags.Has("reference")) {
+        auto r = Model::Load(flags.Get("reference"), backend.get(), /*load_tokenizer=*/false);
+        if (!r.ok()) return Fail(r.status());
+        reference = std::move(r).value();
+        if (reference->config.vocab_size < (*model)->config.vocab_size - 1 ||
+            reference->config.vocab_size > (*model)->config.vocab_size + 1) {
+            return Fail(InvalidArgument("the reference's vocabulary (" + std::to_string(reference->config.vocab_size) +
+                                        ") does not match the model's"));
+        }
+    }
+    const int ctx = (*model)->config.max_position_embeddings;
+    auto docs = LoadCorpus(flags.Get("text"), *(*model)->tokenizer, ctx);
+    if (!docs.ok()) return Fail(docs.status());
+    auto session = Session::Create(model->get(), backend.get());
+    if (!session.ok()) return Fail(session.status());
+    std::unique_ptr<Session> ref_session;
+    if (reference) {
+        auto rs = Session::Create(reference.get(), backend.get());
+        if (!rs.ok()) return Fail(rs.status());
+        ref_session = std::move(rs).value();
+    }
+
+    // Compare over the shared part of the vocabularies (UniAttn checkpoints may add a [PAD] token).
+    const int vocab = (*model)->config.vocab_size;
+    const int shared_vocab = reference ? std::min(vocab, reference->config.vocab_size) : vocab;
+    double nll = 0, kl = 0;
+    int64_t predicted = 0, agree = 0;
+    std::vector<float> logits, ref_logits;
+    std::vector<double> lp, ref_lp;
+    for (size_t di = 0; di < docs->size(); ++di) {
+        const auto& ids = (*docs)[di];
+        const std::vector<int32_t> inputs(ids.begin(), ids.end() - 1);
+        (*session)->Reset();
+        if (Status s = (*session)->Append(inputs, true, &logits); !s.ok()) return Fail(s);
+        if (reference) {
+            ref_session->Reset();
+            if (Status s = ref_session->Append(inputs, true, &ref_logits); !s.ok()) return Fail(s);
+        }
+        for (size_t t = 0; t < inputs.size(); ++t) {
+            const float* row = logits.data() + t * vocab;
+            LogSoftmax(row, vocab, lp);
+            nll -= lp[ids[t + 1]];
+            ++predicted;
+            if (reference) {
+                const float* rrow = ref_logits.data() + t * reference->config.vocab_size;
+                LogSoftmax(rrow, shared_vocab, ref_lp);
+                LogSoftmax(row, shared_vocab, lp);
+                double k = 0;
+                for (int i = 0; i < shared_vocab; ++i) k += std::exp(ref_lp[i]) * (ref_lp[i] - lp[i]);
+                kl += k;
+                const int a = static_cast<int>(std::max_element(row, row + shared_vocab) - row);
+                const int b = static_cast<int>(std::max_element(rrow, rrow + shared_vocab) - rrow);
+                agree += a == b ? 1 : 0;
+            }
+        }
+        std::fprintf(stderr, "\reval: document %zu/%zu", di + 1, docs->size());
+    }
+    std::fprintf(stderr, "\n");
+    const double mean_nll = nll / static_cast<double>(predicted);
+    if (flags.Has("json")) {
+        Json out = Json::Object();
+        out.Set("perplexity", Json::Number(std::exp(mean_nll)));
+        out.Set("mean_nll", Json::Number(mean_nll));
+        out.Set("documents", Json::Int(static_cast<int64_t>(docs->size())));
+        out.Set("predicted_tokens", Json::Int(predicted));
+        if (reference) {
+            out.Set("greedy_agreement", Json::Number(static_cast<double>(agree) / predicted));
+            out.Set("mean_kl", Json::Number(kl / predicted));
+        }
+        std::printf("%s\n", out.Dump().c_str());
+    } else {
+        std::printf("perplexity: %.4f\nmean_nll: %.6f\ndocuments: %zu\npredicted_tokens: %lld\n", std::exp(mean_nll),
+                    mean_nll, docs->size(), static_cast<long long>(predicted));
+        if (reference) {
+            std::printf("greedy_agreement: %.4f\nmean_kl: %.6f\n", static_cast<double>(agree) / predicted,
+                        kl / predicted);
+        }
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace uniattn
+
+int main(int argc, char** argv) { return uniattn::Main(argc, argv); }

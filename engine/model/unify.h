@@ -1,0 +1,44 @@
+// Turns a standard Llama checkpoint into a UniAttn one (spec §5, §6): writes the grouping keys and a
+// v2_proj (Wc) tensor for exactly the reuse layers, with Wc calibrated in closed form, sequentially,
+// layer by layer: least squares of the normalised input x̃ onto the gap between the original model's
+// post-attention residual and the unified model's (earlier compensations active, this layer's off),
+// with a small ridge term.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "uniattn/status.h"
+
+namespace uniattn {
+
+struct UnifyOptions {
+    std::string model_dir;
+    std::string out_dir;
+    int group = 1;  // G
+    int begin = 0;  // B
+    int end = 0;    // E (exclusive)
+    // "" = calibrate on sequences sampled from the original model; "none" = zero compensation (the
+    // unification-only ablation); otherwise a text file (documents split at blank lines).
+    std::string calib;
+    bool drop_unused_qk = false;  // omit q_proj/k_proj of reuse layers (never read)
+    int calib_samples = 64;       // sequences sampled when calib is ""
+    int calib_len = 0;            // tokens per sampled sequence (0 = context length)
+    uint64_t seed = 1234;
+    double ridge = 1e-3;  // relative to the mean diagonal of X^T X
+    int num_threads = 0;
+    std::function<void(const std::string&)> progress;  // optional progress lines
+};
+
+// Per reuse layer: relative residual ||O1 - O2 - X·W|| / ||O1 - O2|| on the calibration tokens.
+struct UnifyReport {
+    std::vector<int> reuse_layers;
+    std::vector<double> residual_before;  // 1.0 by definition (zero compensation)
+    std::vector<double> residual_after;
+    int64_t calib_tokens = 0;
+};
+
+StatusOr<UnifyReport> Unify(const UnifyOptions& options);
+
+}  // namespace uniattn

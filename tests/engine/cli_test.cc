@@ -1,0 +1,144 @@
+// uniattn-generate as a user runs it: a bad model directory gives a non-zero exit (not a crash) and a
+// message on stderr naming the file at fault; the default model prints the reference greedy ids as JSON.
+#include <sys/wait.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/test_models.h"
+#include "uniattn/json.h"
+#include "util/file.h"
+
+namespace uniattn {
+namespace {
+
+const std::string kGenerate = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-generate";
+
+struct RunResult {
+    int exit_code = -1;  // the shell's: 128 + N when the program died of signal N
+    std::string out;
+    std::string err;
+};
+
+std::string Quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+// Runs uniattn-generate with `args` (already quoted), capturing stdout and stderr.
+RunResult Generate(const std::string& args) {
+    testutil::TempDir tmp;
+    const std::string err_path = tmp.path() + "/stderr";
+    const std::string cmd = Quote(kGenerate) + " " + args + " 2>" + Quote(err_path);
+    RunResult r;
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    if (pipe == nullptr) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(pipe);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    auto err = ReadFile(err_path);
+    if (err.ok()) r.err = *err;
+    return r;
+}
+
+class CliTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        ASSERT_TRUE(FileExists(kGenerate)) << kGenerate << " is not built (ninja uniattn-generate)";
+        const ModelConfig config = testutil::MakeConfig(options_);
+        tensors_ = testutil::MakeRandomTensors(config, DType::kF32, options_.seed);
+        dir_ = tmp_.path() + "/model";
+        ASSERT_TRUE(testutil::WriteModelDir(dir_, config, tensors_, DType::kF32).ok());
+    }
+
+    // Expects a clean failure (exit code 1..127, not a signal) whose stderr contains every needle.
+    void ExpectCleanFailure(const std::vector<std::string>& needles) {
+        const RunResult r = Generate("--model " + Quote(dir_) + " --prompt hello --max-tokens 4");
+        EXPECT_GT(r.exit_code, 0) << r.err;
+        EXPECT_LT(r.exit_code, 128) << "crashed: " << r.err;
+        EXPECT_TRUE(r.out.empty()) << r.out;
+        for (const std::string& n : needles)
+            EXPECT_NE(r.err.find(n), std::string::npos) << "\"" << n << "\" not in: " << r.err;
+    }
+
+    testutil::RandomModelOptions options_;
+    std::vector<testutil::NamedTensor> tensors_;
+    testutil::TempDir tmp_;
+    std::string dir_;
+};
+
+TEST_F(CliTest, MissingModelDirectory) {
+    dir_ += "-missing";
+    ExpectCleanFailure({dir_});
+}
+
+TEST_F(CliTest, BadJsonConfig) {
+    ASSERT_TRUE(WriteFile(dir_ + "/config.json", "{\"vocab_size\": 97,").ok());
+    ExpectCleanFailure({dir_ + "/config.json"});
+}
+
+TEST_F(CliTest, TruncatedSafetensors) {
+    const std::string path = dir_ + "/model.safetensors";
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+    ExpectCleanFailure({path, "truncated"});
+}
+
+TEST_F(CliTest, GarbageSafetensors) {
+    ASSERT_TRUE(WriteFile(dir_ + "/model.safetensors", std::string(64, '\xFF')).ok());
+    ExpectCleanFailure({dir_ + "/model.safetensors"});
+}
+
+TEST_F(CliTest, WrongTensorShape) {
+    const ModelConfig config = testutil::MakeConfig(options_);
+    testutil::NamedTensor* t = testutil::FindTensor(tensors_, "model.layers.0.mlp.up_proj.weight");
+    ASSERT_NE(t, nullptr);
+    t->shape = {t->shape[1], t->shape[0]};  // transposed
+    ASSERT_TRUE(testutil::WriteModelDir(dir_, config, tensors_, DType::kF32).ok());
+    ExpectCleanFailure({dir_ + "/model.safetensors", "model.layers.0.mlp.up_proj.weight"});
+}
+
+// The weights are fine but there is no tokenizer.model.
+TEST_F(CliTest, MissingTokenizer) { ExpectCleanFailure({dir_ + "/tokenizer.model"}); }
+
+TEST_F(CliTest, UsageErrorWithoutModel) {
+    const RunResult r = Generate("--prompt hello");
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_LT(r.exit_code, 128);
+    EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, GreedyJsonOnDefaultModel) {
+    const std::string model = testutil::DefaultModelDir();
+    ASSERT_TRUE(FileExists(model + "/config.json")) << model << ": " << testutil::kMissingDefaultModel;
+    const RunResult r =
+        Generate("--model " + Quote(model) + " --prompt " + Quote("Once upon a time") + " --max-tokens 20 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto json = ParseJson(r.out, "uniattn-generate stdout");
+    ASSERT_TRUE(json.ok()) << json.status().ToString() << "\n" << r.out;
+    auto ids = [&](const char* key) {
+        std::vector<int64_t> v;
+        const Json* a = json->Find(key);
+        EXPECT_TRUE(a != nullptr && a->is_array()) << key;
+        if (a == nullptr || !a->is_array()) return v;
+        for (const Json& x : a->array()) v.push_back(x.int_value());
+        return v;
+    };
+    EXPECT_EQ(ids("prompt_ids"), (std::vector<int64_t>{1, 9038, 2501, 263, 931}));
+    EXPECT_EQ(ids("ids"), (std::vector<int64_t>{29892, 727,   471, 263,  2217, 7826, 4257, 365,  2354, 29889,
+                                                2296,  18012, 304, 1708, 5377, 297,  278,  6575, 845,  457}));
+    const Json* text = json->Find("text");
+    ASSERT_TRUE(text != nullptr && text->is_string());
+    EXPECT_EQ(text->string_value(), ", there was a little girl named Lily. She loved to play outside in the sunshine");
+    // One object on one line, nothing else on stdout.
+    EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);
+}
+
+}  // namespace
+}  // namespace uniattn

@@ -5,6 +5,7 @@
 #   UNIATTN_BUILD_DIR   build directory (default: build)
 #   UNIATTN_CMAKE_ARGS  extra CMake arguments
 #   UNIATTN_SKIP_APT=1  do not touch system packages
+#   UNIATTN_SKIP_MODEL=1  do not fetch the default model (container image builds: an init step fetches it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,10 +38,12 @@ jobs=$(nproc)
 cmake -S . -B "$build" -G Ninja ${UNIATTN_CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" -j "$jobs"
 
-scripts/fetch_model.sh "$root/$build/bin/uniattn-convert"
+[ "${UNIATTN_SKIP_MODEL:-0}" = 1 ] || scripts/fetch_model.sh "$root/$build/bin/uniattn-convert"
 
-if [ -f tests/integration/package.json ]; then
-  (cd tests/integration && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ]; } ||
-    npm ci --silent --no-audit --no-fund)
-fi
+for npm_dir in tests/integration tests/deploy; do
+  if [ -f $npm_dir/package.json ]; then
+    (cd $npm_dir && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ]; } ||
+      npm ci --silent --no-audit --no-fund)
+  fi
+done
 echo "setup: ready ($build/bin)"

@@ -1,0 +1,64 @@
+// OpenAI-compatible request bodies -> engine GenerationRequests. Validation follows OpenAI and vLLM:
+// unknown fields are ignored, null means absent, a wrong type or an out-of-range value is a 400 naming the
+// field in `param`, a prompt that cannot fit the context is a 400 with code context_length_exceeded that
+// gives the prompt length and the limit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "server/api_error.h"
+#include "server/chat_template.h"
+#include "uniattn/engine.h"
+#include "uniattn/tokenizer.h"
+
+namespace uniattn::server {
+
+// What request parsing needs to know about the served model.
+struct ModelContext {
+    std::string model_name;
+    const Tokenizer* tokenizer = nullptr;
+    int max_model_len = 0;
+    int vocab_size = 0;
+    ChatTemplate chat_template = ChatTemplate::kNone;
+};
+
+enum class Endpoint { kCompletions, kChatCompletions };
+
+struct OpenAiRequest {
+    Endpoint endpoint = Endpoint::kCompletions;
+    std::string model;
+    std::vector<std::vector<int32_t>> prompts;  // one engine request per prompt (completions accept a list)
+    std::vector<std::string> prompt_texts;      // decoded prompts, for echo
+    GenerationRequest params;                   // everything but prompt_ids
+    bool stream = false;
+    bool include_usage = false;  // stream_options.include_usage
+    bool echo = false;           // completions only
+    bool logprobs = false;       // return logprobs
+    int top_logprobs = 0;
+    int num_choices() const { return static_cast<int>(prompts.size()) * params.n; }
+};
+
+// Parses and validates a /v1/completions or /v1/chat/completions body, renders chat messages and
+// tokenizes prompts.
+ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body, const ModelContext& model);
+
+// Parses JSON with a nesting limit (deeply nested input must not exhaust the stack); `what` is unused
+// in messages beyond "invalid JSON".
+ApiResult<nlohmann::json> ParseJsonBody(std::string_view body);
+
+// The `model` field, when present, must name the served model (404 model_not_found otherwise).
+std::optional<ApiError> CheckModelName(const nlohmann::json& body, const ModelContext& model, bool required);
+
+// /tokenize: {"prompt": "..."} or {"messages": [...]}, optional add_special_tokens / add_generation_prompt.
+ApiResult<nlohmann::json> HandleTokenize(std::string_view body, const ModelContext& model);
+// /detokenize: {"tokens": [ids]}.
+ApiResult<nlohmann::json> HandleDetokenize(std::string_view body, const ModelContext& model);
+
+// The human-readable piece of one token for logprobs: SentencePiece's U+2581 becomes a space and a
+// byte-fallback piece <0xNN> becomes that byte.
+std::string TokenText(const Tokenizer& tokenizer, int32_t id);
+
+}  // namespace uniattn::server

@@ -1,0 +1,89 @@
+// What the HTTP and gRPC front ends share: the configuration, the engine (once loaded), the served model's
+// description, API-key checks, readiness, draining, metrics, and the set of requests in flight. Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/openai_request.h"
+#include "uniattn/engine.h"
+
+namespace uniattn::server {
+
+// Compares in time that depends only on the lengths, never on where the strings differ.
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+class ServingState {
+  public:
+    explicit ServingState(ServerConfig config);
+
+    const ServerConfig& config() const { return config_; }
+
+    // Publishes the loaded engine (not owned; must outlive every front end). Before this, generation
+    // endpoints answer 503 "loading".
+    void SetEngine(Engine* engine, ChatTemplate chat_template);
+    Engine* engine() const { return engine_.load(std::memory_order_acquire); }
+    // Valid once engine() is non-null.
+    const ModelContext& model() const { return model_; }
+    Metrics* metrics() const { return metrics_.get(); }
+    int64_t start_time() const { return start_time_; }
+
+    enum class Readiness { kLoading, kReady, kDraining, kStalled };
+    Readiness GetReadiness() const;
+    static const char* ReadinessName(Readiness r);
+
+    // Stops admitting: the engine refuses new requests and so do the front ends (503).
+    void StartDraining();
+    bool draining() const { return draining_.load(); }
+
+    // `authorization` is the Authorization header (or gRPC metadata); true when no keys are configured.
+    bool Authorized(std::string_view authorization) const;
+
+    // Submits to the engine, refusing while loading or draining, and remembers the handle so that
+    // CancelAll can end it at shutdown.
+    StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request);
+    // Cancels every request still in flight (drain timeout).
+    void CancelAll();
+
+    // Responses being produced (HTTP or gRPC), for the drain to wait on.
+    void JobStarted() { jobs_.fetch_add(1); }
+    void JobFinished() { jobs_.fetch_sub(1); }
+    int jobs() const { return jobs_.load(); }
+
+  private:
+    ServerConfig config_;
+    std::atomic<Engine*> engine_{nullptr};
+    ModelContext model_;
+    std::unique_ptr<Metrics> metrics_;
+    std::atomic<bool> draining_{false};
+    std::atomic<int> jobs_{0};
+    int64_t start_time_ = 0;
+
+    std::mutex handles_mu_;
+    std::vector<std::weak_ptr<RequestHandle>> handles_;
+};
+
+// Drives one RequestHandle's notifications onto another thread without ever blocking the engine thread.
+// The engine calls Notify() (possibly often); at most one wake-up is outstanding until the consumer calls
+// Consumed() before draining events. Detach() makes later notifications no-ops (the consumer is gone).
+class NotifyHub : public std::enable_shared_from_this<NotifyHub> {
+  public:
+    explicit NotifyHub(std::function<void()> wake) : wake_(std::move(wake)) {}
+    void Notify();
+    void Consumed() { pending_.store(false, std::memory_order_release); }
+    void Detach();
+
+  private:
+    std::mutex mu_;
+    std::function<void()> wake_;
+    std::atomic<bool> pending_{false};
+};
+
+}  // namespace uniattn::server

@@ -1,0 +1,124 @@
+#include "server/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace uniattn::server {
+namespace {
+
+std::string ReadSource(const std::string& rel) {
+    std::ifstream in(std::string(UNIATTN_SOURCE_DIR) + "/" + rel);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+TEST(ConfigTest, DefaultYamlParses) {
+    auto c = ParseConfig(ReadSource("config/default.yaml"), "default.yaml", {});
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    EXPECT_EQ(c->engine.model_dir, "models/stories15M");
+    EXPECT_EQ(c->chat_template, "plain");
+    EXPECT_EQ(c->engine.kv_cache_bytes, 64 << 20);
+    EXPECT_EQ(c->http_port, 8000);
+}
+
+TEST(ConfigTest, GpuExampleParses) {
+    auto c = ParseConfig(ReadSource("config/gpu-example.yaml"), "gpu-example.yaml", {});
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    EXPECT_EQ(c->engine.backend, "cuda");
+}
+
+TEST(ConfigTest, UnknownKeyIsNamedWithSuggestion) {
+    auto c = ParseConfig("model:\n  path: m\nengine:\n  blok_size: 16\n", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("engine.blok_size"), std::string::npos) << c.status().message();
+    EXPECT_NE(c.status().message().find("did you mean 'engine.block_size'"), std::string::npos);
+}
+
+TEST(ConfigTest, WrongTypeIsNamed) {
+    auto c = ParseConfig("model:\n  path: m\nengine:\n  max_num_seqs: lots\n", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("engine.max_num_seqs: expected an integer"), std::string::npos)
+        << c.status().message();
+    c = ParseConfig("model:\n  path: m\nserver:\n  http_port: \"8000\"\n", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("server.http_port"), std::string::npos);
+    c = ParseConfig("model:\n  path: m\nserver:\n  api_keys: abc\n", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("server.api_keys: expected a list"), std::string::npos);
+    c = ParseConfig("model: [1, 2]\n", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("model: expected a map"), std::string::npos) << c.status().message();
+}
+
+TEST(ConfigTest, ImpossibleValuesAreNamed) {
+    const char* cases[][2] = {
+        {"engine:\n  block_size: 12\n", "engine.block_size"},
+        {"engine:\n  kv_cache_memory_fraction: 1.5\n", "engine.kv_cache_memory_fraction"},
+        {"engine:\n  kv_cache_bytes: 12 parsecs\n", "engine.kv_cache_bytes"},
+        {"server:\n  http_port: 70000\n", "server.http_port"},
+        {"engine:\n  backend: tpu\n", "engine.backend"},
+        {"model:\n  chat_template: jinja\n", "model.chat_template"},
+        {"logging:\n  level: loud\n", "logging.level"},
+        {"engine:\n  dtype: bfloat16\n", "engine.dtype"},
+        {"engine:\n  max_num_seqs: 64\n  max_num_batched_tokens: 8\n", "engine.max_num_batched_tokens"},
+    };
+    for (auto& c : cases) {
+        auto r = ParseConfig(std::string("model:\n  path: m\n") + c[0], "x.yaml", {});
+        ASSERT_FALSE(r.ok()) << c[0];
+        EXPECT_NE(r.status().message().find(c[1]), std::string::npos) << r.status().message();
+    }
+}
+
+TEST(ConfigTest, MissingModelPath) {
+    auto c = ParseConfig("", "x.yaml", {});
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(c.status().message().find("model.path"), std::string::npos);
+}
+
+TEST(ConfigTest, OverridesApplyInOrderAndParseYaml) {
+    auto o1 = ParseOverride("engine.max_num_seqs=8");
+    ASSERT_TRUE(o1.ok());
+    auto c = ParseConfig(
+        "model:\n  path: m\n", "x.yaml",
+        {*o1, {"server.api_keys", "[a, b]"}, {"engine.max_num_seqs", "4"}, {"engine.kv_cache_bytes", "1GiB"}});
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    EXPECT_EQ(c->engine.max_num_seqs, 4);
+    EXPECT_EQ(c->api_keys, (std::vector<std::string>{"a", "b"}));
+    EXPECT_EQ(c->engine.kv_cache_bytes, int64_t{1} << 30);
+    auto bad = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.nope", "1"}});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("--set: unknown key 'engine.nope'"), std::string::npos);
+    EXPECT_FALSE(ParseOverride("novalue").ok());
+}
+
+TEST(ConfigTest, ByteSizes) {
+    EXPECT_EQ(*ParseByteSize("1024"), 1024);
+    EXPECT_EQ(*ParseByteSize("8MiB"), 8 << 20);
+    EXPECT_EQ(*ParseByteSize("8 MB"), 8000000);
+    EXPECT_EQ(*ParseByteSize("1.5GiB"), int64_t{3} << 29);
+    EXPECT_FALSE(ParseByteSize("MiB").ok());
+    EXPECT_FALSE(ParseByteSize("5 furlongs").ok());
+}
+
+TEST(ConfigTest, EveryKeyIsDocumented) {
+    const std::string readme = ReadSource("server/README.md");
+    for (const std::string& key : ConfigKeys()) {
+        EXPECT_NE(readme.find("`" + key + "`"), std::string::npos) << key << " is not documented in server/README.md";
+    }
+}
+
+TEST(ConfigTest, PrintedConfigRoundTrips) {
+    auto c = ParseConfig(ReadSource("config/default.yaml"), "default.yaml", {{"server.api_keys", "[k]"}});
+    ASSERT_TRUE(c.ok());
+    const std::string yaml = ConfigToYaml(*c);
+    EXPECT_EQ(yaml.find("k]"), std::string::npos) << "API keys must be redacted";
+    auto again = ParseConfig(yaml, "printed", {});
+    ASSERT_TRUE(again.ok()) << again.status().message() << "\n" << yaml;
+    EXPECT_EQ(again->engine.kv_cache_bytes, c->engine.kv_cache_bytes);
+}
+
+}  // namespace
+}  // namespace uniattn::server

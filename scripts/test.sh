@@ -9,6 +9,9 @@ build="${UNIATTN_BUILD_DIR:-build}"
 
 scripts/check_format.sh
 
+# OpenMP threads spin while waiting; with parallel test processes on few cores that starves everyone.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   ctest --test-dir "$build" --output-on-failure -j "$(nproc)"
 else

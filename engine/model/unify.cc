@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "model/forward.h"
 #include "model/model.h"
 #include "model/session.h"
 #include "model/text_corpus.h"
@@ -100,30 +101,57 @@ Status WriteCheckpoint(const UnifyOptions& o, const TensorSet& src, const ModelC
     return Status::Ok();
 }
 
-// Sequences sampled from the model itself, starting from BOS (temperature 1).
+// Sequences sampled from the model itself, starting from BOS (temperature 1), all decoded together as
+// one batch over a shared paged cache. Deterministic for a given seed and sample count.
 StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Backend* backend, const UnifyOptions& o) {
     const int len = o.calib_len > 0 ? std::min(o.calib_len, model.config.max_position_embeddings)
                                     : model.config.max_position_embeddings;
-    UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&model, backend));
-    std::vector<std::vector<int32_t>> corpus;
+    const int n = o.calib_samples, block_size = 16, blocks_per_seq = (len + block_size - 1) / block_size;
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv,
+                        KvCache::Create(backend, model.config, block_size, static_cast<int64_t>(n) * blocks_per_seq));
+    ModelRunner runner(&model, backend);
     SamplingParams p;
     p.temperature = 1.0f;
+    std::vector<Sampler> samplers;
+    std::vector<std::vector<int32_t>> seqs(n, std::vector<int32_t>{model.config.bos_token_id});
+    std::vector<std::vector<int32_t>> tables(n);
+    std::vector<bool> done(n, false);
+    for (int i = 0; i < n; ++i) {
+        samplers.emplace_back(p, o.seed + static_cast<uint64_t>(i));
+        for (int b = 0; b < blocks_per_seq; ++b) tables[i].push_back(i * blocks_per_seq + b);
+    }
+    const int vocab = model.config.vocab_size;
     std::vector<float> logits;
-    for (int i = 0; i < o.calib_samples; ++i) {
-        Sampler sampler(p, o.seed + static_cast<uint64_t>(i));
-        std::vector<int32_t> seq = {model.config.bos_token_id};
-        session->Reset();
-        UA_RETURN_IF_ERROR(session->Append(seq, false, &logits));
-        std::vector<int32_t> generated;
-        while (static_cast<int>(seq.size()) < len) {
-            const SampleResult r = sampler.Sample(logits.data(), model.config.vocab_size, {}, generated);
-            if (r.token == model.config.eos_token_id) break;
-            seq.push_back(r.token);
-            generated.push_back(r.token);
-            if (static_cast<int>(seq.size()) < len) UA_RETURN_IF_ERROR(session->Append({r.token}, false, &logits));
+    for (int step = 0;; ++step) {
+        ForwardInput in;
+        std::vector<int> active;
+        for (int i = 0; i < n; ++i) {
+            if (done[i]) continue;
+            const int pos = static_cast<int>(seqs[i].size()) - 1;
+            in.AddSequence({seqs[i].back()}, pos, tables[i], block_size, /*want_last_logits=*/true);
+            active.push_back(i);
         }
-        if (seq.size() >= 2) corpus.push_back(std::move(seq));
-        Say(o, "sampling calibration sequences: " + std::to_string(i + 1) + "/" + std::to_string(o.calib_samples));
+        if (active.empty()) break;
+        in.Finish();
+        logits.resize(active.size() * static_cast<size_t>(vocab));
+        UA_RETURN_IF_ERROR(runner.Forward(in, *kv, logits.data()));
+        for (size_t a = 0; a < active.size(); ++a) {
+            const int i = active[a];
+            const std::vector<int32_t> generated(seqs[i].begin() + 1, seqs[i].end());
+            const SampleResult r = samplers[i].Sample(logits.data() + a * vocab, vocab, {}, generated);
+            if (r.token == model.config.eos_token_id) {
+                done[i] = true;
+            } else {
+                seqs[i].push_back(r.token);
+                done[i] = static_cast<int>(seqs[i].size()) >= len;
+            }
+        }
+        if (step % 32 == 0)
+            Say(o, "sampling calibration sequences: step " + std::to_string(step) + "/" + std::to_string(len));
+    }
+    std::vector<std::vector<int32_t>> corpus;
+    for (auto& s : seqs) {
+        if (s.size() >= 2) corpus.push_back(std::move(s));
     }
     return corpus;
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/reference_model.h"
 #include "engine/test_models.h"
 #include "model/model.h"
 #include "model/session.h"
@@ -22,141 +23,9 @@ using testutil::NamedTensor;
 using testutil::RandomModelOptions;
 using testutil::TempDir;
 
-using Mat = std::vector<double>;  // row-major
-
-// How the reference maps a query head to its KV head: the Hugging Face repeat_kv order (h / n_rep), or
-// the wrong interleaved order (h % Hkv), used as a control.
-enum class HeadMap { kRepeatKv, kWrongInterleaved };
-
-struct Reference {
-    ModelConfig c;
-    std::map<std::string, const NamedTensor*> t;
-    HeadMap head_map = HeadMap::kRepeatKv;
-    bool zero_wc = false;
-
-    const std::vector<float>& W(const std::string& name) const { return t.at(name)->data; }
-
-    // y[T, rows] = x[T, cols] · w^T
-    static Mat Linear(const Mat& x, int T, const std::vector<float>& w, int rows, int cols) {
-        Mat y(static_cast<size_t>(T) * rows, 0.0);
-        for (int i = 0; i < T; ++i) {
-            for (int r = 0; r < rows; ++r) {
-                double s = 0;
-                for (int k = 0; k < cols; ++k)
-                    s += x[static_cast<size_t>(i) * cols + k] * w[static_cast<size_t>(r) * cols + k];
-                y[static_cast<size_t>(i) * rows + r] = s;
-            }
-        }
-        return y;
-    }
-
-    Mat RmsNorm(const Mat& x, int T, const std::vector<float>& w) const {
-        const int d = c.hidden_size;
-        Mat y(x.size());
-        for (int i = 0; i < T; ++i) {
-            double ss = 0;
-            for (int k = 0; k < d; ++k) ss += x[static_cast<size_t>(i) * d + k] * x[static_cast<size_t>(i) * d + k];
-            const double inv = 1.0 / std::sqrt(ss / d + c.rms_norm_eps);
-            for (int k = 0; k < d; ++k)
-                y[static_cast<size_t>(i) * d + k] = x[static_cast<size_t>(i) * d + k] * inv * w[k];
-        }
-        return y;
-    }
-
-    void Rope(Mat& x, int T, int heads) const {
-        const int hd = c.head_dim, half = hd / 2;
-        for (int i = 0; i < T; ++i) {
-            for (int h = 0; h < heads; ++h) {
-                double* v = x.data() + (static_cast<size_t>(i) * heads + h) * hd;
-                for (int j = 0; j < half; ++j) {
-                    const double ang = i / std::pow(c.rope_theta, 2.0 * j / hd);
-                    const double a = v[j], b = v[j + half];
-                    v[j] = a * std::cos(ang) - b * std::sin(ang);
-                    v[j + half] = b * std::cos(ang) + a * std::sin(ang);
-                }
-            }
-        }
-    }
-
-    int KvHead(int h) const {
-        const int n_rep = c.num_heads / c.num_kv_heads;
-        return head_map == HeadMap::kRepeatKv ? h / n_rep : h % c.num_kv_heads;
-    }
-
-    // Logits [T, vocab] for every position of `ids`.
-    Mat Logits(const std::vector<int32_t>& ids) const {
-        const int T = static_cast<int>(ids.size()), d = c.hidden_size, hd = c.head_dim;
-        const int Hq = c.num_heads, Hkv = c.num_kv_heads, q_dim = Hq * hd, kv_dim = Hkv * hd;
-        Mat x(static_cast<size_t>(T) * d);
-        const auto& emb = W("model.embed_tokens.weight");
-        for (int i = 0; i < T; ++i) {
-            for (int k = 0; k < d; ++k) x[static_cast<size_t>(i) * d + k] = emb[static_cast<size_t>(ids[i]) * d + k];
-        }
-        Mat P;  // [Hq, T, T]: the last anchor's probabilities
-        for (int l = 0; l < c.num_layers; ++l) {
-            auto name = [&](const char* s) { return LayerTensorName(l, s); };
-            const Mat xn = RmsNorm(x, T, W(name("input_layernorm.weight")));
-            const Mat v = Linear(xn, T, W(name("self_attn.v_proj.weight")), kv_dim, d);
-            if (c.layer_kinds[l] != LayerKind::kReuse) {
-                Mat q = Linear(xn, T, W(name("self_attn.q_proj.weight")), q_dim, d);
-                Mat k = Linear(xn, T, W(name("self_attn.k_proj.weight")), kv_dim, d);
-                Rope(q, T, Hq);
-                Rope(k, T, Hkv);
-                P.assign(static_cast<size_t>(Hq) * T * T, 0.0);
-                for (int h = 0; h < Hq; ++h) {
-                    const int kvh = KvHead(h);
-                    for (int i = 0; i < T; ++i) {
-                        double* p = P.data() + (static_cast<size_t>(h) * T + i) * T;
-                        double mx = -INFINITY;
-                        for (int j = 0; j <= i; ++j) {
-                            double s = 0;
-                            for (int e = 0; e < hd; ++e) {
-                                s += q[static_cast<size_t>(i) * q_dim + h * hd + e] *
-                                     k[static_cast<size_t>(j) * kv_dim + kvh * hd + e];
-                            }
-                            p[j] = s / std::sqrt(static_cast<double>(hd));
-                            mx = std::max(mx, p[j]);
-                        }
-                        double z = 0;
-                        for (int j = 0; j <= i; ++j) z += (p[j] = std::exp(p[j] - mx));
-                        for (int j = 0; j <= i; ++j) p[j] /= z;
-                    }
-                }
-            }
-            // a[h] = P[h] · v[kv(h)] with this layer's own values; P is the anchor's for reuse layers.
-            Mat a(static_cast<size_t>(T) * q_dim, 0.0);
-            for (int h = 0; h < Hq; ++h) {
-                const int kvh = KvHead(h);
-                for (int i = 0; i < T; ++i) {
-                    const double* p = P.data() + (static_cast<size_t>(h) * T + i) * T;
-                    for (int j = 0; j <= i; ++j) {
-                        for (int e = 0; e < hd; ++e) {
-                            a[static_cast<size_t>(i) * q_dim + h * hd + e] +=
-                                p[j] * v[static_cast<size_t>(j) * kv_dim + kvh * hd + e];
-                        }
-                    }
-                }
-            }
-            const Mat o = Linear(a, T, W(name("self_attn.o_proj.weight")), d, q_dim);
-            for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-            if (c.layer_kinds[l] == LayerKind::kReuse && !zero_wc) {
-                const Mat comp = Linear(xn, T, W(name("v2_proj.weight")), q_dim, d);
-                for (size_t i = 0; i < x.size(); ++i) x[i] += comp[i];
-            }
-            const Mat hn = RmsNorm(x, T, W(name("post_attention_layernorm.weight")));
-            const int ff = c.intermediate_size;
-            const Mat g = Linear(hn, T, W(name("mlp.gate_proj.weight")), ff, d);
-            const Mat u = Linear(hn, T, W(name("mlp.up_proj.weight")), ff, d);
-            Mat m(g.size());
-            for (size_t i = 0; i < g.size(); ++i) m[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-            const Mat down = Linear(m, T, W(name("mlp.down_proj.weight")), d, ff);
-            for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
-        }
-        const Mat xf = RmsNorm(x, T, W("model.norm.weight"));
-        const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-        return Linear(xf, T, W(head), c.vocab_size, d);
-    }
-};
+using testref::Matrix;
+using testref::ReferenceForward;
+using testref::ReferenceOptions;
 
 // Engine logits for every position: a prefill of `prefill` tokens in chunks of `chunk`, then one token
 // at a time.
@@ -178,7 +47,7 @@ std::vector<float> EngineLogits(const std::string& dir, const std::vector<int32_
     return all;
 }
 
-double RelativeError(const std::vector<float>& got, const Mat& want) {
+double RelativeError(const std::vector<float>& got, const Matrix& want) {
     double max_diff = 0, max_ref = 0;
     for (size_t i = 0; i < want.size(); ++i) {
         max_diff = std::max(max_diff, std::abs(got[i] - want[i]));
@@ -226,21 +95,20 @@ TEST_P(UniAttnReferenceTest, EngineMatchesFloat64ReferenceThroughChunkedPrefillA
     TempDir tmp;
     ASSERT_TRUE(testutil::WriteModelDir(tmp.path(), config, tensors, DType::kF32).ok());
 
-    Reference ref{config, {}};
-    for (const NamedTensor& t : tensors) ref.t[t.name] = &t;
     const std::vector<int32_t> ids = Tokens(37, o.vocab_size, 5);
-    const Mat want = ref.Logits(ids);
+    const Matrix want = ReferenceForward(config, tensors, ids);
     const std::vector<float> got = EngineLogits(tmp.path(), ids, /*prefill=*/23, /*chunk=*/7, /*block_size=*/4);
     ASSERT_EQ(got.size(), want.size());
     EXPECT_LT(RelativeError(got, want), 1e-4);
 
     // Controls: the comparison must be sensitive to the compensation and to the GQA head mapping.
-    Reference no_wc = ref;
-    no_wc.zero_wc = true;
-    EXPECT_GT(RelativeError(got, no_wc.Logits(ids)), 1e-2) << "zeroing Wc went unnoticed";
-    Reference wrong_heads = ref;
-    wrong_heads.head_map = HeadMap::kWrongInterleaved;
-    EXPECT_GT(RelativeError(got, wrong_heads.Logits(ids)), 1e-2) << "a wrong GQA head mapping went unnoticed";
+    ReferenceOptions no_wc;
+    no_wc.zero_compensation = true;
+    EXPECT_GT(RelativeError(got, ReferenceForward(config, tensors, ids, no_wc)), 1e-2) << "zeroing Wc went unnoticed";
+    ReferenceOptions wrong_heads;
+    wrong_heads.wrong_gqa_mapping = true;
+    EXPECT_GT(RelativeError(got, ReferenceForward(config, tensors, ids, wrong_heads)), 1e-2)
+        << "a wrong GQA head mapping went unnoticed";
 }
 
 INSTANTIATE_TEST_SUITE_P(Groupings, UniAttnReferenceTest,
@@ -257,10 +125,8 @@ TEST(UniAttnTest, StandardModelMatchesFloat64Reference) {
     const auto tensors = testutil::MakeRandomTensors(config, DType::kF32, o.seed);
     TempDir tmp;
     ASSERT_TRUE(testutil::WriteModelDir(tmp.path(), config, tensors, DType::kF32).ok());
-    Reference ref{config, {}};
-    for (const NamedTensor& t : tensors) ref.t[t.name] = &t;
     const std::vector<int32_t> ids = Tokens(30, o.vocab_size, 9);
-    EXPECT_LT(RelativeError(EngineLogits(tmp.path(), ids, 17, 5, 3), ref.Logits(ids)), 1e-4);
+    EXPECT_LT(RelativeError(EngineLogits(tmp.path(), ids, 17, 5, 3), ReferenceForward(config, tensors, ids)), 1e-4);
 }
 
 // G = 1 (every layer in the range is an anchor) and B = E (an empty range) have no reuse layers: the
@@ -437,10 +303,8 @@ TEST(UniAttnTest, UnifiedCheckpointReloadsAndCalibrationHelps) {
     EXPECT_NE(set->Find(LayerTensorName(4, "v2_proj.weight")), nullptr);
     EXPECT_EQ(set->Find(LayerTensorName(3, "v2_proj.weight")), nullptr);
 
-    Reference ref{standard, {}};
-    for (const NamedTensor& t : tensors) ref.t[t.name] = &t;
     const std::vector<int32_t> ids = Tokens(40, o.vocab_size, 77);
-    const Mat want = ref.Logits(ids);
+    const Matrix want = ReferenceForward(standard, tensors, ids);
     const double err_none = RelativeError(EngineLogits(tmp.path() + "/none", ids, 40, 40, 16), want);
     const double err_cal = RelativeError(EngineLogits(tmp.path() + "/cal", ids, 40, 40, 16), want);
     EXPECT_LT(err_cal, err_none) << "calibration did not bring logits closer to the original";

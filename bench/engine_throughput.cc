@@ -1,0 +1,180 @@
+// uniattn-throughput: offline throughput of the engine (continuous batching over the paged KV cache).
+// For each concurrency level N it submits N greedy requests at once (fixed prompt and output lengths,
+// ignore_eos, distinct random prompts so the prefix cache does not short-cut them) and reports output
+// tokens per second over the wall time from the first submit to the last event.
+//
+//   uniattn-throughput --model DIR [--concurrency 1,8,32] [--prompt-len 32] [--output-len 128]
+//                      [--kv-cache-bytes B] [--max-num-seqs N] [--max-num-batched-tokens N]
+//                      [--block-size 16] [--threads N] [--no-prefix-caching] [--warmup 1]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "uniattn/engine.h"
+#include "util/flags.h"
+
+namespace uniattn {
+namespace {
+
+int Fail(const Status& s) {
+    std::fprintf(stderr, "uniattn-throughput: %s\n", s.message().c_str());
+    return 1;
+}
+
+struct RunResult {
+    int64_t output_tokens = 0;
+    double wall_s = 0;
+    double mean_ttft_s = 0;
+    double mean_itl_s = 0;
+    int64_t preemptions = 0;
+    int64_t steps = 0;
+};
+
+class Timings : public EngineObserver {
+  public:
+    void OnRequestFinished(const RequestTimings& t) override {
+        ttft_sum += t.ttft_s;
+        for (double x : t.inter_token_s) itl_sum += x;
+        itl_count += static_cast<int64_t>(t.inter_token_s.size());
+        ++finished;
+    }
+    void OnStep(int, int, double, double, double) override {}
+    double ttft_sum = 0, itl_sum = 0;
+    int64_t itl_count = 0, finished = 0;
+};
+
+StatusOr<RunResult> Run(Engine& engine, Timings& timings, int concurrency, int prompt_len, int output_len,
+                        uint64_t seed) {
+    const int vocab = engine.model_info().config.vocab_size;
+    std::mt19937_64 rng(seed);
+    std::vector<GenerationRequest> requests(concurrency);
+    for (GenerationRequest& r : requests) {
+        r.prompt_ids.push_back(engine.model_info().config.bos_token_id);
+        while (static_cast<int>(r.prompt_ids.size()) < prompt_len) {
+            r.prompt_ids.push_back(static_cast<int32_t>(3 + rng() % static_cast<uint64_t>(vocab - 3)));
+        }
+        r.max_tokens = output_len;
+        r.temperature = 0;
+        r.ignore_eos = true;
+        r.detokenize = false;
+    }
+    const EngineStats before = engine.Stats();
+    timings = Timings();
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    for (GenerationRequest& r : requests) {
+        auto h = engine.Submit(std::move(r));
+        if (!h.ok()) return h.status();
+        handles.push_back(*h);
+    }
+    RunResult result;
+    for (auto& h : handles) {
+        RequestEvent e;
+        while (!h->closed()) {
+            if (!h->Next(&e, std::chrono::milliseconds(100))) continue;
+            if (e.kind == RequestEvent::Kind::kToken) ++result.output_tokens;
+            if (e.kind == RequestEvent::Kind::kError) return e.error;
+        }
+    }
+    result.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    while (!engine.Idle()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const EngineStats after = engine.Stats();
+    result.preemptions = after.num_preemptions - before.num_preemptions;
+    result.steps = after.steps - before.steps;
+    if (timings.finished > 0) result.mean_ttft_s = timings.ttft_sum / static_cast<double>(timings.finished);
+    if (timings.itl_count > 0) result.mean_itl_s = timings.itl_sum / static_cast<double>(timings.itl_count);
+    return result;
+}
+
+int Main(int argc, char** argv) {
+    Flags flags({"model", "concurrency", "prompt-len", "output-len", "kv-cache-bytes", "max-num-seqs",
+                 "max-num-batched-tokens", "block-size", "threads", "warmup", "backend"},
+                {"no-prefix-caching", "help"});
+    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
+    if (flags.Has("help") || !flags.Has("model")) {
+        std::fprintf(stderr,
+                     "usage: uniattn-throughput --model DIR [--concurrency 1,8,32] [--prompt-len 32] "
+                     "[--output-len 128]\n"
+                     "       [--kv-cache-bytes B] [--max-num-seqs N] [--max-num-batched-tokens N] [--block-size 16]\n"
+                     "       [--threads N] [--no-prefix-caching] [--warmup 1] [--backend cpu]\n");
+        return flags.Has("help") ? 0 : 2;
+    }
+    std::vector<int> levels;
+    {
+        std::stringstream ss(flags.Get("concurrency", "1,8,32"));
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+            const int n = std::atoi(item.c_str());
+            if (n < 1) return Fail(InvalidArgument("--concurrency takes positive integers, e.g. 1,8,32"));
+            levels.push_back(n);
+        }
+    }
+    auto prompt_len = flags.GetInt("prompt-len", 32);
+    auto output_len = flags.GetInt("output-len", 128);
+    auto kv_bytes = flags.GetInt("kv-cache-bytes", 0);
+    auto max_seqs = flags.GetInt("max-num-seqs", *std::max_element(levels.begin(), levels.end()));
+    auto max_batched = flags.GetInt("max-num-batched-tokens", 512);
+    auto block_size = flags.GetInt("block-size", 16);
+    auto threads = flags.GetInt("threads", 0);
+    auto warmup = flags.GetInt("warmup", 1);
+    for (const Status& s : {prompt_len.status(), output_len.status(), kv_bytes.status(), max_seqs.status(),
+                            max_batched.status(), block_size.status(), threads.status(), warmup.status()}) {
+        if (!s.ok()) return Fail(s);
+    }
+    if (*prompt_len < 1 || *output_len < 1) return Fail(InvalidArgument("--prompt-len and --output-len must be >= 1"));
+
+    EngineConfig c;
+    c.model_dir = flags.Get("model");
+    c.backend = flags.Get("backend", "cpu");
+    c.num_threads = static_cast<int>(*threads);
+    c.block_size = static_cast<int>(*block_size);
+    c.kv_cache_bytes = *kv_bytes;
+    c.max_num_seqs = static_cast<int>(*max_seqs);
+    c.max_num_batched_tokens = static_cast<int>(*max_batched);
+    c.enable_prefix_caching = !flags.Has("no-prefix-caching");
+    c.max_queued_requests = 1 << 20;
+    auto engine = Engine::Create(c);
+    if (!engine.ok()) return Fail(engine.status());
+    Engine& e = **engine;
+    auto timings = std::make_shared<Timings>();
+    e.SetObserver(timings);
+
+    const ModelInfo& info = e.model_info();
+    const EngineStats s0 = e.Stats();
+    const int64_t seq_tokens = *prompt_len + *output_len;
+    std::printf(
+        "model %s: %d layers (%d reuse), KV %lld B/token (dense %lld), pool %lld blocks x %d = %lld tokens "
+        "(%.1f MiB): %lld sequences of %lld tokens fit\n",
+        info.name.c_str(), info.config.num_layers, info.config.num_reuse_layers(),
+        static_cast<long long>(info.kv_bytes_per_token), static_cast<long long>(info.kv_bytes_per_token_dense),
+        static_cast<long long>(s0.num_blocks_total), info.block_size,
+        static_cast<long long>(s0.num_blocks_total * info.block_size), s0.kv_bytes_total / 1048576.0,
+        static_cast<long long>(s0.num_blocks_total / ((seq_tokens - 1 + info.block_size - 1) / info.block_size)),
+        static_cast<long long>(seq_tokens));
+    for (int64_t i = 0; i < *warmup; ++i) {
+        auto w = Run(e, *timings, 1, static_cast<int>(*prompt_len), 8, 999);
+        if (!w.ok()) return Fail(w.status());
+    }
+    std::printf("%11s %9s %9s %8s %12s %10s %9s %11s %6s\n", "concurrency", "requests", "out_tok", "wall_s",
+                "out_tok/s", "ttft_ms", "itl_ms", "preemptions", "steps");
+    for (int n : levels) {
+        auto r = Run(e, *timings, n, static_cast<int>(*prompt_len), static_cast<int>(*output_len), 1000 + n);
+        if (!r.ok()) return Fail(r.status());
+        std::printf("%11d %9d %9lld %8.2f %12.1f %10.1f %9.2f %11lld %6lld\n", n, n,
+                    static_cast<long long>(r->output_tokens), r->wall_s, r->output_tokens / r->wall_s,
+                    r->mean_ttft_s * 1e3, r->mean_itl_s * 1e3, static_cast<long long>(r->preemptions),
+                    static_cast<long long>(r->steps));
+        std::fflush(stdout);
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace uniattn
+
+int main(int argc, char** argv) { return uniattn::Main(argc, argv); }

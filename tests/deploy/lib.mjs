@@ -232,7 +232,7 @@ export const TARGET_LABELS = new Set(["namespace", "pod", "service", "job", "ins
 // ---------------------------------------------------------------- the real server
 
 export function serverBinary() {
-  const p = process.env.UNIATTN_SERVE || join(ROOT, process.env.UNIATTN_BUILD_DIR || "build", "bin/uniattn-serve");
+  const p = process.env.UNIATTN_SERVE || resolve(ROOT, process.env.UNIATTN_BUILD_DIR || "build", "bin/uniattn-serve");
   if (!existsSync(p)) {
     throw new Error(`uniattn-serve is not built (${p} does not exist): the deploy tests check the manifests ` +
       "and the dashboard against the real server; build it with scripts/setup.sh (UNIATTN_SERVE overrides the path)");

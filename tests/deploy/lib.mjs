@@ -114,17 +114,23 @@ export async function validateModels(objs) {
 
 // Type-checks values as object literals against TypeScript interfaces. Excess property checks make this
 // strict: an unknown field (a typo such as `readinesProbe`) is an error, as it is for the API server's
-// strict field validation, which validate() above does not check. `entries`: [{label, pkg, iface, value}].
+// strict field validation, which validate() above does not check. `entries`: [{label, pkg, iface, value,
+// jsonEnums}]. TypeScript reports the first problem of an array or union only: fix, rerun.
 export function typeCheck(entries) {
   const file = join(HERE, "__typecheck__.ts");
   const lines = [];
   entries.forEach((e, i) => {
     lines.push(`import type { ${e.iface} as T${i} } from ${JSON.stringify(e.pkg)};`);
   });
+  // Json<T>: T as JSON can hold it: a string enum accepts its members' values ("absolute" for
+  // ThresholdsMode.Absolute), which TypeScript otherwise refuses for a string literal.
+  lines.push("type Json<T> = T extends string ? `${T}` : T extends readonly (infer U)[] ? Json<U>[] : " +
+    "T extends object ? { [K in keyof T]: Json<T[K]> } : T;");
   const starts = [];
   let offset = lines.reduce((n, l) => n + l.length + 1, 0);
   entries.forEach((e, i) => {
-    const line = `export const v${i}: T${i} = ${JSON.stringify(e.value, null, 1)};`;
+    const type = e.jsonEnums ? `Json<T${i}>` : `T${i}`;
+    const line = `export const v${i}: ${type} = ${JSON.stringify(e.value, null, 1)};`;
     starts.push(offset);
     lines.push(line);
     offset += line.length + 1;

@@ -231,6 +231,17 @@ describe("scripts/build-in-image.sh (what the builder stages run) on this build"
       const known = execFileSync("dpkg-query", ["-W", "-f=${Package}\\n", ...pkgs], { encoding: "utf8" }).trim().split("\n");
       assert.deepEqual(known.sort(), [...pkgs].sort());
       for (const expected of ["libc6", "libstdc++6"]) assert.ok(pkgs.includes(expected), `${expected} in ${pkgs}`);
+      // The CPU runtime stage's install, simulated on this Debian 12: the list plus the Dockerfile's own
+      // packages resolve (apt-get -s needs no root and changes nothing).
+      const { final, one, raw } = dockerfile("cpu");
+      const install = one(final, "RUN").map(raw).join("\n");
+      const fixed = /apt-get install -y --no-install-recommends ([a-z0-9 .+-]+?)\s*\\?\n/.exec(install)?.[1].trim().split(/\s+/);
+      assert.deepEqual(fixed, ["ca-certificates", "curl", "nodejs", "npm"], install);
+      // (nodejs and npm are left out: machines here may carry another Node.js build that conflicts with
+      // Debian's npm; debian:12-slim has Debian's own pair.)
+      const simulated = [...fixed.filter((p) => p !== "nodejs" && p !== "npm"), ...pkgs];
+      const sim = execFileSync("apt-get", ["-s", "install", "--no-install-recommends", ...simulated], { encoding: "utf8" });
+      assert.match(sim, /\d+ upgraded, \d+ newly installed/);
       const help = execFileSync(join(dest, "bin/uniattn-serve"), ["--help"], { encoding: "utf8" });
       assert.match(help, /--config/);
     } finally {

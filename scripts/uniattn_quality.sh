@@ -15,22 +15,24 @@ text="$root/docs/data/heldout_stories.txt"
 mkdir -p "$out"
 
 field() { grep "^$1:" | cut -d' ' -f2; }
-row() {  # name dir
+row() {  # name dir kv-bytes saving
   local r
   r=$("$bin/uniattn-eval" --model "$2" --text "$text" --reference "$model" 2>/dev/null)
-  printf '| %s | %s | %s | %s |\n' "$1" "$(field perplexity <<<"$r")" "$(field greedy_agreement <<<"$r")" \
-    "$(field mean_kl <<<"$r")"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$3" "$4" "$(field perplexity <<<"$r")" \
+    "$(field greedy_agreement <<<"$r")" "$(field mean_kl <<<"$r")"
 }
 
-echo "| model | perplexity | greedy agreement | mean KL |"
-echo "|---|---|---|---|"
-row original "$model"
+echo "| model | KV bytes/token (fp16) | KV saving | perplexity | greedy agreement | mean KL |"
+echo "|---|---|---|---|---|---|"
+row original "$model" 6912 0
 for c in "${configs[@]}"; do
   IFS=/ read -r g b e <<<"$c"
-  "$bin/uniattn-convert" unify --model "$model" --out "$out/none-$g$b$e" --group "$g" --begin "$b" --end "$e" \
-    --calib none >/dev/null 2>&1
+  info=$("$bin/uniattn-convert" unify --model "$model" --out "$out/none-$g$b$e" --group "$g" --begin "$b" \
+    --end "$e" --calib none 2>/dev/null)
   "$bin/uniattn-convert" unify --model "$model" --out "$out/cal-$g$b$e" --group "$g" --begin "$b" --end "$e" \
-    2>"$out/cal-$g$b$e.log"
-  row "$c, no Wc" "$out/none-$g$b$e"
-  row "$c, closed-form Wc" "$out/cal-$g$b$e"
+    >/dev/null 2>"$out/cal-$g$b$e.log"
+  kv=$(field kv_bytes_per_token_fp16 <<<"$info")
+  saving=$(field kv_saving <<<"$info")
+  row "$c, no Wc" "$out/none-$g$b$e" "$kv" "$saving"
+  row "$c, closed-form Wc" "$out/cal-$g$b$e" "$kv" "$saving"
 done

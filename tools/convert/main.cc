@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/llama2c_import.h"
+#include "model/model.h"
 #include "model/unify.h"
 #include "util/flags.h"
 
@@ -88,6 +89,14 @@ int UnifyMain(int argc, char** argv) {
     o.progress = [](const std::string& line) { std::fprintf(stderr, "unify: %s\n", line.c_str()); };
     auto report = Unify(o);
     if (!report.ok()) return Fail(report.status());
+    auto cfg = Model::LoadConfig(o.out_dir);
+    if (!cfg.ok()) return Fail(cfg.status());
+    const int64_t unified = cfg->KvBytesPerToken(2), dense = cfg->DenseKvBytesPerToken(2);
+    std::printf(
+        "reuse layers: %zu of %d\nkv_bytes_per_token_fp16: %lld\nkv_bytes_per_token_fp16_dense: %lld\n"
+        "kv_saving: %.2f%%\n",
+        report->reuse_layers.size(), cfg->num_layers, static_cast<long long>(unified), static_cast<long long>(dense),
+        100.0 * (1.0 - static_cast<double>(unified) / static_cast<double>(dense)));
     return 0;
 }
 

@@ -703,7 +703,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
     void Accept() {
         acceptor_.async_accept(net::make_strand(ioc_),
                                [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
-                                   if (!self->acceptor_.is_open()) return;
+                                   if (ec == net::error::operation_aborted || !self->acceptor_.is_open()) return;
                                    if (ec) {
                                        // Out of file descriptors and the like: back off instead of spinning.
                                        spdlog::warn("accept failed: {}", ec.message());

@@ -204,7 +204,7 @@ describe("the real server with the cpu overlay's config", () => {
   test("SIGTERM: /ready turns 503 or the process exits 0 within the drain timeout", async () => {
     const stream = fetch(`${base}/v1/completions`, {
       method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "stories15M", prompt: "Once", max_tokens: 200, ignore_eos: true, stream: true }),
+      body: JSON.stringify({ model: "stories15M", prompt: "Once", max_tokens: 32, ignore_eos: true, stream: true }),
     }).then((r) => r.text()).catch((e) => `error: ${e.message}`);
     await sleep(50);
     const t0 = Date.now();

@@ -218,9 +218,13 @@ describe("scripts/build-in-image.sh (what the builder stages run) on this build"
     const build = join(bin, "../..");
     const dest = mkdtempSync(join(tmpdir(), "uniattn-stage-"));
     try {
-      execFileSync(join(ROOT, "scripts/build-in-image.sh"), ["--stage-only", dest], {
-        cwd: ROOT, env: { ...process.env, UNIATTN_BUILD_DIR: build }, stdio: ["ignore", "pipe", "pipe"],
-      });
+      try {
+        execFileSync(join(ROOT, "scripts/build-in-image.sh"), ["--stage-only", dest], {
+          cwd: ROOT, env: { ...process.env, UNIATTN_BUILD_DIR: build }, stdio: ["ignore", "pipe", "pipe"],
+        });
+      } catch (e) {
+        throw new Error(`scripts/build-in-image.sh --stage-only failed (${e.status}):\n${e.stderr}`);
+      }
       for (const b of ["uniattn-serve", "uniattn-convert", "uniattn-generate"]) {
         assert.ok(statSync(join(dest, "bin", b)).mode & 0o111, `${b} staged executable`);
       }

@@ -33,6 +33,7 @@ struct RunResult {
     double mean_itl_s = 0;
     int64_t preemptions = 0;
     int64_t steps = 0;
+    double schedule_ms = 0, forward_ms = 0, sample_ms = 0;  // per step
 };
 
 class Timings : public EngineObserver {
@@ -43,9 +44,14 @@ class Timings : public EngineObserver {
         itl_count += static_cast<int64_t>(t.inter_token_s.size());
         ++finished;
     }
-    void OnStep(int, int, double, double, double) override {}
-    double ttft_sum = 0, itl_sum = 0;
-    int64_t itl_count = 0, finished = 0;
+    void OnStep(int, int, double schedule_s, double forward_s, double sample_s) override {
+        schedule_sum += schedule_s;
+        forward_sum += forward_s;
+        sample_sum += sample_s;
+        ++steps;
+    }
+    double ttft_sum = 0, itl_sum = 0, schedule_sum = 0, forward_sum = 0, sample_sum = 0;
+    int64_t itl_count = 0, finished = 0, steps = 0;
 };
 
 StatusOr<RunResult> Run(Engine& engine, Timings& timings, int concurrency, int prompt_len, int output_len,
@@ -88,6 +94,11 @@ StatusOr<RunResult> Run(Engine& engine, Timings& timings, int concurrency, int p
     result.steps = after.steps - before.steps;
     if (timings.finished > 0) result.mean_ttft_s = timings.ttft_sum / static_cast<double>(timings.finished);
     if (timings.itl_count > 0) result.mean_itl_s = timings.itl_sum / static_cast<double>(timings.itl_count);
+    if (timings.steps > 0) {
+        result.schedule_ms = timings.schedule_sum * 1e3 / static_cast<double>(timings.steps);
+        result.forward_ms = timings.forward_sum * 1e3 / static_cast<double>(timings.steps);
+        result.sample_ms = timings.sample_sum * 1e3 / static_cast<double>(timings.steps);
+    }
     return result;
 }
 
@@ -160,15 +171,15 @@ int Main(int argc, char** argv) {
         auto w = Run(e, *timings, 1, static_cast<int>(*prompt_len), 8, 999);
         if (!w.ok()) return Fail(w.status());
     }
-    std::printf("%11s %9s %9s %8s %12s %10s %9s %11s %6s\n", "concurrency", "requests", "out_tok", "wall_s",
-                "out_tok/s", "ttft_ms", "itl_ms", "preemptions", "steps");
+    std::printf("%11s %9s %8s %12s %10s %9s %11s %6s %11s %10s %9s\n", "concurrency", "out_tok", "wall_s", "out_tok/s",
+                "ttft_ms", "itl_ms", "preemptions", "steps", "sched_ms", "fwd_ms", "sample_ms");
     for (int n : levels) {
         auto r = Run(e, *timings, n, static_cast<int>(*prompt_len), static_cast<int>(*output_len), 1000 + n);
         if (!r.ok()) return Fail(r.status());
-        std::printf("%11d %9d %9lld %8.2f %12.1f %10.1f %9.2f %11lld %6lld\n", n, n,
+        std::printf("%11d %9lld %8.2f %12.1f %10.1f %9.2f %11lld %6lld %11.3f %10.2f %9.3f\n", n,
                     static_cast<long long>(r->output_tokens), r->wall_s, r->output_tokens / r->wall_s,
                     r->mean_ttft_s * 1e3, r->mean_itl_s * 1e3, static_cast<long long>(r->preemptions),
-                    static_cast<long long>(r->steps));
+                    static_cast<long long>(r->steps), r->schedule_ms, r->forward_ms, r->sample_ms);
         std::fflush(stdout);
     }
     return 0;

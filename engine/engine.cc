@@ -286,7 +286,10 @@ Status EngineImpl::Init(const EngineConfig& config) {
         const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
         bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
     }
-    const DType kv_dtype = DType::kF32;  // KvCache keeps fp32 on every backend for now
+    // The backend decides the KV dtype; a one-block probe asks KvCache which one it chose.
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> probe, KvCache::Create(backend_.get(), mc, config.block_size, 1));
+    const DType kv_dtype = probe->dtype();
+    probe.reset();
     const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(mc, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);
@@ -481,6 +484,7 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
     p.frequency_penalty = r.frequency_penalty;
     p.logit_bias = r.logit_bias;
     p.num_logprobs = std::max(0, r.logprobs);
+    p.want_logprob = r.logprobs >= 0;
     const bool wants_text = (r.detokenize && !own_tokenizer_) || !r.stop.empty();
     for (int i = 0; i < r.n; ++i) {
         Sample& s = raw->samples[i];

@@ -62,10 +62,13 @@ SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t
             argmax = i;
         }
     }
+    const bool need_logprobs = p.want_logprob || p.num_logprobs > 0;
     double sum = 0;
-    for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
-    const float log_z = mx + static_cast<float>(std::log(sum));
-    auto logprob = [&](int32_t id) { return logits[id] - log_z; };
+    if (need_logprobs) {
+        for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
+    }
+    const float log_z = need_logprobs ? mx + static_cast<float>(std::log(sum)) : 0.0f;
+    auto logprob = [&](int32_t id) { return need_logprobs ? logits[id] - log_z : 0.0f; };
 
     SampleResult r;
     if (p.temperature == 0.0f) {
@@ -76,9 +79,16 @@ SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t
         for (int i = 0; i < vocab; ++i) scratch_[i] = {logits[i], i};
         size_t keep = vocab;
         if (p.top_k > 0 && static_cast<size_t>(p.top_k) < keep) keep = p.top_k;
-        std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), [](const auto& a, const auto& b) {
+        // The comparator is a strict total order, so sort and partial_sort give the same order; partial_sort's
+        // heap is several times slower when it has to order the whole vocabulary (top_k off).
+        auto by_logit = [](const auto& a, const auto& b) {
             return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
+        };
+        if (keep == scratch_.size()) {
+            std::sort(scratch_.begin(), scratch_.end(), by_logit);
+        } else {
+            std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), by_logit);
+        }
         const float inv_t = 1.0f / p.temperature;
         std::vector<double> probs(keep);
         double z = 0;

@@ -25,6 +25,9 @@ struct SamplingParams {
     std::map<int32_t, float> logit_bias;
     std::optional<uint64_t> seed;
     int num_logprobs = 0;  // top alternatives to report per token (0 = only the chosen token's)
+    // false: SampleResult::logprob is left 0 when num_logprobs is 0, which spares greedy decoding a pass
+    // of exp() over the vocabulary.
+    bool want_logprob = true;
 
     // Checks ranges; `vocab_size` bounds logit_bias ids. Messages name the field.
     Status Validate(int vocab_size) const;

@@ -669,6 +669,7 @@ TEST(EngineTest, UniAttnModelFitsMoreTokensInTheSameBytes) {
     const std::string unified_dir = tmp.Sub("unified");
     ASSERT_TRUE(testutil::WriteRandomModel(unified_dir, o).ok());
     EngineConfig c;
+    c.num_threads = 1;
     c.kv_cache_bytes = 1 << 20;
     c.model_dir = dense_dir;
     auto dense = MakeEngine(c);

@@ -1,7 +1,403 @@
-// uniattn-bench: engine-level benchmark (filled in with the CUDA backend issue).
+// uniattn-bench: the engine's layer loop (ModelRunner over a paged KvCache) on seeded random weights of
+// real shapes, generated on the device (no checkpoint files), without the server.
+//
+//   uniattn-bench --config bench/configs/llama2-7b.json [--backend cuda] [--dtype f16|bf16|f32]
+//                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
+//                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
+//                 [--block-size 16] [--seed 1] [--json out.json]
+//
+// Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, spec §1). Decode cases are
+// batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
+// the values) and every step appends one token per sequence. Prefill cases run one sequence of N tokens
+// in one chunk.
+//
+// Reported per case: decode ms per step (median), output tokens/s, KV bytes per token, bytes a step must
+// read (weights except the embedding table, plus the KV of every cached token), achieved bytes/s and its
+// fraction of the measured device copy bandwidth, and the floor (bytes / copy bandwidth) with the ratio
+// to it; prefill tokens/s against the matrix-rate floor (2 · parameters FLOPs per token / measured GEMM
+// rate through Backend::MatMul).
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <vector>
 
-int main() {
-    std::fprintf(stderr, "uniattn-bench: not implemented yet\n");
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "model/weights.h"
+#include "uniattn/json.h"
+#include "util/file.h"
+#include "util/flags.h"
+#ifdef UNIATTN_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace uniattn {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+double Median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t end = s.find(sep, start);
+        const std::string piece = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (!piece.empty()) out.push_back(piece);
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return out;
+}
+
+StatusOr<std::vector<int>> IntList(const std::string& s, const std::string& flag, int min_value = 1) {
+    std::vector<int> out;
+    for (const std::string& p : Split(s, ',')) {
+        char* end = nullptr;
+        const long v = std::strtol(p.c_str(), &end, 10);
+        if (end == p.c_str() || *end != '\0' || v < min_value)
+            return InvalidArgument("--" + flag + ": bad number \"" + p + "\"");
+        out.push_back(static_cast<int>(v));
+    }
+    return out;
+}
+
+StatusOr<DType> DTypeFlag(const std::string& s) {
+    if (s == "f16" || s == "fp16") return DType::kF16;
+    if (s == "bf16") return DType::kBF16;
+    if (s == "f32" || s == "fp32") return DType::kF32;
+    return InvalidArgument("unknown dtype \"" + s + "\" (f16, bf16, f32)");
+}
+
+struct Variant {
+    std::string name;
+    bool uniattn = false;
+    int g = 1, b = 0, e = 0;
+};
+
+StatusOr<Variant> ParseVariant(const std::string& s) {
+    Variant v;
+    v.name = s;
+    if (s == "std") return v;
+    const std::vector<std::string> p = Split(s, '/');
+    if (p.size() != 3) return InvalidArgument("variant \"" + s + "\": expected std or G/B/E");
+    UA_ASSIGN_OR_RETURN(std::vector<int> gbe, IntList(p[0] + "," + p[1] + "," + p[2], "variants", 0));
+    v.uniattn = true;
+    v.g = gbe[0], v.b = gbe[1], v.e = gbe[2];
+    return v;
+}
+
+StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv) {
+#ifdef UNIATTN_HAVE_CUDA
+    if (name == "cuda") {
+        CudaBackendOptions o;
+        o.weight_dtype = weights;
+        o.kv_dtype = kv;
+        return CreateCudaBackend(o);
+    }
+#endif
+    if (name == "cpu") {
+        if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
+        return MakeCpuBackend(0);
+    }
+    return InvalidArgument("backend \"" + name + "\" is not available in this build");
+}
+
+// Device copy bandwidth: bytes read plus bytes written per second, large buffers, median of repeats.
+double CopyBandwidth(Backend* be) {
+    const size_t bytes = size_t{1} << 30;
+    auto a = be->Alloc(bytes), b = be->Alloc(bytes);
+    if (!a.ok() || !b.ok()) return 0;
+    be->FillUniform((*a)->data(), DType::kF32, bytes / 4, -1, 1, 7);
+    std::vector<double> t;
+    for (int i = 0; i < 12; ++i) {
+        be->Synchronize();
+        const auto t0 = Clock::now();
+        be->CopyOnDevice((*b)->data(), (*a)->data(), bytes);
+        be->Synchronize();
+        if (i >= 2) t.push_back(Seconds(t0, Clock::now()));
+    }
+    return 2.0 * bytes / Median(t);
+}
+
+// Matrix rate through the engine's own MatMul (fp32 activations in, weights in the bench dtype), FLOP/s.
+double MatMulRate(Backend* be, DType wd) {
+    const int64_t m = 8192, k = 8192, n = 8192;
+    auto x = be->Alloc(sizeof(float) * m * k), w = be->Alloc(DTypeBytes(wd) * n * k),
+         y = be->Alloc(sizeof(float) * m * n);
+    if (!x.ok() || !w.ok() || !y.ok()) return 0;
+    be->FillUniform((*x)->data(), DType::kF32, m * k, -1, 1, 8);
+    be->FillUniform((*w)->data(), wd, n * k, -0.02f, 0.02f, 9);
+    const Tensor tx = MakeTensor((*x)->data(), DType::kF32, m, k), tw = MakeTensor((*w)->data(), wd, n, k);
+    const Tensor ty = MakeTensor((*y)->data(), DType::kF32, m, n);
+    std::vector<double> t;
+    for (int i = 0; i < 8; ++i) {
+        be->Synchronize();
+        const auto t0 = Clock::now();
+        be->MatMul(tx, tw, ty, false);
+        be->Synchronize();
+        if (i >= 2) t.push_back(Seconds(t0, Clock::now()));
+    }
+    return 2.0 * m * n * k / Median(t);
+}
+
+struct Env {
+    Backend* be;
+    double copy_bw, matmul_rate;
+    int steps, warmup, block_size;
+    uint64_t seed;
+};
+
+// Parameters a decode step reads: every weight except the embedding table (only B rows of it are read;
+// when tied it is the LM head and counted).
+int64_t StepWeightBytes(const ModelConfig& c, const ModelWeights& w) {
+    const int64_t embed = c.tie_word_embeddings ? 0 : w.embed.rows * w.embed.cols * DTypeBytes(w.embed.dtype);
+    return w.bytes - embed;
+}
+
+// The matrix parameters a token's forward pass multiplies by.
+int64_t ParamCount(const ModelWeights& w) {
+    int64_t n = 0;
+    for (const LayerWeights& l : w.layers) {
+        for (const Tensor* t : {&l.w_qkv, &l.w_vc, &l.w_o, &l.w_gate_up, &l.w_down}) n += t->rows * t->cols;
+    }
+    return n + w.lm_head.rows * w.lm_head.cols;
+}
+
+Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& out, std::string& table) {
+    const ModelConfig& c = model.config;
+    Backend* be = env.be;
+    const int total = ctx + env.warmup + env.steps + 1;
+    const int per_seq = (total + env.block_size - 1) / env.block_size;
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv,
+                        KvCache::Create(be, c, env.block_size, static_cast<int64_t>(batch) * per_seq));
+    for (int l = 0; l < c.num_layers; ++l) {
+        const int64_t n = kv->num_blocks() * env.block_size * c.num_kv_heads * c.head_dim;
+        if (kv->HasK(l)) be->FillUniform(kv->K(l).base, kv->dtype(), n, -1, 1, env.seed + 100 + 2 * l);
+        be->FillUniform(kv->V(l).base, kv->dtype(), n, -1, 1, env.seed + 101 + 2 * l);
+    }
+    ModelRunner runner(&model, be);
+    std::vector<std::vector<int32_t>> blocks(batch);
+    for (int s = 0; s < batch; ++s) {
+        for (int i = 0; i < per_seq; ++i) blocks[s].push_back(i * batch + s);  // interleaved pages
+    }
+    std::vector<float> logits(static_cast<size_t>(batch) * c.vocab_size);
+    std::vector<double> times;
+    for (int step = 0; step < env.warmup + env.steps; ++step) {
+        ForwardInput in;
+        for (int s = 0; s < batch; ++s) {
+            in.AddSequence({(step * 31 + s * 17) % c.vocab_size}, ctx + step, blocks[s], env.block_size, true);
+        }
+        in.Finish();
+        be->Synchronize();
+        const auto t0 = Clock::now();
+        UA_RETURN_IF_ERROR(runner.Forward(in, *kv, logits.data()));  // ends with the logits copy: synchronous
+        if (step >= env.warmup) times.push_back(Seconds(t0, Clock::now()));
+    }
+    const double step_s = Median(times);
+    const int64_t kv_per_token = c.KvBytesPerToken(DTypeBytes(kv->dtype()));
+    const double bytes = static_cast<double>(StepWeightBytes(c, model.weights)) +
+                         static_cast<double>(kv_per_token) * batch * (ctx + env.warmup + env.steps / 2 + 1);
+    const double floor_s = env.copy_bw > 0 ? bytes / env.copy_bw : 0;
+    Json j = Json::Object();
+    j.Set("batch", Json::Int(batch));
+    j.Set("context", Json::Int(ctx));
+    j.Set("ms_per_step", Json::Number(step_s * 1e3));
+    j.Set("ms_per_step_min", Json::Number(*std::min_element(times.begin(), times.end()) * 1e3));
+    j.Set("output_tokens_per_s", Json::Number(batch / step_s));
+    j.Set("kv_bytes_per_token", Json::Int(kv_per_token));
+    j.Set("bytes_per_step", Json::Number(bytes));
+    j.Set("achieved_bytes_per_s", Json::Number(bytes / step_s));
+    j.Set("fraction_of_copy_bandwidth", Json::Number(env.copy_bw > 0 ? bytes / step_s / env.copy_bw : 0));
+    j.Set("floor_ms", Json::Number(floor_s * 1e3));
+    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? step_s / floor_s : 0));
+    out.Push(std::move(j));
+    char line[256];
+    std::snprintf(
+        line, sizeof(line),
+        "  decode  B=%-4d ctx=%-6d %9.3f ms/step %10.1f tok/s  %7.1f GB/s (%4.1f%% of copy)  floor %8.3f ms  x%.3f\n",
+        batch, ctx, step_s * 1e3, batch / step_s, bytes / step_s / 1e9,
+        env.copy_bw > 0 ? 100 * bytes / step_s / env.copy_bw : 0.0, floor_s * 1e3,
+        floor_s > 0 ? step_s / floor_s : 0.0);
+    table += line;
+    std::fputs(line, stdout);
+    std::fflush(stdout);
+    return Status::Ok();
+}
+
+Status RunPrefill(const Env& env, const Model& model, int tokens, Json& out, std::string& table) {
+    const ModelConfig& c = model.config;
+    Backend* be = env.be;
+    const int per_seq = (tokens + env.block_size - 1) / env.block_size;
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv, KvCache::Create(be, c, env.block_size, per_seq));
+    ModelRunner runner(&model, be);
+    std::vector<int32_t> blocks, prompt(tokens);
+    for (int i = 0; i < per_seq; ++i) blocks.push_back(per_seq - 1 - i);
+    for (int i = 0; i < tokens; ++i) prompt[i] = (i * 7919) % c.vocab_size;
+    std::vector<float> logits(c.vocab_size);
+    std::vector<double> times;
+    const int reps = std::max(2, env.steps / 4);
+    for (int r = 0; r < 1 + reps; ++r) {
+        ForwardInput in;
+        in.AddSequence(prompt, 0, blocks, env.block_size, true);
+        in.Finish();
+        be->Synchronize();
+        const auto t0 = Clock::now();
+        UA_RETURN_IF_ERROR(runner.Forward(in, *kv, logits.data()));
+        if (r >= 1) times.push_back(Seconds(t0, Clock::now()));
+    }
+    const double s = Median(times);
+    const double flops = 2.0 * static_cast<double>(ParamCount(model.weights)) * tokens;
+    const double floor_s = env.matmul_rate > 0 ? flops / env.matmul_rate : 0;
+    Json j = Json::Object();
+    j.Set("tokens", Json::Int(tokens));
+    j.Set("ms", Json::Number(s * 1e3));
+    j.Set("tokens_per_s", Json::Number(tokens / s));
+    j.Set("matmul_floor_ms", Json::Number(floor_s * 1e3));
+    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? s / floor_s : 0));
+    out.Push(std::move(j));
+    char line[256];
+    std::snprintf(line, sizeof(line), "  prefill T=%-6d %10.3f ms %12.1f tok/s  matmul floor %8.3f ms  x%.3f\n", tokens,
+                  s * 1e3, tokens / s, floor_s * 1e3, floor_s > 0 ? s / floor_s : 0.0);
+    table += line;
+    std::fputs(line, stdout);
+    std::fflush(stdout);
+    return Status::Ok();
+}
+
+int Fail(const Status& s) {
+    std::fprintf(stderr, "uniattn-bench: %s\n", s.message().c_str());
     return 1;
 }
+
+int Main(int argc, char** argv) {
+    Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
+                 "warmup", "block-size", "seed", "json"},
+                {});
+    if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
+    const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
+    auto text = ReadFile(config_path);
+    if (!text.ok()) return Fail(text.status());
+    auto base = ModelConfig::FromJson(*text, config_path);
+    if (!base.ok()) return Fail(base.status());
+    auto wd = DTypeFlag(flags.Get("dtype", "f16"));
+    auto kd = DTypeFlag(flags.Get("kv-dtype", flags.Get("dtype", "f16")));
+    if (!wd.ok()) return Fail(wd.status());
+    if (!kd.ok()) return Fail(kd.status());
+    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd);
+    if (!be.ok()) return Fail(be.status());
+
+    std::vector<std::pair<int, int>> decode_cases;
+    for (const std::string& p : Split(flags.Get("decode", flags.Has("batch") ? "" : "1x512"), ',')) {
+        const size_t x = p.find('x');
+        auto bc = IntList(x == std::string::npos ? "" : p.substr(0, x) + "," + p.substr(x + 1), "decode");
+        if (!bc.ok() || bc->size() != 2) return Fail(InvalidArgument("--decode: expected BxC, got \"" + p + "\""));
+        decode_cases.emplace_back((*bc)[0], (*bc)[1]);
+    }
+    if (flags.Has("batch")) {
+        auto batches = IntList(flags.Get("batch"), "batch");
+        auto ctxs = IntList(flags.Get("ctx", "512"), "ctx");
+        if (!batches.ok()) return Fail(batches.status());
+        if (!ctxs.ok()) return Fail(ctxs.status());
+        for (int b : *batches) {
+            for (int c : *ctxs) decode_cases.emplace_back(b, c);
+        }
+    }
+    auto prefills = IntList(flags.Get("prefill", ""), "prefill");
+    if (!prefills.ok()) return Fail(prefills.status());
+    std::vector<Variant> variants;
+    for (const std::string& v : Split(flags.Get("variants", "std"), ',')) {
+        auto pv = ParseVariant(v);
+        if (!pv.ok()) return Fail(pv.status());
+        variants.push_back(*pv);
+    }
+    auto steps = flags.GetInt("steps", 20), warmup = flags.GetInt("warmup", 3), block = flags.GetInt("block-size", 16);
+    auto seed = flags.GetInt("seed", 1);
+    if (!steps.ok() || !warmup.ok() || !block.ok() || !seed.ok()) return Fail(InvalidArgument("bad integer flag"));
+
+    Env env{be->get(),
+            0,
+            0,
+            static_cast<int>(*steps),
+            static_cast<int>(*warmup),
+            static_cast<int>(*block),
+            static_cast<uint64_t>(*seed)};
+    env.copy_bw = CopyBandwidth(env.be);
+    env.matmul_rate = prefills->empty() ? 0 : MatMulRate(env.be, *wd);
+    char date[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    std::printf("uniattn-bench %s on %s, weights %s, KV %s, %s\n", config_path.c_str(), env.be->Description().c_str(),
+                DTypeName(*wd), DTypeName(*kd), date);
+    std::printf("measured: device copy %.1f GB/s (read + write)%s\n", env.copy_bw / 1e9,
+                env.matmul_rate > 0 ? (", MatMul " + std::to_string(env.matmul_rate / 1e12) + " TFLOP/s").c_str() : "");
+
+    Json root = Json::Object();
+    root.Set("config", Json::String(config_path));
+    root.Set("device", Json::String(env.be->Description()));
+    root.Set("date", Json::String(date));
+    root.Set("weight_dtype", Json::String(DTypeName(*wd)));
+    root.Set("kv_dtype", Json::String(DTypeName(*kd)));
+    root.Set("copy_bandwidth_bytes_per_s", Json::Number(env.copy_bw));
+    root.Set("matmul_flops_per_s", Json::Number(env.matmul_rate));
+    Json results = Json::Array();
+    std::string table;
+    for (const Variant& v : variants) {
+        ModelConfig c = *base;
+        c.has_grouping = v.uniattn;
+        c.grouping_idx = v.g, c.grouping_begin_idx = v.b, c.grouping_end_idx = v.e;
+        if (Status st = c.DeriveLayerKinds(); !st.ok()) return Fail(st);
+        Model model;
+        model.config = c;
+        auto w = RandomWeights(c, env.be, env.seed);
+        if (!w.ok()) return Fail(w.status());
+        model.weights = std::move(w).value();
+        const int64_t kv_tok = c.KvBytesPerToken(DTypeBytes(*kd));
+        const int64_t dense_tok = c.DenseKvBytesPerToken(DTypeBytes(*kd));
+        char head[256];
+        std::snprintf(head, sizeof(head),
+                      "%s: %d reuse layers, weights %.2f GB, KV %lld B/token (%.2f%% less than dense)\n",
+                      v.name.c_str(), c.num_reuse_layers(), model.weights.bytes / 1e9, static_cast<long long>(kv_tok),
+                      100.0 * (1.0 - static_cast<double>(kv_tok) / dense_tok));
+        table += head;
+        std::fputs(head, stdout);
+        Json vr = Json::Object();
+        vr.Set("variant", Json::String(v.name));
+        vr.Set("reuse_layers", Json::Int(c.num_reuse_layers()));
+        vr.Set("weight_bytes", Json::Int(model.weights.bytes));
+        vr.Set("kv_bytes_per_token", Json::Int(kv_tok));
+        vr.Set("dense_kv_bytes_per_token", Json::Int(dense_tok));
+        Json dec = Json::Array(), pre = Json::Array();
+        for (const auto& [b, ctx] : decode_cases) {
+            if (Status st = RunDecode(env, model, b, ctx, dec, table); !st.ok()) return Fail(st);
+        }
+        for (int t : *prefills) {
+            if (Status st = RunPrefill(env, model, t, pre, table); !st.ok()) return Fail(st);
+        }
+        vr.Set("decode", std::move(dec));
+        vr.Set("prefill", std::move(pre));
+        results.Push(std::move(vr));
+    }
+    root.Set("results", std::move(results));
+    std::printf("\n==== summary (%s, %s) ====\n%s", env.be->Description().c_str(), date, table.c_str());
+    if (flags.Has("json")) {
+        if (Status st = WriteFile(flags.Get("json"), root.DumpPretty() + "\n"); !st.ok()) return Fail(st);
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace uniattn
+
+int main(int argc, char** argv) { return uniattn::Main(argc, argv); }

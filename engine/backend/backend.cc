@@ -1,5 +1,9 @@
 #include "backend/backend.h"
 
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
 namespace uniattn {
 
 Tensor MakeTensor(void* data, DType dtype, int64_t rows, int64_t cols) { return Tensor{data, dtype, rows, cols, cols}; }
@@ -18,8 +22,55 @@ Tensor Tensor::Rows(int64_t row, int64_t n) const {
     return t;
 }
 
+void Backend::CopyOnDevice(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+namespace {
+// SplitMix64 of (seed, index): the same stream the CUDA backend's FillUniform kernel computes.
+inline uint64_t Mix(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+}  // namespace
+
+void Backend::FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed) {
+    constexpr int64_t kChunk = 1 << 20;
+    std::vector<float> f(static_cast<size_t>(std::min(n, kChunk)));
+    std::vector<uint16_t> h(dtype == DType::kF32 ? 0 : f.size());
+    const int elem = DTypeBytes(dtype);
+    for (int64_t at = 0; at < n; at += kChunk) {
+        const int64_t m = std::min(kChunk, n - at);
+        for (int64_t i = 0; i < m; ++i) {
+            const float u = static_cast<float>(Mix(seed, static_cast<uint64_t>(at + i)) >> 40) * 0x1.0p-24f;
+            f[i] = lo + u * (hi - lo);
+        }
+        void* out = static_cast<char*>(dst) + at * elem;
+        switch (dtype) {
+            case DType::kF32:
+                CopyToDevice(out, f.data(), sizeof(float) * m);
+                break;
+            case DType::kF16:
+            case DType::kBF16:
+                for (int64_t i = 0; i < m; ++i) h[i] = dtype == DType::kF16 ? FloatToHalf(f[i]) : FloatToBF16(f[i]);
+                CopyToDevice(out, h.data(), sizeof(uint16_t) * m);
+                break;
+        }
+    }
+}
+
+void Backend::RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane,
+                          const KvPlane& v_plane, int num_heads, const int32_t* positions, const int64_t* slot_mapping,
+                          double theta) {
+    Rope(q, num_heads, k_plane.head_dim, positions, theta);
+    Rope(k, k_plane.num_kv_heads, k_plane.head_dim, positions, theta);
+    WriteKv(k, k_plane, slot_mapping);
+    WriteKv(v, v_plane, slot_mapping);
+}
+
 #ifdef UNIATTN_HAVE_CUDA
-std::unique_ptr<Backend> MakeCudaBackend(int device);
+// backend/cuda/cuda_backend.cc: the default CUDA backend (fp16 weights and KV) on `device`, or why not.
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);
 #endif
 
 bool HasBackend(const std::string& name) {

@@ -2,7 +2,8 @@
 // once against it; only the registry (backend.cc) knows which backends were compiled in.
 //
 // Conventions: tensors are row-major 2-D views [rows, cols] with a row stride `ld` in elements.
-// Activations are fp32 on every backend; weights are in the backend's chosen dtype. All pointers are
+// Activations are fp32 on every backend; weights (WeightDType) and the KV cache (KvDType) are in the
+// backend's chosen dtypes, and ops read whatever dtype a Tensor or KvPlane says. All pointers are
 // device pointers of the backend (host pointers on the CPU backend) unless named host_*.
 #pragma once
 
@@ -33,7 +34,7 @@ struct Tensor {
 Tensor MakeTensor(void* data, DType dtype, int64_t rows, int64_t cols);
 
 // One plane of the paged KV cache (K or V of one layer):
-//   base  // [num_blocks, block_size, num_kv_heads, head_dim], fp32 on the CPU backend
+//   base  // [num_blocks, block_size, num_kv_heads, head_dim], in `dtype` (fp32 on the CPU backend)
 struct KvPlane {
     void* base = nullptr;
     DType dtype = DType::kF32;
@@ -55,6 +56,7 @@ struct AttentionBatch {
     const int32_t* positions = nullptr;     // [num_tokens]
     const int64_t* slot_mapping = nullptr;  // [num_tokens]: block_id * block_size + offset
     int max_context_len = 0;                // max over context_len: the row length of probability buffers
+    int max_query_len = 0;                  // host-side max over query lengths; 0: unknown (backends assume the worst)
 };
 
 // Owned device memory.
@@ -69,14 +71,25 @@ class Backend {
   public:
     virtual ~Backend() = default;
     virtual std::string Name() const = 0;
-    // The dtype weights are stored in on this backend.
+    // The device in words, for benchmark reports ("cuda: NVIDIA H100 ..."); the name by default.
+    virtual std::string Description() const { return Name(); }
+    // Free device memory in bytes, for sizing the KV pool; 0 when the backend cannot tell (host memory).
+    virtual size_t FreeDeviceBytes() const { return 0; }
+    // The dtype weights are stored in on this backend (norm weights stay fp32 on every backend).
     virtual DType WeightDType() const = 0;
+    // The dtype of the KV cache planes KvCache allocates on this backend.
+    virtual DType KvDType() const { return DType::kF32; }
 
     virtual StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) = 0;
     virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
     virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
     virtual void Fill(void* dst, int value, size_t bytes) = 0;
     virtual void Synchronize() = 0;
+    // dst = src, both backend memory. The default is memcpy (host-memory backends).
+    virtual void CopyOnDevice(void* dst, const void* src, size_t bytes);
+    // n values of `dtype`, uniform in [lo, hi), a pure function of (seed, index): for benchmarks with
+    // random weights of real shapes. The default generates on the host and copies.
+    virtual void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed);
 
     // out[t, :] = table[tokens[t], :]                     table [vocab, d], out [T, d]
     virtual void Embedding(const int32_t* tokens, int num_tokens, const Tensor& table, const Tensor& out) = 0;
@@ -89,6 +102,13 @@ class Backend {
     virtual void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) = 0;
     // Writes src rows into the plane at slot_mapping[t].  src [T, num_kv_heads * head_dim]
     virtual void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) = 0;
+    // The attention prologue of a normal/anchor layer, fused where a backend can: Rope(q), Rope(k),
+    // WriteKv(k, k_plane), WriteKv(v, v_plane). q is rotated in place; k's contents afterwards are
+    // unspecified (rotated or not). The default runs the four ops in that order.
+    //   q [T, Hq * hd], k and v [T, Hkv * hd]
+    virtual void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane,
+                             const KvPlane& v_plane, int num_heads, const int32_t* positions,
+                             const int64_t* slot_mapping, double theta);
     // Causal attention of each token over its sequence's cache, positions <= its own.
     //   q [T, Hq * hd], out [T, Hq * hd]
     //   probs (optional, anchors): [T, Hq, batch.max_context_len] fp32, row t·Hq+h holds P for j <= pos

@@ -14,7 +14,7 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, const Model
     std::unique_ptr<KvCache> kv(new KvCache());
     kv->block_size_ = block_size;
     kv->num_blocks_ = num_blocks;
-    kv->dtype_ = DType::kF32;  // activations and cache are fp32 on the CPU oracle
+    kv->dtype_ = backend->KvDType();  // fp32 on the CPU oracle
     kv->bytes_per_block_ = config.KvBytesPerToken(DTypeBytes(kv->dtype_)) * block_size;
     const int64_t plane_bytes =
         num_blocks * block_size * static_cast<int64_t>(config.num_kv_heads) * config.head_dim * DTypeBytes(kv->dtype_);

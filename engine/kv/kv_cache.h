@@ -15,7 +15,7 @@ namespace uniattn {
 
 class KvCache {
   public:
-    // Allocates num_blocks blocks on the backend.
+    // Allocates num_blocks blocks on the backend, in backend->KvDType().
     static StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, const ModelConfig& config, int block_size,
                                                      int64_t num_blocks);
     // How many blocks fit in `bytes` for this model's layout.

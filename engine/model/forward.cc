@@ -77,8 +77,9 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     UA_CHECK_EQ(static_cast<int>(in.positions.size()), T);
     UA_CHECK_EQ(static_cast<int>(in.slot_mapping.size()), T);
     UA_CHECK_EQ(static_cast<int>(in.query_start.size()), S + 1);
-    int max_ctx = 0;
+    int max_ctx = 0, max_query = 0;
     for (int32_t n : in.context_len) max_ctx = std::max(max_ctx, n);
+    for (int s = 0; s < S; ++s) max_query = std::max(max_query, in.query_start[s + 1] - in.query_start[s]);
     const int num_logits = static_cast<int>(in.logits_rows.size());
 
     // Step metadata travels to the device in one buffer.
@@ -112,6 +113,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     batch.positions = reinterpret_cast<const int32_t*>(dev + o_pos);
     batch.slot_mapping = reinterpret_cast<const int64_t*>(dev + o_slots);
     batch.max_context_len = max_ctx;
+    batch.max_query_len = max_query;
 
     const int64_t d = c.hidden_size, hd = c.head_dim;
     const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, ff = c.intermediate_size;
@@ -133,10 +135,8 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 const Tensor qkv = MakeTensor(Scratch(kQkv), DType::kF32, T, q_dim + 2 * kv_dim);
                 backend_->MatMul(xn, lw.w_qkv, qkv, false);
                 const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim), v = qkv.Cols(q_dim + kv_dim, kv_dim);
-                backend_->Rope(q, c.num_heads, c.head_dim, batch.positions, c.rope_theta);
-                backend_->Rope(k, c.num_kv_heads, c.head_dim, batch.positions, c.rope_theta);
-                backend_->WriteKv(k, kv.K(l), batch.slot_mapping);
-                backend_->WriteKv(v, kv.V(l), batch.slot_mapping);
+                backend_->RopeWriteKv(q, k, v, kv.K(l), kv.V(l), c.num_heads, batch.positions, batch.slot_mapping,
+                                      c.rope_theta);
                 // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
                 const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
                 backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);

@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <cmath>
+#include <cstdint>
 #include <set>
 #include <vector>
 
@@ -28,39 +30,56 @@ class Loader {
         return v;
     }
 
-    // Stacks the given tensors along rows into one backend tensor [Σ rows, cols].
-    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts) {
+    // Stacks the given tensors along rows into one backend tensor [Σ rows, cols] of `dtype`.
+    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts, DType dtype) {
         const int64_t cols = parts[0]->shape.size() == 2 ? parts[0]->shape[1] : parts[0]->shape[0];
         int64_t rows = 0;
         for (const auto* p : parts) rows += p->shape.size() == 2 ? p->shape[0] : 1;
-        const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
-        staging_.resize(static_cast<size_t>(rows * cols));
+        const size_t n = static_cast<size_t>(rows * cols);
+        const size_t bytes = n * DTypeBytes(dtype);
+        staging_.resize(n);
         int64_t off = 0;
         for (const auto* p : parts) {
             p->ToFloat(staging_.data() + off);
             off += p->numel();
         }
+        const void* src = staging_.data();
+        switch (dtype) {
+            case DType::kF32:
+                break;
+            case DType::kF16:
+            case DType::kBF16:
+                half_.resize(n);
+                for (size_t i = 0; i < n; ++i) {
+                    half_[i] = dtype == DType::kF16 ? FloatToHalf(staging_[i]) : FloatToBF16(staging_[i]);
+                }
+                src = half_.data();
+                break;
+        }
         UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
-        backend_->CopyToDevice(buf->data(), staging_.data(), bytes);
-        Tensor t = MakeTensor(buf->data(), DType::kF32, rows, cols);
+        backend_->CopyToDevice(buf->data(), src, bytes);
+        Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
         w_.bytes += static_cast<int64_t>(bytes);
         w_.buffers.push_back(std::move(buf));
         return t;
     }
+    // Matrices (and the embedding) in the backend's weight dtype; norm weights stay fp32.
+    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts) {
+        return Stack(parts, backend_->WeightDType());
+    }
+    StatusOr<Tensor> Norm(const TensorView* part) { return Stack({part}, DType::kF32); }
 
   private:
     const TensorSet& tensors_;
     Backend* backend_;
     ModelWeights& w_;
     std::vector<float> staging_;
+    std::vector<uint16_t> half_;
 };
 
 }  // namespace
 
 StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& c, Backend* backend) {
-    if (backend->WeightDType() != DType::kF32) {
-        return Unimplemented("backend " + backend->Name() + " needs a weight dtype this loader does not produce yet");
-    }
     // Spec §5: v2_proj tensors must match the reuse set exactly, and only with grouping keys.
     std::set<int> v2_layers;
     for (const std::string& name : tensors.Names()) {
@@ -112,7 +131,7 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
     UA_ASSIGN_OR_RETURN(const TensorView* embed, ld.Get("model.embed_tokens.weight", {vocab, d}));
     UA_ASSIGN_OR_RETURN(w.embed, ld.Stack({embed}));
     UA_ASSIGN_OR_RETURN(const TensorView* norm, ld.Get("model.norm.weight", {d}));
-    UA_ASSIGN_OR_RETURN(w.final_norm, ld.Stack({norm}));
+    UA_ASSIGN_OR_RETURN(w.final_norm, ld.Norm(norm));
     if (c.tie_word_embeddings) {
         w.lm_head = w.embed;
     } else {
@@ -126,9 +145,9 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
             return ld.Get(LayerTensorName(l, suffix), std::move(shape));
         };
         UA_ASSIGN_OR_RETURN(const TensorView* in_norm, get("input_layernorm.weight", {d}));
-        UA_ASSIGN_OR_RETURN(lw.attn_norm, ld.Stack({in_norm}));
+        UA_ASSIGN_OR_RETURN(lw.attn_norm, ld.Norm(in_norm));
         UA_ASSIGN_OR_RETURN(const TensorView* post_norm, get("post_attention_layernorm.weight", {d}));
-        UA_ASSIGN_OR_RETURN(lw.ffn_norm, ld.Stack({post_norm}));
+        UA_ASSIGN_OR_RETURN(lw.ffn_norm, ld.Norm(post_norm));
         UA_ASSIGN_OR_RETURN(const TensorView* wv, get("self_attn.v_proj.weight", {kv_dim, d}));
         if (c.layer_kinds[l] == LayerKind::kReuse) {
             // Q/K are never read for reuse layers (spec §2), so they are neither required nor loaded.
@@ -146,6 +165,50 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         UA_ASSIGN_OR_RETURN(lw.w_gate_up, ld.Stack({wg, wu}));
         UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
         UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
+    }
+    return w;
+}
+
+StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uint64_t seed) {
+    ModelWeights w;
+    const DType wt = backend->WeightDType();
+    uint64_t stream = seed * 0x100000001B3ULL;
+    auto make = [&](int64_t rows, int64_t cols, DType dtype, float lo, float hi) -> StatusOr<Tensor> {
+        const size_t bytes = static_cast<size_t>(rows * cols) * DTypeBytes(dtype);
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend->Alloc(bytes));
+        backend->FillUniform(buf->data(), dtype, rows * cols, lo, hi, ++stream);
+        Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
+        w.bytes += static_cast<int64_t>(bytes);
+        w.buffers.push_back(std::move(buf));
+        return t;
+    };
+    // Unit output variance for unit-RMS inputs, as tests/engine/test_models.h draws them.
+    auto linear = [&](int64_t rows, int64_t cols) {
+        const float a = std::sqrt(3.0f / static_cast<float>(cols));
+        return make(rows, cols, wt, -a, a);
+    };
+    const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+    const int64_t ff = c.intermediate_size, vocab = c.vocab_size;
+    UA_ASSIGN_OR_RETURN(w.embed, make(vocab, d, wt, -1.0f, 1.0f));
+    UA_ASSIGN_OR_RETURN(w.final_norm, make(1, d, DType::kF32, 0.8f, 1.2f));
+    if (c.tie_word_embeddings) {
+        w.lm_head = w.embed;
+    } else {
+        UA_ASSIGN_OR_RETURN(w.lm_head, linear(vocab, d));
+    }
+    w.layers.resize(c.num_layers);
+    for (int l = 0; l < c.num_layers; ++l) {
+        LayerWeights& lw = w.layers[l];
+        UA_ASSIGN_OR_RETURN(lw.attn_norm, make(1, d, DType::kF32, 0.8f, 1.2f));
+        UA_ASSIGN_OR_RETURN(lw.ffn_norm, make(1, d, DType::kF32, 0.8f, 1.2f));
+        if (c.layer_kinds[l] == LayerKind::kReuse) {
+            UA_ASSIGN_OR_RETURN(lw.w_vc, linear(kv_dim + q_dim, d));
+        } else {
+            UA_ASSIGN_OR_RETURN(lw.w_qkv, linear(q_dim + 2 * kv_dim, d));
+        }
+        UA_ASSIGN_OR_RETURN(lw.w_o, linear(d, q_dim));
+        UA_ASSIGN_OR_RETURN(lw.w_gate_up, linear(2 * ff, d));
+        UA_ASSIGN_OR_RETURN(lw.w_down, linear(d, ff));
     }
     return w;
 }

@@ -2,6 +2,7 @@
 //   normal/anchor layers: w_qkv = [Wq; Wk; Wv]   [Hq·hd + 2·Hkv·hd, d]
 //   reuse layers:         w_vc  = [Wv; Wc]        [Hkv·hd + Hq·hd, d]   (spec §2: one GEMM; no Wq/Wk)
 //   every layer:          w_gate_up = [Wgate; Wup] [2·ff, d]
+// Matrices and the embedding are in backend->WeightDType(); norm weights are fp32 on every backend.
 #pragma once
 
 #include <memory>
@@ -36,6 +37,11 @@ struct ModelWeights {
 // Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of spec §5.
 // Messages name the file and the tensor.
 StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend);
+
+// Seeded uniform random weights of `config`'s shapes, generated on the backend (Backend::FillUniform):
+// for benchmarks of real shapes without checkpoint files. Linear weights have unit output variance for
+// unit-RMS inputs, norms are near 1.
+StatusOr<ModelWeights> RandomWeights(const ModelConfig& config, Backend* backend, uint64_t seed);
 
 // The tensor names of the Hugging Face Llama layout.
 std::string LayerTensorName(int layer, const std::string& suffix);

@@ -1,0 +1,231 @@
+// uniattn-kernel-bench: each CUDA backend op alone at the shapes of a real model (bench/configs), for
+// finding where a decode step's time goes. Every op is timed over many back-to-back launches (median of
+// repeats, host clock around a device sync), and reported with the bytes it must move and the achieved
+// bandwidth against the measured device copy bandwidth.
+//
+//   uniattn-kernel-bench [--config bench/configs/llama2-7b.json] [--decode 1x512,16x4096] [--reps 50]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/kernels.h"
+#include "kv/kv_cache.h"
+#include "uniattn/model_config.h"
+#include "util/file.h"
+#include "util/flags.h"
+
+namespace uniattn {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Bench {
+    Backend* be;
+    int reps;
+    double copy_bw = 0;
+
+    // The backend's stream and the default stream (direct kernel launches).
+    void Sync() {
+        be->Synchronize();
+        cudaDeviceSynchronize();
+    }
+    // Seconds per call of fn: median over 5 rounds of `reps` back-to-back calls.
+    double Time(const std::function<void()>& fn) {
+        fn();
+        Sync();
+        std::vector<double> t;
+        for (int round = 0; round < 5; ++round) {
+            const auto t0 = Clock::now();
+            for (int i = 0; i < reps; ++i) fn();
+            Sync();
+            t.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / reps);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    }
+    void Report(const std::string& what, double s, double bytes) {
+        std::printf("  %-58s %9.2f us", what.c_str(), s * 1e6);
+        if (bytes > 0) std::printf("  %8.1f GB/s  %5.1f%% of copy", bytes / s / 1e9, 100.0 * bytes / s / copy_bw);
+        std::printf("\n");
+        std::fflush(stdout);
+    }
+};
+
+std::unique_ptr<DeviceBuffer> Alloc(Backend* be, size_t bytes) {
+    auto b = be->Alloc(bytes);
+    if (!b.ok()) {
+        std::fprintf(stderr, "%s\n", b.status().ToString().c_str());
+        std::exit(1);
+    }
+    return std::move(b).value();
+}
+
+int Main(int argc, char** argv) {
+    Flags flags({"config", "decode", "reps"}, {});
+    if (!flags.Parse(argc, argv).ok()) return 1;
+    const std::string path = flags.Get("config", "bench/configs/llama2-7b.json");
+    auto text = ReadFile(path);
+    if (!text.ok()) return 1;
+    auto cfg = ModelConfig::FromJson(*text, path);
+    if (!cfg.ok() || !cfg->DeriveLayerKinds().ok()) return 1;
+    const ModelConfig& c = *cfg;
+    auto be_or = CreateCudaBackend(CudaBackendOptions{});
+    if (!be_or.ok()) {
+        std::fprintf(stderr, "%s\n", be_or.status().ToString().c_str());
+        return 1;
+    }
+    Backend* be = be_or->get();
+    auto reps = flags.GetInt("reps", 50);
+    if (!reps.ok()) return 1;
+    Bench bench{be, static_cast<int>(*reps)};
+    {
+        const size_t bytes = size_t{1} << 30;
+        auto a = Alloc(be, bytes), b = Alloc(be, bytes);
+        be->FillUniform(a->data(), DType::kF32, bytes / 4, -1, 1, 1);
+        bench.copy_bw = 2.0 * bytes / bench.Time([&] { be->CopyOnDevice(b->data(), a->data(), bytes); });
+    }
+    std::printf("%s: %s, copy %.1f GB/s\n", path.c_str(), be->Description().c_str(), bench.copy_bw / 1e9);
+
+    const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+    const int64_t ff = c.intermediate_size;
+    struct Mat {
+        const char* name;
+        int64_t out, in;
+    };
+    const Mat mats[] = {{"qkv", q_dim + 2 * kv_dim, d},
+                        {"o", d, q_dim},
+                        {"gate_up", 2 * ff, d},
+                        {"down", d, ff},
+                        {"lm_head", c.vocab_size, d}};
+    const int64_t max_rows = 64;
+    auto x = Alloc(be, sizeof(float) * max_rows * std::max(ff, d));
+    auto y = Alloc(be, sizeof(float) * max_rows * std::max<int64_t>(2 * ff, c.vocab_size));
+    be->FillUniform(x->data(), DType::kF32, max_rows * std::max(ff, d), -1, 1, 2);
+    std::printf("MatMul (fp16 weights, fp32 activations)\n");
+    for (const Mat& m : mats) {
+        auto w = Alloc(be, 2 * m.out * m.in);
+        be->FillUniform(w->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 3);
+        const Tensor tw = MakeTensor(w->data(), DType::kF16, m.out, m.in);
+        const double wbytes = 2.0 * m.out * m.in;
+        for (int64_t T : {1, 2, 16, 32, 64}) {
+            const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
+            const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
+            const double s = bench.Time([&] { be->MatMul(tx, tw, ty, false); });
+            bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) + "x" +
+                             std::to_string(m.in) + "]",
+                         s, wbytes);
+        }
+        for (int variant : {1, 2}) {
+            const double s = bench.Time([&] {
+                cuda::Gemv(static_cast<const float*>(x->data()), m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in,
+                           static_cast<float*>(y->data()), m.out, false, nullptr, variant);
+            });
+            bench.Report(std::string(m.name) + " T=1 gemv variant " + std::to_string(variant) + " (default stream)", s,
+                         wbytes);
+        }
+    }
+
+    std::printf("Small ops\n");
+    {
+        auto w = Alloc(be, sizeof(float) * d);
+        be->FillUniform(w->data(), DType::kF32, d, 0.5f, 1.5f, 4);
+        for (int64_t T : {1, 16}) {
+            const Tensor tx = MakeTensor(x->data(), DType::kF32, T, d);
+            const Tensor ty = MakeTensor(y->data(), DType::kF32, T, d);
+            bench.Report("RmsNorm T=" + std::to_string(T),
+                         bench.Time([&] { be->RmsNorm(tx, MakeTensor(w->data(), DType::kF32, 1, d), 1e-5f, ty); }),
+                         8.0 * T * d);
+            const Tensor gu = MakeTensor(y->data(), DType::kF32, T, 2 * ff);
+            const Tensor mo = MakeTensor(x->data(), DType::kF32, T, ff);
+            bench.Report("SiluMul T=" + std::to_string(T), bench.Time([&] { be->SiluMul(gu, mo); }), 12.0 * T * ff);
+        }
+    }
+
+    std::printf("Attention (per layer, %s KV)\n", DTypeName(be->KvDType()));
+    std::vector<std::pair<int, int>> cases;
+    for (const std::string& p : {flags.Get("decode", "1x512,16x4096,32x2048")}) {
+        size_t at = 0;
+        while (at < p.size()) {
+            size_t comma = p.find(',', at);
+            if (comma == std::string::npos) comma = p.size();
+            const std::string item = p.substr(at, comma - at);
+            const size_t xx = item.find('x');
+            cases.emplace_back(std::stoi(item.substr(0, xx)), std::stoi(item.substr(xx + 1)));
+            at = comma + 1;
+        }
+    }
+    ModelConfig one = c;
+    one.num_layers = 1;
+    if (!one.DeriveLayerKinds().ok()) return 1;
+    for (const auto& [B, ctx] : cases) {
+        const int bs = 16, per_seq = (ctx + 1 + bs - 1) / bs;
+        auto kv = KvCache::Create(be, one, bs, static_cast<int64_t>(B) * per_seq);
+        if (!kv.ok()) return 1;
+        const KvPlane k = (*kv)->K(0), v = (*kv)->V(0);
+        const int64_t n = (*kv)->num_blocks() * bs * kv_dim;
+        be->FillUniform(k.base, k.dtype, n, -1, 1, 5);
+        be->FillUniform(v.base, v.dtype, n, -1, 1, 6);
+        std::vector<int32_t> qs(B + 1), cl(B, ctx + 1), pos(B, ctx), tables(static_cast<size_t>(B) * per_seq);
+        std::vector<int64_t> slots(B);
+        for (int s = 0; s <= B; ++s) qs[s] = s;
+        for (int s = 0; s < B; ++s) {
+            for (int i = 0; i < per_seq; ++i) tables[s * per_seq + i] = i * B + s;
+            slots[s] = static_cast<int64_t>(tables[s * per_seq + ctx / bs]) * bs + ctx % bs;
+        }
+        auto meta = Alloc(be, 4 * (qs.size() + cl.size() + pos.size() + tables.size()) + 8 * slots.size() + 64);
+        char* mp = static_cast<char*>(meta->data());
+        auto put = [&](const void* src, size_t bytes) {
+            be->CopyToDevice(mp, src, bytes);
+            char* at = mp;
+            mp += (bytes + 15) / 16 * 16;
+            return at;
+        };
+        AttentionBatch b;
+        b.num_seqs = B;
+        b.num_tokens = B;
+        b.slot_mapping = reinterpret_cast<const int64_t*>(put(slots.data(), 8 * slots.size()));
+        b.query_start = reinterpret_cast<const int32_t*>(put(qs.data(), 4 * qs.size()));
+        b.context_len = reinterpret_cast<const int32_t*>(put(cl.data(), 4 * cl.size()));
+        b.positions = reinterpret_cast<const int32_t*>(put(pos.data(), 4 * pos.size()));
+        b.block_tables = reinterpret_cast<const int32_t*>(put(tables.data(), 4 * tables.size()));
+        b.max_blocks_per_seq = per_seq;
+        b.max_context_len = ctx + 1;
+        b.max_query_len = 1;
+        auto probs = Alloc(be, sizeof(float) * B * c.num_heads * (ctx + 1));
+        const Tensor q = MakeTensor(x->data(), DType::kF32, B, q_dim),
+                     out = MakeTensor(y->data(), DType::kF32, B, q_dim);
+        be->FillUniform(x->data(), DType::kF32, B * q_dim, -1, 1, 7);
+        const double plane_bytes = static_cast<double>(B) * (ctx + 1) * kv_dim * DTypeBytes(k.dtype);
+        const std::string tag = "B=" + std::to_string(B) + " ctx=" + std::to_string(ctx);
+        bench.Report("Attention " + tag, bench.Time([&] { be->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
+                     2 * plane_bytes);
+        bench.Report("Attention + probs (anchor) " + tag, bench.Time([&] {
+            be->Attention(q, k, v, b, c.num_heads, out, static_cast<float*>(probs->data()));
+        }),
+                     2 * plane_bytes);
+        bench.Report("ReuseAttention " + tag, bench.Time([&] {
+            be->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+        }),
+                     plane_bytes);
+        const Tensor qkv = MakeTensor(y->data(), DType::kF32, B, q_dim + 2 * kv_dim);
+        bench.Report("RopeWriteKv " + tag, bench.Time([&] {
+            be->RopeWriteKv(qkv.Cols(0, q_dim), qkv.Cols(q_dim, kv_dim), qkv.Cols(q_dim + kv_dim, kv_dim), k, v,
+                            c.num_heads, b.positions, b.slot_mapping, c.rope_theta);
+        }),
+                     0);
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace uniattn
+
+int main(int argc, char** argv) { return uniattn::Main(argc, argv); }

@@ -1,0 +1,575 @@
+// Attention over the paged KV cache, and UniAttn's reuse-layer P·V (spec §4 method 2, pass P).
+//
+// Decode (sequences with one query token): split-K over the context ("flash decoding"). A block owns one
+// such sequence's token, one KV head and up to kMaxRep of the query heads that share it, and one chunk of
+// the context:
+// K and V rows are read once for all those heads. Lanes work in groups of kGroup, each group on one
+// cached token at a time, each lane on kElems consecutive elements of the head (16-byte loads for fp16
+// head_dim 128/64). Scores of the chunk stay in shared memory; each split emits an unnormalised partial
+// output with its (max, sum), and a combine kernel merges the splits.
+//
+// Prefill (sequences with a multi-token chunk): flash-style tiles. A block owns kBq query tokens of one
+// sequence and one query head, walks the cache in tiles of kBk tokens with an online softmax, and never
+// materialises the score matrix.
+//
+// Batch invariance: which kernel runs a token, how its context is cut into splits (ChunkFor) and the
+// order of every sum depend only on the token's own sequence, so a sequence gets bit-identical results
+// alone or in any batch.
+//
+// Probabilities for anchors: the kernels write raw scaled scores into `probs` and the final (max, sum)
+// of each row into `stats`; a last pass normalises the rows in place.
+#include <cfloat>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace uniattn::cuda {
+namespace {
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kMaxRep = 4;         // query heads per decode block
+constexpr int kUnroll = 4;         // cached tokens in flight per lane group
+constexpr int kMinChunk = 64;      // context tokens per decode split: at least,
+constexpr int kMaxChunk = 2048;    // at most (shared memory for scores),
+constexpr int kTargetSplits = 16;  // and about this many splits per token in between
+constexpr int kGenericMaxHeadDim = 128;
+constexpr int kGenericElems = kGenericMaxHeadDim / 32;
+
+constexpr int kBq = 32;               // prefill: query tokens per block
+constexpr int kBk = 32;               // prefill: cached tokens per tile
+constexpr int kPrefillThreads = 128;  // 4 threads per query row
+
+// The sequence a token belongs to: the s with query_start[s] <= t < query_start[s + 1].
+__device__ __forceinline__ int SeqOf(const int32_t* __restrict__ query_start, int num_seqs, int t) {
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (query_start[mid] <= t) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
+
+// Context tokens per split for a token that attends to n_ctx positions (a function of n_ctx alone).
+__host__ __device__ __forceinline__ int ChunkFor(int n_ctx) {
+    int chunk = (n_ctx + kTargetSplits - 1) / kTargetSplits;
+    chunk = (chunk + 31) / 32 * 32;
+    return chunk < kMinChunk ? kMinChunk : (chunk > kMaxChunk ? kMaxChunk : chunk);
+}
+
+// Element offset of (position j of the sequence with block table `table`, kv head) in a plane.
+__device__ __forceinline__ int64_t KvOffset(const int32_t* __restrict__ table, int j, int block_size, int num_kv_heads,
+                                            int kv_head, int head_dim) {
+    const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+    return (slot * num_kv_heads + kv_head) * static_cast<int64_t>(head_dim);
+}
+
+// Lane g of a group holds elements [g·kElems, (g+1)·kElems) (specialised head_dim) or g, g+32, ...
+// (generic: kHd == 0, kGroup == 32).
+template <int kHd, int kGroup>
+struct LaneMap {
+    static constexpr int kElems = kHd > 0 ? kHd / kGroup : kGenericElems;
+    static_assert(kHd == 0 || kHd % kGroup == 0, "head_dim must split evenly over the group");
+    static_assert(kHd > 0 || kGroup == 32, "the generic head_dim path uses whole warps");
+    __device__ static __forceinline__ int Elem(int g, int i) { return kHd > 0 ? g * kElems + i : g + i * 32; }
+    template <typename T>
+    __device__ static __forceinline__ void Load(const T* __restrict__ row, int g, int hd, float (&out)[kElems]) {
+        if constexpr (kHd > 0) {
+            LoadFloats<T, kElems>(row + g * kElems, out);
+        } else {
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) out[i] = Elem(g, i) < hd ? ToFloat(row[Elem(g, i)]) : 0.f;
+        }
+    }
+};
+
+// Sum over the kGroup lanes of a group (consecutive lanes).
+template <int kGroup>
+__device__ __forceinline__ float GroupSum(float v) {
+#pragma unroll
+    for (int off = kGroup / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// grid (max_splits, num_kv_heads · head_groups, num_seqs), kDecodeThreads threads; a block serves up to
+// kRep query heads (1 for MHA keeps registers low, kMaxRep for GQA). Blocks of sequences
+// with more than one query token, and splits past the token's own, exit at once.
+// kReuse: P·V with probabilities read from `probs` (already normalised), no K.
+// Outputs: a token with one split writes out (normalised) and stats; else part_acc / part_ml, merged by
+// CombineKernel.
+template <typename T, int kHd, int kGroup, int kRep, bool kReuse>
+__global__ __launch_bounds__(kDecodeThreads) void DecodeKernel(
+    const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
+    const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
+    const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, int heads_per_block, int chunk_cap, int max_splits, float* __restrict__ out,
+    int64_t out_ld,                // [T, Hq·hd]
+    float* __restrict__ part_acc,  // [num_seqs, Hq, max_splits, hd]
+    float* __restrict__ part_ml,   // [num_seqs, Hq, max_splits, 2]
+    float* __restrict__ stats,     // [T, Hq, 2]
+    float* __restrict__ probs, int64_t probs_ld) {
+    using Map = LaneMap<kHd, kGroup>;
+    constexpr int kElems = Map::kElems;
+    constexpr int kTokPerWarp = 32 / kGroup;
+    constexpr int kStride = kDecodeWarps * kTokPerWarp;    // tokens per pass of the whole block
+    constexpr int kU = kRep == 1 ? 2 * kUnroll : kUnroll;  // fewer heads, fewer registers: more loads in flight
+    const int s = blockIdx.z;
+    const int t = b.query_start[s];
+    if (b.query_start[s + 1] - t != 1) return;
+    const int n_ctx = b.positions[t] + 1;
+    const int chunk = ChunkFor(n_ctx);
+    const int num_splits = (n_ctx + chunk - 1) / chunk;
+    const int split = blockIdx.x;
+    if (split >= num_splits) return;
+    const int hd = kHd > 0 ? kHd : b.head_dim;
+    const int n_rep = b.num_heads / b.num_kv_heads;
+    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
+    const int kvh = blockIdx.y / groups_per_kv;
+    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
+    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
+    const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
+    const int start = split * chunk;
+    const int end = min(n_ctx, start + chunk);
+    const int len = end - start;
+    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+
+    extern __shared__ float smem[];
+    float* s_p = smem;                       // [kRep][chunk]: scores, then probabilities
+    float* s_red = smem + kRep * chunk_cap;  // [kDecodeWarps][kRep][hd]
+    __shared__ float s_m[kRep], s_l[kRep];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane % kGroup, tok = lane / kGroup;
+
+    if constexpr (!kReuse) {
+        // Phase 1: scores of every cached token of the chunk for the block's heads.
+        float qr[kRep][kElems];
+#pragma unroll
+        for (int r = 0; r < kRep; ++r) {
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) {
+                const int e = Map::Elem(g, i);
+                qr[r][i] = (r < nh && e < hd) ? q[t * q_ld + static_cast<int64_t>(h0 + r) * hd + e] : 0.f;
+            }
+        }
+        for (int base = start + warp * kTokPerWarp; base < end; base += kStride * kU) {
+            float kv[kU][kElems];
+#pragma unroll
+            for (int u = 0; u < kU; ++u) {
+                const int j = base + u * kStride + tok;
+                if (j < end) {
+                    Map::Load(k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd), g, hd, kv[u]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < kElems; ++i) kv[u][i] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < kU; ++u) {
+                const int j = base + u * kStride + tok;
+#pragma unroll
+                for (int r = 0; r < kRep; ++r) {
+                    if (r >= nh) break;
+                    float dot = 0.f;
+#pragma unroll
+                    for (int i = 0; i < kElems; ++i) dot += qr[r][i] * kv[u][i];
+                    dot = GroupSum<kGroup>(dot) * scale;
+                    if (g == 0 && j < end) {
+                        s_p[r * chunk + (j - start)] = dot;
+                        if (probs != nullptr)
+                            probs[(static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + j] = dot;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        // Phase 2: per head, max and sum over the chunk; scores become exp(s - max).
+        for (int r = warp; r < nh; r += kDecodeWarps) {
+            float m = -FLT_MAX;
+            for (int j = lane; j < len; j += 32) m = fmaxf(m, s_p[r * chunk + j]);
+            m = WarpMax(m);
+            float l = 0.f;
+            for (int j = lane; j < len; j += 32) {
+                const float p = expf(s_p[r * chunk + j] - m);
+                s_p[r * chunk + j] = p;
+                l += p;
+            }
+            l = WarpSum(l);
+            if (lane == 0) {
+                s_m[r] = m;
+                s_l[r] = l;
+            }
+        }
+    } else {
+        // The anchor's probabilities for the chunk.
+        for (int idx = threadIdx.x; idx < nh * len; idx += kDecodeThreads) {
+            const int r = idx / len, j = idx % len;
+            s_p[r * chunk + j] = probs[(static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + start + j];
+        }
+    }
+    __syncthreads();
+
+    // Phase 3: Σ_j p_j · V[j] per head.
+    float acc[kRep][kElems];
+#pragma unroll
+    for (int r = 0; r < kRep; ++r) {
+#pragma unroll
+        for (int i = 0; i < kElems; ++i) acc[r][i] = 0.f;
+    }
+    for (int base = start + warp * kTokPerWarp; base < end; base += kStride * kU) {
+        float vv[kU][kElems];
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int j = base + u * kStride + tok;
+            if (j < end) {
+                Map::Load(v_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd), g, hd, vv[u]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < kElems; ++i) vv[u][i] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int j = base + u * kStride + tok;
+            if (j >= end) continue;
+#pragma unroll
+            for (int r = 0; r < kRep; ++r) {
+                if (r >= nh) break;
+                const float p = s_p[r * chunk + (j - start)];
+#pragma unroll
+                for (int i = 0; i < kElems; ++i) acc[r][i] += p * vv[u][i];
+            }
+        }
+    }
+    // Reduce over the token groups of the warp, then over the warps.
+#pragma unroll
+    for (int r = 0; r < kRep; ++r) {
+#pragma unroll
+        for (int i = 0; i < kElems; ++i) {
+#pragma unroll
+            for (int off = kGroup; off < 32; off <<= 1) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], off);
+        }
+    }
+    if (tok == 0) {
+#pragma unroll
+        for (int r = 0; r < kRep; ++r) {
+            if (r >= nh) break;
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) {
+                const int e = Map::Elem(g, i);
+                if (e < hd) s_red[(warp * kRep + r) * hd + e] = acc[r][i];
+            }
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nh * hd; idx += kDecodeThreads) {
+        const int r = idx / hd, e = idx % hd;
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) sum += s_red[(w * kRep + r) * hd + e];
+        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h0 + r;
+        if (num_splits == 1) {
+            const float l = kReuse ? 1.0f : s_l[r];
+            out[t * out_ld + static_cast<int64_t>(h0 + r) * hd + e] = sum / l;
+            if (!kReuse && e == 0 && stats != nullptr) {
+                stats[row * 2] = s_m[r];
+                stats[row * 2 + 1] = s_l[r];
+            }
+        } else {
+            const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h0 + r) * max_splits + split;
+            part_acc[part * hd + e] = sum;
+            if (!kReuse && e == 0) {
+                part_ml[part * 2] = s_m[r];
+                part_ml[part * 2 + 1] = s_l[r];
+            }
+        }
+    }
+}
+
+// grid (num_seqs · num_heads): merges the splits of a decode token's row, in split order.
+// kReuse: plain sums.
+template <bool kReuse>
+__global__ void CombineKernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml, int max_splits,
+                              PagedBatch b, float* __restrict__ out, int64_t out_ld, float* __restrict__ stats) {
+    const int s = blockIdx.x / b.num_heads, h = blockIdx.x % b.num_heads;
+    const int t = b.query_start[s];
+    if (b.query_start[s + 1] - t != 1) return;
+    const int n_ctx = b.positions[t] + 1;
+    const int num_splits = (n_ctx + ChunkFor(n_ctx) - 1) / ChunkFor(n_ctx);
+    if (num_splits == 1) return;  // written by the decode kernel
+    const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h) * max_splits;
+    float m = -FLT_MAX, l = 0.f;
+    if constexpr (!kReuse) {
+        for (int sp = 0; sp < num_splits; ++sp) m = fmaxf(m, part_ml[(part + sp) * 2]);
+        for (int sp = 0; sp < num_splits; ++sp) {
+            l += part_ml[(part + sp) * 2 + 1] * expf(part_ml[(part + sp) * 2] - m);
+        }
+    }
+    for (int e = threadIdx.x; e < b.head_dim; e += blockDim.x) {
+        float sum = 0.f;
+        for (int sp = 0; sp < num_splits; ++sp) {
+            const float a = part_acc[(part + sp) * b.head_dim + e];
+            if constexpr (kReuse) {
+                sum += a;
+            } else {
+                sum += a * expf(part_ml[(part + sp) * 2] - m);
+            }
+        }
+        out[t * out_ld + static_cast<int64_t>(h) * b.head_dim + e] = kReuse ? sum : sum / l;
+    }
+    if (!kReuse && threadIdx.x == 0 && stats != nullptr) {
+        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h;
+        stats[row * 2] = m;
+        stats[row * 2 + 1] = l;
+    }
+}
+
+// grid (num_tokens · num_heads): probs[row, j] = exp(score - max) / sum for j <= pos.
+__global__ void NormalizeProbsKernel(float* __restrict__ probs, int64_t probs_ld, const float* __restrict__ stats,
+                                     const int32_t* __restrict__ positions, int num_heads) {
+    const int64_t row = blockIdx.x;
+    const int n = positions[row / num_heads] + 1;
+    const float m = stats[row * 2], inv = 1.0f / stats[row * 2 + 1];
+    float* p = probs + row * probs_ld;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) p[j] = expf(p[j] - m) * inv;
+}
+
+// grid (query tiles, Hq, num_seqs), kPrefillThreads threads; sequences with one query token exit. Thread (r = tid / 4,
+// sub = tid % 4) owns query row r of the tile, score columns sub + 4i and output elements sub + 4i. kReuse: P·V with P
+// read from probs (normalised), no K, no softmax.
+template <typename T, int kHd, bool kReuse>
+__global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
+    const float* __restrict__ q, int64_t q_ld,                           // [T, Hq·hd]
+    const T* __restrict__ k_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    const T* __restrict__ v_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, float scale, float* __restrict__ out, int64_t out_ld,  // [T, Hq·hd]
+    float* __restrict__ probs, int64_t probs_ld, float* __restrict__ stats) {
+    constexpr int kMaxHd = kHd > 0 ? kHd : kGenericMaxHeadDim;
+    constexpr int kDims = kMaxHd / 4;
+    constexpr int kCols = kBk / 4;
+    const int hd = kHd > 0 ? kHd : b.head_dim;
+    const int s = blockIdx.z, h = blockIdx.y;
+    const int q0 = b.query_start[s], q1 = b.query_start[s + 1];
+    const int t0 = q0 + blockIdx.x * kBq;
+    if (t0 >= q1 || q1 - q0 == 1) return;  // single-token sequences go to the decode kernel
+    const int nq = min(kBq, q1 - t0);
+    const int kvh = h / (b.num_heads / b.num_kv_heads);
+    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+    const int ld = hd + 1;  // padded rows: no bank conflicts across the four column groups
+
+    extern __shared__ float smem[];
+    float* s_q = smem;             // [kBq][hd + 1]
+    float* s_kv = s_q + kBq * ld;  // [kBk][hd + 1]: the K tile, then the V tile
+    float* s_p = s_kv + kBk * ld;  // [kBq][kBk + 1]
+
+    const int r = threadIdx.x / 4, sub = threadIdx.x % 4;
+    const int pos_r = r < nq ? b.positions[t0 + r] : -1;
+    const int max_pos = b.positions[t0 + nq - 1];  // a chunk's positions are consecutive
+    if constexpr (!kReuse) {
+        for (int idx = threadIdx.x; idx < kBq * hd; idx += kPrefillThreads) {
+            const int rr = idx / hd, e = idx % hd;
+            s_q[rr * ld + e] = rr < nq ? q[(t0 + rr) * q_ld + static_cast<int64_t>(h) * hd + e] : 0.f;
+        }
+    }
+    float m = -FLT_MAX, l = 0.f;
+    float acc[kDims];
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) acc[i] = 0.f;
+    const int64_t prow = (static_cast<int64_t>(t0 + r) * b.num_heads + h) * probs_ld;
+
+    for (int kt = 0; kt <= max_pos; kt += kBk) {
+        __syncthreads();  // the previous tile's V and P are consumed
+        if constexpr (!kReuse) {
+            for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
+                const int c = idx / hd, e = idx % hd, j = kt + c;
+                s_kv[c * ld + e] = j <= max_pos
+                                       ? ToFloat(k_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e])
+                                       : 0.f;
+            }
+            __syncthreads();
+            float sc[kCols];
+            float tile_max = -FLT_MAX;
+#pragma unroll
+            for (int i = 0; i < kCols; ++i) {
+                const int c = sub + 4 * i, j = kt + c;
+                float dot = 0.f;
+                for (int e = 0; e < hd; ++e) dot += s_q[r * ld + e] * s_kv[c * ld + e];
+                dot *= scale;
+                const bool valid = j <= pos_r;
+                if (valid && probs != nullptr) probs[prow + j] = dot;
+                sc[i] = valid ? dot : -FLT_MAX;
+                tile_max = fmaxf(tile_max, sc[i]);
+            }
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            const float m_new = fmaxf(m, tile_max);
+            const float corr = m == -FLT_MAX ? 0.f : expf(m - m_new);
+            float tile_sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < kCols; ++i) {
+                const float p = sc[i] == -FLT_MAX ? 0.f : expf(sc[i] - m_new);
+                s_p[r * (kBk + 1) + sub + 4 * i] = p;
+                tile_sum += p;
+            }
+            tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 1);
+            tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 2);
+            l = l * corr + tile_sum;
+            m = m_new;
+#pragma unroll
+            for (int i = 0; i < kDims; ++i) acc[i] *= corr;
+            __syncthreads();  // K tile consumed
+        } else {
+#pragma unroll
+            for (int i = 0; i < kCols; ++i) {
+                const int c = sub + 4 * i, j = kt + c;
+                s_p[r * (kBk + 1) + c] = j <= pos_r ? probs[prow + j] : 0.f;
+            }
+        }
+        for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
+            const int c = idx / hd, e = idx % hd, j = kt + c;
+            s_kv[c * ld + e] =
+                j <= max_pos ? ToFloat(v_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e]) : 0.f;
+        }
+        __syncthreads();
+        for (int c = 0; c < kBk; ++c) {
+            const float p = s_p[r * (kBk + 1) + c];
+#pragma unroll
+            for (int i = 0; i < kDims; ++i) {
+                const int e = sub + 4 * i;
+                if (kHd > 0 || e < hd) acc[i] += p * s_kv[c * ld + e];
+            }
+        }
+    }
+    if (r >= nq) return;
+    const float inv = kReuse ? 1.0f : 1.0f / l;
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) {
+        const int e = sub + 4 * i;
+        if (kHd > 0 || e < hd) out[(t0 + r) * out_ld + static_cast<int64_t>(h) * hd + e] = acc[i] * inv;
+    }
+    if (!kReuse && sub == 0 && stats != nullptr) {
+        const int64_t row = static_cast<int64_t>(t0 + r) * b.num_heads + h;
+        stats[row * 2] = m;
+        stats[row * 2 + 1] = l;
+    }
+}
+
+// How a decode launch is cut: query heads per block, the largest chunk and the most splits of any token.
+struct DecodePlan {
+    int heads_per_block, head_groups, chunk_cap, max_splits;
+};
+
+DecodePlan PlanDecode(const PagedBatch& b) {
+    DecodePlan p;
+    const int n_rep = b.num_heads / b.num_kv_heads;
+    p.head_groups = (n_rep + kMaxRep - 1) / kMaxRep;
+    p.heads_per_block = (n_rep + p.head_groups - 1) / p.head_groups;
+    p.chunk_cap = ChunkFor(b.max_context_len);  // ChunkFor is non-decreasing in n_ctx
+    p.max_splits = std::max(kTargetSplits + 1, (b.max_context_len + kMaxChunk - 1) / kMaxChunk);
+    return p;
+}
+
+size_t DecodeSmem(const DecodePlan& p, int head_dim) {
+    return sizeof(float) *
+           (static_cast<size_t>(kMaxRep) * p.chunk_cap + static_cast<size_t>(kDecodeWarps) * kMaxRep * head_dim);
+}
+
+size_t PrefillSmem(int head_dim) {
+    return sizeof(float) * (static_cast<size_t>(kBq + kBk) * (head_dim + 1) + static_cast<size_t>(kBq) * (kBk + 1));
+}
+
+template <typename T, bool kReuse>
+void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out, int64_t out_ld,
+                  float* probs, int64_t probs_ld, const AttentionWorkspace& ws, cudaStream_t stream) {
+    const DecodePlan p = PlanDecode(b);
+    const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
+    const size_t smem = DecodeSmem(p, b.head_dim);
+    auto launch = [&](auto kernel) {
+        kernel<<<grid, kDecodeThreads, smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.chunk_cap, p.max_splits,
+                                                       out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld);
+    };
+    // Lane groups: 16-byte loads per lane where head_dim allows.
+    constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
+    constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
+    const bool mha = p.heads_per_block == 1;
+    if (b.head_dim == 128) {
+        mha ? launch(DecodeKernel<T, 128, kG128, 1, kReuse>) : launch(DecodeKernel<T, 128, kG128, kMaxRep, kReuse>);
+    } else if (b.head_dim == 64) {
+        mha ? launch(DecodeKernel<T, 64, kG64, 1, kReuse>) : launch(DecodeKernel<T, 64, kG64, kMaxRep, kReuse>);
+    } else {
+        mha ? launch(DecodeKernel<T, 0, 32, 1, kReuse>) : launch(DecodeKernel<T, 0, 32, kMaxRep, kReuse>);
+    }
+    UA_CUDA_CHECK_LAUNCH(DecodeKernel);
+    if (b.max_context_len > kMinChunk) {  // some token may have several splits
+        CombineKernel<kReuse><<<b.num_seqs * b.num_heads, 128, 0, stream>>>(ws.part_acc, ws.part_ml, p.max_splits, b,
+                                                                            out, out_ld, ws.stats);
+        UA_CUDA_CHECK_LAUNCH(CombineKernel);
+    }
+}
+
+template <typename T, bool kReuse>
+void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out,
+                   int64_t out_ld, float* probs, int64_t probs_ld, float* stats, cudaStream_t stream) {
+    const dim3 grid(CeilDiv(b.max_query_len, kBq), b.num_heads, b.num_seqs);
+    const size_t smem = PrefillSmem(b.head_dim);
+    const float scale = 1.0f / sqrtf(static_cast<float>(b.head_dim));  // the CPU backend's rounding
+    auto launch = [&](auto kernel) {
+        kernel<<<grid, kPrefillThreads, smem, stream>>>(q, q_ld, k, v, b, scale, out, out_ld, probs, probs_ld, stats);
+    };
+    if (b.head_dim == 128) {
+        launch(PrefillKernel<T, 128, kReuse>);
+    } else if (b.head_dim == 64) {
+        launch(PrefillKernel<T, 64, kReuse>);
+    } else {
+        launch(PrefillKernel<T, 0, kReuse>);
+    }
+    UA_CUDA_CHECK_LAUNCH(PrefillKernel);
+}
+
+}  // namespace
+
+bool AttentionSupportsHeadDim(int head_dim) { return head_dim > 0 && head_dim <= kGenericMaxHeadDim; }
+
+void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[3]) {
+    const DecodePlan p = PlanDecode(b);
+    const int64_t parts = static_cast<int64_t>(b.num_seqs) * b.num_heads * p.max_splits;
+    sizes[0] = parts * b.head_dim;
+    sizes[1] = parts * 2;
+    sizes[2] = static_cast<int64_t>(b.num_tokens) * b.num_heads * 2;
+}
+
+void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
+               const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
+               const AttentionWorkspace& ws, cudaStream_t stream) {
+    if (b.num_tokens == 0) return;
+    const bool all_decode = b.num_tokens == b.num_seqs;
+    UA_DISPATCH_DTYPE(kv_dtype, T, {
+        const T* k = static_cast<const T*>(k_plane);
+        const T* v = static_cast<const T*>(v_plane);
+        LaunchDecode<T, false>(q, q_ld, k, v, b, out, out_ld, probs, probs_ld, ws, stream);
+        if (!all_decode) LaunchPrefill<T, false>(q, q_ld, k, v, b, out, out_ld, probs, probs_ld, ws.stats, stream);
+    });
+    if (probs != nullptr) {
+        NormalizeProbsKernel<<<b.num_tokens * b.num_heads, 256, 0, stream>>>(probs, probs_ld, ws.stats, b.positions,
+                                                                             b.num_heads);
+        UA_CUDA_CHECK_LAUNCH(NormalizeProbsKernel);
+    }
+}
+
+void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
+                    float* out, int64_t out_ld, const AttentionWorkspace& ws, cudaStream_t stream) {
+    if (b.num_tokens == 0) return;
+    const bool all_decode = b.num_tokens == b.num_seqs;
+    float* p = const_cast<float*>(probs);  // read only on the reuse path
+    UA_DISPATCH_DTYPE(kv_dtype, T, {
+        const T* v = static_cast<const T*>(v_plane);
+        LaunchDecode<T, true>(nullptr, 0, nullptr, v, b, out, out_ld, p, probs_ld, ws, stream);
+        if (!all_decode) LaunchPrefill<T, true>(nullptr, 0, nullptr, v, b, out, out_ld, p, probs_ld, nullptr, stream);
+    });
+}
+
+}  // namespace uniattn::cuda

@@ -1,0 +1,97 @@
+// Device helpers shared by the CUDA kernels: element conversions, vector loads, warp reductions, and the
+// one dtype dispatch helper (a runtime DType becomes a template type over an explicit list).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+#include "uniattn/safetensors.h"
+
+namespace uniattn::cuda {
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) {
+    return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// N consecutive elements at p, converted to fp32. Uses the widest access the byte count allows; the
+// caller guarantees p is aligned to that width (element offsets that are multiples of N).
+template <typename T, int N>
+__device__ __forceinline__ void LoadFloats(const T* __restrict__ p, float (&out)[N]) {
+    constexpr int kBytes = N * static_cast<int>(sizeof(T));
+    if constexpr (kBytes % 16 == 0) {
+        constexpr int kPer = 16 / sizeof(T);
+#pragma unroll
+        for (int c = 0; c < N / kPer; ++c) {
+            const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + c);
+            const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) out[c * kPer + i] = ToFloat(e[i]);
+        }
+    } else if constexpr (kBytes % 8 == 0) {
+        constexpr int kPer = 8 / sizeof(T);
+#pragma unroll
+        for (int c = 0; c < N / kPer; ++c) {
+            const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p) + c);
+            const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) out[c * kPer + i] = ToFloat(e[i]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = ToFloat(p[i]);
+    }
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+inline unsigned CeilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+}  // namespace uniattn::cuda
+
+// Runs the statements with `T` bound to the element type of `dtype` (every DType listed, no default).
+#define UA_DISPATCH_DTYPE(dtype, T, ...) \
+    switch (dtype) {                     \
+        case ::uniattn::DType::kF32: {   \
+            using T = float;             \
+            __VA_ARGS__;                 \
+            break;                       \
+        }                                \
+        case ::uniattn::DType::kF16: {   \
+            using T = __half;            \
+            __VA_ARGS__;                 \
+            break;                       \
+        }                                \
+        case ::uniattn::DType::kBF16: {  \
+            using T = __nv_bfloat16;     \
+            __VA_ARGS__;                 \
+            break;                       \
+        }                                \
+    }

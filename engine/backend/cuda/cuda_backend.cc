@@ -1,0 +1,325 @@
+// The CUDA backend (see cuda_backend.h): owns the device, one stream, one cuBLAS handle and grow-only
+// workspaces; every op enqueues on the stream and returns. CopyToHost and Synchronize wait.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+
+namespace uniattn {
+namespace {
+
+// RAII owners of the CUDA handles.
+class CudaStream {
+  public:
+    CudaStream() { UA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+    ~CudaStream() { cudaStreamDestroy(stream_); }
+    CudaStream(const CudaStream&) = delete;
+    CudaStream& operator=(const CudaStream&) = delete;
+    cudaStream_t get() const { return stream_; }
+
+  private:
+    cudaStream_t stream_ = nullptr;
+};
+
+class CublasHandle {
+  public:
+    explicit CublasHandle(cudaStream_t stream) {
+        UA_CUBLAS_CHECK(cublasCreate(&handle_));
+        UA_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    }
+    ~CublasHandle() { cublasDestroy(handle_); }
+    CublasHandle(const CublasHandle&) = delete;
+    CublasHandle& operator=(const CublasHandle&) = delete;
+    cublasHandle_t get() const { return handle_; }
+
+  private:
+    cublasHandle_t handle_ = nullptr;
+};
+
+class CudaBuffer final : public DeviceBuffer {
+  public:
+    CudaBuffer(void* data, size_t bytes) : data_(data), bytes_(bytes) {}
+    ~CudaBuffer() override {
+        if (data_ != nullptr) cudaFree(data_);
+    }
+    CudaBuffer(const CudaBuffer&) = delete;
+    CudaBuffer& operator=(const CudaBuffer&) = delete;
+    void* data() override { return data_; }
+    size_t bytes() const override { return bytes_; }
+
+  private:
+    void* data_;
+    size_t bytes_;
+};
+
+cudaDataType_t CudaType(DType dtype) {
+    switch (dtype) {
+        case DType::kF32:
+            return CUDA_R_32F;
+        case DType::kF16:
+            return CUDA_R_16F;
+        case DType::kBF16:
+            return CUDA_R_16BF;
+    }
+    return CUDA_R_32F;
+}
+
+class CudaBackend final : public Backend {
+  public:
+    CudaBackend(const CudaBackendOptions& options, const cudaDeviceProp& props)
+        : options_(options), cublas_(stream_.get()) {
+        description_ = std::string("cuda: ") + props.name + ", " + std::to_string(props.multiProcessorCount) +
+                       " SMs, " + std::to_string(props.totalGlobalMem >> 20) + " MiB, compute capability " +
+                       std::to_string(props.major) + "." + std::to_string(props.minor);
+    }
+
+    ~CudaBackend() override {
+        cudaStreamSynchronize(stream_.get());
+        for (void* p : workspace_) {
+            if (p != nullptr) cudaFree(p);
+        }
+    }
+
+    std::string Name() const override { return "cuda"; }
+    std::string Description() const override { return description_; }
+    size_t FreeDeviceBytes() const override {
+        size_t free_bytes = 0, total = 0;
+        UA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+        return free_bytes;
+    }
+    DType WeightDType() const override { return options_.weight_dtype; }
+    DType KvDType() const override { return options_.kv_dtype; }
+
+    StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {
+        void* p = nullptr;
+        const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+        if (err != cudaSuccess) {
+            cudaGetLastError();  // clear the sticky-free allocation error
+            return ResourceExhausted("cannot allocate " + std::to_string(bytes) +
+                                     " bytes of device memory: " + cudaGetErrorString(err));
+        }
+        return std::unique_ptr<DeviceBuffer>(std::make_unique<CudaBuffer>(p, bytes));
+    }
+    void CopyToDevice(void* dst, const void* src, size_t bytes) override {
+        if (bytes == 0) return;
+        // Pageable source: the call returns once the source has been staged, so the caller may reuse it.
+        UA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+    }
+    void CopyToHost(void* dst, const void* src, size_t bytes) override {
+        if (bytes == 0) return;
+        UA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_.get()));
+        UA_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    }
+    void CopyOnDevice(void* dst, const void* src, size_t bytes) override {
+        if (bytes == 0) return;
+        UA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_.get()));
+    }
+    void Fill(void* dst, int value, size_t bytes) override {
+        if (bytes == 0) return;
+        UA_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream_.get()));
+    }
+    void Synchronize() override { UA_CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+    void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed) override {
+        cuda::FillUniform(dst, dtype, n, lo, hi, seed, stream_.get());
+    }
+
+    void Embedding(const int32_t* tokens, int num_tokens, const Tensor& table, const Tensor& out) override {
+        UA_CHECK(out.dtype == DType::kF32);
+        cuda::Embedding(tokens, num_tokens, table.data, table.dtype, table.ld, out.cols, out.f32(), out.ld,
+                        stream_.get());
+    }
+
+    void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) override {
+        UA_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32);
+        cuda::RmsNorm(x.f32(), x.ld, w.data, w.dtype, eps, out.f32(), out.ld, x.rows, x.cols, stream_.get());
+    }
+
+    void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
+        UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
+        UA_CHECK_EQ(w.cols, x.cols);
+        const int64_t rows = x.rows, in = x.cols, out = w.rows;
+        if (rows == 0 || out == 0) return;
+        const float one = 1.0f, zero = 0.0f;
+        const float* beta = accumulate ? &one : &zero;
+        cublasHandle_t h = cublas_.get();
+        switch (w.dtype) {
+            case DType::kF32:
+                // Row-major y = x·w^T is column-major y^T = w^T(op T)·x^T.
+                UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
+                                             static_cast<int>(in), &one, w.data, CUDA_R_32F, static_cast<int>(w.ld),
+                                             x.data, CUDA_R_32F, static_cast<int>(x.ld), beta, y.data, CUDA_R_32F,
+                                             static_cast<int>(y.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                return;
+            case DType::kF16:
+            case DType::kBF16:
+                break;
+        }
+        if (rows <= cuda::kGemvMaxRows) {
+            cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
+                       stream_.get());
+            return;
+        }
+        const cudaDataType_t wt = CudaType(w.dtype);
+        const size_t elem = DTypeBytes(w.dtype);
+        if (rows <= kSplitMaxRows) {
+            // Decode-sized batches are weight-bound: run the GEMM on [x_hi; x_lo] (twice the rows, the
+            // same weight bytes) and add the halves, so activations keep fp32 accuracy.
+            void* x2 = Workspace(kWsX16, static_cast<size_t>(2 * rows * in) * elem);
+            float* y2 = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(2 * rows * out)));
+            cuda::SplitHiLo(x.f32(), x.ld, rows, in, x2, w.dtype, true, stream_.get());
+            UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(2 * rows),
+                                         static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x2, wt,
+                                         static_cast<int>(in), &zero, y2, CUDA_R_32F, static_cast<int>(out),
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cuda::CombineHiLo(y2, rows, out, y.f32(), y.ld, accumulate, stream_.get());
+            return;
+        }
+        // Prefill-sized: compute-bound; activations rounded to the weight dtype (fp32 accumulation).
+        void* x1 = Workspace(kWsX16, static_cast<size_t>(rows * in) * elem);
+        cuda::SplitHiLo(x.f32(), x.ld, rows, in, x1, w.dtype, false, stream_.get());
+        UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
+                                     static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x1, wt,
+                                     static_cast<int>(in), beta, y.data, CUDA_R_32F, static_cast<int>(y.ld),
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+
+    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
+        UA_CHECK(x.dtype == DType::kF32);
+        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, theta, stream_.get());
+    }
+
+    void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
+        UA_CHECK(src.dtype == DType::kF32);
+        cuda::WriteKv(src.f32(), src.ld, src.rows, plane.base, plane.dtype,
+                      static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim, slot_mapping, stream_.get());
+    }
+
+    void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane, const KvPlane& v_plane,
+                     int num_heads, const int32_t* positions, const int64_t* slot_mapping, double theta) override {
+        UA_CHECK(q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32);
+        UA_CHECK(k_plane.dtype == v_plane.dtype);
+        cuda::RopeWriteKv(q.f32(), q.ld, k.f32(), k.ld, v.f32(), v.ld, q.rows, num_heads, k_plane.num_kv_heads,
+                          k_plane.head_dim, positions, theta, k_plane.base, v_plane.base, k_plane.dtype, slot_mapping,
+                          stream_.get());
+    }
+
+    void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch, int num_heads,
+                   const Tensor& out, float* probs) override {
+        UA_CHECK(k.dtype == v.dtype);
+        const cuda::PagedBatch b = Paged(batch, k, num_heads);
+        const cuda::AttentionWorkspace ws = AttnWorkspace(b);
+        cuda::Attention(q.f32(), q.ld, k.base, v.base, k.dtype, b, out.f32(), out.ld, probs, batch.max_context_len, ws,
+                        stream_.get());
+    }
+
+    void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& batch, int num_heads,
+                        const Tensor& out) override {
+        const cuda::PagedBatch b = Paged(batch, v, num_heads);
+        const cuda::AttentionWorkspace ws = AttnWorkspace(b);
+        cuda::ReuseAttention(probs, batch.max_context_len, v.base, v.dtype, b, out.f32(), out.ld, ws, stream_.get());
+    }
+
+    void SiluMul(const Tensor& gate_up, const Tensor& out) override {
+        cuda::SiluMul(gate_up.f32(), gate_up.ld, out.f32(), out.ld, out.rows, out.cols, stream_.get());
+    }
+
+    void Add(const Tensor& x, const Tensor& y) override {
+        cuda::Add(x.f32(), x.ld, y.f32(), y.ld, x.rows, x.cols, stream_.get());
+    }
+
+    void GatherRows(const Tensor& x, const int32_t* host_rows, int num_rows, const Tensor& out) override {
+        if (num_rows == 0) return;
+        auto* rows = static_cast<int32_t*>(Workspace(kWsGather, sizeof(int32_t) * num_rows));
+        CopyToDevice(rows, host_rows, sizeof(int32_t) * num_rows);
+        cuda::GatherRows(x.f32(), x.ld, rows, num_rows, x.cols, out.f32(), out.ld, stream_.get());
+    }
+
+  private:
+    // Rows up to which MatMul with 16-bit weights splits activations into hi/lo halves (exact fp32 inputs).
+    static constexpr int64_t kSplitMaxRows = 64;
+
+    enum WorkspaceSlot { kWsGather, kWsX16, kWsY2, kWsPartAcc, kWsPartMl, kWsStats, kNumWorkspaces };
+
+    // A grow-only device buffer per slot. Growing frees the old buffer; cudaFree waits for the device, so
+    // no kernel still in flight can be reading it.
+    void* Workspace(WorkspaceSlot slot, size_t bytes) {
+        bytes = std::max<size_t>(bytes, 256);
+        if (bytes > workspace_bytes_[slot]) {
+            if (workspace_[slot] != nullptr) UA_CUDA_CHECK(cudaFree(workspace_[slot]));
+            const size_t grown = std::max(bytes, workspace_bytes_[slot] * 3 / 2);
+            UA_CUDA_CHECK(cudaMalloc(&workspace_[slot], grown));
+            workspace_bytes_[slot] = grown;
+        }
+        return workspace_[slot];
+    }
+
+    cuda::PagedBatch Paged(const AttentionBatch& a, const KvPlane& plane, int num_heads) const {
+        UA_CHECK(cuda::AttentionSupportsHeadDim(plane.head_dim));
+        UA_CHECK_EQ(num_heads % plane.num_kv_heads, 0);
+        cuda::PagedBatch b;
+        b.block_tables = a.block_tables;
+        b.max_blocks_per_seq = a.max_blocks_per_seq;
+        b.positions = a.positions;
+        b.query_start = a.query_start;
+        b.num_seqs = a.num_seqs;
+        b.num_tokens = a.num_tokens;
+        b.max_context_len = a.max_context_len;
+        b.max_query_len = a.max_query_len > 0 ? a.max_query_len : a.num_tokens - a.num_seqs + 1;
+        b.block_size = plane.block_size;
+        b.num_heads = num_heads;
+        b.num_kv_heads = plane.num_kv_heads;
+        b.head_dim = plane.head_dim;
+        return b;
+    }
+
+    cuda::AttentionWorkspace AttnWorkspace(const cuda::PagedBatch& b) {
+        int64_t sizes[3];
+        cuda::AttentionWorkspaceFloats(b, sizes);
+        cuda::AttentionWorkspace ws;
+        ws.part_acc = static_cast<float*>(Workspace(kWsPartAcc, sizeof(float) * sizes[0]));
+        ws.part_ml = static_cast<float*>(Workspace(kWsPartMl, sizeof(float) * sizes[1]));
+        ws.stats = static_cast<float*>(Workspace(kWsStats, sizeof(float) * sizes[2]));
+        return ws;
+    }
+
+    CudaBackendOptions options_;
+    std::string description_;
+    CudaStream stream_;
+    CublasHandle cublas_;
+    void* workspace_[kNumWorkspaces] = {};
+    size_t workspace_bytes_[kNumWorkspaces] = {};
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        return Unavailable(std::string("no CUDA device: ") +
+                           (err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount returned 0"));
+    }
+    if (options.device < 0 || options.device >= count) {
+        return InvalidArgument("CUDA device " + std::to_string(options.device) + " does not exist (have " +
+                               std::to_string(count) + ")");
+    }
+    UA_CUDA_CHECK(cudaSetDevice(options.device));
+    cudaDeviceProp props{};
+    UA_CUDA_CHECK(cudaGetDeviceProperties(&props, options.device));
+    return std::unique_ptr<Backend>(std::make_unique<CudaBackend>(options, props));
+}
+
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
+    CudaBackendOptions options;
+    options.device = device;
+    return CreateCudaBackend(options);
+}
+
+}  // namespace uniattn

@@ -1,0 +1,21 @@
+// The CUDA backend: the op interface of backend/backend.h on one NVIDIA GPU. Weights in fp16/bf16 (or
+// fp32) through cuBLAS with fp32 accumulation, KV planes in fp16/bf16/fp32, activations fp32.
+// Not thread-safe: one backend is driven by one thread (the engine thread); all work goes to one stream.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace uniattn {
+
+struct CudaBackendOptions {
+    int device = 0;
+    DType weight_dtype = DType::kF16;
+    DType kv_dtype = DType::kF16;
+};
+
+// Unavailable when the build has CUDA but the machine has no usable device.
+StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
+
+}  // namespace uniattn

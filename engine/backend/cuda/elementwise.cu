@@ -1,0 +1,278 @@
+// Row-wise and elementwise kernels: embedding, RMSNorm, RoPE (alone and fused with the paged-cache
+// write), KV writes, SwiGLU, residual add, row gather, fp32 -> 16-bit activation splitting, random fill.
+#include <cmath>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace uniattn::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __restrict__ table, int64_t table_ld,
+                                int64_t d, float* __restrict__ out, int64_t out_ld) {
+    const int64_t t = blockIdx.x;
+    const T* row = table + static_cast<int64_t>(tokens[t]) * table_ld;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * out_ld + i] = ToFloat(row[i]);
+}
+
+template <typename T>
+__global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
+                              float* __restrict__ out, int64_t out_ld, int64_t d) {
+    __shared__ float partial[kThreads / 32];
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * x_ld;
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = WarpSum(ss);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
+    const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[r * out_ld + i] = xr[i] * inv * ToFloat(w[i]);
+}
+
+// cos/sin of pos · theta^(-2i/head_dim) for i < head_dim/2, in double then rounded (as the CPU backend).
+__device__ void RopeTable(int pos, int head_dim, double theta, float* cos_s, float* sin_s) {
+    const int half = head_dim / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const double inv_freq = 1.0 / pow(theta, static_cast<double>(2 * i) / head_dim);
+        double s, c;
+        sincos(static_cast<double>(pos) * inv_freq, &s, &c);
+        cos_s[i] = static_cast<float>(c);
+        sin_s[i] = static_cast<float>(s);
+    }
+}
+
+// One block per row.  x [rows, num_heads * head_dim]
+__global__ void RopeKernel(float* __restrict__ x, int64_t x_ld, int num_heads, int head_dim,
+                           const int32_t* __restrict__ positions, double theta) {
+    extern __shared__ float table[];  // cos [half], sin [half]
+    const int half = head_dim / 2;
+    const int64_t t = blockIdx.x;
+    RopeTable(positions[t], head_dim, theta, table, table + half);
+    __syncthreads();
+    float* row = x + t * x_ld;
+    for (int idx = threadIdx.x; idx < num_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        float* v = row + static_cast<int64_t>(h) * head_dim;
+        const float a = v[i], b = v[i + half], c = table[i], s = table[half + i];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+template <typename T>
+__global__ void WriteKvKernel(const float* __restrict__ src, int64_t src_ld, T* __restrict__ plane, int64_t width,
+                              const int64_t* __restrict__ slot_mapping) {
+    const int64_t t = blockIdx.x;
+    T* dst = plane + slot_mapping[t] * width;
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = FromFloat<T>(src[t * src_ld + i]);
+}
+
+// One block per token: rotate q in place, write rotated k and v into the planes.
+template <typename T>
+__global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const float* __restrict__ k, int64_t k_ld,
+                                  const float* __restrict__ v, int64_t v_ld, int num_heads, int num_kv_heads,
+                                  int head_dim, const int32_t* __restrict__ positions, double theta,
+                                  T* __restrict__ k_plane, T* __restrict__ v_plane,
+                                  const int64_t* __restrict__ slot_mapping) {
+    extern __shared__ float table[];
+    const int half = head_dim / 2;
+    const int64_t t = blockIdx.x;
+    RopeTable(positions[t], head_dim, theta, table, table + half);
+    __syncthreads();
+    const int64_t width = static_cast<int64_t>(num_kv_heads) * head_dim;
+    const int64_t slot = slot_mapping[t];
+    float* qr = q + t * q_ld;
+    for (int idx = threadIdx.x; idx < num_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        float* e = qr + static_cast<int64_t>(h) * head_dim;
+        const float a = e[i], b = e[i + half], c = table[i], s = table[half + i];
+        e[i] = a * c - b * s;
+        e[i + half] = b * c + a * s;
+    }
+    const float* kr = k + t * k_ld;
+    T* kd = k_plane + slot * width;
+    for (int idx = threadIdx.x; idx < num_kv_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        const int64_t o = static_cast<int64_t>(h) * head_dim;
+        const float a = kr[o + i], b = kr[o + i + half], c = table[i], s = table[half + i];
+        kd[o + i] = FromFloat<T>(a * c - b * s);
+        kd[o + i + half] = FromFloat<T>(b * c + a * s);
+    }
+    const float* vr = v + t * v_ld;
+    T* vd = v_plane + slot * width;
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) vd[i] = FromFloat<T>(vr[i]);
+}
+
+__global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, float* __restrict__ out, int64_t out_ld,
+                              int64_t rows, int64_t ff) {
+    const int64_t n = rows * ff;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t t = idx / ff, i = idx % ff;
+        const float g = gate_up[t * gu_ld + i], u = gate_up[t * gu_ld + ff + i];
+        out[t * out_ld + i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+__global__ void AddKernel(float* __restrict__ x, int64_t x_ld, const float* __restrict__ y, int64_t y_ld, int64_t rows,
+                          int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        x[r * x_ld + c] += y[r * y_ld + c];
+    }
+}
+
+__global__ void GatherRowsKernel(const float* __restrict__ x, int64_t x_ld, const int32_t* __restrict__ rows,
+                                 int64_t cols, float* __restrict__ out, int64_t out_ld) {
+    const int64_t i = blockIdx.x;
+    const float* src = x + static_cast<int64_t>(rows[i]) * x_ld;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * out_ld + c] = src[c];
+}
+
+template <typename T>
+__global__ void SplitHiLoKernel(const float* __restrict__ x, int64_t x_ld, int64_t rows, int64_t cols,
+                                T* __restrict__ out, bool with_lo) {
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        const float v = x[r * x_ld + c];
+        const T hi = FromFloat<T>(v);
+        out[idx] = hi;
+        if (with_lo) out[n + idx] = FromFloat<T>(v - ToFloat(hi));
+    }
+}
+
+__global__ void CombineHiLoKernel(const float* __restrict__ yy, int64_t rows, int64_t cols, float* __restrict__ y,
+                                  int64_t y_ld, bool accumulate) {
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        float* dst = y + r * y_ld + c;
+        const float sum = yy[idx] + yy[n + idx];
+        *dst = accumulate ? *dst + sum : sum;
+    }
+}
+
+template <typename T>
+__global__ void FillUniformKernel(T* __restrict__ dst, int64_t n, float lo, float hi, uint64_t seed) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        uint64_t z = seed + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        const float u = static_cast<float>(z >> 40) * 0x1.0p-24f;
+        dst[i] = FromFloat<T>(lo + u * (hi - lo));
+    }
+}
+
+// Grid for a grid-stride loop over n elements: enough blocks to fill the device, never zero.
+unsigned StrideGrid(int64_t n) {
+    const int64_t blocks = (n + kThreads - 1) / kThreads;
+    return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks));
+}
+
+}  // namespace
+
+void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
+               float* out, int64_t out_ld, cudaStream_t stream) {
+    if (num_tokens == 0) return;
+    UA_DISPATCH_DTYPE(table_dtype, T,
+                      EmbeddingKernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
+                                                                              table_ld, d, out, out_ld));
+    UA_CUDA_CHECK_LAUNCH(EmbeddingKernel);
+}
+
+void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
+             int64_t rows, int64_t d, cudaStream_t stream) {
+    if (rows == 0) return;
+    UA_DISPATCH_DTYPE(w_dtype, T,
+                      RmsNormKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+                          x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
+    UA_CUDA_CHECK_LAUNCH(RmsNormKernel);
+}
+
+void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
+          cudaStream_t stream) {
+    if (rows == 0) return;
+    const size_t smem = sizeof(float) * head_dim;
+    RopeKernel<<<static_cast<unsigned>(rows), 128, smem, stream>>>(x, x_ld, num_heads, head_dim, positions, theta);
+    UA_CUDA_CHECK_LAUNCH(RopeKernel);
+}
+
+void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
+             const int64_t* slot_mapping, cudaStream_t stream) {
+    if (rows == 0) return;
+    UA_DISPATCH_DTYPE(plane_dtype, T,
+                      WriteKvKernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
+                          src, src_ld, static_cast<T*>(plane), width, slot_mapping));
+    UA_CUDA_CHECK_LAUNCH(WriteKvKernel);
+}
+
+void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
+                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
+                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, cudaStream_t stream) {
+    if (rows == 0) return;
+    const size_t smem = sizeof(float) * head_dim;
+    UA_DISPATCH_DTYPE(plane_dtype, T,
+                      RopeWriteKvKernel<T><<<static_cast<unsigned>(rows), 256, smem, stream>>>(
+                          q, q_ld, k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions, theta,
+                          static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
+    UA_CUDA_CHECK_LAUNCH(RopeWriteKvKernel);
+}
+
+void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff,
+             cudaStream_t stream) {
+    if (rows * ff == 0) return;
+    SiluMulKernel<<<StrideGrid(rows * ff), kThreads, 0, stream>>>(gate_up, gu_ld, out, out_ld, rows, ff);
+    UA_CUDA_CHECK_LAUNCH(SiluMulKernel);
+}
+
+void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, cudaStream_t stream) {
+    if (rows * cols == 0) return;
+    AddKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(x, x_ld, y, y_ld, rows, cols);
+    UA_CUDA_CHECK_LAUNCH(AddKernel);
+}
+
+void GatherRows(const float* x, int64_t x_ld, const int32_t* rows, int num_rows, int64_t cols, float* out,
+                int64_t out_ld, cudaStream_t stream) {
+    if (num_rows == 0) return;
+    GatherRowsKernel<<<num_rows, kThreads, 0, stream>>>(x, x_ld, rows, cols, out, out_ld);
+    UA_CUDA_CHECK_LAUNCH(GatherRowsKernel);
+}
+
+void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* out, DType dtype, bool with_lo,
+               cudaStream_t stream) {
+    if (rows * cols == 0) return;
+    UA_DISPATCH_DTYPE(dtype, T,
+                      SplitHiLoKernel<T><<<StrideGrid(rows * cols), kThreads, 0, stream>>>(
+                          x, x_ld, rows, cols, static_cast<T*>(out), with_lo));
+    UA_CUDA_CHECK_LAUNCH(SplitHiLoKernel);
+}
+
+void CombineHiLo(const float* yy, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
+                 cudaStream_t stream) {
+    if (rows * cols == 0) return;
+    CombineHiLoKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(yy, rows, cols, y, y_ld, accumulate);
+    UA_CUDA_CHECK_LAUNCH(CombineHiLoKernel);
+}
+
+void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {
+    if (n == 0) return;
+    UA_DISPATCH_DTYPE(
+        dtype, T, FillUniformKernel<T><<<StrideGrid(n), kThreads, 0, stream>>>(static_cast<T*>(dst), n, lo, hi, seed));
+    UA_CUDA_CHECK_LAUNCH(FillUniformKernel);
+}
+
+}  // namespace uniattn::cuda

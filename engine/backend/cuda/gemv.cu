@@ -1,0 +1,237 @@
+// Matrix-vector products for decode steps of one or two rows: weight-bandwidth bound, 16-byte weight
+// loads with several in flight per lane, fp32 x read directly (exact products, fp32 accumulation: no
+// activation rounding). Two layouts of the work:
+//   kWarpPerRow: one warp streams one weight row (variant 1);
+//   kSplitK:     a block owns kOuts rows and all its threads split the input dimension, so every lane
+//                has kOuts · kSplitUnroll loads in flight and the grid is a fraction of a wave for
+//                4096-row matrices (variant 2, the default).
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace uniattn::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+constexpr int kUnroll = 4;
+
+// One warp per output o.  x [kRows, in] fp32, w [out, in], y [kRows, out] fp32
+// kVector: w rows and x rows are 16-byte aligned (checked by the launcher).
+template <typename WT, int kRows, bool kVector>
+__global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(const float* __restrict__ x, int64_t x_ld,
+                                                                  const WT* __restrict__ w, int64_t w_ld, int64_t n_out,
+                                                                  int64_t n_in, float* __restrict__ y, int64_t y_ld,
+                                                                  bool accumulate) {
+    const int lane = threadIdx.x & 31;
+    const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+    if (o >= n_out) return;
+    const WT* wr = w + o * w_ld;
+    float acc[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+    int64_t done = 0;
+    if constexpr (kVector) {
+        constexpr int kVec = 16 / sizeof(WT);  // weights per 16-byte load
+        const int64_t n_vec = n_in / kVec;
+        int64_t i = lane;
+        // Main loop: kUnroll independent 16-byte weight loads per lane before any arithmetic.
+        for (; i + (kUnroll - 1) * 32 < n_vec; i += kUnroll * 32) {
+            float wf[kUnroll][kVec];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) LoadFloats<WT, kVec>(wr + (i + u * 32) * kVec, wf[u]);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    const float4* xv = reinterpret_cast<const float4*>(x + r * x_ld + (i + u * 32) * kVec);
+#pragma unroll
+                    for (int c = 0; c < kVec / 4; ++c) {
+                        const float4 xx = __ldg(xv + c);
+                        acc[r] += xx.x * wf[u][4 * c] + xx.y * wf[u][4 * c + 1] + xx.z * wf[u][4 * c + 2] +
+                                  xx.w * wf[u][4 * c + 3];
+                    }
+                }
+            }
+        }
+        for (; i < n_vec; i += 32) {
+            float wf[kVec];
+            LoadFloats<WT, kVec>(wr + i * kVec, wf);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                const float* xr = x + r * x_ld + i * kVec;
+#pragma unroll
+                for (int c = 0; c < kVec; ++c) acc[r] += xr[c] * wf[c];
+            }
+        }
+        done = n_vec * kVec;
+    }
+    for (int64_t i = done + lane; i < n_in; i += 32) {
+        const float wv = ToFloat(wr[i]);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] += x[r * x_ld + i] * wv;
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        const float s = WarpSum(acc[r]);
+        if (lane == 0) {
+            float* dst = y + r * y_ld + o;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
+
+constexpr int kSplitThreads = 256;
+constexpr int kOuts = 4;         // output rows per block
+constexpr int kSplitUnroll = 2;  // 16-byte chunks per row per lane per iteration
+
+// grid ceil(out / kOuts), kSplitThreads threads.  x [kRows, in] fp32, w [out, in], y [kRows, out] fp32
+template <typename WT, int kRows, bool kVector>
+__global__ __launch_bounds__(kSplitThreads) void GemvSplitKKernel(const float* __restrict__ x, int64_t x_ld,
+                                                                  const WT* __restrict__ w, int64_t w_ld, int64_t n_out,
+                                                                  int64_t n_in, float* __restrict__ y, int64_t y_ld,
+                                                                  bool accumulate) {
+    constexpr int kVec = kVector ? 16 / sizeof(WT) : 1;
+    __shared__ float partial[kSplitThreads / 32][kOuts * kRows];
+    const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kOuts;
+    const int nout = static_cast<int>(n_out - o0 < kOuts ? n_out - o0 : kOuts);
+    float acc[kOuts][kRows];
+#pragma unroll
+    for (int o = 0; o < kOuts; ++o) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[o][r] = 0.f;
+    }
+    const WT* wr[kOuts];
+#pragma unroll
+    for (int o = 0; o < kOuts; ++o) wr[o] = w + (o0 + (o < nout ? o : 0)) * w_ld;
+    const int64_t n_vec = n_in / kVec;
+    for (int64_t c = threadIdx.x; c < n_vec; c += kSplitThreads * kSplitUnroll) {
+        float wf[kSplitUnroll][kOuts][kVec];
+#pragma unroll
+        for (int u = 0; u < kSplitUnroll; ++u) {
+            const int64_t cu = c + u * kSplitThreads;
+#pragma unroll
+            for (int o = 0; o < kOuts; ++o) {
+                if (cu < n_vec) {
+                    LoadFloats<WT, kVec>(wr[o] + cu * kVec, wf[u][o]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < kVec; ++i) wf[u][o][i] = 0.f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kSplitUnroll; ++u) {
+            const int64_t cu = c + u * kSplitThreads;
+            if (cu >= n_vec) break;
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                float xf[kVec];
+                if constexpr (kVector) {
+                    const float4* xv = reinterpret_cast<const float4*>(x + r * x_ld + cu * kVec);
+#pragma unroll
+                    for (int q = 0; q < kVec / 4; ++q) {
+                        const float4 v = __ldg(xv + q);
+                        xf[4 * q] = v.x, xf[4 * q + 1] = v.y, xf[4 * q + 2] = v.z, xf[4 * q + 3] = v.w;
+                    }
+                } else {
+                    xf[0] = x[r * x_ld + cu];
+                }
+#pragma unroll
+                for (int o = 0; o < kOuts; ++o) {
+#pragma unroll
+                    for (int i = 0; i < kVec; ++i) acc[o][r] += xf[i] * wf[u][o][i];
+                }
+            }
+        }
+    }
+    for (int64_t i = n_vec * kVec + threadIdx.x; i < n_in; i += kSplitThreads) {
+#pragma unroll
+        for (int o = 0; o < kOuts; ++o) {
+            const float wv = ToFloat(wr[o][i]);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) acc[o][r] += x[r * x_ld + i] * wv;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 0; o < kOuts; ++o) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            const float v = WarpSum(acc[o][r]);
+            if (lane == 0) partial[warp][o * kRows + r] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < kOuts * kRows) {
+        const int o = threadIdx.x / kRows, r = threadIdx.x % kRows;
+        if (o < nout) {
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < kSplitThreads / 32; ++i) s += partial[i][threadIdx.x];
+            float* dst = y + r * y_ld + o0 + o;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
+
+template <typename WT, int kRows>
+void LaunchGemv(const float* x, int64_t x_ld, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y,
+                int64_t y_ld, bool accumulate, int variant, cudaStream_t stream) {
+    constexpr int kVec = 16 / sizeof(WT);
+    const bool vector = reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % kVec == 0 &&
+                        reinterpret_cast<uintptr_t>(x) % 16 == 0 && (kRows == 1 || x_ld % 4 == 0);
+    if (variant == 2) {
+        const unsigned grid = CeilDiv(n_out, kOuts);
+        if (vector) {
+            GemvSplitKKernel<WT, kRows, true>
+                <<<grid, kSplitThreads, 0, stream>>>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+        } else {
+            GemvSplitKKernel<WT, kRows, false>
+                <<<grid, kSplitThreads, 0, stream>>>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+        }
+        UA_CUDA_CHECK_LAUNCH(GemvSplitKKernel);
+        return;
+    }
+    const unsigned grid = CeilDiv(n_out, kWarpsPerBlock);
+    if (vector) {
+        GemvKernel<WT, kRows, true>
+            <<<grid, kWarpsPerBlock * 32, 0, stream>>>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+    } else {
+        GemvKernel<WT, kRows, false>
+            <<<grid, kWarpsPerBlock * 32, 0, stream>>>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+    }
+    UA_CUDA_CHECK_LAUNCH(GemvKernel);
+}
+
+template <typename WT>
+void GemvRows(const float* x, int64_t x_ld, int rows, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y,
+              int64_t y_ld, bool accumulate, int variant, cudaStream_t stream) {
+    static_assert(kGemvMaxRows == 2, "one instantiation per row count");
+    if (rows == 1) {
+        LaunchGemv<WT, 1>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate, variant, stream);
+    } else {
+        LaunchGemv<WT, 2>(x, x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate, variant, stream);
+    }
+}
+
+}  // namespace
+
+void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant) {
+    if (rows == 0 || n_out == 0) return;
+    switch (w_dtype) {
+        case DType::kF16:
+            GemvRows(x, x_ld, rows, static_cast<const __half*>(w), w_ld, n_out, n_in, y, y_ld, accumulate, variant,
+                     stream);
+            break;
+        case DType::kBF16:
+            GemvRows(x, x_ld, rows, static_cast<const __nv_bfloat16*>(w), w_ld, n_out, n_in, y, y_ld, accumulate,
+                     variant, stream);
+            break;
+        case DType::kF32:
+            GemvRows(x, x_ld, rows, static_cast<const float*>(w), w_ld, n_out, n_in, y, y_ld, accumulate, variant,
+                     stream);
+            break;
+    }
+}
+
+}  // namespace uniattn::cuda

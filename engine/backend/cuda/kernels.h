@@ -1,0 +1,115 @@
+// Host-side launchers of the CUDA backend's kernels. Raw device pointers, explicit sizes and row strides
+// (ld, in elements); every launch goes to `stream` and is checked. Offsets are computed in 64 bits.
+// Element types are named by DType: f32 `float`, f16 `__half`, bf16 `__nv_bfloat16`.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "uniattn/safetensors.h"
+
+namespace uniattn::cuda {
+
+// ---- elementwise.cu ----
+
+// out[t, :] = float(table[tokens[t], :])       table [vocab, d] (ld table_ld), out [T, d] fp32
+void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
+               float* out, int64_t out_ld, cudaStream_t stream);
+
+// out[t] = x[t] / rms(x[t]) * w                 x, out [rows, d] fp32; w [d]
+void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
+             int64_t rows, int64_t d, cudaStream_t stream);
+
+// Hugging Face half-split RoPE in place.       x [rows, num_heads * head_dim] fp32; positions [rows]
+void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
+          cudaStream_t stream);
+
+// plane[slot_mapping[t] * width + i] = src[t, i]      src [rows, width] fp32;
+//   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim
+void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
+             const int64_t* slot_mapping, cudaStream_t stream);
+
+// Rope(q) in place; rotated k and plain v written to their planes (k itself is left unrotated).
+//   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32
+void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
+                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
+                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, cudaStream_t stream);
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
+void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff,
+             cudaStream_t stream);
+
+// x += y                                        x, y [rows, cols] fp32
+void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :]                     rows: device indices
+void GatherRows(const float* x, int64_t x_ld, const int32_t* rows, int num_rows, int64_t cols, float* out,
+                int64_t out_ld, cudaStream_t stream);
+
+// Splits fp32 x into 16-bit parts for tensor-core GEMMs with fp32-accurate activations:
+//   out [2·rows, cols] contiguous: rows [0, rows) = hi = dtype(x), rows [rows, 2·rows) = lo = dtype(x - hi).
+// With with_lo false only the hi half [rows, cols] is written.
+void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* out, DType dtype, bool with_lo,
+               cudaStream_t stream);
+// y[t, :] = (accumulate ? y[t, :] : 0) + yy[t, :] + yy[rows + t, :]       yy [2·rows, cols] contiguous fp32
+void CombineHiLo(const float* yy, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
+                 cudaStream_t stream);
+
+// n values of dtype, uniform in [lo, hi), SplitMix64 of (seed, index) (the Backend default's stream).
+void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream);
+
+// ---- gemv.cu ----
+
+// Matrix-vector products for few rows, reading fp32 x directly (exact products, fp32 accumulation):
+//   y[t, o] = (accumulate ? y[t, o] : 0) + Σ_i x[t, i] · w[o, i]
+//   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16), y [rows, out] fp32; rows <= kGemvMaxRows
+// variant 1: a warp per weight row; 2 (default): blocks of 4 rows with the input dimension split over
+// the block (see gemv.cu).
+constexpr int kGemvMaxRows = 2;
+void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant = 2);
+
+// ---- attention.cu ----
+
+// The paged-cache view of one step (see AttentionBatch in backend/backend.h).
+struct PagedBatch {
+    const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+    int max_blocks_per_seq = 0;
+    const int32_t* positions = nullptr;    // [num_tokens]
+    const int32_t* query_start = nullptr;  // [num_seqs + 1]
+    int num_seqs = 0;
+    int num_tokens = 0;
+    int max_context_len = 0;
+    int max_query_len = 0;  // > 0
+    int block_size = 0;
+    int num_heads = 0;
+    int num_kv_heads = 0;
+    int head_dim = 0;
+};
+
+// Scratch the attention launchers need, sized by AttentionWorkspaceFloats().
+struct AttentionWorkspace {
+    float* part_acc = nullptr;  // [num_tokens, num_heads, splits, head_dim]
+    float* part_ml = nullptr;   // [num_tokens, num_heads, splits, 2]
+    float* stats = nullptr;     // [num_tokens, num_heads, 2]: the final (max, sum) of each softmax row
+};
+// Floats of each workspace array for a batch (part_acc, part_ml, stats).
+void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[3]);
+
+// Causal attention over the paged cache; fills `probs` [num_tokens, num_heads, probs_ld] with the
+// normalised probabilities of positions 0..pos when non-null. A token's result depends only on its own
+// sequence (bit-identical alone or in any batch).
+//   q [num_tokens, num_heads·hd] fp32, k/v planes of kv_dtype, out [num_tokens, num_heads·hd] fp32
+void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
+               const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
+               const AttentionWorkspace& ws, cudaStream_t stream);
+
+// UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]
+void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
+                    float* out, int64_t out_ld, const AttentionWorkspace& ws, cudaStream_t stream);
+
+// Which head dimensions have a kernel (64, 128 specialised; others up to 128 through the generic one).
+bool AttentionSupportsHeadDim(int head_dim);
+
+}  // namespace uniattn::cuda

@@ -1,0 +1,573 @@
+// Every CUDA op against its CPU twin (the oracle) on fresh random inputs: fp32/fp16/bf16 weights on both
+// sides of the MatMul paths (GEMV, hi/lo split, plain 16-bit), fp32/fp16/bf16 KV planes, head_dim
+// 128/64 (specialised) and 48/10 (generic), MHA/GQA/MQA, decode contexts long enough for split-K,
+// prefill tiles, mixed batches, anchor probabilities and UniAttn reuse. Outputs are poisoned with NaN
+// first, so an element the GPU never writes fails. The CPU side always sees fp32 copies of exactly the
+// values the GPU holds (16-bit data is rounded before upload), so differences are arithmetic only.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "engine/test_models.h"
+
+namespace uniattn {
+namespace {
+
+using testutil::Rng;
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> RandomVector(Rng& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
+    std::vector<float> v(n);
+    for (float& x : v) x = rng.Uniform(lo, hi);
+    return v;
+}
+
+const char* Name(DType d) { return DTypeName(d); }
+
+// Relative size of one rounding step of a dtype (unit roundoff times two).
+double Ulp(DType d) {
+    switch (d) {
+        case DType::kF32:
+            return 0x1.0p-23;
+        case DType::kF16:
+            return 0x1.0p-10;
+        case DType::kBF16:
+            return 0x1.0p-7;
+    }
+    return 0;
+}
+
+class CudaOpsTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        auto gpu = CreateCudaBackend(CudaBackendOptions{});
+        if (!gpu.ok()) GTEST_SKIP() << "no CUDA device: " << gpu.status().ToString();
+        gpu_ = std::move(gpu).value();
+        cpu_ = MakeCpuBackend(2);
+    }
+
+    // Uploads host values to `be` in `dtype`; fp32 hosts are converted, so callers round first.
+    void* Upload(Backend* be, const std::vector<float>& host, DType dtype = DType::kF32) {
+        const size_t n = std::max<size_t>(host.size(), 1);
+        auto buf = be->Alloc(n * DTypeBytes(dtype));
+        EXPECT_TRUE(buf.ok());
+        void* p = (*buf)->data();
+        if (dtype == DType::kF32) {
+            be->CopyToDevice(p, host.data(), host.size() * sizeof(float));
+        } else {
+            std::vector<uint16_t> h(host.size());
+            for (size_t i = 0; i < h.size(); ++i) {
+                h[i] = dtype == DType::kF16 ? FloatToHalf(host[i]) : FloatToBF16(host[i]);
+            }
+            be->CopyToDevice(p, h.data(), h.size() * sizeof(uint16_t));
+        }
+        buffers_.push_back(std::move(buf).value());
+        return p;
+    }
+    template <typename T>
+    T* UploadRaw(Backend* be, const std::vector<T>& host) {
+        auto buf = be->Alloc(std::max<size_t>(host.size(), 1) * sizeof(T));
+        EXPECT_TRUE(buf.ok());
+        be->CopyToDevice((*buf)->data(), host.data(), host.size() * sizeof(T));
+        T* p = static_cast<T*>((*buf)->data());
+        buffers_.push_back(std::move(buf).value());
+        return p;
+    }
+    std::vector<float> Download(Backend* be, const void* p, size_t n, DType dtype = DType::kF32) {
+        be->Synchronize();
+        std::vector<float> out(n);
+        if (dtype == DType::kF32) {
+            be->CopyToHost(out.data(), p, n * sizeof(float));
+        } else {
+            std::vector<uint16_t> h(n);
+            be->CopyToHost(h.data(), p, n * sizeof(uint16_t));
+            for (size_t i = 0; i < n; ++i) out[i] = dtype == DType::kF16 ? HalfToFloat(h[i]) : BF16ToFloat(h[i]);
+        }
+        return out;
+    }
+    // A [rows, ld] fp32 buffer on both backends with the same contents; the view starts at column `col`.
+    struct Twin {
+        Tensor cpu, gpu;
+        std::vector<float> host;
+    };
+    Twin Both(const std::vector<float>& host, int64_t rows, int64_t cols, int64_t ld, int64_t col = 0,
+              DType gpu_dtype = DType::kF32) {
+        Twin t;
+        t.host = host;
+        testutil::RoundToDType(gpu_dtype, t.host);
+        auto* c = static_cast<float*>(Upload(cpu_.get(), t.host));
+        char* g = static_cast<char*>(Upload(gpu_.get(), t.host, gpu_dtype));
+        t.cpu = Tensor{c + col, DType::kF32, rows, cols, ld};
+        t.gpu = Tensor{g + col * DTypeBytes(gpu_dtype), gpu_dtype, rows, cols, ld};
+        return t;
+    }
+    std::vector<float> Fetch(Backend* be, const Tensor& t, int64_t col) {
+        const size_t n = static_cast<size_t>(t.rows * t.ld);
+        return Download(be, static_cast<const char*>(t.data) - col * DTypeBytes(t.dtype), n, t.dtype);
+    }
+
+    std::unique_ptr<Backend> cpu_, gpu_;
+    std::vector<std::unique_ptr<DeviceBuffer>> buffers_;
+};
+
+// got vs want elementwise: |got - want| <= tol[i]; NaN fails. Reports the first few misses.
+void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& tol,
+                const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    int bad = 0;
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double err = std::abs(static_cast<double>(got[i]) - want[i]);
+        if (!(err <= tol[i])) {
+            if (bad++ < 5) ADD_FAILURE() << what << ": [" << i << "] got " << got[i] << " want " << want[i];
+        }
+        if (std::isfinite(err)) worst = std::max(worst, err / (tol[i] + 1e-30));
+    }
+    EXPECT_EQ(bad, 0) << what << " (worst error / tolerance " << worst << ")";
+}
+void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, double abs_tol,
+                const std::string& what) {
+    ExpectNear(got, want, std::vector<double>(want.size(), abs_tol), what);
+}
+
+TEST_F(CudaOpsTest, MatMulEveryPath) {
+    Rng rng(101);
+    struct Shape {
+        int64_t in, out;
+    };
+    for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
+            for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
+                for (bool accumulate : {false, true}) {
+                    const bool strided = T % 2 == 1;
+                    const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
+                    Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
+                    Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
+                    const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
+                    Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
+                    cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
+                    gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
+                    const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
+                    const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
+                    // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
+                    // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
+                    // term may move by one rounding step of that dtype.
+                    const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
+                    std::vector<double> tol(want.size(), 0.0);
+                    for (int64_t t = 0; t < T; ++t) {
+                        for (int64_t o = 0; o < sh.out; ++o) {
+                            double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
+                            for (int64_t i = 0; i < sh.in; ++i) {
+                                mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
+                            }
+                            tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
+                        }
+                    }
+                    ExpectNear(got, want, tol,
+                               std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
+                                   " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
+                }
+            }
+        }
+    }
+}
+
+TEST_F(CudaOpsTest, SmallOps) {
+    Rng rng(102);
+    for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
+        SCOPED_TRACE(Name(wd));
+        const int64_t d = 288, vocab = 50, T = 7;
+        // Embedding from a 16-bit table is an exact conversion.
+        Twin table = Both(RandomVector(rng, vocab * d), vocab, d, d, 0, wd);
+        std::vector<int32_t> tokens(T);
+        for (int32_t& t : tokens) t = rng.Int(static_cast<int>(vocab));
+        Twin e = Both(std::vector<float>(T * d, kNaN), T, d, d);
+        cpu_->Embedding(UploadRaw(cpu_.get(), tokens), T, table.cpu, e.cpu);
+        gpu_->Embedding(UploadRaw(gpu_.get(), tokens), T, table.gpu, e.gpu);
+        ExpectNear(Fetch(gpu_.get(), e.gpu, 0), Fetch(cpu_.get(), e.cpu, 0), 0.0, "Embedding");
+
+        Twin x = Both(RandomVector(rng, T * (d + 4)), T, d, d + 4, 1);
+        Twin w = Both(RandomVector(rng, d, 0.5f, 1.5f), 1, d, d, 0, wd);
+        Twin out = Both(std::vector<float>(T * d, kNaN), T, d, d);
+        cpu_->RmsNorm(x.cpu, w.cpu, 1e-5f, out.cpu);
+        gpu_->RmsNorm(x.gpu, w.gpu, 1e-5f, out.gpu);
+        ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 1e-5, "RmsNorm");
+    }
+    {
+        const int64_t T = 5, ff = 333;
+        std::vector<float> gu = RandomVector(rng, T * 2 * ff, -8.0f, 8.0f);
+        Twin g = Both(gu, T, 2 * ff, 2 * ff);
+        Twin o = Both(std::vector<float>(T * ff, kNaN), T, ff, ff);
+        cpu_->SiluMul(g.cpu, o.cpu);
+        gpu_->SiluMul(g.gpu, o.gpu);
+        const std::vector<float> want = Fetch(cpu_.get(), o.cpu, 0);
+        std::vector<double> tol(want.size());
+        for (size_t i = 0; i < tol.size(); ++i) tol[i] = 1e-6 * std::abs(want[i]) + 1e-7;
+        ExpectNear(Fetch(gpu_.get(), o.gpu, 0), want, tol, "SiluMul");
+
+        Twin a = Both(RandomVector(rng, T * 40), T, 30, 40, 5);
+        Twin b = Both(RandomVector(rng, T * 30), T, 30, 30);
+        cpu_->Add(a.cpu, b.cpu);
+        gpu_->Add(a.gpu, b.gpu);
+        ExpectNear(Fetch(gpu_.get(), a.gpu, 5), Fetch(cpu_.get(), a.cpu, 5), 0.0, "Add");
+
+        const std::vector<int32_t> rows = {4, 0, 2};
+        Twin src = Both(RandomVector(rng, T * 30), T, 30, 30);
+        Twin dst = Both(std::vector<float>(3 * 30, kNaN), 3, 30, 30);
+        cpu_->GatherRows(src.cpu, rows.data(), 3, dst.cpu);
+        gpu_->GatherRows(src.gpu, rows.data(), 3, dst.gpu);
+        ExpectNear(Fetch(gpu_.get(), dst.gpu, 0), Fetch(cpu_.get(), dst.cpu, 0), 0.0, "GatherRows");
+    }
+    for (int hd : {128, 48, 10}) {
+        const int heads = 3;
+        const int64_t T = 6, width = heads * hd;
+        std::vector<int32_t> pos(T);
+        for (int32_t& p : pos) p = rng.Int(5000);
+        Twin x = Both(RandomVector(rng, T * (width + 7)), T, width, width + 7, 2);
+        cpu_->Rope(x.cpu, heads, hd, UploadRaw(cpu_.get(), pos), 500000.0);
+        gpu_->Rope(x.gpu, heads, hd, UploadRaw(gpu_.get(), pos), 500000.0);
+        ExpectNear(Fetch(gpu_.get(), x.gpu, 2), Fetch(cpu_.get(), x.cpu, 2), 4e-6,
+                   "Rope head_dim " + std::to_string(hd));
+    }
+}
+
+TEST_F(CudaOpsTest, FillUniformMatchesHostStream) {
+    for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
+        const int64_t n = 100003;
+        void* g = Upload(gpu_.get(), std::vector<float>(n, kNaN), d);
+        void* c = Upload(cpu_.get(), std::vector<float>(n, kNaN), d);
+        gpu_->FillUniform(g, d, n, -0.25f, 0.75f, 42);
+        cpu_->FillUniform(c, d, n, -0.25f, 0.75f, 42);
+        // The device may fuse lo + u·(hi - lo) into one FMA: one rounding step of the dtype apart at most.
+        ExpectNear(Download(gpu_.get(), g, n, d), Download(cpu_.get(), c, n, d), Ulp(d), Name(d));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Paged attention
+
+struct AttnCase {
+    int num_heads, num_kv_heads, head_dim, block_size;
+    std::vector<int> context_lens;  // cached tokens once this step's are written
+    std::vector<int> chunk_lens;    // this step's query tokens (the last of the context)
+};
+
+std::string Describe(const AttnCase& c, DType kv) {
+    std::string s = std::string(Name(kv)) + " heads " + std::to_string(c.num_heads) + "/" +
+                    std::to_string(c.num_kv_heads) + " hd " + std::to_string(c.head_dim) + " block " +
+                    std::to_string(c.block_size) + " ctx/chunk";
+    for (size_t i = 0; i < c.context_lens.size(); ++i) {
+        s += " " + std::to_string(c.context_lens[i]) + "/" + std::to_string(c.chunk_lens[i]);
+    }
+    return s;
+}
+
+std::vector<AttnCase> AttentionCases() {
+    return {
+        // Decode, MHA head_dim 128: one split, several splits, more than kTargetSplits.
+        {32, 32, 128, 16, {17, 600, 3000}, {1, 1, 1}},
+        // Decode, GQA n_rep 4 (one block per KV head), context past the largest chunk.
+        {32, 8, 128, 16, {1, 4100, 2}, {1, 1, 1}},
+        // Decode, GQA n_rep 8 (two head groups per KV head), head_dim 64, block size 32.
+        {16, 2, 64, 32, {300, 77}, {1, 1}},
+        // Decode and prefill at the stories15M shape (generic head_dim 48).
+        {6, 6, 48, 16, {200, 64}, {1, 1}},
+        {6, 6, 48, 16, {70, 33}, {70, 5}},
+        // Mixed batch: prefill chunks (over several query tiles, with and without a cached prefix) and a
+        // decode token, GQA head_dim 128.
+        {8, 2, 128, 16, {100, 40, 300}, {100, 1, 45}},
+        // MQA prefill after a cached prefix, head_dim 64.
+        {4, 1, 64, 32, {130}, {65}},
+        // Odd head_dim and block size (generic kernels), mixed lengths.
+        {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},
+    };
+}
+
+struct AttnSetup {
+    std::vector<float> k, v;  // [num_blocks, block_size, Hkv, hd], rounded to the KV dtype; NaN where unowned
+    int64_t num_blocks = 0;
+    std::vector<int32_t> query_start, context_len, block_tables, positions;
+    std::vector<int64_t> slot_mapping;
+    std::vector<int> seq_of;
+    int max_blocks_per_seq = 0, max_context_len = 0, max_query_len = 0, num_tokens = 0;
+};
+
+AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
+    AttnSetup s;
+    const int num_seqs = static_cast<int>(c.context_lens.size());
+    std::vector<int> need(num_seqs);
+    int total = 2;
+    for (int i = 0; i < num_seqs; ++i) {
+        need[i] = (c.context_lens[i] + c.block_size - 1) / c.block_size;
+        total += need[i];
+        s.max_blocks_per_seq = std::max(s.max_blocks_per_seq, need[i]);
+        s.max_context_len = std::max(s.max_context_len, c.context_lens[i]);
+        s.max_query_len = std::max(s.max_query_len, c.chunk_lens[i]);
+    }
+    std::vector<int32_t> pool(total);
+    std::iota(pool.begin(), pool.end(), 0);
+    for (size_t i = pool.size() - 1; i > 0; --i) std::swap(pool[i], pool[rng.Int(static_cast<int>(i + 1))]);
+    s.block_tables.assign(static_cast<size_t>(num_seqs) * s.max_blocks_per_seq, pool.back());
+    size_t next = 0;
+    for (int i = 0; i < num_seqs; ++i) {
+        for (int b = 0; b < need[i]; ++b) s.block_tables[i * s.max_blocks_per_seq + b] = pool[next++];
+    }
+    s.num_blocks = total;
+    const int64_t row = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+    s.k.assign(static_cast<size_t>(total * c.block_size * row), kNaN);
+    s.v = s.k;
+    s.query_start.push_back(0);
+    for (int i = 0; i < num_seqs; ++i) {
+        for (int j = 0; j < c.context_lens[i]; ++j) {
+            const int64_t slot =
+                static_cast<int64_t>(s.block_tables[i * s.max_blocks_per_seq + j / c.block_size]) * c.block_size +
+                j % c.block_size;
+            for (int64_t e = 0; e < row; ++e) {
+                s.k[slot * row + e] = rng.Uniform(-1.0f, 1.0f);
+                s.v[slot * row + e] = rng.Uniform(-1.0f, 1.0f);
+            }
+            if (j >= c.context_lens[i] - c.chunk_lens[i]) {
+                s.positions.push_back(j);
+                s.slot_mapping.push_back(slot);
+                s.seq_of.push_back(i);
+            }
+        }
+        s.query_start.push_back(static_cast<int32_t>(s.positions.size()));
+        s.context_len.push_back(c.context_lens[i]);
+    }
+    s.num_tokens = static_cast<int>(s.positions.size());
+    testutil::RoundToDType(kv, s.k);
+    testutil::RoundToDType(kv, s.v);
+    return s;
+}
+
+class CudaAttentionTest : public CudaOpsTest {
+  protected:
+    AttentionBatch UploadBatch(Backend* be, const AttnSetup& s) {
+        AttentionBatch b;
+        b.num_seqs = static_cast<int>(s.context_len.size());
+        b.num_tokens = s.num_tokens;
+        b.query_start = UploadRaw(be, s.query_start);
+        b.context_len = UploadRaw(be, s.context_len);
+        b.block_tables = UploadRaw(be, s.block_tables);
+        b.max_blocks_per_seq = s.max_blocks_per_seq;
+        b.positions = UploadRaw(be, s.positions);
+        b.slot_mapping = UploadRaw(be, s.slot_mapping);
+        b.max_context_len = s.max_context_len;
+        b.max_query_len = s.max_query_len;
+        return b;
+    }
+    KvPlane Plane(Backend* be, const AttnCase& c, const AttnSetup& s, const std::vector<float>& data, DType dtype) {
+        return KvPlane{Upload(be, data, dtype), dtype, s.num_blocks, c.block_size, c.num_kv_heads, c.head_dim};
+    }
+    // Random probability rows (each sums to 1 over 0..pos, NaN beyond).
+    static std::vector<float> RandomProbs(Rng& rng, const AttnSetup& s, int num_heads) {
+        std::vector<float> probs(static_cast<size_t>(s.num_tokens) * num_heads * s.max_context_len, kNaN);
+        for (int t = 0; t < s.num_tokens; ++t) {
+            for (int h = 0; h < num_heads; ++h) {
+                float* row = probs.data() + (static_cast<size_t>(t) * num_heads + h) * s.max_context_len;
+                double sum = 0;
+                for (int j = 0; j <= s.positions[t]; ++j) sum += (row[j] = rng.Uniform(0.0f, 1.0f));
+                for (int j = 0; j <= s.positions[t]; ++j) row[j] = static_cast<float>(row[j] / sum);
+            }
+        }
+        return probs;
+    }
+};
+
+TEST_F(CudaAttentionTest, MatchesCpu) {
+    Rng rng(103);
+    for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (const AttnCase& c : AttentionCases()) {
+            for (bool with_probs : {false, true}) {
+                SCOPED_TRACE(Describe(c, kv) + (with_probs ? " with probs" : ""));
+                const AttnSetup s = MakeSetup(rng, c, kv);
+                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+                // q: the Q columns of a fused [q | k | v] row; out: a padded view.
+                Twin q = Both(RandomVector(rng, s.num_tokens * (width + 2 * kv_width)), s.num_tokens, width,
+                              width + 2 * kv_width);
+                Twin out =
+                    Both(std::vector<float>(s.num_tokens * (width + 1), kNaN), s.num_tokens, width, width + 1, 1);
+                const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
+                float* cp = nullptr;
+                float* gp = nullptr;
+                if (with_probs) {
+                    cp = static_cast<float*>(Upload(cpu_.get(), std::vector<float>(probs_size, kNaN)));
+                    gp = static_cast<float*>(Upload(gpu_.get(), std::vector<float>(probs_size, kNaN)));
+                }
+                cpu_->Attention(q.cpu, Plane(cpu_.get(), c, s, s.k, DType::kF32),
+                                Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                                out.cpu, cp);
+                gpu_->Attention(q.gpu, Plane(gpu_.get(), c, s, s.k, kv), Plane(gpu_.get(), c, s, s.v, kv),
+                                UploadBatch(gpu_.get(), s), c.num_heads, out.gpu, gp);
+                // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with
+                // different summation orders (split-K, tiles).
+                std::vector<float> want = Fetch(cpu_.get(), out.cpu, 1), got = Fetch(gpu_.get(), out.gpu, 1);
+                for (int64_t t = 0; t < s.num_tokens; ++t) {  // the padding column must stay NaN
+                    EXPECT_TRUE(std::isnan(got[t * (width + 1)]));
+                    got[t * (width + 1)] = want[t * (width + 1)] = 0.f;
+                }
+                ExpectNear(got, want, 2e-5, "Attention out");
+                if (with_probs) {
+                    std::vector<float> pw = Download(cpu_.get(), cp, probs_size);
+                    std::vector<float> pg = Download(gpu_.get(), gp, probs_size);
+                    std::vector<double> tol(probs_size, 0.0);
+                    for (int t = 0; t < s.num_tokens; ++t) {
+                        for (int h = 0; h < c.num_heads; ++h) {
+                            const size_t row = (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                            for (int j = 0; j < s.max_context_len; ++j) {
+                                if (j <= s.positions[t]) {
+                                    tol[row + j] = 2e-5 * pw[row + j] + 1e-8;
+                                } else {  // past the token's position: never written on either side
+                                    EXPECT_TRUE(std::isnan(pg[row + j]));
+                                    pg[row + j] = pw[row + j] = 0.f;
+                                }
+                            }
+                        }
+                    }
+                    ExpectNear(pg, pw, tol, "probs");
+                }
+            }
+        }
+    }
+}
+
+TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
+    Rng rng(104);
+    for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (const AttnCase& c : AttentionCases()) {
+            SCOPED_TRACE(Describe(c, kv));
+            const AttnSetup s = MakeSetup(rng, c, kv);
+            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+            const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
+            Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
+            cpu_->ReuseAttention(static_cast<float*>(Upload(cpu_.get(), probs)),
+                                 Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                                 out.cpu);
+            gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), probs)), Plane(gpu_.get(), c, s, s.v, kv),
+                                 UploadBatch(gpu_.get(), s), c.num_heads, out.gpu);
+            ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
+        }
+    }
+}
+
+// A sequence's attention output is bit-identical alone and in a batch (its kernel, its splits and its
+// summation order depend on nothing else).
+TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
+    Rng rng(105);
+    const AttnCase c{8, 2, 128, 16, {100, 40, 3000, 7}, {100, 1, 1, 3}};
+    for (bool reuse : {false, true}) {
+        const AttnSetup s = MakeSetup(rng, c, DType::kF16);
+        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+        const KvPlane k = Plane(gpu_.get(), c, s, s.k, DType::kF16), v = Plane(gpu_.get(), c, s, s.v, DType::kF16);
+        Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
+        const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
+        auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
+            Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
+            if (reuse) {
+                gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), p)), v, UploadBatch(gpu_.get(), one),
+                                     c.num_heads, out.gpu);
+            } else {
+                gpu_->Attention(qv, k, v, UploadBatch(gpu_.get(), one), c.num_heads, out.gpu, nullptr);
+            }
+            return Fetch(gpu_.get(), out.gpu, 0);
+        };
+        const std::vector<float> batched = run(s, q.gpu, probs);
+        for (size_t i = 0; i < c.context_lens.size(); ++i) {
+            const int begin = s.query_start[i], end = s.query_start[i + 1];
+            AttnSetup one = s;
+            one.query_start = {0, end - begin};
+            one.context_len = {s.context_len[i]};
+            one.block_tables.assign(s.block_tables.begin() + i * s.max_blocks_per_seq,
+                                    s.block_tables.begin() + (i + 1) * s.max_blocks_per_seq);
+            one.positions.assign(s.positions.begin() + begin, s.positions.begin() + end);
+            one.slot_mapping.assign(s.slot_mapping.begin() + begin, s.slot_mapping.begin() + end);
+            one.num_tokens = end - begin;
+            one.max_context_len = s.context_len[i];
+            one.max_query_len = end - begin;
+            std::vector<float> p1;
+            for (int t = begin; t < end; ++t) {
+                for (int h = 0; h < c.num_heads; ++h) {
+                    const float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                    p1.insert(p1.end(), row, row + one.max_context_len);
+                }
+            }
+            const std::vector<float> single = run(one, q.gpu.Rows(begin, end - begin), p1);
+            EXPECT_EQ(std::memcmp(single.data(), batched.data() + begin * width, single.size() * sizeof(float)), 0)
+                << (reuse ? "reuse " : "attention ") << "sequence " << i;
+        }
+    }
+}
+
+// The fused prologue equals Rope, Rope, WriteKv, WriteKv on the CPU; the planes are in the KV dtype.
+TEST_F(CudaAttentionTest, RopeWriteKvMatchesCpu) {
+    Rng rng(106);
+    for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (int hd : {128, 64, 48}) {
+            SCOPED_TRACE(std::string(Name(kv)) + " head_dim " + std::to_string(hd));
+            const int hq = 4, hkv = 2, block = 16;
+            const int64_t T = 9, q_dim = hq * hd, kv_dim = hkv * hd, row = q_dim + 2 * kv_dim;
+            const int64_t num_blocks = 4, plane_n = num_blocks * block * kv_dim;
+            std::vector<int32_t> pos(T);
+            std::vector<int64_t> slots(T);
+            for (int64_t t = 0; t < T; ++t) {
+                pos[t] = 1000 + static_cast<int32_t>(t);
+                slots[t] = 3 * block + t;  // non-zero block, crossing nothing
+            }
+            Twin qkv = Both(RandomVector(rng, T * row), T, row, row);
+            auto planes = [&](Backend* be, DType dt) {
+                return std::pair<KvPlane, KvPlane>{
+                    KvPlane{Upload(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd},
+                    KvPlane{Upload(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd}};
+            };
+            auto [ck, cv] = planes(cpu_.get(), DType::kF32);
+            auto [gk, gv] = planes(gpu_.get(), kv);
+            cpu_->RopeWriteKv(qkv.cpu.Cols(0, q_dim), qkv.cpu.Cols(q_dim, kv_dim), qkv.cpu.Cols(q_dim + kv_dim, kv_dim),
+                              ck, cv, hq, UploadRaw(cpu_.get(), pos), UploadRaw(cpu_.get(), slots), 10000.0);
+            gpu_->RopeWriteKv(qkv.gpu.Cols(0, q_dim), qkv.gpu.Cols(q_dim, kv_dim), qkv.gpu.Cols(q_dim + kv_dim, kv_dim),
+                              gk, gv, hq, UploadRaw(gpu_.get(), pos), UploadRaw(gpu_.get(), slots), 10000.0);
+            const std::vector<float> cq = Fetch(cpu_.get(), qkv.cpu, 0), gq = Fetch(gpu_.get(), qkv.gpu, 0);
+            std::vector<float> cq_only, gq_only;
+            for (int64_t t = 0; t < T; ++t) {
+                cq_only.insert(cq_only.end(), cq.begin() + t * row, cq.begin() + t * row + q_dim);
+                gq_only.insert(gq_only.end(), gq.begin() + t * row, gq.begin() + t * row + q_dim);
+            }
+            ExpectNear(gq_only, cq_only, 4e-6, "rotated q");
+            for (int which = 0; which < 2; ++which) {
+                std::vector<float> want = Download(cpu_.get(), (which == 0 ? ck : cv).base, plane_n);
+                testutil::RoundToDType(kv, want);
+                const std::vector<float> got = Download(gpu_.get(), (which == 0 ? gk : gv).base, plane_n, kv);
+                std::vector<double> tol(plane_n);
+                for (int64_t i = 0; i < plane_n; ++i) {
+                    // Written slots: one rounding step of the KV dtype (rotation rounding may tip it); the
+                    // rest must stay NaN on both sides.
+                    if (std::isnan(want[i])) {
+                        EXPECT_TRUE(std::isnan(got[i])) << i;
+                        tol[i] = 0;
+                    } else {
+                        tol[i] = Ulp(kv) * std::abs(want[i]) + 1e-6;
+                    }
+                }
+                std::vector<float> g2 = got, w2 = want;
+                for (int64_t i = 0; i < plane_n; ++i) {
+                    if (std::isnan(w2[i])) g2[i] = w2[i] = 0.f;
+                }
+                ExpectNear(g2, w2, tol, which == 0 ? "K plane" : "V plane");
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace uniattn

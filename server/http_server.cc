@@ -102,7 +102,8 @@ class Session : public std::enable_shared_from_this<Session> {
         parser_.emplace();
         parser_->header_limit(kHeaderLimit);
         parser_->body_limit(static_cast<uint64_t>(config().max_body_bytes));
-        stream_.expires_after(RequestTimeout());
+        // After end-of-stream only buffered bytes can arrive: a request cut short there times out at once.
+        stream_.expires_after(close_after_eof_buffer_ ? std::chrono::milliseconds(1) : RequestTimeout());
         http::async_read_header(stream_, buffer_, *parser_,
                                 [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
     }
@@ -138,6 +139,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     void OnReadError(beast::error_code ec) {
+        spdlog::debug("http read: {}", ec.message());
         if (closed_ || ec == net::error::operation_aborted) return;
         const unsigned version = parser_ && parser_->got_some() ? parser_->get().version() : 11;
         if (ec == http::error::end_of_stream || ec == net::error::eof) return Close();
@@ -429,6 +431,7 @@ class Session : public std::enable_shared_from_this<Session> {
         timer_.cancel();
         if (linger_) return LingeringClose();
         if (close_after_) return Close();
+        if (peer_eof_) return ReadAfterEof();
         if (watching_) {
             // The disconnect watch holds the socket's read side: stop it, then read the next request.
             resume_after_watch_ = true;
@@ -436,6 +439,15 @@ class Session : public std::enable_shared_from_this<Session> {
             stream_.socket().cancel(ignored);
             return;
         }
+        ReadHeader();
+    }
+
+    // The client half-closed: answer what it already sent (pipelined requests in the buffer), then close.
+    // Asio does not retry a read on a socket whose end-of-stream it has already reported (edge-triggered
+    // epoll gives no new event), so never read the socket again.
+    void ReadAfterEof() {
+        if (buffer_.size() == 0) return Close();
+        close_after_eof_buffer_ = true;
         ReadHeader();
     }
 
@@ -564,7 +576,8 @@ class Session : public std::enable_shared_from_this<Session> {
         if (ec == net::error::eof) peer_eof_ = true;
         if (resume_after_watch_) {
             resume_after_watch_ = false;
-            if (!ec || ec == net::error::operation_aborted || ec == net::error::eof) return ReadHeader();
+            if (peer_eof_) return ReadAfterEof();
+            if (!ec || ec == net::error::operation_aborted) return ReadHeader();
             return HardClose();
         }
         if (!job_) return;
@@ -675,6 +688,7 @@ class Session : public std::enable_shared_from_this<Session> {
     bool watching_ = false;
     bool resume_after_watch_ = false;
     bool peer_eof_ = false;
+    bool close_after_eof_buffer_ = false;
 };
 
 }  // namespace

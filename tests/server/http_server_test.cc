@@ -321,6 +321,13 @@ TEST_F(HttpServerTest, HalfClosedClientStillGetsTheAnswer) {
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], "abcdef");
     EXPECT_EQ(engine_->num_cancelled(), 0);
+    // Then the server closes (it must not wait for a request that cannot come).
+    timeval tv{2, 0};
+    setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char byte;
+    beast::error_code eof;
+    s.read_some(net::buffer(&byte, 1), eof);
+    EXPECT_EQ(eof, net::error::eof);
     // Incomplete request, then half-close: a 400, not a hang.
     auto s2 = Connect();
     Write(s2, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"pro");

@@ -127,6 +127,13 @@ int Run(int argc, char** argv) {
         return 2;
     }
 
+    if (config.dtype != "auto") {
+        spdlog::warn(
+            "engine.dtype={} is validated but not forwarded: the engine API has no dtype option yet, the "
+            "backend chooses (cpu: float32)",
+            config.dtype);
+    }
+
     ServingState state(config);
     std::unique_ptr<Engine> engine;
     auto ioc = std::make_unique<net::io_context>(config.http_threads);

@@ -54,28 +54,9 @@ install -m 0755 scripts/fetch_model.sh "$dest/scripts/fetch_model.sh"
 # runtime stage has the same distribution release as the builder, so the same package names exist there.
 # The driver's libraries (libcuda, libnvidia-*) are not packages of the image: the NVIDIA container
 # runtime mounts them from the host, so they are skipped even when ldd cannot find them here.
-owner_of() {
-  local lib=$1 real candidates c pkg
-  real=$(readlink -f "$lib")
-  candidates=("$lib" "$real")
-  # usrmerge: dpkg may have recorded /lib/... for a file ldd reports under /usr/lib/..., or the reverse.
-  for c in "$lib" "$real"; do
-    case "$c" in
-      /usr/lib/*) candidates+=("${c#/usr}") ;;
-      /lib/*) candidates+=("/usr$c") ;;
-    esac
-  done
-  for c in "${candidates[@]}"; do
-    pkg=$(dpkg-query -S "$c" 2>/dev/null | head -n1 | cut -d: -f1) || true
-    if [ -n "$pkg" ]; then
-      echo "$pkg"
-      return 0
-    fi
-  done
-  return 1
-}
-
-packages=()
+# Each library is looked up under the path ldd gives, its real path, and their usrmerge twins (dpkg may
+# have recorded /lib/... for a file ldd reports under /usr/lib/..., or the reverse).
+declare -A lib_paths=()  # "binary: soname" -> candidate paths, space-separated
 missing=()
 for b in "${binaries[@]}"; do
   while read -r name arrow path _; do
@@ -87,17 +68,44 @@ for b in "${binaries[@]}"; do
       missing+=("$b: $name")
       continue
     fi
-    if pkg=$(owner_of "$path"); then
-      packages+=("$pkg")
-    else
-      missing+=("$b: $name ($path belongs to no package)")
-    fi
+    candidates=("$path" "$(readlink -f "$path")")
+    for c in "${candidates[@]:0:2}"; do
+      case "$c" in
+        /usr/lib/*) candidates+=("${c#/usr}") ;;
+        /lib/*) candidates+=("/usr$c") ;;
+      esac
+    done
+    lib_paths["$b: $name ($path)"]="${candidates[*]}"
   done < <(ldd "$build/bin/$b")
+done
+# Owners from dpkg's file lists in one pass (what dpkg-query -S reads, without its per-pattern scan).
+declare -A owner=()
+all_paths=$(printf '%s\n' "${lib_paths[@]}" | tr ' ' '\n' | sort -u)
+while IFS= read -r line; do
+  # /var/lib/dpkg/info/PKG[:ARCH].list:/path
+  list=${line%%.list:*}
+  pkg=${list##*/}
+  owner["${line#*.list:}"]=${pkg%%:*}
+done < <(grep -H -x -F -f <(printf '%s\n' "$all_paths") /var/lib/dpkg/info/*.list || true)
+packages=()
+for key in "${!lib_paths[@]}"; do
+  pkg=""
+  for c in ${lib_paths[$key]}; do
+    if [ -n "${owner[$c]:-}" ]; then
+      pkg=${owner[$c]}
+      break
+    fi
+  done
+  if [ -n "$pkg" ]; then
+    packages+=("$pkg")
+  else
+    missing+=("$key belongs to no package")
+  fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
   printf 'build-in-image: cannot map these libraries to packages:\n' >&2
   printf '  %s\n' "${missing[@]}" >&2
   exit 1
 fi
-printf '%s\n' "${packages[@]}" | sed 's/:[a-z0-9_]*$//' | sort -u > "$dest/runtime-packages.txt"
+printf '%s\n' "${packages[@]}" | sort -u > "$dest/runtime-packages.txt"
 echo "build-in-image: staged ${binaries[*]} in $dest ($(wc -l < "$dest/runtime-packages.txt") runtime packages)"

@@ -96,6 +96,36 @@ describe("Dockerfile lint", () => {
     });
   }
 
+  test("shellcheck passes the Dockerfiles' RUN commands and the image build scripts", (t) => {
+    if (!existsSync("/usr/bin/shellcheck")) {
+      t.skip("shellcheck is not installed (Debian package shellcheck)");
+      return;
+    }
+    const problems = [];
+    for (const flavor of Object.keys(FLAVORS)) {
+      const text = readText(`docker/Dockerfile.${flavor}`);
+      const df = DockerfileParser.parse(text);
+      const excluded = df.getComments().flatMap((c) => /hadolint ignore=(\S+)/.exec(c.getContent())?.[1].split(",") ?? [])
+        .filter((r) => r.startsWith("SC"));
+      for (const i of df.getInstructions().filter((x) => x.getKeyword() === "RUN")) {
+        const script = `#!/bin/bash\nset -o pipefail\n${i.getArgumentsContent().replace(/\\\n/g, " ")}\n`;
+        try {
+          execFileSync("shellcheck", ["-s", "bash", ...(excluded.length ? ["-e", excluded.join(",")] : []), "-"], { input: script });
+        } catch (e) {
+          problems.push(`Dockerfile.${flavor} line ${i.getRange().start.line + 1}:\n${e.stdout}`);
+        }
+      }
+    }
+    for (const script of ["scripts/build-in-image.sh", "scripts/docker-build.sh", "tests/deploy/fetch-kubectl.sh", "tests/deploy/install.sh"]) {
+      try {
+        execFileSync("shellcheck", [join(ROOT, script)]);
+      } catch (e) {
+        problems.push(`${script}:\n${e.stdout}`);
+      }
+    }
+    assert.deepEqual(problems, [], problems.join("\n"));
+  });
+
   test("the linters catch a bad Dockerfile", () => {
     const bad = [
       "FROM debian",

@@ -61,6 +61,32 @@ bool PeerGone(tcp::socket& socket) {
     return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0;
 }
 
+// The request field an engine error concerns. The engine names the field first ("n must be in [1, 16]");
+// a prompt that can never fit concerns the prompt (or the messages).
+std::string ParamOfEngineError(const Status& s, const char* prompt_param) {
+    if (s.code() == StatusCode::kFailedPrecondition) return prompt_param;
+    if (s.code() != StatusCode::kInvalidArgument) return {};
+    const std::string field = s.message().substr(0, s.message().find(' '));
+    static const char* const kFields[] = {"n",
+                                          "max_tokens",
+                                          "temperature",
+                                          "top_p",
+                                          "top_k",
+                                          "min_p",
+                                          "repetition_penalty",
+                                          "presence_penalty",
+                                          "frequency_penalty",
+                                          "logit_bias",
+                                          "seed",
+                                          "stop",
+                                          "stop_token_ids",
+                                          "logprobs"};
+    for (const char* f : kFields) {
+        if (field == f) return field;
+    }
+    return field == "prompt_ids" ? prompt_param : std::string();
+}
+
 // One engine request per prompt, the responder that turns their events into OpenAI output, and the hub that
 // brings the engine's notifications to the session's strand.
 struct Job {
@@ -143,13 +169,9 @@ class Session : public std::enable_shared_from_this<Session> {
         if (closed_ || ec == net::error::operation_aborted) return;
         const unsigned version = parser_ && parser_->got_some() ? parser_->get().version() : 11;
         if (ec == http::error::end_of_stream || ec == net::error::eof) return Close();
-        if (ec == beast::error::timeout) {
-            if (parser_ && parser_->got_some()) {
-                return SendSimpleError(ApiError{408, "invalid_request_error", "timed out reading the request", {}, {}},
-                                       version, /*close=*/true);
-            }
-            return HardClose();
-        }
+        // A client too slow to send its request (or an idle keep-alive connection): Beast's stream has
+        // already closed the socket, as nginx does on client_header_timeout.
+        if (ec == beast::error::timeout) return HardClose();
         if (ec == http::error::body_limit) return RejectBodyTooLarge(version);
         if (ec == http::error::header_limit) {
             return SendSimpleError(ApiError{431, "invalid_request_error", "request header fields too large", {}, {}},
@@ -468,7 +490,7 @@ class Session : public std::enable_shared_from_this<Session> {
             g.prompt_ids = prompt;
             auto h = state_.Submit(std::move(g));
             if (!h.ok()) {
-                ApiError e = ApiErrorFromStatus(h.status(), prompt_param);
+                ApiError e = ApiErrorFromStatus(h.status(), ParamOfEngineError(h.status(), prompt_param));
                 if (e.http_status == 503) e.code = state_.engine() ? "draining" : "loading";
                 return SendError(e);  // `job` cancels whatever was submitted
             }

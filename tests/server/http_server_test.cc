@@ -376,6 +376,40 @@ TEST_F(HttpServerTest, DrainingRefusesNewWork) {
     EXPECT_EQ(Call("GET", "/health").status, 200);
 }
 
+TEST_F(HttpServerTest, LoadingIs503) {
+    ServerConfig config;
+    config.engine.model_dir = "/fake";
+    state_ = std::make_unique<ServingState>(config);
+    server_ = std::make_unique<HttpServer>(*state_, ioc_);
+    ASSERT_TRUE(server_->Start("127.0.0.1", 0).ok());
+    thread_ = std::thread([this] { ioc_.run(); });
+    EXPECT_EQ(Call("GET", "/health").status, 200);
+    auto ready = Call("GET", "/ready");
+    EXPECT_EQ(ready.status, 503);
+    EXPECT_EQ(json::parse(ready.body)["status"], "loading");
+    auto r = Call("POST", "/v1/completions", R"({"prompt":"hi"})");
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(json::parse(r.body)["error"]["code"], "loading");
+    EXPECT_EQ(Call("GET", "/metrics").status, 200);
+}
+
+TEST_F(HttpServerTest, SlowlorisIsDisconnected) {
+    ServerConfig c;
+    c.request_timeout_s = 0.3;
+    Start({}, c);
+    auto s = Connect();
+    Write(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le");
+    char byte;
+    beast::error_code ec;
+    s.read_some(net::buffer(&byte, 1), ec);
+    EXPECT_TRUE(ec == net::error::eof || ec == net::error::connection_reset) << ec.message();
+    // An idle keep-alive connection is closed the same way; the server keeps serving.
+    auto idle = Connect();
+    idle.read_some(net::buffer(&byte, 1), ec);
+    EXPECT_TRUE(ec == net::error::eof || ec == net::error::connection_reset) << ec.message();
+    EXPECT_EQ(Call("GET", "/health").status, 200);
+}
+
 TEST_F(HttpServerTest, TokenizeDetokenize) {
     Start();
     auto t = Call("POST", "/tokenize", R"({"prompt":"ab"})");

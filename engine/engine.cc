@@ -238,7 +238,6 @@ class EngineImpl final : public Engine {
     std::unordered_map<uint64_t, std::pair<ActiveRequest*, int>> by_seq_;  // seq id -> (request, sample)
     std::vector<float> logits_;
     std::vector<float> logits_copy_;
-    std::vector<char> copy_staging_;
     std::mt19937_64 seed_rng_{std::random_device{}()};
     int64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
 
@@ -286,10 +285,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
         const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
         bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
     }
-    // The backend decides the KV dtype; a one-block probe asks KvCache which one it chose.
-    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> probe, KvCache::Create(backend_.get(), mc, config.block_size, 1));
-    const DType kv_dtype = probe->dtype();
-    probe.reset();
+    const DType kv_dtype = backend_->KvDType();  // what KvCache::Create allocates
     const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(mc, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);
@@ -516,9 +512,8 @@ void EngineImpl::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copi
                 const size_t bytes = static_cast<size_t>(plane.block_size) * plane.num_kv_heads * plane.head_dim *
                                      DTypeBytes(plane.dtype);
                 char* base = static_cast<char*>(plane.base);
-                copy_staging_.resize(bytes);
-                backend_->CopyToHost(copy_staging_.data(), base + static_cast<int64_t>(src) * bytes, bytes);
-                backend_->CopyToDevice(base + static_cast<int64_t>(dst) * bytes, copy_staging_.data(), bytes);
+                backend_->CopyOnDevice(base + static_cast<int64_t>(dst) * bytes,
+                                       base + static_cast<int64_t>(src) * bytes, bytes);
             }
         }
     }

@@ -18,6 +18,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libboost-dev libyaml-cpp-dev
   prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libabsl-dev
   prometheus clang-format
+  python3-torch python3-numpy python3-sentencepiece  # tools/posttrain (Debian torch 1.13, for /usr/bin/python3)
 )
 if [ "${UNIATTN_SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -32,7 +32,7 @@ build="${UNIATTN_BUILD_DIR:-build}"
 binaries=(uniattn-serve uniattn-convert uniattn-generate)
 
 if [ "$stage_only" = 0 ]; then
-  UNIATTN_BUILD_DIR="$build" UNIATTN_SKIP_MODEL=1 \
+  UNIATTN_BUILD_DIR="$build" UNIATTN_SKIP_MODEL=1 UNIATTN_APT_PROFILE=build \
     UNIATTN_CMAKE_ARGS="-DUNIATTN_TESTS=OFF -DUNIATTN_SERVER=ON ${UNIATTN_CMAKE_ARGS:-}" \
     scripts/setup.sh
 fi

@@ -6,6 +6,7 @@
 #   UNIATTN_CMAKE_ARGS  extra CMake arguments
 #   UNIATTN_SKIP_APT=1  do not touch system packages
 #   UNIATTN_SKIP_MODEL=1  do not fetch the default model (container image builds: an init step fetches it)
+#   UNIATTN_APT_PROFILE=build  install only what building needs (image builds), not the test tools
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,12 +15,16 @@ build="${UNIATTN_BUILD_DIR:-build}"
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
-  libopenblas-dev libsentencepiece-dev sentencepiece
+  libopenblas-dev libopenblas-openmp-dev libsentencepiece-dev sentencepiece
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libboost-dev libyaml-cpp-dev
   prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libabsl-dev
-  prometheus clang-format
-  python3-torch python3-numpy python3-sentencepiece  # tools/posttrain (Debian torch 1.13, for /usr/bin/python3)
 )
+if [ "${UNIATTN_APT_PROFILE:-full}" != build ]; then
+  packages+=(
+    prometheus clang-format                            # integration tests, format check
+    python3-torch python3-numpy python3-sentencepiece  # tools/posttrain (Debian torch 1.13, for /usr/bin/python3)
+  )
+fi
 if [ "${UNIATTN_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${packages[@]}"; do

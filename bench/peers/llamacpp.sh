@@ -70,8 +70,11 @@ fi
 # 5. sanity: greedy continuation (expected: ", there was a little girl named Lily. ...")
 "$BIN/llama-simple" -m stories15M.gguf -n 20 "Once upon a time" 2>/dev/null; echo
 
-# 6. benchmark
-echo "llama.cpp $(git -C src rev-parse --short HEAD) ($(cat package/llama/llama.cpp.info.json | tr -d ' \n'))"
+# 6. benchmark. ggml worker threads spin-wait, so any other load on the cores distorts the
+# numbers badly (10-50x on a 2-core box), not just a little: only trust runs on an idle machine.
+echo "llama.cpp $(git -C src rev-parse --short HEAD) ($(tr -d ' \n' < package/llama/llama.cpp.info.json))"
+IDLE=$(vmstat 1 2 | awk 'END { print $15 }')
+[ "$IDLE" -ge 90 ] || echo "WARNING: CPU only ${IDLE}% idle; results will be unreliable" >&2
 set -x
 "$BIN/llama-bench" -m stories15M.gguf -t "$THREADS" -p 128 -n 128 -r 5 -o json > bench.json
 "$BIN/llama-bench" -m stories15M.gguf -t "$THREADS" -p 128 -n 128 -r 5 -o md | tee bench.md

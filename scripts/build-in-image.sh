@@ -68,6 +68,11 @@ for b in "${binaries[@]}"; do
       missing+=("$b: $name")
       continue
     fi
+    # The CUDA toolkit's own libraries (cudart, cuBLAS) come with the nvidia/cuda runtime base image, and a
+    # toolkit installed by NVIDIA's runfile (as on CI machines) belongs to no package either.
+    case "$path" in
+      /usr/local/cuda*) continue ;;
+    esac
     candidates=("$path" "$(readlink -f "$path")")
     for c in "${candidates[@]:0:2}"; do
       case "$c" in

@@ -83,6 +83,11 @@ int Main(int argc, char** argv) {
         return 1;
     }
     Backend* be = be_or->get();
+    CudaBackendOptions v1;
+    v1.decode_variant = 1;
+    auto be1_or = CreateCudaBackend(v1);
+    if (!be1_or.ok()) return 1;
+    Backend* be1 = be1_or->get();
     auto reps = flags.GetInt("reps", 50);
     if (!reps.ok()) return 1;
     Bench bench{be, static_cast<int>(*reps)};
@@ -122,6 +127,19 @@ int Main(int argc, char** argv) {
             bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) + "x" +
                              std::to_string(m.in) + "]",
                          s, wbytes);
+        }
+        for (int ks : {1, 2, 4, 8}) {
+            CudaBackendOptions ko;
+            ko.gemm_ksplit = ks;
+            auto kbe = CreateCudaBackend(ko);
+            if (!kbe.ok()) return 1;
+            for (int64_t T : {16, 32}) {
+                const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
+                const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
+                const double s = bench.Time([&] { (*kbe)->MatMul(tx, tw, ty, false); });
+                bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " ksplit " + std::to_string(ks), s,
+                             wbytes);
+            }
         }
         for (int variant : {1, 2}) {
             const double s = bench.Time([&] {
@@ -207,6 +225,12 @@ int Main(int argc, char** argv) {
         const std::string tag = "B=" + std::to_string(B) + " ctx=" + std::to_string(ctx);
         bench.Report("Attention " + tag, bench.Time([&] { be->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
                      2 * plane_bytes);
+        bench.Report("Attention decode variant 1 " + tag,
+                     bench.Time([&] { be1->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
+        bench.Report("ReuseAttention decode variant 1 " + tag, bench.Time([&] {
+            be1->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+        }),
+                     plane_bytes);
         bench.Report("Attention + probs (anchor) " + tag, bench.Time([&] {
             be->Attention(q, k, v, b, c.num_heads, out, static_cast<float*>(probs->data()));
         }),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch + transformers peer for uniattn-bench: LlamaForCausalLM of the same shape (bench/configs/*.json),
 random fp16 weights on the GPU, sdpa attention, a static KV cache, decode steps timed with CUDA events, in
-eager mode and (with --compile) torch.compile(mode="reduce-overhead"), which replays CUDA graphs.
+eager mode and (with --compile) torch.compile(mode="reduce-overhead"), which replays CUDA graphs (falling back
+to torch.compile's default mode if that fails).
 
     python3 bench/peers/torch_llama.py --config bench/configs/llama2-7b.json --decode 1x512,16x4096 \
         [--steps 20] [--warmup 3] [--compile] [--json out.json]
@@ -53,33 +54,54 @@ def randomize_cache(cache):
     return filled
 
 
-def time_decode(model, config, batch, ctx, steps, warmup, compiled):
+def cache_tensors(cache):
+    out = []
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                out.append(t)
+    for name in ("key_cache", "value_cache"):
+        out.extend(t for t in (getattr(cache, name, []) or []) if isinstance(t, torch.Tensor))
+    return out
+
+
+def time_decode(model, config, batch, ctx, steps, warmup, mode):
+    """Median ms per decode step; mode is "eager" or a torch.compile mode."""
     device, dtype = "cuda", torch.float16
-    max_len = ctx + warmup + steps + 1
+    max_len = ctx + warmup + steps + 2
     cache = make_cache(config, batch, max_len, device, dtype)
-    forward = model.forward
-    if compiled:
-        forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     tok = torch.randint(0, config.vocab_size, (batch, 1), device=device)
-    times = []
-    filled = 0
-    compile_s = 0.0
+
+    def step(forward, i):
+        pos = torch.tensor([ctx + i], device=device, dtype=torch.long)
+        out = forward(input_ids=tok, position_ids=pos.expand(batch, 1), cache_position=pos,
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1:].argmax(-1).clone()
+
     with torch.inference_mode():
+        # One eager step first: transformers allocates the static cache's tensors lazily, and they must
+        # exist (at fixed addresses) before a compiled CUDA-graph region uses them.
+        tok = step(model.forward, -1)
+        filled = randomize_cache(cache)
+        forward = model.forward
+        if mode != "eager":
+            for t in cache_tensors(cache):
+                torch._dynamo.mark_static_address(t)
+            forward = torch.compile(model.forward, mode=mode, fullgraph=False, dynamic=False)
+        times = []
+        compile_s = 0.0
         for i in range(warmup + steps):
-            pos = torch.tensor([ctx + i], device=device, dtype=torch.long)
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             t0 = time.perf_counter()
-            if compiled:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
             start.record()
-            out = forward(input_ids=tok, position_ids=pos.expand(batch, 1), cache_position=pos,
-                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-            tok = out.logits[:, -1:].argmax(-1).clone()
+            tok = step(forward, i)
             end.record()
             torch.cuda.synchronize()
             if i == 0:
                 compile_s = time.perf_counter() - t0
-                filled = randomize_cache(cache)  # layers exist once the first step has run
             if i >= warmup:
                 times.append(start.elapsed_time(end))
     del cache
@@ -114,17 +136,18 @@ def main():
           f"weights {weight_bytes / 1e9:.2f} GB (init {init_s:.1f} s)", flush=True)
 
     results = []
-    modes = [False, True] if args.compile else [False]
     for case in args.decode.split(","):
         batch, ctx = (int(x) for x in case.split("x"))
-        for compiled in modes:
+        modes = ["eager"] + (["reduce-overhead"] if args.compile else [])
+        for mode in modes:
             try:
-                ms, first_s, filled = time_decode(model, config, batch, ctx, args.steps, args.warmup, compiled)
+                ms, first_s, filled = time_decode(model, config, batch, ctx, args.steps, args.warmup, mode)
             except Exception as e:  # report and go on: one failed mode must not hide the others
-                print(f"  decode B={batch} ctx={ctx} {'compiled' if compiled else 'eager'}: FAILED {e!r}", flush=True)
+                print(f"  decode B={batch} ctx={ctx} {mode}: FAILED {str(e)[:300]!r}", flush=True)
+                if mode == "reduce-overhead":
+                    modes.append("default")  # torch.compile without CUDA graphs
                 continue
-            mode = "compile(reduce-overhead)" if compiled else "eager"
-            print(f"  decode B={batch:<4} ctx={ctx:<6} {mode:<25} {ms:9.3f} ms/step {batch / ms * 1e3:10.1f} tok/s"
+            print(f"  decode B={batch:<4} ctx={ctx:<6} {mode:<16} {ms:9.3f} ms/step {batch / ms * 1e3:10.1f} tok/s"
                   f"  (first step {first_s:.1f} s, {filled} cache tensors randomised)", flush=True)
             results.append({"batch": batch, "context": ctx, "mode": mode, "ms_per_step": ms,
                             "output_tokens_per_s": batch / ms * 1e3, "first_step_s": first_s})

@@ -68,6 +68,18 @@ void Backend::RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, con
     WriteKv(v, v_plane, slot_mapping);
 }
 
+void Backend::NormMatMul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& y,
+                         const Tensor& xn, bool accumulate) {
+    RmsNorm(x, norm_w, eps, xn);
+    MatMul(xn, w, y, accumulate);
+}
+
+void Backend::SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor& y, const Tensor& mlp,
+                            bool accumulate) {
+    SiluMul(gate_up, mlp);
+    MatMul(mlp, w, y, accumulate);
+}
+
 #ifdef UNIATTN_HAVE_CUDA
 // backend/cuda/cuda_backend.cc: the default CUDA backend (fp16 weights and KV) on `device`, or why not.
 StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);

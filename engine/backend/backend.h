@@ -67,6 +67,12 @@ class DeviceBuffer {
     virtual size_t bytes() const = 0;
 };
 
+// A recorded sequence of ops a backend can replay (CUDA graphs); see Backend::BeginCapture.
+class DeviceGraph {
+  public:
+    virtual ~DeviceGraph() = default;
+};
+
 class Backend {
   public:
     virtual ~Backend() = default;
@@ -119,10 +125,27 @@ class Backend {
                                 const Tensor& out) = 0;
     // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [T, 2·ff], out [T, ff]
     virtual void SiluMul(const Tensor& gate_up, const Tensor& out) = 0;
+    // Fusions a backend may implement in one pass (the defaults run the two ops):
+    // y = RmsNorm(x, norm_w, eps) · w^T (+ y); xn receives the normalised rows unless fused (then its
+    // contents are unspecified).       x, xn [T, in]; norm_w [1, in] fp32; w [out, in]; y [T, out]
+    virtual void NormMatMul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& y,
+                            const Tensor& xn, bool accumulate);
+    // y = SiluMul(gate_up) · w^T (+ y); mlp [T, ff] is scratch, contents unspecified afterwards.
+    virtual void SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor& y, const Tensor& mlp,
+                               bool accumulate);
     // x += y                                               x, y [T, d]
     virtual void Add(const Tensor& x, const Tensor& y) = 0;
     // out[i, :] = x[rows[i], :]                            rows are host indices
     virtual void GatherRows(const Tensor& x, const int32_t* host_rows, int num_rows, const Tensor& out) = 0;
+
+    // Recording: between BeginCapture (true when the backend can record) and EndCapture, ops are recorded
+    // into a graph instead of run; Replay runs the graph again with whatever the buffers it names hold
+    // then. While recording, no op may copy to or from host memory, and buffers must not be allocated or
+    // freed. Host-side arguments (sizes, grid shapes) are frozen into the graph. The default cannot record.
+    virtual bool CanCapture() const { return false; }
+    virtual bool BeginCapture() { return false; }
+    virtual std::unique_ptr<DeviceGraph> EndCapture() { return nullptr; }
+    virtual void Replay(DeviceGraph& graph) { (void)graph; }
 };
 
 std::unique_ptr<Backend> MakeCpuBackend(int num_threads);

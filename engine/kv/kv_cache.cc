@@ -1,5 +1,7 @@
 #include "kv/kv_cache.h"
 
+#include <atomic>
+
 namespace uniattn {
 
 int64_t KvCache::BlocksForBytes(const ModelConfig& config, DType dtype, int block_size, int64_t bytes) {
@@ -12,6 +14,8 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, const Model
     if (block_size <= 0) return InvalidArgument("block_size must be positive");
     if (num_blocks <= 0) return InvalidArgument("the KV cache needs at least one block");
     std::unique_ptr<KvCache> kv(new KvCache());
+    static std::atomic<uint64_t> next_id{1};
+    kv->id_ = next_id++;
     kv->block_size_ = block_size;
     kv->num_blocks_ = num_blocks;
     kv->dtype_ = backend->KvDType();  // fp32 on the CPU oracle

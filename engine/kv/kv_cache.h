@@ -26,6 +26,8 @@ class KvCache {
     int64_t bytes_per_block() const { return bytes_per_block_; }
     int64_t total_bytes() const { return bytes_per_block_ * num_blocks_; }
     DType dtype() const { return dtype_; }
+    // Unique per cache in this process (never reused), for keying work recorded against its planes.
+    uint64_t id() const { return id_; }
 
     bool HasK(int layer) const { return k_planes_[layer].base != nullptr; }
     const KvPlane& K(int layer) const { return k_planes_[layer]; }  // precondition: HasK(layer)
@@ -37,6 +39,7 @@ class KvCache {
     int64_t num_blocks_ = 0;
     int64_t bytes_per_block_ = 0;
     DType dtype_ = DType::kF32;
+    uint64_t id_ = 0;
     std::vector<std::unique_ptr<DeviceBuffer>> buffers_;
     std::vector<KvPlane> k_planes_;  // base == nullptr for reuse layers
     std::vector<KvPlane> v_planes_;

@@ -55,6 +55,7 @@ Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t 
             cap_probs_,
         };
         scratch_.clear();
+        ++generation_;
         for (int64_t n : widths) {
             UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> b,
                                 backend_->Alloc(sizeof(float) * std::max<int64_t>(n, 1)));
@@ -64,6 +65,7 @@ Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t 
     if (meta_bytes > cap_meta_) {
         UA_ASSIGN_OR_RETURN(meta_, backend_->Alloc(meta_bytes));
         cap_meta_ = meta_bytes;
+        ++generation_;
     }
     return Status::Ok();
 }
@@ -81,10 +83,45 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     for (int32_t n : in.context_len) max_ctx = std::max(max_ctx, n);
     for (int s = 0; s < S; ++s) max_query = std::max(max_query, in.query_start[s + 1] - in.query_start[s]);
     const int num_logits = static_cast<int>(in.logits_rows.size());
+    // Decode steps want every row in order: no gather then.
+    bool all_rows = num_logits == T;
+    for (int i = 0; all_rows && i < num_logits; ++i) all_rows = in.logits_rows[i] == i;
+
+    // Decode-only steps run as recorded device graphs where the backend can record: the first step of a
+    // shape runs eagerly (sizing every workspace), the second is recorded, later ones replay. A graph
+    // freezes host-side sizes, so the context is rounded up to a bucket (it sets grid shapes and the row
+    // stride of the probability buffer) and block tables are padded to that bucket.
+    const bool graph_mode =
+        use_graphs_ && !tap_ && T == S && all_rows && T <= kMaxGraphTokens && backend_->CanCapture();
+    int shape_ctx = max_ctx;
+    int table_width = in.max_blocks_per_seq;
+    const std::vector<int32_t>* tables = &in.block_tables;
+    std::vector<int32_t> padded;
+    if (graph_mode) {
+        shape_ctx = (max_ctx + kGraphContextBucket - 1) / kGraphContextBucket * kGraphContextBucket;
+        table_width = std::max(table_width, (shape_ctx + kv.block_size() - 1) / kv.block_size());
+        padded.assign(static_cast<size_t>(S) * table_width, 0);
+        for (int s = 0; s < S; ++s) {
+            std::copy(in.block_tables.begin() + static_cast<size_t>(s) * in.max_blocks_per_seq,
+                      in.block_tables.begin() + static_cast<size_t>(s + 1) * in.max_blocks_per_seq,
+                      padded.begin() + static_cast<size_t>(s) * table_width);
+        }
+        tables = &padded;
+    }
 
     // Step metadata travels to the device in one buffer.
-    const size_t meta_bytes = sizeof(int32_t) * (2 * T + S + 1 + S + in.block_tables.size()) + sizeof(int64_t) * T + 64;
-    UA_RETURN_IF_ERROR(Reserve(T, num_logits, max_ctx, meta_bytes));
+    const size_t meta_bytes = sizeof(int32_t) * (2 * T + S + 1 + S + tables->size()) + sizeof(int64_t) * T + 64;
+    UA_RETURN_IF_ERROR(Reserve(T, num_logits, shape_ctx, meta_bytes));
+    const int64_t logits_elems = static_cast<int64_t>(num_logits) * c.vocab_size;
+    if (num_logits > 0 && (!logits_ || logits_->bytes() < sizeof(float) * logits_elems)) {
+        UA_ASSIGN_OR_RETURN(logits_, backend_->Alloc(sizeof(float) * logits_elems));
+        ++generation_;
+    }
+    if (generation_ != graphs_generation_) {  // buffers a graph names were reallocated
+        graphs_.clear();
+        seen_.clear();
+        graphs_generation_ = generation_;
+    }
     std::vector<char> host_meta(meta_bytes);
     size_t off = 0;
     auto pack = [&](const void* src, size_t bytes) {
@@ -99,7 +136,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     const size_t o_pos = pack(in.positions.data(), sizeof(int32_t) * T);
     const size_t o_qs = pack(in.query_start.data(), sizeof(int32_t) * (S + 1));
     const size_t o_ctx = pack(in.context_len.data(), sizeof(int32_t) * S);
-    const size_t o_bt = pack(in.block_tables.data(), sizeof(int32_t) * in.block_tables.size());
+    const size_t o_bt = pack(tables->data(), sizeof(int32_t) * tables->size());
     backend_->CopyToDevice(meta_->data(), host_meta.data(), off);
     char* dev = static_cast<char*>(meta_->data());
 
@@ -109,10 +146,10 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     batch.query_start = reinterpret_cast<const int32_t*>(dev + o_qs);
     batch.context_len = reinterpret_cast<const int32_t*>(dev + o_ctx);
     batch.block_tables = reinterpret_cast<const int32_t*>(dev + o_bt);
-    batch.max_blocks_per_seq = in.max_blocks_per_seq;
+    batch.max_blocks_per_seq = table_width;
     batch.positions = reinterpret_cast<const int32_t*>(dev + o_pos);
     batch.slot_mapping = reinterpret_cast<const int64_t*>(dev + o_slots);
-    batch.max_context_len = max_ctx;
+    batch.max_context_len = shape_ctx;
     batch.max_query_len = max_query;
 
     const int64_t d = c.hidden_size, hd = c.head_dim;
@@ -125,60 +162,87 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     float* probs = Scratch(kProbs);
     const auto eps = static_cast<float>(c.rms_norm_eps);
 
-    backend_->Embedding(reinterpret_cast<const int32_t*>(dev + o_tokens), T, w.embed, x);
-    for (int l = 0; l < c.num_layers; ++l) {
-        const LayerWeights& lw = w.layers[l];
-        backend_->RmsNorm(x, lw.attn_norm, eps, xn);
-        switch (c.layer_kinds[l]) {
-            case LayerKind::kNormal:
-            case LayerKind::kAnchor: {
-                const Tensor qkv = MakeTensor(Scratch(kQkv), DType::kF32, T, q_dim + 2 * kv_dim);
-                backend_->MatMul(xn, lw.w_qkv, qkv, false);
-                const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim), v = qkv.Cols(q_dim + kv_dim, kv_dim);
-                backend_->RopeWriteKv(q, k, v, kv.K(l), kv.V(l), c.num_heads, batch.positions, batch.slot_mapping,
-                                      c.rope_theta);
-                // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
-                const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
-                backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);
-                backend_->MatMul(attn, lw.w_o, x, true);
-                break;
+    // The device work of the step, from the embedding to the logits; false when a tap stopped it.
+    auto run = [&]() -> bool {
+        backend_->Embedding(reinterpret_cast<const int32_t*>(dev + o_tokens), T, w.embed, x);
+        for (int l = 0; l < c.num_layers; ++l) {
+            const LayerWeights& lw = w.layers[l];
+            // x̃ = RmsNorm(x) feeds only the first projection (and the tap, which needs it written out).
+            auto norm_matmul = [&](const Tensor& norm_w, const Tensor& wt, const Tensor& y) {
+                if (tap_) {
+                    backend_->RmsNorm(x, norm_w, eps, xn);
+                    backend_->MatMul(xn, wt, y, false);
+                } else {
+                    backend_->NormMatMul(x, norm_w, eps, wt, y, xn, false);
+                }
+            };
+            switch (c.layer_kinds[l]) {
+                case LayerKind::kNormal:
+                case LayerKind::kAnchor: {
+                    const Tensor qkv = MakeTensor(Scratch(kQkv), DType::kF32, T, q_dim + 2 * kv_dim);
+                    norm_matmul(lw.attn_norm, lw.w_qkv, qkv);
+                    const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim),
+                                 v = qkv.Cols(q_dim + kv_dim, kv_dim);
+                    backend_->RopeWriteKv(q, k, v, kv.K(l), kv.V(l), c.num_heads, batch.positions, batch.slot_mapping,
+                                          c.rope_theta);
+                    // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
+                    const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
+                    backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);
+                    backend_->MatMul(attn, lw.w_o, x, true);
+                    break;
+                }
+                case LayerKind::kReuse: {
+                    // [v | c] = x̃ · [Wv; Wc]^T; this layer's V is cached before P_A · V so the current token's
+                    // own value is included; h1 = x + Wo·a + c.
+                    const Tensor vc = MakeTensor(Scratch(kQkv), DType::kF32, T, kv_dim + q_dim);
+                    norm_matmul(lw.attn_norm, lw.w_vc, vc);
+                    backend_->WriteKv(vc.Cols(0, kv_dim), kv.V(l), batch.slot_mapping);
+                    backend_->ReuseAttention(probs, kv.V(l), batch, c.num_heads, attn);
+                    backend_->Add(x, vc.Cols(kv_dim, q_dim));
+                    backend_->MatMul(attn, lw.w_o, x, true);
+                    break;
+                }
             }
-            case LayerKind::kReuse: {
-                // [v | c] = x̃ · [Wv; Wc]^T; this layer's V is cached before P_A · V so the current token's
-                // own value is included; h1 = x + Wo·a + c.
-                const Tensor vc = MakeTensor(Scratch(kQkv), DType::kF32, T, kv_dim + q_dim);
-                backend_->MatMul(xn, lw.w_vc, vc, false);
-                backend_->WriteKv(vc.Cols(0, kv_dim), kv.V(l), batch.slot_mapping);
-                backend_->ReuseAttention(probs, kv.V(l), batch, c.num_heads, attn);
-                backend_->Add(x, vc.Cols(kv_dim, q_dim));
-                backend_->MatMul(attn, lw.w_o, x, true);
-                break;
+            if (tap_) {
+                tap_xn_.resize(static_cast<size_t>(T) * d);
+                tap_h1_.resize(static_cast<size_t>(T) * d);
+                backend_->CopyToHost(tap_xn_.data(), xn.data, sizeof(float) * T * d);
+                backend_->CopyToHost(tap_h1_.data(), x.data, sizeof(float) * T * d);
+                if (!tap_(l, tap_xn_.data(), tap_h1_.data(), T)) return false;
             }
+            backend_->NormMatMul(x, lw.ffn_norm, eps, lw.w_gate_up, gate_up, xn, false);
+            backend_->SiluMulMatMul(gate_up, lw.w_down, x, mlp, true);
         }
-        if (tap_) {
-            tap_xn_.resize(static_cast<size_t>(T) * d);
-            tap_h1_.resize(static_cast<size_t>(T) * d);
-            backend_->CopyToHost(tap_xn_.data(), xn.data, sizeof(float) * T * d);
-            backend_->CopyToHost(tap_h1_.data(), x.data, sizeof(float) * T * d);
-            if (!tap_(l, tap_xn_.data(), tap_h1_.data(), T)) return Status::Ok();
+        if (num_logits == 0) return true;
+        const Tensor sel = all_rows ? x : MakeTensor(Scratch(kLogitIn), DType::kF32, num_logits, d);
+        const Tensor sel_norm = MakeTensor(Scratch(kXn), DType::kF32, num_logits, d);
+        if (!all_rows) backend_->GatherRows(x, in.logits_rows.data(), num_logits, sel);
+        backend_->RmsNorm(sel, w.final_norm, eps, sel_norm);
+        backend_->MatMul(sel_norm, w.lm_head, MakeTensor(logits_->data(), DType::kF32, num_logits, c.vocab_size),
+                         false);
+        return true;
+    };
+
+    if (graph_mode) {
+        const GraphKey key{T, shape_ctx, table_width, num_logits, kv.id()};
+        auto it = graphs_.find(key);
+        if (it == graphs_.end() && seen_.count(key) > 0) {
+            if (graphs_.size() >= kMaxGraphs) graphs_.clear();
+            UA_CHECK(backend_->BeginCapture());
+            run();
+            it = graphs_.emplace(key, backend_->EndCapture()).first;
         }
-        backend_->RmsNorm(x, lw.ffn_norm, eps, xn);
-        backend_->MatMul(xn, lw.w_gate_up, gate_up, false);
-        backend_->SiluMul(gate_up, mlp);
-        backend_->MatMul(mlp, lw.w_down, x, true);
+        if (it != graphs_.end()) {
+            backend_->Replay(*it->second);
+        } else {
+            seen_.insert(key);
+            run();
+        }
+    } else if (!run()) {
+        return Status::Ok();
     }
     if (num_logits == 0) return Status::Ok();
-    const Tensor sel = MakeTensor(Scratch(kLogitIn), DType::kF32, num_logits, d);
-    const Tensor sel_norm = MakeTensor(Scratch(kXn), DType::kF32, num_logits, d);
-    backend_->GatherRows(x, in.logits_rows.data(), num_logits, sel);
-    backend_->RmsNorm(sel, w.final_norm, eps, sel_norm);
-    const int64_t logits_elems = static_cast<int64_t>(num_logits) * c.vocab_size;
-    if (!logits_ || logits_->bytes() < sizeof(float) * logits_elems) {
-        UA_ASSIGN_OR_RETURN(logits_, backend_->Alloc(sizeof(float) * logits_elems));
-    }
-    const Tensor logits = MakeTensor(logits_->data(), DType::kF32, num_logits, c.vocab_size);
-    backend_->MatMul(sel_norm, w.lm_head, logits, false);
-    backend_->CopyToHost(host_logits, logits.data, sizeof(float) * logits_elems);
+    backend_->CopyToHost(host_logits, logits_->data(), sizeof(float) * logits_elems);
     return Status::Ok();
 }
 

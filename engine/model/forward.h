@@ -3,8 +3,11 @@
 // probabilities P to the reuse layers of its superblock).
 #pragma once
 
+#include <compare>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "backend/backend.h"
@@ -48,11 +51,24 @@ class ModelRunner {
 
     // Installs (or clears, with nullptr) a tap; taps cost two device-to-host copies per layer.
     void SetLayerTap(LayerTap tap) { tap_ = std::move(tap); }
+    // Decode-only steps replay recorded device graphs when the backend can record them (default on).
+    void SetUseGraphs(bool use) { use_graphs_ = use; }
 
     // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory).
     Status Forward(const ForwardInput& in, KvCache& kv, float* host_logits);
 
   private:
+    // A recorded decode step is valid for one batch size, context bucket, table width and KV cache, as long
+    // as no buffer it names is reallocated (generation_).
+    struct GraphKey {
+        int num_tokens, context_bucket, table_width, num_logits;
+        uint64_t kv_id;
+        auto operator<=>(const GraphKey&) const = default;
+    };
+    static constexpr int kGraphContextBucket = 256;
+    static constexpr int kMaxGraphTokens = 256;
+    static constexpr size_t kMaxGraphs = 64;
+
     Status Reserve(int num_tokens, int num_logits, int max_ctx, size_t meta_bytes);
     float* Scratch(size_t index) { return static_cast<float*>(scratch_[index]->data()); }
 
@@ -66,6 +82,10 @@ class ModelRunner {
     int cap_tokens_ = 0, cap_logits_ = 0;
     int64_t cap_probs_ = 0;
     size_t cap_meta_ = 0;
+    bool use_graphs_ = true;
+    uint64_t generation_ = 0, graphs_generation_ = 0;
+    std::map<GraphKey, std::unique_ptr<DeviceGraph>> graphs_;
+    std::set<GraphKey> seen_;
 };
 
 }  // namespace uniattn

@@ -142,40 +142,46 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, d
 
 TEST_F(CudaOpsTest, MatMulEveryPath) {
     Rng rng(101);
-    struct Shape {
-        int64_t in, out;
-    };
-    for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
-        for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
-            for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
-                for (bool accumulate : {false, true}) {
-                    const bool strided = T % 2 == 1;
-                    const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
-                    Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
-                    Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
-                    const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
-                    Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
-                    cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
-                    gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
-                    const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
-                    const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
-                    // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
-                    // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
-                    // term may move by one rounding step of that dtype.
-                    const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
-                    std::vector<double> tol(want.size(), 0.0);
-                    for (int64_t t = 0; t < T; ++t) {
-                        for (int64_t o = 0; o < sh.out; ++o) {
-                            double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
-                            for (int64_t i = 0; i < sh.in; ++i) {
-                                mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
+    for (int variant : {1, 2}) {
+        CudaBackendOptions options;
+        options.gemv_variant = variant;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        SCOPED_TRACE("gemv variant " + std::to_string(variant));
+        struct Shape {
+            int64_t in, out;
+        };
+        for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
+            for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
+                for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
+                    for (bool accumulate : {false, true}) {
+                        const bool strided = T % 2 == 1;
+                        const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
+                        Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
+                        Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
+                        const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
+                        Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
+                        cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
+                        gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
+                        const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
+                        const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
+                        // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
+                        // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
+                        // term may move by one rounding step of that dtype.
+                        const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
+                        std::vector<double> tol(want.size(), 0.0);
+                        for (int64_t t = 0; t < T; ++t) {
+                            for (int64_t o = 0; o < sh.out; ++o) {
+                                double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
+                                for (int64_t i = 0; i < sh.in; ++i) {
+                                    mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
+                                }
+                                tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
                             }
-                            tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
                         }
+                        ExpectNear(got, want, tol,
+                                   std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
+                                       " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
                     }
-                    ExpectNear(got, want, tol,
-                               std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
-                                   " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
                 }
             }
         }
@@ -387,56 +393,62 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
-    for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
-        for (const AttnCase& c : AttentionCases()) {
-            for (bool with_probs : {false, true}) {
-                SCOPED_TRACE(Describe(c, kv) + (with_probs ? " with probs" : ""));
-                const AttnSetup s = MakeSetup(rng, c, kv);
-                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-                const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-                // q: the Q columns of a fused [q | k | v] row; out: a padded view.
-                Twin q = Both(RandomVector(rng, s.num_tokens * (width + 2 * kv_width)), s.num_tokens, width,
-                              width + 2 * kv_width);
-                Twin out =
-                    Both(std::vector<float>(s.num_tokens * (width + 1), kNaN), s.num_tokens, width, width + 1, 1);
-                const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
-                float* cp = nullptr;
-                float* gp = nullptr;
-                if (with_probs) {
-                    cp = static_cast<float*>(Upload(cpu_.get(), std::vector<float>(probs_size, kNaN)));
-                    gp = static_cast<float*>(Upload(gpu_.get(), std::vector<float>(probs_size, kNaN)));
-                }
-                cpu_->Attention(q.cpu, Plane(cpu_.get(), c, s, s.k, DType::kF32),
-                                Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
-                                out.cpu, cp);
-                gpu_->Attention(q.gpu, Plane(gpu_.get(), c, s, s.k, kv), Plane(gpu_.get(), c, s, s.v, kv),
-                                UploadBatch(gpu_.get(), s), c.num_heads, out.gpu, gp);
-                // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with
-                // different summation orders (split-K, tiles).
-                std::vector<float> want = Fetch(cpu_.get(), out.cpu, 1), got = Fetch(gpu_.get(), out.gpu, 1);
-                for (int64_t t = 0; t < s.num_tokens; ++t) {  // the padding column must stay NaN
-                    EXPECT_TRUE(std::isnan(got[t * (width + 1)]));
-                    got[t * (width + 1)] = want[t * (width + 1)] = 0.f;
-                }
-                ExpectNear(got, want, 2e-5, "Attention out");
-                if (with_probs) {
-                    std::vector<float> pw = Download(cpu_.get(), cp, probs_size);
-                    std::vector<float> pg = Download(gpu_.get(), gp, probs_size);
-                    std::vector<double> tol(probs_size, 0.0);
-                    for (int t = 0; t < s.num_tokens; ++t) {
-                        for (int h = 0; h < c.num_heads; ++h) {
-                            const size_t row = (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                            for (int j = 0; j < s.max_context_len; ++j) {
-                                if (j <= s.positions[t]) {
-                                    tol[row + j] = 2e-5 * pw[row + j] + 1e-8;
-                                } else {  // past the token's position: never written on either side
-                                    EXPECT_TRUE(std::isnan(pg[row + j]));
-                                    pg[row + j] = pw[row + j] = 0.f;
+    for (int variant : {1, 2}) {
+        CudaBackendOptions options;
+        options.decode_variant = variant;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        SCOPED_TRACE("decode variant " + std::to_string(variant));
+        for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+            for (const AttnCase& c : AttentionCases()) {
+                for (bool with_probs : {false, true}) {
+                    SCOPED_TRACE(Describe(c, kv) + (with_probs ? " with probs" : ""));
+                    const AttnSetup s = MakeSetup(rng, c, kv);
+                    const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                    const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+                    // q: the Q columns of a fused [q | k | v] row; out: a padded view.
+                    Twin q = Both(RandomVector(rng, s.num_tokens * (width + 2 * kv_width)), s.num_tokens, width,
+                                  width + 2 * kv_width);
+                    Twin out =
+                        Both(std::vector<float>(s.num_tokens * (width + 1), kNaN), s.num_tokens, width, width + 1, 1);
+                    const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
+                    float* cp = nullptr;
+                    float* gp = nullptr;
+                    if (with_probs) {
+                        cp = static_cast<float*>(Upload(cpu_.get(), std::vector<float>(probs_size, kNaN)));
+                        gp = static_cast<float*>(Upload(gpu_.get(), std::vector<float>(probs_size, kNaN)));
+                    }
+                    cpu_->Attention(q.cpu, Plane(cpu_.get(), c, s, s.k, DType::kF32),
+                                    Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                                    out.cpu, cp);
+                    gpu_->Attention(q.gpu, Plane(gpu_.get(), c, s, s.k, kv), Plane(gpu_.get(), c, s, s.v, kv),
+                                    UploadBatch(gpu_.get(), s), c.num_heads, out.gpu, gp);
+                    // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with
+                    // different summation orders (split-K, tiles).
+                    std::vector<float> want = Fetch(cpu_.get(), out.cpu, 1), got = Fetch(gpu_.get(), out.gpu, 1);
+                    for (int64_t t = 0; t < s.num_tokens; ++t) {  // the padding column must stay NaN
+                        EXPECT_TRUE(std::isnan(got[t * (width + 1)]));
+                        got[t * (width + 1)] = want[t * (width + 1)] = 0.f;
+                    }
+                    ExpectNear(got, want, 2e-5, "Attention out");
+                    if (with_probs) {
+                        std::vector<float> pw = Download(cpu_.get(), cp, probs_size);
+                        std::vector<float> pg = Download(gpu_.get(), gp, probs_size);
+                        std::vector<double> tol(probs_size, 0.0);
+                        for (int t = 0; t < s.num_tokens; ++t) {
+                            for (int h = 0; h < c.num_heads; ++h) {
+                                const size_t row = (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                                for (int j = 0; j < s.max_context_len; ++j) {
+                                    if (j <= s.positions[t]) {
+                                        tol[row + j] = 2e-5 * pw[row + j] + 1e-8;
+                                    } else {  // past the token's position: never written on either side
+                                        EXPECT_TRUE(std::isnan(pg[row + j]));
+                                        pg[row + j] = pw[row + j] = 0.f;
+                                    }
                                 }
                             }
                         }
+                        ExpectNear(pg, pw, tol, "probs");
                     }
-                    ExpectNear(pg, pw, tol, "probs");
                 }
             }
         }
@@ -445,19 +457,25 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
 
 TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     Rng rng(104);
-    for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
-        for (const AttnCase& c : AttentionCases()) {
-            SCOPED_TRACE(Describe(c, kv));
-            const AttnSetup s = MakeSetup(rng, c, kv);
-            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-            const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
-            Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
-            cpu_->ReuseAttention(static_cast<float*>(Upload(cpu_.get(), probs)),
-                                 Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
-                                 out.cpu);
-            gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), probs)), Plane(gpu_.get(), c, s, s.v, kv),
-                                 UploadBatch(gpu_.get(), s), c.num_heads, out.gpu);
-            ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
+    for (int variant : {1, 2}) {
+        CudaBackendOptions options;
+        options.decode_variant = variant;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        SCOPED_TRACE("decode variant " + std::to_string(variant));
+        for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+            for (const AttnCase& c : AttentionCases()) {
+                SCOPED_TRACE(Describe(c, kv));
+                const AttnSetup s = MakeSetup(rng, c, kv);
+                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
+                Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
+                cpu_->ReuseAttention(static_cast<float*>(Upload(cpu_.get(), probs)),
+                                     Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                                     out.cpu);
+                gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), probs)), Plane(gpu_.get(), c, s, s.v, kv),
+                                     UploadBatch(gpu_.get(), s), c.num_heads, out.gpu);
+                ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
+            }
         }
     }
 }

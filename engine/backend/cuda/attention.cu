@@ -95,6 +95,233 @@ __device__ __forceinline__ float GroupSum(float v) {
     return v;
 }
 
+// One lane's slice of a K or V row, loaded raw (specialised head_dim) or element by element (generic).
+template <typename T, int kHd, int kGroup>
+struct RowFrag {
+    using Map = LaneMap<kHd, kGroup>;
+    static constexpr int kElems = Map::kElems;
+    std::conditional_t<(kHd > 0), RawVec<T, kElems>, float[kElems]> v;
+
+    __device__ __forceinline__ void Load(const T* __restrict__ row, int g, int hd) {
+        if constexpr (kHd > 0) {
+            v.Load(row + g * kElems);
+        } else {
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) v[i] = Map::Elem(g, i) < hd ? ToFloat(row[Map::Elem(g, i)]) : 0.f;
+        }
+    }
+    __device__ __forceinline__ void Zero() {
+        if constexpr (kHd > 0) {
+            v.Zero();
+        } else {
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) v[i] = 0.f;
+        }
+    }
+    __device__ __forceinline__ float At(int i) const {
+        if constexpr (kHd > 0) {
+            return v.At(i);
+        } else {
+            return v[i];
+        }
+    }
+};
+
+// Variant 2 of the decode kernel (the default): no phases. Every lane group streams its share of the
+// chunk's tokens, loading K and V of kU tokens at once (raw, few registers), and keeps its own online
+// softmax state (max, sum, accumulator) per head; groups, then warps, merge at the end. Same grid,
+// outputs and batch invariance as DecodeKernel.
+template <typename T, int kHd, int kGroup, int kRep, bool kReuse>
+__global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
+    const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
+    const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
+    const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, int heads_per_block, int chunk_cap, int max_splits, float* __restrict__ out,
+    int64_t out_ld,                // [T, Hq·hd]
+    float* __restrict__ part_acc,  // [num_seqs, Hq, max_splits, hd]
+    float* __restrict__ part_ml,   // [num_seqs, Hq, max_splits, 2]
+    float* __restrict__ stats,     // [T, Hq, 2]
+    float* __restrict__ probs, int64_t probs_ld) {
+    using Map = LaneMap<kHd, kGroup>;
+    using Frag = RowFrag<T, kHd, kGroup>;
+    constexpr int kElems = Map::kElems;
+    constexpr int kTokPerWarp = 32 / kGroup;
+    constexpr int kStride = kDecodeWarps * kTokPerWarp;
+    // Tokens per group per iteration: kU K rows and kU V rows in flight (V only when reusing).
+    constexpr int kU = kReuse ? 8 : (kRep == 1 ? 4 : 2);
+    const int s = blockIdx.z;
+    const int t = b.query_start[s];
+    if (b.query_start[s + 1] - t != 1) return;
+    const int n_ctx = b.positions[t] + 1;
+    const int chunk = ChunkFor(n_ctx);
+    const int num_splits = (n_ctx + chunk - 1) / chunk;
+    const int split = blockIdx.x;
+    if (split >= num_splits) return;
+    const int hd = kHd > 0 ? kHd : b.head_dim;
+    const int n_rep = b.num_heads / b.num_kv_heads;
+    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
+    const int kvh = blockIdx.y / groups_per_kv;
+    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
+    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
+    const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
+    const int start = split * chunk;
+    const int end = min(n_ctx, start + chunk);
+    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane % kGroup, tok = lane / kGroup;
+
+    float qr[kRep][kElems];
+    if constexpr (!kReuse) {
+#pragma unroll
+        for (int r = 0; r < kRep; ++r) {
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) {
+                const int e = Map::Elem(g, i);
+                qr[r][i] = (r < nh && e < hd) ? q[t * q_ld + static_cast<int64_t>(h0 + r) * hd + e] : 0.f;
+            }
+        }
+    }
+    float m[kRep], l[kRep], acc[kRep][kElems];
+#pragma unroll
+    for (int r = 0; r < kRep; ++r) {
+        m[r] = -FLT_MAX;
+        l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < kElems; ++i) acc[r][i] = 0.f;
+    }
+    for (int base = start + warp * kTokPerWarp; base < end; base += kStride * kU) {
+        Frag kf[kU], vf[kU];
+        float pv[kReuse ? kU : 1][kRep];  // reuse: the anchor's probabilities, loaded with the values
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int j = base + u * kStride + tok;
+            if (j < end) {
+                const int64_t off = KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd);
+                if constexpr (!kReuse) kf[u].Load(k_plane + off, g, hd);
+                vf[u].Load(v_plane + off, g, hd);
+                if constexpr (kReuse) {
+#pragma unroll
+                    for (int r = 0; r < kRep; ++r) {
+                        pv[u][r] = r < nh
+                                       ? __ldg(probs + (static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + j)
+                                       : 0.f;
+                    }
+                }
+            } else {
+                if constexpr (!kReuse) kf[u].Zero();
+                vf[u].Zero();
+                if constexpr (kReuse) {
+#pragma unroll
+                    for (int r = 0; r < kRep; ++r) pv[u][r] = 0.f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int j = base + u * kStride + tok;
+            const bool valid = j < end;
+#pragma unroll
+            for (int r = 0; r < kRep; ++r) {
+                if (r >= nh) break;
+                float p;
+                if constexpr (!kReuse) {
+                    float dot = 0.f;
+#pragma unroll
+                    for (int i = 0; i < kElems; ++i) dot += qr[r][i] * kf[u].At(i);
+                    dot = GroupSum<kGroup>(dot) * scale;
+                    if (!valid) continue;
+                    if (g == 0 && probs != nullptr) {
+                        probs[(static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + j] = dot;
+                    }
+                    const float m_new = fmaxf(m[r], dot);
+                    const float corr = expf(m[r] - m_new);
+                    p = expf(dot - m_new);
+                    l[r] = l[r] * corr + p;
+                    m[r] = m_new;
+#pragma unroll
+                    for (int i = 0; i < kElems; ++i) acc[r][i] *= corr;
+                } else {
+                    if (!valid) continue;
+                    p = pv[kReuse ? u : 0][r];
+                }
+#pragma unroll
+                for (int i = 0; i < kElems; ++i) acc[r][i] += p * vf[u].At(i);
+            }
+        }
+    }
+    // Merge the token groups of the warp (lanes with the same g), then the warps.
+#pragma unroll
+    for (int off = kGroup; off < 32; off <<= 1) {
+#pragma unroll
+        for (int r = 0; r < kRep; ++r) {
+            if constexpr (kReuse) {
+#pragma unroll
+                for (int i = 0; i < kElems; ++i) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], off);
+            } else {
+                const float mo = __shfl_xor_sync(0xffffffffu, m[r], off);
+                const float lo = __shfl_xor_sync(0xffffffffu, l[r], off);
+                const float mm = fmaxf(m[r], mo);
+                const float a = expf(m[r] - mm), c = expf(mo - mm);
+                l[r] = l[r] * a + lo * c;
+#pragma unroll
+                for (int i = 0; i < kElems; ++i) {
+                    acc[r][i] = acc[r][i] * a + __shfl_xor_sync(0xffffffffu, acc[r][i], off) * c;
+                }
+                m[r] = mm;
+            }
+        }
+    }
+    extern __shared__ float smem[];
+    float* s_acc = smem;                            // [kDecodeWarps][kRep][hd]
+    float* s_ml = smem + kDecodeWarps * kRep * hd;  // [kDecodeWarps][kRep][2]
+    if (tok == 0) {
+#pragma unroll
+        for (int r = 0; r < kRep; ++r) {
+            if (r >= nh) break;
+#pragma unroll
+            for (int i = 0; i < kElems; ++i) {
+                const int e = Map::Elem(g, i);
+                if (e < hd) s_acc[(warp * kRep + r) * hd + e] = acc[r][i];
+            }
+            if (g == 0) {
+                s_ml[(warp * kRep + r) * 2] = m[r];
+                s_ml[(warp * kRep + r) * 2 + 1] = l[r];
+            }
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nh * hd; idx += kDecodeThreads) {
+        const int r = idx / hd, e = idx % hd;
+        float mm = -FLT_MAX;
+        if constexpr (!kReuse) {
+#pragma unroll
+            for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, s_ml[(w * kRep + r) * 2]);
+        }
+        float sum = 0.f, ll = 0.f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) {
+            const float f = kReuse ? 1.0f : expf(s_ml[(w * kRep + r) * 2] - mm);
+            sum += s_acc[(w * kRep + r) * hd + e] * f;
+            if (!kReuse) ll += s_ml[(w * kRep + r) * 2 + 1] * f;
+        }
+        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h0 + r;
+        if (num_splits == 1) {
+            out[t * out_ld + static_cast<int64_t>(h0 + r) * hd + e] = kReuse ? sum : sum / ll;
+            if (!kReuse && e == 0 && stats != nullptr) {
+                stats[row * 2] = mm;
+                stats[row * 2 + 1] = ll;
+            }
+        } else {
+            const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h0 + r) * max_splits + split;
+            part_acc[part * hd + e] = sum;
+            if (!kReuse && e == 0) {
+                part_ml[part * 2] = mm;
+                part_ml[part * 2 + 1] = ll;
+            }
+        }
+    }
+}
+
 // grid (max_splits, num_kv_heads · head_groups, num_seqs), kDecodeThreads threads; a block serves up to
 // kRep query heads (1 for MHA keeps registers low, kMaxRep for GQA). Blocks of sequences
 // with more than one query token, and splits past the token's own, exit at once.
@@ -496,7 +723,24 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
     constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
     const bool mha = p.heads_per_block == 1;
-    if (b.head_dim == 128) {
+    if (b.decode_variant != 1) {
+        const size_t stream_smem = sizeof(float) * kDecodeWarps * kMaxRep * (b.head_dim + 2);
+        auto launch2 = [&](auto kernel) {
+            kernel<<<grid, kDecodeThreads, stream_smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.chunk_cap,
+                                                                  p.max_splits, out, out_ld, ws.part_acc, ws.part_ml,
+                                                                  ws.stats, probs, probs_ld);
+        };
+        if (b.head_dim == 128) {
+            mha ? launch2(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)
+                : launch2(DecodeStreamKernel<T, 128, kG128, kMaxRep, kReuse>);
+        } else if (b.head_dim == 64) {
+            mha ? launch2(DecodeStreamKernel<T, 64, kG64, 1, kReuse>)
+                : launch2(DecodeStreamKernel<T, 64, kG64, kMaxRep, kReuse>);
+        } else {
+            mha ? launch2(DecodeStreamKernel<T, 0, 32, 1, kReuse>)
+                : launch2(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
+        }
+    } else if (b.head_dim == 128) {
         mha ? launch(DecodeKernel<T, 128, kG128, 1, kReuse>) : launch(DecodeKernel<T, 128, kG128, kMaxRep, kReuse>);
     } else if (b.head_dim == 64) {
         mha ? launch(DecodeKernel<T, 64, kG64, 1, kReuse>) : launch(DecodeKernel<T, 64, kG64, kMaxRep, kReuse>);

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
 #include "uniattn/safetensors.h"
@@ -60,6 +61,26 @@ __device__ __forceinline__ void LoadFloats(const T* __restrict__ p, float (&out)
         for (int i = 0; i < N; ++i) out[i] = ToFloat(p[i]);
     }
 }
+
+// N consecutive elements held raw (16-, 8- or element-wide words) so that many loads can be in flight
+// in few registers; At(i) converts element i.
+template <typename T, int N>
+struct RawVec {
+    static constexpr int kBytes = N * static_cast<int>(sizeof(T));
+    using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, T>>;
+    static constexpr int kWords = kBytes / static_cast<int>(sizeof(Word));
+    Word w[kWords];
+
+    __device__ __forceinline__ void Load(const T* __restrict__ p) {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const Word*>(p) + i);
+    }
+    __device__ __forceinline__ void Zero() {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) w[i] = Word{};
+    }
+    __device__ __forceinline__ float At(int i) const { return ToFloat(reinterpret_cast<const T*>(w)[i]); }
+};
 
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
@@ -58,6 +59,18 @@ class CudaBuffer final : public DeviceBuffer {
     size_t bytes_;
 };
 
+class CudaGraph final : public DeviceGraph {
+  public:
+    explicit CudaGraph(cudaGraphExec_t exec) : exec_(exec) {}
+    ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+    CudaGraph(const CudaGraph&) = delete;
+    CudaGraph& operator=(const CudaGraph&) = delete;
+    cudaGraphExec_t exec() const { return exec_; }
+
+  private:
+    cudaGraphExec_t exec_;
+};
+
 cudaDataType_t CudaType(DType dtype) {
     switch (dtype) {
         case DType::kF32:
@@ -81,9 +94,11 @@ class CudaBackend final : public Backend {
 
     ~CudaBackend() override {
         cudaStreamSynchronize(stream_.get());
+        cudaFree(cublas_workspace_);
         for (void* p : workspace_) {
             if (p != nullptr) cudaFree(p);
         }
+        for (void* p : retired_) cudaFree(p);
     }
 
     std::string Name() const override { return "cuda"; }
@@ -169,15 +184,18 @@ class CudaBackend final : public Backend {
         const size_t elem = DTypeBytes(w.dtype);
         if (rows <= kSplitMaxRows) {
             // Decode-sized batches are weight-bound: run the GEMM on [x_hi; x_lo] (twice the rows, the
-            // same weight bytes) and add the halves, so activations keep fp32 accuracy.
+            // same weight bytes) and add the halves, so activations keep fp32 accuracy. Few output tiles
+            // cannot fill the device, so K is split into `ks` batched GEMMs whose parts are summed too.
+            const int ks = KSplit(in, out);
+            const int64_t kc = in / ks;
             void* x2 = Workspace(kWsX16, static_cast<size_t>(2 * rows * in) * elem);
-            float* y2 = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(2 * rows * out)));
+            float* y2 = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(ks * 2 * rows * out)));
             cuda::SplitHiLo(x.f32(), x.ld, rows, in, x2, w.dtype, true, stream_.get());
-            UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(2 * rows),
-                                         static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x2, wt,
-                                         static_cast<int>(in), &zero, y2, CUDA_R_32F, static_cast<int>(out),
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            cuda::CombineHiLo(y2, rows, out, y.f32(), y.ld, accumulate, stream_.get());
+            UA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+                h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(2 * rows), static_cast<int>(kc),
+                &one, w.data, wt, static_cast<int>(w.ld), kc, x2, wt, static_cast<int>(in), kc, &zero, y2, CUDA_R_32F,
+                static_cast<int>(out), 2 * rows * out, ks, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cuda::CombineParts(y2, 2 * ks, rows, out, y.f32(), y.ld, accumulate, stream_.get());
             return;
         }
         // Prefill-sized: compute-bound; activations rounded to the weight dtype (fp32 accumulation).
@@ -187,6 +205,28 @@ class CudaBackend final : public Backend {
                                      static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x1, wt,
                                      static_cast<int>(in), beta, y.data, CUDA_R_32F, static_cast<int>(y.ld),
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+
+    void NormMatMul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& y,
+                    const Tensor& xn, bool accumulate) override {
+        if (x.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32 && norm_w.dtype == DType::kF32) {
+            UA_CHECK_EQ(w.cols, x.cols);
+            cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
+                           w.cols, y.f32(), y.ld, accumulate, stream_.get());
+            return;
+        }
+        Backend::NormMatMul(x, norm_w, eps, w, y, xn, accumulate);
+    }
+
+    void SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor& y, const Tensor& mlp,
+                       bool accumulate) override {
+        if (gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
+            UA_CHECK_EQ(w.cols * 2, gate_up.cols);
+            cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
+                              w.cols, y.f32(), y.ld, accumulate, stream_.get());
+            return;
+        }
+        Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);
     }
 
     void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
@@ -240,18 +280,54 @@ class CudaBackend final : public Backend {
         cuda::GatherRows(x.f32(), x.ld, rows, num_rows, x.cols, out.f32(), out.ld, stream_.get());
     }
 
+    bool CanCapture() const override { return true; }
+    bool BeginCapture() override {
+        UA_CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+        capturing_ = true;
+        return true;
+    }
+    std::unique_ptr<DeviceGraph> EndCapture() override {
+        cudaGraph_t graph = nullptr;
+        UA_CUDA_CHECK(cudaStreamEndCapture(stream_.get(), &graph));
+        capturing_ = false;
+        cudaGraphExec_t exec = nullptr;
+        UA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        UA_CUDA_CHECK(cudaGraphDestroy(graph));
+        return std::make_unique<CudaGraph>(exec);
+    }
+    void Replay(DeviceGraph& graph) override {
+        UA_CUDA_CHECK(cudaGraphLaunch(static_cast<CudaGraph&>(graph).exec(), stream_.get()));
+    }
+
   private:
+    static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
     // Rows up to which MatMul with 16-bit weights splits activations into hi/lo halves (exact fp32 inputs).
     static constexpr int64_t kSplitMaxRows = 64;
 
+    // K splits for a weight-bound GEMM of `out` rows: enough 128-row output tiles for two per SM, each
+    // split a multiple of 64 inputs.
+    int KSplit(int64_t in, int64_t out) const {
+        if (options_.gemm_ksplit > 0) {
+            return in % options_.gemm_ksplit == 0 && (in / options_.gemm_ksplit) % 8 == 0 ? options_.gemm_ksplit : 1;
+        }
+        // Measured on an H200 (docs/gpu-notes.md): splitting helps only matrices of few output tiles
+        // (4096 rows: 32 tiles) and hurts the large ones.
+        const int64_t tiles = (out + 127) / 128;
+        int ks = 1;
+        while (ks < 4 && tiles * ks * 2 < num_sms_ && in % (2 * ks * 64) == 0) ks *= 2;
+        return ks;
+    }
+
     enum WorkspaceSlot { kWsGather, kWsX16, kWsY2, kWsPartAcc, kWsPartMl, kWsStats, kNumWorkspaces };
 
-    // A grow-only device buffer per slot. Growing frees the old buffer; cudaFree waits for the device, so
-    // no kernel still in flight can be reading it.
+    // A grow-only device buffer per slot.
     void* Workspace(WorkspaceSlot slot, size_t bytes) {
         bytes = std::max<size_t>(bytes, 256);
         if (bytes > workspace_bytes_[slot]) {
-            if (workspace_[slot] != nullptr) UA_CUDA_CHECK(cudaFree(workspace_[slot]));
+            UA_CHECK(!capturing_);  // the caller runs the same shapes once before recording them
+            // Recorded graphs may still name the old buffer: it lives as long as the backend.
+            if (workspace_[slot] != nullptr) retired_.push_back(workspace_[slot]);
             const size_t grown = std::max(bytes, workspace_bytes_[slot] * 3 / 2);
             UA_CUDA_CHECK(cudaMalloc(&workspace_[slot], grown));
             workspace_bytes_[slot] = grown;
@@ -275,6 +351,7 @@ class CudaBackend final : public Backend {
         b.num_heads = num_heads;
         b.num_kv_heads = plane.num_kv_heads;
         b.head_dim = plane.head_dim;
+        b.decode_variant = options_.decode_variant;
         return b;
     }
 
@@ -289,11 +366,15 @@ class CudaBackend final : public Backend {
     }
 
     CudaBackendOptions options_;
+    int num_sms_;
+    bool capturing_ = false;
+    void* cublas_workspace_ = nullptr;
     std::string description_;
     CudaStream stream_;
     CublasHandle cublas_;
     void* workspace_[kNumWorkspaces] = {};
     size_t workspace_bytes_[kNumWorkspaces] = {};
+    std::vector<void*> retired_;
 };
 
 }  // namespace

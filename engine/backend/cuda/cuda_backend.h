@@ -13,6 +13,10 @@ struct CudaBackendOptions {
     int device = 0;
     DType weight_dtype = DType::kF16;
     DType kv_dtype = DType::kF16;
+    // Kernel variants, for benchmarks and tests (the defaults are the fastest measured).
+    int gemv_variant = 1;    // 1: a warp per weight row; 2: split-K blocks of 4 rows
+    int gemm_ksplit = 0;     // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
+    int decode_variant = 2;  // 1: three-phase decode attention; 2: streaming online softmax
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

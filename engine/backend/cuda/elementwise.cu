@@ -152,14 +152,15 @@ __global__ void SplitHiLoKernel(const float* __restrict__ x, int64_t x_ld, int64
     }
 }
 
-__global__ void CombineHiLoKernel(const float* __restrict__ yy, int64_t rows, int64_t cols, float* __restrict__ y,
-                                  int64_t y_ld, bool accumulate) {
+__global__ void CombinePartsKernel(const float* __restrict__ yy, int parts, int64_t rows, int64_t cols,
+                                   float* __restrict__ y, int64_t y_ld, bool accumulate) {
     const int64_t n = rows * cols;
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const int64_t r = idx / cols, c = idx % cols;
         float* dst = y + r * y_ld + c;
-        const float sum = yy[idx] + yy[n + idx];
+        float sum = 0.f;
+        for (int p = 0; p < parts; ++p) sum += yy[p * n + idx];
         *dst = accumulate ? *dst + sum : sum;
     }
 }
@@ -261,11 +262,11 @@ void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* o
     UA_CUDA_CHECK_LAUNCH(SplitHiLoKernel);
 }
 
-void CombineHiLo(const float* yy, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
-                 cudaStream_t stream) {
+void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
+                  cudaStream_t stream) {
     if (rows * cols == 0) return;
-    CombineHiLoKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(yy, rows, cols, y, y_ld, accumulate);
-    UA_CUDA_CHECK_LAUNCH(CombineHiLoKernel);
+    CombinePartsKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(yy, parts, rows, cols, y, y_ld, accumulate);
+    UA_CUDA_CHECK_LAUNCH(CombinePartsKernel);
 }
 
 void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {

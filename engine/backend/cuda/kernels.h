@@ -52,9 +52,10 @@ void GatherRows(const float* x, int64_t x_ld, const int32_t* rows, int num_rows,
 // With with_lo false only the hi half [rows, cols] is written.
 void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* out, DType dtype, bool with_lo,
                cudaStream_t stream);
-// y[t, :] = (accumulate ? y[t, :] : 0) + yy[t, :] + yy[rows + t, :]       yy [2·rows, cols] contiguous fp32
-void CombineHiLo(const float* yy, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
-                 cudaStream_t stream);
+// y[t, :] = (accumulate ? y[t, :] : 0) + Σ_p yy[p, t, :]       yy [parts, rows, cols] contiguous fp32
+// (the hi and lo halves of each K split of a GEMM on SplitHiLo's output).
+void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
+                  cudaStream_t stream);
 
 // n values of dtype, uniform in [lo, hi), SplitMix64 of (seed, index) (the Backend default's stream).
 void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream);
@@ -64,11 +65,19 @@ void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t
 // Matrix-vector products for few rows, reading fp32 x directly (exact products, fp32 accumulation):
 //   y[t, o] = (accumulate ? y[t, o] : 0) + Σ_i x[t, i] · w[o, i]
 //   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16), y [rows, out] fp32; rows <= kGemvMaxRows
-// variant 1: a warp per weight row; 2 (default): blocks of 4 rows with the input dimension split over
-// the block (see gemv.cu).
+// variant 1 (default): a warp per weight row; 2: blocks of 4 rows with the input dimension split over
+// the block (see gemv.cu; measured slower on H200).
 constexpr int kGemvMaxRows = 2;
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant = 2);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant = 1);
+// Gemv of RmsNorm(x) with the norm fused into the loads (no normalised copy of x is written):
+//   y[t, o] (+)= Σ_i x[t, i] g[i] w[o, i] / rms(x[t])       norm_w g [in] fp32
+void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
+              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
+// Gemv of SwiGLU(gate_up) with the activation fused into the loads:
+//   y[t, o] (+)= Σ_i silu(gu[t, i]) gu[t, n_in + i] w[o, i]     gate_up [rows, 2·n_in]
+void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
 
 // ---- attention.cu ----
 
@@ -86,6 +95,7 @@ struct PagedBatch {
     int num_heads = 0;
     int num_kv_heads = 0;
     int head_dim = 0;
+    int decode_variant = 2;  // 1: three-phase kernel (scores in shared memory); 2: streaming online softmax
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().

@@ -22,6 +22,7 @@ packages=(
 if [ "${UNIATTN_APT_PROFILE:-full}" != build ]; then
   packages+=(
     prometheus clang-format                            # integration tests, format check
+    clang libclang-rt-14-dev                           # scripts/fuzz.sh (libFuzzer)
     python3-torch python3-numpy python3-sentencepiece  # tools/posttrain (Debian torch 1.13, for /usr/bin/python3)
   )
 fi

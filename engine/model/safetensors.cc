@@ -126,6 +126,7 @@ std::string TensorView::ShapeString() const {
 
 void TensorView::ToFloat(float* out) const {
     const int64_t n = numel();
+    if (n == 0) return;  // an empty tensor: `out` may be null (an empty vector's data()), memcpy needs non-null
     switch (dtype) {
         case DType::kF32:
             std::memcpy(out, data, static_cast<size_t>(n) * 4);
@@ -215,7 +216,9 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
             return DataLoss(where + ": data ends at byte " + std::to_string(end) + " but the file holds only " +
                             std::to_string(data_size) + " data bytes (truncated file?)");
         }
-        if (end - begin != static_cast<uint64_t>(numel) * DTypeBytes(v.dtype)) {
+        // numel * bytes could wrap uint64 (shape [2^62] of F32 is 0 bytes); compare without multiplying.
+        const auto dtype_bytes = static_cast<uint64_t>(DTypeBytes(v.dtype));
+        if ((end - begin) % dtype_bytes != 0 || (end - begin) / dtype_bytes != static_cast<uint64_t>(numel)) {
             return DataLoss(where + ": " + std::to_string(end - begin) + " bytes do not match shape " +
                             v.ShapeString() + " of " + DTypeName(v.dtype));
         }

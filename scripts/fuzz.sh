@@ -25,13 +25,14 @@ if [ -z "$cxx" ] || [ -z "$cc" ]; then
 fi
 
 t0=$(date +%s)
+mkdir -p "$build"
 cmake -S . -B "$build" -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
   -DUNIATTN_FUZZ=ON -DUNIATTN_TESTS=ON -DUNIATTN_CUDA=OFF -DUNIATTN_SERVER=OFF \
   -DUNIATTN_SANITIZE=address,undefined \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined" \
-  -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" >"$build.configure.log" 2>&1 || {
-  cat "$build.configure.log" >&2
+  -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" >"$build/configure.log" 2>&1 || {
+  cat "$build/configure.log" >&2
   exit 1
 }
 cmake --build "$build" --target fuzzers -j "$jobs"
@@ -48,6 +49,11 @@ for t in ${FUZZ_TARGETS:-$all_targets}; do
   if [ ! -x "$bin" ]; then
     echo "fuzz: $t was not built (missing dependency); skipping"
     summary+="$t: skipped (not built)"$'\n'
+    continue
+  fi
+  if [ "$t" = fuzz_detokenize ] && [ -z "${UNIATTN_FUZZ_MODEL_DIR:-}" ] && [ ! -f models/stories15M/tokenizer.model ]; then
+    echo "fuzz: $t needs models/stories15M/tokenizer.model (scripts/fetch_model.sh); skipping"
+    summary+="$t: skipped (no tokenizer)"$'\n'
     continue
   fi
   seeds="tests/fuzz/corpus/$t"

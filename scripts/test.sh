@@ -19,3 +19,10 @@ else
   echo "test: no GPU here: skipping $gpu_tests test(s) labelled gpu"
   ctest --test-dir "$build" --output-on-failure -LE gpu -j "$(nproc)"
 fi
+
+# Extended checks (issue 7): sanitizers and bounded fuzzing, in their own build dirs. UNIATTN_CI_EXTENDED=0
+# skips them.
+if [ "${UNIATTN_CI_EXTENDED:-1}" != 0 ]; then
+  scripts/sanitize.sh
+  scripts/fuzz.sh
+fi

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs the unit tests under sanitizers (issue 7):
+#   build-asan: engine_tests + scheduler_tests (+ server_tests with SANITIZE_SERVER=1) under
+#               AddressSanitizer + UndefinedBehaviorSanitizer (leak checking on, UB fatal);
+#   build-tsan: scheduler_tests (the engine thread, request queue and streaming callbacks) under
+#               ThreadSanitizer.
+# OpenMP: libgomp is not instrumented, so TSan cannot see its synchronisation; the tests run with
+# OMP_NUM_THREADS=1 and tests/tsan.supp silences reports whose stack is inside libgomp only.
+#   SANITIZE_WHICH   "asan tsan" (default) or one of them
+#   SANITIZE_JOBS    build parallelism (default nproc)
+#   SANITIZE_SERVER  1: also build and run server_tests under ASan (slow: the whole server)
+#   SANITIZE_FILTER  a gtest filter for every binary (default: all tests)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+jobs="${SANITIZE_JOBS:-$(nproc)}"
+which="${SANITIZE_WHICH:-asan tsan}"
+gen=$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+filter=(--gtest_filter="${SANITIZE_FILTER:-*}")
+status=0
+t_all=$(date +%s)
+
+configure() {  # dir sanitizers server
+  mkdir -p "$1"
+  cmake -S . -B "$1" -G "$gen" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUNIATTN_SANITIZE="$2" -DUNIATTN_CUDA=OFF \
+    -DUNIATTN_SERVER="$3" -DUNIATTN_TESTS=ON >"$1/configure.log" 2>&1 || {
+    cat "$1/configure.log" >&2
+    exit 1
+  }
+}
+
+run() {  # label binary
+  local t0 log
+  t0=$(date +%s)
+  log="$(dirname "$2")/../$(basename "$2").$1.log"
+  if "$2" "${filter[@]}" >"$log" 2>&1; then
+    echo "sanitize: $1 $(basename "$2"): $(grep -o '\[  PASSED  \] [0-9]* tests\?' "$log" | tail -1) in $(($(date +%s) - t0)) s"
+  else
+    status=1
+    echo "sanitize: $1 $(basename "$2") FAILED; the last lines of $log:" >&2
+    tail -n 80 "$log" >&2
+  fi
+}
+
+for w in $which; do
+  case $w in
+    asan)
+      t0=$(date +%s)
+      server=OFF
+      targets=(engine_tests scheduler_tests)
+      if [ "${SANITIZE_SERVER:-0}" = 1 ]; then
+        server=ON
+        targets+=(server_tests)
+      fi
+      configure build-asan address,undefined "$server"
+      cmake --build build-asan --target "${targets[@]}" -j "$jobs"
+      echo "sanitize: asan built in $(($(date +%s) - t0)) s"
+      export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
+      export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+      for t in "${targets[@]}"; do run asan "build-asan/bin/$t"; done
+      ;;
+    tsan)
+      t0=$(date +%s)
+      configure build-tsan thread OFF
+      cmake --build build-tsan --target scheduler_tests -j "$jobs"
+      echo "sanitize: tsan built in $(($(date +%s) - t0)) s"
+      TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp} \
+        run tsan build-tsan/bin/scheduler_tests
+      ;;
+    *)
+      echo "sanitize: unknown '$w' (asan, tsan)" >&2
+      exit 2
+      ;;
+  esac
+done
+echo "sanitize: $([ $status = 0 ] && echo ok || echo FAILED) in $(($(date +%s) - t_all)) s"
+exit $status

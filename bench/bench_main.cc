@@ -4,7 +4,7 @@
 //   uniattn-bench --config bench/configs/llama2-7b.json [--backend cuda] [--dtype f16|bf16|f32]
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
-//                 [--block-size 16] [--seed 1] [--json out.json]
+//                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //
 // Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, spec §1). Decode cases are
 // batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
@@ -98,14 +98,18 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
     return v;
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv) {
+StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
+                                                    int heads_per_block) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
         o.weight_dtype = weights;
         o.kv_dtype = kv;
+        o.decode_heads_per_block = heads_per_block;
         return CreateCudaBackend(o);
     }
+#else
+    (void)heads_per_block;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -283,7 +287,7 @@ int Fail(const Status& s) {
 
 int Main(int argc, char** argv) {
     Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
-                 "warmup", "block-size", "seed", "json"},
+                 "warmup", "block-size", "seed", "json", "decode-heads-per-block"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
@@ -295,7 +299,9 @@ int Main(int argc, char** argv) {
     auto kd = DTypeFlag(flags.Get("kv-dtype", flags.Get("dtype", "f16")));
     if (!wd.ok()) return Fail(wd.status());
     if (!kd.ok()) return Fail(kd.status());
-    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd);
+    auto hpb = flags.GetInt("decode-heads-per-block", 0);
+    if (!hpb.ok()) return Fail(hpb.status());
+    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb));
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

@@ -88,6 +88,11 @@ int Main(int argc, char** argv) {
     auto be1_or = CreateCudaBackend(v1);
     if (!be1_or.ok()) return 1;
     Backend* be1 = be1_or->get();
+    CudaBackendOptions h1;
+    h1.decode_heads_per_block = 1;
+    auto beh_or = CreateCudaBackend(h1);
+    if (!beh_or.ok()) return 1;
+    Backend* beh = beh_or->get();
     auto reps = flags.GetInt("reps", 50);
     if (!reps.ok()) return 1;
     Bench bench{be, static_cast<int>(*reps)};
@@ -147,6 +152,33 @@ int Main(int argc, char** argv) {
                            static_cast<float*>(y->data()), m.out, false, nullptr, variant);
             });
             bench.Report(std::string(m.name) + " T=1 gemv variant " + std::to_string(variant) + " (default stream)", s,
+                         wbytes);
+        }
+    }
+
+    std::printf("GEMV input fusions (T=1, fp16 weights)\n");
+    {
+        auto g = Alloc(be, sizeof(float) * std::max(ff, d));
+        be->FillUniform(g->data(), DType::kF32, std::max(ff, d), 0.5f, 1.5f, 11);
+        for (const Mat& m : {mats[0], mats[3]}) {
+            auto w = Alloc(be, 2 * m.out * m.in);
+            be->FillUniform(w->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 12);
+            const double wbytes = 2.0 * m.out * m.in;
+            const float* xf = static_cast<const float*>(x->data());
+            float* yf = static_cast<float*>(y->data());
+            bench.Report(std::string(m.name) + " plain gemv", bench.Time([&] {
+                cuda::Gemv(xf, m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in, yf, m.out, false, nullptr);
+            }),
+                         wbytes);
+            bench.Report(std::string(m.name) + " RmsNorm-fused gemv", bench.Time([&] {
+                cuda::NormGemv(xf, m.in, static_cast<const float*>(g->data()), 1e-5f, 1, w->data(), DType::kF16, m.in,
+                               m.out, m.in, yf, m.out, false, nullptr);
+            }),
+                         wbytes);
+            bench.Report(std::string(m.name) + " SwiGLU-fused gemv", bench.Time([&] {
+                cuda::SiluMulGemv(xf, 2 * m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in, yf, m.out, false,
+                                  nullptr);
+            }),
                          wbytes);
         }
     }
@@ -225,6 +257,12 @@ int Main(int argc, char** argv) {
         const std::string tag = "B=" + std::to_string(B) + " ctx=" + std::to_string(ctx);
         bench.Report("Attention " + tag, bench.Time([&] { be->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
                      2 * plane_bytes);
+        bench.Report("Attention one head per block " + tag,
+                     bench.Time([&] { beh->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
+        bench.Report("ReuseAttention one head per block " + tag, bench.Time([&] {
+            beh->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+        }),
+                     plane_bytes);
         bench.Report("Attention decode variant 1 " + tag,
                      bench.Time([&] { be1->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
         bench.Report("ReuseAttention decode variant 1 " + tag, bench.Time([&] {

@@ -393,9 +393,10 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
-    for (int variant : {1, 2}) {
+    for (int variant : {1, 2, 3}) {  // 3: variant 2 with one query head per block
         CudaBackendOptions options;
-        options.decode_variant = variant;
+        options.decode_variant = variant == 1 ? 1 : 2;
+        options.decode_heads_per_block = variant == 3 ? 1 : 0;
         gpu_ = std::move(CreateCudaBackend(options)).value();
         SCOPED_TRACE("decode variant " + std::to_string(variant));
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
@@ -457,9 +458,10 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
 
 TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     Rng rng(104);
-    for (int variant : {1, 2}) {
+    for (int variant : {1, 2, 3}) {  // 3: variant 2 with one query head per block
         CudaBackendOptions options;
-        options.decode_variant = variant;
+        options.decode_variant = variant == 1 ? 1 : 2;
+        options.decode_heads_per_block = variant == 3 ? 1 : 0;
         gpu_ = std::move(CreateCudaBackend(options)).value();
         SCOPED_TRACE("decode variant " + std::to_string(variant));
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {

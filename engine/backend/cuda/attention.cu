@@ -693,7 +693,7 @@ struct DecodePlan {
 DecodePlan PlanDecode(const PagedBatch& b) {
     DecodePlan p;
     const int n_rep = b.num_heads / b.num_kv_heads;
-    p.head_groups = (n_rep + kMaxRep - 1) / kMaxRep;
+    p.head_groups = b.heads_per_block == 1 ? n_rep : (n_rep + kMaxRep - 1) / kMaxRep;
     p.heads_per_block = (n_rep + p.head_groups - 1) / p.head_groups;
     p.chunk_cap = ChunkFor(b.max_context_len);  // ChunkFor is non-decreasing in n_ctx
     p.max_splits = std::max(kTargetSplits + 1, (b.max_context_len + kMaxChunk - 1) / kMaxChunk);

@@ -209,7 +209,8 @@ class CudaBackend final : public Backend {
 
     void NormMatMul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& y,
                     const Tensor& xn, bool accumulate) override {
-        if (x.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32 && norm_w.dtype == DType::kF32) {
+        if (options_.fuse_gemv_inputs && x.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32 &&
+            norm_w.dtype == DType::kF32) {
             UA_CHECK_EQ(w.cols, x.cols);
             cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
                            w.cols, y.f32(), y.ld, accumulate, stream_.get());
@@ -220,7 +221,7 @@ class CudaBackend final : public Backend {
 
     void SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor& y, const Tensor& mlp,
                        bool accumulate) override {
-        if (gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
+        if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
                               w.cols, y.f32(), y.ld, accumulate, stream_.get());
@@ -352,6 +353,7 @@ class CudaBackend final : public Backend {
         b.num_kv_heads = plane.num_kv_heads;
         b.head_dim = plane.head_dim;
         b.decode_variant = options_.decode_variant;
+        b.heads_per_block = options_.decode_heads_per_block;
         return b;
     }
 

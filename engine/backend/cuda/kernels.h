@@ -95,7 +95,8 @@ struct PagedBatch {
     int num_heads = 0;
     int num_kv_heads = 0;
     int head_dim = 0;
-    int decode_variant = 2;  // 1: three-phase kernel (scores in shared memory); 2: streaming online softmax
+    int decode_variant = 2;   // 1: three-phase kernel (scores in shared memory); 2: streaming online softmax
+    int heads_per_block = 0;  // decode: query heads per block, 0 = up to kMaxRep, 1 = one
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().

@@ -68,8 +68,9 @@ def parse_args(argv=None):
     t.add_argument("--stage1-seconds", type=float, default=0,
                    help="if > 0, stage 1 also ends (and its schedule runs) by wall-clock time")
     t.add_argument("--stage2-seconds", type=float, default=0, help="likewise for stage 2")
-    t.add_argument("--lr1", type=float, default=1e-3, help="stage 1 peak learning rate")
-    t.add_argument("--lr2", type=float, default=1e-4, help="stage 2 peak learning rate")
+    t.add_argument("--lr1", type=float, default=5e-5,
+                   help="stage 1 peak learning rate (Wc is small: rms ~2e-3 on stories15M)")
+    t.add_argument("--lr2", type=float, default=3e-5, help="stage 2 peak learning rate")
     t.add_argument("--warmup", type=float, default=0.05, help="warm-up, as a fraction of each stage")
     t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of the peak")
     t.add_argument("--weight-decay", type=float, default=0.0)

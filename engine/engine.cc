@@ -39,6 +39,21 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The sampler's share of a request (seed and logprob flags are set where each sample is made).
+SamplingParams SamplingParamsOf(const GenerationRequest& r) {
+    SamplingParams p;
+    p.temperature = r.temperature;
+    p.top_p = r.top_p;
+    p.top_k = r.top_k;
+    p.min_p = r.min_p;
+    p.repetition_penalty = r.repetition_penalty;
+    p.presence_penalty = r.presence_penalty;
+    p.frequency_penalty = r.frequency_penalty;
+    p.logit_bias = r.logit_bias;
+    p.num_logprobs = std::max(0, r.logprobs);
+    return p;
+}
+
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Stands in for a model directory without tokenizer.model (test and benchmark models): token ids only,
@@ -360,16 +375,7 @@ Status EngineImpl::Validate(const GenerationRequest& r, int* max_new_tokens) con
     if (!r.stop.empty() && own_tokenizer_) {
         return bad("stop", "strings need a tokenizer, and model " + info_.name + " has no tokenizer.model");
     }
-    SamplingParams p;
-    p.temperature = r.temperature;
-    p.top_p = r.top_p;
-    p.top_k = r.top_k;
-    p.min_p = r.min_p;
-    p.repetition_penalty = r.repetition_penalty;
-    p.presence_penalty = r.presence_penalty;
-    p.frequency_penalty = r.frequency_penalty;
-    p.logit_bias = r.logit_bias;
-    p.num_logprobs = std::max(0, r.logprobs);
+    SamplingParams p = SamplingParamsOf(r);
     UA_RETURN_IF_ERROR(p.Validate(vocab));
 
     const int prompt = static_cast<int>(r.prompt_ids.size());
@@ -470,16 +476,7 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
         Deliver(*raw);
         return;
     }
-    SamplingParams p;
-    p.temperature = r.temperature;
-    p.top_p = r.top_p;
-    p.top_k = r.top_k;
-    p.min_p = r.min_p;
-    p.repetition_penalty = r.repetition_penalty;
-    p.presence_penalty = r.presence_penalty;
-    p.frequency_penalty = r.frequency_penalty;
-    p.logit_bias = r.logit_bias;
-    p.num_logprobs = std::max(0, r.logprobs);
+    SamplingParams p = SamplingParamsOf(r);
     p.want_logprob = r.logprobs >= 0;
     const bool wants_text = (r.detokenize && !own_tokenizer_) || !r.stop.empty();
     for (int i = 0; i < r.n; ++i) {

@@ -4,18 +4,6 @@ namespace uniattn::server {
 
 using nlohmann::json;
 
-const char* FinishReasonString(FinishReason reason) {
-    switch (reason) {
-        case FinishReason::kStop:
-            return "stop";
-        case FinishReason::kLength:
-            return "length";
-        case FinishReason::kAbort:
-            return "abort";
-    }
-    return "stop";
-}
-
 std::string SseEvent(const json& payload) { return "data: " + DumpJson(payload) + "\n\n"; }
 
 OpenAiResponder::OpenAiResponder(const OpenAiRequest& request, const Tokenizer& tokenizer, std::string id,
@@ -114,7 +102,7 @@ json OpenAiResponder::StreamChoice(int index, const std::string& text, const jso
         c["text"] = text;
     }
     c["logprobs"] = logprobs ? *logprobs : json(nullptr);
-    c["finish_reason"] = finish ? json(FinishReasonString(*finish)) : json(nullptr);
+    c["finish_reason"] = finish ? json(FinishReasonName(*finish)) : json(nullptr);
     return c;
 }
 
@@ -235,7 +223,7 @@ json OpenAiResponder::Body() const {
             choice["text"] = c.text;
         }
         choice["logprobs"] = request_.logprobs ? c.logprobs : json(nullptr);
-        choice["finish_reason"] = FinishReasonString(c.finish_reason);
+        choice["finish_reason"] = FinishReasonName(c.finish_reason);
         choices.push_back(std::move(choice));
     }
     return {{"id", id_},           {"object", chat() ? "chat.completion" : "text_completion"},

@@ -72,6 +72,4 @@ class OpenAiResponder {
     std::optional<ApiError> error_;
 };
 
-const char* FinishReasonString(FinishReason reason);
-
 }  // namespace uniattn::server

@@ -23,8 +23,7 @@ filter=(--gtest_filter="${SANITIZE_FILTER:-*}")
 # The engine thread against client threads: submit, stream, cancel, drain, destroy with work left,
 # queue overflow, observers; concurrent requests with preemption on the small random UniAttn model.
 tsan_filter='BlockManagerTest.*:SchedulerTest.*:*SchedulerSim*:*ConcurrentGreedyTest.*uniattn*:EngineTest.Cancel*'
-tsan_filter+=':EngineTest.Destructor*:EngineTest.QueueFull*:EngineTest.Observer*:EngineTest.Refuses*'
-tsan_filter+=':EngineTest.Validation*:EngineTest.MaxTokens*'
+tsan_filter+=':EngineTest.Destructor*:EngineTest.QueueFull*:EngineTest.Observer*'
 status=0
 t_all=$(date +%s)
 

@@ -83,11 +83,6 @@ int Main(int argc, char** argv) {
         return 1;
     }
     Backend* be = be_or->get();
-    CudaBackendOptions v1;
-    v1.decode_variant = 1;
-    auto be1_or = CreateCudaBackend(v1);
-    if (!be1_or.ok()) return 1;
-    Backend* be1 = be1_or->get();
     CudaBackendOptions h1;
     h1.decode_heads_per_block = 1;
     auto beh_or = CreateCudaBackend(h1);
@@ -145,14 +140,6 @@ int Main(int argc, char** argv) {
                 bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " ksplit " + std::to_string(ks), s,
                              wbytes);
             }
-        }
-        for (int variant : {1, 2}) {
-            const double s = bench.Time([&] {
-                cuda::Gemv(static_cast<const float*>(x->data()), m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in,
-                           static_cast<float*>(y->data()), m.out, false, nullptr, variant);
-            });
-            bench.Report(std::string(m.name) + " T=1 gemv variant " + std::to_string(variant) + " (default stream)", s,
-                         wbytes);
         }
     }
 
@@ -261,12 +248,6 @@ int Main(int argc, char** argv) {
                      bench.Time([&] { beh->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
         bench.Report("ReuseAttention one head per block " + tag, bench.Time([&] {
             beh->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
-        }),
-                     plane_bytes);
-        bench.Report("Attention decode variant 1 " + tag,
-                     bench.Time([&] { be1->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
-        bench.Report("ReuseAttention decode variant 1 " + tag, bench.Time([&] {
-            be1->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
         bench.Report("Attention + probs (anchor) " + tag, bench.Time([&] {

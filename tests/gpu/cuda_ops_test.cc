@@ -142,48 +142,74 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, d
 
 TEST_F(CudaOpsTest, MatMulEveryPath) {
     Rng rng(101);
-    for (int variant : {1, 2}) {
-        CudaBackendOptions options;
-        options.gemv_variant = variant;
-        gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE("gemv variant " + std::to_string(variant));
-        struct Shape {
-            int64_t in, out;
-        };
-        for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
-            for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
-                for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
-                    for (bool accumulate : {false, true}) {
-                        const bool strided = T % 2 == 1;
-                        const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
-                        Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
-                        Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
-                        const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
-                        Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
-                        cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
-                        gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
-                        const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
-                        const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
-                        // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
-                        // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
-                        // term may move by one rounding step of that dtype.
-                        const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
-                        std::vector<double> tol(want.size(), 0.0);
-                        for (int64_t t = 0; t < T; ++t) {
-                            for (int64_t o = 0; o < sh.out; ++o) {
-                                double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
-                                for (int64_t i = 0; i < sh.in; ++i) {
-                                    mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
-                                }
-                                tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
+    struct Shape {
+        int64_t in, out;
+    };
+    for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
+            for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
+                for (bool accumulate : {false, true}) {
+                    const bool strided = T % 2 == 1;
+                    const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
+                    Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
+                    Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
+                    const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
+                    Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
+                    cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
+                    gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
+                    const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
+                    const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
+                    // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
+                    // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
+                    // term may move by one rounding step of that dtype.
+                    const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
+                    std::vector<double> tol(want.size(), 0.0);
+                    for (int64_t t = 0; t < T; ++t) {
+                        for (int64_t o = 0; o < sh.out; ++o) {
+                            double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
+                            for (int64_t i = 0; i < sh.in; ++i) {
+                                mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
                             }
+                            tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
                         }
-                        ExpectNear(got, want, tol,
-                                   std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
-                                       " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
                     }
+                    ExpectNear(got, want, tol,
+                               std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
+                                   " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
                 }
             }
+        }
+    }
+}
+
+// RmsNorm + MatMul and SwiGLU + MatMul as one op, with the GEMV-fused loads (1-2 rows) and without.
+TEST_F(CudaOpsTest, FusedMatMulsMatchCpu) {
+    Rng rng(107);
+    for (bool fused : {false, true}) {
+        CudaBackendOptions options;
+        options.fuse_gemv_inputs = fused;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        for (int64_t T : {1, 2, 5}) {
+            SCOPED_TRACE(std::string(fused ? "fused" : "unfused") + " T=" + std::to_string(T));
+            const int64_t in = 520, out = 136;
+            Twin x = Both(RandomVector(rng, T * in, -2.0f, 2.0f), T, in, in);
+            Twin g = Both(RandomVector(rng, in, 0.5f, 1.5f), 1, in, in);
+            Twin w = Both(RandomVector(rng, out * in), out, in, in, 0, DType::kF16);
+            Twin xn = Both(std::vector<float>(T * in, kNaN), T, in, in);
+            Twin y = Both(std::vector<float>(T * out, kNaN), T, out, out);
+            cpu_->NormMatMul(x.cpu, g.cpu, 1e-5f, w.cpu, y.cpu, xn.cpu, false);
+            gpu_->NormMatMul(x.gpu, g.gpu, 1e-5f, w.gpu, y.gpu, xn.gpu, false);
+            const std::vector<float> want = Fetch(cpu_.get(), y.cpu, 0);
+            // Sums of 520 products of size <= 3: fp32 rounding in either order stays far below 5e-4; a wrong
+            // norm, gate or row gives errors of order 1.
+            ExpectNear(Fetch(gpu_.get(), y.gpu, 0), want, 5e-4, "NormMatMul");
+
+            Twin gu = Both(RandomVector(rng, T * 2 * in, -4.0f, 4.0f), T, 2 * in, 2 * in);
+            Twin mlp = Both(std::vector<float>(T * in, kNaN), T, in, in);
+            Twin y2 = Both(RandomVector(rng, T * out), T, out, out);
+            cpu_->SiluMulMatMul(gu.cpu, w.cpu, y2.cpu, mlp.cpu, true);
+            gpu_->SiluMulMatMul(gu.gpu, w.gpu, y2.gpu, mlp.gpu, true);
+            ExpectNear(Fetch(gpu_.get(), y2.gpu, 0), Fetch(cpu_.get(), y2.cpu, 0), 5e-4, "SiluMulMatMul");
         }
     }
 }
@@ -393,12 +419,11 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
-    for (int variant : {1, 2, 3}) {  // 3: variant 2 with one query head per block
+    for (int heads_per_block : {0, 1}) {  // GQA decode: shared K/V reads, or one query head per block
         CudaBackendOptions options;
-        options.decode_variant = variant == 1 ? 1 : 2;
-        options.decode_heads_per_block = variant == 3 ? 1 : 0;
+        options.decode_heads_per_block = heads_per_block;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE("decode variant " + std::to_string(variant));
+        SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block));
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (const AttnCase& c : AttentionCases()) {
                 for (bool with_probs : {false, true}) {
@@ -458,12 +483,11 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
 
 TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     Rng rng(104);
-    for (int variant : {1, 2, 3}) {  // 3: variant 2 with one query head per block
+    for (int heads_per_block : {0, 1}) {  // GQA decode: shared K/V reads, or one query head per block
         CudaBackendOptions options;
-        options.decode_variant = variant == 1 ? 1 : 2;
-        options.decode_heads_per_block = variant == 3 ? 1 : 0;
+        options.decode_heads_per_block = heads_per_block;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE("decode variant " + std::to_string(variant));
+        SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block));
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (const AttnCase& c : AttentionCases()) {
                 SCOPED_TRACE(Describe(c, kv));

@@ -29,7 +29,6 @@ namespace {
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 constexpr int kMaxRep = 4;         // query heads per decode block
-constexpr int kUnroll = 4;         // cached tokens in flight per lane group
 constexpr int kMinChunk = 64;      // context tokens per decode split: at least,
 constexpr int kMaxChunk = 2048;    // at most (shared memory for scores),
 constexpr int kTargetSplits = 16;  // and about this many splits per token in between
@@ -136,7 +135,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
     const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
     const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
-    PagedBatch b, int heads_per_block, int chunk_cap, int max_splits, float* __restrict__ out,
+    PagedBatch b, int heads_per_block, int max_splits, float* __restrict__ out,
     int64_t out_ld,                // [T, Hq·hd]
     float* __restrict__ part_acc,  // [num_seqs, Hq, max_splits, hd]
     float* __restrict__ part_ml,   // [num_seqs, Hq, max_splits, 2]
@@ -322,201 +321,6 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     }
 }
 
-// grid (max_splits, num_kv_heads · head_groups, num_seqs), kDecodeThreads threads; a block serves up to
-// kRep query heads (1 for MHA keeps registers low, kMaxRep for GQA). Blocks of sequences
-// with more than one query token, and splits past the token's own, exit at once.
-// kReuse: P·V with probabilities read from `probs` (already normalised), no K.
-// Outputs: a token with one split writes out (normalised) and stats; else part_acc / part_ml, merged by
-// CombineKernel.
-template <typename T, int kHd, int kGroup, int kRep, bool kReuse>
-__global__ __launch_bounds__(kDecodeThreads) void DecodeKernel(
-    const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
-    const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
-    const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
-    PagedBatch b, int heads_per_block, int chunk_cap, int max_splits, float* __restrict__ out,
-    int64_t out_ld,                // [T, Hq·hd]
-    float* __restrict__ part_acc,  // [num_seqs, Hq, max_splits, hd]
-    float* __restrict__ part_ml,   // [num_seqs, Hq, max_splits, 2]
-    float* __restrict__ stats,     // [T, Hq, 2]
-    float* __restrict__ probs, int64_t probs_ld) {
-    using Map = LaneMap<kHd, kGroup>;
-    constexpr int kElems = Map::kElems;
-    constexpr int kTokPerWarp = 32 / kGroup;
-    constexpr int kStride = kDecodeWarps * kTokPerWarp;    // tokens per pass of the whole block
-    constexpr int kU = kRep == 1 ? 2 * kUnroll : kUnroll;  // fewer heads, fewer registers: more loads in flight
-    const int s = blockIdx.z;
-    const int t = b.query_start[s];
-    if (b.query_start[s + 1] - t != 1) return;
-    const int n_ctx = b.positions[t] + 1;
-    const int chunk = ChunkFor(n_ctx);
-    const int num_splits = (n_ctx + chunk - 1) / chunk;
-    const int split = blockIdx.x;
-    if (split >= num_splits) return;
-    const int hd = kHd > 0 ? kHd : b.head_dim;
-    const int n_rep = b.num_heads / b.num_kv_heads;
-    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
-    const int kvh = blockIdx.y / groups_per_kv;
-    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
-    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
-    const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
-    const int start = split * chunk;
-    const int end = min(n_ctx, start + chunk);
-    const int len = end - start;
-    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
-
-    extern __shared__ float smem[];
-    float* s_p = smem;                       // [kRep][chunk]: scores, then probabilities
-    float* s_red = smem + kRep * chunk_cap;  // [kDecodeWarps][kRep][hd]
-    __shared__ float s_m[kRep], s_l[kRep];
-
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane % kGroup, tok = lane / kGroup;
-
-    if constexpr (!kReuse) {
-        // Phase 1: scores of every cached token of the chunk for the block's heads.
-        float qr[kRep][kElems];
-#pragma unroll
-        for (int r = 0; r < kRep; ++r) {
-#pragma unroll
-            for (int i = 0; i < kElems; ++i) {
-                const int e = Map::Elem(g, i);
-                qr[r][i] = (r < nh && e < hd) ? q[t * q_ld + static_cast<int64_t>(h0 + r) * hd + e] : 0.f;
-            }
-        }
-        for (int base = start + warp * kTokPerWarp; base < end; base += kStride * kU) {
-            float kv[kU][kElems];
-#pragma unroll
-            for (int u = 0; u < kU; ++u) {
-                const int j = base + u * kStride + tok;
-                if (j < end) {
-                    Map::Load(k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd), g, hd, kv[u]);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < kElems; ++i) kv[u][i] = 0.f;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < kU; ++u) {
-                const int j = base + u * kStride + tok;
-#pragma unroll
-                for (int r = 0; r < kRep; ++r) {
-                    if (r >= nh) break;
-                    float dot = 0.f;
-#pragma unroll
-                    for (int i = 0; i < kElems; ++i) dot += qr[r][i] * kv[u][i];
-                    dot = GroupSum<kGroup>(dot) * scale;
-                    if (g == 0 && j < end) {
-                        s_p[r * chunk + (j - start)] = dot;
-                        if (probs != nullptr)
-                            probs[(static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + j] = dot;
-                    }
-                }
-            }
-        }
-        __syncthreads();
-        // Phase 2: per head, max and sum over the chunk; scores become exp(s - max).
-        for (int r = warp; r < nh; r += kDecodeWarps) {
-            float m = -FLT_MAX;
-            for (int j = lane; j < len; j += 32) m = fmaxf(m, s_p[r * chunk + j]);
-            m = WarpMax(m);
-            float l = 0.f;
-            for (int j = lane; j < len; j += 32) {
-                const float p = expf(s_p[r * chunk + j] - m);
-                s_p[r * chunk + j] = p;
-                l += p;
-            }
-            l = WarpSum(l);
-            if (lane == 0) {
-                s_m[r] = m;
-                s_l[r] = l;
-            }
-        }
-    } else {
-        // The anchor's probabilities for the chunk.
-        for (int idx = threadIdx.x; idx < nh * len; idx += kDecodeThreads) {
-            const int r = idx / len, j = idx % len;
-            s_p[r * chunk + j] = probs[(static_cast<int64_t>(t) * b.num_heads + h0 + r) * probs_ld + start + j];
-        }
-    }
-    __syncthreads();
-
-    // Phase 3: Σ_j p_j · V[j] per head.
-    float acc[kRep][kElems];
-#pragma unroll
-    for (int r = 0; r < kRep; ++r) {
-#pragma unroll
-        for (int i = 0; i < kElems; ++i) acc[r][i] = 0.f;
-    }
-    for (int base = start + warp * kTokPerWarp; base < end; base += kStride * kU) {
-        float vv[kU][kElems];
-#pragma unroll
-        for (int u = 0; u < kU; ++u) {
-            const int j = base + u * kStride + tok;
-            if (j < end) {
-                Map::Load(v_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd), g, hd, vv[u]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < kElems; ++i) vv[u][i] = 0.f;
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < kU; ++u) {
-            const int j = base + u * kStride + tok;
-            if (j >= end) continue;
-#pragma unroll
-            for (int r = 0; r < kRep; ++r) {
-                if (r >= nh) break;
-                const float p = s_p[r * chunk + (j - start)];
-#pragma unroll
-                for (int i = 0; i < kElems; ++i) acc[r][i] += p * vv[u][i];
-            }
-        }
-    }
-    // Reduce over the token groups of the warp, then over the warps.
-#pragma unroll
-    for (int r = 0; r < kRep; ++r) {
-#pragma unroll
-        for (int i = 0; i < kElems; ++i) {
-#pragma unroll
-            for (int off = kGroup; off < 32; off <<= 1) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], off);
-        }
-    }
-    if (tok == 0) {
-#pragma unroll
-        for (int r = 0; r < kRep; ++r) {
-            if (r >= nh) break;
-#pragma unroll
-            for (int i = 0; i < kElems; ++i) {
-                const int e = Map::Elem(g, i);
-                if (e < hd) s_red[(warp * kRep + r) * hd + e] = acc[r][i];
-            }
-        }
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nh * hd; idx += kDecodeThreads) {
-        const int r = idx / hd, e = idx % hd;
-        float sum = 0.f;
-#pragma unroll
-        for (int w = 0; w < kDecodeWarps; ++w) sum += s_red[(w * kRep + r) * hd + e];
-        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h0 + r;
-        if (num_splits == 1) {
-            const float l = kReuse ? 1.0f : s_l[r];
-            out[t * out_ld + static_cast<int64_t>(h0 + r) * hd + e] = sum / l;
-            if (!kReuse && e == 0 && stats != nullptr) {
-                stats[row * 2] = s_m[r];
-                stats[row * 2 + 1] = s_l[r];
-            }
-        } else {
-            const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h0 + r) * max_splits + split;
-            part_acc[part * hd + e] = sum;
-            if (!kReuse && e == 0) {
-                part_ml[part * 2] = s_m[r];
-                part_ml[part * 2 + 1] = s_l[r];
-            }
-        }
-    }
-}
-
 // grid (num_seqs · num_heads): merges the splits of a decode token's row, in split order.
 // kReuse: plain sums.
 template <bool kReuse>
@@ -685,9 +489,9 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     }
 }
 
-// How a decode launch is cut: query heads per block, the largest chunk and the most splits of any token.
+// How a decode launch is cut: query heads per block and the most splits of any token.
 struct DecodePlan {
-    int heads_per_block, head_groups, chunk_cap, max_splits;
+    int heads_per_block, head_groups, max_splits;
 };
 
 DecodePlan PlanDecode(const PagedBatch& b) {
@@ -695,15 +499,12 @@ DecodePlan PlanDecode(const PagedBatch& b) {
     const int n_rep = b.num_heads / b.num_kv_heads;
     p.head_groups = b.heads_per_block == 1 ? n_rep : (n_rep + kMaxRep - 1) / kMaxRep;
     p.heads_per_block = (n_rep + p.head_groups - 1) / p.head_groups;
-    p.chunk_cap = ChunkFor(b.max_context_len);  // ChunkFor is non-decreasing in n_ctx
     p.max_splits = std::max(kTargetSplits + 1, (b.max_context_len + kMaxChunk - 1) / kMaxChunk);
     return p;
 }
 
-size_t DecodeSmem(const DecodePlan& p, int head_dim) {
-    return sizeof(float) *
-           (static_cast<size_t>(kMaxRep) * p.chunk_cap + static_cast<size_t>(kDecodeWarps) * kMaxRep * head_dim);
-}
+// The stream kernel's cross-warp merge: [kDecodeWarps][kMaxRep][head_dim] partial outputs and (max, sum).
+size_t DecodeSmem(int head_dim) { return sizeof(float) * kDecodeWarps * kMaxRep * (head_dim + 2); }
 
 size_t PrefillSmem(int head_dim) {
     return sizeof(float) * (static_cast<size_t>(kBq + kBk) * (head_dim + 1) + static_cast<size_t>(kBq) * (kBk + 1));
@@ -714,40 +515,25 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
                   float* probs, int64_t probs_ld, const AttentionWorkspace& ws, cudaStream_t stream) {
     const DecodePlan p = PlanDecode(b);
     const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
-    const size_t smem = DecodeSmem(p, b.head_dim);
+    const size_t smem = DecodeSmem(b.head_dim);
     auto launch = [&](auto kernel) {
-        kernel<<<grid, kDecodeThreads, smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.chunk_cap, p.max_splits,
-                                                       out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld);
+        kernel<<<grid, kDecodeThreads, smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.max_splits, out, out_ld,
+                                                       ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld);
     };
     // Lane groups: 16-byte loads per lane where head_dim allows.
     constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
     constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
     const bool mha = p.heads_per_block == 1;
-    if (b.decode_variant != 1) {
-        const size_t stream_smem = sizeof(float) * kDecodeWarps * kMaxRep * (b.head_dim + 2);
-        auto launch2 = [&](auto kernel) {
-            kernel<<<grid, kDecodeThreads, stream_smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.chunk_cap,
-                                                                  p.max_splits, out, out_ld, ws.part_acc, ws.part_ml,
-                                                                  ws.stats, probs, probs_ld);
-        };
-        if (b.head_dim == 128) {
-            mha ? launch2(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)
-                : launch2(DecodeStreamKernel<T, 128, kG128, kMaxRep, kReuse>);
-        } else if (b.head_dim == 64) {
-            mha ? launch2(DecodeStreamKernel<T, 64, kG64, 1, kReuse>)
-                : launch2(DecodeStreamKernel<T, 64, kG64, kMaxRep, kReuse>);
-        } else {
-            mha ? launch2(DecodeStreamKernel<T, 0, 32, 1, kReuse>)
-                : launch2(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
-        }
-    } else if (b.head_dim == 128) {
-        mha ? launch(DecodeKernel<T, 128, kG128, 1, kReuse>) : launch(DecodeKernel<T, 128, kG128, kMaxRep, kReuse>);
+    if (b.head_dim == 128) {
+        mha ? launch(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)
+            : launch(DecodeStreamKernel<T, 128, kG128, kMaxRep, kReuse>);
     } else if (b.head_dim == 64) {
-        mha ? launch(DecodeKernel<T, 64, kG64, 1, kReuse>) : launch(DecodeKernel<T, 64, kG64, kMaxRep, kReuse>);
+        mha ? launch(DecodeStreamKernel<T, 64, kG64, 1, kReuse>)
+            : launch(DecodeStreamKernel<T, 64, kG64, kMaxRep, kReuse>);
     } else {
-        mha ? launch(DecodeKernel<T, 0, 32, 1, kReuse>) : launch(DecodeKernel<T, 0, 32, kMaxRep, kReuse>);
+        mha ? launch(DecodeStreamKernel<T, 0, 32, 1, kReuse>) : launch(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
     }
-    UA_CUDA_CHECK_LAUNCH(DecodeKernel);
+    UA_CUDA_CHECK_LAUNCH(DecodeStreamKernel);
     if (b.max_context_len > kMinChunk) {  // some token may have several splits
         CombineKernel<kReuse><<<b.num_seqs * b.num_heads, 128, 0, stream>>>(ws.part_acc, ws.part_ml, p.max_splits, b,
                                                                             out, out_ld, ws.stats);

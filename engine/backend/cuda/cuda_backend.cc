@@ -352,7 +352,6 @@ class CudaBackend final : public Backend {
         b.num_heads = num_heads;
         b.num_kv_heads = plane.num_kv_heads;
         b.head_dim = plane.head_dim;
-        b.decode_variant = options_.decode_variant;
         b.heads_per_block = options_.decode_heads_per_block;
         return b;
     }

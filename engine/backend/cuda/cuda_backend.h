@@ -13,13 +13,11 @@ struct CudaBackendOptions {
     int device = 0;
     DType weight_dtype = DType::kF16;
     DType kv_dtype = DType::kF16;
-    // Kernel variants, for benchmarks and tests (the defaults are the fastest measured).
-    int gemv_variant = 1;  // 1: a warp per weight row; 2: split-K blocks of 4 rows
-    int gemm_ksplit = 0;   // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
+    // Tuning knobs, for benchmarks and tests (the defaults are the fastest measured).
+    int gemm_ksplit = 0;  // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
     // RmsNorm / SwiGLU fused into the loads of 1-2 row GEMVs. Off: measured slower on an H200 (the
     // transform is recomputed for every output row; docs/gpu-notes.md).
     bool fuse_gemv_inputs = false;
-    int decode_variant = 2;  // 1: three-phase decode attention; 2: streaming online softmax
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;

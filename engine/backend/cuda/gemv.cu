@@ -1,11 +1,8 @@
 // Matrix-vector products for decode steps of one or two rows: weight-bandwidth bound, 16-byte weight
 // loads with several in flight per lane, fp32 x read directly (exact products, fp32 accumulation: no
-// activation rounding). Two layouts of the work:
-//   variant 1 (default): one warp streams one weight row; 81-93% of the copy bandwidth for Llama-2-7B
-//                shapes on an H200;
-//   variant 2:   a block owns kOuts rows and all its threads split the input dimension (kOuts ·
-//                kSplitUnroll loads in flight per lane); predicted better for 4096-row matrices, measured
-//                44-56% on the same card, kept for comparison.
+// activation rounding). One warp streams one weight row: 72-93% of the copy bandwidth for Llama-2-7B shapes
+// on an H200. (Blocks of 4 rows with the input dimension split over the block were measured at 44-56% and
+// dropped; docs/gpu-notes.md.)
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -120,120 +117,14 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
     }
 }
 
-constexpr int kSplitThreads = 256;
-constexpr int kOuts = 4;         // output rows per block
-constexpr int kSplitUnroll = 2;  // 16-byte chunks per row per lane per iteration
-
-// grid ceil(out / kOuts), kSplitThreads threads.  x [kRows, in] fp32, w [out, in], y [kRows, out] fp32
-template <typename WT, int kRows, bool kVector>
-__global__ __launch_bounds__(kSplitThreads) void GemvSplitKKernel(const float* __restrict__ x, int64_t x_ld,
-                                                                  const WT* __restrict__ w, int64_t w_ld, int64_t n_out,
-                                                                  int64_t n_in, float* __restrict__ y, int64_t y_ld,
-                                                                  bool accumulate) {
-    constexpr int kVec = kVector ? 16 / sizeof(WT) : 1;
-    __shared__ float partial[kSplitThreads / 32][kOuts * kRows];
-    const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kOuts;
-    const int nout = static_cast<int>(n_out - o0 < kOuts ? n_out - o0 : kOuts);
-    float acc[kOuts][kRows];
-#pragma unroll
-    for (int o = 0; o < kOuts; ++o) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[o][r] = 0.f;
-    }
-    const WT* wr[kOuts];
-#pragma unroll
-    for (int o = 0; o < kOuts; ++o) wr[o] = w + (o0 + (o < nout ? o : 0)) * w_ld;
-    const int64_t n_vec = n_in / kVec;
-    for (int64_t c = threadIdx.x; c < n_vec; c += kSplitThreads * kSplitUnroll) {
-        float wf[kSplitUnroll][kOuts][kVec];
-#pragma unroll
-        for (int u = 0; u < kSplitUnroll; ++u) {
-            const int64_t cu = c + u * kSplitThreads;
-#pragma unroll
-            for (int o = 0; o < kOuts; ++o) {
-                if (cu < n_vec) {
-                    LoadFloats<WT, kVec>(wr[o] + cu * kVec, wf[u][o]);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < kVec; ++i) wf[u][o][i] = 0.f;
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < kSplitUnroll; ++u) {
-            const int64_t cu = c + u * kSplitThreads;
-            if (cu >= n_vec) break;
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-                float xf[kVec];
-                if constexpr (kVector) {
-                    const float4* xv = reinterpret_cast<const float4*>(x + r * x_ld + cu * kVec);
-#pragma unroll
-                    for (int q = 0; q < kVec / 4; ++q) {
-                        const float4 v = __ldg(xv + q);
-                        xf[4 * q] = v.x, xf[4 * q + 1] = v.y, xf[4 * q + 2] = v.z, xf[4 * q + 3] = v.w;
-                    }
-                } else {
-                    xf[0] = x[r * x_ld + cu];
-                }
-#pragma unroll
-                for (int o = 0; o < kOuts; ++o) {
-#pragma unroll
-                    for (int i = 0; i < kVec; ++i) acc[o][r] += xf[i] * wf[u][o][i];
-                }
-            }
-        }
-    }
-    for (int64_t i = n_vec * kVec + threadIdx.x; i < n_in; i += kSplitThreads) {
-#pragma unroll
-        for (int o = 0; o < kOuts; ++o) {
-            const float wv = ToFloat(wr[o][i]);
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) acc[o][r] += x[r * x_ld + i] * wv;
-        }
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 0; o < kOuts; ++o) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-            const float v = WarpSum(acc[o][r]);
-            if (lane == 0) partial[warp][o * kRows + r] = v;
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x < kOuts * kRows) {
-        const int o = threadIdx.x / kRows, r = threadIdx.x % kRows;
-        if (o < nout) {
-            float s = 0.f;
-#pragma unroll
-            for (int i = 0; i < kSplitThreads / 32; ++i) s += partial[i][threadIdx.x];
-            float* dst = y + r * y_ld + o0 + o;
-            *dst = accumulate ? *dst + s : s;
-        }
-    }
-}
-
 template <typename WT, int kRows, int kXform>
 void LaunchGemv(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld,
-                bool accumulate, int variant, cudaStream_t stream) {
+                bool accumulate, cudaStream_t stream) {
     constexpr int kVec = 16 / sizeof(WT);
     const bool vector = reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % kVec == 0 &&
                         reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && (kRows == 1 || in.x_ld % 4 == 0) &&
                         (kXform != kRmsNorm || reinterpret_cast<uintptr_t>(in.g) % 16 == 0) &&
                         (kXform != kSiluMul || n_in % 4 == 0);
-    if (variant == 2 && kXform == kPlain) {
-        const unsigned grid = CeilDiv(n_out, kOuts);
-        if (vector) {
-            GemvSplitKKernel<WT, kRows, true>
-                <<<grid, kSplitThreads, 0, stream>>>(in.x, in.x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
-        } else {
-            GemvSplitKKernel<WT, kRows, false>
-                <<<grid, kSplitThreads, 0, stream>>>(in.x, in.x_ld, w, w_ld, n_out, n_in, y, y_ld, accumulate);
-        }
-        UA_CUDA_CHECK_LAUNCH(GemvSplitKKernel);
-        return;
-    }
     const unsigned grid = CeilDiv(n_out, kWarpsPerBlock);
     if (vector) {
         GemvKernel<WT, kRows, true, kXform>
@@ -247,42 +138,42 @@ void LaunchGemv(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int6
 
 template <typename WT, int kXform>
 void GemvRows(const GemvIn& in, int rows, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y,
-              int64_t y_ld, bool accumulate, int variant, cudaStream_t stream) {
+              int64_t y_ld, bool accumulate, cudaStream_t stream) {
     static_assert(kGemvMaxRows == 2, "one instantiation per row count");
     if (rows == 1) {
-        LaunchGemv<WT, 1, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, variant, stream);
+        LaunchGemv<WT, 1, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, stream);
     } else {
-        LaunchGemv<WT, 2, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, variant, stream);
+        LaunchGemv<WT, 2, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, stream);
     }
 }
 
 template <int kXform>
 void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out, int64_t n_in,
-                  float* y, int64_t y_ld, bool accumulate, int variant, cudaStream_t stream) {
+                  float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
     if (rows == 0 || n_out == 0) return;
-    UA_DISPATCH_DTYPE(w_dtype, T,
-                      GemvRows<T, kXform>(in, rows, static_cast<const T*>(w), w_ld, n_out, n_in, y, y_ld, accumulate,
-                                          variant, stream));
+    UA_DISPATCH_DTYPE(
+        w_dtype, T,
+        GemvRows<T, kXform>(in, rows, static_cast<const T*>(w), w_ld, n_out, n_in, y, y_ld, accumulate, stream));
 }
 
 }  // namespace
 
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant) {
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
     GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
-                         variant, stream);
+                         stream);
 }
 
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
               int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
-    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate, 1,
+    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
                            stream);
 }
 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
                  int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
     GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
-                           accumulate, 1, stream);
+                           accumulate, stream);
 }
 
 }  // namespace uniattn::cuda

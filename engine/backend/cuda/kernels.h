@@ -65,11 +65,9 @@ void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t
 // Matrix-vector products for few rows, reading fp32 x directly (exact products, fp32 accumulation):
 //   y[t, o] = (accumulate ? y[t, o] : 0) + Σ_i x[t, i] · w[o, i]
 //   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16), y [rows, out] fp32; rows <= kGemvMaxRows
-// variant 1 (default): a warp per weight row; 2: blocks of 4 rows with the input dimension split over
-// the block (see gemv.cu; measured slower on H200).
 constexpr int kGemvMaxRows = 2;
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream, int variant = 1);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
 // Gemv of RmsNorm(x) with the norm fused into the loads (no normalised copy of x is written):
 //   y[t, o] (+)= Σ_i x[t, i] g[i] w[o, i] / rms(x[t])       norm_w g [in] fp32
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
@@ -95,7 +93,6 @@ struct PagedBatch {
     int num_heads = 0;
     int num_kv_heads = 0;
     int head_dim = 0;
-    int decode_variant = 2;   // 1: three-phase kernel (scores in shared memory); 2: streaming online softmax
     int heads_per_block = 0;  // decode: query heads per block, 0 = up to kMaxRep, 1 = one
 };
 

@@ -360,7 +360,8 @@ def main(argv=None):
             entry["val_loss"] = validate(loss_fn, model, val)
         if tok_docs:
             entry["eval_perplexity"] = perplexity(model, tok_docs, device, autocast)
-        log(f"{tag}: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.items()))
+        log(f"{tag}: " + (", ".join(f"{k} {v:.4f}" for k, v in entry.items()) or
+                          "no validation set (the corpus is too small to hold any apart; see --eval-text)"))
         summary[tag] = entry
 
     if tok_docs and teacher is not None:

@@ -41,7 +41,7 @@ run() {  # label binary
   t0=$(date +%s)
   log="$(dirname "$2")/../$(basename "$2").$1.log"
   if "$2" "${filter[@]}" >"$log" 2>&1; then
-    echo "sanitize: $1 $(basename "$2"): $(grep -o '\[  PASSED  \] [0-9]* tests\?' "$log" | tail -1) in $(($(date +%s) - t0)) s"
+    echo "sanitize: $1 $(basename "$2"): $(grep -o 'PASSED.*' "$log" | tail -1) in $(($(date +%s) - t0)) s"
   else
     status=1
     echo "sanitize: $1 $(basename "$2") FAILED; the last lines of $log:" >&2

@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
     std::vector<float> all, part;
     for (size_t done = 0; done < tokens.size(); done += chunk) {
         const std::vector<int32_t> piece(tokens.begin() + done, tokens.begin() + std::min(tokens.size(), done + chunk));
-        if (uniattn::Status s = (*session)->Append(piece, /*all_logits=*/true, &part); !s.ok()) return Fail(s.message());
+        if (uniattn::Status s = (*session)->Append(piece, /*all_logits=*/true, &part); !s.ok())
+            return Fail(s.message());
         all.insert(all.end(), part.begin(), part.end());
     }
     std::ofstream out(argv[3], std::ios::binary);

@@ -60,7 +60,7 @@ describe("completions", () => {
   });
 
   it("n > 1 gives n choices; a seed makes sampling reproducible", async () => {
-    const req = { model: server.model, prompt: PROMPT, max_tokens: 8, temperature: 1.0, n: 3, seed: 1234 };
+    const req = { model: server.model, prompt: PROMPT, max_tokens: 6, temperature: 1.0, n: 3, seed: 1234 };
     const a = await client.completions.create(req);
     const b = await client.completions.create(req);
     assert.equal(a.choices.length, 3);
@@ -72,13 +72,11 @@ describe("completions", () => {
       a.choices.map((c) => c.text),
       b.choices.map((c) => c.text),
     );
-    const other = await client.completions.create({ ...req, seed: 99, n: 1 });
-    assert.equal(typeof other.choices[0].text, "string");
-    assert.ok(a.usage.completion_tokens > 0 && a.usage.completion_tokens <= 3 * 8);
+    assert.ok(a.usage.completion_tokens > 0 && a.usage.completion_tokens <= 3 * 6);
   });
 
   it("stop strings end the text and are not emitted", async () => {
-    const free = await client.completions.create({ model: server.model, prompt: PROMPT, max_tokens: 24, temperature: 0 });
+    const free = await client.completions.create({ model: server.model, prompt: PROMPT, max_tokens: 16, temperature: 0 });
     const text = free.choices[0].text;
     // Stop at the second word of the greedy continuation.
     const words = text.trim().split(/\s+/);
@@ -87,7 +85,7 @@ describe("completions", () => {
     const cut = await client.completions.create({
       model: server.model,
       prompt: PROMPT,
-      max_tokens: 24,
+      max_tokens: 16,
       temperature: 0,
       stop: [stop, "zzzz-never"],
     });

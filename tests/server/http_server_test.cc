@@ -77,11 +77,13 @@ class HttpServerTest : public ::testing::Test {
         return Read(s, buf);
     }
 
+    // Destroyed bottom-up, as in main.cc: the io_context (and the connections it still holds) before the
+    // serving state and the engine they refer to.
+    std::unique_ptr<testing::FakeEngine> engine_;
+    std::unique_ptr<ServingState> state_;
     net::io_context ioc_;
     net::executor_work_guard<net::io_context::executor_type> work_ = net::make_work_guard(ioc_);
     net::io_context client_ioc_;
-    std::unique_ptr<testing::FakeEngine> engine_;
-    std::unique_ptr<ServingState> state_;
     std::unique_ptr<HttpServer> server_;
     std::thread thread_;
 };

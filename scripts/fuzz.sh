@@ -5,36 +5,20 @@
 # crash, leak, sanitizer report or timeout.
 #   FUZZ_SECONDS      seconds per target (default 30)
 #   FUZZ_TARGETS      targets to run (default: all that were built)
-#   FUZZ_BUILD_DIR    build dir (default build-fuzz)
+#   FUZZ_BUILD_DIR    build dir (default build-asan, shared with scripts/sanitize.sh: scripts/configure-asan.sh)
 #   FUZZ_JOBS         build parallelism (default nproc)
 # Crash inputs are written to $FUZZ_BUILD_DIR/artifacts/<target>/; new corpus entries stay in
 # $FUZZ_BUILD_DIR/corpus/<target>/ (the checked-in corpus is only read).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-build="${FUZZ_BUILD_DIR:-build-fuzz}"
+build="${FUZZ_BUILD_DIR:-build-asan}"
 seconds="${FUZZ_SECONDS:-30}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
 all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_detokenize"
 
-cxx=$(command -v clang++ || command -v clang++-14 || true)
-cc=$(command -v clang || command -v clang-14 || true)
-if [ -z "$cxx" ] || [ -z "$cc" ]; then
-  echo "fuzz: clang is required (apt-get install clang libclang-rt-14-dev)" >&2
-  exit 1
-fi
-
 t0=$(date +%s)
-mkdir -p "$build"
-cmake -S . -B "$build" -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
-  -DUNIATTN_FUZZ=ON -DUNIATTN_TESTS=ON -DUNIATTN_CUDA=OFF -DUNIATTN_SERVER=OFF \
-  -DUNIATTN_SANITIZE=address,undefined \
-  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined" \
-  -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" >"$build/configure.log" 2>&1 || {
-  cat "$build/configure.log" >&2
-  exit 1
-}
+scripts/configure-asan.sh "$build"
 cmake --build "$build" --target fuzzers -j "$jobs"
 t1=$(date +%s)
 echo "fuzz: built in $((t1 - t0)) s"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the unit tests under sanitizers (issue 7):
-#   build-asan: engine_tests + scheduler_tests (+ server_tests with SANITIZE_SERVER=1) under
-#               AddressSanitizer + UndefinedBehaviorSanitizer (leak checking on, UB fatal);
+#   build-asan: engine_tests + scheduler_tests under AddressSanitizer + UndefinedBehaviorSanitizer (leak
+#               checking on, UB fatal), clang, the build dir scripts/fuzz.sh also uses
+#               (scripts/configure-asan.sh); SANITIZE_SERVER=1 adds server_tests in build-asan-server (GCC);
 #   build-tsan: scheduler_tests (the engine thread, request queue and streaming callbacks) under
 #               ThreadSanitizer.
 # OpenMP: libgomp is not instrumented, so TSan cannot see its synchronisation; the tests run with
@@ -59,12 +60,18 @@ for w in $which; do
         server=ON
         targets+=(server_tests)
       fi
-      configure build-asan address,undefined "$server"
-      cmake --build build-asan --target "${targets[@]}" -j "$jobs"
+      if [ "$server" = ON ]; then
+        dir=build-asan-server  # GCC; the server needs gRPC, which the shared clang dir leaves out
+        configure "$dir" address,undefined ON
+      else
+        dir=build-asan  # clang, shared with scripts/fuzz.sh so the engine is compiled with ASan once
+        scripts/configure-asan.sh "$dir"
+      fi
+      cmake --build "$dir" --target "${targets[@]}" -j "$jobs"
       echo "sanitize: asan built in $(($(date +%s) - t0)) s"
       export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
       export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-      for t in "${targets[@]}"; do run asan "build-asan/bin/$t"; done
+      for t in "${targets[@]}"; do run asan "$dir/bin/$t"; done
       ;;
     tsan)
       t0=$(date +%s)

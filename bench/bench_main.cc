@@ -6,6 +6,8 @@
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //
+//   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
+//
 // Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, spec §1). Decode cases are
 // batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
 // the values) and every step appends one token per sequence. Prefill cases run one sequence of N tokens
@@ -34,6 +36,9 @@
 #include "util/flags.h"
 #ifdef UNIATTN_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
+#endif
+#ifdef UNIATTN_HAVE_SERVE_BENCH
+#include "bench/serve_bench.h"
 #endif
 
 namespace uniattn {
@@ -406,4 +411,14 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace uniattn
 
-int main(int argc, char** argv) { return uniattn::Main(argc, argv); }
+int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "serve") {
+#ifdef UNIATTN_HAVE_SERVE_BENCH
+        return uniattn::bench::ServeBenchMain(argc - 1, argv + 1);
+#else
+        std::fprintf(stderr, "uniattn-bench: built without `serve` (needs Boost.Beast, nlohmann-json and CLI11)\n");
+        return 2;
+#endif
+    }
+    return uniattn::Main(argc, argv);
+}

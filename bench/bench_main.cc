@@ -5,6 +5,7 @@
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
+//                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
 //
@@ -12,6 +13,10 @@
 // batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
 // the values) and every step appends one token per sequence. Prefill cases run one sequence of N tokens
 // in one chunk.
+//
+// --sampling: what a decode step does with its logits. none (the default): copies them to the host and
+// stops there. host: copies them and runs the host Sampler per row (temperature 0.8, top-p 0.95). device:
+// the same selection on the device (Backend::SampleRows), only tokens come back.
 //
 // Reported per case: decode ms per step (median), output tokens/s, KV bytes per token, bytes a step must
 // read (weights except the embedding table, plus the KV of every cached token), achieved bytes/s and its
@@ -31,6 +36,7 @@
 #include "model/forward.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "sampling/sampler.h"
 #include "uniattn/json.h"
 #include "util/file.h"
 #include "util/flags.h"
@@ -166,6 +172,7 @@ struct Env {
     double copy_bw, matmul_rate;
     int steps, warmup, block_size;
     uint64_t seed;
+    std::string sampling = "none";
 };
 
 // Parameters a decode step reads: every weight except the embedding table (only B rows of it are read;
@@ -202,6 +209,18 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
         for (int i = 0; i < per_seq; ++i) blocks[s].push_back(i * batch + s);  // interleaved pages
     }
     std::vector<float> logits(static_cast<size_t>(batch) * c.vocab_size);
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    for (int s = 0; s < batch && env.sampling != "none"; ++s) {
+        SamplingParams sp;
+        sp.temperature = 0.8f;
+        sp.top_p = 0.95f;
+        sp.want_logprob = false;
+        samplers.push_back(std::make_unique<Sampler>(sp, env.seed + s));
+    }
+    std::vector<SampleRowParams> rows(batch);
+    std::vector<LogitEdit> edits;
+    std::vector<SampleRowResult> results(batch);
+    const std::vector<int32_t> no_history;
     std::vector<double> times;
     for (int step = 0; step < env.warmup + env.steps; ++step) {
         ForwardInput in;
@@ -211,7 +230,20 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
         in.Finish();
         be->Synchronize();
         const auto t0 = Clock::now();
-        UA_RETURN_IF_ERROR(runner.Forward(in, *kv, logits.data()));  // ends with the logits copy: synchronous
+        if (env.sampling == "device") {
+            UA_RETURN_IF_ERROR(runner.Forward(in, *kv, nullptr));
+            for (int s = 0; s < batch; ++s) {
+                samplers[s]->Prepare(c.vocab_size, no_history, no_history, &rows[s], &edits);
+                rows[s].logits_row = s;
+            }
+            runner.SampleLogits(rows.data(), batch, edits.data(), 0, results.data());  // waits for the tokens
+        } else {
+            UA_RETURN_IF_ERROR(runner.Forward(in, *kv, logits.data()));  // ends with the logits copy: synchronous
+            for (int s = 0; s < static_cast<int>(samplers.size()); ++s) {
+                samplers[s]->Sample(logits.data() + static_cast<size_t>(s) * c.vocab_size, c.vocab_size, no_history,
+                                    no_history);
+            }
+        }
         if (step >= env.warmup) times.push_back(Seconds(t0, Clock::now()));
     }
     const double step_s = Median(times);
@@ -222,6 +254,7 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     Json j = Json::Object();
     j.Set("batch", Json::Int(batch));
     j.Set("context", Json::Int(ctx));
+    j.Set("sampling", Json::String(env.sampling));
     j.Set("ms_per_step", Json::Number(step_s * 1e3));
     j.Set("ms_per_step_min", Json::Number(*std::min_element(times.begin(), times.end()) * 1e3));
     j.Set("output_tokens_per_s", Json::Number(batch / step_s));
@@ -235,10 +268,10 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     char line[256];
     std::snprintf(
         line, sizeof(line),
-        "  decode  B=%-4d ctx=%-6d %9.3f ms/step %10.1f tok/s  %7.1f GB/s (%4.1f%% of copy)  floor %8.3f ms  x%.3f\n",
+        "  decode  B=%-4d ctx=%-6d %9.3f ms/step %10.1f tok/s  %7.1f GB/s (%4.1f%% of copy)  floor %8.3f ms  x%.3f%s\n",
         batch, ctx, step_s * 1e3, batch / step_s, bytes / step_s / 1e9,
-        env.copy_bw > 0 ? 100 * bytes / step_s / env.copy_bw : 0.0, floor_s * 1e3,
-        floor_s > 0 ? step_s / floor_s : 0.0);
+        env.copy_bw > 0 ? 100 * bytes / step_s / env.copy_bw : 0.0, floor_s * 1e3, floor_s > 0 ? step_s / floor_s : 0.0,
+        env.sampling == "none" ? "" : ("  sampling " + env.sampling).c_str());
     table += line;
     std::fputs(line, stdout);
     std::fflush(stdout);
@@ -292,7 +325,7 @@ int Fail(const Status& s) {
 
 int Main(int argc, char** argv) {
     Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
-                 "warmup", "block-size", "seed", "json", "decode-heads-per-block"},
+                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
@@ -344,6 +377,10 @@ int Main(int argc, char** argv) {
             static_cast<int>(*warmup),
             static_cast<int>(*block),
             static_cast<uint64_t>(*seed)};
+    env.sampling = flags.Get("sampling", "none");
+    if (env.sampling != "none" && env.sampling != "host" && env.sampling != "device") {
+        return Fail(InvalidArgument("--sampling: none, host or device, got \"" + env.sampling + "\""));
+    }
     env.copy_bw = CopyBandwidth(env.be);
     env.matmul_rate = prefills->empty() ? 0 : MatMulRate(env.be, *wd);
     char date[32];

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -253,6 +254,10 @@ class EngineImpl final : public Engine {
     std::unordered_map<uint64_t, std::pair<ActiveRequest*, int>> by_seq_;  // seq id -> (request, sample)
     std::vector<float> logits_;
     std::vector<float> logits_copy_;
+    bool device_sampling_ = false;
+    std::vector<SampleRowParams> sample_rows_;
+    std::vector<LogitEdit> sample_edits_;
+    std::vector<SampleRowResult> sample_results_;
     std::mt19937_64 seed_rng_{std::random_device{}()};
     int64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0;
 
@@ -291,14 +296,29 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
 
     // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
+    runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
     int64_t bytes = config.kv_cache_bytes;
     if (bytes == 0) {
-        if (config.backend != "cpu") {
-            return Unimplemented(
-                "kv_cache_memory_fraction is only implemented for the cpu backend; set kv_cache_bytes");
+        if (config.backend == "cpu") {
+            const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+            bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
+        } else {
+            // The weights are loaded; the step workspaces for the largest step are taken now, so the pool is
+            // a fraction of what is left after them. Backend workspaces (attention partials, GEMM splits,
+            // sampling scratch) and recorded graphs grow later, inside the remaining (1 - fraction).
+            UA_RETURN_IF_ERROR(runner_->ReserveWorkspace(config.max_num_batched_tokens,
+                                                         std::min(config.max_num_seqs, config.max_num_batched_tokens),
+                                                         max_model_len_));
+            const size_t free_bytes = backend_->FreeDeviceBytes();
+            if (free_bytes == 0) {
+                return Unimplemented("backend " + backend_->Name() +
+                                     " cannot report free device memory; set kv_cache_bytes");
+            }
+            bytes = static_cast<int64_t>(static_cast<double>(free_bytes) * config.kv_cache_memory_fraction);
+            std::fprintf(stderr, "uniattn: KV pool %.1f MiB = %.3f x %.1f MiB free device memory (%s)\n",
+                         static_cast<double>(bytes) / (1 << 20), config.kv_cache_memory_fraction,
+                         static_cast<double>(free_bytes) / (1 << 20), backend_->Description().c_str());
         }
-        const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
-        bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
     }
     const DType kv_dtype = backend_->KvDType();  // what KvCache::Create allocates
     const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
@@ -311,7 +331,17 @@ Status EngineImpl::Init(const EngineConfig& config) {
     UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks));
     UA_CHECK_EQ(kv_->bytes_per_block(), per_block);
     pool_tokens_ = num_blocks * config.block_size;
-    runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
+    switch (config.sampling_place) {
+        case EngineConfig::SamplingPlace::kAuto:
+            device_sampling_ = false;  // device selection is opt-in (kBackend) until verified on a GPU
+            break;
+        case EngineConfig::SamplingPlace::kHost:
+            device_sampling_ = false;
+            break;
+        case EngineConfig::SamplingPlace::kBackend:
+            device_sampling_ = true;
+            break;
+    }
     SchedulerConfig sc;
     sc.max_num_seqs = config.max_num_seqs;
     sc.max_num_batched_tokens = config.max_num_batched_tokens;
@@ -545,9 +575,9 @@ void EngineImpl::Step() {
     }
     CopyBlocks(out.block_copies);
     const int vocab = model_->config.vocab_size;
-    logits_.resize(in.logits_rows.size() * static_cast<size_t>(vocab));
+    if (!device_sampling_) logits_.resize(in.logits_rows.size() * static_cast<size_t>(vocab));
     const Clock::time_point t1 = Clock::now();
-    const Status status = runner_->Forward(in, *kv_, logits_.data());
+    const Status status = runner_->Forward(in, *kv_, device_sampling_ ? nullptr : logits_.data());
     const Clock::time_point t2 = Clock::now();
 
     std::vector<ActiveRequest*> touched;
@@ -563,14 +593,20 @@ void EngineImpl::Step() {
         for (ActiveRequest* req : touched) FailRequest(*req, error);
     } else {
         scheduler_->CompleteStep(out);
-        size_t row = 0;
+        // Every sample that draws a token this step, with its logits row, in the order tokens are taken.
+        struct Draw {
+            ActiveRequest* req;
+            int index;
+            int row;
+        };
+        std::vector<Draw> draws;
+        int row = 0;
         for (const ScheduledChunk& c : out.chunks) {
             if (!c.wants_logits) continue;
-            float* logits = logits_.data() + row++ * vocab;
             const uint64_t seq_id = c.seq->seq_id;
             auto [req, index] = by_seq_.at(seq_id);
             touched.push_back(req);
-            std::vector<int> indices = {index};
+            draws.push_back({req, index, row});
             if (c.seq->num_pending_forks > 0) {
                 // The prompt is computed: the other samples fork off and share its blocks; each draws its
                 // first token from the same logits with its own sampler.
@@ -581,16 +617,42 @@ void EngineImpl::Step() {
                     req->samples[next].seq_id = kid;
                     scheduler_->Find(kid)->sample_index = next;
                     by_seq_[kid] = {req, next};
-                    indices.push_back(next);
+                    draws.push_back({req, next, row});
                 }
-                logits_copy_.assign(logits, logits + vocab);
             }
-            for (size_t k = 0; k < indices.size(); ++k) {
-                if (k > 0) std::copy(logits_copy_.begin(), logits_copy_.end(), logits);
-                Sample& sample = req->samples[indices[k]];
+            ++row;
+        }
+        if (device_sampling_) {
+            sample_rows_.resize(draws.size());
+            sample_edits_.clear();
+            for (size_t k = 0; k < draws.size(); ++k) {
+                Sample& sample = draws[k].req->samples[draws[k].index];
+                sample.sampler->Prepare(vocab, draws[k].req->request.prompt_ids, sample.generated, &sample_rows_[k],
+                                        &sample_edits_);
+                sample_rows_[k].logits_row = draws[k].row;
+            }
+            sample_results_.resize(draws.size());
+            runner_->SampleLogits(sample_rows_.data(), static_cast<int>(draws.size()), sample_edits_.data(),
+                                  static_cast<int>(sample_edits_.size()), sample_results_.data());
+            for (size_t k = 0; k < draws.size(); ++k) {
+                OnToken(*draws[k].req, draws[k].index, Sampler::ToResult(sample_results_[k]), t2);
+            }
+        } else {
+            // Host sampling edits a row in place; samples after the first of a row draw from a fresh copy.
+            int copied_row = -1;
+            for (size_t k = 0; k < draws.size(); ++k) {
+                float* logits = logits_.data() + static_cast<size_t>(draws[k].row) * vocab;
+                const bool shared = k + 1 < draws.size() && draws[k + 1].row == draws[k].row;
+                if (shared && copied_row != draws[k].row) {
+                    logits_copy_.assign(logits, logits + vocab);
+                    copied_row = draws[k].row;
+                } else if (copied_row == draws[k].row) {
+                    std::copy(logits_copy_.begin(), logits_copy_.end(), logits);
+                }
+                Sample& sample = draws[k].req->samples[draws[k].index];
                 const SampleResult result =
-                    sample.sampler->Sample(logits, vocab, req->request.prompt_ids, sample.generated);
-                OnToken(*req, indices[k], result, t2);
+                    sample.sampler->Sample(logits, vocab, draws[k].req->request.prompt_ids, sample.generated);
+                OnToken(*draws[k].req, draws[k].index, result, t2);
             }
         }
     }

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <vector>
 
+#include "sampling/row_select.h"
+
 namespace uniattn {
 
 Tensor MakeTensor(void* data, DType dtype, int64_t rows, int64_t cols) { return Tensor{data, dtype, rows, cols, cols}; }
@@ -105,6 +107,31 @@ StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_
                            std::string() +
 #endif
                            ")");
+}
+
+void Backend::SampleRows(const Tensor& logits, const SampleRowParams* host_rows, int num_rows,
+                         const LogitEdit* host_edits, int num_edits, SampleRowResult* host_results) {
+    UA_CHECK(logits.dtype == DType::kF32);
+    const int vocab = static_cast<int>(logits.cols);
+    for (int r = 0; r < num_rows; ++r) {
+        const SampleRowParams& p = host_rows[r];
+        UA_CHECK(p.logits_row >= 0 && p.logits_row < logits.rows);
+        UA_CHECK(p.edit_start >= 0 && p.num_edits >= 0 && p.edit_start + p.num_edits <= num_edits);
+    }
+    // Copies first (a backend is driven by one thread), then the rows in parallel on the CPU's threads.
+    std::vector<float> rows(static_cast<size_t>(num_rows) * vocab);
+    for (int r = 0; r < num_rows; ++r) {
+        CopyToHost(rows.data() + static_cast<size_t>(r) * vocab, logits.Rows(host_rows[r].logits_row, 1).data,
+                   sizeof(float) * vocab);
+    }
+#pragma omp parallel for schedule(dynamic) if (num_rows > 1)
+    for (int r = 0; r < num_rows; ++r) {
+        const SampleRowParams& p = host_rows[r];
+        float* row = rows.data() + static_cast<size_t>(r) * vocab;
+        ApplyLogitEdits(row, vocab, host_edits + p.edit_start, p.num_edits, p.repetition_penalty);
+        std::vector<std::pair<float, int32_t>> scratch;
+        host_results[r] = SelectToken(row, vocab, p, &scratch);
+    }
 }
 
 }  // namespace uniattn

@@ -239,10 +239,33 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
             run();
         }
     } else if (!run()) {
+        last_num_logits_ = 0;
         return Status::Ok();
     }
-    if (num_logits == 0) return Status::Ok();
+    last_num_logits_ = num_logits;
+    if (num_logits == 0 || host_logits == nullptr) return Status::Ok();
     backend_->CopyToHost(host_logits, logits_->data(), sizeof(float) * logits_elems);
+    return Status::Ok();
+}
+
+void ModelRunner::SampleLogits(const SampleRowParams* rows, int num_rows, const LogitEdit* edits, int num_edits,
+                               SampleRowResult* results) {
+    if (num_rows == 0) return;
+    UA_CHECK(logits_ != nullptr && last_num_logits_ > 0);
+    const Tensor logits = MakeTensor(logits_->data(), DType::kF32, last_num_logits_, model_->config.vocab_size);
+    backend_->SampleRows(logits, rows, num_rows, edits, num_edits, results);
+}
+
+Status ModelRunner::ReserveWorkspace(int max_tokens, int max_logits, int max_context) {
+    const int64_t block_rows = static_cast<int64_t>(max_tokens) * (max_context / 16 + 2);  // tables, generously
+    const size_t meta_bytes =
+        sizeof(int32_t) * (4 * static_cast<size_t>(max_tokens) + 2 + block_rows) + sizeof(int64_t) * max_tokens + 64;
+    UA_RETURN_IF_ERROR(Reserve(max_tokens, max_logits, max_context, meta_bytes));
+    const size_t logits_bytes = sizeof(float) * static_cast<size_t>(max_logits) * model_->config.vocab_size;
+    if (!logits_ || logits_->bytes() < logits_bytes) {
+        UA_ASSIGN_OR_RETURN(logits_, backend_->Alloc(logits_bytes));
+        ++generation_;
+    }
     return Status::Ok();
 }
 

@@ -54,8 +54,17 @@ class ModelRunner {
     // Decode-only steps replay recorded device graphs when the backend can record them (default on).
     void SetUseGraphs(bool use) { use_graphs_ = use; }
 
-    // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory).
+    // Runs the step and writes logits [logits_rows.size(), vocab] to host_logits (host memory); with
+    // host_logits null they stay on the device for SampleLogits.
     Status Forward(const ForwardInput& in, KvCache& kv, float* host_logits);
+    // Selects tokens from the last Forward's logits on the backend (Backend::SampleRows); rows name logits
+    // rows by their index in that step's logits_rows. Only parameters and results cross to the host.
+    void SampleLogits(const SampleRowParams* rows, int num_rows, const LogitEdit* edits, int num_edits,
+                      SampleRowResult* results);
+    // Allocates the step workspaces for up to `max_tokens` tokens, `max_logits` logits rows and contexts of
+    // `max_context` tokens now, so that free device memory measured afterwards (KV pool sizing) leaves room
+    // for them. Optional: Forward grows them on demand.
+    Status ReserveWorkspace(int max_tokens, int max_logits, int max_context);
 
   private:
     // A recorded decode step is valid for one batch size, context bucket, table width and KV cache, as long
@@ -80,6 +89,7 @@ class ModelRunner {
     std::unique_ptr<DeviceBuffer> meta_;
     std::unique_ptr<DeviceBuffer> logits_;
     int cap_tokens_ = 0, cap_logits_ = 0;
+    int last_num_logits_ = 0;
     int64_t cap_probs_ = 0;
     size_t cap_meta_ = 0;
     bool use_graphs_ = true;

@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <unordered_map>
-#include <unordered_set>
+
+#include "sampling/row_select.h"
 
 namespace uniattn {
 
@@ -32,112 +33,68 @@ Status SamplingParams::Validate(int vocab_size) const {
 Sampler::Sampler(const SamplingParams& params, uint64_t fallback_seed)
     : params_(params), rng_(params.seed.value_or(fallback_seed)) {}
 
-SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t>& prompt,
-                             const std::vector<int32_t>& generated) {
+void Sampler::Prepare(int vocab, const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated,
+                      SampleRowParams* row, std::vector<LogitEdit>* edits) {
     const SamplingParams& p = params_;
-    for (const auto& [id, bias] : p.logit_bias) logits[id] += bias;
+    row->temperature = p.temperature;
+    row->top_k = p.top_k;
+    row->top_p = p.top_p;
+    row->use_min_p = p.min_p > 0.0f ? 1 : 0;
+    row->log_min_p = p.min_p > 0.0f ? std::log(p.min_p) : 0.0f;
+    row->repetition_penalty = p.repetition_penalty;
+    row->want_logprob = p.want_logprob || p.num_logprobs > 0 ? 1 : 0;
+    row->num_top = std::min(p.num_logprobs, kMaxTopLogprobs);
+    // 24 random bits: u is exactly representable as a float and its product with a weight sum is the same
+    // double on every backend.
+    row->u = static_cast<float>(rng_() >> 40) * 0x1.0p-24f;
+
+    // One edit per distinct token that any processor touches.
+    row->edit_start = static_cast<int32_t>(edits->size());
+    std::unordered_map<int32_t, size_t> at;
+    auto edit = [&](int32_t id) -> LogitEdit& {
+        auto [it, fresh] = at.emplace(id, edits->size());
+        if (fresh) {
+            edits->emplace_back();
+            edits->back().token_id = id;
+        }
+        return (*edits)[it->second];
+    };
+    for (const auto& [id, bias] : p.logit_bias) {
+        if (id >= 0 && id < vocab) edit(id).bias = bias;
+    }
     if (p.repetition_penalty != 1.0f) {
-        std::unordered_set<int32_t> seen(prompt.begin(), prompt.end());
-        seen.insert(generated.begin(), generated.end());
-        for (int32_t id : seen) {
-            if (id < 0 || id >= vocab) continue;
-            logits[id] = logits[id] > 0 ? logits[id] / p.repetition_penalty : logits[id] * p.repetition_penalty;
+        for (const std::vector<int32_t>* ids : {&prompt, &generated}) {
+            for (int32_t id : *ids) {
+                if (id >= 0 && id < vocab) edit(id).repeated = 1;
+            }
         }
     }
     if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
         std::unordered_map<int32_t, int> counts;
         for (int32_t id : generated) ++counts[id];
         for (const auto& [id, n] : counts) {
-            if (id < 0 || id >= vocab) continue;
-            logits[id] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+            if (id >= 0 && id < vocab)
+                edit(id).subtract = p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
         }
     }
+    row->num_edits = static_cast<int32_t>(edits->size()) - row->edit_start;
+}
 
-    // Log-softmax of the processed logits (at temperature 1) gives the reported logprobs.
-    float mx = -INFINITY;
-    int32_t argmax = 0;
-    for (int i = 0; i < vocab; ++i) {
-        if (logits[i] > mx) {
-            mx = logits[i];
-            argmax = i;
-        }
-    }
-    const bool need_logprobs = p.want_logprob || p.num_logprobs > 0;
-    double sum = 0;
-    if (need_logprobs) {
-        for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
-    }
-    const float log_z = need_logprobs ? mx + static_cast<float>(std::log(sum)) : 0.0f;
-    auto logprob = [&](int32_t id) { return need_logprobs ? logits[id] - log_z : 0.0f; };
+SampleResult Sampler::ToResult(const SampleRowResult& r) {
+    SampleResult out;
+    out.token = r.token;
+    out.logprob = r.logprob;
+    for (int i = 0; i < r.num_top; ++i) out.top.emplace_back(r.top_ids[i], r.top_logprobs[i]);
+    return out;
+}
 
-    SampleResult r;
-    if (p.temperature == 0.0f) {
-        r.token = argmax;
-    } else {
-        // Candidates sorted by logit; filters cut the tail; then draw from the renormalised rest.
-        scratch_.resize(vocab);
-        for (int i = 0; i < vocab; ++i) scratch_[i] = {logits[i], i};
-        size_t keep = vocab;
-        if (p.top_k > 0 && static_cast<size_t>(p.top_k) < keep) keep = p.top_k;
-        // The comparator is a strict total order, so sort and partial_sort give the same order; partial_sort's
-        // heap is several times slower when it has to order the whole vocabulary (top_k off).
-        auto by_logit = [](const auto& a, const auto& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-        };
-        if (keep == scratch_.size()) {
-            std::sort(scratch_.begin(), scratch_.end(), by_logit);
-        } else {
-            std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), by_logit);
-        }
-        const float inv_t = 1.0f / p.temperature;
-        std::vector<double> probs(keep);
-        double z = 0;
-        for (size_t i = 0; i < keep; ++i) {
-            probs[i] = std::exp(static_cast<double>((scratch_[i].first - scratch_[0].first) * inv_t));
-            z += probs[i];
-        }
-        for (double& x : probs) x /= z;
-        if (p.min_p > 0.0f) {
-            const double floor = p.min_p * probs[0];
-            size_t n = 1;
-            while (n < keep && probs[n] >= floor) ++n;
-            keep = n;
-        }
-        if (p.top_p < 1.0f) {
-            double cum = 0;
-            size_t n = 0;
-            while (n < keep) {
-                cum += probs[n++];
-                if (cum >= p.top_p) break;
-            }
-            keep = n;
-        }
-        double total = 0;
-        for (size_t i = 0; i < keep; ++i) total += probs[i];
-        std::uniform_real_distribution<double> u(0.0, total);
-        const double draw = u(rng_);
-        double acc = 0;
-        r.token = scratch_[keep - 1].second;
-        for (size_t i = 0; i < keep; ++i) {
-            acc += probs[i];
-            if (draw < acc) {
-                r.token = scratch_[i].second;
-                break;
-            }
-        }
-    }
-    r.logprob = logprob(r.token);
-    if (p.num_logprobs > 0) {
-        std::vector<std::pair<float, int32_t>> best;
-        best.reserve(vocab);
-        for (int i = 0; i < vocab; ++i) best.emplace_back(logits[i], i);
-        const size_t n = std::min<size_t>(p.num_logprobs, vocab);
-        std::partial_sort(best.begin(), best.begin() + n, best.end(), [](const auto& a, const auto& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
-        for (size_t i = 0; i < n; ++i) r.top.emplace_back(best[i].second, logprob(best[i].second));
-    }
-    return r;
+SampleResult Sampler::Sample(float* logits, int vocab, const std::vector<int32_t>& prompt,
+                             const std::vector<int32_t>& generated) {
+    SampleRowParams row;
+    edits_.clear();
+    Prepare(vocab, prompt, generated, &row, &edits_);
+    ApplyLogitEdits(logits, vocab, edits_.data(), row.num_edits, row.repetition_penalty);
+    return ToResult(SelectToken(logits, vocab, row, &scratch_));
 }
 
 }  // namespace uniattn

@@ -1,6 +1,7 @@
 // Per-request sampling: logits processors (bias, penalties), then greedy or temperature with
-// top-k / top-p / min-p filtering. Each request owns its RNG, so a seeded request draws the same
-// tokens whatever else runs in the batch.
+// top-k / top-p / min-p filtering, by the rule of row_select.h. Each request owns its RNG and draws one
+// uniform number per token from it, so a seeded request draws the same tokens whatever else runs in the
+// batch and on whichever backend selects (host: Sample; device: Prepare + Backend::SampleRows).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "uniattn/status.h"
 
 namespace uniattn {
@@ -42,14 +44,20 @@ struct SampleResult {
 class Sampler {
   public:
     Sampler(const SamplingParams& params, uint64_t fallback_seed);
-    // `logits` [vocab] is modified in place. `prompt` and `generated` feed the penalties.
+    // Host sampling: `logits` [vocab] is modified in place. `prompt` and `generated` feed the penalties.
     SampleResult Sample(float* logits, int vocab_size, const std::vector<int32_t>& prompt,
                         const std::vector<int32_t>& generated);
+    // Device sampling: fills `row` (all but logits_row) and appends the row's edits to `edits`, drawing the
+    // token's uniform number; Backend::SampleRows then selects. Sample = Prepare + the reference.
+    void Prepare(int vocab_size, const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated,
+                 SampleRowParams* row, std::vector<LogitEdit>* edits);
+    static SampleResult ToResult(const SampleRowResult& r);
 
   private:
     SamplingParams params_;
     std::mt19937_64 rng_;
     std::vector<std::pair<float, int32_t>> scratch_;
+    std::vector<LogitEdit> edits_;
 };
 
 }  // namespace uniattn

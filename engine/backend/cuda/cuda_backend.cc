@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -281,6 +282,34 @@ class CudaBackend final : public Backend {
         cuda::GatherRows(x.f32(), x.ld, rows, num_rows, x.cols, out.f32(), out.ld, stream_.get());
     }
 
+    void SampleRows(const Tensor& logits, const SampleRowParams* host_rows, int num_rows, const LogitEdit* host_edits,
+                    int num_edits, SampleRowResult* host_results) override {
+        if (num_rows == 0) return;
+        UA_CHECK(logits.dtype == DType::kF32);
+        bool any_edits = false;
+        for (int r = 0; r < num_rows; ++r) {
+            const SampleRowParams& p = host_rows[r];
+            UA_CHECK(p.logits_row >= 0 && p.logits_row < logits.rows);
+            UA_CHECK(p.edit_start >= 0 && p.num_edits >= 0 && p.edit_start + p.num_edits <= num_edits);
+            any_edits = any_edits || p.num_edits > 0;
+        }
+        // Parameters and edits go over in one copy; only the results come back.
+        const size_t rows_bytes = sizeof(SampleRowParams) * num_rows;
+        const size_t edits_bytes = sizeof(LogitEdit) * num_edits;
+        sample_staging_.resize(rows_bytes + edits_bytes);
+        std::memcpy(sample_staging_.data(), host_rows, rows_bytes);
+        if (edits_bytes > 0) std::memcpy(sample_staging_.data() + rows_bytes, host_edits, edits_bytes);
+        char* in = static_cast<char*>(Workspace(kWsSampleIn, sample_staging_.size()));
+        CopyToDevice(in, sample_staging_.data(), sample_staging_.size());
+        const int vocab = static_cast<int>(logits.cols);
+        float* work =
+            any_edits ? static_cast<float*>(Workspace(kWsSampleWork, sizeof(float) * num_rows * vocab)) : nullptr;
+        auto* out = static_cast<SampleRowResult*>(Workspace(kWsSampleOut, sizeof(SampleRowResult) * num_rows));
+        cuda::SampleRows(logits.f32(), logits.ld, vocab, num_rows, reinterpret_cast<const SampleRowParams*>(in),
+                         reinterpret_cast<const LogitEdit*>(in + rows_bytes), work, out, stream_.get());
+        CopyToHost(host_results, out, sizeof(SampleRowResult) * num_rows);
+    }
+
     bool CanCapture() const override { return true; }
     bool BeginCapture() override {
         UA_CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
@@ -320,7 +349,18 @@ class CudaBackend final : public Backend {
         return ks;
     }
 
-    enum WorkspaceSlot { kWsGather, kWsX16, kWsY2, kWsPartAcc, kWsPartMl, kWsStats, kNumWorkspaces };
+    enum WorkspaceSlot {
+        kWsGather,
+        kWsX16,
+        kWsY2,
+        kWsPartAcc,
+        kWsPartMl,
+        kWsStats,
+        kWsSampleIn,
+        kWsSampleWork,
+        kWsSampleOut,
+        kNumWorkspaces
+    };
 
     // A grow-only device buffer per slot.
     void* Workspace(WorkspaceSlot slot, size_t bytes) {
@@ -376,6 +416,7 @@ class CudaBackend final : public Backend {
     void* workspace_[kNumWorkspaces] = {};
     size_t workspace_bytes_[kNumWorkspaces] = {};
     std::vector<void*> retired_;
+    std::vector<char> sample_staging_;
 };
 
 }  // namespace

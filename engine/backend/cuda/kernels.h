@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "uniattn/safetensors.h"
 
 namespace uniattn::cuda {
@@ -116,6 +117,15 @@ void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_
 // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]
 void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
                     float* out, int64_t out_ld, const AttentionWorkspace& ws, cudaStream_t stream);
+
+// ---- sampling.cu ----
+
+// Token selection by the rule of sampling/row_select.h, one block per row:
+//   logits [*, vocab] fp32 (row stride ld); rows [num_rows], edits (indexed by rows[r].edit_start),
+//   results [num_rows]: device memory. work [num_rows, vocab] fp32 scratch holds the processed copy of each
+//   row that has edits (may be null when no row has any). The logits are not written.
+void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const SampleRowParams* rows,
+                const LogitEdit* edits, float* work, SampleRowResult* results, cudaStream_t stream);
 
 // Which head dimensions have a kernel (64, 128 specialised; others up to 128 through the generic one).
 bool AttentionSupportsHeadDim(int head_dim);

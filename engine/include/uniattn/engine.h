@@ -30,7 +30,13 @@ struct EngineConfig {
     int max_model_len = 0;                  // 0 = the model's max_position_embeddings
     bool enable_prefix_caching = true;
     int max_queued_requests = 1024;  // Submit returns kResourceExhausted past this many waiting requests
-    std::string model_name;          // served name; default: the directory's base name
+    // Where tokens are selected. kAuto: on the device for a device backend (CUDA: logits stay there, only
+    // tokens and logprobs reach the host), on the host for the CPU backend. kHost: always the host (the
+    // logits are copied over). kBackend: always Backend::SampleRows, the CPU backend's too (tests). Every
+    // place gives the same tokens for the same logits and seed (sampling/row_select.h).
+    enum class SamplingPlace { kAuto, kHost, kBackend };
+    SamplingPlace sampling_place = SamplingPlace::kAuto;
+    std::string model_name;  // served name; default: the directory's base name
 };
 
 // Sampling and stopping, per request. Ranges are checked at Submit (kInvalidArgument naming the field).

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -181,6 +182,19 @@ int Run(int argc, char** argv) {
         return 1;
     }
     engine = std::move(created).value();
+    // The engine serves a directory without tokenizer.model as token ids only (test models); the OpenAI API
+    // needs text both ways, so a missing tokenizer would answer every text prompt with an empty one.
+    const std::string tokenizer_path = config.engine.model_dir + "/tokenizer.model";
+    if (std::error_code ec; !std::filesystem::is_regular_file(tokenizer_path, ec)) {
+        spdlog::error("cannot load the model: {} not found", tokenizer_path);
+        std::fprintf(stderr,
+                     "uniattn-serve: %s: not found; text prompts, chat and text output need the model's tokenizer\n",
+                     tokenizer_path.c_str());
+        engine.reset();
+        if (grpc) grpc->Shutdown(std::chrono::milliseconds(0));
+        stop_io();
+        return 1;
+    }
     state.SetEngine(engine.get(), *chat_template);
     if (grpc) grpc->SetServing(true);
     const ModelInfo& info = engine->model_info();

@@ -68,6 +68,8 @@ Metrics::Metrics(const std::string& model_name, int max_model_len)
     kv_cache_usage_perc_ = gauge("uniattn:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent of blocks used.");
     kv_cache_bytes_ = gauge("uniattn:kv_cache_bytes", "KV-cache bytes held by running sequences.");
     kv_cache_bytes_total_ = gauge("uniattn:kv_cache_bytes_total", "Size of the KV-cache pool in bytes.");
+    kv_cache_blocks_used_ = gauge("uniattn:kv_cache_blocks_used", "KV blocks owned by running sequences.");
+    kv_cache_blocks_total_ = gauge("uniattn:kv_cache_blocks_total", "Size of the KV-cache pool in blocks.");
     kv_cache_blocks_cached_ =
         gauge("uniattn:kv_cache_blocks_cached", "Free KV blocks still holding reusable prefix-cache content.");
     kv_bytes_per_token_ = gauge("uniattn:kv_bytes_per_token", "KV bytes per token with this model's UniAttn layout.");
@@ -193,6 +195,8 @@ void Metrics::RefreshFromStats(const EngineStats& s) {
                                   : 0.0);
     kv_cache_bytes_->Set(static_cast<double>(s.kv_bytes_used));
     kv_cache_bytes_total_->Set(static_cast<double>(s.kv_bytes_total));
+    kv_cache_blocks_used_->Set(static_cast<double>(s.num_blocks_used));
+    kv_cache_blocks_total_->Set(static_cast<double>(s.num_blocks_total));
     kv_cache_blocks_cached_->Set(static_cast<double>(s.num_blocks_cached));
     engine_seconds_since_last_step_->Set(s.seconds_since_last_step);
     AddDelta(prompt_tokens_total_, s.prompt_tokens, last_.prompt_tokens);

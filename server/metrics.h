@@ -50,6 +50,8 @@ class Metrics {
     prometheus::Gauge* kv_cache_usage_perc_;
     prometheus::Gauge* kv_cache_bytes_;
     prometheus::Gauge* kv_cache_bytes_total_;
+    prometheus::Gauge* kv_cache_blocks_used_;
+    prometheus::Gauge* kv_cache_blocks_total_;
     prometheus::Gauge* kv_cache_blocks_cached_;
     prometheus::Gauge* kv_bytes_per_token_;
     prometheus::Gauge* kv_bytes_per_token_dense_;

@@ -42,6 +42,8 @@ TEST(MetricsTest, NamesBucketsAndCounters) {
                              "uniattn:request_generation_tokens_bucket",
                              "uniattn:iteration_tokens_total_bucket",
                              "uniattn:kv_cache_bytes",
+                             "uniattn:kv_cache_blocks_used",
+                             "uniattn:kv_cache_blocks_total",
                              "uniattn:kv_bytes_per_token",
                              "uniattn:kv_bytes_per_token_dense",
                              "uniattn:step_duration_seconds_bucket"}) {

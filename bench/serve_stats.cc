@@ -71,12 +71,12 @@ namespace {
 constexpr const char* kWords[] = {
     "the",  "and",  "a",      "to",     "was",    "he",    "she",    "it",   "of",    "in",    "day",   "dog",
     "cat",  "big",  "little", "girl",   "boy",    "happy", "sad",    "red",  "blue",  "green", "tree",  "house",
-    "park", "ball", "play",   "played", "friend", "mom",   "dad",    "sun",  "water", "bird",  "fish",  "car",
+    "park", "ball", "play",   "played", "friend", "mom",   "man",    "sun",  "water", "bird",  "fish",  "car",
     "book", "food", "good",   "new",    "old",    "small", "long",   "time", "one",   "two",   "three", "went",
     "saw",  "said", "looked", "found",  "made",   "came",  "ran",    "jump", "walk",  "very",  "with",  "they",
     "we",   "you",  "her",    "his",    "on",     "at",    "for",    "from", "up",    "down",  "out",   "into",
-    "then", "when", "there",  "so",     "but",    "not",   "all",    "some", "many",  "nice",  "fun",   "toy",
-    "box",  "cake", "milk",   "bed",    "door",   "room",  "school", "home", "night", "light", "star",  "moon",
+    "then", "when", "there",  "so",     "but",    "not",   "all",    "some", "many",  "nice",  "fun",   "sky",
+    "box",  "road", "milk",   "bed",    "door",   "room",  "school", "home", "night", "light", "star",  "moon",
 };
 constexpr int kNumWords = static_cast<int>(sizeof(kWords) / sizeof(kWords[0]));
 

@@ -19,6 +19,7 @@
 #include <random>
 #include <sstream>
 
+#include "server/http_route.h"
 #include "server/openai_response.h"
 
 namespace uniattn::server {
@@ -30,7 +31,6 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 
-constexpr size_t kHeaderLimit = 16 * 1024;
 constexpr size_t kMaxPipelinedBytes = 64 * 1024;
 constexpr auto kProbeInterval = std::chrono::milliseconds(100);
 constexpr auto kLingerTime = std::chrono::seconds(2);
@@ -126,7 +126,7 @@ class Session : public std::enable_shared_from_this<Session> {
     void ReadHeader() {
         if (closed_) return;
         parser_.emplace();
-        parser_->header_limit(kHeaderLimit);
+        parser_->header_limit(kHttpHeaderLimit);
         parser_->body_limit(static_cast<uint64_t>(config().max_body_bytes));
         // After end-of-stream only buffered bytes can arrive: a request cut short there times out at once.
         stream_.expires_after(close_after_eof_buffer_ ? std::chrono::milliseconds(1) : RequestTimeout());
@@ -168,34 +168,21 @@ class Session : public std::enable_shared_from_this<Session> {
         spdlog::debug("http read: {}", ec.message());
         if (closed_ || ec == net::error::operation_aborted) return;
         const unsigned version = parser_ && parser_->got_some() ? parser_->get().version() : 11;
-        if (ec == http::error::end_of_stream || ec == net::error::eof) return Close();
-        // A client too slow to send its request (or an idle keep-alive connection): Beast's stream has
-        // already closed the socket, as nginx does on client_header_timeout.
-        if (ec == beast::error::timeout) return HardClose();
-        if (ec == http::error::body_limit) return RejectBodyTooLarge(version);
-        if (ec == http::error::header_limit) {
-            return SendSimpleError(ApiError{431, "invalid_request_error", "request header fields too large", {}, {}},
-                                   version, true);
+        const HttpReadFailure failure = ClassifyHttpReadError(ec, config().max_body_bytes);
+        switch (failure.action) {
+            case HttpReadFailure::Action::kClose:
+                return Close();
+            case HttpReadFailure::Action::kHardClose:
+                return HardClose();
+            case HttpReadFailure::Action::kAnswer:
+                if (failure.error.http_status == 413) return RejectBodyTooLarge(version);
+                return SendSimpleError(failure.error, version, true);
         }
-        if (ec == http::error::partial_message) {
-            return SendSimpleError(ApiError::BadRequest("the connection ended before the request was complete"),
-                                   version, true);
-        }
-        if (ec.category() == http::make_error_code(http::error::bad_target).category()) {
-            return SendSimpleError(ApiError::BadRequest("malformed HTTP request: " + ec.message()), version, true);
-        }
-        HardClose();
     }
 
     void RejectBodyTooLarge(unsigned version) {
         linger_ = true;
-        SendSimpleError(ApiError{413,
-                                 "invalid_request_error",
-                                 "the request body is larger than the limit of " +
-                                     std::to_string(config().max_body_bytes) + " bytes (server.max_body_bytes)",
-                                 {},
-                                 "body_too_large"},
-                        version, true);
+        SendSimpleError(BodyTooLargeError(config().max_body_bytes), version, true);
     }
 
     // ---- routing ----
@@ -207,57 +194,33 @@ class Session : public std::enable_shared_from_this<Session> {
         close_after_ = !req_.keep_alive();
         origin_ = std::string(req_[http::field::origin]);
 
-        const std::string_view target(req_.target().data(), req_.target().size());
-        const std::string path(target.substr(0, target.find('?')));
-        const http::verb method = req_.method();
-
-        if (method == http::verb::options) return Preflight();
-
-        struct Route {
-            const char* path;
-            http::verb method;
-            bool needs_auth;
-            bool needs_model;
-            void (Session::*handler)();
-        };
-        static const Route kRoutes[] = {
-            {"/health", http::verb::get, false, false, &Session::HandleHealth},
-            {"/ready", http::verb::get, false, false, &Session::HandleReady},
-            {"/metrics", http::verb::get, false, false, &Session::HandleMetrics},
-            {"/v1/models", http::verb::get, true, true, &Session::HandleModels},
-            {"/v1/completions", http::verb::post, true, true, &Session::HandleCompletions},
-            {"/v1/chat/completions", http::verb::post, true, true, &Session::HandleChat},
-            {"/tokenize", http::verb::post, true, true, &Session::HandleTokenize},
-            {"/detokenize", http::verb::post, true, true, &Session::HandleDetokenize},
-        };
-        const Route* route = nullptr;
-        bool path_known = false;
-        for (const Route& r : kRoutes) {
-            if (path == r.path) {
-                path_known = true;
-                if (method == r.method) route = &r;
-            }
+        auto match = MatchHttpRoute(req_.method(), req_.method_string(), req_.target());
+        if (!match.ok()) return SendError(match.error());
+        const HttpRouteMatch& m = match.value();
+        if (m.needs_auth && !Authorize()) return;
+        if (m.needs_model && !RequireModel()) return;
+        switch (m.route) {
+            case HttpRoute::kPreflight:
+                return Preflight();
+            case HttpRoute::kHealth:
+                return HandleHealth();
+            case HttpRoute::kReady:
+                return HandleReady();
+            case HttpRoute::kMetrics:
+                return HandleMetrics();
+            case HttpRoute::kModels:
+                return HandleModels();
+            case HttpRoute::kModel:
+                return HandleModel(m.model_id);
+            case HttpRoute::kCompletions:
+                return StartGeneration(Endpoint::kCompletions);
+            case HttpRoute::kChatCompletions:
+                return StartGeneration(Endpoint::kChatCompletions);
+            case HttpRoute::kTokenize:
+                return HandleTokenize();
+            case HttpRoute::kDetokenize:
+                return HandleDetokenize();
         }
-        const bool model_path = path.rfind("/v1/models/", 0) == 0 && path.size() > 11;
-        if (model_path && method == http::verb::get) {
-            if (!Authorize()) return;
-            if (!RequireModel()) return;
-            return HandleModel(path.substr(11));
-        }
-        if (!route) {
-            if (path_known || model_path) {
-                return SendError(ApiError{405,
-                                          "invalid_request_error",
-                                          "method " + std::string(req_.method_string()) + " is not allowed on " + path,
-                                          {},
-                                          "method_not_allowed"});
-            }
-            return SendError(
-                ApiError::NotFound("no route for " + std::string(req_.method_string()) + " " + path, {}, "not_found"));
-        }
-        if (route->needs_auth && !Authorize()) return;
-        if (route->needs_model && !RequireModel()) return;
-        (this->*route->handler)();
     }
 
     bool Authorize() {
@@ -369,9 +332,6 @@ class Session : public std::enable_shared_from_this<Session> {
         if (!r.ok()) return SendError(r.error());
         SendJson(http::status::ok, r.value());
     }
-
-    void HandleCompletions() { StartGeneration(Endpoint::kCompletions); }
-    void HandleChat() { StartGeneration(Endpoint::kChatCompletions); }
 
     // ---- responses ----
 

@@ -161,6 +161,19 @@ json ReportJson(const LoadOptions& o, const Report& r, const LoadResult& result)
     j["itl_ms"] = SummaryJson(r.itl_ms);
     j["e2e_ms"] = SummaryJson(r.e2e_ms);
     j["output_tokens_per_request"] = SummaryJson(r.output_len);
+    // Per request, in admission order (vLLM's JSON keeps the same lists): seconds, tokens, error kind or "".
+    json start = json::array(), ttft = json::array(), e2e = json::array(), in_tok = json::array(),
+         out_tok = json::array(), err = json::array();
+    for (const RequestResult& q : result.requests) {
+        start.push_back(q.start_s);
+        ttft.push_back(q.ok ? json(q.ttft_s) : json(nullptr));
+        e2e.push_back(q.e2e_s);
+        in_tok.push_back(q.prompt_tokens >= 0 ? json(q.prompt_tokens) : json(nullptr));
+        out_tok.push_back(q.output_tokens);
+        err.push_back(q.ok ? "" : q.error);
+    }
+    j["requests"] = json{{"start_s", start},       {"ttft_s", ttft},           {"e2e_s", e2e},
+                         {"input_tokens", in_tok}, {"output_tokens", out_tok}, {"error", err}};
     return j;
 }
 

@@ -311,6 +311,27 @@ TEST_F(ServeLoadTest, PoissonChatWithLengthRangeAndConcurrencyLimit) {
     EXPECT_GT(r->requests.back().start_s, r->requests.front().start_s);
 }
 
+TEST_F(ServeLoadTest, HundredsOfStreamsInFlightAtOnce) {
+    server::testing::FakeEngineOptions fe;
+    fe.token_delay = std::chrono::milliseconds(1);
+    Start(fe);
+    LoadOptions o = Options();
+    o.num_prompts = 300;  // rate inf, no concurrency limit: all admitted at once
+    o.output_len = 2;
+    o.input_len = 2;
+    auto r = RunLoad(o);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    ExpectAllOk(*r, 300, 2);
+    // Every request was admitted before the first one finished: 300 connections open together.
+    double last_start = 0, first_end = 1e9;
+    for (const RequestResult& q : r->requests) {
+        last_start = std::max(last_start, q.start_s);
+        first_end = std::min(first_end, q.start_s + q.e2e_s);
+    }
+    EXPECT_LT(last_start, first_end);
+    EXPECT_EQ(engine_->num_submitted(), 300);
+}
+
 TEST_F(ServeLoadTest, NonStreamingUsesUsage) {
     Start();
     LoadOptions o = Options();

@@ -8,7 +8,8 @@
 #
 # IN is words per prompt (each one Llama token, plus BOS), OUTLEN the tokens generated per request (ignore_eos).
 # With LLAMA_SERVER=/path/to/llama-server and GGUF=/path/to/stories15M.gguf the same runs also go to
-# llama.cpp's server (started with -c 4096 -np 16 -t 2), alternating with ours run by run.
+# llama.cpp's server (started with -c 4096 -np 16 -t 2), alternating with ours run by run (untested: no
+# llama-server has been built here yet; see docs/performance.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

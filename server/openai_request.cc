@@ -386,7 +386,9 @@ ApiResult<json> ParseJsonBody(std::string_view body) {
     }
     try {
         return json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // Not only parse_error: a number too large for a double ("1e400") is out_of_range.406, and an
+        // exception escaping here would end the process from an HTTP thread.
         std::string what = e.what();
         // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> drop the prefix.
         if (const size_t pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);

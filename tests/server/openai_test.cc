@@ -120,6 +120,13 @@ TEST_F(OpenAiTest, MalformedJson) {
     EXPECT_NE(r.error().message.find("invalid JSON"), std::string::npos);
     ExpectError(ParseOpenAiRequest(Endpoint::kCompletions, "[1,2]", model_), 400, "");
     ExpectError(ParseOpenAiRequest(Endpoint::kCompletions, std::string(100000, '['), model_), 400, "");
+    // A number beyond a double's range is nlohmann's out_of_range, not parse_error (found by fuzz_openai_request).
+    r = ParseOpenAiRequest(Endpoint::kCompletions, R"({"prompt": "a", "max_tokens": 1e400})", model_);
+    ExpectError(r, 400, "");
+    EXPECT_NE(r.error().message.find("number overflow"), std::string::npos) << r.error().message;
+    auto t = HandleTokenize(R"({"prompt": -1e99999})", model_);
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.error().http_status, 400);
 }
 
 TEST_F(OpenAiTest, UnknownModelIs404) {

@@ -11,34 +11,9 @@
 #include <vector>
 
 #include "server/openai_request.h"
+#include "tests/fuzz/byte_tokenizer.h"
 
-namespace {
-
-class ByteTokenizer final : public uniattn::Tokenizer {
-  public:
-    std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
-        std::vector<int32_t> ids;
-        if (add_bos) ids.push_back(bos_id_);
-        for (unsigned char c : text) ids.push_back(3 + c);
-        return ids;
-    }
-    std::string Decode(const std::vector<int32_t>& ids) const override {
-        std::string s;
-        for (int32_t id : ids) {
-            if (id >= 3 && id < 259) s += static_cast<char>(id - 3);
-        }
-        return s;
-    }
-    std::string IdToPiece(int32_t id) const override {
-        if (id < 3 || id >= 259) return "<unk>";
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "<0x%02X>", id - 3);
-        return buf;
-    }
-    int vocab_size() const override { return 259; }
-};
-
-}  // namespace
+using uniattn::fuzz::ByteTokenizer;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace uniattn::server;

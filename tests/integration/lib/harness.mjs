@@ -21,7 +21,11 @@ export async function startServer(args = [], { timeoutMs = 120000 } = {}) {
   });
   const exited = new Promise((resolveExit) => child.on("exit", (code, signal) => resolveExit({ code, signal })));
   const info = await new Promise((resolveReady, reject) => {
-    const timer = setTimeout(() => reject(new Error(`uniattn-serve not ready after ${timeoutMs} ms:\n${stderr}`)), timeoutMs);
+    const timer = setTimeout(() => {
+      // Never leave a server behind (it would keep the test process, and ctest, waiting).
+      child.kill("SIGKILL");
+      reject(new Error(`uniattn-serve not ready after ${timeoutMs} ms:\n${stderr}`));
+    }, timeoutMs);
     const result = {};
     child.stdout.on("data", (d) => {
       stdout += d;

@@ -6,6 +6,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cmath>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -330,6 +331,44 @@ TEST_F(ServeLoadTest, HundredsOfStreamsInFlightAtOnce) {
     }
     EXPECT_LT(last_start, first_end);
     EXPECT_EQ(engine_->num_submitted(), 300);
+}
+
+TEST_F(ServeLoadTest, CommandLineWithPromptsFileAndJson) {
+    Start();
+    const std::string dir = ::testing::TempDir();
+    const std::string prompts = dir + "/serve_bench_prompts.txt", out = dir + "/serve_bench_out.json";
+    {
+        std::ofstream f(prompts);
+        f << "once upon a time\r\n\nthe cat sat\n";
+    }
+    const std::string url = "http://127.0.0.1:" + std::to_string(server_->port());
+    std::vector<std::string> args = {"serve", "--base-url",    url, "--endpoint",   "chat", "--concurrency",
+                                     "2",     "--num-prompts", "4", "--output-len", "5",    "--prompts-file",
+                                     prompts, "--json",        out, "--label",      "fake"};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    ASSERT_EQ(ServeBenchMain(static_cast<int>(argv.size()), argv.data()), 0);
+    std::ifstream in(out);
+    const json j = json::parse(in);
+    EXPECT_EQ(j["model"], "fake-model");  // from GET /v1/models
+    EXPECT_EQ(j["completed"], 4);
+    EXPECT_EQ(j["total_output_tokens"], 20);
+    EXPECT_EQ(j["endpoint"], "chat");
+    EXPECT_EQ(j["label"], "fake");
+    EXPECT_EQ(j["args"].size(), args.size());
+    EXPECT_EQ(j["args"][1], "--base-url");
+    EXPECT_FALSE(j["date"].get<std::string>().empty());
+    EXPECT_EQ(j["requests"]["output_tokens"].size(), 4u);
+    // Two prompts, used in order: the plain chat template sends each message's content as the prompt.
+    const std::vector<int64_t> in_tok = j["requests"]["input_tokens"];
+    EXPECT_EQ(in_tok[0], in_tok[2]);
+    EXPECT_EQ(in_tok[1], in_tok[3]);
+    EXPECT_NE(in_tok[0], in_tok[1]);
+
+    std::vector<std::string> bad = {"serve", "--request-rate", "-1"};
+    std::vector<char*> bad_argv;
+    for (std::string& a : bad) bad_argv.push_back(a.data());
+    EXPECT_EQ(ServeBenchMain(static_cast<int>(bad_argv.size()), bad_argv.data()), 2);
 }
 
 TEST_F(ServeLoadTest, NonStreamingUsesUsage) {

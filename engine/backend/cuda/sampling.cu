@@ -183,18 +183,17 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
                     if (kByWeight) w = Weight(ScaledLogit(x, c.m, c.inv_t));
                 }
             }
-            // Lanes with the same digit add once: the first pass puts most of a row in a few bins.
+            // Lanes with the same digit add once: the first pass puts most of a row in a few bins. Every lane
+            // takes part in its group's reductions (lanes out of play form a group of their own).
             const unsigned group = __match_any_sync(0xffffffffu, digit);
-            if (digit != kNoDigit) {
-                const bool leader = lane == __ffs(group) - 1;
-                if (kByWeight) {
-                    // W <= 2^40: 20-bit halves summed over <= 32 lanes fit 32 bits.
-                    const unsigned hi = __reduce_add_sync(group, static_cast<unsigned>(w >> 20));
-                    const unsigned lo = __reduce_add_sync(group, static_cast<unsigned>(w & 0xFFFFFu));
-                    if (leader) atomicAdd(&sh.hist_w[digit], (static_cast<unsigned long long>(hi) << 20) + lo);
-                }
-                if (leader) atomicAdd(&sh.hist_c[digit], static_cast<unsigned>(__popc(group)));
+            const bool leader = digit != kNoDigit && lane == __ffs(group) - 1;
+            if (kByWeight) {
+                // W <= 2^40: 20-bit halves summed over <= 32 lanes fit 32 bits.
+                const unsigned hi = __reduce_add_sync(group, static_cast<unsigned>(w >> 20));
+                const unsigned lo = __reduce_add_sync(group, static_cast<unsigned>(w & 0xFFFFFu));
+                if (leader) atomicAdd(&sh.hist_w[digit], (static_cast<unsigned long long>(hi) << 20) + lo);
             }
+            if (leader) atomicAdd(&sh.hist_c[digit], static_cast<unsigned>(__popc(group)));
         }
         __syncthreads();
         if (threadIdx.x == 0) {

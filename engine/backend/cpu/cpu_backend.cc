@@ -90,6 +90,11 @@ class CpuBackend final : public Backend {
         const int64_t T = x.rows, in = x.cols, out = w.rows;
 #ifdef UNIATTN_HAVE_BLAS
         if (T >= kBlasMinRows) {
+            // OpenMP OpenBLAS sizes its team from the calling thread's omp_get_max_threads(), a per-thread
+            // setting: the openblas_set_num_threads in the constructor ran on the thread that built the
+            // engine, not on the engine thread that calls this. Without this, engine.num_threads=1 still
+            // ran every GEMM on all cores.
+            if (omp_get_max_threads() != num_threads_) omp_set_num_threads(num_threads_);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
                         static_cast<int>(in), 1.0f, x.f32(), static_cast<int>(x.ld), w.f32(), static_cast<int>(w.ld),
                         accumulate ? 1.0f : 0.0f, y.f32(), static_cast<int>(y.ld));

@@ -44,6 +44,9 @@ class HttpServerTest : public ::testing::Test {
         work_.reset();
         ioc_.stop();
         if (thread_.joinable()) thread_.join();
+        // Stop the engine thread before the io_context goes: until then it may still post a wake-up into
+        // it (a request's last event can be delivered before the Push that carried it has returned).
+        engine_.reset();
     }
 
     tcp::socket Connect() {

@@ -9,7 +9,6 @@ import { metric, scrape, startServer } from "../integration/lib/harness.mjs";
 import {
   countByKind,
   httpRequest,
-  occupancy,
   rawAndDrop,
   rng,
   stillServes,
@@ -83,7 +82,9 @@ describe("client disconnects", () => {
         assert.equal(o.blocksUsed, 0);
         await stillServes(baseURL);
       }
-      const after = await occupancy(baseURL);
+      // The engine publishes its stats after the step in which the last request finished, so the client of
+      // stillServes() can see its answer a moment before the metrics do: wait for idle, do not sample once.
+      const after = await waitIdle(baseURL);
       const s = after.samples;
       const delta = (name, labels) => metric(s, name, labels) - metric(before, name, labels);
       const aborts = delta("uniattn:request_success_total", { finished_reason: "abort" });

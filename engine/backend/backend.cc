@@ -129,7 +129,7 @@ void Backend::SampleRows(const Tensor& logits, const SampleRowParams* host_rows,
         const SampleRowParams& p = host_rows[r];
         float* row = rows.data() + static_cast<size_t>(r) * vocab;
         ApplyLogitEdits(row, vocab, host_edits + p.edit_start, p.num_edits, p.repetition_penalty);
-        std::vector<std::pair<float, int32_t>> scratch;
+        SelectScratch scratch;
         host_results[r] = SelectToken(row, vocab, p, &scratch);
     }
 }

@@ -28,8 +28,8 @@ bool Before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>&
 
 }  // namespace
 
-SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParams& p,
-                            std::vector<std::pair<float, int32_t>>* scratch) {
+SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParams& p, SelectScratch* scratch) {
+    std::vector<uint64_t>* weights = &scratch->weights;
     SampleRowResult r;
     float m = logits[0];
     int32_t argmax = 0;
@@ -47,7 +47,7 @@ SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParam
         log_z = m + static_cast<float>(std::log(sum));
     }
 
-    std::vector<std::pair<float, int32_t>>& c = *scratch;
+    std::vector<std::pair<float, int32_t>>& c = scratch->candidates;
     if (p.temperature == 0.0f) {
         r.token = argmax;
     } else {
@@ -73,15 +73,17 @@ SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParam
             n = 0;
             while (n < c.size() && g(c[n].first) >= p.log_min_p) ++n;
         }
+        std::vector<uint64_t>& w = *weights;
+        w.resize(n);
         uint64_t z = 0;
-        for (size_t i = 0; i < n; ++i) z += weight(c[i].first);
+        for (size_t i = 0; i < n; ++i) z += w[i] = weight(c[i].first);
         // S3: top-p.
         if (p.top_p < 1.0f) {
             const auto target = static_cast<uint64_t>(std::ceil(static_cast<double>(p.top_p) * static_cast<double>(z)));
             uint64_t cum = 0;
             size_t k = 0;
             while (k < n) {
-                cum += weight(c[k++].first);
+                cum += w[k++];
                 if (cum >= target) break;
             }
             n = k;
@@ -93,7 +95,7 @@ SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParam
         uint64_t cum = 0;
         r.token = n > 0 ? c[n - 1].second : argmax;  // n == 0 only for NaN logits
         for (size_t i = 0; i < n; ++i) {
-            cum += weight(c[i].first);
+            cum += w[i];
             if (cum > target) {
                 r.token = c[i].second;
                 break;

@@ -35,8 +35,13 @@ uint64_t SamplingWeight(float g);
 // Applies a row's edits to its logits in place (the rule of LogitEdit).
 void ApplyLogitEdits(float* logits, int vocab, const LogitEdit* edits, int num_edits, float repetition_penalty);
 
-// Selects from processed logits [vocab] by the rule above. `scratch` is reused between calls.
-SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParams& p,
-                            std::vector<std::pair<float, int32_t>>* scratch);
+// Buffers SelectToken reuses between calls.
+struct SelectScratch {
+    std::vector<std::pair<float, int32_t>> candidates;
+    std::vector<uint64_t> weights;
+};
+
+// Selects from processed logits [vocab] by the rule above.
+SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParams& p, SelectScratch* scratch);
 
 }  // namespace uniattn

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "sampling/row_select.h"
 #include "uniattn/status.h"
 
 namespace uniattn {
@@ -56,7 +57,7 @@ class Sampler {
   private:
     SamplingParams params_;
     std::mt19937_64 rng_;
-    std::vector<std::pair<float, int32_t>> scratch_;
+    SelectScratch scratch_;
     std::vector<LogitEdit> edits_;
 };
 

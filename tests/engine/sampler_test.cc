@@ -27,7 +27,7 @@ SampleRowParams Params(float temperature, float u) {
 }
 
 int32_t Select(const std::vector<float>& logits, const SampleRowParams& p) {
-    std::vector<std::pair<float, int32_t>> scratch;
+    SelectScratch scratch;
     return SelectToken(logits.data(), static_cast<int>(logits.size()), p, &scratch).token;
 }
 
@@ -152,7 +152,7 @@ SampleRowResult BruteForce(const std::vector<float>& l, const SampleRowParams& p
 
 TEST(SelectTokenTest, MatchesTheRuleTranscribedLiterally) {
     Rng rng(42);
-    std::vector<std::pair<float, int32_t>> scratch;
+    SelectScratch scratch;
     int num_sampled = 0;
     for (int iter = 0; iter < 400; ++iter) {
         const int vocab = 1 + rng.Int(3000);
@@ -201,7 +201,7 @@ TEST(SelectTokenTest, FrequenciesFollowTheFilteredDistribution) {
     Rng rng(9);
     std::vector<int> counts(l.size(), 0);
     const int draws = 100000;
-    std::vector<std::pair<float, int32_t>> scratch;
+    SelectScratch scratch;
     for (int i = 0; i < draws; ++i) {
         p.u = static_cast<float>(rng.Next() >> 40) * 0x1.0p-24f;
         ++counts[SelectToken(l.data(), static_cast<int>(l.size()), p, &scratch).token];

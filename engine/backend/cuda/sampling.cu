@@ -4,13 +4,16 @@
 // is found as a crossing: the first position of the order at which a running measure (a count, or the
 // integer weights W) reaches a target. A crossing is a radix select over the order-preserving 32-bit key
 // of the logit: four passes of 8 bits, each a 256-bin histogram of (count, weight) over the elements still
-// in play, walked from the top bin down; then one pass over the tied elements of the found key, in id
-// order, picks the tie. Weights are integers, so histogram sums do not depend on the order the atomics
-// land in: the result is deterministic and equals the CPU reference's exact sums.
+// in play, walked from the top bin down. The last pass also keeps each bin's lowest and highest id, which
+// settles the tie when the crossing is the first or the last of a run of equal logits (or has no ties);
+// otherwise one more pass over the ties in id order picks it. Weights are integers, so histogram sums do
+// not depend on the order the atomics land in: the result is deterministic and equals the CPU reference's
+// exact sums.
 //
-// Passes over the row: 1 (max) + 1 (sum-exp, when logprobs are wanted) + 5 per crossing: top-k (count),
-// top-p (weight), the draw (weight), top logprobs (count). Rows with logits processors first copy their
-// row to a work buffer and edit it there; the logits themselves are never written.
+// Passes over the row: 1 (max) + 1 (sum-exp, when logprobs are wanted) + 4 (5 inside a run of ties) per
+// crossing: top-k (count), top-p (weight), the draw (weight), top logprobs (count). Rows with logits
+// processors first copy their row to a work buffer and edit it there; the logits themselves are never
+// written.
 #include <climits>
 
 #include "backend/cuda/common.cuh"
@@ -56,6 +59,7 @@ enum class Goal { kCountAtLeast, kWeightAtLeastFraction, kWeightAboveFraction };
 struct Shared {
     unsigned int hist_c[256];
     unsigned long long hist_w[256];
+    int bin_lo[256], bin_hi[256];  // last pass: lowest and highest id in each bin
     int warp_i[kWarps];
     float warp_f[kWarps];
     unsigned long long total, target, cum_before, bin_c, bin_w, rank;
@@ -169,6 +173,8 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
         for (int b = threadIdx.x; b < 256; b += kThreads) {
             sh.hist_c[b] = 0;
             sh.hist_w[b] = 0;
+            sh.bin_lo[b] = INT_MAX;
+            sh.bin_hi[b] = -1;
         }
         __syncthreads();
         for (int base = 0; base < c.vocab; base += kThreads) {
@@ -194,15 +200,33 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
                 if (leader) atomicAdd(&sh.hist_w[digit], (static_cast<unsigned long long>(hi) << 20) + lo);
             }
             if (leader) atomicAdd(&sh.hist_c[digit], static_cast<unsigned>(__popc(group)));
+            if (pass == 3) {  // the first and last tie of the key in id order, without a scan
+                const int lo = __reduce_min_sync(group, i);
+                const int hi = __reduce_max_sync(group, i);
+                if (leader) {
+                    atomicMin(&sh.bin_lo[digit], lo);
+                    atomicMax(&sh.bin_hi[digit], hi);
+                }
+            }
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
+        // Warp 0 walks the bins from the top: lane L sums bins 255 - 8L down to 248 - 8L, a scan over the
+        // lanes finds the lane where the running measure crosses the target, and that lane finds the bin.
+        if (threadIdx.x < 32) {
             auto measure = [&](int b) -> unsigned long long { return kByWeight ? sh.hist_w[b] : sh.hist_c[b]; };
-            unsigned long long cum = 0;
+            const int top = 255 - 8 * lane;
+            unsigned long long part = 0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) part += measure(top - j);
+            unsigned long long incl = part;
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const unsigned long long n = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += n;
+            }
+            const unsigned long long total = __shfl_sync(0xffffffffu, incl, 31);
+            unsigned long long target = 0, base = 0;
             if (pass == 0) {
-                unsigned long long total = 0;
-                for (int b = 0; b < 256; ++b) total += measure(b);
-                unsigned long long target = 0;
                 switch (goal) {
                     case Goal::kCountAtLeast:
                         target = count < total ? count : total;
@@ -218,34 +242,50 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
                         if (target >= total) target = total > 0 ? total - 1 : 0;
                         break;
                 }
-                sh.total = total;
-                sh.target = target;
             } else {
-                cum = sh.cum_before;
+                target = sh.target;
+                base = sh.cum_before;
             }
-            const unsigned long long target = sh.target;
             const bool strict = goal == Goal::kWeightAboveFraction;
-            int chosen = -1, last = -1;
-            unsigned long long cum_last = cum;
-            for (int b = 255; b >= 0; --b) {
-                const unsigned long long mb = measure(b);
-                if (sh.hist_c[b] == 0) continue;
-                if (strict ? cum + mb > target : cum + mb >= target) {
-                    chosen = b;
-                    break;
+            const unsigned crossing = __ballot_sync(0xffffffffu, strict ? base + incl > target : base + incl >= target);
+            __syncwarp();  // every lane has read sh.target and sh.cum_before before lane `at` writes them
+            const int at = crossing != 0 ? __ffs(crossing) - 1 : -1;
+            if (lane == (at >= 0 ? at : 0)) {
+                int chosen = -1, last = -1;
+                unsigned long long cum = base + incl - part, cum_last = cum;
+                if (at < 0) {  // unreachable target (nothing in play): the lowest non-empty bin, if any
+                    cum = base;
+                    for (int b = 255; b >= 0; --b) {
+                        if (sh.hist_c[b] == 0) continue;
+                        last = b;
+                        cum_last = cum;
+                        cum += measure(b);
+                    }
+                } else {
+                    for (int j = 0; j < 8; ++j) {
+                        const int b = top - j;
+                        const unsigned long long mb = measure(b);
+                        if (sh.hist_c[b] == 0) continue;
+                        if (strict ? cum + mb > target : cum + mb >= target) {
+                            chosen = b;
+                            break;
+                        }
+                        cum += mb;
+                    }
                 }
-                last = b;
-                cum_last = cum;
-                cum += mb;
+                if (chosen < 0) {
+                    chosen = last < 0 ? 0 : last;
+                    cum = cum_last;
+                }
+                if (pass == 0) {
+                    sh.total = total;
+                    sh.target = target;
+                }
+                sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
+                sh.cum_before = cum;
+                sh.bin_c = sh.hist_c[chosen];
+                sh.bin_w = sh.hist_w[chosen];
             }
-            if (chosen < 0) {  // unreachable target (nothing in play): the last element in play
-                chosen = last < 0 ? 0 : last;
-                cum = cum_last;
-            }
-            sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
-            sh.cum_before = cum;
-            sh.bin_c = sh.hist_c[chosen];
-            sh.bin_w = sh.hist_w[chosen];
         }
         __syncthreads();
         prefix = sh.prefix;
@@ -261,10 +301,16 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
         if (rank > ties) rank = ties;
         sh.rank = rank;
         sh.cum_before += rank * each;
-        sh.tie_id = -1;
+        const int bin = static_cast<int>(prefix & 255u);
+        sh.tie_id = rank == 1 ? sh.bin_lo[bin] : (rank == ties ? sh.bin_hi[bin] : -1);
     }
     __syncthreads();
     const int rank = static_cast<int>(sh.rank);
+    if (sh.tie_id >= 0) {  // the first or the last tie (a key without ties is both): no scan
+        Crossing out{{prefix, sh.tie_id}, sh.cum_before};
+        __syncthreads();
+        return out;
+    }
     const int chunk = (c.vocab + kThreads - 1) / kThreads;
     const int begin = min(c.vocab, static_cast<int>(threadIdx.x) * chunk);
     const int end = min(c.vocab, begin + chunk);

@@ -161,7 +161,32 @@ class Session : public std::enable_shared_from_this<Session> {
     void OnBody(beast::error_code ec) {
         if (ec) return OnReadError(ec);
         stream_.expires_never();
-        Handle(parser_->release());
+        status_ = 0;
+        try {
+            Handle(parser_->release());
+        } catch (const std::exception& e) {
+            Failed("handling the request", e);
+        }
+    }
+
+    // A handler threw (a bug, or an allocation failure): this connection answers 500 when it has sent
+    // nothing of the response yet, else it is closed; its engine requests are cancelled. The process and
+    // every other connection keep serving.
+    void Failed(const char* what, const std::exception& e) noexcept {
+        spdlog::error("http: exception while {} {}: {}", what, std::string(req_.target()), e.what());
+        try {
+            if (job_) {
+                for (auto& h : job_->handles) h->Cancel();
+                job_.reset();
+            }
+            if (closed_) return;
+            if (status_ == 0 && !writing_ && out_.empty()) {
+                close_after_ = true;
+                return SendError(ApiError::Internal(std::string("internal error while ") + what));
+            }
+        } catch (...) {
+        }
+        HardClose();
     }
 
     void OnReadError(beast::error_code ec) {
@@ -498,6 +523,14 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     void Pump() {
+        try {
+            PumpEvents();
+        } catch (const std::exception& e) {
+            Failed("streaming the answer", e);
+        }
+    }
+
+    void PumpEvents() {
         if (!job_ || closed_ || response_complete_) return;
         Job& job = *job_;
         job.hub->Consumed();

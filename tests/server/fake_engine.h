@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 #include "uniattn/engine.h"
@@ -53,12 +54,13 @@ struct FakeEngineOptions {
     int max_model_len = 64;
     int max_queued = 64;
     bool fail_after_first_token = false;  // emit kError after one token
+    bool throw_on_read = false;           // RequestHandle::TryNext throws (a bug in the reader's path)
     int cached_tokens = 0;
 };
 
 class FakeHandle final : public RequestHandle {
   public:
-    explicit FakeHandle(uint64_t id) : id_(id) {}
+    explicit FakeHandle(uint64_t id, bool throw_on_read = false) : id_(id), throw_on_read_(throw_on_read) {}
     uint64_t id() const override { return id_; }
     bool Next(RequestEvent* e, std::chrono::milliseconds timeout) override {
         std::unique_lock<std::mutex> lock(mu_);
@@ -66,6 +68,7 @@ class FakeHandle final : public RequestHandle {
         return PopLocked(e);
     }
     bool TryNext(RequestEvent* e) override {
+        if (throw_on_read_) throw std::runtime_error("simulated failure while reading events");
         std::lock_guard<std::mutex> lock(mu_);
         return PopLocked(e);
     }
@@ -101,6 +104,7 @@ class FakeHandle final : public RequestHandle {
         return true;
     }
     uint64_t id_;
+    bool throw_on_read_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::deque<RequestEvent> events_;
@@ -137,7 +141,7 @@ class FakeEngine final : public Engine {
         std::lock_guard<std::mutex> lock(mu_);
         if (draining_) return Unavailable("draining");
         if (static_cast<int>(queue_.size()) >= options_.max_queued) return ResourceExhausted("queue full");
-        auto h = std::make_shared<FakeHandle>(++next_id_);
+        auto h = std::make_shared<FakeHandle>(++next_id_, options_.throw_on_read);
         queue_.push_back({std::move(request), h});
         last_request_ = queue_.back().request;
         ++num_submitted_;

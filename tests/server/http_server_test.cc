@@ -342,6 +342,30 @@ TEST_F(HttpServerTest, HalfClosedClientStillGetsTheAnswer) {
     EXPECT_EQ(Call("GET", "/health").status, 200);
 }
 
+TEST_F(HttpServerTest, AnExceptionInAHandlerIs500AndTheServerKeepsServing) {
+    testing::FakeEngineOptions o;
+    o.throw_on_read = true;
+    o.token_delay = 5ms;  // 40 tokens take 200 ms: the cancel lands long before the end
+    Start(o);
+    const Response r = Call("POST", "/v1/completions", R"({"prompt":"a","max_tokens":40})");
+    EXPECT_EQ(r.status, 500);
+    const json body = json::parse(r.body);
+    EXPECT_EQ(body["error"]["type"], "server_error") << r.body;
+    EXPECT_NE(body["error"]["message"].get<std::string>().find("internal error"), std::string::npos) << r.body;
+    // A stream whose headers are out: the connection is closed, not left hanging.
+    auto s = Connect();
+    Write(s, Request("POST", "/v1/completions", R"({"prompt":"a","max_tokens":40,"stream":true})"));
+    beast::flat_buffer buf;
+    http::response_parser<http::string_body> parser;
+    beast::error_code ec;
+    http::read(s, buf, parser, ec);
+    EXPECT_TRUE(ec) << "the stream should have been cut, got " << parser.get().body();
+    // Both engine requests were cancelled and the server still answers.
+    EXPECT_EQ(Call("GET", "/health").status, 200);
+    for (int i = 0; i < 200 && engine_->num_cancelled() < 2; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(engine_->num_cancelled(), 2);
+}
+
 TEST_F(HttpServerTest, SlowClientAndPipelining) {
     Start();
     auto s = Connect();

@@ -87,7 +87,7 @@ cudaDataType_t CudaType(DType dtype) {
 class CudaBackend final : public Backend {
   public:
     CudaBackend(const CudaBackendOptions& options, const cudaDeviceProp& props)
-        : options_(options), cublas_(stream_.get()) {
+        : options_(options), num_sms_(props.multiProcessorCount), cublas_(stream_.get()) {
         description_ = std::string("cuda: ") + props.name + ", " + std::to_string(props.multiProcessorCount) +
                        " SMs, " + std::to_string(props.totalGlobalMem >> 20) + " MiB, compute capability " +
                        std::to_string(props.major) + "." + std::to_string(props.minor);

@@ -9,7 +9,7 @@ import { OVERLAYS, ROOT, kustomize, find, serverContainer, renderedConfig, readT
 
 // GET routes in the server's route table (server/http_server.cc).
 function serverGetRoutes() {
-  const src = readText("server/http_server.cc");
+  const src = readText("server/http_route.cc");
   return new Set([...src.matchAll(/\{"(\/[^"]*)",\s*http::verb::get\b/g)].map((m) => m[1]));
 }
 
@@ -52,7 +52,7 @@ describe("ports and probes match the server", () => {
     test(`${overlay}: startup/liveness probe /health and readiness probe /ready, both GET routes of the server`, () => {
       const server = serverContainer(find(kustomize(`deploy/overlays/${overlay}`), "Deployment"));
       const routes = serverGetRoutes();
-      assert.ok(routes.size >= 3, `route table not found in server/http_server.cc: ${[...routes]}`);
+      assert.ok(routes.size >= 3, `route table not found in server/http_route.cc: ${[...routes]}`);
       assert.equal(server.startupProbe.httpGet.path, "/health");
       assert.equal(server.livenessProbe.httpGet.path, "/health");
       assert.equal(server.readinessProbe.httpGet.path, "/ready");

@@ -20,7 +20,7 @@ fi
 mkdir -p "$build"
 cmake -S "$root" -B "$build" -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "${launcher[@]}" \
-  -DUNIATTN_FUZZ=ON -DUNIATTN_TESTS=ON -DUNIATTN_CUDA=OFF -DUNIATTN_SERVER=OFF \
+  -DUNIATTN_FUZZ=ON -DUNIATTN_TESTS=ON -DUNIATTN_CUDA=OFF -DUNIATTN_SERVER=${UNIATTN_ASAN_SERVER:-AUTO} \
   -DUNIATTN_SANITIZE=address,undefined \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined" \
   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" >"$build/configure.log" 2>&1 || {

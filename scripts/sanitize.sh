@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Runs the unit tests under sanitizers (issue 7):
-#   build-asan: engine_tests + scheduler_tests under AddressSanitizer + UndefinedBehaviorSanitizer (leak
-#               checking on, UB fatal), clang, the build dir scripts/fuzz.sh also uses
-#               (scripts/configure-asan.sh); SANITIZE_SERVER=1 adds server_tests in build-asan-server (GCC);
+# Runs the unit and integration tests under sanitizers (issue 7):
+#   build-asan: engine_tests, scheduler_tests and server_tests under AddressSanitizer +
+#               UndefinedBehaviorSanitizer (leak checking on, UB fatal), then the integration suites
+#               (tests/integration, node) against an ASan+UBSan uniattn-serve; clang, the build dir
+#               scripts/fuzz.sh also uses (scripts/configure-asan.sh). Without the server's dependencies
+#               only the engine binaries are built and run.
 #   build-tsan: scheduler_tests (the engine thread, request queue and streaming callbacks) under
 #               ThreadSanitizer.
 # OpenMP: libgomp is not instrumented, so TSan cannot see its synchronisation; the tests run with
 # OMP_NUM_THREADS=1 and tests/tsan.supp silences reports whose stack is inside libgomp only.
 #   SANITIZE_WHICH   "asan tsan" (default) or one of them
 #   SANITIZE_JOBS    build parallelism (default nproc)
-#   SANITIZE_SERVER  1: also build and run server_tests under ASan (slow: the whole server)
+#   SANITIZE_INTEGRATION  0: skip the integration suites under ASan
+#   SANITIZE_ASAN_DIR the ASan build dir (default build-asan)
 #   SANITIZE_FILTER  a gtest filter for the ASan binaries (default: all tests)
 #   SANITIZE_TSAN_FILTER  a gtest filter for TSan (default: the tests that exercise threads without long
 #                    stories15M generations, which take minutes each under TSan on 2 cores; "*" = all)
@@ -54,24 +57,43 @@ for w in $which; do
   case $w in
     asan)
       t0=$(date +%s)
-      server=OFF
+      dir="${SANITIZE_ASAN_DIR:-build-asan}"
+      scripts/configure-asan.sh "$dir"
       targets=(engine_tests scheduler_tests)
-      if [ "${SANITIZE_SERVER:-0}" = 1 ]; then
-        server=ON
-        targets+=(server_tests)
-      fi
-      if [ "$server" = ON ]; then
-        dir=build-asan-server  # GCC; the server needs gRPC, which the shared clang dir leaves out
-        configure "$dir" address,undefined ON
-      else
-        dir=build-asan  # clang, shared with scripts/fuzz.sh so the engine is compiled with ASan once
-        scripts/configure-asan.sh "$dir"
+      server=0
+      if cmake --build "$dir" --target help 2>/dev/null | grep -q '^uniattn-serve:'; then
+        server=1
+        targets+=(server_tests uniattn-serve)
       fi
       cmake --build "$dir" --target "${targets[@]}" -j "$jobs"
       echo "sanitize: asan built in $(($(date +%s) - t0)) s"
       export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
       export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-      for t in "${targets[@]}"; do run asan "$dir/bin/$t"; done
+      for t in engine_tests scheduler_tests; do run asan "$dir/bin/$t"; done
+      if [ $server = 1 ]; then
+        run asan "$dir/bin/server_tests"
+        if [ "${SANITIZE_INTEGRATION:-1}" != 0 ] && command -v node >/dev/null &&
+          [ -d tests/integration/node_modules ]; then
+          # The suites start the ASan+UBSan server; a sanitizer report aborts it, which fails the suite
+          # (they check every exit code).
+          for suite in tests/integration/*.test.mjs; do
+            t1=$(date +%s)
+            log="$dir/integration.$(basename "$suite" .test.mjs).log"
+            if UNIATTN_SERVE="$root/$dir/bin/uniattn-serve" UNIATTN_SOURCE_DIR="$root" \
+              node --test --test-reporter=spec "$suite" >"$log" 2>&1; then
+              echo "sanitize: asan integration $(basename "$suite"): ok in $(($(date +%s) - t1)) s"
+            else
+              status=1
+              echo "sanitize: asan integration $(basename "$suite") FAILED; the last lines of $log:" >&2
+              tail -n 80 "$log" >&2
+            fi
+          done
+        else
+          echo "sanitize: asan integration suites skipped (SANITIZE_INTEGRATION=0, or node / npm clients missing)"
+        fi
+      else
+        echo "sanitize: the server's dependencies are missing; server_tests and integration not run under ASan"
+      fi
       ;;
     tsan)
       t0=$(date +%s)

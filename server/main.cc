@@ -140,8 +140,10 @@ int Run(int argc, char** argv) {
     auto ioc = std::make_unique<net::io_context>(config.http_threads);
     auto work = net::make_work_guard(*ioc);
     SignalWaiter waiter;
-    net::signal_set signals(*ioc, SIGINT, SIGTERM);
-    ArmSignals(signals, waiter);
+    // Destroyed before the io_context below (its service dies with it; ASan+UBSan caught the destructor
+    // calling into the destroyed service).
+    auto signals = std::make_unique<net::signal_set>(*ioc, SIGINT, SIGTERM);
+    ArmSignals(*signals, waiter);
 
     auto http = std::make_unique<HttpServer>(state, *ioc);
     if (Status s = http->Start(config.host, config.http_port); !s.ok()) {
@@ -159,7 +161,7 @@ int Run(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int i = 0; i < config.http_threads; ++i) threads.emplace_back([&ioc] { ioc->run(); });
     auto stop_io = [&] {
-        signals.cancel();
+        signals->cancel();
         work.reset();
         ioc->stop();
         for (auto& t : threads) t.join();
@@ -233,6 +235,7 @@ int Run(int argc, char** argv) {
     stop_io();
     http.reset();
     grpc.reset();
+    signals.reset();
     ioc.reset();  // ends the remaining connections (and cancels their requests) while the engine still exists
     engine.reset();
     spdlog::info("stopped");

@@ -5,6 +5,7 @@
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
+//                 [--exact-activations 1|0]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -110,17 +111,19 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
-                                                    int heads_per_block) {
+                                                    int heads_per_block, bool exact_activations) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
         o.weight_dtype = weights;
         o.kv_dtype = kv;
         o.decode_heads_per_block = heads_per_block;
+        o.exact_activations = exact_activations;
         return CreateCudaBackend(o);
     }
 #else
     (void)heads_per_block;
+    (void)exact_activations;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -325,7 +328,8 @@ int Fail(const Status& s) {
 
 int Main(int argc, char** argv) {
     Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
-                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling"},
+                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling",
+                 "exact-activations"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
@@ -339,7 +343,9 @@ int Main(int argc, char** argv) {
     if (!kd.ok()) return Fail(kd.status());
     auto hpb = flags.GetInt("decode-heads-per-block", 0);
     if (!hpb.ok()) return Fail(hpb.status());
-    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb));
+    auto exact = flags.GetInt("exact-activations", 1);
+    if (!exact.ok()) return Fail(exact.status());
+    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0);
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

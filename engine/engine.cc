@@ -333,7 +333,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     pool_tokens_ = num_blocks * config.block_size;
     switch (config.sampling_place) {
         case EngineConfig::SamplingPlace::kAuto:
-            device_sampling_ = false;  // device selection is opt-in (kBackend) until verified on a GPU
+            device_sampling_ = config.backend != "cpu";  // a device backend keeps its logits on the device
             break;
         case EngineConfig::SamplingPlace::kHost:
             device_sampling_ = false;

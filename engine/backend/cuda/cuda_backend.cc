@@ -183,7 +183,7 @@ class CudaBackend final : public Backend {
         }
         const cudaDataType_t wt = CudaType(w.dtype);
         const size_t elem = DTypeBytes(w.dtype);
-        if (rows <= kSplitMaxRows) {
+        if (rows <= kSplitMaxRows && options_.exact_activations) {
             // Decode-sized batches are weight-bound: run the GEMM on [x_hi; x_lo] (twice the rows, the
             // same weight bytes) and add the halves, so activations keep fp32 accuracy. Few output tiles
             // cannot fill the device, so K is split into `ks` batched GEMMs whose parts are summed too.

@@ -21,6 +21,10 @@ struct CudaBackendOptions {
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;
+    // GEMMs of 3..64 rows (decode batches): true runs them on [x_hi; x_lo] (fp32-accurate activations, twice
+    // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill
+    // does (one GEMM, as fp16 engines do), trading accuracy against the CPU oracle for speed.
+    bool exact_activations = true;
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

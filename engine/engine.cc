@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "sampling/sampler.h"
 #include "scheduler/scheduler.h"
+#include "uniattn/safetensors.h"
 #include "util/file.h"
 
 namespace uniattn {
@@ -277,7 +278,23 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
 
-    UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads));
+    DType device_dtype = DType::kF16;
+    if (config.dtype == "float32") {
+        device_dtype = DType::kF32;
+    } else if (config.dtype == "bfloat16") {
+        device_dtype = DType::kBF16;
+    } else if (config.dtype == "auto") {
+        if (config.backend != "cpu") {
+            UA_ASSIGN_OR_RETURN(ModelConfig mc, Model::LoadConfig(config.model_dir));
+            if (mc.torch_dtype == "bfloat16") device_dtype = DType::kBF16;
+        }
+    } else if (config.dtype != "float16") {
+        return bad("dtype", "\"" + config.dtype + "\" is not one of auto, float16, bfloat16, float32");
+    }
+    if (config.backend == "cpu" && config.dtype != "auto" && config.dtype != "float32") {
+        return bad("dtype", "\"" + config.dtype + "\": the cpu backend computes in float32 (use auto or float32)");
+    }
+    UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype));
     const bool has_tokenizer = FileExists(config.model_dir + "/tokenizer.model");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
     const ModelConfig& mc = model_->config;
@@ -361,6 +378,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     info_.kv_bytes_per_token = mc.KvBytesPerToken(DTypeBytes(kv_dtype));
     info_.kv_bytes_per_token_dense = mc.DenseKvBytesPerToken(DTypeBytes(kv_dtype));
     info_.backend = backend_->Name();
+    info_.dtype = std::string(DTypeName(backend_->WeightDType())) + " / " + DTypeName(kv_dtype);
 
     stats_.num_blocks_total = num_blocks;
     stats_.kv_bytes_total = kv_->total_bytes();

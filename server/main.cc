@@ -128,12 +128,7 @@ int Run(int argc, char** argv) {
         return 2;
     }
 
-    if (config.dtype != "auto") {
-        spdlog::warn(
-            "engine.dtype={} is validated but not forwarded: the engine API has no dtype option yet, the "
-            "backend chooses (cpu: float32)",
-            config.dtype);
-    }
+    config.engine.dtype = config.dtype;  // engine.dtype: the device backend's weight and KV dtype
 
     ServingState state(config);
     std::unique_ptr<Engine> engine;
@@ -204,8 +199,8 @@ int Run(int argc, char** argv) {
                 info.name.c_str(), info.max_model_len, static_cast<long long>(info.kv_bytes_per_token),
                 static_cast<long long>(info.kv_bytes_per_token_dense));
     std::fflush(stdout);
-    spdlog::info("ready: model {} ({} backend, max_model_len {}, chat template {}) loaded in {:.2f}s", info.name,
-                 info.backend, info.max_model_len, ChatTemplateName(*chat_template),
+    spdlog::info("ready: model {} ({} backend, weights / KV {}, max_model_len {}, chat template {}) loaded in {:.2f}s",
+                 info.name, info.backend, info.dtype, info.max_model_len, ChatTemplateName(*chat_template),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
 
     waiter.Wait();

@@ -83,8 +83,8 @@ void Backend::SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor
 }
 
 #ifdef UNIATTN_HAVE_CUDA
-// backend/cuda/cuda_backend.cc: the default CUDA backend (fp16 weights and KV) on `device`, or why not.
-StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);
+// backend/cuda/cuda_backend.cc: the CUDA backend on `device` with `dtype` weights and KV, or why not.
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device, DType dtype);
 #endif
 
 bool HasBackend(const std::string& name) {
@@ -96,9 +96,15 @@ bool HasBackend(const std::string& name) {
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads) {
+    return MakeBackend(name, num_threads, DType::kF16);
+}
+
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads, DType device_dtype) {
     if (name == "cpu") return MakeCpuBackend(num_threads);
 #ifdef UNIATTN_HAVE_CUDA
-    if (name == "cuda") return MakeCudaBackend(0);
+    if (name == "cuda") return MakeCudaBackend(0, device_dtype);
+#else
+    (void)device_dtype;
 #endif
     return InvalidArgument("backend \"" + name + "\" is not available in this build (have: cpu" +
 #ifdef UNIATTN_HAVE_CUDA

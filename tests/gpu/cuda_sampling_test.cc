@@ -279,6 +279,30 @@ TEST_F(CudaSamplingTest, EngineGreedyStoriesWithDeviceSamplingAndAKvPoolFromFree
     for (const auto& [index, d] : outm) EXPECT_EQ(d.tokens.size(), 200u) << "sample " << index;
 }
 
+// engine.dtype reaches the CUDA backend: weights and KV in the dtype asked, "auto" = float16 for a float32
+// checkpoint; the greedy oracle holds in each (bfloat16 included, on this prompt).
+TEST_F(CudaSamplingTest, EngineDtypeReachesTheBackend) {
+    const std::pair<const char*, const char*> cases[] = {
+        {"auto", "F16 / F16"}, {"float16", "F16 / F16"}, {"bfloat16", "BF16 / BF16"}, {"float32", "F32 / F32"}};
+    for (const auto& [dtype, want] : cases) {
+        SCOPED_TRACE(dtype);
+        EngineConfig c = CudaEngineConfig(EngineConfig::SamplingPlace::kAuto);
+        c.dtype = dtype;
+        auto engine = Engine::Create(c);
+        ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+        EXPECT_EQ((*engine)->model_info().dtype, want);
+        GenerationRequest r;
+        r.prompt_ids = {1, 9038, 2501, 263, 931};
+        r.max_tokens = 10;
+        r.temperature = 0;
+        auto h = (*engine)->Submit(r);
+        ASSERT_TRUE(h.ok());
+        const auto out = Drain(**h);
+        ASSERT_EQ(out.size(), 1u);
+        EXPECT_EQ(out.at(0).tokens, (std::vector<int32_t>{29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889}));
+    }
+}
+
 // Seeded requests draw the same tokens with device sampling as with host sampling of the same CUDA
 // logits: n > 1 samples forked from one prompt, every processor, top logprobs.
 TEST_F(CudaSamplingTest, EngineDeviceSamplingEqualsHostSampling) {

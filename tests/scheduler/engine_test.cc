@@ -697,5 +697,28 @@ TEST(EngineTest, UniAttnModelFitsMoreTokensInTheSameBytes) {
     EXPECT_EQ(out.at(0).text, "");
 }
 
+TEST(EngineTest, DtypeIsCheckedAndReported) {
+    EngineConfig c = Config(kStories, false, 16);
+    auto engine = MakeEngine(c);  // dtype "auto" on the CPU: float32
+    ASSERT_NE(engine, nullptr);
+    EXPECT_EQ(engine->model_info().dtype, "F32 / F32");
+    c.dtype = "float32";
+    EXPECT_TRUE(Engine::Create(c).ok());
+    for (const char* dtype : {"float16", "bfloat16"}) {
+        c.dtype = dtype;
+        auto e = Engine::Create(c);
+        ASSERT_FALSE(e.ok()) << dtype;
+        EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
+        EXPECT_NE(e.status().message().find("cpu backend computes in float32"), std::string::npos)
+            << e.status().message();
+    }
+    c.dtype = "fp8";
+    auto e = Engine::Create(c);
+    ASSERT_FALSE(e.ok());
+    EXPECT_NE(e.status().message().find("dtype \"fp8\" is not one of auto, float16, bfloat16, float32"),
+              std::string::npos)
+        << e.status().message();
+}
+
 }  // namespace
 }  // namespace uniattn

@@ -439,9 +439,10 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
     return std::unique_ptr<Backend>(std::make_unique<CudaBackend>(options, props));
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device, DType dtype) {
     CudaBackendOptions options;
     options.device = device;
+    options.weight_dtype = options.kv_dtype = dtype;
     return CreateCudaBackend(options);
 }
 

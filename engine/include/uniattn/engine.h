@@ -20,8 +20,11 @@ namespace uniattn {
 
 struct EngineConfig {
     std::string model_dir;
-    std::string backend = "cpu";            // "cpu" or "cuda" (when compiled in)
-    int num_threads = 0;                    // CPU backend threads; 0 = all cores
+    std::string backend = "cpu";  // "cpu" or "cuda" (when compiled in)
+    int num_threads = 0;          // CPU backend threads; 0 = all cores
+    // Weights and KV on a device backend: "auto" (bfloat16 for a bfloat16 checkpoint, else float16),
+    // "float16", "bfloat16" or "float32". The CPU backend computes in float32: "auto" or "float32" only.
+    std::string dtype = "auto";
     int block_size = 16;                    // tokens per KV block
     int64_t kv_cache_bytes = 0;             // KV pool size in bytes; 0 = use kv_cache_memory_fraction
     double kv_cache_memory_fraction = 0.1;  // of free device memory (CPU: of physical RAM) when bytes == 0
@@ -161,6 +164,7 @@ struct ModelInfo {
     int64_t kv_bytes_per_token = 0;        // this model's layout, in the KV dtype
     int64_t kv_bytes_per_token_dense = 0;  // the same shape with every layer keeping K and V
     std::string backend;
+    std::string dtype;  // weights / KV as the backend holds them (safetensors spelling: F32, F16, BF16)
 };
 
 class Engine {

@@ -146,8 +146,8 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
         int64_t in, out;
     };
     for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
-        for (const Shape& sh : {Shape{1024, 96}, Shape{37, 29}}) {
-            for (int64_t T : {1, 2, 3, 17, 64, 65, 130}) {
+        for (const Shape& sh : {Shape{1024, 96}, Shape{1056, 64}, Shape{37, 29}}) {
+            for (int64_t T : {1, 2, 3, 4, 12, 16, 17, 32, 64, 65, 130}) {
                 for (bool accumulate : {false, true}) {
                     const bool strided = T % 2 == 1;
                     const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
@@ -159,6 +159,8 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
                     gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
                     const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
                     const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
+                    // 4-32 even rows (aligned, out and in multiples of 32) take the skinny tensor-core GEMM,
+                    // odd rows (strided x) the cuBLAS hi/lo path.
                     // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
                     // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
                     // term may move by one rounding step of that dtype.

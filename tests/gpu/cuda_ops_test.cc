@@ -159,8 +159,6 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
                     gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
                     const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
                     const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
-                    // 4-32 even rows (aligned, out and in multiples of 32) take the skinny tensor-core GEMM,
-                    // odd rows (strided x) the cuBLAS hi/lo path.
                     // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
                     // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
                     // term may move by one rounding step of that dtype.

@@ -183,12 +183,6 @@ class CudaBackend final : public Backend {
         }
         const cudaDataType_t wt = CudaType(w.dtype);
         const size_t elem = DTypeBytes(w.dtype);
-        if (options_.skinny_gemm && options_.exact_activations && rows <= cuda::kSkinnyMaxRows &&
-            cuda::SkinnyGemmFits(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in)) {
-            cuda::SkinnyGemm(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld,
-                             accumulate, stream_.get());
-            return;
-        }
         if (rows <= kSplitMaxRows && options_.exact_activations) {
             // Decode-sized batches are weight-bound: run the GEMM on [x_hi; x_lo] (twice the rows, the
             // same weight bytes) and add the halves, so activations keep fp32 accuracy. Few output tiles

@@ -25,9 +25,6 @@ struct CudaBackendOptions {
     // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill
     // does (one GEMM, as fp16 engines do), trading accuracy against the CPU oracle for speed.
     bool exact_activations = true;
-    // GEMMs of 3..32 rows with exact activations: our tensor-core skinny GEMM (skinny_gemm.cu) where the
-    // shape fits, instead of split + cuBLAS on twice the rows + combine. Off:
-    bool skinny_gemm = false;  // measured slower than cuBLAS on an H200 (docs/gpu-notes.md, run 8)
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

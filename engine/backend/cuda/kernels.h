@@ -78,18 +78,6 @@ void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
                  int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
 
-// ---- skinny_gemm.cu ----
-
-// GEMMs of a few activation rows on tensor cores with fp32-accurate activations (split in registers into
-// dtype hi + lo parts, both multiplied, fp32 accumulation): the same product as Gemv, for decode batches.
-//   y[t, o] = (accumulate ? y[t, o] : 0) + Σ_i x[t, i] · w[o, i]     rows <= kSkinnyMaxRows
-// Shapes it takes (SkinnyGemmFits): f16/bf16 w, out % 32 == 0, in % 32 == 0, 16-byte aligned rows.
-constexpr int kSkinnyMaxRows = 32;
-bool SkinnyGemmFits(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-                    int64_t n_in);
-void SkinnyGemm(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-                int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
-
 // ---- attention.cu ----
 
 // The paged-cache view of one step (see AttentionBatch in backend/backend.h).

@@ -35,10 +35,16 @@ uint64_t SamplingWeight(float g);
 // Applies a row's edits to its logits in place (the rule of LogitEdit).
 void ApplyLogitEdits(float* logits, int vocab, const LogitEdit* edits, int num_edits, float repetition_penalty);
 
+// A token SelectToken considers: its processed logit, id and weight W.
+struct SelectCandidate {
+    float logit;
+    int32_t id;
+    uint64_t weight;
+};
+
 // Buffers SelectToken reuses between calls.
 struct SelectScratch {
-    std::vector<std::pair<float, int32_t>> candidates;
-    std::vector<uint64_t> weights;
+    std::vector<SelectCandidate> candidates;
 };
 
 // Selects from processed logits [vocab] by the rule above.

@@ -721,13 +721,16 @@ void EngineImpl::OnToken(ActiveRequest& req, int index, const SampleResult& resu
     Sample& s = req.samples[index];
     s.generated.push_back(result.token);
     ++generation_tokens_;
+    // One inter-token interval per step that gives the request tokens (every sample of a step shares its
+    // `now`), whichever of its samples are still running: with n > 1 the request keeps being measured after
+    // sample 0 stops.
     if (!req.has_first_token) {
         req.has_first_token = true;
         req.first_token = now;
-    } else if (index == 0) {
+    } else if (now != req.last_token) {
         req.inter_token_s.push_back(Seconds(now - req.last_token));
     }
-    if (index == 0) req.last_token = now;
+    req.last_token = now;
 
     const bool eos = !r.ignore_eos && result.token == tokenizer_->eos_id();
     if (eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), result.token) != r.stop_token_ids.end()) {

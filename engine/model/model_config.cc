@@ -1,5 +1,7 @@
 #include "uniattn/model_config.h"
 
+#include <cmath>
+
 namespace uniattn {
 
 const char* LayerKindName(LayerKind kind) {
@@ -77,7 +79,10 @@ Status GetDouble(const Json& root, const std::string& path, const char* key, dou
     const Json* v = root.Find(key);
     if (v == nullptr || v->is_null()) return Status::Ok();
     if (!v->is_number()) return InvalidArgument(path + ": \"" + key + "\" must be a number");
-    out = v->number_value();
+    const double x = v->number_value();
+    // 1e400 parses to infinity: refused, as it could not be written back as JSON (found by fuzz_model_config).
+    if (!std::isfinite(x)) return InvalidArgument(path + ": \"" + key + "\" must be a finite number");
+    out = x;
     return Status::Ok();
 }
 

@@ -49,5 +49,14 @@ TEST(ModelConfigTest, ScaledRopeIsRefusedClearly) {
     EXPECT_NE(bad.status().message().find("must be an object"), std::string::npos) << bad.status().message();
 }
 
+TEST(ModelConfigTest, NumbersBeyondDoubleAreRefused) {  // fuzz_model_config: "rms_norm_eps": 1e602
+    for (const char* extra :
+         {R"(, "rms_norm_eps": 1e602)", R"(, "rope_theta": -1e400)", R"(, "rope_parameters": {"rope_theta": 1e999})"}) {
+        auto c = ModelConfig::FromJson(Config(extra), "c.json");
+        ASSERT_FALSE(c.ok()) << extra;
+        EXPECT_NE(c.status().message().find("must be a finite number"), std::string::npos) << c.status().message();
+    }
+}
+
 }  // namespace
 }  // namespace uniattn

@@ -95,10 +95,6 @@ bool HasBackend(const std::string& name) {
     return false;
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads) {
-    return MakeBackend(name, num_threads, DType::kF16);
-}
-
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads, DType device_dtype) {
     if (name == "cpu") return MakeCpuBackend(num_threads);
 #ifdef UNIATTN_HAVE_CUDA

@@ -198,9 +198,9 @@ class Backend {
 std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
 // Which backends this build has: "cpu" always, "cuda" when compiled in.
 bool HasBackend(const std::string& name);
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads);
-// The same with the weight and KV dtype of a device backend (CUDA: kF16, kBF16 or kF32); the CPU backend
+// device_dtype: the weight and KV dtype of a device backend (CUDA: kF16, kBF16 or kF32); the CPU backend
 // computes in float32 whatever is asked (callers refuse other dtypes for it: engine.cc).
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads, DType device_dtype);
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads,
+                                               DType device_dtype = DType::kF16);
 
 }  // namespace uniattn

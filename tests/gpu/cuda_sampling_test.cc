@@ -229,6 +229,17 @@ std::map<int, Drawn> Drain(RequestHandle& h) {
     return out;
 }
 
+// BOS "Once upon a time", 10 greedy tokens, and what stories15M answers (the project's oracle).
+GenerationRequest OncePromptGreedy(int logprobs) {
+    GenerationRequest r;
+    r.prompt_ids = {1, 9038, 2501, 263, 931};
+    r.max_tokens = 10;
+    r.temperature = 0;
+    r.logprobs = logprobs;
+    return r;
+}
+const std::vector<int32_t> kOnceGreedy = {29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889};
+
 EngineConfig CudaEngineConfig(EngineConfig::SamplingPlace place) {
     EngineConfig c;
     c.model_dir = testutil::DefaultModelDir();
@@ -250,16 +261,12 @@ TEST_F(CudaSamplingTest, EngineGreedyStoriesWithDeviceSamplingAndAKvPoolFromFree
     // 5% of what is free after the weights (~60 MB fp16) and workspaces, rounded down to whole blocks.
     EXPECT_LE(stats.kv_bytes_total, static_cast<int64_t>(0.05 * static_cast<double>(free_before)));
     EXPECT_GE(stats.kv_bytes_total, static_cast<int64_t>(0.05 * (static_cast<double>(free_before) - (1ull << 30))));
-    GenerationRequest r;
-    r.prompt_ids = {1, 9038, 2501, 263, 931};  // BOS "Once upon a time"
-    r.max_tokens = 10;
-    r.temperature = 0;
-    r.logprobs = 3;
+    const GenerationRequest r = OncePromptGreedy(3);
     auto h = (*engine)->Submit(r);
     ASSERT_TRUE(h.ok());
     const auto out = Drain(**h);
     ASSERT_EQ(out.size(), 1u);
-    EXPECT_EQ(out.at(0).tokens, (std::vector<int32_t>{29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889}));
+    EXPECT_EQ(out.at(0).tokens, kOnceGreedy);
     for (size_t t = 0; t < out.at(0).top.size(); ++t) {
         ASSERT_EQ(out.at(0).top[t].size(), 3u);
         EXPECT_EQ(out.at(0).top[t][0].token, out.at(0).tokens[t]);
@@ -291,15 +298,11 @@ TEST_F(CudaSamplingTest, EngineDtypeReachesTheBackend) {
         auto engine = Engine::Create(c);
         ASSERT_TRUE(engine.ok()) << engine.status().ToString();
         EXPECT_EQ((*engine)->model_info().dtype, want);
-        GenerationRequest r;
-        r.prompt_ids = {1, 9038, 2501, 263, 931};
-        r.max_tokens = 10;
-        r.temperature = 0;
-        auto h = (*engine)->Submit(r);
+        auto h = (*engine)->Submit(OncePromptGreedy(-1));
         ASSERT_TRUE(h.ok());
         const auto out = Drain(**h);
         ASSERT_EQ(out.size(), 1u);
-        EXPECT_EQ(out.at(0).tokens, (std::vector<int32_t>{29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889}));
+        EXPECT_EQ(out.at(0).tokens, kOnceGreedy);
     }
 }
 

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     const int rows = argc > 2 ? std::atoi(argv[2]) : 200;
     const float sigma = argc > 3 ? static_cast<float>(std::atof(argv[3])) : 2.5f;
     if (vocab < 1 || rows < 1 || !(sigma > 0)) {
-        std::fprintf(stderr, "usage: uniattn-select-bench [VOCAB] [ROWS] [SIGMA]\n");
+        std::fprintf(stderr, "usage: uniattn-select-bench [VOCAB] [ROWS] [SIGMA] [LOGITS_FILE]\n");
         return 2;
     }
     std::mt19937_64 rng(1);

@@ -18,9 +18,6 @@
 
 #include "model/model.h"
 #include "model/session.h"
-#ifdef UNIATTN_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace {
 
@@ -45,22 +42,13 @@ int main(int argc, char** argv) {
     const size_t chunk = argc >= 5 && std::atoi(argv[4]) > 0 ? static_cast<size_t>(std::atoi(argv[4])) : tokens.size();
     const std::string backend_name = argc == 6 ? argv[5] : "cpu";
 
-    std::unique_ptr<uniattn::Backend> backend;
-    if (backend_name == "cpu") {
-        backend = uniattn::MakeCpuBackend(1);
-    } else if (backend_name == "cuda" || backend_name == "cuda-f32") {
-#ifdef UNIATTN_HAVE_CUDA
-        uniattn::CudaBackendOptions o;
-        if (backend_name == "cuda-f32") o.weight_dtype = o.kv_dtype = uniattn::DType::kF32;
-        auto b = uniattn::CreateCudaBackend(o);
-        if (!b.ok()) return Fail(b.status().message());
-        backend = std::move(*b);
-#else
-        return Fail("this build has no CUDA backend");
-#endif
-    } else {
+    if (backend_name != "cpu" && backend_name != "cuda" && backend_name != "cuda-f32") {
         return Fail("BACKEND must be cpu, cuda or cuda-f32, got \"" + backend_name + "\"");
     }
+    auto made = uniattn::MakeBackend(backend_name == "cpu" ? "cpu" : "cuda", 1,
+                                     backend_name == "cuda-f32" ? uniattn::DType::kF32 : uniattn::DType::kF16);
+    if (!made.ok()) return Fail(made.status().message());
+    std::unique_ptr<uniattn::Backend> backend = std::move(*made);
     auto model = uniattn::Model::Load(argv[1], backend.get(), /*load_tokenizer=*/false);
     if (!model.ok()) return Fail(model.status().message());
     auto session = uniattn::Session::Create(model->get(), backend.get());

@@ -155,7 +155,7 @@ def main():
            "--save-stage1", stage1, "--device", "cpu", "--threads", "1", "--seed", "3",
            "--stage1-steps", "15", "--stage2-steps", "15", "--batch", "8", "--seq-len", "32",
            "--samples", "96", "--val-samples", "16", "--sample-batch", "64",
-           "--lr1", "1e-2", "--lr2", "3e-3", "--log-every", "5"]
+           "--lr1", "1e-2", "--lr2", "3e-3", "--log-every", "5", "--temperature", "1.0,0.7", "--ema", "0.8"]
     print("+", " ".join(cmd), flush=True)
     r = subprocess.run(cmd)
     if r.returncode != 0:
@@ -166,6 +166,11 @@ def main():
     print(f"validation KL: before {before:.4f}, after stage 1 {after1:.4f}, after stage 2 {after2:.4f}")
     if not (after1 < before and after2 < after1):
         sys.exit("FAIL: the validation loss did not go down in each stage")
+    # --ema: the written weights are the moving average, not the last step's (their losses differ).
+    raw2 = s["after_stage2_without_ema"]["val_loss"]
+    print(f"stage 2 without the moving average: {raw2:.4f}")
+    if raw2 == after2:
+        sys.exit("FAIL: --ema did not change the final weights")
 
     # The written checkpoint keeps the input's format: same keys, v2_proj exactly for the reuse layers.
     with open(os.path.join(out, "config.json")) as f:

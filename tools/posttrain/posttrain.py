@@ -56,7 +56,8 @@ def parse_args(argv=None):
     d.add_argument("--samples", type=int, default=0,
                    help="sequences to sample from the teacher when no --text (0: batch * max(stage steps), at most 16384)")
     d.add_argument("--sample-batch", type=int, default=256, help="sequences sampled at once")
-    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    d.add_argument("--temperature", default="1.0",
+                   help="sampling temperature; a comma list (1.0,0.7) splits the samples evenly among them")
     d.add_argument("--val-samples", type=int, default=32, help="held-apart sequences for the validation loss")
     d.add_argument("--eval-text", help="also report perplexity on this text (uniattn-eval's protocol) after each stage")
     d.add_argument("--calib-samples", type=int, default=64, help="sequences for closed-form Wc")
@@ -75,6 +76,9 @@ def parse_args(argv=None):
     t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of the peak")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="stage 2 keeps an exponential moving average of the weights with this decay (0.999: about "
+                        "the last 1000 steps) and ends with it (0: off)")
     t.add_argument("--batch", type=int, default=16, help="sequences per step")
     t.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (0: the model's context)")
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
@@ -85,6 +89,16 @@ def parse_args(argv=None):
     t.add_argument("--seed", type=int, default=1234)
     t.add_argument("--log-every", type=int, default=10)
     return p.parse_args(argv)
+
+
+def parse_temperatures(text):
+    try:
+        temps = [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"posttrain: --temperature {text!r}: expected a number or a comma list of numbers")
+    if not temps or any(t < 0 or not math.isfinite(t) for t in temps):
+        raise SystemExit(f"posttrain: --temperature {text!r}: temperatures are finite and >= 0")
+    return temps
 
 
 def up(x):
@@ -168,7 +182,8 @@ def perplexity(model, docs, device, autocast):
     return math.exp(nll / count)
 
 
-def train_stage(name, model, params, loss_fn, batches, steps, seconds, peak_lr, args, device):
+def train_stage(name, model, params, loss_fn, batches, steps, seconds, peak_lr, args, device, ema=0.0):
+    """Trains params; with ema > 0 keeps a moving average of them, returned as "ema" (the caller swaps it in)."""
     if steps <= 0 and seconds <= 0:
         log(f"{name}: skipped (no steps)")
         return {"steps": 0, "seconds": 0.0}
@@ -183,6 +198,7 @@ def train_stage(name, model, params, loss_fn, batches, steps, seconds, peak_lr, 
     start = time.time()
     step, progress, run_loss, run_n, tokens_seen = 0, 0.0, None, 0, 0
     first_loss = last_loss = None
+    shadow = [p_.detach().clone() for p_ in params] if ema > 0 else None
     while progress < 1.0:
         lr = lr_at(progress, peak_lr, args.warmup, args.min_lr_ratio)
         for g in opt.param_groups:
@@ -194,6 +210,12 @@ def train_stage(name, model, params, loss_fn, batches, steps, seconds, peak_lr, 
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         opt.step()
+        if shadow is not None:
+            # Early steps average over fewer steps (decay ramps up to ema), so the start is not over-weighted.
+            w = 1.0 - min(ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for s_, p_ in zip(shadow, params):
+                    s_.lerp_(p_.detach(), w)
         step += 1
         tokens_seen += tokens.numel()
         run_loss = loss.detach() if run_loss is None else run_loss + loss.detach()
@@ -211,8 +233,11 @@ def train_stage(name, model, params, loss_fn, batches, steps, seconds, peak_lr, 
                 f"{tokens_seen / max(elapsed, 1e-9):,.0f} tok/s {elapsed:.1f}s")
             run_loss, run_n = None, 0
     sync()
-    return {"steps": step, "seconds": round(time.time() - start, 2), "tokens": tokens_seen,
-            "first_logged_loss": first_loss, "last_logged_loss": last_loss, "epochs_of_data": batches.epochs}
+    result = {"steps": step, "seconds": round(time.time() - start, 2), "tokens": tokens_seen,
+              "first_logged_loss": first_loss, "last_logged_loss": last_loss, "epochs_of_data": batches.epochs}
+    if shadow is not None:
+        result["ema"] = shadow
+    return result
 
 
 def resolve_device(name):
@@ -223,6 +248,9 @@ def resolve_device(name):
 
 def main(argv=None):
     args = parse_args(argv)
+    temps = parse_temperatures(args.temperature)
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"posttrain: --ema {args.ema}: expected a decay in [0, 1)")
     t_start = time.time()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -337,13 +365,19 @@ def main(argv=None):
     else:
         n = args.samples or min(16384, args.batch * max(args.stage1_steps, args.stage2_steps, 1))
         t0 = time.time()
-        seqs = data.sample_sequences(teacher, n + args.val_samples, seq_len, args.sample_batch, args.temperature,
-                                     args.seed + 2, device, autocast)
-        log(f"sampled {n} + {args.val_samples} sequences of {seq_len} tokens from the teacher "
-            f"in {time.time() - t0:.1f}s")
+        train_parts, val_parts = [], []
+        for i, temp in enumerate(temps):  # the samples split evenly, the first temperatures take the remainder
+            n_i = n // len(temps) + (i < n % len(temps))
+            v_i = args.val_samples // len(temps) + (i < args.val_samples % len(temps))
+            seqs = data.sample_sequences(teacher, n_i + v_i, seq_len, args.sample_batch, temp, args.seed + 2 + i,
+                                         device, autocast)
+            train_parts.append(seqs[:n_i])
+            val_parts.append(seqs[n_i:])
+        log(f"sampled {n} + {args.val_samples} sequences of {seq_len} tokens from the teacher at temperature "
+            f"{', '.join(f'{t:g}' for t in temps)} in {time.time() - t0:.1f}s")
         summary["sampling_seconds"] = round(time.time() - t0, 2)
-        batches = Batches(seqs=seqs[:n], batch=args.batch, seed=args.seed, device=device)
-        vs = seqs[n:]
+        batches = Batches(seqs=torch.cat(train_parts), batch=args.batch, seed=args.seed, device=device)
+        vs = torch.cat(val_parts)
         val = [(vs[i:i + args.batch], None, torch.ones(vs[i:i + args.batch].shape, device=device))
                for i in range(0, vs.shape[0], args.batch)]
         loss_kind = "kl"
@@ -393,7 +427,14 @@ def main(argv=None):
         p_.requires_grad_(True)
     all_params = [p_ for p_ in model.parameters() if p_.requires_grad]
     summary["stage2"] = train_stage("stage 2", model, all_params, loss_fn, batches, args.stage2_steps,
-                                    args.stage2_seconds, args.lr2, args, device)
+                                    args.stage2_seconds, args.lr2, args, device, ema=args.ema)
+    shadow = summary["stage2"].pop("ema", None)
+    if shadow is not None:
+        report("after_stage2_without_ema")
+        with torch.no_grad():
+            for p_, s_ in zip(all_params, shadow):
+                p_.copy_(s_)
+        log(f"stage 2: the weights are now the moving average (decay {args.ema:g})")
     report("after_stage2")
 
     save_checkpoint(model, args.out, args.model, args.save_dtype, meta)

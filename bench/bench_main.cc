@@ -5,7 +5,7 @@
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
-//                 [--exact-activations 1|0]
+//                 [--exact-activations 1|0] [--pdl 1|0]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -111,7 +111,7 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
-                                                    int heads_per_block, bool exact_activations) {
+                                                    int heads_per_block, bool exact_activations, bool pdl) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
@@ -119,11 +119,13 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
         o.kv_dtype = kv;
         o.decode_heads_per_block = heads_per_block;
         o.exact_activations = exact_activations;
+        o.pdl = pdl;
         return CreateCudaBackend(o);
     }
 #else
     (void)heads_per_block;
     (void)exact_activations;
+    (void)pdl;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -327,9 +329,10 @@ int Fail(const Status& s) {
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps",
-                 "warmup", "block-size", "seed", "json", "decode-heads-per-block", "sampling", "exact-activations"},
-                {});
+    Flags flags(
+        {"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps", "warmup",
+         "block-size", "seed", "json", "decode-heads-per-block", "sampling", "exact-activations", "pdl"},
+        {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
     auto text = ReadFile(config_path);
@@ -344,7 +347,9 @@ int Main(int argc, char** argv) {
     if (!hpb.ok()) return Fail(hpb.status());
     auto exact = flags.GetInt("exact-activations", 1);
     if (!exact.ok()) return Fail(exact.status());
-    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0);
+    auto pdl = flags.GetInt("pdl", 1);
+    if (!pdl.ok()) return Fail(pdl.status());
+    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0);
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

@@ -39,10 +39,11 @@ double RelL2(const float* got, const float* want, size_t n) {
     return std::sqrt(num / den);
 }
 
-StatusOr<std::unique_ptr<Backend>> Gpu(DType weights, DType kv) {
+StatusOr<std::unique_ptr<Backend>> Gpu(DType weights, DType kv, bool pdl = true) {
     CudaBackendOptions o;
     o.weight_dtype = weights;
     o.kv_dtype = kv;
+    o.pdl = pdl;
     return CreateCudaBackend(o);
 }
 
@@ -334,6 +335,61 @@ TEST_F(CudaModelTest, BatchMatchesSequencesAlone) {
         // rounding differs; K/V rounded to fp16 can differ by one step where the fp32 values straddle it.
         EXPECT_LT(err, 1e-3) << "sequence " << s;
     }
+}
+
+// Programmatic dependent launch changes when kernels start, never what they compute: with it on (the
+// default) a run is bit-identical to the same run with every kernel fully serialised, through recorded decode
+// graphs at 1 row (GEMV path) and 3 rows (hi/lo GEMM path with cuBLAS between our kernels), UniAttn layers,
+// split-context attention and prefill chunks. A kernel reading its predecessor's output before waiting
+// would show up here as a difference (or as an error against the CPU in the tests above).
+TEST_F(CudaModelTest, ProgrammaticLaunchIsBitIdenticalToSerialLaunch) {
+    RandomCase rc = RandomCases()[2];  // UniAttn, GQA
+    TempDir tmp;
+    ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), rc.options).ok());
+    const int vocab = rc.options.vocab_size, block = 16, blocks_per_seq = 24;
+    const std::vector<std::vector<int32_t>> prompts = {RandomTokens(31, 250, vocab), RandomTokens(32, 40, vocab),
+                                                       RandomTokens(33, 7, vocab)};
+    std::vector<std::vector<float>> runs[2];
+    for (int pdl = 0; pdl < 2; ++pdl) {
+        auto gpu = Gpu(DType::kF16, DType::kF16, pdl == 1);
+        ASSERT_TRUE(gpu.ok());
+        auto model = Model::Load(tmp.path(), gpu->get(), false);
+        ASSERT_TRUE(model.ok());
+        auto kv = KvCache::Create(gpu->get(), (*model)->config, block, 3 * blocks_per_seq);
+        ASSERT_TRUE(kv.ok());
+        ModelRunner runner(model->get(), gpu->get());
+        auto blocks_of = [&](int s) {
+            std::vector<int32_t> b;
+            for (int i = 0; i < blocks_per_seq; ++i) b.push_back(i * 3 + s);
+            return b;
+        };
+        std::vector<float> logits(3 * static_cast<size_t>(vocab));
+        std::vector<int> pos(3);
+        for (int s = 0; s < 3; ++s) {  // prefill in chunks of up to 64 tokens
+            const auto& p = prompts[s];
+            for (size_t at = 0; at < p.size(); at += 64) {
+                const size_t n = std::min<size_t>(64, p.size() - at);
+                ForwardInput in;
+                in.AddSequence(std::vector<int32_t>(p.begin() + at, p.begin() + at + n), static_cast<int>(at),
+                               blocks_of(s), block, true);
+                in.Finish();
+                ASSERT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
+                runs[pdl].emplace_back(logits.begin(), logits.begin() + vocab);
+            }
+            pos[s] = static_cast<int>(p.size());
+        }
+        for (int step = 0; step < 10; ++step) {  // 1-row steps, then 3-row steps (graphs recorded once)
+            const int rows = step < 5 ? 1 : 3;
+            ForwardInput in;
+            for (int s = 0; s < rows; ++s)
+                in.AddSequence({(step * 7 + s) % vocab}, pos[s]++, blocks_of(s), block, true);
+            in.Finish();
+            ASSERT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
+            runs[pdl].emplace_back(logits.begin(), logits.begin() + static_cast<size_t>(rows) * vocab);
+        }
+    }
+    ASSERT_EQ(runs[0].size(), runs[1].size());
+    for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(runs[0][i], runs[1][i]) << "forward call " << i;
 }
 
 }  // namespace

@@ -141,6 +141,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     float* __restrict__ part_ml,   // [num_seqs, Hq, max_splits, 2]
     float* __restrict__ stats,     // [T, Hq, 2]
     float* __restrict__ probs, int64_t probs_ld) {
+    PdlEnter();
     using Map = LaneMap<kHd, kGroup>;
     using Frag = RowFrag<T, kHd, kGroup>;
     constexpr int kElems = Map::kElems;
@@ -326,6 +327,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
 template <bool kReuse>
 __global__ void CombineKernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml, int max_splits,
                               PagedBatch b, float* __restrict__ out, int64_t out_ld, float* __restrict__ stats) {
+    PdlEnter();
     const int s = blockIdx.x / b.num_heads, h = blockIdx.x % b.num_heads;
     const int t = b.query_start[s];
     if (b.query_start[s + 1] - t != 1) return;
@@ -362,6 +364,7 @@ __global__ void CombineKernel(const float* __restrict__ part_acc, const float* _
 // grid (num_tokens · num_heads): probs[row, j] = exp(score - max) / sum for j <= pos.
 __global__ void NormalizeProbsKernel(float* __restrict__ probs, int64_t probs_ld, const float* __restrict__ stats,
                                      const int32_t* __restrict__ positions, int num_heads) {
+    PdlEnter();
     const int64_t row = blockIdx.x;
     const int n = positions[row / num_heads] + 1;
     const float m = stats[row * 2], inv = 1.0f / stats[row * 2 + 1];
@@ -379,6 +382,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     const T* __restrict__ v_plane,                                       // [num_blocks, block_size, Hkv, hd]
     PagedBatch b, float scale, float* __restrict__ out, int64_t out_ld,  // [T, Hq·hd]
     float* __restrict__ probs, int64_t probs_ld, float* __restrict__ stats) {
+    PdlEnter();
     constexpr int kMaxHd = kHd > 0 ? kHd : kGenericMaxHeadDim;
     constexpr int kDims = kMaxHd / 4;
     constexpr int kCols = kBk / 4;
@@ -512,13 +516,13 @@ size_t PrefillSmem(int head_dim) {
 
 template <typename T, bool kReuse>
 void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out, int64_t out_ld,
-                  float* probs, int64_t probs_ld, const AttentionWorkspace& ws, cudaStream_t stream) {
+                  float* probs, int64_t probs_ld, const AttentionWorkspace& ws, Stream stream) {
     const DecodePlan p = PlanDecode(b);
     const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
     const size_t smem = DecodeSmem(b.head_dim);
     auto launch = [&](auto kernel) {
-        kernel<<<grid, kDecodeThreads, smem, stream>>>(q, q_ld, k, v, b, p.heads_per_block, p.max_splits, out, out_ld,
-                                                       ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld);
+        LaunchKernel("DecodeStreamKernel", kernel, grid, kDecodeThreads, smem, stream, q, q_ld, k, v, b,
+                     p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld);
     };
     // Lane groups: 16-byte loads per lane where head_dim allows.
     constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
@@ -533,22 +537,21 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     } else {
         mha ? launch(DecodeStreamKernel<T, 0, 32, 1, kReuse>) : launch(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
     }
-    UA_CUDA_CHECK_LAUNCH(DecodeStreamKernel);
     if (b.max_context_len > kMinChunk) {  // some token may have several splits
-        CombineKernel<kReuse><<<b.num_seqs * b.num_heads, 128, 0, stream>>>(ws.part_acc, ws.part_ml, p.max_splits, b,
-                                                                            out, out_ld, ws.stats);
-        UA_CUDA_CHECK_LAUNCH(CombineKernel);
+        LaunchKernel("CombineKernel", CombineKernel<kReuse>, b.num_seqs * b.num_heads, 128, 0, stream, ws.part_acc,
+                     ws.part_ml, p.max_splits, b, out, out_ld, ws.stats);
     }
 }
 
 template <typename T, bool kReuse>
 void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out,
-                   int64_t out_ld, float* probs, int64_t probs_ld, float* stats, cudaStream_t stream) {
+                   int64_t out_ld, float* probs, int64_t probs_ld, float* stats, Stream stream) {
     const dim3 grid(CeilDiv(b.max_query_len, kBq), b.num_heads, b.num_seqs);
     const size_t smem = PrefillSmem(b.head_dim);
     const float scale = 1.0f / sqrtf(static_cast<float>(b.head_dim));  // the CPU backend's rounding
     auto launch = [&](auto kernel) {
-        kernel<<<grid, kPrefillThreads, smem, stream>>>(q, q_ld, k, v, b, scale, out, out_ld, probs, probs_ld, stats);
+        LaunchKernel("PrefillKernel", kernel, grid, kPrefillThreads, smem, stream, q, q_ld, k, v, b, scale, out, out_ld,
+                     probs, probs_ld, stats);
     };
     if (b.head_dim == 128) {
         launch(PrefillKernel<T, 128, kReuse>);
@@ -557,7 +560,6 @@ void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const P
     } else {
         launch(PrefillKernel<T, 0, kReuse>);
     }
-    UA_CUDA_CHECK_LAUNCH(PrefillKernel);
 }
 
 }  // namespace
@@ -574,7 +576,7 @@ void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[3]) {
 
 void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
                const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
-               const AttentionWorkspace& ws, cudaStream_t stream) {
+               const AttentionWorkspace& ws, Stream stream) {
     if (b.num_tokens == 0) return;
     const bool all_decode = b.num_tokens == b.num_seqs;
     UA_DISPATCH_DTYPE(kv_dtype, T, {
@@ -584,14 +586,13 @@ void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_
         if (!all_decode) LaunchPrefill<T, false>(q, q_ld, k, v, b, out, out_ld, probs, probs_ld, ws.stats, stream);
     });
     if (probs != nullptr) {
-        NormalizeProbsKernel<<<b.num_tokens * b.num_heads, 256, 0, stream>>>(probs, probs_ld, ws.stats, b.positions,
-                                                                             b.num_heads);
-        UA_CUDA_CHECK_LAUNCH(NormalizeProbsKernel);
+        LaunchKernel("NormalizeProbsKernel", NormalizeProbsKernel, b.num_tokens * b.num_heads, 256, 0, stream, probs,
+                     probs_ld, ws.stats, b.positions, b.num_heads);
     }
 }
 
 void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
-                    float* out, int64_t out_ld, const AttentionWorkspace& ws, cudaStream_t stream) {
+                    float* out, int64_t out_ld, const AttentionWorkspace& ws, Stream stream) {
     if (b.num_tokens == 0) return;
     const bool all_decode = b.num_tokens == b.num_seqs;
     float* p = const_cast<float*>(probs);  // read only on the reuse path

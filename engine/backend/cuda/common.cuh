@@ -8,8 +8,10 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
 #include "uniattn/safetensors.h"
 
 namespace uniattn::cuda {
@@ -94,6 +96,48 @@ __device__ __forceinline__ float WarpMax(float v) {
 }
 
 inline unsigned CeilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Programmatic dependent launch (sm_90). Every kernel of this backend starts with PdlEnter() (or, when it
+// has work that needs none of the previous kernel's results, does that work first and then calls it):
+// wait until the kernel launched before it on the stream has finished and its writes are visible, then
+// let the kernel after it start launching. When the kernel was launched without the PDL attribute both
+// are no-ops, so a kernel is correct either way; nothing of the previous kernel's output may be read,
+// and no global memory written, before PdlWait().
+__device__ __forceinline__ void PdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void PdlLaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void PdlEnter() {
+    PdlWait();
+    PdlLaunchDependents();
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute
+// when stream.pdl (the kernel may then start while its predecessor drains; it must use PdlEnter), and checks
+// the launch (a failure names the kernel).
+template <typename... Params, typename... Args>
+void LaunchKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream,
+                  Args&&... args) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream.stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attr;
+    config.numAttrs = stream.pdl ? 1 : 0;
+    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+    if (err != cudaSuccess) CudaFailed("cudaLaunchKernelEx", __FILE__, __LINE__, name);
+    UA_CUDA_CHECK_LAUNCH(name);
+}
 
 }  // namespace uniattn::cuda
 

@@ -142,18 +142,17 @@ class CudaBackend final : public Backend {
     }
     void Synchronize() override { UA_CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
     void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed) override {
-        cuda::FillUniform(dst, dtype, n, lo, hi, seed, stream_.get());
+        cuda::FillUniform(dst, dtype, n, lo, hi, seed, KStream());
     }
 
     void Embedding(const int32_t* tokens, int num_tokens, const Tensor& table, const Tensor& out) override {
         UA_CHECK(out.dtype == DType::kF32);
-        cuda::Embedding(tokens, num_tokens, table.data, table.dtype, table.ld, out.cols, out.f32(), out.ld,
-                        stream_.get());
+        cuda::Embedding(tokens, num_tokens, table.data, table.dtype, table.ld, out.cols, out.f32(), out.ld, KStream());
     }
 
     void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) override {
         UA_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32);
-        cuda::RmsNorm(x.f32(), x.ld, w.data, w.dtype, eps, out.f32(), out.ld, x.rows, x.cols, stream_.get());
+        cuda::RmsNorm(x.f32(), x.ld, w.data, w.dtype, eps, out.f32(), out.ld, x.rows, x.cols, KStream());
     }
 
     void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
@@ -178,7 +177,7 @@ class CudaBackend final : public Backend {
         }
         if (rows <= cuda::kGemvMaxRows) {
             cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
-                       stream_.get());
+                       KStream());
             return;
         }
         const cudaDataType_t wt = CudaType(w.dtype);
@@ -191,17 +190,17 @@ class CudaBackend final : public Backend {
             const int64_t kc = in / ks;
             void* x2 = Workspace(kWsX16, static_cast<size_t>(2 * rows * in) * elem);
             float* y2 = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(ks * 2 * rows * out)));
-            cuda::SplitHiLo(x.f32(), x.ld, rows, in, x2, w.dtype, true, stream_.get());
+            cuda::SplitHiLo(x.f32(), x.ld, rows, in, x2, w.dtype, true, KStream());
             UA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
                 h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(2 * rows), static_cast<int>(kc),
                 &one, w.data, wt, static_cast<int>(w.ld), kc, x2, wt, static_cast<int>(in), kc, &zero, y2, CUDA_R_32F,
                 static_cast<int>(out), 2 * rows * out, ks, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            cuda::CombineParts(y2, 2 * ks, rows, out, y.f32(), y.ld, accumulate, stream_.get());
+            cuda::CombineParts(y2, 2 * ks, rows, out, y.f32(), y.ld, accumulate, KStream());
             return;
         }
         // Prefill-sized: compute-bound; activations rounded to the weight dtype (fp32 accumulation).
         void* x1 = Workspace(kWsX16, static_cast<size_t>(rows * in) * elem);
-        cuda::SplitHiLo(x.f32(), x.ld, rows, in, x1, w.dtype, false, stream_.get());
+        cuda::SplitHiLo(x.f32(), x.ld, rows, in, x1, w.dtype, false, KStream());
         UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
                                      static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x1, wt,
                                      static_cast<int>(in), beta, y.data, CUDA_R_32F, static_cast<int>(y.ld),
@@ -214,7 +213,7 @@ class CudaBackend final : public Backend {
             norm_w.dtype == DType::kF32) {
             UA_CHECK_EQ(w.cols, x.cols);
             cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
-                           w.cols, y.f32(), y.ld, accumulate, stream_.get());
+                           w.cols, y.f32(), y.ld, accumulate, KStream());
             return;
         }
         Backend::NormMatMul(x, norm_w, eps, w, y, xn, accumulate);
@@ -225,7 +224,7 @@ class CudaBackend final : public Backend {
         if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
-                              w.cols, y.f32(), y.ld, accumulate, stream_.get());
+                              w.cols, y.f32(), y.ld, accumulate, KStream());
             return;
         }
         Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);
@@ -233,13 +232,13 @@ class CudaBackend final : public Backend {
 
     void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
         UA_CHECK(x.dtype == DType::kF32);
-        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, theta, stream_.get());
+        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, theta, KStream());
     }
 
     void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
         UA_CHECK(src.dtype == DType::kF32);
         cuda::WriteKv(src.f32(), src.ld, src.rows, plane.base, plane.dtype,
-                      static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim, slot_mapping, stream_.get());
+                      static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim, slot_mapping, KStream());
     }
 
     void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane, const KvPlane& v_plane,
@@ -248,7 +247,7 @@ class CudaBackend final : public Backend {
         UA_CHECK(k_plane.dtype == v_plane.dtype);
         cuda::RopeWriteKv(q.f32(), q.ld, k.f32(), k.ld, v.f32(), v.ld, q.rows, num_heads, k_plane.num_kv_heads,
                           k_plane.head_dim, positions, theta, k_plane.base, v_plane.base, k_plane.dtype, slot_mapping,
-                          stream_.get());
+                          KStream());
     }
 
     void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch, int num_heads,
@@ -257,29 +256,29 @@ class CudaBackend final : public Backend {
         const cuda::PagedBatch b = Paged(batch, k, num_heads);
         const cuda::AttentionWorkspace ws = AttnWorkspace(b);
         cuda::Attention(q.f32(), q.ld, k.base, v.base, k.dtype, b, out.f32(), out.ld, probs, batch.max_context_len, ws,
-                        stream_.get());
+                        KStream());
     }
 
     void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& batch, int num_heads,
                         const Tensor& out) override {
         const cuda::PagedBatch b = Paged(batch, v, num_heads);
         const cuda::AttentionWorkspace ws = AttnWorkspace(b);
-        cuda::ReuseAttention(probs, batch.max_context_len, v.base, v.dtype, b, out.f32(), out.ld, ws, stream_.get());
+        cuda::ReuseAttention(probs, batch.max_context_len, v.base, v.dtype, b, out.f32(), out.ld, ws, KStream());
     }
 
     void SiluMul(const Tensor& gate_up, const Tensor& out) override {
-        cuda::SiluMul(gate_up.f32(), gate_up.ld, out.f32(), out.ld, out.rows, out.cols, stream_.get());
+        cuda::SiluMul(gate_up.f32(), gate_up.ld, out.f32(), out.ld, out.rows, out.cols, KStream());
     }
 
     void Add(const Tensor& x, const Tensor& y) override {
-        cuda::Add(x.f32(), x.ld, y.f32(), y.ld, x.rows, x.cols, stream_.get());
+        cuda::Add(x.f32(), x.ld, y.f32(), y.ld, x.rows, x.cols, KStream());
     }
 
     void GatherRows(const Tensor& x, const int32_t* host_rows, int num_rows, const Tensor& out) override {
         if (num_rows == 0) return;
         auto* rows = static_cast<int32_t*>(Workspace(kWsGather, sizeof(int32_t) * num_rows));
         CopyToDevice(rows, host_rows, sizeof(int32_t) * num_rows);
-        cuda::GatherRows(x.f32(), x.ld, rows, num_rows, x.cols, out.f32(), out.ld, stream_.get());
+        cuda::GatherRows(x.f32(), x.ld, rows, num_rows, x.cols, out.f32(), out.ld, KStream());
     }
 
     void SampleRows(const Tensor& logits, const SampleRowParams* host_rows, int num_rows, const LogitEdit* host_edits,
@@ -306,7 +305,7 @@ class CudaBackend final : public Backend {
             any_edits ? static_cast<float*>(Workspace(kWsSampleWork, sizeof(float) * num_rows * vocab)) : nullptr;
         auto* out = static_cast<SampleRowResult*>(Workspace(kWsSampleOut, sizeof(SampleRowResult) * num_rows));
         cuda::SampleRows(logits.f32(), logits.ld, vocab, num_rows, reinterpret_cast<const SampleRowParams*>(in),
-                         reinterpret_cast<const LogitEdit*>(in + rows_bytes), work, out, stream_.get());
+                         reinterpret_cast<const LogitEdit*>(in + rows_bytes), work, out, KStream());
         CopyToHost(host_results, out, sizeof(SampleRowResult) * num_rows);
     }
 
@@ -330,6 +329,9 @@ class CudaBackend final : public Backend {
     }
 
   private:
+    // The stream the kernels enqueue on, with programmatic dependent launch when the options ask for it.
+    cuda::Stream KStream() const { return cuda::Stream(stream_.get(), options_.pdl); }
+
     static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
     // Rows up to which MatMul with 16-bit weights splits activations into hi/lo halves (exact fp32 inputs).

@@ -25,6 +25,10 @@ struct CudaBackendOptions {
     // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill
     // does (one GEMM, as fp16 engines do), trading accuracy against the CPU oracle for speed.
     bool exact_activations = true;
+    // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
+    // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
+    // wait. Kernels in recorded decode graphs keep the programmatic edges.
+    bool pdl = true;
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

@@ -13,6 +13,7 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __restrict__ table, int64_t table_ld,
                                 int64_t d, float* __restrict__ out, int64_t out_ld) {
+    PdlEnter();
     const int64_t t = blockIdx.x;
     const T* row = table + static_cast<int64_t>(tokens[t]) * table_ld;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * out_ld + i] = ToFloat(row[i]);
@@ -21,6 +22,7 @@ __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __r
 template <typename T>
 __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
                               float* __restrict__ out, int64_t out_ld, int64_t d) {
+    PdlEnter();
     __shared__ float partial[kThreads / 32];
     const int64_t r = blockIdx.x;
     const float* xr = x + r * x_ld;
@@ -51,6 +53,7 @@ __device__ void RopeTable(int pos, int head_dim, double theta, float* cos_s, flo
 // One block per row.  x [rows, num_heads * head_dim]
 __global__ void RopeKernel(float* __restrict__ x, int64_t x_ld, int num_heads, int head_dim,
                            const int32_t* __restrict__ positions, double theta) {
+    PdlEnter();
     extern __shared__ float table[];  // cos [half], sin [half]
     const int half = head_dim / 2;
     const int64_t t = blockIdx.x;
@@ -69,6 +72,7 @@ __global__ void RopeKernel(float* __restrict__ x, int64_t x_ld, int num_heads, i
 template <typename T>
 __global__ void WriteKvKernel(const float* __restrict__ src, int64_t src_ld, T* __restrict__ plane, int64_t width,
                               const int64_t* __restrict__ slot_mapping) {
+    PdlEnter();
     const int64_t t = blockIdx.x;
     T* dst = plane + slot_mapping[t] * width;
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = FromFloat<T>(src[t * src_ld + i]);
@@ -81,6 +85,7 @@ __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const flo
                                   int head_dim, const int32_t* __restrict__ positions, double theta,
                                   T* __restrict__ k_plane, T* __restrict__ v_plane,
                                   const int64_t* __restrict__ slot_mapping) {
+    PdlEnter();
     extern __shared__ float table[];
     const int half = head_dim / 2;
     const int64_t t = blockIdx.x;
@@ -112,6 +117,7 @@ __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const flo
 
 __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, float* __restrict__ out, int64_t out_ld,
                               int64_t rows, int64_t ff) {
+    PdlEnter();
     const int64_t n = rows * ff;
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -123,6 +129,7 @@ __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, 
 
 __global__ void AddKernel(float* __restrict__ x, int64_t x_ld, const float* __restrict__ y, int64_t y_ld, int64_t rows,
                           int64_t cols) {
+    PdlEnter();
     const int64_t n = rows * cols;
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -133,6 +140,7 @@ __global__ void AddKernel(float* __restrict__ x, int64_t x_ld, const float* __re
 
 __global__ void GatherRowsKernel(const float* __restrict__ x, int64_t x_ld, const int32_t* __restrict__ rows,
                                  int64_t cols, float* __restrict__ out, int64_t out_ld) {
+    PdlEnter();
     const int64_t i = blockIdx.x;
     const float* src = x + static_cast<int64_t>(rows[i]) * x_ld;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * out_ld + c] = src[c];
@@ -141,6 +149,7 @@ __global__ void GatherRowsKernel(const float* __restrict__ x, int64_t x_ld, cons
 template <typename T>
 __global__ void SplitHiLoKernel(const float* __restrict__ x, int64_t x_ld, int64_t rows, int64_t cols,
                                 T* __restrict__ out, bool with_lo) {
+    PdlEnter();
     const int64_t n = rows * cols;
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -154,6 +163,7 @@ __global__ void SplitHiLoKernel(const float* __restrict__ x, int64_t x_ld, int64
 
 __global__ void CombinePartsKernel(const float* __restrict__ yy, int parts, int64_t rows, int64_t cols,
                                    float* __restrict__ y, int64_t y_ld, bool accumulate) {
+    PdlEnter();
     const int64_t n = rows * cols;
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -167,6 +177,7 @@ __global__ void CombinePartsKernel(const float* __restrict__ yy, int parts, int6
 
 template <typename T>
 __global__ void FillUniformKernel(T* __restrict__ dst, int64_t n, float lo, float hi, uint64_t seed) {
+    PdlEnter();
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         uint64_t z = seed + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ULL;
@@ -187,93 +198,85 @@ unsigned StrideGrid(int64_t n) {
 }  // namespace
 
 void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
-               float* out, int64_t out_ld, cudaStream_t stream) {
+               float* out, int64_t out_ld, Stream stream) {
     if (num_tokens == 0) return;
     UA_DISPATCH_DTYPE(table_dtype, T,
-                      EmbeddingKernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
-                                                                              table_ld, d, out, out_ld));
-    UA_CUDA_CHECK_LAUNCH(EmbeddingKernel);
+                      LaunchKernel("EmbeddingKernel", EmbeddingKernel<T>, num_tokens, kThreads, 0, stream, tokens,
+                                   static_cast<const T*>(table), table_ld, d, out, out_ld));
 }
 
 void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
-             int64_t rows, int64_t d, cudaStream_t stream) {
+             int64_t rows, int64_t d, Stream stream) {
     if (rows == 0) return;
     UA_DISPATCH_DTYPE(w_dtype, T,
-                      RmsNormKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-                          x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
-    UA_CUDA_CHECK_LAUNCH(RmsNormKernel);
+                      LaunchKernel("RmsNormKernel", RmsNormKernel<T>, static_cast<unsigned>(rows), kThreads, 0, stream,
+                                   x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
 }
 
 void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
-          cudaStream_t stream) {
+          Stream stream) {
     if (rows == 0) return;
     const size_t smem = sizeof(float) * head_dim;
-    RopeKernel<<<static_cast<unsigned>(rows), 128, smem, stream>>>(x, x_ld, num_heads, head_dim, positions, theta);
-    UA_CUDA_CHECK_LAUNCH(RopeKernel);
+    LaunchKernel("RopeKernel", RopeKernel, static_cast<unsigned>(rows), 128, smem, stream, x, x_ld, num_heads, head_dim,
+                 positions, theta);
 }
 
 void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
-             const int64_t* slot_mapping, cudaStream_t stream) {
+             const int64_t* slot_mapping, Stream stream) {
     if (rows == 0) return;
     UA_DISPATCH_DTYPE(plane_dtype, T,
-                      WriteKvKernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
-                          src, src_ld, static_cast<T*>(plane), width, slot_mapping));
-    UA_CUDA_CHECK_LAUNCH(WriteKvKernel);
+                      LaunchKernel("WriteKvKernel", WriteKvKernel<T>, static_cast<unsigned>(rows), 128, 0, stream, src,
+                                   src_ld, static_cast<T*>(plane), width, slot_mapping));
 }
 
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
                  int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
-                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, cudaStream_t stream) {
+                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream) {
     if (rows == 0) return;
     const size_t smem = sizeof(float) * head_dim;
     UA_DISPATCH_DTYPE(plane_dtype, T,
-                      RopeWriteKvKernel<T><<<static_cast<unsigned>(rows), 256, smem, stream>>>(
-                          q, q_ld, k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions, theta,
-                          static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
-    UA_CUDA_CHECK_LAUNCH(RopeWriteKvKernel);
+                      LaunchKernel("RopeWriteKvKernel", RopeWriteKvKernel<T>, static_cast<unsigned>(rows), 256, smem,
+                                   stream, q, q_ld, k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions,
+                                   theta, static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
 }
 
-void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff,
-             cudaStream_t stream) {
+void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream) {
     if (rows * ff == 0) return;
-    SiluMulKernel<<<StrideGrid(rows * ff), kThreads, 0, stream>>>(gate_up, gu_ld, out, out_ld, rows, ff);
-    UA_CUDA_CHECK_LAUNCH(SiluMulKernel);
+    LaunchKernel("SiluMulKernel", SiluMulKernel, StrideGrid(rows * ff), kThreads, 0, stream, gate_up, gu_ld, out,
+                 out_ld, rows, ff);
 }
 
-void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, cudaStream_t stream) {
+void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, Stream stream) {
     if (rows * cols == 0) return;
-    AddKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(x, x_ld, y, y_ld, rows, cols);
-    UA_CUDA_CHECK_LAUNCH(AddKernel);
+    LaunchKernel("AddKernel", AddKernel, StrideGrid(rows * cols), kThreads, 0, stream, x, x_ld, y, y_ld, rows, cols);
 }
 
 void GatherRows(const float* x, int64_t x_ld, const int32_t* rows, int num_rows, int64_t cols, float* out,
-                int64_t out_ld, cudaStream_t stream) {
+                int64_t out_ld, Stream stream) {
     if (num_rows == 0) return;
-    GatherRowsKernel<<<num_rows, kThreads, 0, stream>>>(x, x_ld, rows, cols, out, out_ld);
-    UA_CUDA_CHECK_LAUNCH(GatherRowsKernel);
+    LaunchKernel("GatherRowsKernel", GatherRowsKernel, num_rows, kThreads, 0, stream, x, x_ld, rows, cols, out, out_ld);
 }
 
 void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* out, DType dtype, bool with_lo,
-               cudaStream_t stream) {
+               Stream stream) {
     if (rows * cols == 0) return;
     UA_DISPATCH_DTYPE(dtype, T,
-                      SplitHiLoKernel<T><<<StrideGrid(rows * cols), kThreads, 0, stream>>>(
-                          x, x_ld, rows, cols, static_cast<T*>(out), with_lo));
-    UA_CUDA_CHECK_LAUNCH(SplitHiLoKernel);
+                      LaunchKernel("SplitHiLoKernel", SplitHiLoKernel<T>, StrideGrid(rows * cols), kThreads, 0, stream,
+                                   x, x_ld, rows, cols, static_cast<T*>(out), with_lo));
 }
 
 void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
-                  cudaStream_t stream) {
+                  Stream stream) {
     if (rows * cols == 0) return;
-    CombinePartsKernel<<<StrideGrid(rows * cols), kThreads, 0, stream>>>(yy, parts, rows, cols, y, y_ld, accumulate);
-    UA_CUDA_CHECK_LAUNCH(CombinePartsKernel);
+    LaunchKernel("CombinePartsKernel", CombinePartsKernel, StrideGrid(rows * cols), kThreads, 0, stream, yy, parts,
+                 rows, cols, y, y_ld, accumulate);
 }
 
-void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {
+void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, Stream stream) {
     if (n == 0) return;
-    UA_DISPATCH_DTYPE(
-        dtype, T, FillUniformKernel<T><<<StrideGrid(n), kThreads, 0, stream>>>(static_cast<T*>(dst), n, lo, hi, seed));
-    UA_CUDA_CHECK_LAUNCH(FillUniformKernel);
+    UA_DISPATCH_DTYPE(dtype, T,
+                      LaunchKernel("FillUniformKernel", FillUniformKernel<T>, StrideGrid(n), kThreads, 0, stream,
+                                   static_cast<T*>(dst), n, lo, hi, seed));
 }
 
 }  // namespace uniattn::cuda

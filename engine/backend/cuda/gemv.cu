@@ -64,6 +64,15 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
     const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
     if (o >= n_out) return;
     const WT* wr = w + o * w_ld;
+    // Weights are never written during a step, so this warp's first loop iteration of them can be on its way
+    // to L2 before the previous kernel has finished (with PDL the block may be resident while it drains).
+    if constexpr (kVector) {
+        const int64_t first = min(n_in, static_cast<int64_t>(kUnroll * 32 * (16 / sizeof(WT))));
+        for (int64_t i = lane * (16 / sizeof(WT)); i < first; i += 32 * (16 / sizeof(WT))) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + i));
+        }
+    }
+    PdlEnter();
     float acc[kRows], ss[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = ss[r] = 0.f;
@@ -119,7 +128,7 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
 
 template <typename WT, int kRows, int kXform>
 void LaunchGemv(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld,
-                bool accumulate, cudaStream_t stream) {
+                bool accumulate, Stream stream) {
     constexpr int kVec = 16 / sizeof(WT);
     const bool vector = reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % kVec == 0 &&
                         reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && (kRows == 1 || in.x_ld % 4 == 0) &&
@@ -127,18 +136,17 @@ void LaunchGemv(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int6
                         (kXform != kSiluMul || n_in % 4 == 0);
     const unsigned grid = CeilDiv(n_out, kWarpsPerBlock);
     if (vector) {
-        GemvKernel<WT, kRows, true, kXform>
-            <<<grid, kWarpsPerBlock * 32, 0, stream>>>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+        LaunchKernel("GemvKernel", GemvKernel<WT, kRows, true, kXform>, grid, kWarpsPerBlock * 32, 0, stream, in, w,
+                     w_ld, n_out, n_in, y, y_ld, accumulate);
     } else {
-        GemvKernel<WT, kRows, false, kXform>
-            <<<grid, kWarpsPerBlock * 32, 0, stream>>>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate);
+        LaunchKernel("GemvKernel", GemvKernel<WT, kRows, false, kXform>, grid, kWarpsPerBlock * 32, 0, stream, in, w,
+                     w_ld, n_out, n_in, y, y_ld, accumulate);
     }
-    UA_CUDA_CHECK_LAUNCH(GemvKernel);
 }
 
 template <typename WT, int kXform>
 void GemvRows(const GemvIn& in, int rows, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y,
-              int64_t y_ld, bool accumulate, cudaStream_t stream) {
+              int64_t y_ld, bool accumulate, Stream stream) {
     static_assert(kGemvMaxRows == 2, "one instantiation per row count");
     if (rows == 1) {
         LaunchGemv<WT, 1, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, stream);
@@ -149,7 +157,7 @@ void GemvRows(const GemvIn& in, int rows, const WT* w, int64_t w_ld, int64_t n_o
 
 template <int kXform>
 void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out, int64_t n_in,
-                  float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
+                  float* y, int64_t y_ld, bool accumulate, Stream stream) {
     if (rows == 0 || n_out == 0) return;
     UA_DISPATCH_DTYPE(
         w_dtype, T,
@@ -159,19 +167,19 @@ void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int6
 }  // namespace
 
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
     GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
                          stream);
 }
 
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
-              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
+              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
     GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
                            stream);
 }
 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
-                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream) {
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
     GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
                            accumulate, stream);
 }

@@ -12,54 +12,62 @@
 
 namespace uniattn::cuda {
 
+// The stream every launcher enqueues on, and whether its kernels use programmatic dependent launch
+// (common.cuh: LaunchKernel, PdlEnter). Converts from a plain stream (pdl off).
+struct Stream {
+    Stream(cudaStream_t s, bool with_pdl = false) : stream(s), pdl(with_pdl) {}  // NOLINT: implicit by design
+    operator cudaStream_t() const { return stream; }                             // NOLINT
+    cudaStream_t stream;
+    bool pdl;
+};
+
 // ---- elementwise.cu ----
 
 // out[t, :] = float(table[tokens[t], :])       table [vocab, d] (ld table_ld), out [T, d] fp32
 void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
-               float* out, int64_t out_ld, cudaStream_t stream);
+               float* out, int64_t out_ld, Stream stream);
 
 // out[t] = x[t] / rms(x[t]) * w                 x, out [rows, d] fp32; w [d]
 void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
-             int64_t rows, int64_t d, cudaStream_t stream);
+             int64_t rows, int64_t d, Stream stream);
 
 // Hugging Face half-split RoPE in place.       x [rows, num_heads * head_dim] fp32; positions [rows]
 void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
-          cudaStream_t stream);
+          Stream stream);
 
 // plane[slot_mapping[t] * width + i] = src[t, i]      src [rows, width] fp32;
 //   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim
 void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
-             const int64_t* slot_mapping, cudaStream_t stream);
+             const int64_t* slot_mapping, Stream stream);
 
 // Rope(q) in place; rotated k and plain v written to their planes (k itself is left unrotated).
 //   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
                  int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
-                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, cudaStream_t stream);
+                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
-void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff,
-             cudaStream_t stream);
+void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream);
 
 // x += y                                        x, y [rows, cols] fp32
-void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, cudaStream_t stream);
+void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, Stream stream);
 
 // out[i, :] = x[rows[i], :]                     rows: device indices
 void GatherRows(const float* x, int64_t x_ld, const int32_t* rows, int num_rows, int64_t cols, float* out,
-                int64_t out_ld, cudaStream_t stream);
+                int64_t out_ld, Stream stream);
 
 // Splits fp32 x into 16-bit parts for tensor-core GEMMs with fp32-accurate activations:
 //   out [2·rows, cols] contiguous: rows [0, rows) = hi = dtype(x), rows [rows, 2·rows) = lo = dtype(x - hi).
 // With with_lo false only the hi half [rows, cols] is written.
 void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* out, DType dtype, bool with_lo,
-               cudaStream_t stream);
+               Stream stream);
 // y[t, :] = (accumulate ? y[t, :] : 0) + Σ_p yy[p, t, :]       yy [parts, rows, cols] contiguous fp32
 // (the hi and lo halves of each K split of a GEMM on SplitHiLo's output).
 void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,
-                  cudaStream_t stream);
+                  Stream stream);
 
 // n values of dtype, uniform in [lo, hi), SplitMix64 of (seed, index) (the Backend default's stream).
-void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, cudaStream_t stream);
+void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, Stream stream);
 
 // ---- gemv.cu ----
 
@@ -68,15 +76,15 @@ void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t
 //   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16), y [rows, out] fp32; rows <= kGemvMaxRows
 constexpr int kGemvMaxRows = 2;
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream);
 // Gemv of RmsNorm(x) with the norm fused into the loads (no normalised copy of x is written):
 //   y[t, o] (+)= Σ_i x[t, i] g[i] w[o, i] / rms(x[t])       norm_w g [in] fp32
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
-              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
+              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream);
 // Gemv of SwiGLU(gate_up) with the activation fused into the loads:
 //   y[t, o] (+)= Σ_i silu(gu[t, i]) gu[t, n_in + i] w[o, i]     gate_up [rows, 2·n_in]
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
-                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, cudaStream_t stream);
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream);
 
 // ---- attention.cu ----
 
@@ -112,11 +120,11 @@ void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[3]);
 //   q [num_tokens, num_heads·hd] fp32, k/v planes of kv_dtype, out [num_tokens, num_heads·hd] fp32
 void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
                const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
-               const AttentionWorkspace& ws, cudaStream_t stream);
+               const AttentionWorkspace& ws, Stream stream);
 
 // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]
 void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
-                    float* out, int64_t out_ld, const AttentionWorkspace& ws, cudaStream_t stream);
+                    float* out, int64_t out_ld, const AttentionWorkspace& ws, Stream stream);
 
 // ---- sampling.cu ----
 
@@ -125,7 +133,7 @@ void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, D
 //   results [num_rows]: device memory. work [num_rows, vocab] fp32 scratch holds the processed copy of each
 //   row that has edits (may be null when no row has any). The logits are not written.
 void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const SampleRowParams* rows,
-                const LogitEdit* edits, float* work, SampleRowResult* results, cudaStream_t stream);
+                const LogitEdit* edits, float* work, SampleRowResult* results, Stream stream);
 
 // Which head dimensions have a kernel (64, 128 specialised; others up to 128 through the generic one).
 bool AttentionSupportsHeadDim(int head_dim);

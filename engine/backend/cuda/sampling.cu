@@ -341,6 +341,7 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
 __global__ void __launch_bounds__(kThreads)
     SampleRowsKernel(const float* __restrict__ logits, int64_t ld, int vocab, const SampleRowParams* __restrict__ rows,
                      const LogitEdit* __restrict__ edits, float* work, SampleRowResult* __restrict__ results) {
+    PdlEnter();
     __shared__ Shared sh;
     const SampleRowParams p = rows[blockIdx.x];
     const float* l = logits + static_cast<int64_t>(p.logits_row) * ld;
@@ -432,10 +433,10 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const SampleRowParams* rows,
-                const LogitEdit* edits, float* work, SampleRowResult* results, cudaStream_t stream) {
+                const LogitEdit* edits, float* work, SampleRowResult* results, Stream stream) {
     if (num_rows == 0) return;
-    SampleRowsKernel<<<num_rows, kThreads, 0, stream>>>(logits, ld, vocab, rows, edits, work, results);
-    UA_CUDA_CHECK_LAUNCH(SampleRowsKernel);
+    LaunchKernel("SampleRowsKernel", SampleRowsKernel, num_rows, kThreads, 0, stream, logits, ld, vocab, rows, edits,
+                 work, results);
 }
 
 }  // namespace uniattn::cuda

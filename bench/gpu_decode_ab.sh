@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call: every GPU test, compute-sanitizer on chosen tests, then an A/B of one uniattn-bench flag on
+# Llama-2-7B decode steps, the two settings alternating so both see the same card state. Binaries come built
+# from here, packed by `bench/gpu_sampling_check.sh prepare` (device tool carry:
+# ["build-cuda/carry/bins.tar.xz", "build-cuda/carry/stories15M"]).
+#
+#   FLAG=pdl VALUES="0 1" ROUNDS=2 CASES=1x512,16x4096,32x2048 VARIANTS=std,8/0/32 \
+#   SANITIZE='CudaModelTest.Programmatic*' bash bench/gpu_decode_ab.sh
+#
+# Logs and a summary go to $OUT (the device tool's output folder).
+set -u
+C=build-cuda/carry
+OUT=${OUT:-/tmp/uniattn-out}
+FLAG=${FLAG:-pdl}
+VALUES=${VALUES:-0 1}
+ROUNDS=${ROUNDS:-2}
+CASES=${CASES:-1x512,16x4096,32x2048}
+VARIANTS=${VARIANTS:-std}
+SANITIZE=${SANITIZE:-}
+TESTS=${TESTS:-*}
+mkdir -p "$OUT"
+T0=$(date +%s)
+S="$OUT/summary.txt"
+say() { echo "$*" | tee -a "$S"; }
+(cd "$C" && tar xJf bins.tar.xz)
+export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+mkdir -p /work models
+[ -e /work/main ] || ln -s "$PWD" /work/main
+[ -e models/stories15M ] || ln -s "$PWD/$C/stories15M" models/stories15M
+B=$C/bin
+say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+timeout 240 $B/gpu_tests --gtest_color=no --gtest_filter="$TESTS" >"$OUT/gpu_tests.log" 2>&1
+say "gpu_tests rc=$? t=$(($(date +%s) - T0))s"
+grep -E "^\[  PASSED|^\[  FAILED|^\[  SKIPPED|Failure" "$OUT/gpu_tests.log" | tee -a "$S"
+if [ -n "$SANITIZE" ]; then
+    for tool in memcheck racecheck; do
+        timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 $B/gpu_tests --gtest_color=no \
+            --gtest_filter="$SANITIZE" >"$OUT/$tool.log" 2>&1
+        say "$tool ($SANITIZE) rc=$? t=$(($(date +%s) - T0))s"
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  PASSED|^\[  FAILED" "$OUT/$tool.log" | tee -a "$S"
+    done
+fi
+for r in $(seq "$ROUNDS"); do
+    for v in $VALUES; do
+        echo "=== round $r --$FLAG $v" >>"$OUT/bench.log"
+        timeout 150 $B/uniattn-bench --config bench/configs/llama2-7b.json --decode "$CASES" --variants "$VARIANTS" \
+            --steps 20 --warmup 3 --$FLAG "$v" >>"$OUT/bench.log" 2>&1
+        say "bench round $r --$FLAG $v rc=$? t=$(($(date +%s) - T0))s"
+    done
+done
+grep -E "^===|measured|reuse layers,|  decode" "$OUT/bench.log" | tee -a "$S"

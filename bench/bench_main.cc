@@ -5,7 +5,7 @@
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
-//                 [--exact-activations 1|0] [--pdl 1|0]
+//                 [--exact-activations 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -111,7 +111,8 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
-                                                    int heads_per_block, bool exact_activations, bool pdl) {
+                                                    int heads_per_block, bool exact_activations, bool pdl,
+                                                    int fuse_gemv, int stage_gemv) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
@@ -120,12 +121,16 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
         o.decode_heads_per_block = heads_per_block;
         o.exact_activations = exact_activations;
         o.pdl = pdl;
+        if (fuse_gemv >= 0) o.fuse_gemv_inputs = fuse_gemv != 0;
+        if (stage_gemv >= 0) o.stage_gemv_input = stage_gemv != 0;
         return CreateCudaBackend(o);
     }
 #else
     (void)heads_per_block;
     (void)exact_activations;
     (void)pdl;
+    (void)fuse_gemv;
+    (void)stage_gemv;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -329,10 +334,27 @@ int Fail(const Status& s) {
 }
 
 int Main(int argc, char** argv) {
-    Flags flags(
-        {"config", "backend", "dtype", "kv-dtype", "variants", "decode", "batch", "ctx", "prefill", "steps", "warmup",
-         "block-size", "seed", "json", "decode-heads-per-block", "sampling", "exact-activations", "pdl"},
-        {});
+    Flags flags({"config",
+                 "backend",
+                 "dtype",
+                 "kv-dtype",
+                 "variants",
+                 "decode",
+                 "batch",
+                 "ctx",
+                 "prefill",
+                 "steps",
+                 "warmup",
+                 "block-size",
+                 "seed",
+                 "json",
+                 "decode-heads-per-block",
+                 "sampling",
+                 "exact-activations",
+                 "pdl",
+                 "fuse-gemv-inputs",
+                 "stage-gemv-input"},
+                {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
     auto text = ReadFile(config_path);
@@ -349,7 +371,12 @@ int Main(int argc, char** argv) {
     if (!exact.ok()) return Fail(exact.status());
     auto pdl = flags.GetInt("pdl", 1);
     if (!pdl.ok()) return Fail(pdl.status());
-    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0);
+    auto fuse = flags.GetInt("fuse-gemv-inputs", -1);  // -1: the backend's default
+    auto stage = flags.GetInt("stage-gemv-input", -1);
+    if (!fuse.ok()) return Fail(fuse.status());
+    if (!stage.ok()) return Fail(stage.status());
+    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0,
+                               static_cast<int>(*fuse), static_cast<int>(*stage));
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

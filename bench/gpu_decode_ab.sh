@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# One device call: every GPU test, compute-sanitizer on chosen tests, then an A/B of one uniattn-bench flag on
-# Llama-2-7B decode steps, the two settings alternating so both see the same card state. Binaries come built
+# One device call: every GPU test, compute-sanitizer on chosen tests, then an A/B of uniattn-bench settings on
+# Llama-2-7B decode steps, the settings alternating so all see the same card state. Binaries come built
 # from here, packed by `bench/gpu_sampling_check.sh prepare` (device tool carry:
 # ["build-cuda/carry/bins.tar.xz", "build-cuda/carry/stories15M"]).
 #
-#   FLAG=pdl VALUES="0 1" ROUNDS=2 CASES=1x512,16x4096,32x2048 VARIANTS=std,8/0/32 \
+#   SETTINGS="--pdl 0|--pdl 1" ROUNDS=2 CASES=1x512,16x4096,32x2048 VARIANTS=std,8/0/32 \
 #   SANITIZE='CudaModelTest.Programmatic*' bash bench/gpu_decode_ab.sh
+#
+# SETTINGS: uniattn-bench arguments of each setting, settings separated by '|'.
 #
 # Logs and a summary go to $OUT (the device tool's output folder).
 set -u
 C=build-cuda/carry
 OUT=${OUT:-/tmp/uniattn-out}
-FLAG=${FLAG:-pdl}
-VALUES=${VALUES:-0 1}
+SETTINGS=${SETTINGS:---pdl 0|--pdl 1}
 ROUNDS=${ROUNDS:-2}
 CASES=${CASES:-1x512,16x4096,32x2048}
 VARIANTS=${VARIANTS:-std}
@@ -40,12 +41,14 @@ if [ -n "$SANITIZE" ]; then
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  PASSED|^\[  FAILED" "$OUT/$tool.log" | tee -a "$S"
     done
 fi
+IFS='|' read -r -a SETS <<<"$SETTINGS"
 for r in $(seq "$ROUNDS"); do
-    for v in $VALUES; do
-        echo "=== round $r --$FLAG $v" >>"$OUT/bench.log"
+    for set in "${SETS[@]}"; do
+        echo "=== round $r $set" >>"$OUT/bench.log"
+        # shellcheck disable=SC2086 # each setting is a list of arguments
         timeout 150 $B/uniattn-bench --config bench/configs/llama2-7b.json --decode "$CASES" --variants "$VARIANTS" \
-            --steps 20 --warmup 3 --$FLAG "$v" >>"$OUT/bench.log" 2>&1
-        say "bench round $r --$FLAG $v rc=$? t=$(($(date +%s) - T0))s"
+            --steps 20 --warmup 3 $set >>"$OUT/bench.log" 2>&1
+        say "bench round $r $set rc=$? t=$(($(date +%s) - T0))s"
     done
 done
 grep -E "^===|measured|reuse layers,|  decode" "$OUT/bench.log" | tee -a "$S"

@@ -13,6 +13,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -183,33 +184,45 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
 }
 
 // RmsNorm + MatMul and SwiGLU + MatMul as one op, with the GEMV-fused loads (1-2 rows) and without.
+// The 1-2 row GEMV paths with their input transforms: unfused (norm / SwiGLU kernels, then the per-warp
+// GEMV), fused (the transform staged in shared memory by each block of a persistent grid, or applied in
+// each warp's loads when in % 8 != 0), and plain GEMVs through the staged kernel. 9000 output rows exceed
+// what one grid holds resident, so the warps' loop over rows runs; batch 5 takes the GEMM path.
 TEST_F(CudaOpsTest, FusedMatMulsMatchCpu) {
     Rng rng(107);
-    for (bool fused : {false, true}) {
+    for (int mode = 0; mode < 3; ++mode) {
         CudaBackendOptions options;
-        options.fuse_gemv_inputs = fused;
+        options.fuse_gemv_inputs = mode >= 1;
+        options.stage_gemv_input = mode == 2;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        for (int64_t T : {1, 2, 5}) {
-            SCOPED_TRACE(std::string(fused ? "fused" : "unfused") + " T=" + std::to_string(T));
-            const int64_t in = 520, out = 136;
-            Twin x = Both(RandomVector(rng, T * in, -2.0f, 2.0f), T, in, in);
-            Twin g = Both(RandomVector(rng, in, 0.5f, 1.5f), 1, in, in);
-            Twin w = Both(RandomVector(rng, out * in), out, in, in, 0, DType::kF16);
-            Twin xn = Both(std::vector<float>(T * in, kNaN), T, in, in);
-            Twin y = Both(std::vector<float>(T * out, kNaN), T, out, out);
-            cpu_->NormMatMul(x.cpu, g.cpu, 1e-5f, w.cpu, y.cpu, xn.cpu, false);
-            gpu_->NormMatMul(x.gpu, g.gpu, 1e-5f, w.gpu, y.gpu, xn.gpu, false);
-            const std::vector<float> want = Fetch(cpu_.get(), y.cpu, 0);
-            // Sums of 520 products of size <= 3: fp32 rounding in either order stays far below 5e-4; a wrong
-            // norm, gate or row gives errors of order 1.
-            ExpectNear(Fetch(gpu_.get(), y.gpu, 0), want, 5e-4, "NormMatMul");
+        for (auto [in, out] : {std::pair<int64_t, int64_t>{520, 136}, {516, 40}, {1040, 9000}}) {
+            for (int64_t T : {1, 2, 5}) {
+                SCOPED_TRACE("mode " + std::to_string(mode) + " in " + std::to_string(in) + " out " +
+                             std::to_string(out) + " T=" + std::to_string(T));
+                Twin x = Both(RandomVector(rng, T * in, -2.0f, 2.0f), T, in, in);
+                Twin g = Both(RandomVector(rng, in, 0.5f, 1.5f), 1, in, in);
+                Twin w = Both(RandomVector(rng, out * in), out, in, in, 0, DType::kF16);
+                Twin xn = Both(std::vector<float>(T * in, kNaN), T, in, in);
+                Twin y = Both(std::vector<float>(T * out, kNaN), T, out, out);
+                cpu_->NormMatMul(x.cpu, g.cpu, 1e-5f, w.cpu, y.cpu, xn.cpu, false);
+                gpu_->NormMatMul(x.gpu, g.gpu, 1e-5f, w.gpu, y.gpu, xn.gpu, false);
+                // Sums of 520 products of size <= 3: fp32 rounding in either order stays far below 5e-4 (scaled
+                // with the length); a wrong norm, gate, row or staged position gives errors of order 1.
+                const double tol = 5e-4 * static_cast<double>(in) / 520;
+                ExpectNear(Fetch(gpu_.get(), y.gpu, 0), Fetch(cpu_.get(), y.cpu, 0), tol, "NormMatMul");
 
-            Twin gu = Both(RandomVector(rng, T * 2 * in, -4.0f, 4.0f), T, 2 * in, 2 * in);
-            Twin mlp = Both(std::vector<float>(T * in, kNaN), T, in, in);
-            Twin y2 = Both(RandomVector(rng, T * out), T, out, out);
-            cpu_->SiluMulMatMul(gu.cpu, w.cpu, y2.cpu, mlp.cpu, true);
-            gpu_->SiluMulMatMul(gu.gpu, w.gpu, y2.gpu, mlp.gpu, true);
-            ExpectNear(Fetch(gpu_.get(), y2.gpu, 0), Fetch(cpu_.get(), y2.cpu, 0), 5e-4, "SiluMulMatMul");
+                Twin gu = Both(RandomVector(rng, T * 2 * in, -4.0f, 4.0f), T, 2 * in, 2 * in);
+                Twin mlp = Both(std::vector<float>(T * in, kNaN), T, in, in);
+                Twin y2 = Both(RandomVector(rng, T * out), T, out, out);
+                cpu_->SiluMulMatMul(gu.cpu, w.cpu, y2.cpu, mlp.cpu, true);
+                gpu_->SiluMulMatMul(gu.gpu, w.gpu, y2.gpu, mlp.gpu, true);
+                ExpectNear(Fetch(gpu_.get(), y2.gpu, 0), Fetch(cpu_.get(), y2.cpu, 0), tol, "SiluMulMatMul");
+
+                Twin y3 = Both(RandomVector(rng, T * out), T, out, out);
+                cpu_->MatMul(x.cpu, w.cpu, y3.cpu, true);
+                gpu_->MatMul(x.gpu, w.gpu, y3.gpu, true);
+                ExpectNear(Fetch(gpu_.get(), y3.gpu, 0), Fetch(cpu_.get(), y3.cpu, 0), tol, "MatMul");
+            }
         }
     }
 }

@@ -177,7 +177,7 @@ class CudaBackend final : public Backend {
         }
         if (rows <= cuda::kGemvMaxRows) {
             cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
-                       KStream());
+                       KStream(), options_.stage_gemv_input);
             return;
         }
         const cudaDataType_t wt = CudaType(w.dtype);

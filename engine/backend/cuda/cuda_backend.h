@@ -15,9 +15,12 @@ struct CudaBackendOptions {
     DType kv_dtype = DType::kF16;
     // Tuning knobs, for benchmarks and tests (the defaults are the fastest measured).
     int gemm_ksplit = 0;  // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
-    // RmsNorm / SwiGLU fused into the loads of 1-2 row GEMVs. Off: measured slower on an H200 (the
-    // transform is recomputed for every output row; docs/gpu-notes.md).
-    bool fuse_gemv_inputs = false;
+    // RmsNorm / SwiGLU fused into 1-2 row GEMVs: each block of a persistent grid stages the transformed
+    // input in shared memory once (the first, per-warp design recomputed it per output row and was slower;
+    // docs/gpu-notes.md). Saves the norm and SwiGLU kernels of every layer at batch 1-2.
+    bool fuse_gemv_inputs = true;  // measured faster (H200, 2026-11-27 run 9)
+    // Plain 1-2 row GEMVs through the same staged, persistent kernel (x read once per block).
+    bool stage_gemv_input = false;
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;

@@ -3,6 +3,11 @@
 // activation rounding). One warp streams one weight row: 72-93% of the copy bandwidth for Llama-2-7B shapes
 // on an H200. (Blocks of 4 rows with the input dimension split over the block were measured at 44-56% and
 // dropped; docs/gpu-notes.md.)
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -23,6 +28,7 @@ struct GemvIn {
     int64_t x_ld;
     const float* g;  // kRmsNorm: the norm weight [in]
     float eps;
+    bool staged;  // kPlain: use GemvStagedKernel too (the transforms always do when the shapes allow)
 };
 
 template <int kXform>
@@ -126,9 +132,163 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
     }
 }
 
+// The staged variant: each block first writes its input rows, transformed, into shared memory (one pass over
+// x with all 256 threads: the RMS of each row by a block reduction, silu(gate)·up, or a plain copy), then its
+// warps stream weight rows against that copy. The grid is persistent (at most as many blocks as are resident
+// at once, warps stepping over the output rows), so the input is read and transformed once per block rather
+// than once per output row (the cause of the per-warp fusion's slowness). Shared layout per input row: for
+// every 8-element chunk c, elements 0-3 at [c·4, c·4+4) of the first half and 4-7 in the second half, so the
+// two float4 reads of a lane that holds one 16-byte fp16 weight load are conflict-free across the warp.
+// Needs 16-bit weights, n_in % 8 == 0 and 16-byte aligned rows (the launcher checks).
+constexpr int kStagedThreads = kWarpsPerBlock * 32;
+
+template <typename WT, int kRows, int kXform>
+__global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, const WT* __restrict__ w, int64_t w_ld,
+                                                                   int64_t n_out, int64_t n_in, float* __restrict__ y,
+                                                                   int64_t y_ld, bool accumulate) {
+    static_assert(sizeof(WT) == 2, "16-bit weights");
+    extern __shared__ float4 staged4[];
+    float* staged = reinterpret_cast<float*>(staged4);  // [kRows][n_in], chunk-split layout above
+    __shared__ float red[kRows][kWarpsPerBlock];
+    __shared__ float scale[kRows];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t half = n_in / 2;
+    int64_t o = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+    const int64_t o_step = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+    if (o < n_out) {  // weights are never written during a step: start the first ones before waiting
+        const WT* wr = w + o * w_ld;
+        const int64_t first = min(n_in, static_cast<int64_t>(kUnroll * 32 * 8));
+        for (int64_t i = lane * 8; i < first; i += 32 * 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + i));
+    }
+    PdlWait();
+    // Stage the inputs: thread t handles 4 elements at a time (half a chunk).
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        float ss = 0.f;
+        for (int64_t i = threadIdx.x * 4; i < n_in; i += kStagedThreads * 4) {
+            float4 a = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + i);
+            if constexpr (kXform == kRmsNorm) {
+                ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+                const float4 g = *reinterpret_cast<const float4*>(in.g + i);
+                a = make_float4(a.x * g.x, a.y * g.y, a.z * g.z, a.w * g.w);
+            } else if constexpr (kXform == kSiluMul) {
+                const float4 u = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + n_in + i);
+                a = make_float4(a.x / (1.0f + expf(-a.x)) * u.x, a.y / (1.0f + expf(-a.y)) * u.y,
+                                a.z / (1.0f + expf(-a.z)) * u.z, a.w / (1.0f + expf(-a.w)) * u.w);
+            }
+            const int64_t chunk = i / 8, second = (i / 4) & 1;
+            *reinterpret_cast<float4*>(staged + r * n_in + second * half + chunk * 4) = a;
+        }
+        if constexpr (kXform == kRmsNorm) {
+            ss = WarpSum(ss);
+            if (lane == 0) red[r][warp] = ss;
+        }
+    }
+    __syncthreads();
+    if constexpr (kXform == kRmsNorm) {
+        if (threadIdx.x < kRows) {
+            float t = 0.f;
+#pragma unroll
+            for (int k = 0; k < kWarpsPerBlock; ++k) t += red[threadIdx.x][k];
+            scale[threadIdx.x] = 1.0f / sqrtf(t / static_cast<float>(n_in) + in.eps);
+        }
+        __syncthreads();
+    }
+    PdlLaunchDependents();
+    const int64_t n_chunks = n_in / 8;
+    for (; o < n_out; o += o_step) {
+        const WT* wr = w + o * w_ld;
+        float acc[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+        int64_t c = lane;
+        for (; c + (kUnroll - 1) * 32 < n_chunks; c += kUnroll * 32) {
+            float wf[kUnroll][8];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) LoadFloats<WT, 8>(wr + (c + u * 32) * 8, wf[u]);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + (c + u * 32) * 4);
+                    const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + (c + u * 32) * 4);
+                    acc[r] += x0.x * wf[u][0] + x0.y * wf[u][1] + x0.z * wf[u][2] + x0.w * wf[u][3] + x1.x * wf[u][4] +
+                              x1.y * wf[u][5] + x1.z * wf[u][6] + x1.w * wf[u][7];
+                }
+            }
+        }
+        for (; c < n_chunks; c += 32) {
+            float wf[8];
+            LoadFloats<WT, 8>(wr + c * 8, wf);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + c * 4);
+                const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + c * 4);
+                acc[r] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
+                          x1.z * wf[6] + x1.w * wf[7];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            float s = WarpSum(acc[r]);
+            if constexpr (kXform == kRmsNorm) s *= scale[r];
+            if (lane == 0) {
+                float* dst = y + r * y_ld + o;
+                *dst = accumulate ? *dst + s : s;
+            }
+        }
+    }
+}
+
+// Blocks of GemvStagedKernel resident at once on the device for this shared-memory size (0 if none fit).
+// Cached per (device, size): launches inside recorded graphs and eager prefill steps pay it once.
+template <typename WT, int kRows, int kXform>
+int StagedResidentBlocks(size_t smem) {
+    static std::mutex mu;
+    static std::map<std::pair<int, size_t>, int> cache;
+    auto kernel = GemvStagedKernel<WT, kRows, kXform>;
+    int device = 0, sms = 0, per_sm = 0, max_optin = 0;
+    UA_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({device, smem}); it != cache.end()) return it->second;
+    UA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    UA_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (smem + sizeof(float) * kRows * (kWarpsPerBlock + 1) <= static_cast<size_t>(max_optin)) {
+        UA_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        UA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStagedThreads, smem));
+    }
+    return cache[{device, smem}] = per_sm * sms;
+}
+
+// Launches the staged kernel when the shapes allow it; false leaves the work to the caller.
+template <typename WT, int kRows, int kXform>
+bool LaunchStaged(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld,
+                  bool accumulate, Stream stream) {
+    if constexpr (sizeof(WT) != 2) {
+        return false;
+    } else {
+        const bool ok = n_in % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && (kRows == 1 || in.x_ld % 4 == 0) &&
+                        (kXform != kRmsNorm || reinterpret_cast<uintptr_t>(in.g) % 16 == 0);
+        if (!ok) return false;
+        const size_t smem = sizeof(float) * kRows * static_cast<size_t>(n_in);
+        const int resident = StagedResidentBlocks<WT, kRows, kXform>(smem);
+        if (resident == 0) return false;
+        const unsigned grid = std::min<unsigned>(CeilDiv(n_out, kWarpsPerBlock), static_cast<unsigned>(resident));
+        LaunchKernel("GemvStagedKernel", GemvStagedKernel<WT, kRows, kXform>, grid, kStagedThreads, smem, stream, in, w,
+                     w_ld, n_out, n_in, y, y_ld, accumulate);
+        return true;
+    }
+}
+
 template <typename WT, int kRows, int kXform>
 void LaunchGemv(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld,
                 bool accumulate, Stream stream) {
+    if ((in.staged || kXform != kPlain) &&
+        LaunchStaged<WT, kRows, kXform>(in, w, w_ld, n_out, n_in, y, y_ld, accumulate, stream)) {
+        return;
+    }
     constexpr int kVec = 16 / sizeof(WT);
     const bool vector = reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % kVec == 0 &&
                         reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && (kRows == 1 || in.x_ld % 4 == 0) &&
@@ -167,20 +327,20 @@ void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int6
 }  // namespace
 
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
-    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
-                         stream);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged) {
+    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f, staged}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
+                         accumulate, stream);
 }
 
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
               int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
-    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
+    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps, true}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
                            stream);
 }
 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
                  int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
-    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
+    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f, true}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
                            accumulate, stream);
 }
 

@@ -6,6 +6,7 @@
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
+//                 [--gemv-row-segs 0|1|2|4|8]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -112,7 +113,7 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
                                                     int heads_per_block, bool exact_activations, bool pdl,
-                                                    int fuse_gemv, int stage_gemv) {
+                                                    int fuse_gemv, int stage_gemv, int row_segs) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
@@ -123,6 +124,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
         o.pdl = pdl;
         if (fuse_gemv >= 0) o.fuse_gemv_inputs = fuse_gemv != 0;
         if (stage_gemv >= 0) o.stage_gemv_input = stage_gemv != 0;
+        o.gemv_row_segs = row_segs;
         return CreateCudaBackend(o);
     }
 #else
@@ -131,6 +133,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
     (void)pdl;
     (void)fuse_gemv;
     (void)stage_gemv;
+    (void)row_segs;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -353,7 +356,8 @@ int Main(int argc, char** argv) {
                  "exact-activations",
                  "pdl",
                  "fuse-gemv-inputs",
-                 "stage-gemv-input"},
+                 "stage-gemv-input",
+                 "gemv-row-segs"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
@@ -375,8 +379,10 @@ int Main(int argc, char** argv) {
     auto stage = flags.GetInt("stage-gemv-input", -1);
     if (!fuse.ok()) return Fail(fuse.status());
     if (!stage.ok()) return Fail(stage.status());
+    auto segs = flags.GetInt("gemv-row-segs", 0);
+    if (!segs.ok()) return Fail(segs.status());
     auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0,
-                               static_cast<int>(*fuse), static_cast<int>(*stage));
+                               static_cast<int>(*fuse), static_cast<int>(*stage), static_cast<int>(*segs));
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

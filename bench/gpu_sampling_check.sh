@@ -22,6 +22,7 @@ prepare)
     set -e
     rm -rf "$C/pkg" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/stories15M"
     cp build-cuda/bin/gpu_tests build-cuda/bin/uniattn-bench "$C/pkg/bin/"
+    [ -x build-cuda/bin/uniattn-kernel-bench ] && cp build-cuda/bin/uniattn-kernel-bench "$C/pkg/bin/"
     # posttrain_engine_logits: bench/peers/hf_logits_check.py (engine logits against transformers)
     [ -x build-cuda/bin/posttrain_engine_logits ] && cp build-cuda/bin/posttrain_engine_logits "$C/pkg/bin/"
     strip "$C/pkg/bin/"*

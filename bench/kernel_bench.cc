@@ -143,20 +143,28 @@ int Main(int argc, char** argv) {
         }
     }
 
-    std::printf("GEMV input fusions (T=1, fp16 weights)\n");
+    std::printf(
+        "GEMV variants (T=1, fp16 weights): per-warp rows; staged input with 1-8 warps per row (0: by shape)\n");
     {
         auto g = Alloc(be, sizeof(float) * std::max(ff, d));
         be->FillUniform(g->data(), DType::kF32, std::max(ff, d), 0.5f, 1.5f, 11);
-        for (const Mat& m : {mats[0], mats[3]}) {
+        for (const Mat& m : mats) {
             auto w = Alloc(be, 2 * m.out * m.in);
             be->FillUniform(w->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 12);
             const double wbytes = 2.0 * m.out * m.in;
             const float* xf = static_cast<const float*>(x->data());
             float* yf = static_cast<float*>(y->data());
-            bench.Report(std::string(m.name) + " plain gemv", bench.Time([&] {
+            bench.Report(std::string(m.name) + " gemv per-warp", bench.Time([&] {
                 cuda::Gemv(xf, m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in, yf, m.out, false, nullptr);
             }),
                          wbytes);
+            for (int segs : {1, 2, 4, 8, 0}) {
+                bench.Report(std::string(m.name) + " gemv staged segs " + std::to_string(segs), bench.Time([&] {
+                    cuda::Gemv(xf, m.in, 1, w->data(), DType::kF16, m.in, m.out, m.in, yf, m.out, false, nullptr, true,
+                               segs);
+                }),
+                             wbytes);
+            }
             bench.Report(std::string(m.name) + " RmsNorm-fused gemv", bench.Time([&] {
                 cuda::NormGemv(xf, m.in, static_cast<const float*>(g->data()), 1e-5f, 1, w->data(), DType::kF16, m.in,
                                m.out, m.in, yf, m.out, false, nullptr);

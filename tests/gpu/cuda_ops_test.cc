@@ -186,14 +186,18 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
 // RmsNorm + MatMul and SwiGLU + MatMul as one op, with the GEMV-fused loads (1-2 rows) and without.
 // The 1-2 row GEMV paths with their input transforms: unfused (norm / SwiGLU kernels, then the per-warp
 // GEMV), fused (the transform staged in shared memory by each block of a persistent grid, or applied in
-// each warp's loads when in % 8 != 0), and plain GEMVs through the staged kernel. 9000 output rows exceed
-// what one grid holds resident, so the warps' loop over rows runs; batch 5 takes the GEMM path.
+// each warp's loads when in % 8 != 0), and plain GEMVs through the staged kernel, with 1-8 warps sharing an
+// output row (520 inputs = 65 chunks: segments of unequal length). 9000 output rows exceed
+// what one grid holds resident, so the loop over rows runs; batch 5 takes the GEMM path.
 TEST_F(CudaOpsTest, FusedMatMulsMatchCpu) {
     Rng rng(107);
-    for (int mode = 0; mode < 3; ++mode) {
+    // mode 0 unfused; 1 fused (segments per row by shape); 2 also plain GEMVs staged; 3-5: fused and staged
+    // with 2, 4 and 8 warps per output row.
+    for (int mode = 0; mode < 6; ++mode) {
         CudaBackendOptions options;
         options.fuse_gemv_inputs = mode >= 1;
-        options.stage_gemv_input = mode == 2;
+        options.stage_gemv_input = mode >= 2;
+        options.gemv_row_segs = mode >= 3 ? 1 << (mode - 2) : 0;
         gpu_ = std::move(CreateCudaBackend(options)).value();
         for (auto [in, out] : {std::pair<int64_t, int64_t>{520, 136}, {516, 40}, {1040, 9000}}) {
             for (int64_t T : {1, 2, 5}) {

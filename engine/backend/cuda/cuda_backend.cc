@@ -177,7 +177,7 @@ class CudaBackend final : public Backend {
         }
         if (rows <= cuda::kGemvMaxRows) {
             cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
-                       KStream(), options_.stage_gemv_input);
+                       KStream(), options_.stage_gemv_input, options_.gemv_row_segs);
             return;
         }
         const cudaDataType_t wt = CudaType(w.dtype);
@@ -213,7 +213,7 @@ class CudaBackend final : public Backend {
             norm_w.dtype == DType::kF32) {
             UA_CHECK_EQ(w.cols, x.cols);
             cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
-                           w.cols, y.f32(), y.ld, accumulate, KStream());
+                           w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
             return;
         }
         Backend::NormMatMul(x, norm_w, eps, w, y, xn, accumulate);
@@ -224,7 +224,7 @@ class CudaBackend final : public Backend {
         if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
-                              w.cols, y.f32(), y.ld, accumulate, KStream());
+                              w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
             return;
         }
         Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);

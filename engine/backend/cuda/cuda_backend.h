@@ -21,6 +21,9 @@ struct CudaBackendOptions {
     bool fuse_gemv_inputs = true;  // measured faster (H200, 2026-11-27 run 9)
     // Plain 1-2 row GEMVs through the same staged, persistent kernel (x read once per block).
     bool stage_gemv_input = false;
+    // Staged GEMVs: warps sharing one output row (1, 2, 4, 8; 0 picks by shape: 2 at one input row when the
+    // output rows outnumber the resident warps).
+    int gemv_row_segs = 0;
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;

@@ -28,7 +28,8 @@ struct GemvIn {
     int64_t x_ld;
     const float* g;  // kRmsNorm: the norm weight [in]
     float eps;
-    bool staged;  // kPlain: use GemvStagedKernel too (the transforms always do when the shapes allow)
+    bool staged;   // kPlain: use GemvStagedKernel too (the transforms always do when the shapes allow)
+    int row_segs;  // GemvStagedKernel: warps per output row, 1, 2, 4 or 8 (0: by shape)
 };
 
 template <int kXform>
@@ -145,39 +146,65 @@ constexpr int kStagedThreads = kWarpsPerBlock * 32;
 template <typename WT, int kRows, int kXform>
 __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, const WT* __restrict__ w, int64_t w_ld,
                                                                    int64_t n_out, int64_t n_in, float* __restrict__ y,
-                                                                   int64_t y_ld, bool accumulate) {
+                                                                   int64_t y_ld, bool accumulate, int segs) {
     static_assert(sizeof(WT) == 2, "16-bit weights");
     extern __shared__ float4 staged4[];
     float* staged = reinterpret_cast<float*>(staged4);  // [kRows][n_in], chunk-split layout above
     __shared__ float red[kRows][kWarpsPerBlock];
     __shared__ float scale[kRows];
+    __shared__ float seg_sum[2][kWarpsPerBlock][kRows];  // segment partial sums, double-buffered by iteration
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t half = n_in / 2;
-    int64_t o = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
-    const int64_t o_step = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-    if (o < n_out) {  // weights are never written during a step: start the first ones before waiting
-        const WT* wr = w + o * w_ld;
-        const int64_t first = min(n_in, static_cast<int64_t>(kUnroll * 32 * 8));
-        for (int64_t i = lane * 8; i < first; i += 32 * 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + i));
+    // `segs` warps share one output row, each over a contiguous segment of its 8-element chunks (more work
+    // units than warps, so the last wave of rows does not leave most of the device idle); the segment sums
+    // meet in shared memory in a fixed order.
+    const int rows_per_block = kWarpsPerBlock / segs, row_in_block = warp / segs, seg = warp % segs;
+    const int64_t n_chunks = n_in / 8, seg_chunks = (n_chunks + segs - 1) / segs;
+    const int64_t c_begin = seg * seg_chunks, c_end = min(n_chunks, c_begin + seg_chunks);
+    const int64_t base_step = static_cast<int64_t>(gridDim.x) * rows_per_block;
+    int64_t base = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+    if (base + row_in_block < n_out) {  // weights are never written during a step: start the first ones now
+        const WT* wr = w + (base + row_in_block) * w_ld;
+        const int64_t first = min(c_end, c_begin + kUnroll * 32);
+        for (int64_t c = c_begin + lane; c < first; c += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + c * 8));
     }
     PdlWait();
     // Stage the inputs: thread t handles 4 elements at a time (half a chunk).
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
         float ss = 0.f;
-        for (int64_t i = threadIdx.x * 4; i < n_in; i += kStagedThreads * 4) {
-            float4 a = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + i);
-            if constexpr (kXform == kRmsNorm) {
-                ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-                const float4 g = *reinterpret_cast<const float4*>(in.g + i);
-                a = make_float4(a.x * g.x, a.y * g.y, a.z * g.z, a.w * g.w);
-            } else if constexpr (kXform == kSiluMul) {
-                const float4 u = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + n_in + i);
-                a = make_float4(a.x / (1.0f + expf(-a.x)) * u.x, a.y / (1.0f + expf(-a.y)) * u.y,
-                                a.z / (1.0f + expf(-a.z)) * u.z, a.w / (1.0f + expf(-a.w)) * u.w);
+        // kStageLoads float4 loads of x (and g or up) per thread are issued before any is used: the staging
+        // is on the critical path of the step, and one dependent load per iteration made it ~7 us for the
+        // 11008-wide SwiGLU input.
+        constexpr int kStageLoads = 4;
+        for (int64_t i0 = threadIdx.x * 4; i0 < n_in; i0 += kStagedThreads * 4 * kStageLoads) {
+            float4 a[kStageLoads], b[kStageLoads];
+#pragma unroll
+            for (int k = 0; k < kStageLoads; ++k) {
+                const int64_t i = i0 + k * kStagedThreads * 4;
+                if (i < n_in) {
+                    a[k] = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + i);
+                    if constexpr (kXform == kRmsNorm) b[k] = *reinterpret_cast<const float4*>(in.g + i);
+                    if constexpr (kXform == kSiluMul) {
+                        b[k] = *reinterpret_cast<const float4*>(in.x + r * in.x_ld + n_in + i);
+                    }
+                }
             }
-            const int64_t chunk = i / 8, second = (i / 4) & 1;
-            *reinterpret_cast<float4*>(staged + r * n_in + second * half + chunk * 4) = a;
+#pragma unroll
+            for (int k = 0; k < kStageLoads; ++k) {
+                const int64_t i = i0 + k * kStagedThreads * 4;
+                if (i >= n_in) break;
+                float4 v = a[k];
+                if constexpr (kXform == kRmsNorm) {
+                    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                    v = make_float4(v.x * b[k].x, v.y * b[k].y, v.z * b[k].z, v.w * b[k].w);
+                } else if constexpr (kXform == kSiluMul) {
+                    v = make_float4(v.x / (1.0f + expf(-v.x)) * b[k].x, v.y / (1.0f + expf(-v.y)) * b[k].y,
+                                    v.z / (1.0f + expf(-v.z)) * b[k].z, v.w / (1.0f + expf(-v.w)) * b[k].w);
+                }
+                const int64_t chunk = i / 8, second = (i / 4) & 1;
+                *reinterpret_cast<float4*>(staged + r * n_in + second * half + chunk * 4) = v;
+            }
         }
         if constexpr (kXform == kRmsNorm) {
             ss = WarpSum(ss);
@@ -195,44 +222,66 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
         __syncthreads();
     }
     PdlLaunchDependents();
-    const int64_t n_chunks = n_in / 8;
-    for (; o < n_out; o += o_step) {
-        const WT* wr = w + o * w_ld;
+    // The loop runs the same number of times in every warp of the block (base is per block), so the
+    // barrier inside it is uniform; rows past n_out compute nothing.
+    for (int parity = 0; base < n_out; base += base_step, parity ^= 1) {
+        const int64_t o = base + row_in_block;
         float acc[kRows];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
-        int64_t c = lane;
-        for (; c + (kUnroll - 1) * 32 < n_chunks; c += kUnroll * 32) {
-            float wf[kUnroll][8];
+        if (o < n_out) {
+            const WT* wr = w + o * w_ld;
+            int64_t c = c_begin + lane;
+            for (; c + (kUnroll - 1) * 32 < c_end; c += kUnroll * 32) {
+                float wf[kUnroll][8];
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) LoadFloats<WT, 8>(wr + (c + u * 32) * 8, wf[u]);
+                for (int u = 0; u < kUnroll; ++u) LoadFloats<WT, 8>(wr + (c + u * 32) * 8, wf[u]);
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
+                for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                    for (int r = 0; r < kRows; ++r) {
+                        const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + (c + u * 32) * 4);
+                        const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + (c + u * 32) * 4);
+                        acc[r] += x0.x * wf[u][0] + x0.y * wf[u][1] + x0.z * wf[u][2] + x0.w * wf[u][3] +
+                                  x1.x * wf[u][4] + x1.y * wf[u][5] + x1.z * wf[u][6] + x1.w * wf[u][7];
+                    }
+                }
+            }
+            for (; c < c_end; c += 32) {
+                float wf[8];
+                LoadFloats<WT, 8>(wr + c * 8, wf);
 #pragma unroll
                 for (int r = 0; r < kRows; ++r) {
-                    const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + (c + u * 32) * 4);
-                    const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + (c + u * 32) * 4);
-                    acc[r] += x0.x * wf[u][0] + x0.y * wf[u][1] + x0.z * wf[u][2] + x0.w * wf[u][3] + x1.x * wf[u][4] +
-                              x1.y * wf[u][5] + x1.z * wf[u][6] + x1.w * wf[u][7];
+                    const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + c * 4);
+                    const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + c * 4);
+                    acc[r] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
+                              x1.z * wf[6] + x1.w * wf[7];
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) acc[r] = WarpSum(acc[r]);
+        }
+        if (segs > 1) {
+            if (lane == 0) {
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) seg_sum[parity][warp][r] = acc[r];
+            }
+            // One barrier per row: the buffer of the other parity was last read before every warp got here.
+            __syncthreads();
+            if (seg == 0) {
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    float t = 0.f;
+                    for (int k = 0; k < segs; ++k) t += seg_sum[parity][warp + k][r];
+                    acc[r] = t;
                 }
             }
         }
-        for (; c < n_chunks; c += 32) {
-            float wf[8];
-            LoadFloats<WT, 8>(wr + c * 8, wf);
+        if (seg == 0 && lane == 0 && o < n_out) {
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
-                const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + c * 4);
-                const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + c * 4);
-                acc[r] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
-                          x1.z * wf[6] + x1.w * wf[7];
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-            float s = WarpSum(acc[r]);
-            if constexpr (kXform == kRmsNorm) s *= scale[r];
-            if (lane == 0) {
+                float s = acc[r];
+                if constexpr (kXform == kRmsNorm) s *= scale[r];
                 float* dst = y + r * y_ld + o;
                 *dst = accumulate ? *dst + s : s;
             }
@@ -275,9 +324,18 @@ bool LaunchStaged(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, in
         const size_t smem = sizeof(float) * kRows * static_cast<size_t>(n_in);
         const int resident = StagedResidentBlocks<WT, kRows, kXform>(smem);
         if (resident == 0) return false;
-        const unsigned grid = std::min<unsigned>(CeilDiv(n_out, kWarpsPerBlock), static_cast<unsigned>(resident));
+        // Warps per output row: 2 for one input row when the output rows outnumber the resident warps
+        // (qkv, gate_up, lm_head of Llama-2-7B: the batch-1 step 4.62-4.66 -> 4.43-4.47 ms on an H200,
+        // docs/gpu-notes.md run 9), else 1 (4096-row matrices fit one wave; at two input rows 2 segments
+        // made the step slower, 5.70 -> 6.22 ms); in.row_segs > 0 forces a count.
+        int segs = in.row_segs;
+        if (segs <= 0) {
+            segs = kRows == 1 && n_out > static_cast<int64_t>(resident) * kWarpsPerBlock && n_in >= 1024 ? 2 : 1;
+        }
+        const int rows_per_block = kWarpsPerBlock / segs;
+        const unsigned grid = std::min<unsigned>(CeilDiv(n_out, rows_per_block), static_cast<unsigned>(resident));
         LaunchKernel("GemvStagedKernel", GemvStagedKernel<WT, kRows, kXform>, grid, kStagedThreads, smem, stream, in, w,
-                     w_ld, n_out, n_in, y, y_ld, accumulate);
+                     w_ld, n_out, n_in, y, y_ld, accumulate, segs);
         return true;
     }
 }
@@ -327,21 +385,22 @@ void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int6
 }  // namespace
 
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged) {
-    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f, staged}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged, int row_segs) {
+    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f, staged, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
                          accumulate, stream);
 }
 
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
-              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
-    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps, true}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld, accumulate,
-                           stream);
+              int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream,
+              int row_segs) {
+    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps, true, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
+                           accumulate, stream);
 }
 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
-                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream) {
-    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f, true}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
-                           accumulate, stream);
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, int row_segs) {
+    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f, true, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y,
+                           y_ld, accumulate, stream);
 }
 
 }  // namespace uniattn::cuda

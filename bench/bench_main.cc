@@ -6,7 +6,7 @@
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
-//                 [--gemv-row-segs 0|1|2|4|8]
+//                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -113,7 +113,7 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
                                                     int heads_per_block, bool exact_activations, bool pdl,
-                                                    int fuse_gemv, int stage_gemv, int row_segs) {
+                                                    int fuse_gemv, int stage_gemv, int row_segs, int fuse_combine) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
@@ -125,6 +125,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
         if (fuse_gemv >= 0) o.fuse_gemv_inputs = fuse_gemv != 0;
         if (stage_gemv >= 0) o.stage_gemv_input = stage_gemv != 0;
         o.gemv_row_segs = row_segs;
+        if (fuse_combine >= 0) o.fuse_attention_combine = fuse_combine != 0;
         return CreateCudaBackend(o);
     }
 #else
@@ -134,6 +135,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
     (void)fuse_gemv;
     (void)stage_gemv;
     (void)row_segs;
+    (void)fuse_combine;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -357,7 +359,8 @@ int Main(int argc, char** argv) {
                  "pdl",
                  "fuse-gemv-inputs",
                  "stage-gemv-input",
-                 "gemv-row-segs"},
+                 "gemv-row-segs",
+                 "fuse-attention-combine"},
                 {});
     if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
     const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
@@ -381,8 +384,11 @@ int Main(int argc, char** argv) {
     if (!stage.ok()) return Fail(stage.status());
     auto segs = flags.GetInt("gemv-row-segs", 0);
     if (!segs.ok()) return Fail(segs.status());
+    auto fuse_combine = flags.GetInt("fuse-attention-combine", -1);
+    if (!fuse_combine.ok()) return Fail(fuse_combine.status());
     auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0,
-                               static_cast<int>(*fuse), static_cast<int>(*stage), static_cast<int>(*segs));
+                               static_cast<int>(*fuse), static_cast<int>(*stage), static_cast<int>(*segs),
+                               static_cast<int>(*fuse_combine));
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

@@ -7,7 +7,8 @@
 #   SETTINGS="--pdl 0|--pdl 1" ROUNDS=2 CASES=1x512,16x4096,32x2048 VARIANTS=std,8/0/32 \
 #   SANITIZE='CudaModelTest.Programmatic*' bash bench/gpu_decode_ab.sh
 #
-# SETTINGS: uniattn-bench arguments of each setting, settings separated by '|'.
+# SETTINGS: uniattn-bench arguments of each setting, settings separated by '|'. TESTS: gtest filter of the
+# GPU tests run first. SANITIZE: gtest filter run under compute-sanitizer TOOLS (default memcheck racecheck).
 #
 # Logs and a summary go to $OUT (the device tool's output folder).
 set -u
@@ -34,7 +35,7 @@ timeout 240 $B/gpu_tests --gtest_color=no --gtest_filter="$TESTS" >"$OUT/gpu_tes
 say "gpu_tests rc=$? t=$(($(date +%s) - T0))s"
 grep -E "^\[  PASSED|^\[  FAILED|^\[  SKIPPED|Failure" "$OUT/gpu_tests.log" | tee -a "$S"
 if [ -n "$SANITIZE" ]; then
-    for tool in memcheck racecheck; do
+    for tool in ${TOOLS:-memcheck racecheck}; do
         timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 $B/gpu_tests --gtest_color=no \
             --gtest_filter="$SANITIZE" >"$OUT/$tool.log" 2>&1
         say "$tool ($SANITIZE) rc=$? t=$(($(date +%s) - T0))s"

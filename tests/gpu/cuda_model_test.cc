@@ -337,6 +337,61 @@ TEST_F(CudaModelTest, BatchMatchesSequencesAlone) {
     }
 }
 
+// Logits of every forward call of a fixed trace on the GPU with the given options: three sequences (250, 40
+// and 7 tokens) prefilled in chunks of up to 64, then 5 one-row and 5 three-row decode steps (recorded
+// graphs). 250 cached tokens give a decode token 4 context splits.
+std::vector<std::vector<float>> DecodeTrace(const std::string& model_dir, int vocab, const CudaBackendOptions& o) {
+    std::vector<std::vector<float>> run;
+    const int block = 16, blocks_per_seq = 24;
+    const std::vector<std::vector<int32_t>> prompts = {RandomTokens(31, 250, vocab), RandomTokens(32, 40, vocab),
+                                                       RandomTokens(33, 7, vocab)};
+    auto gpu = CreateCudaBackend(o);
+    EXPECT_TRUE(gpu.ok());
+    if (!gpu.ok()) return run;
+    auto model = Model::Load(model_dir, gpu->get(), false);
+    EXPECT_TRUE(model.ok());
+    if (!model.ok()) return run;
+    auto kv = KvCache::Create(gpu->get(), (*model)->config, block, 3 * blocks_per_seq);
+    EXPECT_TRUE(kv.ok());
+    if (!kv.ok()) return run;
+    ModelRunner runner(model->get(), gpu->get());
+    auto blocks_of = [&](int s) {
+        std::vector<int32_t> b;
+        for (int i = 0; i < blocks_per_seq; ++i) b.push_back(i * 3 + s);
+        return b;
+    };
+    std::vector<float> logits(3 * static_cast<size_t>(vocab));
+    std::vector<int> pos(3);
+    for (int s = 0; s < 3; ++s) {
+        const auto& p = prompts[s];
+        for (size_t at = 0; at < p.size(); at += 64) {
+            const size_t n = std::min<size_t>(64, p.size() - at);
+            ForwardInput in;
+            in.AddSequence(std::vector<int32_t>(p.begin() + at, p.begin() + at + n), static_cast<int>(at), blocks_of(s),
+                           block, true);
+            in.Finish();
+            EXPECT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
+            run.emplace_back(logits.begin(), logits.begin() + vocab);
+        }
+        pos[s] = static_cast<int>(p.size());
+    }
+    for (int step = 0; step < 10; ++step) {
+        const int rows = step < 5 ? 1 : 3;
+        ForwardInput in;
+        for (int s = 0; s < rows; ++s) in.AddSequence({(step * 7 + s) % vocab}, pos[s]++, blocks_of(s), block, true);
+        in.Finish();
+        EXPECT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
+        run.emplace_back(logits.begin(), logits.begin() + static_cast<size_t>(rows) * vocab);
+    }
+    return run;
+}
+
+void ExpectSameRuns(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_FALSE(a.empty());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "forward call " << i;
+}
+
 // Programmatic dependent launch changes when kernels start, never what they compute: with it on (the
 // default) a run is bit-identical to the same run with every kernel fully serialised, through recorded decode
 // graphs at 1 row (GEMV path) and 3 rows (hi/lo GEMM path with cuBLAS between our kernels), UniAttn layers,
@@ -346,50 +401,26 @@ TEST_F(CudaModelTest, ProgrammaticLaunchIsBitIdenticalToSerialLaunch) {
     RandomCase rc = RandomCases()[2];  // UniAttn, GQA
     TempDir tmp;
     ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), rc.options).ok());
-    const int vocab = rc.options.vocab_size, block = 16, blocks_per_seq = 24;
-    const std::vector<std::vector<int32_t>> prompts = {RandomTokens(31, 250, vocab), RandomTokens(32, 40, vocab),
-                                                       RandomTokens(33, 7, vocab)};
-    std::vector<std::vector<float>> runs[2];
-    for (int pdl = 0; pdl < 2; ++pdl) {
-        auto gpu = Gpu(DType::kF16, DType::kF16, pdl == 1);
-        ASSERT_TRUE(gpu.ok());
-        auto model = Model::Load(tmp.path(), gpu->get(), false);
-        ASSERT_TRUE(model.ok());
-        auto kv = KvCache::Create(gpu->get(), (*model)->config, block, 3 * blocks_per_seq);
-        ASSERT_TRUE(kv.ok());
-        ModelRunner runner(model->get(), gpu->get());
-        auto blocks_of = [&](int s) {
-            std::vector<int32_t> b;
-            for (int i = 0; i < blocks_per_seq; ++i) b.push_back(i * 3 + s);
-            return b;
-        };
-        std::vector<float> logits(3 * static_cast<size_t>(vocab));
-        std::vector<int> pos(3);
-        for (int s = 0; s < 3; ++s) {  // prefill in chunks of up to 64 tokens
-            const auto& p = prompts[s];
-            for (size_t at = 0; at < p.size(); at += 64) {
-                const size_t n = std::min<size_t>(64, p.size() - at);
-                ForwardInput in;
-                in.AddSequence(std::vector<int32_t>(p.begin() + at, p.begin() + at + n), static_cast<int>(at),
-                               blocks_of(s), block, true);
-                in.Finish();
-                ASSERT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
-                runs[pdl].emplace_back(logits.begin(), logits.begin() + vocab);
-            }
-            pos[s] = static_cast<int>(p.size());
-        }
-        for (int step = 0; step < 10; ++step) {  // 1-row steps, then 3-row steps (graphs recorded once)
-            const int rows = step < 5 ? 1 : 3;
-            ForwardInput in;
-            for (int s = 0; s < rows; ++s)
-                in.AddSequence({(step * 7 + s) % vocab}, pos[s]++, blocks_of(s), block, true);
-            in.Finish();
-            ASSERT_TRUE(runner.Forward(in, **kv, logits.data()).ok());
-            runs[pdl].emplace_back(logits.begin(), logits.begin() + static_cast<size_t>(rows) * vocab);
-        }
+    CudaBackendOptions serial;
+    serial.pdl = false;
+    ExpectSameRuns(DecodeTrace(tmp.path(), rc.options.vocab_size, serial),
+                   DecodeTrace(tmp.path(), rc.options.vocab_size, CudaBackendOptions{}));
+}
+
+// The last split block merging a decode token's splits (the default) gives the same bits as the separate
+// combine kernel (both run MergeSplits in split order), for every random model (MHA, GQA, UniAttn anchors
+// and reuse layers), and its counters return to zero (the graphs replay the same trace correctly).
+TEST_F(CudaModelTest, FusedSplitMergeIsBitIdenticalToCombineKernel) {
+    for (int i : {0, 2, 4}) {  // the three distinct models
+        const RandomCase rc = RandomCases()[i];
+        SCOPED_TRACE(rc.name);
+        TempDir tmp;
+        ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), rc.options).ok());
+        CudaBackendOptions separate;
+        separate.fuse_attention_combine = false;
+        ExpectSameRuns(DecodeTrace(tmp.path(), rc.options.vocab_size, separate),
+                       DecodeTrace(tmp.path(), rc.options.vocab_size, CudaBackendOptions{}));
     }
-    ASSERT_EQ(runs[0].size(), runs[1].size());
-    for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(runs[0][i], runs[1][i]) << "forward call " << i;
 }
 
 }  // namespace

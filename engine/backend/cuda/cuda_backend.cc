@@ -358,6 +358,7 @@ class CudaBackend final : public Backend {
         kWsPartAcc,
         kWsPartMl,
         kWsStats,
+        kWsSplitCounters,
         kWsSampleIn,
         kWsSampleWork,
         kWsSampleOut,
@@ -374,6 +375,8 @@ class CudaBackend final : public Backend {
             const size_t grown = std::max(bytes, workspace_bytes_[slot] * 3 / 2);
             UA_CUDA_CHECK(cudaMalloc(&workspace_[slot], grown));
             workspace_bytes_[slot] = grown;
+            // The attention kernels expect zeroed counters and leave them zeroed.
+            if (slot == kWsSplitCounters) UA_CUDA_CHECK(cudaMemsetAsync(workspace_[slot], 0, grown, stream_.get()));
         }
         return workspace_[slot];
     }
@@ -399,12 +402,15 @@ class CudaBackend final : public Backend {
     }
 
     cuda::AttentionWorkspace AttnWorkspace(const cuda::PagedBatch& b) {
-        int64_t sizes[3];
+        int64_t sizes[4];
         cuda::AttentionWorkspaceFloats(b, sizes);
         cuda::AttentionWorkspace ws;
         ws.part_acc = static_cast<float*>(Workspace(kWsPartAcc, sizeof(float) * sizes[0]));
         ws.part_ml = static_cast<float*>(Workspace(kWsPartMl, sizeof(float) * sizes[1]));
         ws.stats = static_cast<float*>(Workspace(kWsStats, sizeof(float) * sizes[2]));
+        if (options_.fuse_attention_combine) {
+            ws.split_counters = static_cast<unsigned*>(Workspace(kWsSplitCounters, sizeof(unsigned) * sizes[3]));
+        }
         return ws;
     }
 

@@ -24,6 +24,9 @@ struct CudaBackendOptions {
     // Staged GEMVs: warps sharing one output row (1, 2, 4, 8; 0 picks by shape: 2 at one input row when the
     // output rows outnumber the resident warps).
     int gemv_row_segs = 0;
+    // Decode attention split over the context, batches of up to 4 sequences: the last split block of each
+    // token merges the splits (a counter per token and head group) instead of a separate combine kernel.
+    bool fuse_attention_combine = true;
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;

@@ -115,9 +115,12 @@ struct AttentionWorkspace {
     float* part_acc = nullptr;  // [num_tokens, num_heads, splits, head_dim]
     float* part_ml = nullptr;   // [num_tokens, num_heads, splits, 2]
     float* stats = nullptr;     // [num_tokens, num_heads, 2]: the final (max, sum) of each softmax row
+    // [num_seqs, num_heads], zero before the first launch (the kernels leave them at zero): the last split
+    // block of a decode token merges the splits. Null: a separate combine kernel merges them.
+    unsigned* split_counters = nullptr;
 };
-// Floats of each workspace array for a batch (part_acc, part_ml, stats).
-void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[3]);
+// Elements of each workspace array for a batch (part_acc, part_ml, stats: floats; split_counters: unsigned).
+void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[4]);
 
 // Causal attention over the paged cache; fills `probs` [num_tokens, num_heads, probs_ld] with the
 // normalised probabilities of positions 0..pos when non-null. A token's result depends only on its own

@@ -40,20 +40,6 @@ constexpr int kBq = 32;               // prefill: query tokens per block
 constexpr int kBk = 32;               // prefill: cached tokens per tile
 constexpr int kPrefillThreads = 128;  // 4 threads per query row
 
-// The sequence a token belongs to: the s with query_start[s] <= t < query_start[s + 1].
-__device__ __forceinline__ int SeqOf(const int32_t* __restrict__ query_start, int num_seqs, int t) {
-    int lo = 0, hi = num_seqs - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (query_start[mid] <= t) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return lo;
-}
-
 // Context tokens per split for a token that attends to n_ctx positions (a function of n_ctx alone).
 __host__ __device__ __forceinline__ int ChunkFor(int n_ctx) {
     int chunk = (n_ctx + kTargetSplits - 1) / kTargetSplits;

@@ -12,25 +12,14 @@
 #
 # Logs and a summary go to $OUT (the device tool's output folder).
 set -u
-C=build-cuda/carry
-OUT=${OUT:-/tmp/uniattn-out}
 SETTINGS=${SETTINGS:---pdl 0|--pdl 1}
 ROUNDS=${ROUNDS:-2}
 CASES=${CASES:-1x512,16x4096,32x2048}
 VARIANTS=${VARIANTS:-std}
 SANITIZE=${SANITIZE:-}
 TESTS=${TESTS:-*}
-mkdir -p "$OUT"
-T0=$(date +%s)
-S="$OUT/summary.txt"
-say() { echo "$*" | tee -a "$S"; }
-(cd "$C" && tar xJf bins.tar.xz)
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-mkdir -p /work models
-[ -e /work/main ] || ln -s "$PWD" /work/main
-[ -e models/stories15M ] || ln -s "$PWD/$C/stories15M" models/stories15M
-B=$C/bin
-say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+# shellcheck source=bench/gpu_carry_env.sh
+. "$(dirname "$0")/gpu_carry_env.sh"
 timeout 240 $B/gpu_tests --gtest_color=no --gtest_filter="$TESTS" >"$OUT/gpu_tests.log" 2>&1
 say "gpu_tests rc=$? t=$(($(date +%s) - T0))s"
 grep -E "^\[  PASSED|^\[  FAILED|^\[  SKIPPED|Failure" "$OUT/gpu_tests.log" | tee -a "$S"

@@ -60,19 +60,8 @@ PY
     du -sh "$C/bins.tar.xz" "$C/stories15M"
     ;;
 run)
-    OUT=${OUT:-/tmp/uniattn-out}
-    mkdir -p "$OUT"
-    T0=$(date +%s)
-    S="$OUT/summary.txt"
-    say() { echo "$*" | tee -a "$S"; }
-    (cd "$C" && tar xJf bins.tar.xz)
-    export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-    # The tests find stories15M under the source directory they were built in (/work/main).
-    mkdir -p /work models
-    [ -e /work/main ] || ln -s "$PWD" /work/main
-    [ -e models/stories15M ] || ln -s "$PWD/$C/stories15M" models/stories15M
-    B=$C/bin
-    say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+    # shellcheck source=bench/gpu_carry_env.sh
+    . "$(dirname "$0")/gpu_carry_env.sh"
     ldd $B/gpu_tests | grep "not found" | tee -a "$S"
     timeout 220 $B/gpu_tests --gtest_color=no >"$OUT/gpu_tests.log" 2>&1
     say "gpu_tests rc=$? t=$(($(date +%s) - T0))s"

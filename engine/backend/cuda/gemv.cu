@@ -2,7 +2,8 @@
 // loads with several in flight per lane, fp32 x read directly (exact products, fp32 accumulation: no
 // activation rounding). One warp streams one weight row: 72-93% of the copy bandwidth for Llama-2-7B shapes
 // on an H200. (Blocks of 4 rows with the input dimension split over the block were measured at 44-56% and
-// dropped; docs/gpu-notes.md.)
+// dropped; docs/gpu-notes.md.) GemvStagedKernel below serves the RmsNorm- and SwiGLU-fused GEMVs: the
+// transformed input staged in shared memory once per block of a persistent grid (gpu-notes run 9).
 #include <algorithm>
 #include <map>
 #include <mutex>

@@ -20,6 +20,9 @@
 #include <vector>
 
 #include "engine/test_models.h"
+#ifdef UNIATTN_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace uniattn {
 namespace {
@@ -696,6 +699,20 @@ INSTANTIATE_TEST_SUITE_P(Backends, OpsTest, ::testing::ValuesIn(AvailableBackend
                          [](const auto& info) { return info.param; });
 INSTANTIATE_TEST_SUITE_P(Backends, AttentionTest, ::testing::ValuesIn(AvailableBackends()),
                          [](const auto& info) { return info.param; });
+
+#ifdef UNIATTN_HAVE_CUDA
+// Option checks come before the device probe, so they hold on machines without a GPU (CI) too.
+TEST(CudaBackendOptionsTest, RowSegmentsMustDivideTheBlock) {
+    for (int segs : {3, 5, 16, -1}) {
+        CudaBackendOptions o;
+        o.gemv_row_segs = segs;
+        auto be = CreateCudaBackend(o);
+        ASSERT_FALSE(be.ok()) << segs;
+        EXPECT_EQ(be.status().code(), StatusCode::kInvalidArgument) << be.status().ToString();
+        EXPECT_NE(be.status().message().find("gemv_row_segs"), std::string::npos);
+    }
+}
+#endif
 
 }  // namespace
 }  // namespace uniattn

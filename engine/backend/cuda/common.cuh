@@ -136,7 +136,6 @@ void LaunchKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 b
     config.numAttrs = stream.pdl ? 1 : 0;
     const cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
     if (err != cudaSuccess) CudaFailed("cudaLaunchKernelEx", __FILE__, __LINE__, name);
-    UA_CUDA_CHECK_LAUNCH(name);
 }
 
 }  // namespace uniattn::cuda

@@ -430,6 +430,10 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+    // The staged GEMV splits its 8 warps evenly among the rows of a block: another count would overlap rows.
+    if (const int segs = options.gemv_row_segs; segs != 0 && segs != 1 && segs != 2 && segs != 4 && segs != 8) {
+        return InvalidArgument("gemv_row_segs " + std::to_string(segs) + ": expected 0 (by shape), 1, 2, 4 or 8");
+    }
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0) {

@@ -159,6 +159,22 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     UA_RETURN_IF_ERROR(positive("num_attention_heads", c.num_heads));
     UA_RETURN_IF_ERROR(positive("num_key_value_heads", c.num_kv_heads));
     UA_RETURN_IF_ERROR(positive("max_position_embeddings", c.max_position_embeddings));
+    // Upper bounds far above any published checkpoint (the largest have ~126 layers, 128 heads, 16k hidden,
+    // 53k intermediate, 262k vocab, 1M positions). They keep a hostile or corrupt config.json from sizing
+    // multi-gigabyte host vectors (layer kinds) or overflowing byte counts before the weights are opened.
+    auto at_most = [&](const char* key, int v, int limit) -> Status {
+        if (v > limit) {
+            return InvalidArgument(path + ": \"" + key + "\" is " + std::to_string(v) + ", more than the supported " +
+                                   std::to_string(limit));
+        }
+        return Status::Ok();
+    };
+    UA_RETURN_IF_ERROR(at_most("vocab_size", c.vocab_size, 1 << 24));
+    UA_RETURN_IF_ERROR(at_most("hidden_size", c.hidden_size, 1 << 20));
+    UA_RETURN_IF_ERROR(at_most("intermediate_size", c.intermediate_size, 1 << 22));
+    UA_RETURN_IF_ERROR(at_most("num_hidden_layers", c.num_layers, 4096));
+    UA_RETURN_IF_ERROR(at_most("num_attention_heads", c.num_heads, 4096));
+    UA_RETURN_IF_ERROR(at_most("max_position_embeddings", c.max_position_embeddings, 1 << 24));
     if (c.hidden_size % c.num_heads != 0) {
         return InvalidArgument(path + ": hidden_size " + std::to_string(c.hidden_size) +
                                " is not divisible by num_attention_heads " + std::to_string(c.num_heads));
@@ -166,6 +182,7 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     c.head_dim = c.hidden_size / c.num_heads;
     UA_RETURN_IF_ERROR(GetInt(root, path, "head_dim", false, c.head_dim));
     UA_RETURN_IF_ERROR(positive("head_dim", c.head_dim));
+    UA_RETURN_IF_ERROR(at_most("head_dim", c.head_dim, 1 << 16));
     if (c.num_heads % c.num_kv_heads != 0) {
         return InvalidArgument(path + ": num_attention_heads " + std::to_string(c.num_heads) +
                                " is not a multiple of num_key_value_heads " + std::to_string(c.num_kv_heads));

@@ -58,5 +58,29 @@ TEST(ModelConfigTest, NumbersBeyondDoubleAreRefused) {  // fuzz_model_config: "r
     }
 }
 
+// Config("") with `key` set to `value`: replaced where the base text has it, appended otherwise.
+std::string ConfigWith(const std::string& key, const std::string& value) {
+    std::string text = Config("");
+    const std::string needle = "\"" + key + "\": ";
+    const size_t at = text.find(needle);
+    if (at == std::string::npos) return Config(", " + needle + value);
+    const size_t end = text.find_first_of(",}", at);
+    return text.substr(0, at) + needle + value + text.substr(end);
+}
+
+TEST(ModelConfigTest, ImplausibleSizesAreRefusedBeforeAllocating) {  // fuzz_model_config: 8 GB of layer kinds
+    for (const char* key : {"num_hidden_layers", "vocab_size", "hidden_size", "intermediate_size",
+                            "max_position_embeddings", "head_dim", "num_attention_heads"}) {
+        auto c = ModelConfig::FromJson(ConfigWith(key, "2000000000"), "c.json");
+        ASSERT_FALSE(c.ok()) << key;
+        EXPECT_NE(c.status().message().find(std::string("\"") + key + "\" is 2000000000, more than the supported"),
+                  std::string::npos)
+            << c.status().message();
+    }
+    auto c = ModelConfig::FromJson(ConfigWith("num_hidden_layers", "126"), "c.json");  // Llama-3.1-405B's depth
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    EXPECT_EQ(c->layer_kinds.size(), 126u);
+}
+
 }  // namespace
 }  // namespace uniattn

@@ -7,6 +7,8 @@
 #   FUZZ_TARGETS      targets to run (default: all that were built)
 #   FUZZ_BUILD_DIR    build dir (default build-asan, shared with scripts/sanitize.sh: scripts/configure-asan.sh)
 #   FUZZ_JOBS         build parallelism (default nproc)
+#   FUZZ_SEED         libFuzzer -seed (default: libFuzzer picks one and logs it as "Seed: N"); scripts/test.sh
+#                     fixes it so that a CI failure replays with the same mutation sequence
 # Crash inputs are written to $FUZZ_BUILD_DIR/artifacts/<target>/; new corpus entries stay in
 # $FUZZ_BUILD_DIR/corpus/<target>/ (the checked-in corpus is only read).
 set -euo pipefail
@@ -47,15 +49,18 @@ for t in ${FUZZ_TARGETS:-$all_targets}; do
   log="$build/$t.log"
   echo "fuzz: $t for ${seconds} s"
   # -max_len: safetensors headers and request bodies are small here; 64 KiB keeps every target fast.
-  if "$bin" "$work" "$seeds" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  seed_arg=()
+  if [ -n "${FUZZ_SEED:-}" ]; then seed_arg=(-seed="$FUZZ_SEED"); fi
+  if "$bin" "$work" "$seeds" "${seed_arg[@]}" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
-    echo "fuzz: $t ok: $execs executions, $cov"
+    used_seed=$(grep -o 'Seed: [0-9]*' "$log" | head -1 | grep -o '[0-9]*$' || echo '?')
+    echo "fuzz: $t ok: $execs executions, $cov, seed $used_seed"
     summary+="$t: ok, $execs executions, $cov"$'\n'
   else
     status=1
-    echo "fuzz: $t FAILED; the last lines of $log:" >&2
+    echo "fuzz: $t FAILED (seed $(grep -o 'Seed: [0-9]*' "$log" | head -1 | grep -o '[0-9]*$' || echo '?')); the last lines of $log:" >&2
     tail -n 60 "$log" >&2
     summary+="$t: FAILED (inputs in $art)"$'\n'
   fi

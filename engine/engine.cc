@@ -350,7 +350,9 @@ Status EngineImpl::Init(const EngineConfig& config) {
     pool_tokens_ = num_blocks * config.block_size;
     switch (config.sampling_place) {
         case EngineConfig::SamplingPlace::kAuto:
-            device_sampling_ = config.backend != "cpu";  // a device backend keeps its logits on the device
+            // A device backend keeps its logits on the device; the CPU backend's SampleRows spreads a batch's
+            // rows over its threads, where host sampling draws them one by one on the engine thread.
+            device_sampling_ = true;
             break;
         case EngineConfig::SamplingPlace::kHost:
             device_sampling_ = false;

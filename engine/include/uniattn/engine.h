@@ -33,10 +33,10 @@ struct EngineConfig {
     int max_model_len = 0;                  // 0 = the model's max_position_embeddings
     bool enable_prefix_caching = true;
     int max_queued_requests = 1024;  // Submit returns kResourceExhausted past this many waiting requests
-    // Where tokens are selected. kAuto: on the device for a device backend (CUDA: logits stay there, only
-    // tokens and logprobs reach the host), on the host for the CPU backend. kHost: always the host (the
-    // logits are copied over). kBackend: always Backend::SampleRows, the CPU backend's too (tests). Every
-    // place gives the same tokens for the same logits and seed (sampling/row_select.h).
+    // Where tokens are selected. kAuto = kBackend: Backend::SampleRows (CUDA: logits stay on the device,
+    // only tokens and logprobs reach the host; CPU: a batch's rows are selected in parallel on the
+    // backend's threads). kHost: the Sampler on the engine thread, one row after another (the logits are
+    // copied over). Every place gives the same tokens for the same logits and seed (sampling/row_select.h).
     enum class SamplingPlace { kAuto, kHost, kBackend };
     SamplingPlace sampling_place = SamplingPlace::kAuto;
     std::string model_name;  // served name; default: the directory's base name

@@ -1,5 +1,5 @@
 // The engine's two sampling places (EngineConfig::SamplingPlace) on the CPU backend: host sampling and
-// Backend::SampleRows (the path a CUDA engine takes by default) give the same tokens, logprobs and top
+// Backend::SampleRows (the default path on every backend) give the same tokens, logprobs and top
 // logprobs for seeded requests with n > 1 samples forked from one prompt and every logits processor.
 // Requests run one after another, so both runs batch identically (CPU logits depend on the batch's rows
 // in their last bits).

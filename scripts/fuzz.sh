@@ -30,6 +30,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export OMP_NUM_THREADS=1
 status=0
 summary=""
+seed_of() { grep -o 'Seed: [0-9]*' "$1" | head -1 | grep -o '[0-9]*$' || echo '?'; }
 for t in ${FUZZ_TARGETS:-$all_targets}; do
   bin="$build/bin/$t"
   if [ ! -x "$bin" ]; then
@@ -55,12 +56,11 @@ for t in ${FUZZ_TARGETS:-$all_targets}; do
       -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
-    used_seed=$(grep -o 'Seed: [0-9]*' "$log" | head -1 | grep -o '[0-9]*$' || echo '?')
-    echo "fuzz: $t ok: $execs executions, $cov, seed $used_seed"
+    echo "fuzz: $t ok: $execs executions, $cov, seed $(seed_of "$log")"
     summary+="$t: ok, $execs executions, $cov"$'\n'
   else
     status=1
-    echo "fuzz: $t FAILED (seed $(grep -o 'Seed: [0-9]*' "$log" | head -1 | grep -o '[0-9]*$' || echo '?')); the last lines of $log:" >&2
+    echo "fuzz: $t FAILED (seed $(seed_of "$log")); the last lines of $log:" >&2
     tail -n 60 "$log" >&2
     summary+="$t: FAILED (inputs in $art)"$'\n'
   fi

@@ -348,19 +348,9 @@ Status EngineImpl::Init(const EngineConfig& config) {
     UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks));
     UA_CHECK_EQ(kv_->bytes_per_block(), per_block);
     pool_tokens_ = num_blocks * config.block_size;
-    switch (config.sampling_place) {
-        case EngineConfig::SamplingPlace::kAuto:
-            // A device backend keeps its logits on the device; the CPU backend's SampleRows spreads a batch's
-            // rows over its threads, where host sampling draws them one by one on the engine thread.
-            device_sampling_ = true;
-            break;
-        case EngineConfig::SamplingPlace::kHost:
-            device_sampling_ = false;
-            break;
-        case EngineConfig::SamplingPlace::kBackend:
-            device_sampling_ = true;
-            break;
-    }
+    // kAuto is kBackend on every backend: a device backend keeps its logits on the device, and the CPU
+    // backend's SampleRows spreads a step's rows over its threads (kHost draws them one by one here).
+    device_sampling_ = config.sampling_place != EngineConfig::SamplingPlace::kHost;
     SchedulerConfig sc;
     sc.max_num_seqs = config.max_num_seqs;
     sc.max_num_batched_tokens = config.max_num_batched_tokens;

@@ -25,18 +25,6 @@
 
 namespace uniattn {
 
-const char* FinishReasonName(FinishReason reason) {
-    switch (reason) {
-        case FinishReason::kStop:
-            return "stop";
-        case FinishReason::kLength:
-            return "length";
-        case FinishReason::kAbort:
-            return "abort";
-    }
-    return "?";
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -205,6 +193,7 @@ class EngineImpl final : public Engine {
         observer_ = std::move(observer);
     }
     const ModelInfo& model_info() const override { return info_; }
+    const RequestLimits& request_limits() const override { return limits_; }
     const Tokenizer& tokenizer() const override { return *tokenizer_; }
     EngineStats Stats() const override;
     void StartDraining() override {
@@ -217,7 +206,6 @@ class EngineImpl final : public Engine {
     }
 
   private:
-    Status Validate(const GenerationRequest& r, int* max_new_tokens) const;
     void Loop();
     void Admit(std::unique_ptr<PendingRequest> pending);
     void CancelRequest(uint64_t request_id);
@@ -237,7 +225,7 @@ class EngineImpl final : public Engine {
     std::unique_ptr<Tokenizer> own_tokenizer_;
     const Tokenizer* tokenizer_ = nullptr;
     int max_model_len_ = 0;
-    int64_t pool_tokens_ = 0;
+    RequestLimits limits_;
 
     // Shared with callers.
     std::shared_ptr<Inbox> inbox_;
@@ -347,7 +335,13 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
     UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks));
     UA_CHECK_EQ(kv_->bytes_per_block(), per_block);
-    pool_tokens_ = num_blocks * config.block_size;
+    limits_.vocab_size = mc.vocab_size;
+    limits_.max_model_len = max_model_len_;
+    limits_.max_n = std::min(RequestLimits::kMaxSamples, config.max_num_seqs);
+    limits_.max_sequences_per_request = config.max_num_seqs;
+    limits_.kv_pool_tokens = num_blocks * config.block_size;
+    limits_.has_text = own_tokenizer_ == nullptr;
+    limits_.max_prompt_bytes = static_cast<int64_t>(tokenizer_->max_token_bytes()) * max_model_len_;
     // kAuto is kBackend on every backend: a device backend keeps its logits on the device, and the CPU
     // backend's SampleRows spreads a step's rows over its threads (kHost draws them one by one here).
     device_sampling_ = config.sampling_place != EngineConfig::SamplingPlace::kHost;
@@ -388,55 +382,9 @@ EngineImpl::~EngineImpl() {
     if (thread_.joinable()) thread_.join();
 }
 
-Status EngineImpl::Validate(const GenerationRequest& r, int* max_new_tokens) const {
-    auto bad = [](const std::string& field, const std::string& why) { return InvalidArgument(field + " " + why); };
-    const int vocab = model_->config.vocab_size;
-    if (r.prompt_ids.empty()) return bad("prompt_ids", "must not be empty");
-    for (int32_t id : r.prompt_ids) {
-        if (id < 0 || id >= vocab) {
-            return bad("prompt_ids", "has token id " + std::to_string(id) + " outside the vocabulary [0, " +
-                                         std::to_string(vocab) + ")");
-        }
-    }
-    if (r.max_tokens < 1) return bad("max_tokens", "must be >= 1, got " + std::to_string(r.max_tokens));
-    if (r.n < 1 || r.n > config_.max_num_seqs) {
-        return bad("n", "must be in [1, " + std::to_string(config_.max_num_seqs) + "] (max_num_seqs), got " +
-                            std::to_string(r.n));
-    }
-    if (r.logprobs < -1 || r.logprobs > 20)
-        return bad("logprobs", "must be in [-1, 20], got " + std::to_string(r.logprobs));
-    for (int32_t id : r.stop_token_ids) {
-        if (id < 0 || id >= vocab)
-            return bad("stop_token_ids", "has token id " + std::to_string(id) + " outside the vocabulary");
-    }
-    for (const std::string& s : r.stop) {
-        if (s.empty()) return bad("stop", "strings must not be empty");
-    }
-    if (!r.stop.empty() && own_tokenizer_) {
-        return bad("stop", "strings need a tokenizer, and model " + info_.name + " has no tokenizer.model");
-    }
-    SamplingParams p = SamplingParamsOf(r);
-    UA_RETURN_IF_ERROR(p.Validate(vocab));
-
-    const int prompt = static_cast<int>(r.prompt_ids.size());
-    if (prompt >= max_model_len_) {
-        return FailedPrecondition("the prompt has " + std::to_string(prompt) + " tokens, but the context length is " +
-                                  std::to_string(max_model_len_) + " tokens (prompt and at least one generated token)");
-    }
-    *max_new_tokens = std::min(r.max_tokens, max_model_len_ - prompt);
-    const int64_t kv_tokens = static_cast<int64_t>(prompt) + *max_new_tokens - 1;
-    if (kv_tokens > pool_tokens_) {
-        return FailedPrecondition("the prompt has " + std::to_string(prompt) + " tokens and max_tokens allows " +
-                                  std::to_string(*max_new_tokens) + " more; that needs " + std::to_string(kv_tokens) +
-                                  " tokens of KV cache, but the whole pool holds " + std::to_string(pool_tokens_) +
-                                  " tokens");
-    }
-    return Status::Ok();
-}
-
 StatusOr<std::shared_ptr<RequestHandle>> EngineImpl::Submit(GenerationRequest request) {
     auto pending = std::make_unique<PendingRequest>();
-    UA_RETURN_IF_ERROR(Validate(request, &pending->max_new_tokens));
+    UA_ASSIGN_OR_RETURN(pending->max_new_tokens, ValidateRequest(request, limits_));
     std::lock_guard<std::mutex> lock(inbox_->mu);
     if (inbox_->stopping) return Unavailable("the engine is shutting down");
     if (inbox_->draining) return Unavailable("the engine is draining and accepts no new requests");

@@ -31,8 +31,13 @@ ApiError ApiError::Unavailable(std::string message, std::string code) {
 
 ApiError ApiError::Internal(std::string message) { return {500, "server_error", std::move(message), {}, {}}; }
 
-ApiError ApiErrorFromStatus(const Status& status, const std::string& param) {
+std::string ParamOf(const Status& status, std::string_view prompt_param) {
+    return status.field() == "prompt_ids" ? std::string(prompt_param) : status.field();
+}
+
+ApiError ApiErrorFromStatus(const Status& status, std::string_view prompt_param) {
     const std::string& m = status.message();
+    const std::string param = ParamOf(status, prompt_param);
     switch (status.code()) {
         case StatusCode::kOk:
             return ApiError::Internal("internal error: an OK status was reported as an error");

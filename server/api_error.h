@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -31,9 +32,12 @@ struct ApiError {
     static ApiError Internal(std::string message);
 };
 
-// The one mapping from engine/server Status to an HTTP error. `param` names the request field the error
-// concerns when the caller knows it (a prompt that is too long: "prompt" or "messages").
-ApiError ApiErrorFromStatus(const Status& status, const std::string& param = {});
+// The request field an error concerns, as the client named it: Status::field(), where the engine's
+// "prompt_ids" is the API's prompt field (`prompt_param`: "prompt", or "messages" for chat).
+std::string ParamOf(const Status& status, std::string_view prompt_param = "prompt");
+
+// The one mapping from engine/server Status to an HTTP error; `param` is ParamOf(status, prompt_param).
+ApiError ApiErrorFromStatus(const Status& status, std::string_view prompt_param = "prompt");
 
 // The one mapping from Status to a gRPC status code (as its integer value, grpc::StatusCode).
 int GrpcCodeFromStatus(const Status& status);

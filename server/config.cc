@@ -193,7 +193,13 @@ const std::vector<Key>& Keys() {
              c.engine.backend = v;
              return Status::Ok();
          }},
-        {"engine.dtype", Choice(&ServerConfig::dtype, {"auto", "float32", "float16", "bfloat16"})},
+        {"engine.dtype",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+             UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "float32", "float16", "bfloat16"}));
+             c.engine.dtype = v;
+             return Status::Ok();
+         }},
         {"engine.num_threads", EngineInt(&EngineConfig::num_threads, 0, 1024, "0 = all cores")},
         {"engine.block_size",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
@@ -240,6 +246,8 @@ const std::vector<Key>& Keys() {
         {"server.http_port", Int(&ServerConfig::http_port, 0, 65535, "0 = ephemeral, else 1..65535")},
         {"server.grpc_port", Int(&ServerConfig::grpc_port, -1, 65535, "-1 = off, 0 = ephemeral, else 1..65535")},
         {"server.http_threads", Int(&ServerConfig::http_threads, 1, 256, "1..256")},
+        {"server.max_sequences_per_request",
+         Int(&ServerConfig::max_sequences_per_request, 0, 1 << 16, "0 = engine.max_num_seqs, else >= 1")},
         {"server.api_keys", StringList(&ServerConfig::api_keys, false)},
         {"server.cors_allowed_origins", StringList(&ServerConfig::cors_allowed_origins, false)},
         {"server.max_body_bytes",
@@ -329,8 +337,8 @@ Status Validate(const ServerConfig& c) {
     if (c.grpc_port > 0 && c.grpc_port == c.http_port) {
         return InvalidArgument("server.grpc_port: " + std::to_string(c.grpc_port) + " is also server.http_port");
     }
-    if (c.engine.backend == "cpu" && c.dtype != "auto" && c.dtype != "float32") {
-        return InvalidArgument("engine.dtype: the cpu backend computes in float32; '" + c.dtype +
+    if (c.engine.backend == "cpu" && c.engine.dtype != "auto" && c.engine.dtype != "float32") {
+        return InvalidArgument("engine.dtype: the cpu backend computes in float32; '" + c.engine.dtype +
                                "' needs engine.backend: cuda");
     }
     if (c.engine.max_num_batched_tokens < c.engine.max_num_seqs) {
@@ -461,7 +469,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::EndMap;
     out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "backend" << YAML::Value << c.engine.backend;
-    out << YAML::Key << "dtype" << YAML::Value << c.dtype;
+    out << YAML::Key << "dtype" << YAML::Value << c.engine.dtype;
     out << YAML::Key << "num_threads" << YAML::Value << c.engine.num_threads;
     out << YAML::Key << "block_size" << YAML::Value << c.engine.block_size;
     out << YAML::Key << "kv_cache_bytes" << YAML::Value << c.engine.kv_cache_bytes;
@@ -476,6 +484,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "http_port" << YAML::Value << c.http_port;
     out << YAML::Key << "grpc_port" << YAML::Value << c.grpc_port;
     out << YAML::Key << "http_threads" << YAML::Value << c.http_threads;
+    out << YAML::Key << "max_sequences_per_request" << YAML::Value << c.max_sequences_per_request;
     out << YAML::Key << "api_keys" << YAML::Value;
     list(c.api_keys, true);
     out << YAML::Key << "cors_allowed_origins" << YAML::Value;

@@ -17,7 +17,6 @@ namespace uniattn::server {
 struct ServerConfig {
     EngineConfig engine;  // model.path, model.name, model.max_model_len and every engine.* key
 
-    std::string dtype = "auto";          // engine.dtype: validated; the CPU backend computes in float32
     std::string chat_template = "auto";  // model.chat_template: auto|plain|llama-2|llama-3|chatml|mistral|none
 
     std::string host = "127.0.0.1";
@@ -27,6 +26,9 @@ struct ServerConfig {
     std::vector<std::string> api_keys;              // empty: no key required
     std::vector<std::string> cors_allowed_origins;  // empty: no CORS headers; "*" allows any origin
     int64_t max_body_bytes = 8 << 20;
+    // prompts x n in one request (completions take a list of prompts); 0 = engine.max_num_seqs, so that one
+    // request never asks for more sequences than a step runs.
+    int max_sequences_per_request = 0;
     double request_timeout_s = 60;  // reading one request, including a keep-alive connection's idle wait
     double drain_timeout_s = 30;    // SIGTERM: how long in-flight requests may run before they are aborted
     double ready_max_stall_s = 10;  // /ready fails when work is pending and no step ran for this long

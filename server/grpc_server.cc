@@ -24,6 +24,14 @@ grpc::Status ToGrpc(const Status& s) {
     return grpc::Status(static_cast<grpc::StatusCode>(GrpcCodeFromStatus(s)), s.message());
 }
 
+// The request field an error concerns travels as trailing metadata, as OpenAI's `param` does over HTTP.
+constexpr char kErrorParamKey[] = "error-param";
+
+grpc::Status ToGrpc(const Status& s, grpc::CallbackServerContext* ctx) {
+    if (const std::string param = ParamOf(s); !param.empty()) ctx->AddTrailingMetadata(kErrorParamKey, param);
+    return ToGrpc(s);
+}
+
 pb::FinishReason ToProto(FinishReason r) {
     switch (r) {
         case FinishReason::kStop:
@@ -36,11 +44,42 @@ pb::FinishReason ToProto(FinishReason r) {
     return pb::FINISH_REASON_UNSPECIFIED;
 }
 
+// The first byte offset at which `s` is not UTF-8, or npos.
+size_t InvalidUtf8At(std::string_view s) {
+    size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (len == 0 || i + len > s.size()) return i;
+        uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+        for (int k = 1; k < len; ++k) {
+            const auto cc = static_cast<unsigned char>(s[i + k]);
+            if ((cc & 0xC0) != 0x80) return i;
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+        i += len;
+    }
+    return std::string_view::npos;
+}
+
+// The server parses the request messages' string fields as bytes (server/CMakeLists.txt), so that text
+// that is not UTF-8 is an INVALID_ARGUMENT naming the field instead of a failed parse.
+Status CheckUtf8(std::string_view field, std::string_view value) {
+    const size_t at = InvalidUtf8At(value);
+    if (at == std::string_view::npos) return Status::Ok();
+    return {StatusCode::kInvalidArgument, std::string(field) + ": not valid UTF-8 (at byte " + std::to_string(at) + ")",
+            std::string(field)};
+}
+
 // API key, model name and engine availability, common to every method.
-grpc::Status CheckCallGrpc(const ServingState& state, const grpc::CallbackServerContext* ctx,
-                           const std::string& model) {
+grpc::Status CheckCallGrpc(const ServingState& state, grpc::CallbackServerContext* ctx, const std::string& model) {
     std::string_view auth;
     const auto& md = ctx->client_metadata();
+    if (md.count("authorization") > 1) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "more than one authorization metadata entry");
+    }
     if (auto it = md.find("authorization"); it != md.end())
         auth = std::string_view(it->second.data(), it->second.size());
     if (!state.Authorized(auth)) {
@@ -48,6 +87,7 @@ grpc::Status CheckCallGrpc(const ServingState& state, const grpc::CallbackServer
                             "missing or invalid API key (metadata authorization: Bearer <key>)");
     }
     if (!state.engine()) return ToGrpc(Unavailable("the model is still loading"));
+    if (Status s = CheckUtf8("model", model); !s.ok()) return ToGrpc(s, ctx);
     if (!model.empty() && model != state.model().model_name) {
         return ToGrpc(NotFound("model '" + model + "' is not served here (this server serves '" +
                                state.model().model_name + "')"));
@@ -55,106 +95,46 @@ grpc::Status CheckCallGrpc(const ServingState& state, const grpc::CallbackServer
     return grpc::Status::OK;
 }
 
-Status CheckRange(const char* name, double v, double lo, double hi, bool lo_open = false) {
-    if (!(v >= lo && v <= hi) || (lo_open && v == lo)) {
-        return InvalidArgument(std::string(name) + ": " + std::to_string(v) + " is out of range");
-    }
-    return Status::Ok();
-}
-
-// Builds the engine request from the proto, with the same limits as the HTTP API.
+// Builds the engine request from the proto with the checks every API shares (uniattn/request.h).
 StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& req, const ModelContext& m) {
+    const RequestLimits& limits = m.limits;
     GenerationRequest g;
+    for (const std::string& stop : req.stop()) UA_RETURN_IF_ERROR(CheckUtf8("stop", stop));
+    if (req.has_n()) g.n = req.n();
+    if (req.has_max_tokens()) g.max_tokens = req.max_tokens();
+    const pb::SamplingParams& s = req.sampling();
+    if (s.has_temperature()) g.temperature = s.temperature();
+    if (s.has_top_p()) g.top_p = s.top_p();
+    if (s.has_top_k()) g.top_k = s.top_k();
+    if (s.has_min_p()) g.min_p = s.min_p();
+    if (s.has_repetition_penalty()) g.repetition_penalty = s.repetition_penalty();
+    if (s.has_presence_penalty()) g.presence_penalty = s.presence_penalty();
+    if (s.has_frequency_penalty()) g.frequency_penalty = s.frequency_penalty();
+    if (s.has_seed()) g.seed = s.seed();
+    for (const auto& [id, bias] : s.logit_bias()) g.logit_bias[id] = bias;
+    g.ignore_eos = s.ignore_eos();
+    g.stop.assign(req.stop().begin(), req.stop().end());
+    g.stop_token_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
+    if (req.has_logprobs()) g.logprobs = req.logprobs();
+    UA_RETURN_IF_ERROR(ValidateSampling(g, limits));  // before any tokenization
+
     const bool add_special = !req.has_add_special_tokens() || req.add_special_tokens();
     switch (req.prompt_case()) {
         case pb::GenerateRequest::kText:
+            UA_RETURN_IF_ERROR(CheckUtf8("text", req.text()));
+            UA_RETURN_IF_ERROR(CheckPromptBytes(static_cast<int64_t>(req.text().size()), limits, "prompt"));
             g.prompt_ids = m.tokenizer->Encode(req.text(), add_special && m.tokenizer->add_bos());
             break;
         case pb::GenerateRequest::kTokenIds:
-            for (int32_t id : req.token_ids().ids()) {
-                if (id < 0 || id >= m.vocab_size) {
-                    return InvalidArgument("token_ids: " + std::to_string(id) + " is not a token id (vocabulary size " +
-                                           std::to_string(m.vocab_size) + ")");
-                }
-                g.prompt_ids.push_back(id);
-            }
+            g.prompt_ids.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
             break;
         case pb::GenerateRequest::PROMPT_NOT_SET:
-            return InvalidArgument("prompt: set text or token_ids");
+            return Status(StatusCode::kInvalidArgument, "prompt: set text or token_ids", "prompt");
     }
-    if (g.prompt_ids.empty()) return InvalidArgument("prompt: the prompt is empty (no tokens)");
-    const int len = static_cast<int>(g.prompt_ids.size());
-    if (req.has_n()) {
-        if (req.n() < 1 || req.n() > 128) return InvalidArgument("n: must be in [1, 128]");
-        g.n = req.n();
-    }
-    if (len >= m.max_model_len) {
-        return InvalidArgument("prompt: the prompt has " + std::to_string(len) +
-                               " tokens; this model's maximum context length is " + std::to_string(m.max_model_len) +
-                               " tokens");
-    }
-    if (req.has_max_tokens()) {
-        if (req.max_tokens() < 1) return InvalidArgument("max_tokens: must be >= 1");
-        if (len + req.max_tokens() > m.max_model_len) {
-            return InvalidArgument("max_tokens: the prompt has " + std::to_string(len) + " tokens and max_tokens is " +
-                                   std::to_string(req.max_tokens()) + "; this model's maximum context length is " +
-                                   std::to_string(m.max_model_len) + " tokens");
-        }
-        g.max_tokens = req.max_tokens();
-    } else {
-        g.max_tokens = std::min(16, m.max_model_len - len);
-    }
-    const pb::SamplingParams& s = req.sampling();
-    if (s.has_temperature()) {
-        UA_RETURN_IF_ERROR(CheckRange("temperature", s.temperature(), 0, 100));
-        g.temperature = s.temperature();
-    }
-    if (s.has_top_p()) {
-        UA_RETURN_IF_ERROR(CheckRange("top_p", s.top_p(), 0, 1, true));
-        g.top_p = s.top_p();
-    }
-    if (s.has_top_k()) {
-        if (s.top_k() < -1) return InvalidArgument("top_k: must be -1, 0 or positive");
-        g.top_k = s.top_k();
-    }
-    if (s.has_min_p()) {
-        UA_RETURN_IF_ERROR(CheckRange("min_p", s.min_p(), 0, 1));
-        g.min_p = s.min_p();
-    }
-    if (s.has_repetition_penalty()) {
-        UA_RETURN_IF_ERROR(CheckRange("repetition_penalty", s.repetition_penalty(), 0, 100, true));
-        g.repetition_penalty = s.repetition_penalty();
-    }
-    if (s.has_presence_penalty()) {
-        UA_RETURN_IF_ERROR(CheckRange("presence_penalty", s.presence_penalty(), -2, 2));
-        g.presence_penalty = s.presence_penalty();
-    }
-    if (s.has_frequency_penalty()) {
-        UA_RETURN_IF_ERROR(CheckRange("frequency_penalty", s.frequency_penalty(), -2, 2));
-        g.frequency_penalty = s.frequency_penalty();
-    }
-    if (s.has_seed()) g.seed = s.seed();
-    for (const auto& [id, bias] : s.logit_bias()) {
-        if (id < 0 || id >= m.vocab_size)
-            return InvalidArgument("logit_bias: " + std::to_string(id) + " is not a token id");
-        UA_RETURN_IF_ERROR(CheckRange("logit_bias", bias, -100, 100));
-        g.logit_bias[id] = bias;
-    }
-    g.ignore_eos = s.ignore_eos();
-    for (const std::string& stop : req.stop()) {
-        if (stop.empty()) return InvalidArgument("stop: stop strings must not be empty");
-        g.stop.push_back(stop);
-    }
-    if (req.stop_size() > 16) return InvalidArgument("stop: at most 16 stop strings are allowed");
-    for (int32_t id : req.stop_token_ids()) {
-        if (id < 0 || id >= m.vocab_size)
-            return InvalidArgument("stop_token_ids: " + std::to_string(id) + " is not a token id");
-        g.stop_token_ids.push_back(id);
-    }
-    if (req.has_logprobs()) {
-        if (req.logprobs() < 0 || req.logprobs() > 20) return InvalidArgument("logprobs: must be in [0, 20]");
-        g.logprobs = req.logprobs();
-    }
+    UA_RETURN_IF_ERROR(ValidatePromptIds(g.prompt_ids, limits, "prompt"));
+    UA_ASSIGN_OR_RETURN(g.max_tokens, CheckContextLength(static_cast<int64_t>(g.prompt_ids.size()),
+                                                         req.has_max_tokens() ? req.max_tokens() : 16,
+                                                         req.has_max_tokens(), limits, "prompt"));
     return g;
 }
 
@@ -170,11 +150,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
         grpc::Status check = CheckCallGrpc(state_, ctx, req->model());
         if (!check.ok()) return FinishOnce(check);
         auto g = ToEngineRequest(*req, state_.model());
-        if (!g.ok()) return FinishOnce(ToGrpc(g.status()));
+        if (!g.ok()) return FinishOnce(ToGrpc(g.status(), ctx));
         n_ = g->n;
         logprobs_ = g->logprobs >= 0;
         auto h = state_.Submit(std::move(g).value());
-        if (!h.ok()) return FinishOnce(ToGrpc(h.status()));
+        if (!h.ok()) return FinishOnce(ToGrpc(h.status(), ctx));
         handle_ = std::move(h).value();
         hub_ = std::make_shared<NotifyHub>([weak = weak_from_this(), &ioc = ioc_] {
             net::post(ioc, [weak] {
@@ -329,13 +309,16 @@ class Service final : public pb::UniAttn::CallbackService {
         auto* reactor = ctx->DefaultReactor();
         grpc::Status s = CheckCallGrpc(state_, ctx, req->model());
         if (s.ok()) {
+            if (Status u = CheckUtf8("text", req->text()); !u.ok()) s = ToGrpc(u, ctx);
+        }
+        if (s.ok()) {
             const ModelContext& m = state_.model();
             const bool add_special = !req->has_add_special_tokens() || req->add_special_tokens();
             for (int32_t id : m.tokenizer->Encode(req->text(), add_special && m.tokenizer->add_bos())) {
                 resp->add_token_ids(id);
                 resp->add_tokens(TokenText(*m.tokenizer, id));
             }
-            resp->set_max_model_len(m.max_model_len);
+            resp->set_max_model_len(m.limits.max_model_len);
         }
         reactor->Finish(s);
         return reactor;
@@ -349,13 +332,9 @@ class Service final : public pb::UniAttn::CallbackService {
             const ModelContext& m = state_.model();
             std::vector<int32_t> ids;
             for (int32_t id : req->token_ids()) {
-                if (id < 0 || id >= m.vocab_size) {
-                    s = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                     "token_ids: " + std::to_string(id) + " is not a token id");
-                    break;
-                }
                 ids.push_back(id);
             }
+            if (Status v = ValidatePromptIds(ids, m.limits, "token_ids"); !v.ok() && !ids.empty()) s = ToGrpc(v, ctx);
             if (s.ok()) resp->set_text(m.tokenizer->Decode(ids));
         }
         reactor->Finish(s);

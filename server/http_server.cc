@@ -61,32 +61,6 @@ bool PeerGone(tcp::socket& socket) {
     return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0;
 }
 
-// The request field an engine error concerns. The engine names the field first ("n must be in [1, 16]");
-// a prompt that can never fit concerns the prompt (or the messages).
-std::string ParamOfEngineError(const Status& s, const char* prompt_param) {
-    if (s.code() == StatusCode::kFailedPrecondition) return prompt_param;
-    if (s.code() != StatusCode::kInvalidArgument) return {};
-    const std::string field = s.message().substr(0, s.message().find(' '));
-    static const char* const kFields[] = {"n",
-                                          "max_tokens",
-                                          "temperature",
-                                          "top_p",
-                                          "top_k",
-                                          "min_p",
-                                          "repetition_penalty",
-                                          "presence_penalty",
-                                          "frequency_penalty",
-                                          "logit_bias",
-                                          "seed",
-                                          "stop",
-                                          "stop_token_ids",
-                                          "logprobs"};
-    for (const char* f : kFields) {
-        if (field == f) return field;
-    }
-    return field == "prompt_ids" ? prompt_param : std::string();
-}
-
 // One engine request per prompt, the responder that turns their events into OpenAI output, and the hub that
 // brings the engine's notifications to the session's strand.
 struct Job {
@@ -249,6 +223,11 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     bool Authorize() {
+        // Two keys are ambiguous (which one did the client mean?): refuse rather than pick one.
+        if (req_.count(http::field::authorization) > 1) {
+            SendError(ApiError::BadRequest("more than one Authorization header", {}, "invalid_authorization"));
+            return false;
+        }
         if (state_.Authorized(std::string_view(req_[http::field::authorization]))) return true;
         const bool missing = req_[http::field::authorization].empty();
         SendError(
@@ -373,6 +352,7 @@ class Session : public std::enable_shared_from_this<Session> {
         http::response<http::string_body> res{static_cast<http::status>(e.http_status), version_};
         res.set(http::field::content_type, "application/json");
         if (e.http_status == 405) res.set(http::field::allow, "GET, POST, OPTIONS");
+        if (e.http_status == 401) res.set(http::field::www_authenticate, "Bearer");
         res.body() = e.Body();
         QueueResponse(std::move(res));
     }
@@ -475,7 +455,7 @@ class Session : public std::enable_shared_from_this<Session> {
             g.prompt_ids = prompt;
             auto h = state_.Submit(std::move(g));
             if (!h.ok()) {
-                ApiError e = ApiErrorFromStatus(h.status(), ParamOfEngineError(h.status(), prompt_param));
+                ApiError e = ApiErrorFromStatus(h.status(), prompt_param);
                 if (e.http_status == 503) e.code = state_.engine() ? "draining" : "loading";
                 return SendError(e);  // `job` cancels whatever was submitted
             }

@@ -128,8 +128,6 @@ int Run(int argc, char** argv) {
         return 2;
     }
 
-    config.engine.dtype = config.dtype;  // engine.dtype: the device backend's weight and KV dtype
-
     ServingState state(config);
     std::unique_ptr<Engine> engine;
     auto ioc = std::make_unique<net::io_context>(config.http_threads);

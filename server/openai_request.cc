@@ -12,10 +12,6 @@ namespace {
 using nlohmann::json;
 
 constexpr int kMaxJsonDepth = 64;
-constexpr int kMaxN = 128;
-constexpr int kMaxPrompts = 256;
-constexpr int kMaxStops = 16;
-constexpr int kMaxLogprobs = 20;
 
 const char* TypeName(const json& v) {
     switch (v.type()) {
@@ -49,12 +45,6 @@ ApiError OutOfRange(const std::string& param, const std::string& detail) {
     return ApiError::BadRequest(param + ": " + detail, param);
 }
 
-std::string Num(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
-}
-
 // Field readers: absent or null leaves `out` untouched and succeeds.
 class Reader {
   public:
@@ -74,25 +64,21 @@ class Reader {
         return std::nullopt;
     }
 
-    std::optional<ApiError> Double(const char* name, double lo, double hi, bool lo_open, double* out,
-                                   bool* present = nullptr) const {
+    // A number of any value: its range is checked with every other field (ValidateSampling).
+    std::optional<ApiError> Float(const char* name, float* out) const {
         const json* v = Get(name);
         if (!v) return std::nullopt;
         if (!v->is_number()) return WrongType(name, "a number", *v);
-        const double d = v->get<double>();
-        if (!std::isfinite(d) || d < lo || d > hi || (lo_open && d == lo)) {
-            return OutOfRange(name, Num(d) + " is out of range (must be in " + (lo_open ? "(" : "[") + Num(lo) + ", " +
-                                        (std::isinf(hi) ? std::string("inf)") : Num(hi) + "]") + ")");
-        }
-        *out = d;
-        if (present) *present = true;
+        *out = static_cast<float>(v->get<double>());
         return std::nullopt;
     }
 
-    std::optional<ApiError> Float(const char* name, double lo, double hi, bool lo_open, float* out) const {
-        double d = *out;
-        if (auto e = Double(name, lo, hi, lo_open, &d)) return e;
-        *out = static_cast<float>(d);
+    // An integer that fits 32 bits: its range is checked with every other field (ValidateSampling).
+    std::optional<ApiError> Int32(const char* name, int* out, bool* present = nullptr) const {
+        int64_t v = 0;
+        if (auto e = Int(name, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max(), &v, present))
+            return e;
+        if (Get(name)) *out = static_cast<int>(v);
         return std::nullopt;
     }
 
@@ -125,14 +111,22 @@ class Reader {
         }                                \
     } while (0)
 
-std::optional<ApiError> CheckTokenId(const std::string& param, const json& v, const ModelContext& m, int32_t* out) {
+ApiError FromStatus(const Status& status) { return ApiErrorFromStatus(status); }
+std::optional<ApiError> IfError(const Status& status) {
+    if (status.ok()) return std::nullopt;
+    return ApiErrorFromStatus(status);
+}
+
+// A token id: an integer that fits 32 bits (the vocabulary is checked with the rest of the request, by
+// ValidateSampling or ValidatePromptIds, so every API words it the same way).
+std::optional<ApiError> ReadTokenId(const std::string& param, const json& v, const ModelContext& m, int32_t* out) {
     if (!v.is_number_integer()) return WrongType(param, "a token id (integer)", v);
     // nlohmann stores non-negative integers as unsigned, negative ones as signed.
-    const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() < static_cast<uint64_t>(m.vocab_size)
-                                                 : v.get<int64_t>() >= 0 && v.get<int64_t>() < m.vocab_size;
-    if (!in_range) {
-        return OutOfRange(param,
-                          v.dump() + " is not a token id (vocabulary size " + std::to_string(m.vocab_size) + ")");
+    const bool fits =
+        v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX) : v.get<int64_t>() >= INT32_MIN;
+    if (!fits) {
+        return OutOfRange(
+            param, v.dump() + " is not a token id (vocabulary size " + std::to_string(m.limits.vocab_size) + ")");
     }
     *out = static_cast<int32_t>(v.get<int64_t>());
     return std::nullopt;
@@ -143,45 +137,33 @@ std::optional<ApiError> ParseSampling(const json& body, const ModelContext& m, O
                                       bool* max_tokens_given) {
     Reader rd(body);
     GenerationRequest& p = r.params;
-    RETURN_IF_API_ERROR(rd.Float("temperature", 0, 100, false, &p.temperature));
-    RETURN_IF_API_ERROR(rd.Float("top_p", 0, 1, true, &p.top_p));
-    int64_t top_k = p.top_k;
-    RETURN_IF_API_ERROR(rd.Int("top_k", -1, std::numeric_limits<int32_t>::max(), &top_k));
-    p.top_k = static_cast<int>(top_k);
-    RETURN_IF_API_ERROR(rd.Float("min_p", 0, 1, false, &p.min_p));
-    RETURN_IF_API_ERROR(rd.Float("repetition_penalty", 0, 100, true, &p.repetition_penalty));
-    RETURN_IF_API_ERROR(rd.Float("presence_penalty", -2, 2, false, &p.presence_penalty));
-    RETURN_IF_API_ERROR(rd.Float("frequency_penalty", -2, 2, false, &p.frequency_penalty));
+    RETURN_IF_API_ERROR(rd.Float("temperature", &p.temperature));
+    RETURN_IF_API_ERROR(rd.Float("top_p", &p.top_p));
+    RETURN_IF_API_ERROR(rd.Int32("top_k", &p.top_k));
+    RETURN_IF_API_ERROR(rd.Float("min_p", &p.min_p));
+    RETURN_IF_API_ERROR(rd.Float("repetition_penalty", &p.repetition_penalty));
+    RETURN_IF_API_ERROR(rd.Float("presence_penalty", &p.presence_penalty));
+    RETURN_IF_API_ERROR(rd.Float("frequency_penalty", &p.frequency_penalty));
     if (const json* v = rd.Get("seed")) {
         if (!v->is_number_integer()) return WrongType("seed", "an integer", *v);
         p.seed = v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
     }
-    int64_t n = 1;
-    RETURN_IF_API_ERROR(rd.Int("n", 1, kMaxN, &n));
-    p.n = static_cast<int>(n);
+    RETURN_IF_API_ERROR(rd.Int32("n", &p.n));
 
-    int64_t max_tokens = 0;
     bool given = false;
-    RETURN_IF_API_ERROR(rd.Int("max_tokens", 1, std::numeric_limits<int32_t>::max(), &max_tokens, &given));
+    RETURN_IF_API_ERROR(rd.Int32("max_tokens", &p.max_tokens, &given));
     if (r.endpoint == Endpoint::kChatCompletions) {
-        RETURN_IF_API_ERROR(
-            rd.Int("max_completion_tokens", 1, std::numeric_limits<int32_t>::max(), &max_tokens, &given));
+        RETURN_IF_API_ERROR(rd.Int32("max_completion_tokens", &p.max_tokens, &given));
     }
     *max_tokens_given = given;
-    if (given) p.max_tokens = static_cast<int>(max_tokens);
 
     if (const json* v = rd.Get("stop")) {
         if (v->is_string()) {
             if (!v->get_ref<const std::string&>().empty()) p.stop.push_back(v->get<std::string>());
         } else if (v->is_array()) {
-            if (v->size() > kMaxStops) {
-                return OutOfRange("stop", "at most " + std::to_string(kMaxStops) + " stop strings are allowed");
-            }
             for (size_t i = 0; i < v->size(); ++i) {
                 const json& s = (*v)[i];
                 if (!s.is_string()) return WrongType("stop", "a string or a list of strings", s);
-                if (s.get_ref<const std::string&>().empty())
-                    return OutOfRange("stop", "stop strings must not be empty");
                 p.stop.push_back(s.get<std::string>());
             }
         } else {
@@ -192,7 +174,7 @@ std::optional<ApiError> ParseSampling(const json& body, const ModelContext& m, O
         if (!v->is_array()) return WrongType("stop_token_ids", "a list of token ids", *v);
         for (const json& t : *v) {
             int32_t id = 0;
-            RETURN_IF_API_ERROR(CheckTokenId("stop_token_ids", t, m, &id));
+            RETURN_IF_API_ERROR(ReadTokenId("stop_token_ids", t, m, &id));
             p.stop_token_ids.push_back(id);
         }
     }
@@ -202,16 +184,12 @@ std::optional<ApiError> ParseSampling(const json& body, const ModelContext& m, O
             char* end = nullptr;
             errno = 0;
             const long long id = std::strtoll(key.c_str(), &end, 10);
-            if (key.empty() || *end != '\0' || errno == ERANGE || id < 0 || id >= m.vocab_size) {
+            if (key.empty() || *end != '\0' || errno == ERANGE || id < INT32_MIN || id > INT32_MAX) {
                 return OutOfRange("logit_bias", "'" + key + "' is not a token id (vocabulary size " +
-                                                    std::to_string(m.vocab_size) + ")");
+                                                    std::to_string(m.limits.vocab_size) + ")");
             }
             if (!bias.is_number()) return WrongType("logit_bias", "numeric biases", bias);
-            const double b = bias.get<double>();
-            if (!(b >= -100 && b <= 100)) {
-                return OutOfRange("logit_bias", "bias " + Num(b) + " for token " + key + " is not in [-100, 100]");
-            }
-            p.logit_bias[static_cast<int32_t>(id)] = static_cast<float>(b);
+            p.logit_bias[static_cast<int32_t>(id)] = static_cast<float>(bias.get<double>());
         }
     }
     RETURN_IF_API_ERROR(rd.Bool("ignore_eos", &p.ignore_eos));
@@ -235,7 +213,7 @@ std::optional<ApiError> ParseIdList(const std::string& param, const json& arr, c
                                     std::vector<int32_t>* out) {
     for (const json& t : arr) {
         int32_t id = 0;
-        RETURN_IF_API_ERROR(CheckTokenId(param, t, m, &id));
+        RETURN_IF_API_ERROR(ReadTokenId(param, t, m, &id));
         out->push_back(id);
     }
     return std::nullopt;
@@ -248,37 +226,40 @@ std::optional<ApiError> ParsePrompts(const json& body, const ModelContext& m, Op
     const json* v = rd.Get("prompt");
     if (!v) return ApiError::BadRequest("prompt: this field is required", "prompt");
     const bool add_bos = add_special && m.tokenizer->add_bos();
-    auto add_text = [&](const std::string& text) {
+    auto add_text = [&](const std::string& text) -> std::optional<ApiError> {
+        // An oversized prompt is refused before it costs a tokenization.
+        if (Status s = CheckPromptBytes(static_cast<int64_t>(text.size()), m.limits, "prompt"); !s.ok())
+            return FromStatus(s);
         r.prompts.push_back(m.tokenizer->Encode(text, add_bos));
-        r.prompt_texts.push_back(text);
-    };
-    auto add_ids = [&](std::vector<int32_t> ids) {
-        r.prompt_texts.push_back(m.tokenizer->Decode(ids));
-        r.prompts.push_back(std::move(ids));
+        return std::nullopt;
     };
     if (v->is_string()) {
-        add_text(v->get<std::string>());
+        RETURN_IF_API_ERROR(IfError(CheckSequencesPerRequest(1, r.params.n, m.limits)));
+        RETURN_IF_API_ERROR(add_text(v->get_ref<const std::string&>()));
     } else if (v->is_array()) {
         if (v->empty()) return ApiError::BadRequest("prompt: must not be an empty list", "prompt");
-        if (v->size() > kMaxPrompts) {
-            return OutOfRange("prompt", "at most " + std::to_string(kMaxPrompts) + " prompts per request");
-        }
         const json& first = v->front();
+        const int64_t num_prompts = first.is_number() ? 1 : static_cast<int64_t>(v->size());
+        if (num_prompts > RequestLimits::kMaxPrompts) {
+            return OutOfRange("prompt",
+                              "at most " + std::to_string(RequestLimits::kMaxPrompts) + " prompts per request");
+        }
+        RETURN_IF_API_ERROR(IfError(CheckSequencesPerRequest(num_prompts, r.params.n, m.limits)));
         if (first.is_number()) {
             std::vector<int32_t> ids;
             RETURN_IF_API_ERROR(ParseIdList("prompt", *v, m, &ids));
-            add_ids(std::move(ids));
+            r.prompts.push_back(std::move(ids));
         } else if (first.is_string()) {
             for (const json& s : *v) {
                 if (!s.is_string()) return WrongType("prompt", "a list of strings", s);
-                add_text(s.get<std::string>());
+                RETURN_IF_API_ERROR(add_text(s.get_ref<const std::string&>()));
             }
         } else if (first.is_array()) {
             for (const json& a : *v) {
                 if (!a.is_array()) return WrongType("prompt", "a list of token id lists", a);
                 std::vector<int32_t> ids;
                 RETURN_IF_API_ERROR(ParseIdList("prompt", a, m, &ids));
-                add_ids(std::move(ids));
+                r.prompts.push_back(std::move(ids));
             }
         } else {
             return WrongType("prompt", "a string, a list of strings or a list of token ids", first);
@@ -287,7 +268,7 @@ std::optional<ApiError> ParsePrompts(const json& body, const ModelContext& m, Op
         return WrongType("prompt", "a string, a list of strings or a list of token ids", *v);
     }
     for (const auto& p : r.prompts) {
-        if (p.empty()) return ApiError::BadRequest("prompt: the prompt is empty (no tokens)", "prompt");
+        if (Status s = ValidatePromptIds(p, m.limits, "prompt"); !s.ok()) return FromStatus(s);
     }
     return std::nullopt;
 }
@@ -341,21 +322,6 @@ std::optional<ApiError> ParseMessages(const json& body, std::vector<ChatMessage>
         out->push_back(std::move(cm));
     }
     return std::nullopt;
-}
-
-ApiError ContextLengthError(const ModelContext& m, Endpoint ep, int prompt_len, int max_tokens, bool max_given) {
-    const bool chat = ep == Endpoint::kChatCompletions;
-    const char* what = chat ? "messages" : "prompt";
-    std::string msg = "This model's maximum context length is " + std::to_string(m.max_model_len) + " tokens. ";
-    if (prompt_len >= m.max_model_len || !max_given) {
-        msg += std::string("However, your ") + what + " resulted in " + std::to_string(prompt_len) +
-               " tokens, which leaves no room for the completion. Please reduce the length of the " + what + ".";
-    } else {
-        msg += "However, you requested " + std::to_string(prompt_len + max_tokens) + " tokens (" +
-               std::to_string(prompt_len) + " in the " + what + ", " + std::to_string(max_tokens) +
-               " in the completion). Please reduce the length of the " + what + " or completion.";
-    }
-    return ApiError::BadRequest(msg, what, "context_length_exceeded");
 }
 
 }  // namespace
@@ -430,7 +396,7 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
         RETURN_IF_API_ERROR(rd.Bool("echo", &r.echo));
         int64_t lp = -1;
         bool lp_given = false;
-        RETURN_IF_API_ERROR(rd.Int("logprobs", 0, kMaxLogprobs, &lp, &lp_given));
+        RETURN_IF_API_ERROR(rd.Int("logprobs", 0, RequestLimits::kMaxLogprobs, &lp, &lp_given));
         if (lp_given) {
             r.logprobs = true;
             r.top_logprobs = static_cast<int>(lp);
@@ -439,17 +405,18 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
             return ApiError::BadRequest("suffix: not supported by this server", "suffix", "unsupported");
         }
         int64_t best_of = r.params.n;
-        RETURN_IF_API_ERROR(rd.Int("best_of", 1, kMaxN, &best_of));
+        RETURN_IF_API_ERROR(rd.Int("best_of", 1, RequestLimits::kMaxSamples, &best_of));
         if (best_of != r.params.n) {
             return ApiError::BadRequest("best_of: only best_of == n is supported", "best_of", "unsupported");
         }
+        r.params.logprobs = r.logprobs ? r.top_logprobs : -1;
+        RETURN_IF_API_ERROR(IfError(ValidateSampling(r.params, m.limits)));  // before any tokenization
         RETURN_IF_API_ERROR(ParsePrompts(body, m, r));
-        if (!max_tokens_given) r.params.max_tokens = 16;  // OpenAI's default for completions
     } else {
         RETURN_IF_API_ERROR(rd.Bool("logprobs", &r.logprobs));
         int64_t top = 0;
         bool top_given = false;
-        RETURN_IF_API_ERROR(rd.Int("top_logprobs", 0, kMaxLogprobs, &top, &top_given));
+        RETURN_IF_API_ERROR(rd.Int("top_logprobs", 0, RequestLimits::kMaxLogprobs, &top, &top_given));
         if (top_given && !r.logprobs && top > 0) {
             return ApiError::BadRequest("top_logprobs: requires logprobs to be true", "top_logprobs");
         }
@@ -473,30 +440,32 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
         }
         bool add_generation_prompt = true;
         RETURN_IF_API_ERROR(rd.Bool("add_generation_prompt", &add_generation_prompt));
+        r.params.logprobs = r.logprobs ? r.top_logprobs : -1;
+        RETURN_IF_API_ERROR(IfError(ValidateSampling(r.params, m.limits)));  // before any tokenization
         std::vector<ChatMessage> messages;
         RETURN_IF_API_ERROR(ParseMessages(body, &messages));
+        int64_t content_bytes = 0;
+        for (const ChatMessage& msg : messages) content_bytes += static_cast<int64_t>(msg.content.size());
+        RETURN_IF_API_ERROR(IfError(CheckPromptBytes(content_bytes, m.limits, "messages")));
         auto ids = RenderChat(m.chat_template, messages, add_generation_prompt, *m.tokenizer);
         if (!ids.ok()) return ApiError::BadRequest(ids.status().message(), "messages");
         if (ids->empty()) return ApiError::BadRequest("messages: the rendered conversation is empty", "messages");
-        r.prompt_texts.push_back({});
         r.prompts.push_back(std::move(ids).value());
     }
-    r.params.logprobs = r.logprobs ? r.top_logprobs : -1;
 
     // Context length: every prompt needs room for at least one generated token, and an explicit
-    // max_tokens must fit; an implicit one shrinks to the room left.
-    int min_room = std::numeric_limits<int>::max();
+    // max_tokens must fit; an implicit one is capped to the room left (chat: all of it; completions:
+    // OpenAI's default of 16).
+    const bool chat = endpoint == Endpoint::kChatCompletions;
+    const int64_t wanted = max_tokens_given ? r.params.max_tokens : chat ? INT32_MAX : 16;
+    int max_tokens = INT32_MAX;
     for (const auto& p : r.prompts) {
-        const int len = static_cast<int>(p.size());
-        if (len >= m.max_model_len || (max_tokens_given && len + r.params.max_tokens > m.max_model_len)) {
-            return ContextLengthError(m, endpoint, len, r.params.max_tokens, max_tokens_given);
-        }
-        min_room = std::min(min_room, m.max_model_len - len);
+        auto room = CheckContextLength(static_cast<int64_t>(p.size()), wanted, max_tokens_given, m.limits,
+                                       chat ? "messages" : "prompt");
+        if (!room.ok()) return FromStatus(room.status());
+        max_tokens = std::min(max_tokens, *room);
     }
-    if (!max_tokens_given) {
-        r.params.max_tokens =
-            endpoint == Endpoint::kChatCompletions ? min_room : std::min(r.params.max_tokens, min_room);
-    }
+    r.params.max_tokens = max_tokens;
     return r;
 }
 
@@ -526,7 +495,7 @@ ApiResult<json> HandleTokenize(std::string_view body_text, const ModelContext& m
     }
     json tokens = json::array();
     for (int32_t id : ids) tokens.push_back(id);
-    return json{{"count", ids.size()}, {"max_model_len", m.max_model_len}, {"tokens", tokens}};
+    return json{{"count", ids.size()}, {"max_model_len", m.limits.max_model_len}, {"tokens", tokens}};
 }
 
 ApiResult<json> HandleDetokenize(std::string_view body_text, const ModelContext& m) {

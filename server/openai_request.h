@@ -20,8 +20,7 @@ namespace uniattn::server {
 struct ModelContext {
     std::string model_name;
     const Tokenizer* tokenizer = nullptr;
-    int max_model_len = 0;
-    int vocab_size = 0;
+    RequestLimits limits;  // the engine's (Engine::request_limits), with the server's per-request caps
     ChatTemplate chat_template = ChatTemplate::kNone;
 };
 
@@ -31,7 +30,6 @@ struct OpenAiRequest {
     Endpoint endpoint = Endpoint::kCompletions;
     std::string model;
     std::vector<std::vector<int32_t>> prompts;  // one engine request per prompt (completions accept a list)
-    std::vector<std::string> prompt_texts;      // decoded prompts, for echo
     GenerationRequest params;                   // everything but prompt_ids
     bool stream = false;
     bool include_usage = false;  // stream_options.include_usage
@@ -45,8 +43,7 @@ struct OpenAiRequest {
 // tokenizes prompts.
 ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body, const ModelContext& model);
 
-// Parses JSON with a nesting limit (deeply nested input must not exhaust the stack); `what` is unused
-// in messages beyond "invalid JSON".
+// Parses JSON with a nesting limit (deeply nested input must not exhaust the stack).
 ApiResult<nlohmann::json> ParseJsonBody(std::string_view body);
 
 // The `model` field, when present, must name the served model (404 model_not_found otherwise).

@@ -11,20 +11,34 @@ OpenAiResponder::OpenAiResponder(const OpenAiRequest& request, const Tokenizer& 
     : request_(request), tokenizer_(tokenizer), id_(std::move(id)), created_(created) {
     choices_.resize(request.num_choices());
     cached_tokens_.assign(request.prompts.size(), 0);
-    if (request_.logprobs) {
-        for (size_t i = 0; i < choices_.size(); ++i) {
-            choices_[i].logprobs = EmptyLogprobs();
-            if (request_.echo)
-                AppendEchoLogprobs(choices_[i].logprobs, choices_[i], static_cast<int>(i) / request_.params.n);
-        }
-    }
+    std::vector<EchoedPrompt> echoes;
     if (request_.echo) {
-        for (size_t i = 0; i < choices_.size(); ++i) {
-            const std::string& prompt = request_.prompt_texts[i / request_.params.n];
-            choices_[i].text = prompt;
-            choices_[i].text_offset = prompt.size();
-        }
+        for (const auto& ids : request_.prompts) echoes.push_back(EchoPrompt(tokenizer_, ids));
     }
+    for (size_t i = 0; i < choices_.size(); ++i) {
+        if (request_.logprobs) choices_[i].logprobs = EmptyLogprobs();
+        if (!request_.echo) continue;
+        const EchoedPrompt& echo = echoes[i / request_.params.n];
+        if (request_.logprobs) AppendEchoLogprobs(choices_[i].logprobs, echo);
+        choices_[i].text = echo.text;
+        choices_[i].text_offset = echo.text.size();
+    }
+}
+
+EchoedPrompt EchoPrompt(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+    EchoedPrompt echo;
+    IncrementalDetokenizer detok(&tokenizer, {});
+    for (int32_t id : ids) {
+        const size_t start = echo.text.size();
+        echo.text += detok.Push(id);
+        if (id == tokenizer.bos_id()) continue;
+        // Text held back for an incomplete UTF-8 character belongs to this token or an earlier one: the
+        // token starts no later than the text seen so far.
+        echo.tokens.push_back(TokenText(tokenizer, id));
+        echo.offsets.push_back(start);
+    }
+    echo.text += detok.Flush();
+    return echo;
 }
 
 json OpenAiResponder::EmptyLogprobs() const {
@@ -68,18 +82,13 @@ void OpenAiResponder::AppendLogprobs(json& lp, Choice& choice, const RequestEven
 
 // Echoed prompt tokens carry no logprobs (the engine does not score the prompt): null entries, as OpenAI
 // reports for the first prompt token.
-void OpenAiResponder::AppendEchoLogprobs(json& lp, Choice& choice, int prompt_idx) const {
-    size_t offset = 0;
-    for (int32_t id : request_.prompts[prompt_idx]) {
-        if (id == tokenizer_.bos_id()) continue;
-        const std::string token = TokenText(tokenizer_, id);
-        lp["tokens"].push_back(token);
+void OpenAiResponder::AppendEchoLogprobs(json& lp, const EchoedPrompt& echo) const {
+    for (size_t k = 0; k < echo.tokens.size(); ++k) {
+        lp["tokens"].push_back(echo.tokens[k]);
         lp["token_logprobs"].push_back(nullptr);
         lp["top_logprobs"].push_back(nullptr);
-        lp["text_offset"].push_back(offset);
-        offset += token.size();
+        lp["text_offset"].push_back(echo.offsets[k]);
     }
-    (void)choice;
 }
 
 json OpenAiResponder::ChunkBase() const {

@@ -19,6 +19,17 @@ namespace uniattn::server {
 std::string SseEvent(const nlohmann::json& payload);
 inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
 
+// A prompt as `echo` returns it: its text, and for each token but BOS the token's text and the byte
+// offset where it starts in that text. The text is built token by token with the incremental
+// detokenizer, so offsets never run backwards and a token that decodes to nothing (a control token such
+// as </s>) starts where the next one does.
+struct EchoedPrompt {
+    std::string text;
+    std::vector<std::string> tokens;
+    std::vector<size_t> offsets;
+};
+EchoedPrompt EchoPrompt(const Tokenizer& tokenizer, const std::vector<int32_t>& ids);
+
 class OpenAiResponder {
   public:
     OpenAiResponder(const OpenAiRequest& request, const Tokenizer& tokenizer, std::string id, int64_t created);
@@ -58,7 +69,7 @@ class OpenAiResponder {
     nlohmann::json EmptyLogprobs() const;
     // Appends one token's logprobs to `lp` in the endpoint's format.
     void AppendLogprobs(nlohmann::json& lp, Choice& choice, const RequestEvent& e) const;
-    void AppendEchoLogprobs(nlohmann::json& lp, Choice& choice, int prompt_idx) const;
+    void AppendEchoLogprobs(nlohmann::json& lp, const EchoedPrompt& echo) const;
     nlohmann::json StreamChoice(int index, const std::string& text, const nlohmann::json* logprobs,
                                 const std::optional<FinishReason>& finish) const;
 

@@ -24,8 +24,10 @@ void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
     const ModelInfo& info = engine->model_info();
     model_.model_name = info.name;
     model_.tokenizer = &engine->tokenizer();
-    model_.max_model_len = info.max_model_len;
-    model_.vocab_size = info.config.vocab_size > 0 ? info.config.vocab_size : engine->tokenizer().vocab_size();
+    model_.limits = engine->request_limits();
+    if (config_.max_sequences_per_request > 0) {
+        model_.limits.max_sequences_per_request = config_.max_sequences_per_request;
+    }
     model_.chat_template = chat_template;
     if (!metrics_) metrics_ = std::make_unique<Metrics>(info.name, info.max_model_len);
     metrics_->SetModelInfo(info);

@@ -1,5 +1,7 @@
 #include "uniattn/tokenizer.h"
 
+#include <algorithm>
+
 #include "uniattn/json.h"
 #include "util/file.h"
 
@@ -35,6 +37,7 @@ class SentencePieceTokenizer final : public Tokenizer {
             UA_ASSIGN_OR_RETURN(Json cfg, ParseJson(text, cfg_path));
             if (const Json* b = cfg.Find("add_bos_token"); b && b->is_bool()) add_bos_ = b->bool_value();
         }
+        max_token_bytes_ = MeasureMaxTokenBytes();
         return Status::Ok();
     }
 
@@ -63,9 +66,42 @@ class SentencePieceTokenizer final : public Tokenizer {
         return id >= 0 && id < sp_.GetPieceSize() ? sp_.IdToPiece(id) : std::string();
     }
     int vocab_size() const override { return sp_.GetPieceSize(); }
+    int max_token_bytes() const override { return max_token_bytes_; }
 
   private:
+    // The longest text a piece decodes to, if encoding keeps every byte. SentencePiece does not expose its
+    // normalizer, so it is probed: byte fallback must exist, and runs of whitespace and compatibility
+    // characters (which NFKC or whitespace folding would change) must survive encode + decode exactly.
+    int MeasureMaxTokenBytes() const {
+        bool has_bytes = false;
+        int longest = 0;
+        for (int id = 0; id < sp_.GetPieceSize(); ++id) {
+            if (sp_.IsControl(id)) continue;
+            if (sp_.IsByte(id)) {
+                has_bytes = true;
+                longest = std::max(longest, 1);
+                continue;
+            }
+            if (sp_.IsUnknown(id)) {
+                longest = std::max(longest, 4);  // one character
+                continue;
+            }
+            const std::string piece = sp_.IdToPiece(id);
+            int bytes = 0;
+            for (size_t i = 0; i < piece.size(); ++bytes) i += piece.compare(i, 3, "\xE2\x96\x81") == 0 ? 3 : 1;
+            longest = std::max(longest, bytes);
+        }
+        if (!has_bytes) return 0;
+        static constexpr std::string_view kProbe =
+            "a  b\t\t c\n\n\r\n  d    \xEF\xAC\x81 \xEF\xBC\xA1 \xE2\x84\xAB e\xCC\x81 \xE3\x80\x80x";
+        std::vector<int> ids;
+        std::string back;
+        if (!sp_.Encode(kProbe, &ids).ok() || !sp_.Decode(ids, &back).ok() || back != kProbe) return 0;
+        return longest;
+    }
+
     sentencepiece::SentencePieceProcessor sp_;
+    int max_token_bytes_ = 0;
 };
 #endif
 

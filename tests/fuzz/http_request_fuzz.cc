@@ -88,7 +88,7 @@ void Handle(const http::request<http::string_body>& req, const ModelContext& mod
                 model);
             if (!r.ok()) return CheckError(r.error(), req.version());
             for (const auto& p : r.value().prompts) {
-                if (p.empty() || static_cast<int>(p.size()) > model.max_model_len) std::abort();
+                if (p.empty() || static_cast<int>(p.size()) > model.limits.max_model_len) std::abort();
             }
             return;
         }
@@ -132,8 +132,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ModelContext model;
     model.model_name = "m";
     model.tokenizer = &tok;
-    model.max_model_len = (sel & 16) ? 4096 : 64;
-    model.vocab_size = tok.vocab_size();
+    model.limits.max_model_len = (sel & 16) ? 4096 : 64;
+    model.limits.vocab_size = tok.vocab_size();
     model.chat_template = (sel & 32) ? ChatTemplate::kLlama3 : ChatTemplate::kPlain;
 
     boost::asio::io_context ioc;

@@ -27,8 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ModelContext model;
     model.model_name = "m";
     model.tokenizer = &tok;
-    model.max_model_len = (sel & 0x40) ? 4096 : 64;
-    model.vocab_size = tok.vocab_size();
+    model.limits.max_model_len = (sel & 0x40) ? 4096 : 64;
+    model.limits.vocab_size = tok.vocab_size();
     model.chat_template = kTemplates[(sel >> 1) % 6];
 
     switch (sel >> 7) {
@@ -39,9 +39,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 // Accepted requests must be within what the engine is promised.
                 if (req.prompts.empty()) std::abort();
                 for (const auto& p : req.prompts) {
-                    if (static_cast<int>(p.size()) > model.max_model_len) std::abort();
+                    if (static_cast<int>(p.size()) > model.limits.max_model_len) std::abort();
                     for (int32_t id : p) {
-                        if (id < 0 || id >= model.vocab_size) std::abort();
+                        if (id < 0 || id >= model.limits.vocab_size) std::abort();
                     }
                 }
                 if (req.params.n < 1) std::abort();

@@ -438,7 +438,8 @@ TEST(EngineTest, ValidationNamesTheField) {
         auto h = engine->Submit(std::move(r));
         ASSERT_FALSE(h.ok()) << field;
         EXPECT_EQ(h.status().code(), StatusCode::kInvalidArgument) << field;
-        EXPECT_EQ(h.status().message().rfind(field, 0), 0u) << h.status().message();
+        EXPECT_EQ(h.status().field(), field) << h.status().message();
+        EXPECT_EQ(h.status().message().rfind(field + ": ", 0), 0u) << h.status().message();
     };
     const GenerationRequest ok = Greedy({1, 9038}, 4, false);
     GenerationRequest r = ok;
@@ -452,10 +453,10 @@ TEST(EngineTest, ValidationNamesTheField) {
     expect_bad(r, "max_tokens");
     r = ok;
     r.n = 0;
-    expect_bad(r, "n ");
+    expect_bad(r, "n");
     r = ok;
     r.n = 9;  // > max_num_seqs
-    expect_bad(r, "n ");
+    expect_bad(r, "n");
     r = ok;
     r.temperature = -1;
     expect_bad(r, "temperature");

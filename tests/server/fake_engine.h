@@ -46,12 +46,14 @@ class ByteTokenizer final : public Tokenizer {
         return buf;
     }
     int vocab_size() const override { return 259; }
+    int max_token_bytes() const override { return 1; }
 };
 
 struct FakeEngineOptions {
     std::string script = "abcdefghijklmnopqrstuvwxyz";  // generated text; EOS after it unless ignore_eos
     std::chrono::milliseconds token_delay{0};
     int max_model_len = 64;
+    int max_n = RequestLimits::kMaxSamples;  // the engine's n limit (min(128, max_num_seqs) in the real one)
     int max_queued = 64;
     bool fail_after_first_token = false;  // emit kError after one token
     bool throw_on_read = false;           // RequestHandle::TryNext throws (a bug in the reader's path)
@@ -125,6 +127,11 @@ class FakeEngine final : public Engine {
         info_.kv_bytes_per_token = 1000;
         info_.kv_bytes_per_token_dense = 1500;
         info_.backend = "fake";
+        limits_.vocab_size = tokenizer_.vocab_size();
+        limits_.max_model_len = options_.max_model_len;
+        limits_.max_n = options_.max_n;
+        limits_.max_sequences_per_request = options_.max_n;
+        limits_.max_prompt_bytes = static_cast<int64_t>(tokenizer_.max_token_bytes()) * options_.max_model_len;
         thread_ = std::thread([this] { Loop(); });
     }
     ~FakeEngine() override {
@@ -150,6 +157,7 @@ class FakeEngine final : public Engine {
     }
     void SetObserver(std::shared_ptr<EngineObserver> observer) override { observer_ = std::move(observer); }
     const ModelInfo& model_info() const override { return info_; }
+    const RequestLimits& request_limits() const override { return limits_; }
     const Tokenizer& tokenizer() const override { return tokenizer_; }
     EngineStats Stats() const override {
         std::lock_guard<std::mutex> lock(mu_);
@@ -314,6 +322,7 @@ class FakeEngine final : public Engine {
     FakeEngineOptions options_;
     ByteTokenizer tokenizer_;
     ModelInfo info_;
+    RequestLimits limits_;
     std::shared_ptr<EngineObserver> observer_;
     mutable std::mutex mu_;
     std::condition_variable cv_;

@@ -261,6 +261,15 @@ TEST_F(HttpServerTest, ApiKeys) {
     EXPECT_EQ(Call("GET", "/v1/models", "", "Authorization: Bearer sk-two\r\n").status, 200);
     EXPECT_EQ(Call("GET", "/v1/models", "", "Authorization: bearer sk-one\r\n").status, 200);
     EXPECT_EQ(Call("GET", "/health").status, 200);  // probes need no key
+    EXPECT_EQ(Call("GET", "/v1/models").headers[http::field::www_authenticate], "Bearer");
+    // Two keys are ambiguous whichever comes first: 400, never the first one's verdict.
+    for (const char* twice : {"Authorization: Bearer sk-three\r\nAuthorization: Bearer sk-one\r\n",
+                              "Authorization: Bearer sk-one\r\nAuthorization: Bearer sk-three\r\n",
+                              "Authorization: Bearer sk-one\r\nAuthorization: Bearer sk-one\r\n"}) {
+        auto r = Call("GET", "/v1/models", "", twice);
+        EXPECT_EQ(r.status, 400) << twice;
+        EXPECT_EQ(json::parse(r.body)["error"]["code"], "invalid_authorization");
+    }
     EXPECT_TRUE(ConstantTimeEquals("abc", "abc"));
     EXPECT_FALSE(ConstantTimeEquals("abc", "abd"));
     EXPECT_FALSE(ConstantTimeEquals("abc", "abcd"));

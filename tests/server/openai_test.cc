@@ -15,8 +15,8 @@ class OpenAiTest : public ::testing::Test {
     OpenAiTest() {
         model_.model_name = "m";
         model_.tokenizer = &tok_;
-        model_.max_model_len = 64;
-        model_.vocab_size = tok_.vocab_size();
+        model_.limits.max_model_len = 64;
+        model_.limits.vocab_size = tok_.vocab_size();
         model_.chat_template = ChatTemplate::kPlain;
     }
     ApiResult<OpenAiRequest> Completion(const json& body) {
@@ -148,6 +148,80 @@ TEST_F(OpenAiTest, ContextLength) {
     EXPECT_EQ(r3.value().params.max_tokens, 3);
     auto chat = Chat({{"messages", {{{"role", "user"}, {"content", std::string(80, 'a')}}}}});
     ExpectError(chat, 400, "messages", "context_length_exceeded");
+}
+
+// 2147483647 used to wrap in `prompt + max_tokens` (UBSan: signed overflow) and pass the context check.
+TEST_F(OpenAiTest, MaxTokensNearIntMaxIsAContextErrorNotAnOverflow) {
+    const json messages = {{{"role", "user"}, {"content", "Hi"}}};
+    for (int64_t mt : {int64_t{2147483645}, int64_t{2147483646}, int64_t{2147483647}}) {
+        auto c = Completion({{"prompt", "Hi"}, {"max_tokens", mt}});
+        ExpectError(c, 400, "prompt", "context_length_exceeded");
+        EXPECT_NE(c.error().message.find(std::to_string(3 + mt)), std::string::npos) << c.error().message;
+        ExpectError(Chat({{"messages", messages}, {"max_tokens", mt}}), 400, "messages", "context_length_exceeded");
+        ExpectError(Chat({{"messages", messages}, {"max_completion_tokens", mt}}), 400, "messages",
+                    "context_length_exceeded");
+    }
+    ExpectError(Completion({{"prompt", "Hi"}, {"max_tokens", int64_t{2147483648}}}), 400, "max_tokens");
+}
+
+TEST_F(OpenAiTest, PromptsTimesNIsCappedPerRequest) {
+    model_.limits.max_sequences_per_request = 8;
+    EXPECT_TRUE(Completion({{"prompt", {"a", "b", "c", "d"}}, {"n", 2}}).ok());
+    auto r = Completion({{"prompt", {"a", "b", "c"}}, {"n", 3}});
+    ExpectError(r, 400, "n");
+    EXPECT_NE(r.error().message.find("9 sequences"), std::string::npos) << r.error().message;
+    ExpectError(Completion({{"prompt", json::array({"a", "b", "c", "d", "e", "f", "g", "h", "i"})}}), 400, "prompt");
+    ExpectError(Completion({{"prompt", "a"}, {"n", 9}}), 400, "n");
+}
+
+// Counts Encode calls: an oversized prompt must be refused without one.
+class CountingTokenizer final : public Tokenizer {
+  public:
+    explicit CountingTokenizer(const Tokenizer& inner) : inner_(inner) {}
+    std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
+        ++encodes;
+        return inner_.Encode(text, add_bos);
+    }
+    std::string Decode(const std::vector<int32_t>& ids) const override { return inner_.Decode(ids); }
+    std::string IdToPiece(int32_t id) const override { return inner_.IdToPiece(id); }
+    int vocab_size() const override { return inner_.vocab_size(); }
+    int max_token_bytes() const override { return inner_.max_token_bytes(); }
+    mutable int encodes = 0;
+
+  private:
+    const Tokenizer& inner_;
+};
+
+TEST_F(OpenAiTest, OversizedPromptIsRefusedBeforeTokenizing) {
+    CountingTokenizer counting(tok_);
+    model_.tokenizer = &counting;
+    model_.limits.max_prompt_bytes = 64 * tok_.max_token_bytes();
+    auto r = Completion({{"prompt", std::string(65, 'a')}});
+    ExpectError(r, 400, "prompt", "context_length_exceeded");
+    EXPECT_NE(r.error().message.find("65 bytes"), std::string::npos) << r.error().message;
+    ExpectError(Completion({{"prompt", {"a", std::string(1000, 'a')}}}), 400, "prompt", "context_length_exceeded");
+    ExpectError(Chat({{"messages", {{{"role", "user"}, {"content", std::string(70, 'a')}}}}}), 400, "messages",
+                "context_length_exceeded");
+    EXPECT_EQ(counting.encodes, 1);  // only the short "a" of the list, before the long one was reached
+    // At the bound the prompt is tokenized (and then fails on its token count: BOS + 64 bytes).
+    ExpectError(Completion({{"prompt", std::string(64, 'a')}}), 400, "prompt", "context_length_exceeded");
+    EXPECT_EQ(counting.encodes, 2);
+}
+
+TEST_F(OpenAiTest, SamplingRangesAreTheEnginesAndNameTheField) {
+    auto t = Completion({{"prompt", "a"}, {"temperature", -1}});
+    ExpectError(t, 400, "temperature");
+    EXPECT_EQ(t.error().message, "temperature: -1 is out of range (must be in [0, 100])");
+    model_.limits.max_n = 4;  // max_num_seqs 4
+    auto n = Completion({{"prompt", "a"}, {"n", 1000}});
+    ExpectError(n, 400, "n");
+    EXPECT_EQ(n.error().message, "n: 1000 is out of range (must be in [1, 4] (max_num_seqs))");
+    GenerationRequest g;
+    g.prompt_ids = {1, 70};
+    g.temperature = -1;
+    const Status s = ValidateRequest(g, model_.limits).status();
+    EXPECT_EQ(s.field(), "temperature");
+    EXPECT_EQ(s.message(), t.error().message);
 }
 
 TEST_F(OpenAiTest, ChatMessages) {
@@ -321,6 +395,26 @@ TEST_F(OpenAiTest, MidStreamErrorIsOneEventThenDone) {
     ASSERT_EQ(chunks.size(), 2u);
     EXPECT_EQ(chunks[1]["error"]["message"], "boom");
     EXPECT_EQ(chunks[1]["error"]["type"], "server_error");
+}
+
+// Offsets index the echoed text, which is the decoded prompt: a control token (</s>) decodes to nothing
+// and starts where the next token does; offsets never run backwards.
+TEST_F(OpenAiTest, EchoOffsetsIndexTheDecodedPrompt) {
+    auto r = Completion({{"prompt", {1, 2, 3 + 'H', 3 + 'i', 2, 3 + ' ', 3 + 'x'}}, {"echo", true}, {"logprobs", 0}});
+    ASSERT_TRUE(r.ok());
+    OpenAiResponder resp(r.value(), tok_, "cmpl-1", 123);
+    resp.OnEvent(0, Token(0, 'y'));
+    resp.OnEvent(0, Finished(0, FinishReason::kLength, 1));
+    ASSERT_TRUE(resp.done());
+    const json body = resp.Body();
+    const std::string text = body["choices"][0]["text"];
+    EXPECT_EQ(text, "Hi xy");
+    const json& lp = body["choices"][0]["logprobs"];
+    EXPECT_EQ(lp["tokens"], json({"</s>", "H", "i", "</s>", " ", "x", "y"}));
+    EXPECT_EQ(lp["text_offset"], json({0, 0, 1, 2, 2, 3, 4}));
+    for (size_t k = 0; k + 1 < lp["text_offset"].size(); ++k) {
+        EXPECT_LE(lp["text_offset"][k], lp["text_offset"][k + 1]);
+    }
 }
 
 TEST(ApiErrorTest, StatusMapping) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "uniattn/model_config.h"
+#include "uniattn/request.h"
 #include "uniattn/status.h"
 #include "uniattn/tokenizer.h"
 
@@ -40,58 +41,6 @@ struct EngineConfig {
     enum class SamplingPlace { kAuto, kHost, kBackend };
     SamplingPlace sampling_place = SamplingPlace::kAuto;
     std::string model_name;  // served name; default: the directory's base name
-};
-
-// Sampling and stopping, per request. Ranges are checked at Submit (kInvalidArgument naming the field).
-struct GenerationRequest {
-    std::vector<int32_t> prompt_ids;  // required, non-empty; BOS included if wanted
-    int max_tokens = 16;              // >= 1 (capped by the context length)
-    int n = 1;                        // parallel samples sharing the prompt's KV blocks
-    float temperature = 1.0f;         // 0 = greedy
-    float top_p = 1.0f;
-    int top_k = 0;  // 0 or -1 = off
-    float min_p = 0.0f;
-    float repetition_penalty = 1.0f;
-    float presence_penalty = 0.0f;
-    float frequency_penalty = 0.0f;
-    std::map<int32_t, float> logit_bias;
-    std::optional<uint64_t> seed;  // sample i of n uses seed + i
-    std::vector<int32_t> stop_token_ids;
-    std::vector<std::string> stop;  // stop strings: matched across token boundaries, never emitted
-    bool ignore_eos = false;
-    int logprobs = -1;       // -1: none; 0: the chosen token's; k > 0: also the top k (k <= 20)
-    bool detokenize = true;  // fill TokenEvent::text
-};
-
-enum class FinishReason {
-    kStop,    // EOS, a stop token id or a stop string
-    kLength,  // max_tokens or the context length
-    kAbort,   // cancelled, or the engine shut down
-};
-const char* FinishReasonName(FinishReason reason);  // "stop", "length", "abort"
-
-struct TokenLogprob {
-    int32_t token = 0;
-    float logprob = 0;
-};
-
-// One event of a request's stream. Per sample index: zero or more kToken, then exactly one kFinished
-// or kError. After every sample has ended the stream is closed.
-struct RequestEvent {
-    enum class Kind { kToken, kFinished, kError };
-    Kind kind = Kind::kToken;
-    int index = 0;       // which of the n samples
-    int32_t token = -1;  // kToken
-    std::string text;    // kToken: new text (may be empty while UTF-8 or a stop string is pending);
-                         // kFinished: any text still held back
-    float logprob = 0;   // kToken, when requested
-    std::vector<TokenLogprob> top_logprobs;
-    FinishReason finish_reason = FinishReason::kStop;  // kFinished
-    Status error;                                      // kError
-    // kFinished/kError: usage of this sample
-    int prompt_tokens = 0;
-    int completion_tokens = 0;
-    int cached_tokens = 0;  // prompt tokens served from the prefix cache
 };
 
 // Per-request timings, for metrics (seconds; from the engine's clock).
@@ -179,6 +128,8 @@ class Engine {
     virtual StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request) = 0;
     virtual void SetObserver(std::shared_ptr<EngineObserver> observer) = 0;  // before the first Submit
     virtual const ModelInfo& model_info() const = 0;
+    // What Submit checks requests against; front ends run the same checks (uniattn/request.h) first.
+    virtual const RequestLimits& request_limits() const = 0;
     virtual const Tokenizer& tokenizer() const = 0;
     virtual EngineStats Stats() const = 0;
     // Stops admitting (Submit returns kUnavailable); running and queued requests continue.

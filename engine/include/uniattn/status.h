@@ -30,16 +30,22 @@ class [[nodiscard]] Status {
   public:
     Status() = default;
     Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+    // `field` names the request field the error concerns ("temperature", "prompt"): front ends report it
+    // (OpenAI's `param`) without reading the message.
+    Status(StatusCode code, std::string message, std::string field)
+        : code_(code), message_(std::move(message)), field_(std::move(field)) {}
 
     static Status Ok() { return {}; }
     bool ok() const { return code_ == StatusCode::kOk; }
     StatusCode code() const { return code_; }
     const std::string& message() const { return message_; }
+    const std::string& field() const { return field_; }  // empty when the error concerns no one field
     std::string ToString() const;
 
   private:
     StatusCode code_ = StatusCode::kOk;
     std::string message_;
+    std::string field_;
 };
 
 inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }

@@ -24,6 +24,11 @@ class Tokenizer {
     virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
     virtual std::string IdToPiece(int32_t id) const = 0;
     virtual int vocab_size() const = 0;
+    // The most bytes of text one token stands for, when encoding keeps every input byte (no normalization
+    // that drops or merges text; byte fallback for what the vocabulary lacks): a text of B bytes then
+    // needs at least B / max_token_bytes() tokens, so an oversized prompt is refused before encoding it.
+    // 0 when no such bound holds.
+    virtual int max_token_bytes() const { return 0; }
     int bos_id() const { return bos_id_; }
     int eos_id() const { return eos_id_; }
     bool add_bos() const { return add_bos_; }

@@ -64,6 +64,17 @@ size_t InvalidUtf8At(std::string_view s) {
     return std::string_view::npos;
 }
 
+// Response strings must be UTF-8 (clients parse them as proto3 strings): a byte-fallback token piece
+// (one byte of a character) becomes U+FFFD, as over HTTP.
+std::string ValidUtf8(std::string s) {
+    for (size_t at = InvalidUtf8At(s); at != std::string_view::npos;) {
+        s.replace(at, 1, "\xEF\xBF\xBD");
+        const size_t next = InvalidUtf8At(std::string_view(s).substr(at + 3));
+        at = next == std::string_view::npos ? next : at + 3 + next;
+    }
+    return s;
+}
+
 // The server parses the request messages' string fields as bytes (server/CMakeLists.txt), so that text
 // that is not UTF-8 is an INVALID_ARGUMENT naming the field instead of a failed parse.
 Status CheckUtf8(std::string_view field, std::string_view value) {
@@ -254,12 +265,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
             if (logprobs_) {
                 pb::Logprobs* lp = msg_.add_logprobs();
                 lp->mutable_chosen()->set_token_id(e.token);
-                lp->mutable_chosen()->set_token(TokenText(tok, e.token));
+                lp->mutable_chosen()->set_token(ValidUtf8(TokenText(tok, e.token)));
                 lp->mutable_chosen()->set_logprob(e.logprob);
                 for (const TokenLogprob& t : e.top_logprobs) {
                     pb::TokenLogprob* tp = lp->add_top();
                     tp->set_token_id(t.token);
-                    tp->set_token(TokenText(tok, t.token));
+                    tp->set_token(ValidUtf8(TokenText(tok, t.token)));
                     tp->set_logprob(t.logprob);
                 }
             }
@@ -316,7 +327,7 @@ class Service final : public pb::UniAttn::CallbackService {
             const bool add_special = !req->has_add_special_tokens() || req->add_special_tokens();
             for (int32_t id : m.tokenizer->Encode(req->text(), add_special && m.tokenizer->add_bos())) {
                 resp->add_token_ids(id);
-                resp->add_tokens(TokenText(*m.tokenizer, id));
+                resp->add_tokens(ValidUtf8(TokenText(*m.tokenizer, id)));
             }
             resp->set_max_model_len(m.limits.max_model_len);
         }

@@ -1,6 +1,8 @@
 // A gRPC client not written in C++ (@grpc/grpc-js + @grpc/proto-loader) against the real server.
 import assert from "node:assert/strict";
-import { resolve } from "node:path";
+import { readFileSync, mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import grpc from "@grpc/grpc-js";
@@ -19,16 +21,36 @@ const health = grpc.loadPackageDefinition(
   protoLoader.loadSync(resolve(sourceDir, "tests/integration/protos/health.proto"), loadOptions),
 ).grpc.health.v1;
 
+// A client that sends raw bytes where the contract has text (the *Request messages' string fields as
+// bytes, as the server compiles them): the only way to put text that is not UTF-8 on the wire.
+const rawProtoDir = mkdtempSync(join(tmpdir(), "uniattn-rawproto-"));
+mkdirSync(join(rawProtoDir, "uniattn/v1"), { recursive: true });
+{
+  let inRequest = false;
+  const lines = readFileSync(resolve(sourceDir, "proto/uniattn/v1/uniattn.proto"), "utf8").split("\n").map((line) => {
+    if (/^message \w*Request *\{ *$/.test(line)) inRequest = true;
+    else if (/^\}/.test(line)) inRequest = false;
+    return inRequest ? line.replace(/^( *)(repeated )?string /, "$1$2bytes ") : line;
+  });
+  writeFileSync(join(rawProtoDir, "uniattn/v1/uniattn.proto"), lines.join("\n"));
+}
+const raw = grpc.loadPackageDefinition(
+  protoLoader.loadSync(join(rawProtoDir, "uniattn/v1/uniattn.proto"), { ...loadOptions, includeDirs: [rawProtoDir] }),
+).uniattn.v1;
+
 let server;
 let client;
+let rawClient;
 
 before(async () => {
   server = await startServer();
   client = new uniattn.UniAttn(server.grpcAddress, grpc.credentials.createInsecure());
+  rawClient = new raw.UniAttn(server.grpcAddress, grpc.credentials.createInsecure());
 });
 
 after(async () => {
   client.close();
+  rawClient.close();
   const { code } = await server.stop();
   assert.equal(code, 0);
 });
@@ -38,10 +60,10 @@ const unary = (method, request) =>
     client[method](request, (err, response) => (err ? reject(err) : resolveCall(response))),
   );
 
-function generate(request) {
+function generate(request, via = client) {
   return new Promise((resolveCall, reject) => {
     const messages = [];
-    const call = client.Generate(request);
+    const call = via.Generate(request);
     call.on("data", (m) => messages.push(m));
     call.on("error", reject);
     call.on("end", () => resolveCall(messages));
@@ -107,6 +129,70 @@ describe("gRPC", () => {
       generate({ text: "x", sampling: { top_p: 2 } }),
       (e) => e.code === grpc.status.INVALID_ARGUMENT && /top_p/.test(e.details),
     );
+  });
+
+  // The limits are written once (uniattn/request.h): the same field gets the same message and the same
+  // param, OpenAI's `param` over HTTP and the `error-param` trailer over gRPC.
+  it("the same invalid field gets the same param and message over HTTP and gRPC", async () => {
+    const cases = [
+      { http: { prompt: "Hi", temperature: -1 }, grpc: { text: "Hi", sampling: { temperature: -1 } }, param: "temperature" },
+      { http: { prompt: "Hi", n: 1000 }, grpc: { text: "Hi", n: 1000 }, param: "n" },
+      { http: { prompt: "Hi", top_p: 0 }, grpc: { text: "Hi", sampling: { top_p: 0 } }, param: "top_p" },
+      { http: { prompt: "a ".repeat(400) }, grpc: { text: "a ".repeat(400) }, param: "prompt" },
+      { http: { prompt: "Hi", max_tokens: 2147483647 }, grpc: { text: "Hi", max_tokens: 2147483647 }, param: "prompt" },
+      { http: { prompt: [1, 32000] }, grpc: { token_ids: { ids: [1, 32000] } }, param: "prompt" },
+    ];
+    for (const c of cases) {
+      const res = await fetch(`${server.baseURL}/v1/completions`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(c.http),
+      });
+      assert.equal(res.status, 400, JSON.stringify(c.http));
+      const { error } = await res.json();
+      assert.equal(error.param, c.param);
+      const e = await generate(c.grpc).then(
+        () => assert.fail(`gRPC accepted ${JSON.stringify(c.grpc)}`),
+        (err) => err,
+      );
+      assert.equal(e.code, grpc.status.INVALID_ARGUMENT, JSON.stringify(c.grpc));
+      assert.equal(e.details, error.message);
+      assert.deepEqual(e.metadata.get("error-param"), [c.param]);
+    }
+  });
+
+  it("max_tokens of 2147483647 is context_length_exceeded over HTTP completions and chat", async () => {
+    const post = (path, body) =>
+      fetch(`${server.baseURL}${path}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const messages = [{ role: "user", content: "Hi" }];
+    for (const [path, body] of [
+      ["/v1/completions", { prompt: "Hi", max_tokens: 2147483647 }],
+      ["/v1/completions", { prompt: "Hi", max_tokens: 2147483646 }],
+      ["/v1/chat/completions", { messages, max_tokens: 2147483647 }],
+      ["/v1/chat/completions", { messages, max_completion_tokens: 2147483647 }],
+    ]) {
+      const res = await post(path, body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.equal((await res.json()).error.code, "context_length_exceeded");
+    }
+  });
+
+  it("text that is not UTF-8 is INVALID_ARGUMENT naming the field, and the server keeps serving", async () => {
+    const bad = Buffer.from([0x48, 0x69, 0xff, 0xfe]);
+    const calls = [
+      ["text", () => generate({ text: bad, max_tokens: 2 }, rawClient)],
+      ["model", () => generate({ text: Buffer.from("Hi"), model: bad }, rawClient)],
+      ["stop", () => generate({ text: Buffer.from("Hi"), stop: [bad] }, rawClient)],
+      ["text", () => new Promise((res, rej) => rawClient.Tokenize({ text: bad }, (e, v) => (e ? rej(e) : res(v))))],
+    ];
+    for (const [field, call] of calls) {
+      const e = await call().then(() => assert.fail(`${field} accepted`), (err) => err);
+      assert.equal(e.code, grpc.status.INVALID_ARGUMENT, `${field}: ${e.code} ${e.details}`);
+      assert.match(e.details, new RegExp(`^${field}: not valid UTF-8 \\(at byte 2\\)`));
+      assert.deepEqual(e.metadata.get("error-param"), [field]);
+    }
+    const ok = await generate({ text: Buffer.from("Once upon a time"), max_tokens: 3, sampling: { temperature: 0 } }, rawClient);
+    assert.equal(ok.at(-1).usage.completion_tokens, 3);
   });
 
   it("cancellation cancels the request and frees its blocks", async () => {

@@ -455,7 +455,8 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
     req->submit_time = pending->submit_time;
     const GenerationRequest& r = req->request;
     const int prompt = static_cast<int>(r.prompt_ids.size());
-    auto seq_id = scheduler_->AddSequence(req->id, r.prompt_ids, r.n, prompt + req->max_new_tokens - 1);
+    auto seq_id =
+        scheduler_->AddSequence(req->id, r.prompt_ids, r.n, prompt + req->max_new_tokens - 1, r.num_earlier_sequences);
     req->samples.resize(r.n);
     ActiveRequest* raw = req.get();
     requests_.emplace(req->id, std::move(req));

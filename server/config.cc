@@ -246,6 +246,7 @@ const std::vector<Key>& Keys() {
         {"server.http_port", Int(&ServerConfig::http_port, 0, 65535, "0 = ephemeral, else 1..65535")},
         {"server.grpc_port", Int(&ServerConfig::grpc_port, -1, 65535, "-1 = off, 0 = ephemeral, else 1..65535")},
         {"server.http_threads", Int(&ServerConfig::http_threads, 1, 256, "1..256")},
+        {"server.prepare_threads", Int(&ServerConfig::prepare_threads, 1, 256, "1..256")},
         {"server.max_sequences_per_request",
          Int(&ServerConfig::max_sequences_per_request, 0, 1 << 16, "0 = engine.max_num_seqs, else >= 1")},
         {"server.api_keys", StringList(&ServerConfig::api_keys, false)},
@@ -484,6 +485,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "http_port" << YAML::Value << c.http_port;
     out << YAML::Key << "grpc_port" << YAML::Value << c.grpc_port;
     out << YAML::Key << "http_threads" << YAML::Value << c.http_threads;
+    out << YAML::Key << "prepare_threads" << YAML::Value << c.prepare_threads;
     out << YAML::Key << "max_sequences_per_request" << YAML::Value << c.max_sequences_per_request;
     out << YAML::Key << "api_keys" << YAML::Value;
     list(c.api_keys, true);

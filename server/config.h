@@ -23,7 +23,8 @@ struct ServerConfig {
     int http_port = 8000;   // 0 = ephemeral
     int grpc_port = 50051;  // 0 = ephemeral, -1 = no gRPC server
     int http_threads = 2;
-    std::vector<std::string> api_keys;              // empty: no key required
+    int prepare_threads = 2;            // parse request bodies and tokenize prompts, off the HTTP I/O threads
+    std::vector<std::string> api_keys;  // empty: no key required
     std::vector<std::string> cors_allowed_origins;  // empty: no CORS headers; "*" allows any origin
     int64_t max_body_bytes = 8 << 20;
     // prompts x n in one request (completions take a list of prompts); 0 = engine.max_num_seqs, so that one

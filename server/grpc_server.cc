@@ -158,6 +158,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
 
     void Start(grpc::CallbackServerContext* ctx, const pb::GenerateRequest* req) {
         self_ = shared_from_this();
+        request_bytes_ = req->ByteSizeLong();
         grpc::Status check = CheckCallGrpc(state_, ctx, req->model());
         if (!check.ok()) return FinishOnce(check);
         auto g = ToEngineRequest(*req, state_.model());
@@ -203,6 +204,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
         if (hub_) hub_->Detach();
         if (handle_ && !handle_->closed()) handle_->Cancel();
         state_.JobFinished();
+        state_.ReleaseMemoryAfter(request_bytes_);
         self_.reset();  // may delete this
     }
 
@@ -302,6 +304,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
     bool logprobs_ = false;
     int n_ = 1;
     int num_done_ = 0;
+    size_t request_bytes_ = 0;
 };
 
 class Service final : public pb::UniAttn::CallbackService {

@@ -18,6 +18,8 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <stdexcept>
+#include <utility>
 
 #include "server/http_route.h"
 #include "server/openai_response.h"
@@ -326,9 +328,44 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     void HandleTokenize() {
-        auto r = server::HandleTokenize(req_.body(), state_.model());
-        if (!r.ok()) return SendError(r.error());
-        SendJson(http::status::ok, r.value());
+        Offload<ApiResult<json>>(
+            "tokenizing", [&state = state_, body = TakeBody()] { return server::HandleTokenize(body, state.model()); },
+            [this](ApiResult<json> r) {
+                if (!r.ok()) return SendError(r.error());
+                SendJson(http::status::ok, r.value());
+            });
+    }
+
+    // The request body, moved out: work offloaded to the preparation pool owns its copy of the text.
+    std::string TakeBody() {
+        body_bytes_ = req_.body().size();
+        return std::move(req_.body());
+    }
+
+    // Runs `work` (parsing a body, tokenizing) on the preparation pool, then `done(result)` back on this
+    // connection's strand. The connection reads nothing meanwhile; an exception on either side is Failed().
+    template <typename Result, typename Work, typename Done>
+    void Offload(const char* what, Work work, Done done) {
+        auto self = shared_from_this();
+        net::post(state_.prepare_pool(), [self, what, work = std::move(work), done = std::move(done)]() mutable {
+            std::optional<Result> result;
+            std::string error;
+            try {
+                result.emplace(work());
+            } catch (const std::exception& e) {
+                error = e.what();
+            }
+            net::post(self->stream_.get_executor(), [self, what, result = std::move(result), error = std::move(error),
+                                                     done = std::move(done)]() mutable {
+                if (self->closed_) return;
+                if (!result) return self->Failed(what, std::runtime_error(error));
+                try {
+                    done(std::move(*result));
+                } catch (const std::exception& e) {
+                    self->Failed(what, e);
+                }
+            });
+        });
     }
 
     void HandleDetokenize() {
@@ -416,6 +453,7 @@ class Session : public std::enable_shared_from_this<Session> {
         }
         job_.reset();
         timer_.cancel();
+        state_.ReleaseMemoryAfter(std::exchange(body_bytes_, 0));
         if (linger_) return LingeringClose();
         if (close_after_) return Close();
         if (peer_eof_) return ReadAfterEof();
@@ -445,14 +483,23 @@ class Session : public std::enable_shared_from_this<Session> {
             return SendError(
                 ApiError::Unavailable("the server is shutting down and admits no new requests", "draining"));
         }
-        auto parsed = ParseOpenAiRequest(endpoint, req_.body(), state_.model());
+        Offload<ApiResult<OpenAiRequest>>(
+            "preparing the request",
+            [&state = state_, endpoint, body = TakeBody()] {
+                return ParseOpenAiRequest(endpoint, body, state.model());
+            },
+            [this, endpoint](ApiResult<OpenAiRequest> parsed) { SubmitGeneration(endpoint, std::move(parsed)); });
+    }
+
+    void SubmitGeneration(Endpoint endpoint, ApiResult<OpenAiRequest> parsed) {
         if (!parsed.ok()) return SendError(parsed.error());
         auto job = std::make_unique<Job>(state_);
         job->request = std::move(parsed.value());
         const char* prompt_param = endpoint == Endpoint::kChatCompletions ? "messages" : "prompt";
-        for (const auto& prompt : job->request.prompts) {
+        for (size_t p = 0; p < job->request.prompts.size(); ++p) {
             GenerationRequest g = job->request.params;
-            g.prompt_ids = prompt;
+            g.prompt_ids = job->request.prompts[p];
+            g.num_earlier_sequences = static_cast<int>(p) * g.n;
             auto h = state_.Submit(std::move(g));
             if (!h.ok()) {
                 ApiError e = ApiErrorFromStatus(h.status(), prompt_param);
@@ -666,6 +713,7 @@ class Session : public std::enable_shared_from_this<Session> {
     unsigned version_ = 11;
     std::string origin_;
     int status_ = 0;
+    size_t body_bytes_ = 0;  // of the request being answered, for ReleaseMemoryAfter
 
     std::string out_;        // bytes queued for the socket
     std::string write_buf_;  // bytes being written

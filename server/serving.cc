@@ -1,5 +1,7 @@
 #include "server/serving.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 
 namespace uniattn::server {
@@ -15,7 +17,8 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
     return diff == 0;
 }
 
-ServingState::ServingState(ServerConfig config) : config_(std::move(config)) {
+ServingState::ServingState(ServerConfig config)
+    : config_(std::move(config)), prepare_pool_(static_cast<size_t>(config_.prepare_threads)) {
     start_time_ =
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -33,6 +36,11 @@ void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
     metrics_->SetModelInfo(info);
     engine->SetObserver(metrics_->MakeObserver());
     engine_.store(engine, std::memory_order_release);
+}
+
+void ServingState::ReleaseMemoryAfter(size_t request_bytes) {
+    constexpr size_t kLargeRequest = 1 << 20;
+    if (request_bytes >= kLargeRequest) malloc_trim(0);
 }
 
 ServingState::Readiness ServingState::GetReadiness() const {

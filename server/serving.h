@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,13 @@ class ServingState {
     // Cancels every request still in flight (drain timeout).
     void CancelAll();
 
+    // Where request bodies are parsed and prompts tokenized (server.prepare_threads): megabytes of text
+    // must not hold an HTTP I/O thread, which serves other connections (health probes among them).
+    boost::asio::thread_pool& prepare_pool() { return prepare_pool_; }
+    // After a request of `request_bytes`: large ones leave freed heap pages behind (the body, its JSON,
+    // millions of token ids); hand them back to the OS so RSS returns to its idle level.
+    void ReleaseMemoryAfter(size_t request_bytes);
+
     // Responses being produced (HTTP or gRPC), for the drain to wait on.
     void JobStarted() { jobs_.fetch_add(1); }
     void JobFinished() { jobs_.fetch_sub(1); }
@@ -65,6 +73,8 @@ class ServingState {
     std::atomic<bool> draining_{false};
     std::atomic<int> jobs_{0};
     int64_t start_time_ = 0;
+
+    boost::asio::thread_pool prepare_pool_;
 
     std::mutex handles_mu_;
     std::vector<std::weak_ptr<RequestHandle>> handles_;

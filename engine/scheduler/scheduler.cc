@@ -1,6 +1,8 @@
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <iterator>
+#include <limits>
 
 namespace uniattn {
 
@@ -17,7 +19,7 @@ Scheduler::Scheduler(const SchedulerConfig& config, int64_t num_blocks, int bloc
 }
 
 StatusOr<uint64_t> Scheduler::AddSequence(uint64_t request_id, std::vector<int32_t> prompt, int num_samples,
-                                          int max_total_tokens) {
+                                          int max_total_tokens, int queue_rank) {
     if (prompt.empty()) return InvalidArgument("prompt_ids must not be empty");
     if (num_samples < 1 || num_samples > config_.max_num_seqs) {
         return InvalidArgument("n (" + std::to_string(num_samples) +
@@ -39,7 +41,10 @@ StatusOr<uint64_t> Scheduler::AddSequence(uint64_t request_id, std::vector<int32
     seq->tokens = std::move(prompt);
     seq->max_total_tokens = max_total_tokens;
     seq->num_pending_forks = num_samples - 1;
-    waiting_.push_back(seq.get());
+    seq->queue_rank = std::max(queue_rank, 0);
+    auto pos = waiting_.end();
+    while (pos != waiting_.begin() && (*std::prev(pos))->queue_rank > seq->queue_rank) --pos;
+    waiting_.insert(pos, seq.get());
     const uint64_t id = seq->seq_id;
     seqs_.emplace(id, std::move(seq));
     return id;
@@ -97,6 +102,7 @@ void Scheduler::Preempt(Sequence* seq, SchedulerOutput* out) {
     seq->in_prefill = true;
     ++seq->num_preemptions;
     ++num_preemptions_;
+    seq->queue_rank = std::numeric_limits<int>::min();
     waiting_.push_front(seq);
     out->preempted.push_back(seq->seq_id);
 }

@@ -66,6 +66,7 @@ struct Sequence {
     bool in_prefill = true;              // computing more than its newest token (prompt, or recompute)
     int num_cached_tokens = -1;          // prefix-cache hit at its first admission; -1 before
     int num_preemptions = 0;
+    int queue_rank = 0;  // fair admission order in the waiting queue (AddSequence); INT_MIN once preempted
 
     int num_tokens() const { return static_cast<int>(tokens.size()); }
     int num_generated() const { return num_tokens() - num_prompt_tokens; }
@@ -95,11 +96,14 @@ class Scheduler {
   public:
     Scheduler(const SchedulerConfig& config, int64_t num_blocks, int block_size, bool enable_prefix_caching);
 
-    // Queues a sequence at the back of the waiting queue and returns its id. `max_total_tokens` is the most
-    // tokens it can hold in the KV cache (prompt + max new tokens - 1); kFailedPrecondition when that can
-    // never fit the whole pool, kInvalidArgument when the sample count can never fit max_num_seqs.
+    // Queues a sequence and returns its id. `max_total_tokens` is the most tokens it can hold in the KV
+    // cache (prompt + max new tokens - 1); kFailedPrecondition when that can never fit the whole pool,
+    // kInvalidArgument when the sample count can never fit max_num_seqs. Fair admission: the sequence goes
+    // behind every waiting one whose `queue_rank` is no higher, ahead of those with a higher one (rank =
+    // sequences its client request submitted before it), so a request of many prompts cannot hold the head
+    // of the queue while other clients wait; equal ranks keep arrival order. Preempted sequences stay first.
     StatusOr<uint64_t> AddSequence(uint64_t request_id, std::vector<int32_t> prompt, int num_samples,
-                                   int max_total_tokens);
+                                   int max_total_tokens, int queue_rank = 0);
     // The longest sequence (in tokens) the pool can hold.
     int64_t max_tokens_in_pool() const { return blocks_.num_blocks() * blocks_.block_size(); }
 

@@ -311,6 +311,28 @@ TEST(SchedulerTest, RefusesWhatCanNeverFit) {
     EXPECT_TRUE(sched.AddSequence(3, std::vector<int32_t>(10, 5), 1, 16).ok());
 }
 
+// One client request of many prompts (ranks 0, 1, 2, ...) does not keep a later request waiting behind all
+// of them: the later one (rank 0) is admitted right after the first prompt.
+TEST(SchedulerTest, FairAdmissionInterleavesClientRequests) {
+    Scheduler sched(SchedulerConfig{2, 64}, 64, 4, false);
+    std::vector<uint64_t> big;
+    for (int p = 0; p < 4; ++p) big.push_back(*sched.AddSequence(1 + p, std::vector<int32_t>(4, 1), 1, 8, p));
+    const uint64_t single = *sched.AddSequence(9, std::vector<int32_t>(4, 2), 1, 8, 0);
+    const uint64_t later_big = *sched.AddSequence(10, std::vector<int32_t>(4, 3), 1, 8, 1);
+    SchedulerOutput out = sched.Schedule();
+    ASSERT_EQ(out.chunks.size(), 2u);
+    EXPECT_EQ(out.chunks[0].seq->seq_id, big[0]);
+    EXPECT_EQ(out.chunks[1].seq->seq_id, single);
+    sched.CompleteStep(out);
+    for (uint64_t s : {big[0], single}) sched.Finish(s);
+    out = sched.Schedule();
+    ASSERT_EQ(out.chunks.size(), 2u);  // rank 1: the big request's second prompt, then the later rank 1
+    EXPECT_EQ(out.chunks[0].seq->seq_id, big[1]);
+    EXPECT_EQ(out.chunks[1].seq->seq_id, later_big);
+    sched.CompleteStep(out);
+    EXPECT_EQ(sched.CheckInvariants(), "");
+}
+
 // The oldest running sequence is never the victim while newer ones run; the newest goes first.
 TEST(SchedulerTest, PreemptsTheMostRecentlyAdmitted) {
     Scheduler sched(SchedulerConfig{4, 64}, 6, 4, false);

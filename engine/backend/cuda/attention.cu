@@ -1,4 +1,4 @@
-// Attention over the paged KV cache, and UniAttn's reuse-layer P·V (spec §4 method 2, pass P).
+// Attention over the paged KV cache, and UniAttn's reuse-layer P·V (docs/uniattn.md §4, method 2: pass P).
 //
 // Decode (sequences with one query token): split-K over the context ("flash decoding"). A block owns one
 // such sequence's token, one KV head and up to kMaxRep of the query heads that share it, and one chunk of

@@ -550,9 +550,9 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     const DecodePlan p = PlanDecode(b);
     const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
     const size_t smem = DecodeSmem(b.head_dim);
-    // The last split block merges (no combine launch) only for few sequences: on an H200 it saved 1.8% of a
-    // Llama-2-7B step at batch 1 and cost 1-5% at batch 16-32, where the merges of many tokens pile up in
-    // the kernel's tail while a separate combine kernel spreads them over the device. Both paths run
+    // The last split block merges (no combine launch) only for few sequences: it saves a launch per layer at
+    // batch 1, but at batch 16-32 the merges of many tokens pile up in the kernel's tail while a separate
+    // combine kernel spreads them over the device (measured in docs/gpu-notes.md run 9). Both paths run
     // MergeSplits in split order, so the choice by batch size keeps results batch-invariant.
     unsigned* counters = b.num_seqs <= kFusedMergeMaxSeqs ? ws.split_counters : nullptr;
     auto launch = [&](auto kernel) {

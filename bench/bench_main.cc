@@ -11,7 +11,7 @@
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
 //
-// Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, spec §1). Decode cases are
+// Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, docs/uniattn.md §1). Decode cases are
 // batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
 // the values) and every step appends one token per sequence. Prefill cases run one sequence of N tokens
 // in one chunk.

@@ -159,7 +159,7 @@ class Backend {
     //   probs (optional, anchors): [T, Hq, batch.max_context_len] fp32, row t·Hq+h holds P for j <= pos
     virtual void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch,
                            int num_heads, const Tensor& out, float* probs) = 0;
-    // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]   (spec §2, §4 method 2)
+    // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]   (docs/uniattn.md §2, §4 method 2)
     virtual void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& batch, int num_heads,
                                 const Tensor& out) = 0;
     // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [T, 2·ff], out [T, ff]

@@ -1,5 +1,5 @@
 // One forward pass over a batch of sequences, against the backend interface. Written once for every
-// backend; the UniAttn layer kinds are handled here (spec §2, §4 method 2: the anchor hands its
+// backend; the UniAttn layer kinds are handled here (docs/uniattn.md §2, §4 method 2: the anchor hands its
 // probabilities P to the reuse layers of its superblock).
 #pragma once
 
@@ -40,7 +40,7 @@ struct ForwardInput {
     std::vector<std::vector<int32_t>> pending_tables_;
 };
 
-// Observes each layer's attention block, for calibration (spec §6): `xn` is the normalised layer input
+// Observes each layer's attention block, for calibration (docs/uniattn.md §6): `xn` is the normalised layer input
 // x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden] in host memory. Return
 // false to stop the pass after this layer (no logits are produced then).
 using LayerTap = std::function<bool(int layer, const float* xn, const float* h1, int num_tokens)>;

@@ -1,4 +1,4 @@
-// Turns a standard Llama checkpoint into a UniAttn one (spec §5, §6): writes the grouping keys and a
+// Turns a standard Llama checkpoint into a UniAttn one (docs/uniattn.md §5, §6): writes the grouping keys and a
 // v2_proj (Wc) tensor for exactly the reuse layers, with Wc calibrated in closed form, sequentially,
 // layer by layer: least squares of the normalised input x̃ onto the gap between the original model's
 // post-attention residual and the unified model's (earlier compensations active, this layer's off),

@@ -80,7 +80,7 @@ class Loader {
 }  // namespace
 
 StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& c, Backend* backend) {
-    // Spec §5: v2_proj tensors must match the reuse set exactly, and only with grouping keys.
+    // docs/uniattn.md §5 (checkpoints): v2_proj tensors must match the reuse set exactly, and only with grouping keys.
     std::set<int> v2_layers;
     for (const std::string& name : tensors.Names()) {
         const std::string prefix = "model.layers.";
@@ -150,7 +150,7 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         UA_ASSIGN_OR_RETURN(lw.ffn_norm, ld.Norm(post_norm));
         UA_ASSIGN_OR_RETURN(const TensorView* wv, get("self_attn.v_proj.weight", {kv_dim, d}));
         if (c.layer_kinds[l] == LayerKind::kReuse) {
-            // Q/K are never read for reuse layers (spec §2), so they are neither required nor loaded.
+            // Q/K are never read for reuse layers (docs/uniattn.md §2), so they are neither required nor loaded.
             UA_ASSIGN_OR_RETURN(const TensorView* wc, get("v2_proj.weight", {q_dim, d}));
             UA_ASSIGN_OR_RETURN(lw.w_vc, ld.Stack({wv, wc}));
         } else {

@@ -1,6 +1,6 @@
 // A model's weights on a backend, fused for the layer loop:
 //   normal/anchor layers: w_qkv = [Wq; Wk; Wv]   [Hq·hd + 2·Hkv·hd, d]
-//   reuse layers:         w_vc  = [Wv; Wc]        [Hkv·hd + Hq·hd, d]   (spec §2: one GEMM; no Wq/Wk)
+//   reuse layers:         w_vc  = [Wv; Wc]        [Hkv·hd + Hq·hd, d]   (docs/uniattn.md §2: one GEMM, no Wq/Wk)
 //   every layer:          w_gate_up = [Wgate; Wup] [2·ff, d]
 // Matrices and the embedding are in backend->WeightDType(); norm weights are fp32 on every backend.
 #pragma once
@@ -34,7 +34,7 @@ struct ModelWeights {
     int64_t bytes = 0;
 };
 
-// Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of spec §5.
+// Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of docs/uniattn.md §5.
 // Messages name the file and the tensor.
 StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend);
 

@@ -80,7 +80,8 @@ SampleRowResult SelectToken(const float* logits, int vocab, const SampleRowParam
         for (const SelectCandidate& e : c) z += e.weight;
         // Only the prefix of the order that the top-p cut and the draw walk through is sorted, in growing
         // blocks (nth_element of the rest, then a sort of the block): the walks usually end within the first
-        // few dozen tokens, where sorting every candidate cost ~3.5 ms per row at vocab 32000.
+        // few dozen tokens, where sorting every candidate was most of a sampled row's cost (measured in
+        // docs/performance.md).
         size_t sorted = 0;
         auto ensure_sorted = [&](size_t k) {
             if (k <= sorted) return;

@@ -496,7 +496,7 @@ TEST_F(BadModelTest, ShardIndexBadJson) {
     ExpectLoadError({dir_ + "/model.safetensors.index.json"});
 }
 
-// Spec §5: a loader that ignored either half of a UniAttn checkpoint would silently run another model.
+// docs/uniattn.md §5: a loader that ignored either half of a UniAttn checkpoint would silently run another model.
 TEST_F(BadModelTest, CompensationTensorsWithoutGroupingKeys) {
     std::vector<float> wc(static_cast<size_t>(config_.num_heads * config_.head_dim * config_.hidden_size), 0.1f);
     tensors_.push_back(

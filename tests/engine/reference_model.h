@@ -1,4 +1,4 @@
-// A naive float64 forward pass of the reference semantics (../shared/uniattn-spec.md §2, as the public
+// A naive float64 forward pass of the reference semantics (docs/uniattn.md §2, as the public
 // PyTorch code computes it): whole sequences without a cache, every layer keeping its full K and V, the
 // anchor's probabilities P handed to the reuse layers above it. The oracle of the engine's logits in
 // model_test.cc and uniattn_test.cc.
@@ -74,7 +74,7 @@ inline void RopeRef(Matrix& x, int64_t T, int heads, int hd, double theta) {
 }
 
 // Logits [T, vocab] for one sequence, the whole sequence at once; UniAttn reuse layers apply their anchor's
-// probabilities to their own V and add x̃·Wc^T (spec §2).
+// probabilities to their own V and add x̃·Wc^T (docs/uniattn.md §2).
 inline Matrix ReferenceForward(const ModelConfig& c, const std::vector<NamedTensor>& w,
                                const std::vector<int32_t>& tokens, const ReferenceOptions& opts = {}) {
     const int64_t T = static_cast<int64_t>(tokens.size()), d = c.hidden_size, hd = c.head_dim;

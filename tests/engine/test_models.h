@@ -1,7 +1,7 @@
 // Random Llama-family model directories for tests: config.json (ModelConfig::ToJson) plus safetensors
 // weights (WriteSafetensors), in any shape, GQA or MHA, tied or separate embeddings, fp32/fp16/bf16,
 // one file or sharded with model.safetensors.index.json, and optionally UniAttn grouping keys with
-// v2_proj tensors for exactly the reuse layers (../shared/uniattn-spec.md §1, §5).
+// v2_proj tensors for exactly the reuse layers (docs/uniattn.md §1, §5).
 //
 //   testutil::TempDir tmp;
 //   testutil::RandomModelOptions o;
@@ -100,7 +100,7 @@ struct RandomModelOptions {
     bool tie_word_embeddings = false;
     DType dtype = DType::kF32;  // the dtype written; values are rounded to it in any case
     uint64_t seed = 1;
-    // UniAttn grouping keys (spec §1); when set, v2_proj tensors are written for exactly the reuse layers.
+    // UniAttn grouping keys (docs/uniattn.md §1); when set, v2_proj tensors are written for exactly the reuse layers.
     bool has_grouping = false;
     int grouping_idx = 1;
     int grouping_begin_idx = 0;

@@ -1,7 +1,7 @@
-// UniAttn semantics (../shared/uniattn-spec.md): the engine against a float64 reference of the public
+// UniAttn semantics (docs/uniattn.md): the engine against a float64 reference of the public
 // PyTorch code's semantics (P handed from layer to layer, every layer keeping its full K and V, whole
 // sequences without a cache), on random tiny models with GQA, through chunked prefill followed by
-// token-by-token decode over a paged cache. Also: the loader's refusals (spec §5), G = 1 and B = E equal
+// token-by-token decode over a paged cache. Also: the loader's refusals (docs/uniattn.md §5), G = 1 and B = E equal
 // the standard model, and the two controls that must make the comparison fail.
 #include <gtest/gtest.h>
 
@@ -171,7 +171,7 @@ TEST(UniAttnTest, LayerKindsFollowTheLlamaRule) {
     EXPECT_EQ(c.anchor_of[31], 28);
 }
 
-// Spec §3's table, exactly.
+// The table of docs/uniattn.md §3, exactly.
 TEST(UniAttnTest, KvBytesPerTokenMatchesTheSpecTable) {
     ModelConfig c;
     c.num_layers = 32;
@@ -194,7 +194,7 @@ TEST(UniAttnTest, KvBytesPerTokenMatchesTheSpecTable) {
     EXPECT_EQ(c.KvBytesPerToken(2), 104 * 1024);
 }
 
-// Refusals of spec §5 and of impossible grouping keys: a clear message, never a silently different model.
+// Refusals of docs/uniattn.md §5 and of impossible grouping keys: a clear message, never a silently different model.
 TEST(UniAttnTest, InconsistentCheckpointsAreRefused) {
     RandomModelOptions o = SixLayerGqa();
     o.has_grouping = true;

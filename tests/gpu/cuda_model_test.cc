@@ -222,7 +222,7 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
 }
 
 // Zeroing the compensation or mapping query heads to the wrong KV heads moves UniAttn logits far beyond
-// the tolerances above (spec §4: 0.40 and 4.1 in the reference's float64 check); here the GPU must see
+// the tolerances above (docs/uniattn.md §4: 0.40 and 4.1 in the reference's float64 check); here the GPU must see
 // the difference between a model and the same model with another seed for Wc only.
 TEST_F(CudaModelTest, UniAttnTolerancesAreSensitive) {
     RandomCase rc = RandomCases()[2];

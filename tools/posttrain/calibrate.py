@@ -1,4 +1,4 @@
-"""Closed-form compensation Wc (spec §6), for standard inputs unified here: reuse layers are solved one at a
+"""Closed-form compensation Wc (docs/uniattn.md §6), for standard inputs unified here: reuse layers are solved one at a
 time, in order, each against the unified model with the earlier compensations active:
     W = argmin ||X W - (O1 - O2)||^2 + ridge, X = x̃ of the reuse layer, O1 = the original model's post-attention
     residual, O2 = the unified model's (without this layer's compensation); v2_proj.weight = W^T.

@@ -4,7 +4,7 @@
     /usr/bin/python3 tools/posttrain/posttrain.py --model DIR --out DIR [options]
 
 Input: a model directory in the project's format: a UniAttn checkpoint (uniattn-convert unify), or a
-standard one with --group/--begin/--end (Wc then starts in closed form, spec §6, or at zero).
+standard one with --group/--begin/--end (Wc then starts in closed form, docs/uniattn.md §6, or at zero).
 Stage 1 trains only the compensations Wc (v2_proj); stage 2 trains every weight. Loss: distillation, the
 KL divergence from the original model's next-token distribution to the unified model's, on sequences the
 original samples itself (default); or cross-entropy on a text corpus (--text; documents split at blank

@@ -1,4 +1,4 @@
-"""The UniAttn Llama model of ../../shared/uniattn-spec.md in plain PyTorch (no transformers), and checkpoint I/O
+"""The UniAttn Llama model of docs/uniattn.md in plain PyTorch (no transformers), and checkpoint I/O
 in the project's format (a Hugging Face Llama directory, plus grouping_* keys and v2_proj tensors).
 
 Semantics, as tests/engine/reference_model.h computes them:
@@ -255,7 +255,7 @@ def load_tensors(model_dir):
 
 
 def check_uniattn_tensors(c, tensors, where):
-    """Spec §5: v2_proj tensors exactly for the reuse layers, and only with grouping keys."""
+    """docs/uniattn.md §5: v2_proj tensors exactly for the reuse layers, and only with grouping keys."""
     have = sorted(int(n.split(".")[2]) for n in tensors if n.endswith(".v2_proj.weight"))
     want = c.reuse_layers()
     if have != want:

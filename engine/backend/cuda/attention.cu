@@ -1,12 +1,14 @@
-// Attention over the paged KV cache, and UniAttn's reuse-layer P·V (spec §4 method 2, pass P).
+// Attention over the paged KV cache, and UniAttn's reuse-layer P·V (docs/uniattn.md §4, method 2: pass P).
 //
 // Decode (sequences with one query token): split-K over the context ("flash decoding"). A block owns one
 // such sequence's token, one KV head and up to kMaxRep of the query heads that share it, and one chunk of
-// the context:
-// K and V rows are read once for all those heads. Lanes work in groups of kGroup, each group on one
-// cached token at a time, each lane on kElems consecutive elements of the head (16-byte loads for fp16
-// head_dim 128/64). Scores of the chunk stay in shared memory; each split emits an unnormalised partial
-// output with its (max, sum), and a combine kernel merges the splits.
+// the context: K and V rows are read once for all those heads. Lanes work in groups of kGroup, each group
+// streaming its share of the chunk's cached tokens with several tokens' loads in flight, each lane on kElems
+// consecutive elements of the head (16-byte loads for fp16 head_dim 128/64). Every lane group keeps its own
+// online softmax per head, merged across groups and warps at the end of the chunk (the chunk's scores are
+// never held in shared memory). A context of one split is written out normalised; otherwise each split emits
+// an unnormalised partial output with its (max, sum), and the splits are merged in split order, by the last
+// split block to finish (small batches) or by a separate combine kernel.
 //
 // Prefill (sequences with a multi-token chunk): flash-style tiles. A block owns kBq query tokens of one
 // sequence and one query head, walks the cache in tiles of kBk tokens with an online softmax, and never
@@ -30,7 +32,7 @@ constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 constexpr int kMaxRep = 4;         // query heads per decode block
 constexpr int kMinChunk = 64;      // context tokens per decode split: at least,
-constexpr int kMaxChunk = 2048;    // at most (shared memory for scores),
+constexpr int kMaxChunk = 2048;    // at most (longer contexts get more splits instead),
 constexpr int kTargetSplits = 16;  // and about this many splits per token in between
 constexpr int kGenericMaxHeadDim = 128;
 constexpr int kFusedMergeMaxSeqs = 4;  // decode sequences up to which the last split block merges
@@ -154,10 +156,15 @@ __device__ void MergeSplits(const float* __restrict__ part_acc, const float* __r
     }
 }
 
-// Variant 2 of the decode kernel (the default): no phases. Every lane group streams its share of the
-// chunk's tokens, loading K and V of kU tokens at once (raw, few registers), and keeps its own online
-// softmax state (max, sum, accumulator) per head; groups, then warps, merge at the end. Same grid,
-// outputs and batch invariance as DecodeKernel.
+// The decode kernel. grid (max_splits, num_kv_heads · head_groups, num_seqs), kDecodeThreads threads; a block
+// serves up to kRep query heads of one KV head (kRep = 1 when each block has a single head, as for MHA, which
+// keeps registers low; kMaxRep otherwise). Blocks of sequences with more than one query token, and splits
+// past the token's own, exit at once. Every lane group streams its share of the chunk's tokens, loading K and
+// V of kU tokens at once (raw, few registers), and keeps its own online softmax state (max, sum,
+// accumulator) per head; groups, then warps, merge at the end. kReuse: P·V with the anchor's probabilities
+// (already normalised) loaded together with V; no K, no softmax. Outputs: a token with one split writes
+// `out` (normalised) and `stats`; otherwise every split writes part_acc / part_ml, and with `counters` the
+// last split block to finish merges them (MergeSplits), else CombineKernel does.
 template <typename T, int kHd, int kGroup, int kRep, bool kReuse>
 __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
@@ -543,9 +550,9 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     const DecodePlan p = PlanDecode(b);
     const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
     const size_t smem = DecodeSmem(b.head_dim);
-    // The last split block merges (no combine launch) only for few sequences: on an H200 it saved 1.8% of a
-    // Llama-2-7B step at batch 1 and cost 1-5% at batch 16-32, where the merges of many tokens pile up in
-    // the kernel's tail while a separate combine kernel spreads them over the device. Both paths run
+    // The last split block merges (no combine launch) only for few sequences: it saves a launch per layer at
+    // batch 1, but at batch 16-32 the merges of many tokens pile up in the kernel's tail while a separate
+    // combine kernel spreads them over the device (measured in docs/gpu-notes.md run 9). Both paths run
     // MergeSplits in split order, so the choice by batch size keeps results batch-invariant.
     unsigned* counters = b.num_seqs <= kFusedMergeMaxSeqs ? ws.split_counters : nullptr;
     auto launch = [&](auto kernel) {

@@ -18,7 +18,7 @@ struct CudaBackendOptions {
     // RmsNorm / SwiGLU fused into 1-2 row GEMVs: each block of a persistent grid stages the transformed
     // input in shared memory once (the first, per-warp design recomputed it per output row and was slower;
     // docs/gpu-notes.md). Saves the norm and SwiGLU kernels of every layer at batch 1-2.
-    bool fuse_gemv_inputs = true;  // measured faster (H200, 2026-11-27 run 9)
+    bool fuse_gemv_inputs = true;  // measured faster (docs/gpu-notes.md run 9)
     // Plain 1-2 row GEMVs through the same staged, persistent kernel (x read once per block).
     bool stage_gemv_input = false;
     // Staged GEMVs: warps sharing one output row (1, 2, 4, 8; 0 picks by shape: 2 at one input row when the

@@ -1,9 +1,9 @@
 // Matrix-vector products for decode steps of one or two rows: weight-bandwidth bound, 16-byte weight
 // loads with several in flight per lane, fp32 x read directly (exact products, fp32 accumulation: no
-// activation rounding). One warp streams one weight row: 72-93% of the copy bandwidth for Llama-2-7B shapes
-// on an H200. (Blocks of 4 rows with the input dimension split over the block were measured at 44-56% and
-// dropped; docs/gpu-notes.md.) GemvStagedKernel below serves the RmsNorm- and SwiGLU-fused GEMVs: the
-// transformed input staged in shared memory once per block of a persistent grid (gpu-notes run 9).
+// activation rounding). One warp streams one weight row, the fastest layout measured for Llama-2-7B shapes
+// (blocks of 4 rows with the input dimension split over the block were slower and dropped; measured in
+// docs/gpu-notes.md). GemvStagedKernel below serves the RmsNorm- and SwiGLU-fused GEMVs: the transformed
+// input staged in shared memory once per block of a persistent grid (gpu-notes run 9).
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -175,8 +175,8 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
     for (int r = 0; r < kRows; ++r) {
         float ss = 0.f;
         // kStageLoads float4 loads of x (and g or up) per thread are issued before any is used: the staging
-        // is on the critical path of the step, and one dependent load per iteration made it ~7 us for the
-        // 11008-wide SwiGLU input.
+        // is on the critical path of the step, and one dependent load per iteration made the 11008-wide
+        // SwiGLU input's staging slow enough to lose to the plain GEMV (docs/gpu-notes.md run 9).
         constexpr int kStageLoads = 4;
         for (int64_t i0 = threadIdx.x * 4; i0 < n_in; i0 += kStagedThreads * 4 * kStageLoads) {
             float4 a[kStageLoads], b[kStageLoads];
@@ -326,9 +326,9 @@ bool LaunchStaged(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, in
         const int resident = StagedResidentBlocks<WT, kRows, kXform>(smem);
         if (resident == 0) return false;
         // Warps per output row: 2 for one input row when the output rows outnumber the resident warps
-        // (qkv, gate_up, lm_head of Llama-2-7B: the batch-1 step 4.62-4.66 -> 4.43-4.47 ms on an H200,
-        // docs/gpu-notes.md run 9), else 1 (4096-row matrices fit one wave; at two input rows 2 segments
-        // made the step slower, 5.70 -> 6.22 ms); in.row_segs > 0 forces a count.
+        // (qkv, gate_up, lm_head of Llama-2-7B: a faster batch-1 step, measured in docs/gpu-notes.md run 9),
+        // else 1 (4096-row matrices fit one wave; at two input rows 2 segments made the step slower);
+        // in.row_segs > 0 forces a count.
         int segs = in.row_segs;
         if (segs <= 0) {
             segs = kRows == 1 && n_out > static_cast<int64_t>(resident) * kWarpsPerBlock && n_in >= 1024 ? 2 : 1;

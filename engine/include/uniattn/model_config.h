@@ -1,5 +1,5 @@
 // A Llama-family model's shape, read from a Hugging Face config.json, with UniAttn's layer kinds
-// (../shared/uniattn-spec.md §1) derived from the grouping_* keys.
+// (docs/uniattn.md §1) derived from the grouping_* keys.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +33,7 @@ struct ModelConfig {
     int eos_token_id = 2;
     std::string torch_dtype = "float32";
 
-    // UniAttn grouping (spec §1). has_grouping is false for a standard model.
+    // UniAttn grouping (docs/uniattn.md §1). has_grouping is false for a standard model.
     bool has_grouping = false;
     int grouping_idx = 1;        // G
     int grouping_begin_idx = 0;  // B
@@ -51,7 +51,7 @@ struct ModelConfig {
     Status DeriveLayerKinds();
 
     // KV bytes per token for this model's layout and for the same shape with every layer normal
-    // (spec §3: bytes(dtype) * Hkv * hd * (2 * (L - n_reuse) + n_reuse)).
+    // (docs/uniattn.md §3: bytes(dtype) * Hkv * hd * (2 * (L - n_reuse) + n_reuse)).
     int64_t KvBytesPerToken(int dtype_bytes) const;
     int64_t DenseKvBytesPerToken(int dtype_bytes) const;
 

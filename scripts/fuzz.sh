@@ -52,7 +52,13 @@ for t in ${FUZZ_TARGETS:-$all_targets}; do
   # -max_len: safetensors headers and request bodies are small here; 64 KiB keeps every target fast.
   seed_arg=()
   if [ -n "${FUZZ_SEED:-}" ]; then seed_arg=(-seed="$FUZZ_SEED"); fi
-  if "$bin" "$work" "$seeds" "${seed_arg[@]}" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  # Targets that read JSON numbers get the boundary values (INT_MAX, 2^31, 2^53, -0, 1e308, ...).
+  dict_arg=()
+  case "$t" in
+    fuzz_openai_request | fuzz_http_request | fuzz_json | fuzz_model_config)
+      dict_arg=(-dict=tests/fuzz/dict/boundary_numbers.dict) ;;
+  esac
+  if "$bin" "$work" "$seeds" "${seed_arg[@]}" "${dict_arg[@]}" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)

@@ -347,7 +347,7 @@ class Session : public std::enable_shared_from_this<Session> {
     template <typename Result, typename Work, typename Done>
     void Offload(const char* what, Work work, Done done) {
         auto self = shared_from_this();
-        net::post(state_.prepare_pool(), [self, what, work = std::move(work), done = std::move(done)]() mutable {
+        net::post(state_.prepare_executor(), [self, what, work = std::move(work), done = std::move(done)]() mutable {
             std::optional<Result> result;
             std::string error;
             try {

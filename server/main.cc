@@ -225,6 +225,7 @@ int Run(int argc, char** argv) {
     }
     http->StopAccepting();
     if (grpc) grpc->Shutdown(std::chrono::milliseconds(500));
+    state.StopPreparing();  // their results post to the I/O context: before it stops
     stop_io();
     http.reset();
     grpc.reset();

@@ -1,6 +1,10 @@
 #include "server/serving.h"
 
 #include <malloc.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 
@@ -38,9 +42,25 @@ void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
     engine_.store(engine, std::memory_order_release);
 }
 
+PreparePool::PreparePool(int num_threads) : work_(boost::asio::make_work_guard(ioc_)) {
+    for (int i = 0; i < num_threads; ++i) {
+        threads_.emplace_back([this] {
+            // Linux: a thread's nice value is its own (setpriority on the thread id).
+            (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
+            ioc_.run();
+        });
+    }
+}
+
+void PreparePool::Stop() {
+    work_.reset();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+}
+
 void ServingState::ReleaseMemoryAfter(size_t request_bytes) {
     constexpr size_t kLargeRequest = 1 << 20;
-    if (request_bytes >= kLargeRequest) malloc_trim(0);
+    if (request_bytes >= kLargeRequest) boost::asio::post(prepare_pool_.executor(), [] { malloc_trim(0); });
 }
 
 ServingState::Readiness ServingState::GetReadiness() const {

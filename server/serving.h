@@ -3,12 +3,14 @@
 #pragma once
 
 #include <atomic>
-#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "server/config.h"
@@ -20,6 +22,25 @@ namespace uniattn::server {
 
 // Compares in time that depends only on the lengths, never on where the strings differ.
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+// Threads for the work a request needs before it can be submitted (parsing its body, rendering chat,
+// tokenizing) and for handing memory back afterwards. They run at a lower scheduling priority (nice 10)
+// than the I/O threads: when they fill every core with a megabyte prompt, connections, /health included,
+// still get the CPU first.
+class PreparePool {
+  public:
+    explicit PreparePool(int num_threads);
+    ~PreparePool() { Stop(); }
+    // Finishes the queued work, then joins the threads. Call it while the I/O context that the work posts its
+    // results to still exists. Idempotent.
+    void Stop();
+    boost::asio::io_context::executor_type executor() { return ioc_.get_executor(); }
+
+  private:
+    boost::asio::io_context ioc_;
+    boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+    std::vector<std::thread> threads_;
+};
 
 class ServingState {
   public:
@@ -55,9 +76,11 @@ class ServingState {
 
     // Where request bodies are parsed and prompts tokenized (server.prepare_threads): megabytes of text
     // must not hold an HTTP I/O thread, which serves other connections (health probes among them).
-    boost::asio::thread_pool& prepare_pool() { return prepare_pool_; }
+    boost::asio::io_context::executor_type prepare_executor() { return prepare_pool_.executor(); }
+    void StopPreparing() { prepare_pool_.Stop(); }
     // After a request of `request_bytes`: large ones leave freed heap pages behind (the body, its JSON,
-    // millions of token ids); hand them back to the OS so RSS returns to its idle level.
+    // millions of token ids); hand them back to the OS so RSS returns to its idle level. The trim (which
+    // walks the heap) runs on the preparation pool, never on the caller's (I/O) thread.
     void ReleaseMemoryAfter(size_t request_bytes);
 
     // Responses being produced (HTTP or gRPC), for the drain to wait on.
@@ -74,7 +97,7 @@ class ServingState {
     std::atomic<int> jobs_{0};
     int64_t start_time_ = 0;
 
-    boost::asio::thread_pool prepare_pool_;
+    PreparePool prepare_pool_;
 
     std::mutex handles_mu_;
     std::vector<std::weak_ptr<RequestHandle>> handles_;

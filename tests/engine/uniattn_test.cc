@@ -172,7 +172,7 @@ TEST(UniAttnTest, LayerKindsFollowTheLlamaRule) {
 }
 
 // The table of docs/uniattn.md §3, exactly.
-TEST(UniAttnTest, KvBytesPerTokenMatchesTheSpecTable) {
+TEST(UniAttnTest, KvBytesPerTokenMatchesTheDocsTable) {
     ModelConfig c;
     c.num_layers = 32;
     c.num_heads = 32;

@@ -41,6 +41,7 @@ class HttpServerTest : public ::testing::Test {
     }
     void TearDown() override {
         if (server_) server_->StopAccepting();
+        if (state_) state_->StopPreparing();
         work_.reset();
         ioc_.stop();
         if (thread_.joinable()) thread_.join();

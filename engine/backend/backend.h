@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "uniattn/safetensors.h"
+#include "uniattn/dtype.h"
 #include "uniattn/status.h"
 
 namespace uniattn {

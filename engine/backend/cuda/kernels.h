@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "backend/backend.h"
-#include "uniattn/safetensors.h"
+#include "uniattn/dtype.h"
 
 namespace uniattn::cuda {
 

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "kv/kv_cache.h"
-
 namespace uniattn {
 
 namespace {
@@ -34,7 +32,8 @@ BlockManager::BlockManager(int64_t num_blocks, int block_size, bool enable_prefi
 }
 
 int64_t BlockManager::NumBlocksForBytes(const ModelConfig& config, DType kv_dtype, int block_size, int64_t bytes) {
-    return KvCache::BlocksForBytes(config, kv_dtype, block_size, bytes);
+    const int64_t per_block = config.KvBytesPerToken(DTypeBytes(kv_dtype)) * block_size;
+    return per_block > 0 ? bytes / per_block : 0;
 }
 
 uint64_t BlockManager::HashBlock(uint64_t parent, const int32_t* tokens, int num_tokens) {

@@ -21,8 +21,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "uniattn/dtype.h"
 #include "uniattn/model_config.h"
-#include "uniattn/safetensors.h"
 
 namespace uniattn {
 

@@ -4,11 +4,6 @@
 
 namespace uniattn {
 
-int64_t KvCache::BlocksForBytes(const ModelConfig& config, DType dtype, int block_size, int64_t bytes) {
-    const int64_t per_block = config.KvBytesPerToken(DTypeBytes(dtype)) * block_size;
-    return per_block > 0 ? bytes / per_block : 0;
-}
-
 StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, const ModelConfig& config, int block_size,
                                                    int64_t num_blocks) {
     if (block_size <= 0) return InvalidArgument("block_size must be positive");

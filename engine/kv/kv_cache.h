@@ -1,8 +1,15 @@
 // The paged KV cache's memory: one K plane per anchor/normal layer, one V plane per layer, each
 //   [num_blocks, block_size, num_kv_heads, head_dim]
+<<<<<<< HEAD
 // Reuse layers own no K plane (docs/uniattn.md §3), so a block costs block_size · KvBytesPerToken(), and the same
 // byte budget holds more blocks for a UniAttn model. Which sequence owns which block is the block
 // manager's business (kv/block_manager.h); this class never interprets ownership.
+=======
+// Reuse layers own no K plane (spec §3), so a block costs block_size · KvBytesPerToken(), and the same
+// byte budget holds more blocks for a UniAttn model (BlockManager::NumBlocksForBytes counts them). Which
+// sequence owns which block is the block manager's business (kv/block_manager.h); this class never
+// interprets ownership.
+>>>>>>> dedup14
 #pragma once
 
 #include <memory>
@@ -18,8 +25,6 @@ class KvCache {
     // Allocates num_blocks blocks on the backend, in backend->KvDType().
     static StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, const ModelConfig& config, int block_size,
                                                      int64_t num_blocks);
-    // How many blocks fit in `bytes` for this model's layout.
-    static int64_t BlocksForBytes(const ModelConfig& config, DType dtype, int block_size, int64_t bytes);
 
     int block_size() const { return block_size_; }
     int64_t num_blocks() const { return num_blocks_; }

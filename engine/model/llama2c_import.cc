@@ -5,6 +5,7 @@
 
 #include "uniattn/json.h"
 #include "uniattn/model_config.h"
+#include "uniattn/safetensors.h"
 #include "util/file.h"
 
 namespace uniattn {

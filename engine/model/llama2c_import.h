@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "uniattn/safetensors.h"
+#include "uniattn/dtype.h"
 #include "uniattn/status.h"
 
 namespace uniattn {

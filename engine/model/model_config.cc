@@ -4,18 +4,6 @@
 
 namespace uniattn {
 
-const char* LayerKindName(LayerKind kind) {
-    switch (kind) {
-        case LayerKind::kNormal:
-            return "normal";
-        case LayerKind::kAnchor:
-            return "anchor";
-        case LayerKind::kReuse:
-            return "reuse";
-    }
-    return "?";
-}
-
 int ModelConfig::num_reuse_layers() const {
     int n = 0;
     for (LayerKind k : layer_kinds) n += k == LayerKind::kReuse ? 1 : 0;

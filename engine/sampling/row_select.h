@@ -23,7 +23,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "backend/backend.h"
+#include "sampling/sample_row.h"
 
 namespace uniattn {
 

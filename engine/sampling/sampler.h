@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.h"
 #include "sampling/row_select.h"
+#include "sampling/sample_row.h"
 #include "uniattn/status.h"
 
 namespace uniattn {

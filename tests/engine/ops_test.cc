@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/op_cases.h"
 #include "engine/test_models.h"
 #ifdef UNIATTN_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -27,16 +28,16 @@
 namespace uniattn {
 namespace {
 
+using testutil::AttnCase;
+using testutil::AttnSetup;
+using testutil::Describe;
+using testutil::HostPlane;
+using testutil::kNaN;
+using testutil::MakeAttnSetup;
+using testutil::RandomVector;
 using testutil::Rng;
 
 constexpr double kRelTol = 1e-5;
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::vector<float> RandomVector(Rng& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
-    std::vector<float> v(n);
-    for (float& x : v) x = rng.Uniform(lo, hi);
-    return v;
-}
 
 // A host image of a 2-D strided buffer [rows, ld] with a view [rows, cols] at column `col`, filled with
 // random values; the parts outside the view are canaries that ops must not touch.
@@ -52,7 +53,7 @@ struct HostMatrix {
     float at(int64_t r, int64_t c) const { return data[r * ld + col + c]; }
 };
 
-class OpsTest : public ::testing::TestWithParam<std::string> {
+class OpsTest : public testutil::OpFixture<::testing::TestWithParam<std::string>> {
   protected:
     void SetUp() override {
         auto backend = MakeBackend(GetParam(), 2);
@@ -60,23 +61,12 @@ class OpsTest : public ::testing::TestWithParam<std::string> {
         be_ = std::move(backend).value();
     }
 
-    // Copies host data to a new device buffer kept alive by the fixture.
+    // Copies host data to a new buffer of the backend under test, kept alive by the fixture.
     template <typename T>
     T* Upload(const std::vector<T>& host) {
-        auto buf = be_->Alloc(std::max<size_t>(1, host.size()) * sizeof(T));
-        EXPECT_TRUE(buf.ok());
-        be_->CopyToDevice((*buf)->data(), host.data(), host.size() * sizeof(T));
-        T* p = static_cast<T*>((*buf)->data());
-        buffers_.push_back(std::move(buf).value());
-        return p;
+        return UploadTo(be_.get(), host);
     }
-    template <typename T>
-    std::vector<T> Download(const T* dev, size_t n) {
-        be_->Synchronize();
-        std::vector<T> host(n);
-        be_->CopyToHost(host.data(), dev, n * sizeof(T));
-        return host;
-    }
+    std::vector<float> Download(const float* dev, size_t n) { return DownloadFrom(be_.get(), dev, n); }
 
     // An fp32 activation tensor on the device: the view of `m`.
     Tensor Activation(const HostMatrix& m) {
@@ -91,16 +81,11 @@ class OpsTest : public ::testing::TestWithParam<std::string> {
         const DType dt = be_->WeightDType();
         testutil::RoundToDType(dt, m.data);
         if (dt == DType::kF32) return Activation(m);
-        std::vector<uint16_t> half(m.data.size());
-        for (size_t i = 0; i < half.size(); ++i) {
-            half[i] = dt == DType::kF16 ? FloatToHalf(m.data[i]) : FloatToBF16(m.data[i]);
-        }
-        uint16_t* base = Upload(half);
-        return Tensor{base + m.col, dt, m.rows, m.cols, m.ld};
+        char* base = static_cast<char*>(UploadTo(be_.get(), m.data, dt));
+        return Tensor{base + m.col * DTypeBytes(dt), dt, m.rows, m.cols, m.ld};
     }
 
     std::unique_ptr<Backend> be_;
-    std::vector<std::unique_ptr<DeviceBuffer>> buffers_;
 };
 
 // Checks a fetched strided buffer: inside the view each element against ref within kRelTol·magnitude,
@@ -258,19 +243,6 @@ TEST_P(OpsTest, Rope) {
     }
 }
 
-// Random contents for a whole KV plane [num_blocks, block_size, num_kv_heads, head_dim].
-struct HostPlane {
-    int64_t num_blocks;
-    int block_size, num_kv_heads, head_dim;
-    std::vector<float> data;
-
-    int64_t Offset(int64_t slot, int kv_head) const {
-        return (slot * num_kv_heads + kv_head) * static_cast<int64_t>(head_dim);
-    }
-    const float* At(int64_t slot, int kv_head) const { return data.data() + Offset(slot, kv_head); }
-    float* At(int64_t slot, int kv_head) { return data.data() + Offset(slot, kv_head); }
-};
-
 TEST_P(OpsTest, WriteKv) {
     Rng rng(5);
     for (int block_size : {1, 3, 16}) {
@@ -299,93 +271,15 @@ TEST_P(OpsTest, WriteKv) {
     }
 }
 
-// One attention step: several sequences, each with `cached` tokens already in the cache and a chunk of
-// new query tokens after them. Blocks of every sequence are a shuffled, interleaved subset of the pool,
-// and every slot no sequence owns (and every slot past a sequence's context) holds NaN, so reading
-// outside the causal window poisons the result.
-struct AttnCase {
-    int num_heads, num_kv_heads, head_dim, block_size;
-    std::vector<int> context_lens;  // tokens in the cache once this step's are written
-    std::vector<int> chunk_lens;    // this step's query tokens per sequence (the last ones of the context)
-};
-
-struct AttnSetup {
-    HostPlane k, v;
-    std::vector<int32_t> query_start, context_len, block_tables, positions;
-    std::vector<int64_t> slot_mapping;
-    std::vector<int> seq_of;
-    int max_blocks_per_seq = 0, max_context_len = 0, num_tokens = 0;
-
-    int64_t Slot(int seq, int j) const {
-        return static_cast<int64_t>(block_tables[seq * max_blocks_per_seq + j / k.block_size]) * k.block_size +
-               j % k.block_size;
-    }
-};
-
-AttnSetup MakeAttnSetup(Rng& rng, const AttnCase& c) {
-    AttnSetup s;
-    const int num_seqs = static_cast<int>(c.context_lens.size());
-    std::vector<int> blocks_needed(num_seqs);
-    int total_blocks = 3;  // spare blocks nobody owns
-    for (int i = 0; i < num_seqs; ++i) {
-        blocks_needed[i] = (c.context_lens[i] + c.block_size - 1) / c.block_size;
-        total_blocks += blocks_needed[i];
-        s.max_blocks_per_seq = std::max(s.max_blocks_per_seq, blocks_needed[i]);
-        s.max_context_len = std::max(s.max_context_len, c.context_lens[i]);
-    }
-    std::vector<int32_t> pool(total_blocks);
-    std::iota(pool.begin(), pool.end(), 0);
-    for (size_t i = pool.size() - 1; i > 0; --i) std::swap(pool[i], pool[rng.Int(static_cast<int>(i + 1))]);
-    // Padding entries of the table point at a spare block: they must never be read.
-    s.block_tables.assign(static_cast<size_t>(num_seqs) * s.max_blocks_per_seq, pool.back());
-    size_t next = 0;
-    for (int i = 0; i < num_seqs; ++i) {
-        for (int b = 0; b < blocks_needed[i]; ++b) s.block_tables[i * s.max_blocks_per_seq + b] = pool[next++];
-    }
-    const size_t plane_size = static_cast<size_t>(total_blocks) * c.block_size * c.num_kv_heads * c.head_dim;
-    s.k = HostPlane{total_blocks, c.block_size, c.num_kv_heads, c.head_dim, std::vector<float>(plane_size, kNaN)};
-    s.v = s.k;
-    s.query_start.push_back(0);
-    for (int i = 0; i < num_seqs; ++i) {
-        for (int j = 0; j < c.context_lens[i]; ++j) {
-            for (int h = 0; h < c.num_kv_heads; ++h) {
-                for (int e = 0; e < c.head_dim; ++e) {
-                    s.k.At(s.Slot(i, j), h)[e] = rng.Uniform(-1.0f, 1.0f);
-                    s.v.At(s.Slot(i, j), h)[e] = rng.Uniform(-1.0f, 1.0f);
-                }
-            }
-        }
-        const int start = c.context_lens[i] - c.chunk_lens[i];
-        for (int j = start; j < c.context_lens[i]; ++j) {
-            s.positions.push_back(j);
-            s.slot_mapping.push_back(s.Slot(i, j));
-            s.seq_of.push_back(i);
-        }
-        s.query_start.push_back(static_cast<int32_t>(s.positions.size()));
-        s.context_len.push_back(c.context_lens[i]);
-    }
-    s.num_tokens = static_cast<int>(s.positions.size());
-    return s;
-}
-
 class AttentionTest : public OpsTest {
   protected:
+    // The batch leaves max_query_len unknown (0): backends must assume the worst.
     AttentionBatch UploadBatch(const AttnSetup& s) {
-        AttentionBatch b;
-        b.num_seqs = static_cast<int>(s.context_len.size());
-        b.num_tokens = s.num_tokens;
-        b.query_start = Upload(s.query_start);
-        b.context_len = Upload(s.context_len);
-        b.block_tables = Upload(s.block_tables);
-        b.max_blocks_per_seq = s.max_blocks_per_seq;
-        b.positions = Upload(s.positions);
-        b.slot_mapping = Upload(s.slot_mapping);
-        b.max_context_len = s.max_context_len;
+        AttentionBatch b = OpsTest::UploadBatch(be_.get(), s);
+        b.max_query_len = 0;
         return b;
     }
-    KvPlane UploadPlane(const HostPlane& p) {
-        return KvPlane{Upload(p.data), DType::kF32, p.num_blocks, p.block_size, p.num_kv_heads, p.head_dim};
-    }
+    KvPlane UploadPlane(const HostPlane& p) { return OpsTest::UploadPlane(be_.get(), p); }
 };
 
 std::vector<AttnCase> AttentionCases() {
@@ -405,15 +299,6 @@ std::vector<AttnCase> AttentionCases() {
         // The stories15M shape: MHA 6×48, block size 16.
         {6, 6, 48, 16, {30, 64}, {30, 1}},
     };
-}
-
-std::string Describe(const AttnCase& c) {
-    std::string s = "heads " + std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) + " head_dim " +
-                    std::to_string(c.head_dim) + " block " + std::to_string(c.block_size) + " ctx/chunk";
-    for (size_t i = 0; i < c.context_lens.size(); ++i) {
-        s += " " + std::to_string(c.context_lens[i]) + "/" + std::to_string(c.chunk_lens[i]);
-    }
-    return s;
 }
 
 // Reference softmax(q·k/√hd) over positions 0..pos of the token's sequence, per query head; the KV head
@@ -512,16 +397,8 @@ TEST_P(AttentionTest, BatchEqualsOneSequenceAtATime) {
     be_->Attention(tq, k, v, UploadBatch(s), c.num_heads, to, nullptr);
     const std::vector<float> batched = Fetch(to, out);
     for (size_t i = 0; i < c.context_lens.size(); ++i) {
-        AttnSetup one = s;
+        const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
         const int begin = s.query_start[i], end = s.query_start[i + 1];
-        one.query_start = {0, end - begin};
-        one.context_len = {s.context_len[i]};
-        one.block_tables.assign(s.block_tables.begin() + i * s.max_blocks_per_seq,
-                                s.block_tables.begin() + (i + 1) * s.max_blocks_per_seq);
-        one.positions.assign(s.positions.begin() + begin, s.positions.begin() + end);
-        one.slot_mapping.assign(s.slot_mapping.begin() + begin, s.slot_mapping.begin() + end);
-        one.num_tokens = end - begin;
-        one.max_context_len = s.context_len[i];
         const Tensor q1 = tq.Rows(begin, end - begin);
         HostMatrix o1(rng, end - begin, width);
         const Tensor to1 = Activation(o1);
@@ -543,16 +420,7 @@ TEST_P(AttentionTest, ReuseAttention) {
         SCOPED_TRACE(Describe(c));
         const AttnSetup s = MakeAttnSetup(rng, c);
         const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-        const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
-        std::vector<float> probs(probs_size, kNaN);
-        for (int t = 0; t < s.num_tokens; ++t) {
-            for (int h = 0; h < c.num_heads; ++h) {
-                float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                double sum = 0;
-                for (int j = 0; j <= s.positions[t]; ++j) sum += (row[j] = rng.Uniform(0.0f, 1.0f));
-                for (int j = 0; j <= s.positions[t]; ++j) row[j] = static_cast<float>(row[j] / sum);
-            }
-        }
+        const std::vector<float> probs = testutil::RandomProbs(rng, s, c.num_heads);
         HostMatrix out(rng, s.num_tokens, width, 2, 5);
         const Tensor to = Activation(out);
         be_->ReuseAttention(Upload(probs), UploadPlane(s.v), UploadBatch(s), c.num_heads, to);

@@ -12,6 +12,7 @@
 
 #include "engine/reference_model.h"
 #include "engine/test_models.h"
+#include "kv/block_manager.h"
 #include "model/model.h"
 #include "model/session.h"
 #include "model/unify.h"
@@ -265,8 +266,8 @@ TEST(UniAttnTest, KvCacheHasNoKeysForReuseLayers) {
     EXPECT_EQ(per_token, 4LL * 2 * 8 * (2 * 2 + 4));
     EXPECT_EQ((*kv)->bytes_per_block(), per_token * 16);
     const ModelConfig dense = testutil::MakeConfig(SixLayerGqa());
-    EXPECT_GT(KvCache::BlocksForBytes(c, DType::kF32, 16, 1 << 20),
-              KvCache::BlocksForBytes(dense, DType::kF32, 16, 1 << 20));
+    EXPECT_GT(BlockManager::NumBlocksForBytes(c, DType::kF32, 16, 1 << 20),
+              BlockManager::NumBlocksForBytes(dense, DType::kF32, 16, 1 << 20));
 }
 
 // uniattn-convert unify: the checkpoint reloads, --drop-unused-qk drops exactly the reuse layers' Q/K,

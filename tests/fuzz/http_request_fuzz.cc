@@ -20,7 +20,7 @@
 
 #include "server/http_route.h"
 #include "server/openai_request.h"
-#include "tests/fuzz/byte_tokenizer.h"
+#include "tests/common/byte_tokenizer.h"
 
 namespace {
 
@@ -121,7 +121,7 @@ void ReadFailed(beast::error_code ec, int64_t body_limit, unsigned version) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    static const uniattn::fuzz::ByteTokenizer tok;
+    static const uniattn::testutil::ByteTokenizer tok;
     if (size < 1) return 0;
     const uint8_t sel = data[0];
     static constexpr size_t kReadSizes[] = {1, 2, 7, 64, 512, 4096, 1 << 20, 13};

@@ -1,7 +1,8 @@
 // libFuzzer target: the server's OpenAI body -> GenerationRequest path (ParseOpenAiRequest, which parses
 // the JSON, validates every field, renders chat messages and tokenizes), plus /tokenize and /detokenize.
-// Tokenizer-free: a byte tokenizer (id = 3 + byte) stands in for SentencePiece, so the fuzzer needs no
-// model files. Byte 0 of the input picks the endpoint, chat template and context length.
+// Tokenizer-free: a byte tokenizer (id = 3 + byte; tests/common/byte_tokenizer.h) stands in for
+// SentencePiece, so the fuzzer needs no model files. Byte 0 of the input picks the endpoint, chat template
+// and context length.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -11,9 +12,9 @@
 #include <vector>
 
 #include "server/openai_request.h"
-#include "tests/fuzz/byte_tokenizer.h"
+#include "tests/common/byte_tokenizer.h"
 
-using uniattn::fuzz::ByteTokenizer;
+using uniattn::testutil::ByteTokenizer;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace uniattn::server;

@@ -18,20 +18,18 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "engine/op_cases.h"
 #include "engine/test_models.h"
 
 namespace uniattn {
 namespace {
 
+using testutil::AttnCase;
+using testutil::AttnSetup;
+using testutil::kNaN;
+using testutil::RandomProbs;
+using testutil::RandomVector;
 using testutil::Rng;
-
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::vector<float> RandomVector(Rng& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
-    std::vector<float> v(n);
-    for (float& x : v) x = rng.Uniform(lo, hi);
-    return v;
-}
 
 const char* Name(DType d) { return DTypeName(d); }
 
@@ -48,7 +46,7 @@ double Ulp(DType d) {
     return 0;
 }
 
-class CudaOpsTest : public ::testing::Test {
+class CudaOpsTest : public testutil::OpFixture<> {
   protected:
     void SetUp() override {
         auto gpu = CreateCudaBackend(CudaBackendOptions{});
@@ -57,45 +55,6 @@ class CudaOpsTest : public ::testing::Test {
         cpu_ = MakeCpuBackend(2);
     }
 
-    // Uploads host values to `be` in `dtype`; fp32 hosts are converted, so callers round first.
-    void* Upload(Backend* be, const std::vector<float>& host, DType dtype = DType::kF32) {
-        const size_t n = std::max<size_t>(host.size(), 1);
-        auto buf = be->Alloc(n * DTypeBytes(dtype));
-        EXPECT_TRUE(buf.ok());
-        void* p = (*buf)->data();
-        if (dtype == DType::kF32) {
-            be->CopyToDevice(p, host.data(), host.size() * sizeof(float));
-        } else {
-            std::vector<uint16_t> h(host.size());
-            for (size_t i = 0; i < h.size(); ++i) {
-                h[i] = dtype == DType::kF16 ? FloatToHalf(host[i]) : FloatToBF16(host[i]);
-            }
-            be->CopyToDevice(p, h.data(), h.size() * sizeof(uint16_t));
-        }
-        buffers_.push_back(std::move(buf).value());
-        return p;
-    }
-    template <typename T>
-    T* UploadRaw(Backend* be, const std::vector<T>& host) {
-        auto buf = be->Alloc(std::max<size_t>(host.size(), 1) * sizeof(T));
-        EXPECT_TRUE(buf.ok());
-        be->CopyToDevice((*buf)->data(), host.data(), host.size() * sizeof(T));
-        T* p = static_cast<T*>((*buf)->data());
-        buffers_.push_back(std::move(buf).value());
-        return p;
-    }
-    std::vector<float> Download(Backend* be, const void* p, size_t n, DType dtype = DType::kF32) {
-        be->Synchronize();
-        std::vector<float> out(n);
-        if (dtype == DType::kF32) {
-            be->CopyToHost(out.data(), p, n * sizeof(float));
-        } else {
-            std::vector<uint16_t> h(n);
-            be->CopyToHost(h.data(), p, n * sizeof(uint16_t));
-            for (size_t i = 0; i < n; ++i) out[i] = dtype == DType::kF16 ? HalfToFloat(h[i]) : BF16ToFloat(h[i]);
-        }
-        return out;
-    }
     // A [rows, ld] fp32 buffer on both backends with the same contents; the view starts at column `col`.
     struct Twin {
         Tensor cpu, gpu;
@@ -106,19 +65,18 @@ class CudaOpsTest : public ::testing::Test {
         Twin t;
         t.host = host;
         testutil::RoundToDType(gpu_dtype, t.host);
-        auto* c = static_cast<float*>(Upload(cpu_.get(), t.host));
-        char* g = static_cast<char*>(Upload(gpu_.get(), t.host, gpu_dtype));
+        auto* c = static_cast<float*>(UploadTo(cpu_.get(), t.host));
+        char* g = static_cast<char*>(UploadTo(gpu_.get(), t.host, gpu_dtype));
         t.cpu = Tensor{c + col, DType::kF32, rows, cols, ld};
         t.gpu = Tensor{g + col * DTypeBytes(gpu_dtype), gpu_dtype, rows, cols, ld};
         return t;
     }
     std::vector<float> Fetch(Backend* be, const Tensor& t, int64_t col) {
         const size_t n = static_cast<size_t>(t.rows * t.ld);
-        return Download(be, static_cast<const char*>(t.data) - col * DTypeBytes(t.dtype), n, t.dtype);
+        return DownloadFrom(be, static_cast<const char*>(t.data) - col * DTypeBytes(t.dtype), n, t.dtype);
     }
 
     std::unique_ptr<Backend> cpu_, gpu_;
-    std::vector<std::unique_ptr<DeviceBuffer>> buffers_;
 };
 
 // got vs want elementwise: |got - want| <= tol[i]; NaN fails. Reports the first few misses.
@@ -241,8 +199,8 @@ TEST_F(CudaOpsTest, SmallOps) {
         std::vector<int32_t> tokens(T);
         for (int32_t& t : tokens) t = rng.Int(static_cast<int>(vocab));
         Twin e = Both(std::vector<float>(T * d, kNaN), T, d, d);
-        cpu_->Embedding(UploadRaw(cpu_.get(), tokens), T, table.cpu, e.cpu);
-        gpu_->Embedding(UploadRaw(gpu_.get(), tokens), T, table.gpu, e.gpu);
+        cpu_->Embedding(UploadTo(cpu_.get(), tokens), T, table.cpu, e.cpu);
+        gpu_->Embedding(UploadTo(gpu_.get(), tokens), T, table.gpu, e.gpu);
         ExpectNear(Fetch(gpu_.get(), e.gpu, 0), Fetch(cpu_.get(), e.cpu, 0), 0.0, "Embedding");
 
         Twin x = Both(RandomVector(rng, T * (d + 4)), T, d, d + 4, 1);
@@ -283,8 +241,8 @@ TEST_F(CudaOpsTest, SmallOps) {
         std::vector<int32_t> pos(T);
         for (int32_t& p : pos) p = rng.Int(5000);
         Twin x = Both(RandomVector(rng, T * (width + 7)), T, width, width + 7, 2);
-        cpu_->Rope(x.cpu, heads, hd, UploadRaw(cpu_.get(), pos), 500000.0);
-        gpu_->Rope(x.gpu, heads, hd, UploadRaw(gpu_.get(), pos), 500000.0);
+        cpu_->Rope(x.cpu, heads, hd, UploadTo(cpu_.get(), pos), 500000.0);
+        gpu_->Rope(x.gpu, heads, hd, UploadTo(gpu_.get(), pos), 500000.0);
         ExpectNear(Fetch(gpu_.get(), x.gpu, 2), Fetch(cpu_.get(), x.cpu, 2), 4e-6,
                    "Rope head_dim " + std::to_string(hd));
     }
@@ -293,33 +251,19 @@ TEST_F(CudaOpsTest, SmallOps) {
 TEST_F(CudaOpsTest, FillUniformMatchesHostStream) {
     for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
         const int64_t n = 100003;
-        void* g = Upload(gpu_.get(), std::vector<float>(n, kNaN), d);
-        void* c = Upload(cpu_.get(), std::vector<float>(n, kNaN), d);
+        void* g = UploadTo(gpu_.get(), std::vector<float>(n, kNaN), d);
+        void* c = UploadTo(cpu_.get(), std::vector<float>(n, kNaN), d);
         gpu_->FillUniform(g, d, n, -0.25f, 0.75f, 42);
         cpu_->FillUniform(c, d, n, -0.25f, 0.75f, 42);
         // The device may fuse lo + u·(hi - lo) into one FMA: one rounding step of the dtype apart at most.
-        ExpectNear(Download(gpu_.get(), g, n, d), Download(cpu_.get(), c, n, d), Ulp(d), Name(d));
+        ExpectNear(DownloadFrom(gpu_.get(), g, n, d), DownloadFrom(cpu_.get(), c, n, d), Ulp(d), Name(d));
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Paged attention
 
-struct AttnCase {
-    int num_heads, num_kv_heads, head_dim, block_size;
-    std::vector<int> context_lens;  // cached tokens once this step's are written
-    std::vector<int> chunk_lens;    // this step's query tokens (the last of the context)
-};
-
-std::string Describe(const AttnCase& c, DType kv) {
-    std::string s = std::string(Name(kv)) + " heads " + std::to_string(c.num_heads) + "/" +
-                    std::to_string(c.num_kv_heads) + " hd " + std::to_string(c.head_dim) + " block " +
-                    std::to_string(c.block_size) + " ctx/chunk";
-    for (size_t i = 0; i < c.context_lens.size(); ++i) {
-        s += " " + std::to_string(c.context_lens[i]) + "/" + std::to_string(c.chunk_lens[i]);
-    }
-    return s;
-}
+std::string Describe(const AttnCase& c, DType kv) { return std::string(Name(kv)) + " " + testutil::Describe(c); }
 
 std::vector<AttnCase> AttentionCases() {
     return {
@@ -342,97 +286,15 @@ std::vector<AttnCase> AttentionCases() {
     };
 }
 
-struct AttnSetup {
-    std::vector<float> k, v;  // [num_blocks, block_size, Hkv, hd], rounded to the KV dtype; NaN where unowned
-    int64_t num_blocks = 0;
-    std::vector<int32_t> query_start, context_len, block_tables, positions;
-    std::vector<int64_t> slot_mapping;
-    std::vector<int> seq_of;
-    int max_blocks_per_seq = 0, max_context_len = 0, max_query_len = 0, num_tokens = 0;
-};
-
+// The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
-    AttnSetup s;
-    const int num_seqs = static_cast<int>(c.context_lens.size());
-    std::vector<int> need(num_seqs);
-    int total = 2;
-    for (int i = 0; i < num_seqs; ++i) {
-        need[i] = (c.context_lens[i] + c.block_size - 1) / c.block_size;
-        total += need[i];
-        s.max_blocks_per_seq = std::max(s.max_blocks_per_seq, need[i]);
-        s.max_context_len = std::max(s.max_context_len, c.context_lens[i]);
-        s.max_query_len = std::max(s.max_query_len, c.chunk_lens[i]);
-    }
-    std::vector<int32_t> pool(total);
-    std::iota(pool.begin(), pool.end(), 0);
-    for (size_t i = pool.size() - 1; i > 0; --i) std::swap(pool[i], pool[rng.Int(static_cast<int>(i + 1))]);
-    s.block_tables.assign(static_cast<size_t>(num_seqs) * s.max_blocks_per_seq, pool.back());
-    size_t next = 0;
-    for (int i = 0; i < num_seqs; ++i) {
-        for (int b = 0; b < need[i]; ++b) s.block_tables[i * s.max_blocks_per_seq + b] = pool[next++];
-    }
-    s.num_blocks = total;
-    const int64_t row = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-    s.k.assign(static_cast<size_t>(total * c.block_size * row), kNaN);
-    s.v = s.k;
-    s.query_start.push_back(0);
-    for (int i = 0; i < num_seqs; ++i) {
-        for (int j = 0; j < c.context_lens[i]; ++j) {
-            const int64_t slot =
-                static_cast<int64_t>(s.block_tables[i * s.max_blocks_per_seq + j / c.block_size]) * c.block_size +
-                j % c.block_size;
-            for (int64_t e = 0; e < row; ++e) {
-                s.k[slot * row + e] = rng.Uniform(-1.0f, 1.0f);
-                s.v[slot * row + e] = rng.Uniform(-1.0f, 1.0f);
-            }
-            if (j >= c.context_lens[i] - c.chunk_lens[i]) {
-                s.positions.push_back(j);
-                s.slot_mapping.push_back(slot);
-                s.seq_of.push_back(i);
-            }
-        }
-        s.query_start.push_back(static_cast<int32_t>(s.positions.size()));
-        s.context_len.push_back(c.context_lens[i]);
-    }
-    s.num_tokens = static_cast<int>(s.positions.size());
-    testutil::RoundToDType(kv, s.k);
-    testutil::RoundToDType(kv, s.v);
+    AttnSetup s = testutil::MakeAttnSetup(rng, c);
+    testutil::RoundToDType(kv, s.k.data);
+    testutil::RoundToDType(kv, s.v.data);
     return s;
 }
 
-class CudaAttentionTest : public CudaOpsTest {
-  protected:
-    AttentionBatch UploadBatch(Backend* be, const AttnSetup& s) {
-        AttentionBatch b;
-        b.num_seqs = static_cast<int>(s.context_len.size());
-        b.num_tokens = s.num_tokens;
-        b.query_start = UploadRaw(be, s.query_start);
-        b.context_len = UploadRaw(be, s.context_len);
-        b.block_tables = UploadRaw(be, s.block_tables);
-        b.max_blocks_per_seq = s.max_blocks_per_seq;
-        b.positions = UploadRaw(be, s.positions);
-        b.slot_mapping = UploadRaw(be, s.slot_mapping);
-        b.max_context_len = s.max_context_len;
-        b.max_query_len = s.max_query_len;
-        return b;
-    }
-    KvPlane Plane(Backend* be, const AttnCase& c, const AttnSetup& s, const std::vector<float>& data, DType dtype) {
-        return KvPlane{Upload(be, data, dtype), dtype, s.num_blocks, c.block_size, c.num_kv_heads, c.head_dim};
-    }
-    // Random probability rows (each sums to 1 over 0..pos, NaN beyond).
-    static std::vector<float> RandomProbs(Rng& rng, const AttnSetup& s, int num_heads) {
-        std::vector<float> probs(static_cast<size_t>(s.num_tokens) * num_heads * s.max_context_len, kNaN);
-        for (int t = 0; t < s.num_tokens; ++t) {
-            for (int h = 0; h < num_heads; ++h) {
-                float* row = probs.data() + (static_cast<size_t>(t) * num_heads + h) * s.max_context_len;
-                double sum = 0;
-                for (int j = 0; j <= s.positions[t]; ++j) sum += (row[j] = rng.Uniform(0.0f, 1.0f));
-                for (int j = 0; j <= s.positions[t]; ++j) row[j] = static_cast<float>(row[j] / sum);
-            }
-        }
-        return probs;
-    }
-};
+class CudaAttentionTest : public CudaOpsTest {};
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
@@ -457,13 +319,13 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
                     float* cp = nullptr;
                     float* gp = nullptr;
                     if (with_probs) {
-                        cp = static_cast<float*>(Upload(cpu_.get(), std::vector<float>(probs_size, kNaN)));
-                        gp = static_cast<float*>(Upload(gpu_.get(), std::vector<float>(probs_size, kNaN)));
+                        cp = static_cast<float*>(UploadTo(cpu_.get(), std::vector<float>(probs_size, kNaN)));
+                        gp = static_cast<float*>(UploadTo(gpu_.get(), std::vector<float>(probs_size, kNaN)));
                     }
-                    cpu_->Attention(q.cpu, Plane(cpu_.get(), c, s, s.k, DType::kF32),
-                                    Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                    cpu_->Attention(q.cpu, UploadPlane(cpu_.get(), s.k, DType::kF32),
+                                    UploadPlane(cpu_.get(), s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
                                     out.cpu, cp);
-                    gpu_->Attention(q.gpu, Plane(gpu_.get(), c, s, s.k, kv), Plane(gpu_.get(), c, s, s.v, kv),
+                    gpu_->Attention(q.gpu, UploadPlane(gpu_.get(), s.k, kv), UploadPlane(gpu_.get(), s.v, kv),
                                     UploadBatch(gpu_.get(), s), c.num_heads, out.gpu, gp);
                     // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with
                     // different summation orders (split-K, tiles).
@@ -474,8 +336,8 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
                     }
                     ExpectNear(got, want, 2e-5, "Attention out");
                     if (with_probs) {
-                        std::vector<float> pw = Download(cpu_.get(), cp, probs_size);
-                        std::vector<float> pg = Download(gpu_.get(), gp, probs_size);
+                        std::vector<float> pw = DownloadFrom(cpu_.get(), cp, probs_size);
+                        std::vector<float> pg = DownloadFrom(gpu_.get(), gp, probs_size);
                         std::vector<double> tol(probs_size, 0.0);
                         for (int t = 0; t < s.num_tokens; ++t) {
                             for (int h = 0; h < c.num_heads; ++h) {
@@ -512,10 +374,10 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
                 const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
                 const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
                 Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
-                cpu_->ReuseAttention(static_cast<float*>(Upload(cpu_.get(), probs)),
-                                     Plane(cpu_.get(), c, s, s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
+                cpu_->ReuseAttention(static_cast<float*>(UploadTo(cpu_.get(), probs)),
+                                     UploadPlane(cpu_.get(), s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
                                      out.cpu);
-                gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), probs)), Plane(gpu_.get(), c, s, s.v, kv),
+                gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), probs)), UploadPlane(gpu_.get(), s.v, kv),
                                      UploadBatch(gpu_.get(), s), c.num_heads, out.gpu);
                 ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
             }
@@ -531,13 +393,13 @@ TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
     for (bool reuse : {false, true}) {
         const AttnSetup s = MakeSetup(rng, c, DType::kF16);
         const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-        const KvPlane k = Plane(gpu_.get(), c, s, s.k, DType::kF16), v = Plane(gpu_.get(), c, s, s.v, DType::kF16);
+        const KvPlane k = UploadPlane(gpu_.get(), s.k, DType::kF16), v = UploadPlane(gpu_.get(), s.v, DType::kF16);
         Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
         const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
         auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
             Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
             if (reuse) {
-                gpu_->ReuseAttention(static_cast<float*>(Upload(gpu_.get(), p)), v, UploadBatch(gpu_.get(), one),
+                gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), p)), v, UploadBatch(gpu_.get(), one),
                                      c.num_heads, out.gpu);
             } else {
                 gpu_->Attention(qv, k, v, UploadBatch(gpu_.get(), one), c.num_heads, out.gpu, nullptr);
@@ -547,16 +409,7 @@ TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
         const std::vector<float> batched = run(s, q.gpu, probs);
         for (size_t i = 0; i < c.context_lens.size(); ++i) {
             const int begin = s.query_start[i], end = s.query_start[i + 1];
-            AttnSetup one = s;
-            one.query_start = {0, end - begin};
-            one.context_len = {s.context_len[i]};
-            one.block_tables.assign(s.block_tables.begin() + i * s.max_blocks_per_seq,
-                                    s.block_tables.begin() + (i + 1) * s.max_blocks_per_seq);
-            one.positions.assign(s.positions.begin() + begin, s.positions.begin() + end);
-            one.slot_mapping.assign(s.slot_mapping.begin() + begin, s.slot_mapping.begin() + end);
-            one.num_tokens = end - begin;
-            one.max_context_len = s.context_len[i];
-            one.max_query_len = end - begin;
+            const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
             std::vector<float> p1;
             for (int t = begin; t < end; ++t) {
                 for (int h = 0; h < c.num_heads; ++h) {
@@ -589,15 +442,15 @@ TEST_F(CudaAttentionTest, RopeWriteKvMatchesCpu) {
             Twin qkv = Both(RandomVector(rng, T * row), T, row, row);
             auto planes = [&](Backend* be, DType dt) {
                 return std::pair<KvPlane, KvPlane>{
-                    KvPlane{Upload(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd},
-                    KvPlane{Upload(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd}};
+                    KvPlane{UploadTo(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd},
+                    KvPlane{UploadTo(be, std::vector<float>(plane_n, kNaN), dt), dt, num_blocks, block, hkv, hd}};
             };
             auto [ck, cv] = planes(cpu_.get(), DType::kF32);
             auto [gk, gv] = planes(gpu_.get(), kv);
             cpu_->RopeWriteKv(qkv.cpu.Cols(0, q_dim), qkv.cpu.Cols(q_dim, kv_dim), qkv.cpu.Cols(q_dim + kv_dim, kv_dim),
-                              ck, cv, hq, UploadRaw(cpu_.get(), pos), UploadRaw(cpu_.get(), slots), 10000.0);
+                              ck, cv, hq, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), slots), 10000.0);
             gpu_->RopeWriteKv(qkv.gpu.Cols(0, q_dim), qkv.gpu.Cols(q_dim, kv_dim), qkv.gpu.Cols(q_dim + kv_dim, kv_dim),
-                              gk, gv, hq, UploadRaw(gpu_.get(), pos), UploadRaw(gpu_.get(), slots), 10000.0);
+                              gk, gv, hq, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), slots), 10000.0);
             const std::vector<float> cq = Fetch(cpu_.get(), qkv.cpu, 0), gq = Fetch(gpu_.get(), qkv.gpu, 0);
             std::vector<float> cq_only, gq_only;
             for (int64_t t = 0; t < T; ++t) {
@@ -606,9 +459,9 @@ TEST_F(CudaAttentionTest, RopeWriteKvMatchesCpu) {
             }
             ExpectNear(gq_only, cq_only, 4e-6, "rotated q");
             for (int which = 0; which < 2; ++which) {
-                std::vector<float> want = Download(cpu_.get(), (which == 0 ? ck : cv).base, plane_n);
+                std::vector<float> want = DownloadFrom(cpu_.get(), (which == 0 ? ck : cv).base, plane_n);
                 testutil::RoundToDType(kv, want);
-                const std::vector<float> got = Download(gpu_.get(), (which == 0 ? gk : gv).base, plane_n, kv);
+                const std::vector<float> got = DownloadFrom(gpu_.get(), (which == 0 ? gk : gv).base, plane_n, kv);
                 std::vector<double> tol(plane_n);
                 for (int64_t i = 0; i < plane_n; ++i) {
                     // Written slots: one rounding step of the KV dtype (rotation rounding may tip it); the

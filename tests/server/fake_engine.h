@@ -9,45 +9,13 @@
 #include <stdexcept>
 #include <thread>
 
+#include "tests/common/byte_tokenizer.h"
 #include "uniattn/engine.h"
 
 namespace uniattn::server::testing {
 
-// ids: 0 <unk>, 1 <s>, 2 </s>, 3 + byte.
-class ByteTokenizer final : public Tokenizer {
-  public:
-    ByteTokenizer() {
-        bos_id_ = 1;
-        eos_id_ = 2;
-        add_bos_ = true;
-    }
-    std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
-        std::vector<int32_t> ids;
-        if (add_bos) ids.push_back(bos_id_);
-        for (unsigned char c : text) ids.push_back(3 + c);
-        return ids;
-    }
-    std::string Decode(const std::vector<int32_t>& ids) const override {
-        std::string s;
-        for (int32_t id : ids) {
-            if (id >= 3 && id < 259) s += static_cast<char>(id - 3);
-        }
-        return s;
-    }
-    std::string IdToPiece(int32_t id) const override {
-        if (id == 0) return "<unk>";
-        if (id == 1) return "<s>";
-        if (id == 2) return "</s>";
-        const int b = id - 3;
-        if (b == ' ') return "\xE2\x96\x81";
-        if (b >= 32 && b < 127) return std::string(1, static_cast<char>(b));
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-        return buf;
-    }
-    int vocab_size() const override { return 259; }
-    int max_token_bytes() const override { return 1; }
-};
+// ids: 0 <unk>, 1 <s>, 2 </s>, 3 + byte (tests/common/byte_tokenizer.h).
+using ByteTokenizer = testutil::ByteTokenizer;
 
 struct FakeEngineOptions {
     std::string script = "abcdefghijklmnopqrstuvwxyz";  // generated text; EOS after it unless ignore_eos

@@ -12,7 +12,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
-#include "uniattn/safetensors.h"
+#include "uniattn/dtype.h"
 
 namespace uniattn::cuda {
 

@@ -385,14 +385,8 @@ class CudaBackend final : public Backend {
         UA_CHECK(cuda::AttentionSupportsHeadDim(plane.head_dim));
         UA_CHECK_EQ(num_heads % plane.num_kv_heads, 0);
         cuda::PagedBatch b;
-        b.block_tables = a.block_tables;
-        b.max_blocks_per_seq = a.max_blocks_per_seq;
-        b.positions = a.positions;
-        b.query_start = a.query_start;
-        b.num_seqs = a.num_seqs;
-        b.num_tokens = a.num_tokens;
-        b.max_context_len = a.max_context_len;
-        b.max_query_len = a.max_query_len > 0 ? a.max_query_len : a.num_tokens - a.num_seqs + 1;
+        static_cast<AttentionBatch&>(b) = a;
+        if (b.max_query_len <= 0) b.max_query_len = a.num_tokens - a.num_seqs + 1;
         b.block_size = plane.block_size;
         b.num_heads = num_heads;
         b.num_kv_heads = plane.num_kv_heads;

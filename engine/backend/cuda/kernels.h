@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "backend/backend.h"
-#include "uniattn/safetensors.h"
+#include "uniattn/dtype.h"
 
 namespace uniattn::cuda {
 
@@ -93,16 +93,9 @@ void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, D
 
 // ---- attention.cu ----
 
-// The paged-cache view of one step (see AttentionBatch in backend/backend.h).
-struct PagedBatch {
-    const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
-    int max_blocks_per_seq = 0;
-    const int32_t* positions = nullptr;    // [num_tokens]
-    const int32_t* query_start = nullptr;  // [num_seqs + 1]
-    int num_seqs = 0;
-    int num_tokens = 0;
-    int max_context_len = 0;
-    int max_query_len = 0;  // > 0
+// The paged-cache view of one step: the step's AttentionBatch (backend/backend.h), with max_query_len > 0
+// (resolved when the batch leaves it unknown), plus the plane's shape and the launch options.
+struct PagedBatch : AttentionBatch {
     int block_size = 0;
     int num_heads = 0;
     int num_kv_heads = 0;

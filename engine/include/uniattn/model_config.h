@@ -14,7 +14,6 @@ namespace uniattn {
 // normal: ordinary layer. anchor: computes its own softmax and hands P to the reuse layers above it.
 // reuse: no Q/K, no RoPE, no K cache; applies its anchor's P to its own V, plus compensation Wc.
 enum class LayerKind { kNormal, kAnchor, kReuse };
-const char* LayerKindName(LayerKind kind);
 
 struct ModelConfig {
     std::string architecture = "LlamaForCausalLM";

@@ -9,19 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "uniattn/dtype.h"
 #include "uniattn/status.h"
 
 namespace uniattn {
-
-enum class DType { kF32, kF16, kBF16 };
-const char* DTypeName(DType dtype);  // safetensors spelling: F32, F16, BF16
-int DTypeBytes(DType dtype);
-StatusOr<DType> ParseDType(const std::string& name);
-
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);  // round to nearest even
-float BF16ToFloat(uint16_t b);
-uint16_t FloatToBF16(float f);  // round to nearest even
 
 // A view of one tensor inside a mapped file.
 struct TensorView {

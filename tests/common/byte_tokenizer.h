@@ -1,4 +1,6 @@
-// A tokenizer for fuzz targets that must not need model files: id = 3 + byte, ids 0..2 are <unk>, <s>, </s>.
+// A byte-level tokenizer for tests and fuzz targets that must not need model files: ids 0 <unk>, 1 <s>,
+// 2 </s>, 3 + byte. Pieces read like SentencePiece's: printable bytes as themselves, space as U+2581,
+// other bytes as <0xXX>.
 #pragma once
 
 #include <cstdint>
@@ -9,10 +11,15 @@
 
 #include "uniattn/tokenizer.h"
 
-namespace uniattn::fuzz {
+namespace uniattn::testutil {
 
 class ByteTokenizer final : public Tokenizer {
   public:
+    ByteTokenizer() {
+        bos_id_ = 1;
+        eos_id_ = 2;
+        add_bos_ = true;
+    }
     std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
         std::vector<int32_t> ids;
         if (add_bos) ids.push_back(bos_id_);
@@ -27,12 +34,18 @@ class ByteTokenizer final : public Tokenizer {
         return s;
     }
     std::string IdToPiece(int32_t id) const override {
-        if (id < 3 || id >= 259) return "<unk>";
+        if (id == 0) return "<unk>";
+        if (id == 1) return "<s>";
+        if (id == 2) return "</s>";
+        const int b = id - 3;
+        if (b == ' ') return "\xE2\x96\x81";
+        if (b >= 32 && b < 127) return std::string(1, static_cast<char>(b));
         char buf[8];
-        std::snprintf(buf, sizeof buf, "<0x%02X>", id - 3);
+        std::snprintf(buf, sizeof buf, "<0x%02X>", b);
         return buf;
     }
     int vocab_size() const override { return 259; }
+    int max_token_bytes() const override { return 1; }
 };
 
-}  // namespace uniattn::fuzz
+}  // namespace uniattn::testutil

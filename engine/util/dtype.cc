@@ -1,0 +1,104 @@
+#include "uniattn/dtype.h"
+
+#include <cstring>
+
+namespace uniattn {
+
+const char* DTypeName(DType dtype) {
+    switch (dtype) {
+        case DType::kF32:
+            return "F32";
+        case DType::kF16:
+            return "F16";
+        case DType::kBF16:
+            return "BF16";
+    }
+    return "?";
+}
+
+int DTypeBytes(DType dtype) {
+    switch (dtype) {
+        case DType::kF32:
+            return 4;
+        case DType::kF16:
+        case DType::kBF16:
+            return 2;
+    }
+    return 0;
+}
+
+StatusOr<DType> ParseDType(const std::string& name) {
+    if (name == "F32") return DType::kF32;
+    if (name == "F16") return DType::kF16;
+    if (name == "BF16") return DType::kBF16;
+    return Unimplemented("unsupported dtype \"" + name + "\" (supported: F32, F16, BF16)");
+}
+
+float HalfToFloat(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F;
+    uint32_t mant = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else {  // subnormal: normalise
+            exp = 127 - 15 + 1;
+            while ((mant & 0x400) == 0) {
+                mant <<= 1;
+                --exp;
+            }
+            mant &= 0x3FF;
+            bits = sign | (exp << 23) | (mant << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t FloatToHalf(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+    const uint32_t absx = x & 0x7FFFFFFF;
+    if (absx >= 0x7F800000) return sign | (absx > 0x7F800000 ? 0x7E00 : 0x7C00);  // NaN / Inf
+    if (absx >= 0x477FF000) return sign | 0x7C00;                                 // overflow to Inf
+    if (absx < 0x38800000) {                                                      // subnormal or zero
+        if (absx < 0x33000000) return sign;
+        const uint32_t e = absx >> 23;
+        const uint32_t m = (absx & 0x7FFFFF) | 0x800000;
+        const uint32_t shift = 126 - e;  // 14 + (113 - e) - 1 ... shifts m into a 10-bit subnormal
+        uint32_t half_m = m >> (shift - 0);
+        const uint32_t rem = m & ((1u << shift) - 1);
+        const uint32_t halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (half_m & 1))) ++half_m;
+        return sign | static_cast<uint16_t>(half_m);
+    }
+    uint32_t bits = absx - 0x38000000;  // rebias exponent 127 -> 15
+    const uint32_t rem = bits & 0x1FFF;
+    bits >>= 13;
+    if (rem > 0x1000 || (rem == 0x1000 && (bits & 1))) ++bits;
+    return sign | static_cast<uint16_t>(bits);
+}
+
+float BF16ToFloat(uint16_t b) {
+    const uint32_t bits = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t FloatToBF16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFF) > 0x7F800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet NaN
+    const uint32_t rounding = 0x7FFF + ((x >> 16) & 1);
+    return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+}  // namespace uniattn

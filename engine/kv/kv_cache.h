@@ -1,15 +1,9 @@
 // The paged KV cache's memory: one K plane per anchor/normal layer, one V plane per layer, each
 //   [num_blocks, block_size, num_kv_heads, head_dim]
-<<<<<<< HEAD
-// Reuse layers own no K plane (docs/uniattn.md §3), so a block costs block_size · KvBytesPerToken(), and the same
-// byte budget holds more blocks for a UniAttn model. Which sequence owns which block is the block
-// manager's business (kv/block_manager.h); this class never interprets ownership.
-=======
-// Reuse layers own no K plane (spec §3), so a block costs block_size · KvBytesPerToken(), and the same
-// byte budget holds more blocks for a UniAttn model (BlockManager::NumBlocksForBytes counts them). Which
-// sequence owns which block is the block manager's business (kv/block_manager.h); this class never
+// Reuse layers own no K plane (docs/uniattn.md §3), so a block costs block_size · KvBytesPerToken(), and the
+// same byte budget holds more blocks for a UniAttn model (BlockManager::NumBlocksForBytes counts them).
+// Which sequence owns which block is the block manager's business (kv/block_manager.h); this class never
 // interprets ownership.
->>>>>>> dedup14
 #pragma once
 
 #include <memory>

@@ -328,11 +328,17 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     void HandleTokenize() {
-        Offload<ApiResult<json>>(
-            "tokenizing", [&state = state_, body = TakeBody()] { return server::HandleTokenize(body, state.model()); },
-            [this](ApiResult<json> r) {
-                if (!r.ok()) return SendError(r.error());
-                SendJson(http::status::ok, r.value());
+        // A long text is millions of ids: the JSON is written off the I/O thread too.
+        using Answer = std::pair<std::optional<ApiError>, std::string>;
+        Offload<Answer>(
+            "tokenizing",
+            [&state = state_, body = TakeBody()] {
+                auto r = server::HandleTokenize(body, state.model());
+                return r.ok() ? Answer{std::nullopt, DumpJson(r.value())} : Answer{r.error(), {}};
+            },
+            [this](Answer a) {
+                if (a.first) return SendError(*a.first);
+                Send(http::status::ok, std::move(a.second), "application/json");
             });
     }
 

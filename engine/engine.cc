@@ -2,22 +2,23 @@
 // state machine) is engine/README.md; keep the two in step.
 #include "uniattn/engine.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <unordered_map>
 
+#include "engine_setup.h"
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/forward.h"
 #include "model/model.h"
+#include "request/inbox.h"
+#include "request/request_clock.h"
+#include "request/sample_output.h"
 #include "sampling/sampler.h"
 #include "scheduler/scheduler.h"
 #include "uniattn/safetensors.h"
@@ -46,122 +47,11 @@ SamplingParams SamplingParamsOf(const GenerationRequest& r) {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// Stands in for a model directory without tokenizer.model (test and benchmark models): token ids only,
-// no text. Submit refuses stop strings for such a model.
-class NoTextTokenizer final : public Tokenizer {
-  public:
-    NoTextTokenizer(const ModelConfig& config) : vocab_size_(config.vocab_size) {
-        bos_id_ = config.bos_token_id;
-        eos_id_ = config.eos_token_id;
-    }
-    std::vector<int32_t> Encode(std::string_view, bool) const override { return {}; }
-    std::string Decode(const std::vector<int32_t>&) const override { return {}; }
-    std::string IdToPiece(int32_t) const override { return {}; }
-    int vocab_size() const override { return vocab_size_; }
-
-  private:
-    int vocab_size_;
-};
-
-struct PendingRequest;
-
-// What callers' threads share with the engine thread. Handles keep it alive, so Cancel() on a handle that
-// outlives its engine is harmless.
-struct Inbox {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::vector<std::unique_ptr<PendingRequest>> submitted;  // accepted by Submit, not yet seen by the engine
-    std::vector<uint64_t> cancelled;                         // request ids
-    bool stopping = false;
-    bool draining = false;
-    int num_queued = 0;  // accepted and never scheduled: bounded by max_queued_requests
-    int num_live = 0;    // accepted and not yet ended
-    uint64_t next_id = 1;
-};
-
-class RequestHandleImpl final : public RequestHandle {
-  public:
-    RequestHandleImpl(uint64_t id, std::shared_ptr<Inbox> inbox) : id_(id), inbox_(std::move(inbox)) {}
-
-    uint64_t id() const override { return id_; }
-
-    bool Next(RequestEvent* event, std::chrono::milliseconds timeout) override {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, timeout, [&] { return !events_.empty() || ended_; });
-        return PopLocked(event);
-    }
-
-    bool TryNext(RequestEvent* event) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        return PopLocked(event);
-    }
-
-    bool closed() const override {
-        std::lock_guard<std::mutex> lock(mu_);
-        return ended_ && events_.empty();
-    }
-
-    void Cancel() override {
-        if (cancel_requested_.exchange(true)) return;
-        std::lock_guard<std::mutex> lock(inbox_->mu);
-        inbox_->cancelled.push_back(id_);
-        inbox_->cv.notify_all();
-    }
-
-    void SetNotify(std::function<void()> notify) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        notify_ = std::move(notify);
-    }
-
-    // Engine thread: appends a step's events; `end` closes the stream after them.
-    void Deliver(std::vector<RequestEvent>& events, bool end) {
-        std::function<void()> notify;
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            for (RequestEvent& e : events) events_.push_back(std::move(e));
-            ended_ = ended_ || end;
-            notify = notify_;
-        }
-        events.clear();
-        cv_.notify_all();
-        if (notify) notify();
-    }
-
-  private:
-    bool PopLocked(RequestEvent* event) {
-        if (events_.empty()) return false;
-        *event = std::move(events_.front());
-        events_.pop_front();
-        return true;
-    }
-
-    const uint64_t id_;
-    const std::shared_ptr<Inbox> inbox_;
-    mutable std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<RequestEvent> events_;
-    bool ended_ = false;
-    std::function<void()> notify_;
-    std::atomic<bool> cancel_requested_{false};
-};
-
-struct PendingRequest {
-    uint64_t id = 0;
-    GenerationRequest request;
-    std::shared_ptr<RequestHandleImpl> handle;
-    int max_new_tokens = 0;  // max_tokens capped by the context length
-    Clock::time_point submit_time;
-};
-
-// One of a request's n samples (engine thread only).
+// One of a request's n samples (engine thread only): its sequence, its sampler, its output.
 struct Sample {
-    uint64_t seq_id = 0;  // 0 until forked from sample 0
+    uint64_t seq_id = 0;  // 0 until forked from sample 0, and again once ended
     std::unique_ptr<Sampler> sampler;
-    std::unique_ptr<IncrementalDetokenizer> detok;  // when text is wanted or stop strings are set
-    std::vector<int32_t> generated;
-    std::string held;  // detokenized text not yet emitted: it could still begin a stop string
-    bool done = false;
-    FinishReason finish_reason = FinishReason::kStop;
+    std::unique_ptr<SampleOutput> output;
 };
 
 // A request the engine thread is working on.
@@ -173,11 +63,8 @@ struct ActiveRequest {
     std::vector<Sample> samples;
     int num_done = 0;
     int cached_tokens = 0;
-    bool scheduled = false;
     bool errored = false;
-    Clock::time_point submit_time, first_scheduled, first_token, last_token;
-    bool has_first_token = false;
-    std::vector<double> inter_token_s;
+    std::unique_ptr<RequestClock> clock;
     std::vector<RequestEvent> outbox;  // this step's events, delivered together at the end of the step
 };
 
@@ -211,9 +98,24 @@ class EngineImpl final : public Engine {
     void CancelRequest(uint64_t request_id);
     void Step();
     void CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies);
+    // A sample that draws a token this step, and its logits row.
+    struct Draw {
+        ActiveRequest* req;
+        int index;
+        int row;
+    };
+    // Every draw of the step in the order tokens are taken (forking the samples whose prompt just finished).
+    std::vector<Draw> CollectDraws(const SchedulerOutput& out, std::vector<ActiveRequest*>* touched);
+    // Selects the draws' tokens through Backend::SampleRows (kBackend: the default).
+    void SampleOnBackend(const std::vector<Draw>& draws, Clock::time_point now);
+    // Selects them one by one with each Sampler on the host copy of its row (kHost: the oracle the tests
+    // compare the backends' selection with).
+    void SampleOnHost(const std::vector<Draw>& draws, Clock::time_point now);
     void OnToken(ActiveRequest& req, int index, const SampleResult& result, Clock::time_point now);
     void FinishSample(ActiveRequest& req, int index, FinishReason reason);
     void FailRequest(ActiveRequest& req, const Status& error);
+    // The sample has ended (its output said so): its sequence leaves the scheduler.
+    void ReleaseSample(ActiveRequest& req, int index);
     void Deliver(ActiveRequest& req);
     void PublishStats();
 
@@ -266,22 +168,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
 
-    DType device_dtype = DType::kF16;
-    if (config.dtype == "float32") {
-        device_dtype = DType::kF32;
-    } else if (config.dtype == "bfloat16") {
-        device_dtype = DType::kBF16;
-    } else if (config.dtype == "auto") {
-        if (config.backend != "cpu") {
-            UA_ASSIGN_OR_RETURN(ModelConfig mc, Model::LoadConfig(config.model_dir));
-            if (mc.torch_dtype == "bfloat16") device_dtype = DType::kBF16;
-        }
-    } else if (config.dtype != "float16") {
-        return bad("dtype", "\"" + config.dtype + "\" is not one of auto, float16, bfloat16, float32");
-    }
-    if (config.backend == "cpu" && config.dtype != "auto" && config.dtype != "float32") {
-        return bad("dtype", "\"" + config.dtype + "\": the cpu backend computes in float32 (use auto or float32)");
-    }
+    UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
     UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype));
     const bool has_tokenizer = FileExists(config.model_dir + "/tokenizer.model");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
@@ -289,7 +176,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     if (model_->tokenizer) {
         tokenizer_ = model_->tokenizer.get();
     } else {
-        own_tokenizer_ = std::make_unique<NoTextTokenizer>(mc);
+        own_tokenizer_ = MakeIdsOnlyTokenizer(mc);
         tokenizer_ = own_tokenizer_.get();
     }
 
@@ -302,29 +189,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
 
     // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
     runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
-    int64_t bytes = config.kv_cache_bytes;
-    if (bytes == 0) {
-        if (config.backend == "cpu") {
-            const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
-            bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
-        } else {
-            // The weights are loaded; the step workspaces for the largest step are taken now, so the pool is
-            // a fraction of what is left after them. Backend workspaces (attention partials, GEMM splits,
-            // sampling scratch) and recorded graphs grow later, inside the remaining (1 - fraction).
-            UA_RETURN_IF_ERROR(runner_->ReserveWorkspace(config.max_num_batched_tokens,
-                                                         std::min(config.max_num_seqs, config.max_num_batched_tokens),
-                                                         max_model_len_));
-            const size_t free_bytes = backend_->FreeDeviceBytes();
-            if (free_bytes == 0) {
-                return Unimplemented("backend " + backend_->Name() +
-                                     " cannot report free device memory; set kv_cache_bytes");
-            }
-            bytes = static_cast<int64_t>(static_cast<double>(free_bytes) * config.kv_cache_memory_fraction);
-            std::fprintf(stderr, "uniattn: KV pool %.1f MiB = %.3f x %.1f MiB free device memory (%s)\n",
-                         static_cast<double>(bytes) / (1 << 20), config.kv_cache_memory_fraction,
-                         static_cast<double>(free_bytes) / (1 << 20), backend_->Description().c_str());
-        }
-    }
+    UA_ASSIGN_OR_RETURN(const int64_t bytes, KvPoolBytes(config, backend_.get(), runner_.get(), max_model_len_));
     const DType kv_dtype = backend_->KvDType();  // what KvCache::Create allocates
     const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(mc, kv_dtype, config.block_size, bytes);
@@ -342,9 +207,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     limits_.kv_pool_tokens = num_blocks * config.block_size;
     limits_.has_text = own_tokenizer_ == nullptr;
     limits_.max_prompt_bytes = static_cast<int64_t>(tokenizer_->max_token_bytes()) * max_model_len_;
-    // kAuto is kBackend on every backend: a device backend keeps its logits on the device, and the CPU
-    // backend's SampleRows spreads a step's rows over its threads (kHost draws them one by one here).
-    device_sampling_ = config.sampling_place != EngineConfig::SamplingPlace::kHost;
+    device_sampling_ = config.sampling_place == EngineConfig::SamplingPlace::kBackend;
     SchedulerConfig sc;
     sc.max_num_seqs = config.max_num_seqs;
     sc.max_num_batched_tokens = config.max_num_batched_tokens;
@@ -452,7 +315,7 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
     req->request = std::move(pending->request);
     req->handle = std::move(pending->handle);
     req->max_new_tokens = pending->max_new_tokens;
-    req->submit_time = pending->submit_time;
+    req->clock = std::make_unique<RequestClock>(pending->submit_time);
     const GenerationRequest& r = req->request;
     const int prompt = static_cast<int>(r.prompt_ids.size());
     auto seq_id =
@@ -472,7 +335,12 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
         Sample& s = raw->samples[i];
         if (r.seed) p.seed = *r.seed + static_cast<uint64_t>(i);
         s.sampler = std::make_unique<Sampler>(p, seed_rng_());
-        if (wants_text) s.detok = std::make_unique<IncrementalDetokenizer>(tokenizer_, r.prompt_ids);
+        s.output = std::make_unique<SampleOutput>(r, tokenizer_, wants_text, i, raw->max_new_tokens);
+    }
+    if (!seq_id.ok()) {  // ValidateRequest checked the same bounds; kept as a guard
+        FailRequest(*raw, seq_id.status());
+        Deliver(*raw);
+        return;
     }
     raw->samples[0].seq_id = *seq_id;
     by_seq_[*seq_id] = {raw, 0};
@@ -483,7 +351,7 @@ void EngineImpl::CancelRequest(uint64_t request_id) {
     if (it == requests_.end()) return;  // already ended
     ActiveRequest& req = *it->second;
     for (int i = 0; i < static_cast<int>(req.samples.size()); ++i) {
-        if (!req.samples[i].done) FinishSample(req, i, FinishReason::kAbort);
+        if (!req.samples[i].output->done()) FinishSample(req, i, FinishReason::kAbort);
     }
     Deliver(req);
 }
@@ -516,9 +384,8 @@ void EngineImpl::Step() {
     int num_newly_scheduled = 0;
     for (const ScheduledChunk& c : out.chunks) {
         ActiveRequest& req = *by_seq_.at(c.seq->seq_id).first;
-        if (!req.scheduled) {
-            req.scheduled = true;
-            req.first_scheduled = t0;
+        if (!req.clock->scheduled()) {
+            req.clock->Scheduled(t0);
             req.cached_tokens = std::max(0, c.seq->num_cached_tokens);
             prompt_tokens_ += static_cast<int64_t>(req.request.prompt_ids.size());
             ++num_newly_scheduled;
@@ -533,8 +400,7 @@ void EngineImpl::Step() {
         inbox_->num_queued -= num_newly_scheduled;
     }
     CopyBlocks(out.block_copies);
-    const int vocab = model_->config.vocab_size;
-    if (!device_sampling_) logits_.resize(in.logits_rows.size() * static_cast<size_t>(vocab));
+    if (!device_sampling_) logits_.resize(in.logits_rows.size() * static_cast<size_t>(model_->config.vocab_size));
     const Clock::time_point t1 = Clock::now();
     const Status status = runner_->Forward(in, *kv_, device_sampling_ ? nullptr : logits_.data());
     const Clock::time_point t2 = Clock::now();
@@ -552,67 +418,11 @@ void EngineImpl::Step() {
         for (ActiveRequest* req : touched) FailRequest(*req, error);
     } else {
         scheduler_->CompleteStep(out);
-        // Every sample that draws a token this step, with its logits row, in the order tokens are taken.
-        struct Draw {
-            ActiveRequest* req;
-            int index;
-            int row;
-        };
-        std::vector<Draw> draws;
-        int row = 0;
-        for (const ScheduledChunk& c : out.chunks) {
-            if (!c.wants_logits) continue;
-            const uint64_t seq_id = c.seq->seq_id;
-            auto [req, index] = by_seq_.at(seq_id);
-            touched.push_back(req);
-            draws.push_back({req, index, row});
-            if (c.seq->num_pending_forks > 0) {
-                // The prompt is computed: the other samples fork off and share its blocks; each draws its
-                // first token from the same logits with its own sampler.
-                const std::vector<uint64_t> kids = scheduler_->Fork(seq_id, c.seq->num_pending_forks);
-                int next = 0;
-                for (uint64_t kid : kids) {
-                    while (req->samples[next].seq_id != 0 || req->samples[next].done) ++next;
-                    req->samples[next].seq_id = kid;
-                    scheduler_->Find(kid)->sample_index = next;
-                    by_seq_[kid] = {req, next};
-                    draws.push_back({req, next, row});
-                }
-            }
-            ++row;
-        }
+        const std::vector<Draw> draws = CollectDraws(out, &touched);
         if (device_sampling_) {
-            sample_rows_.resize(draws.size());
-            sample_edits_.clear();
-            for (size_t k = 0; k < draws.size(); ++k) {
-                Sample& sample = draws[k].req->samples[draws[k].index];
-                sample.sampler->Prepare(vocab, draws[k].req->request.prompt_ids, sample.generated, &sample_rows_[k],
-                                        &sample_edits_);
-                sample_rows_[k].logits_row = draws[k].row;
-            }
-            sample_results_.resize(draws.size());
-            runner_->SampleLogits(sample_rows_.data(), static_cast<int>(draws.size()), sample_edits_.data(),
-                                  static_cast<int>(sample_edits_.size()), sample_results_.data());
-            for (size_t k = 0; k < draws.size(); ++k) {
-                OnToken(*draws[k].req, draws[k].index, Sampler::ToResult(sample_results_[k]), t2);
-            }
+            SampleOnBackend(draws, t2);
         } else {
-            // Host sampling edits a row in place; samples after the first of a row draw from a fresh copy.
-            int copied_row = -1;
-            for (size_t k = 0; k < draws.size(); ++k) {
-                float* logits = logits_.data() + static_cast<size_t>(draws[k].row) * vocab;
-                const bool shared = k + 1 < draws.size() && draws[k + 1].row == draws[k].row;
-                if (shared && copied_row != draws[k].row) {
-                    logits_copy_.assign(logits, logits + vocab);
-                    copied_row = draws[k].row;
-                } else if (copied_row == draws[k].row) {
-                    std::copy(logits_copy_.begin(), logits_copy_.end(), logits);
-                }
-                Sample& sample = draws[k].req->samples[draws[k].index];
-                const SampleResult result =
-                    sample.sampler->Sample(logits, vocab, draws[k].req->request.prompt_ids, sample.generated);
-                OnToken(*draws[k].req, draws[k].index, result, t2);
-            }
+            SampleOnHost(draws, t2);
         }
     }
     const Clock::time_point t3 = Clock::now();
@@ -632,138 +442,105 @@ void EngineImpl::Step() {
     for (ActiveRequest* req : touched) Deliver(*req);
 }
 
-namespace {
-
-// Length of the longest suffix of `text` that is a proper prefix of one of `stops`.
-size_t StopPrefixSuffix(const std::string& text, const std::vector<std::string>& stops) {
-    size_t best = 0;
-    for (const std::string& s : stops) {
-        for (size_t n = std::min(text.size(), s.size() - 1); n > best; --n) {
-            if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-                best = n;
-                break;
+std::vector<EngineImpl::Draw> EngineImpl::CollectDraws(const SchedulerOutput& out,
+                                                       std::vector<ActiveRequest*>* touched) {
+    std::vector<Draw> draws;
+    int row = 0;
+    for (const ScheduledChunk& c : out.chunks) {
+        if (!c.wants_logits) continue;
+        const uint64_t seq_id = c.seq->seq_id;
+        auto [req, index] = by_seq_.at(seq_id);
+        touched->push_back(req);
+        draws.push_back({req, index, row});
+        if (c.seq->num_pending_forks > 0) {
+            // The prompt is computed: the other samples fork off and share its blocks; each draws its first
+            // token from the same logits with its own sampler.
+            const std::vector<uint64_t> kids = scheduler_->Fork(seq_id, c.seq->num_pending_forks);
+            int next = 0;
+            for (uint64_t kid : kids) {
+                while (req->samples[next].seq_id != 0 || req->samples[next].output->done()) ++next;
+                req->samples[next].seq_id = kid;
+                scheduler_->Find(kid)->sample_index = next;
+                by_seq_[kid] = {req, next};
+                draws.push_back({req, next, row});
             }
         }
+        ++row;
     }
-    return best;
+    return draws;
 }
 
-// Position of the earliest complete stop string in `text`, or npos.
-size_t FindStop(const std::string& text, const std::vector<std::string>& stops) {
-    size_t best = std::string::npos;
-    for (const std::string& s : stops) best = std::min(best, text.find(s));
-    return best;
+void EngineImpl::SampleOnBackend(const std::vector<Draw>& draws, Clock::time_point now) {
+    const int vocab = model_->config.vocab_size;
+    sample_rows_.resize(draws.size());
+    sample_edits_.clear();
+    for (size_t k = 0; k < draws.size(); ++k) {
+        Sample& sample = draws[k].req->samples[draws[k].index];
+        sample.sampler->Prepare(vocab, draws[k].req->request.prompt_ids, sample.output->generated(), &sample_rows_[k],
+                                &sample_edits_);
+        sample_rows_[k].logits_row = draws[k].row;
+    }
+    sample_results_.resize(draws.size());
+    runner_->SampleLogits(sample_rows_.data(), static_cast<int>(draws.size()), sample_edits_.data(),
+                          static_cast<int>(sample_edits_.size()), sample_results_.data());
+    for (size_t k = 0; k < draws.size(); ++k) {
+        OnToken(*draws[k].req, draws[k].index, Sampler::ToResult(sample_results_[k]), now);
+    }
 }
 
-}  // namespace
+void EngineImpl::SampleOnHost(const std::vector<Draw>& draws, Clock::time_point now) {
+    const int vocab = model_->config.vocab_size;
+    // Host sampling edits a row in place; samples after the first of a row draw from a fresh copy.
+    int copied_row = -1;
+    for (size_t k = 0; k < draws.size(); ++k) {
+        float* logits = logits_.data() + static_cast<size_t>(draws[k].row) * vocab;
+        const bool shared = k + 1 < draws.size() && draws[k + 1].row == draws[k].row;
+        if (shared && copied_row != draws[k].row) {
+            logits_copy_.assign(logits, logits + vocab);
+            copied_row = draws[k].row;
+        } else if (copied_row == draws[k].row) {
+            std::copy(logits_copy_.begin(), logits_copy_.end(), logits);
+        }
+        Sample& sample = draws[k].req->samples[draws[k].index];
+        const SampleResult result =
+            sample.sampler->Sample(logits, vocab, draws[k].req->request.prompt_ids, sample.output->generated());
+        OnToken(*draws[k].req, draws[k].index, result, now);
+    }
+}
 
 void EngineImpl::OnToken(ActiveRequest& req, int index, const SampleResult& result, Clock::time_point now) {
-    const GenerationRequest& r = req.request;
-    Sample& s = req.samples[index];
-    s.generated.push_back(result.token);
     ++generation_tokens_;
-    // One inter-token interval per step that gives the request tokens (every sample of a step shares its
-    // `now`), whichever of its samples are still running: with n > 1 the request keeps being measured after
-    // sample 0 stops.
-    if (!req.has_first_token) {
-        req.has_first_token = true;
-        req.first_token = now;
-    } else if (now != req.last_token) {
-        req.inter_token_s.push_back(Seconds(now - req.last_token));
-    }
-    req.last_token = now;
-
-    const bool eos = !r.ignore_eos && result.token == tokenizer_->eos_id();
-    if (eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), result.token) != r.stop_token_ids.end()) {
-        FinishSample(req, index, FinishReason::kStop);  // the stop token itself is not emitted
-        return;
-    }
-    RequestEvent ev;
-    ev.kind = RequestEvent::Kind::kToken;
-    ev.index = index;
-    ev.token = result.token;
-    if (r.logprobs >= 0) {
-        ev.logprob = result.logprob;
-        for (const auto& [token, logprob] : result.top) ev.top_logprobs.push_back({token, logprob});
-    }
-    bool stopped = false;
-    if (s.detok) {
-        s.held += s.detok->Push(result.token);
-        size_t emit = s.held.size();
-        if (!r.stop.empty()) {
-            const size_t at = FindStop(s.held, r.stop);
-            if (at != std::string::npos) {
-                emit = at;
-                stopped = true;
-            } else {
-                emit -= StopPrefixSuffix(s.held, r.stop);
-            }
-        }
-        if (r.detokenize) ev.text = s.held.substr(0, emit);
-        s.held.erase(0, stopped ? s.held.size() : emit);
-    }
-    req.outbox.push_back(std::move(ev));
-    if (stopped) {
-        FinishSample(req, index, FinishReason::kStop);
-    } else if (static_cast<int>(s.generated.size()) >= req.max_new_tokens) {
-        FinishSample(req, index, FinishReason::kLength);
-    } else {
+    req.clock->Token(now);
+    Sample& s = req.samples[index];
+    if (s.output->OnToken(result, req.cached_tokens, &req.outbox)) {
         scheduler_->AppendToken(s.seq_id, result.token);
+    } else {
+        ReleaseSample(req, index);
     }
 }
 
 void EngineImpl::FinishSample(ActiveRequest& req, int index, FinishReason reason) {
-    const GenerationRequest& r = req.request;
-    Sample& s = req.samples[index];
-    UA_CHECK(!s.done);
-    s.done = true;
-    s.finish_reason = reason;
-    RequestEvent ev;
-    ev.kind = RequestEvent::Kind::kFinished;
-    ev.index = index;
-    ev.finish_reason = reason;
-    if (s.detok) {
-        std::string tail = s.held + s.detok->Flush();
-        if (!r.stop.empty()) {
-            const size_t at = FindStop(tail, r.stop);
-            if (at != std::string::npos) tail.resize(at);
-        }
-        if (r.detokenize) ev.text = std::move(tail);
-        s.held.clear();
+    req.samples[index].output->Finish(reason, req.cached_tokens, &req.outbox);
+    ReleaseSample(req, index);
+}
+
+void EngineImpl::FailRequest(ActiveRequest& req, const Status& error) {
+    req.errored = true;
+    for (int i = 0; i < static_cast<int>(req.samples.size()); ++i) {
+        if (req.samples[i].output->done()) continue;
+        req.samples[i].output->Fail(error, req.cached_tokens, &req.outbox);
+        ReleaseSample(req, i);
     }
-    ev.prompt_tokens = static_cast<int>(r.prompt_ids.size());
-    ev.completion_tokens = static_cast<int>(s.generated.size());
-    ev.cached_tokens = req.cached_tokens;
-    req.outbox.push_back(std::move(ev));
+}
+
+void EngineImpl::ReleaseSample(ActiveRequest& req, int index) {
+    Sample& s = req.samples[index];
     if (s.seq_id != 0) {
         scheduler_->Finish(s.seq_id);
         by_seq_.erase(s.seq_id);
         s.seq_id = 0;
     }
     ++req.num_done;
-}
-
-void EngineImpl::FailRequest(ActiveRequest& req, const Status& error) {
-    req.errored = true;
-    for (int i = 0; i < static_cast<int>(req.samples.size()); ++i) {
-        Sample& s = req.samples[i];
-        if (s.done) continue;
-        s.done = true;
-        RequestEvent ev;
-        ev.kind = RequestEvent::Kind::kError;
-        ev.index = i;
-        ev.error = error;
-        ev.prompt_tokens = static_cast<int>(req.request.prompt_ids.size());
-        ev.completion_tokens = static_cast<int>(s.generated.size());
-        ev.cached_tokens = req.cached_tokens;
-        req.outbox.push_back(std::move(ev));
-        if (s.seq_id != 0) {
-            scheduler_->Finish(s.seq_id);
-            by_seq_.erase(s.seq_id);
-            s.seq_id = 0;
-        }
-        ++req.num_done;
-    }
 }
 
 void EngineImpl::Deliver(ActiveRequest& req) {
@@ -773,19 +550,13 @@ void EngineImpl::Deliver(ActiveRequest& req) {
         req.handle->Deliver(req.outbox, false);
         return;
     }
-    const Clock::time_point now = Clock::now();
     RequestTimings t;
-    t.queue_s = req.scheduled ? Seconds(req.first_scheduled - req.submit_time) : Seconds(now - req.submit_time);
-    t.ttft_s = req.has_first_token ? Seconds(req.first_token - req.submit_time) : 0;
-    t.prefill_s = req.has_first_token ? Seconds(req.first_token - req.first_scheduled) : 0;
-    t.decode_s = req.has_first_token ? Seconds(now - req.first_token) : 0;
-    t.e2e_s = Seconds(now - req.submit_time);
-    t.inter_token_s = std::move(req.inter_token_s);
+    req.clock->Finish(Clock::now(), &t);
     t.prompt_tokens = static_cast<int>(req.request.prompt_ids.size());
-    for (const Sample& s : req.samples) t.generation_tokens += static_cast<int>(s.generated.size());
+    for (const Sample& s : req.samples) t.generation_tokens += static_cast<int>(s.output->generated().size());
     t.errored = req.errored;
-    t.finish_reason = req.samples[0].finish_reason;
-    if (!req.scheduled) {
+    t.finish_reason = req.samples[0].output->finish_reason();
+    if (!req.clock->scheduled()) {
         std::lock_guard<std::mutex> lock(inbox_->mu);
         --inbox_->num_queued;
     }

@@ -105,7 +105,28 @@ class SentencePieceTokenizer final : public Tokenizer {
 };
 #endif
 
+// Stands in for a model directory without tokenizer.model (test and benchmark models): token ids only,
+// no text.
+class IdsOnlyTokenizer final : public Tokenizer {
+  public:
+    explicit IdsOnlyTokenizer(const ModelConfig& config) : vocab_size_(config.vocab_size) {
+        bos_id_ = config.bos_token_id;
+        eos_id_ = config.eos_token_id;
+    }
+    std::vector<int32_t> Encode(std::string_view, bool) const override { return {}; }
+    std::string Decode(const std::vector<int32_t>&) const override { return {}; }
+    std::string IdToPiece(int32_t) const override { return {}; }
+    int vocab_size() const override { return vocab_size_; }
+
+  private:
+    int vocab_size_;
+};
+
 }  // namespace
+
+std::unique_ptr<Tokenizer> MakeIdsOnlyTokenizer(const ModelConfig& config) {
+    return std::make_unique<IdsOnlyTokenizer>(config);
+}
 
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir, const ModelConfig& config) {
 #ifdef UNIATTN_HAVE_SENTENCEPIECE

@@ -293,7 +293,7 @@ TEST_F(CudaSamplingTest, EngineDtypeReachesTheBackend) {
         {"auto", "F16 / F16"}, {"float16", "F16 / F16"}, {"bfloat16", "BF16 / BF16"}, {"float32", "F32 / F32"}};
     for (const auto& [dtype, want] : cases) {
         SCOPED_TRACE(dtype);
-        EngineConfig c = CudaEngineConfig(EngineConfig::SamplingPlace::kAuto);
+        EngineConfig c = CudaEngineConfig(EngineConfig::SamplingPlace::kBackend);
         c.dtype = dtype;
         auto engine = Engine::Create(c);
         ASSERT_TRUE(engine.ok()) << engine.status().ToString();

@@ -34,12 +34,13 @@ struct EngineConfig {
     int max_model_len = 0;                  // 0 = the model's max_position_embeddings
     bool enable_prefix_caching = true;
     int max_queued_requests = 1024;  // Submit returns kResourceExhausted past this many waiting requests
-    // Where tokens are selected. kAuto = kBackend: Backend::SampleRows (CUDA: logits stay on the device,
-    // only tokens and logprobs reach the host; CPU: a batch's rows are selected in parallel on the
-    // backend's threads). kHost: the Sampler on the engine thread, one row after another (the logits are
-    // copied over). Every place gives the same tokens for the same logits and seed (sampling/row_select.h).
-    enum class SamplingPlace { kAuto, kHost, kBackend };
-    SamplingPlace sampling_place = SamplingPlace::kAuto;
+    // Where tokens are selected. kBackend: Backend::SampleRows (CUDA: logits stay on the device, only tokens
+    // and logprobs reach the host; CPU: a batch's rows are selected in parallel on the backend's threads).
+    // kHost: each Sampler on the engine thread, one row after another, on a host copy of the logits: the
+    // oracle tests compare kBackend with. Both give the same tokens for the same logits and seed
+    // (sampling/row_select.h).
+    enum class SamplingPlace { kBackend, kHost };
+    SamplingPlace sampling_place = SamplingPlace::kBackend;
     std::string model_name;  // served name; default: the directory's base name
 };
 

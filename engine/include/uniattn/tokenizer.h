@@ -39,6 +39,10 @@ class Tokenizer {
     bool add_bos_ = true;
 };
 
+// For a model without a tokenizer file (random test and benchmark models): token ids only; it encodes
+// and decodes nothing. The engine then refuses stop strings (RequestLimits::has_text).
+std::unique_ptr<Tokenizer> MakeIdsOnlyTokenizer(const ModelConfig& config);
+
 // Turns a growing token sequence into text pieces. Text is emitted only once it is complete UTF-8 and
 // stable (decoding more tokens cannot change it), so concatenating every piece equals decoding the
 // whole sequence.

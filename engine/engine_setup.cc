@@ -1,0 +1,60 @@
+#include "engine_setup.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "model/model.h"
+
+namespace uniattn {
+
+StatusOr<DType> ResolveDeviceDType(const EngineConfig& config) {
+    auto Bad = [](const std::string& why) { return Status(StatusCode::kInvalidArgument, "dtype " + why, "dtype"); };
+    DType device_dtype = DType::kF16;
+    if (config.dtype == "float32") {
+        device_dtype = DType::kF32;
+    } else if (config.dtype == "bfloat16") {
+        device_dtype = DType::kBF16;
+    } else if (config.dtype == "auto") {
+        if (config.backend != "cpu") {
+            UA_ASSIGN_OR_RETURN(ModelConfig mc, Model::LoadConfig(config.model_dir));
+            if (mc.torch_dtype == "bfloat16") device_dtype = DType::kBF16;
+        }
+    } else if (config.dtype != "float16") {
+        return Bad("\"" + config.dtype + "\" is not one of auto, float16, bfloat16, float32");
+    }
+    if (config.backend == "cpu" && config.dtype != "auto" && config.dtype != "float32") {
+        return Bad("\"" + config.dtype + "\": the cpu backend computes in float32 (use auto or float32)");
+    }
+    return device_dtype;
+}
+
+StatusOr<int64_t> KvPoolBytes(const EngineConfig& config, Backend* backend, ModelRunner* runner, int max_model_len) {
+    int64_t bytes = config.kv_cache_bytes;
+    if (bytes == 0) {
+        if (config.backend == "cpu") {
+            const int64_t ram = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+            bytes = static_cast<int64_t>(static_cast<double>(ram) * config.kv_cache_memory_fraction);
+        } else {
+            // The weights are loaded; the step workspaces for the largest step are taken now, so the pool is
+            // a fraction of what is left after them. Backend workspaces (attention partials, GEMM splits,
+            // sampling scratch) and recorded graphs grow later, inside the remaining (1 - fraction).
+            UA_RETURN_IF_ERROR(runner->ReserveWorkspace(config.max_num_batched_tokens,
+                                                        std::min(config.max_num_seqs, config.max_num_batched_tokens),
+                                                        max_model_len));
+            const size_t free_bytes = backend->FreeDeviceBytes();
+            if (free_bytes == 0) {
+                return Unimplemented("backend " + backend->Name() +
+                                     " cannot report free device memory; set kv_cache_bytes");
+            }
+            bytes = static_cast<int64_t>(static_cast<double>(free_bytes) * config.kv_cache_memory_fraction);
+            std::fprintf(stderr, "uniattn: KV pool %.1f MiB = %.3f x %.1f MiB free device memory (%s)\n",
+                         static_cast<double>(bytes) / (1 << 20), config.kv_cache_memory_fraction,
+                         static_cast<double>(free_bytes) / (1 << 20), backend->Description().c_str());
+        }
+    }
+    return bytes;
+}
+
+}  // namespace uniattn

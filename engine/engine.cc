@@ -30,21 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The sampler's share of a request (seed and logprob flags are set where each sample is made).
-SamplingParams SamplingParamsOf(const GenerationRequest& r) {
-    SamplingParams p;
-    p.temperature = r.temperature;
-    p.top_p = r.top_p;
-    p.top_k = r.top_k;
-    p.min_p = r.min_p;
-    p.repetition_penalty = r.repetition_penalty;
-    p.presence_penalty = r.presence_penalty;
-    p.frequency_penalty = r.frequency_penalty;
-    p.logit_bias = r.logit_bias;
-    p.num_logprobs = std::max(0, r.logprobs);
-    return p;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // One of a request's n samples (engine thread only): its sequence, its sampler, its output.
@@ -328,7 +313,7 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
         Deliver(*raw);
         return;
     }
-    SamplingParams p = SamplingParamsOf(r);
+    SamplingParams p = SamplingParams::From(r);
     p.want_logprob = r.logprobs >= 0;
     const bool wants_text = (r.detokenize && !own_tokenizer_) || !r.stop.empty();
     for (int i = 0; i < r.n; ++i) {

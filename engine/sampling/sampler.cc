@@ -8,26 +8,35 @@
 
 namespace uniattn {
 
+SamplingParams SamplingParams::From(const GenerationRequest& r) {
+    SamplingParams p;
+    p.temperature = r.temperature;
+    p.top_p = r.top_p;
+    p.top_k = r.top_k;
+    p.min_p = r.min_p;
+    p.repetition_penalty = r.repetition_penalty;
+    p.presence_penalty = r.presence_penalty;
+    p.frequency_penalty = r.frequency_penalty;
+    p.logit_bias = r.logit_bias;
+    p.seed = r.seed;
+    p.num_logprobs = std::max(0, r.logprobs);
+    return p;
+}
+
 Status SamplingParams::Validate(int vocab_size) const {
-    auto bad = [](const std::string& field, const std::string& why) { return InvalidArgument(field + " " + why); };
-    if (!(temperature >= 0.0f) || temperature > 100.0f) return bad("temperature", "must be in [0, 100]");
-    if (!(top_p > 0.0f && top_p <= 1.0f)) return bad("top_p", "must be in (0, 1]");
-    if (top_k < -1) return bad("top_k", "must be -1, 0 (off) or positive");
-    if (!(min_p >= 0.0f && min_p <= 1.0f)) return bad("min_p", "must be in [0, 1]");
-    if (!(repetition_penalty > 0.0f) || repetition_penalty > 100.0f) {
-        return bad("repetition_penalty", "must be in (0, 100]");
-    }
-    if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) return bad("presence_penalty", "must be in [-2, 2]");
-    if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) {
-        return bad("frequency_penalty", "must be in [-2, 2]");
-    }
-    for (const auto& [id, bias] : logit_bias) {
-        if (id < 0 || id >= vocab_size)
-            return bad("logit_bias", "has token id " + std::to_string(id) + " outside the vocabulary");
-        if (!(bias >= -100.0f && bias <= 100.0f)) return bad("logit_bias", "values must be in [-100, 100]");
-    }
-    if (num_logprobs < 0 || num_logprobs > 20) return bad("logprobs", "must be in [0, 20]");
-    return Status::Ok();
+    GenerationRequest r;
+    r.temperature = temperature;
+    r.top_p = top_p;
+    r.top_k = top_k;
+    r.min_p = min_p;
+    r.repetition_penalty = repetition_penalty;
+    r.presence_penalty = presence_penalty;
+    r.frequency_penalty = frequency_penalty;
+    r.logit_bias = logit_bias;
+    r.logprobs = num_logprobs;
+    RequestLimits limits;
+    limits.vocab_size = vocab_size;
+    return ValidateSampling(r, limits);
 }
 
 Sampler::Sampler(const SamplingParams& params, uint64_t fallback_seed)

@@ -13,6 +13,7 @@
 
 #include "sampling/row_select.h"
 #include "sampling/sample_row.h"
+#include "uniattn/request.h"
 #include "uniattn/status.h"
 
 namespace uniattn {
@@ -32,7 +33,9 @@ struct SamplingParams {
     // of exp() over the vocabulary.
     bool want_logprob = true;
 
-    // Checks ranges; `vocab_size` bounds logit_bias ids. Messages name the field.
+    // The sampler's share of a request (the seed of each of its n samples is set where the sample is made).
+    static SamplingParams From(const GenerationRequest& request);
+    // The ranges of uniattn/request.h (ValidateSampling); `vocab_size` bounds logit_bias ids.
     Status Validate(int vocab_size) const;
 };
 

@@ -33,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // One of a request's n samples (engine thread only): its sequence, its sampler, its output.
-struct Sample {
+struct SampleState {
     uint64_t seq_id = 0;  // 0 until forked from sample 0, and again once ended
     std::unique_ptr<Sampler> sampler;
     std::unique_ptr<SampleOutput> output;
@@ -45,7 +45,7 @@ struct ActiveRequest {
     GenerationRequest request;
     std::shared_ptr<RequestHandleImpl> handle;
     int max_new_tokens = 0;
-    std::vector<Sample> samples;
+    std::vector<SampleState> samples;
     int num_done = 0;
     int cached_tokens = 0;
     bool errored = false;
@@ -154,7 +154,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
-    UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype));
+    UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
     const bool has_tokenizer = FileExists(config.model_dir + "/tokenizer.model");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
     const ModelConfig& mc = model_->config;
@@ -317,7 +317,7 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
     p.want_logprob = r.logprobs >= 0;
     const bool wants_text = (r.detokenize && !own_tokenizer_) || !r.stop.empty();
     for (int i = 0; i < r.n; ++i) {
-        Sample& s = raw->samples[i];
+        SampleState& s = raw->samples[i];
         if (r.seed) p.seed = *r.seed + static_cast<uint64_t>(i);
         s.sampler = std::make_unique<Sampler>(p, seed_rng_());
         s.output = std::make_unique<SampleOutput>(r, tokenizer_, wants_text, i, raw->max_new_tokens);
@@ -460,7 +460,7 @@ void EngineImpl::SampleOnBackend(const std::vector<Draw>& draws, Clock::time_poi
     sample_rows_.resize(draws.size());
     sample_edits_.clear();
     for (size_t k = 0; k < draws.size(); ++k) {
-        Sample& sample = draws[k].req->samples[draws[k].index];
+        SampleState& sample = draws[k].req->samples[draws[k].index];
         sample.sampler->Prepare(vocab, draws[k].req->request.prompt_ids, sample.output->generated(), &sample_rows_[k],
                                 &sample_edits_);
         sample_rows_[k].logits_row = draws[k].row;
@@ -486,7 +486,7 @@ void EngineImpl::SampleOnHost(const std::vector<Draw>& draws, Clock::time_point 
         } else if (copied_row == draws[k].row) {
             std::copy(logits_copy_.begin(), logits_copy_.end(), logits);
         }
-        Sample& sample = draws[k].req->samples[draws[k].index];
+        SampleState& sample = draws[k].req->samples[draws[k].index];
         const SampleResult result =
             sample.sampler->Sample(logits, vocab, draws[k].req->request.prompt_ids, sample.output->generated());
         OnToken(*draws[k].req, draws[k].index, result, now);
@@ -496,7 +496,7 @@ void EngineImpl::SampleOnHost(const std::vector<Draw>& draws, Clock::time_point 
 void EngineImpl::OnToken(ActiveRequest& req, int index, const SampleResult& result, Clock::time_point now) {
     ++generation_tokens_;
     req.clock->Token(now);
-    Sample& s = req.samples[index];
+    SampleState& s = req.samples[index];
     if (s.output->OnToken(result, req.cached_tokens, &req.outbox)) {
         scheduler_->AppendToken(s.seq_id, result.token);
     } else {
@@ -519,7 +519,7 @@ void EngineImpl::FailRequest(ActiveRequest& req, const Status& error) {
 }
 
 void EngineImpl::ReleaseSample(ActiveRequest& req, int index) {
-    Sample& s = req.samples[index];
+    SampleState& s = req.samples[index];
     if (s.seq_id != 0) {
         scheduler_->Finish(s.seq_id);
         by_seq_.erase(s.seq_id);
@@ -538,7 +538,7 @@ void EngineImpl::Deliver(ActiveRequest& req) {
     RequestTimings t;
     req.clock->Finish(Clock::now(), &t);
     t.prompt_tokens = static_cast<int>(req.request.prompt_ids.size());
-    for (const Sample& s : req.samples) t.generation_tokens += static_cast<int>(s.output->generated().size());
+    for (const SampleState& s : req.samples) t.generation_tokens += static_cast<int>(s.output->generated().size());
     t.errored = req.errored;
     t.finish_reason = req.samples[0].output->finish_reason();
     if (!req.clock->scheduled()) {

@@ -128,6 +128,23 @@ Setter EngineInt(int EngineConfig::*field, int64_t lo, int64_t hi, const char* w
     };
 }
 
+Setter CudaInt(int CudaOptions::*field, int64_t lo, int64_t hi, const char* what) {
+    return [=](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+        UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
+        UA_RETURN_IF_ERROR(
+            InRange(key, static_cast<double>(v), static_cast<double>(lo), static_cast<double>(hi), what));
+        c.engine.cuda.*field = static_cast<int>(v);
+        return Status::Ok();
+    };
+}
+
+Setter CudaBool(bool CudaOptions::*field) {
+    return [=](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+        UA_ASSIGN_OR_RETURN(c.engine.cuda.*field, ReadBool(key, node));
+        return Status::Ok();
+    };
+}
+
 Setter Seconds(double ServerConfig::*field, double lo, double hi, const char* what) {
     return [=](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
         UA_ASSIGN_OR_RETURN(double v, ReadDouble(key, node));
@@ -237,6 +254,15 @@ const std::vector<Key>& Keys() {
              return Status::Ok();
          }},
         {"engine.max_queued_requests", EngineInt(&EngineConfig::max_queued_requests, 1, 1 << 24, "must be >= 1")},
+        {"engine.cuda.device", CudaInt(&CudaOptions::device, 0, 1023, "a CUDA device ordinal")},
+        {"engine.cuda.exact_activations", CudaBool(&CudaOptions::exact_activations)},
+        {"engine.cuda.pdl", CudaBool(&CudaOptions::pdl)},
+        {"engine.cuda.fuse_gemv_inputs", CudaBool(&CudaOptions::fuse_gemv_inputs)},
+        {"engine.cuda.stage_gemv_input", CudaBool(&CudaOptions::stage_gemv_input)},
+        {"engine.cuda.gemv_row_segs", CudaInt(&CudaOptions::gemv_row_segs, 0, 8, "0, 1, 2, 4 or 8")},
+        {"engine.cuda.gemm_ksplit", CudaInt(&CudaOptions::gemm_ksplit, 0, 64, "0 = by shape, else 1..64")},
+        {"engine.cuda.fuse_attention_combine", CudaBool(&CudaOptions::fuse_attention_combine)},
+        {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
         {"server.host",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(c.host, ReadString(key, node));
@@ -479,6 +505,18 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "max_num_batched_tokens" << YAML::Value << c.engine.max_num_batched_tokens;
     out << YAML::Key << "enable_prefix_caching" << YAML::Value << c.engine.enable_prefix_caching;
     out << YAML::Key << "max_queued_requests" << YAML::Value << c.engine.max_queued_requests;
+    const CudaOptions& cu = c.engine.cuda;
+    out << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "device" << YAML::Value << cu.device;
+    out << YAML::Key << "exact_activations" << YAML::Value << cu.exact_activations;
+    out << YAML::Key << "pdl" << YAML::Value << cu.pdl;
+    out << YAML::Key << "fuse_gemv_inputs" << YAML::Value << cu.fuse_gemv_inputs;
+    out << YAML::Key << "stage_gemv_input" << YAML::Value << cu.stage_gemv_input;
+    out << YAML::Key << "gemv_row_segs" << YAML::Value << cu.gemv_row_segs;
+    out << YAML::Key << "gemm_ksplit" << YAML::Value << cu.gemm_ksplit;
+    out << YAML::Key << "fuse_attention_combine" << YAML::Value << cu.fuse_attention_combine;
+    out << YAML::Key << "decode_heads_per_block" << YAML::Value << cu.decode_heads_per_block;
+    out << YAML::EndMap;
     out << YAML::EndMap;
     out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "host" << YAML::Value << c.host;

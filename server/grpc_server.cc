@@ -107,7 +107,7 @@ grpc::Status CheckCallGrpc(const ServingState& state, grpc::CallbackServerContex
 }
 
 // Builds the engine request from the proto with the checks every API shares (uniattn/request.h).
-StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& req, const ModelContext& m) {
+StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& req, const ServedModel& m) {
     const RequestLimits& limits = m.limits;
     GenerationRequest g;
     for (const std::string& stop : req.stop()) UA_RETURN_IF_ERROR(CheckUtf8("stop", stop));
@@ -326,7 +326,7 @@ class Service final : public pb::UniAttn::CallbackService {
             if (Status u = CheckUtf8("text", req->text()); !u.ok()) s = ToGrpc(u, ctx);
         }
         if (s.ok()) {
-            const ModelContext& m = state_.model();
+            const ServedModel& m = state_.model();
             const bool add_special = !req->has_add_special_tokens() || req->add_special_tokens();
             for (int32_t id : m.tokenizer->Encode(req->text(), add_special && m.tokenizer->add_bos())) {
                 resp->add_token_ids(id);
@@ -343,7 +343,7 @@ class Service final : public pb::UniAttn::CallbackService {
         auto* reactor = ctx->DefaultReactor();
         grpc::Status s = CheckCallGrpc(state_, ctx, req->model());
         if (s.ok()) {
-            const ModelContext& m = state_.model();
+            const ServedModel& m = state_.model();
             std::vector<int32_t> ids;
             for (int32_t id : req->token_ids()) {
                 ids.push_back(id);

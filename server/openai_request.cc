@@ -119,7 +119,7 @@ std::optional<ApiError> IfError(const Status& status) {
 
 // A token id: an integer that fits 32 bits (the vocabulary is checked with the rest of the request, by
 // ValidateSampling or ValidatePromptIds, so every API words it the same way).
-std::optional<ApiError> ReadTokenId(const std::string& param, const json& v, const ModelContext& m, int32_t* out) {
+std::optional<ApiError> ReadTokenId(const std::string& param, const json& v, const ServedModel& m, int32_t* out) {
     if (!v.is_number_integer()) return WrongType(param, "a token id (integer)", v);
     // nlohmann stores non-negative integers as unsigned, negative ones as signed.
     const bool fits =
@@ -133,7 +133,7 @@ std::optional<ApiError> ReadTokenId(const std::string& param, const json& v, con
 }
 
 // Sampling and stopping fields shared by both endpoints.
-std::optional<ApiError> ParseSampling(const json& body, const ModelContext& m, OpenAiRequest& r,
+std::optional<ApiError> ParseSampling(const json& body, const ServedModel& m, OpenAiRequest& r,
                                       bool* max_tokens_given) {
     Reader rd(body);
     GenerationRequest& p = r.params;
@@ -209,7 +209,7 @@ std::optional<ApiError> ParseSampling(const json& body, const ModelContext& m, O
     return std::nullopt;
 }
 
-std::optional<ApiError> ParseIdList(const std::string& param, const json& arr, const ModelContext& m,
+std::optional<ApiError> ParseIdList(const std::string& param, const json& arr, const ServedModel& m,
                                     std::vector<int32_t>* out) {
     for (const json& t : arr) {
         int32_t id = 0;
@@ -219,7 +219,7 @@ std::optional<ApiError> ParseIdList(const std::string& param, const json& arr, c
     return std::nullopt;
 }
 
-std::optional<ApiError> ParsePrompts(const json& body, const ModelContext& m, OpenAiRequest& r) {
+std::optional<ApiError> ParsePrompts(const json& body, const ServedModel& m, OpenAiRequest& r) {
     Reader rd(body);
     bool add_special = true;
     RETURN_IF_API_ERROR(rd.Bool("add_special_tokens", &add_special));
@@ -362,7 +362,7 @@ ApiResult<json> ParseJsonBody(std::string_view body) {
     }
 }
 
-std::optional<ApiError> CheckModelName(const json& body, const ModelContext& m, bool required) {
+std::optional<ApiError> CheckModelName(const json& body, const ServedModel& m, bool required) {
     auto it = body.find("model");
     if (it == body.end() || it->is_null()) {
         if (required) return ApiError::BadRequest("model: this field is required", "model");
@@ -377,7 +377,7 @@ std::optional<ApiError> CheckModelName(const json& body, const ModelContext& m, 
     return std::nullopt;
 }
 
-ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body_text, const ModelContext& m) {
+ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body_text, const ServedModel& m) {
     auto parsed = ParseJsonBody(body_text);
     if (!parsed.ok()) return parsed.error();
     const json& body = parsed.value();
@@ -469,7 +469,7 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
     return r;
 }
 
-ApiResult<json> HandleTokenize(std::string_view body_text, const ModelContext& m) {
+ApiResult<json> HandleTokenize(std::string_view body_text, const ServedModel& m) {
     auto parsed = ParseJsonBody(body_text);
     if (!parsed.ok()) return parsed.error();
     const json& body = parsed.value();
@@ -498,7 +498,7 @@ ApiResult<json> HandleTokenize(std::string_view body_text, const ModelContext& m
     return json{{"count", ids.size()}, {"max_model_len", m.limits.max_model_len}, {"tokens", tokens}};
 }
 
-ApiResult<json> HandleDetokenize(std::string_view body_text, const ModelContext& m) {
+ApiResult<json> HandleDetokenize(std::string_view body_text, const ServedModel& m) {
     auto parsed = ParseJsonBody(body_text);
     if (!parsed.ok()) return parsed.error();
     const json& body = parsed.value();

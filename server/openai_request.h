@@ -17,7 +17,7 @@
 namespace uniattn::server {
 
 // What request parsing needs to know about the served model.
-struct ModelContext {
+struct ServedModel {
     std::string model_name;
     const Tokenizer* tokenizer = nullptr;
     RequestLimits limits;  // the engine's (Engine::request_limits), with the server's per-request caps
@@ -41,18 +41,18 @@ struct OpenAiRequest {
 
 // Parses and validates a /v1/completions or /v1/chat/completions body, renders chat messages and
 // tokenizes prompts.
-ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body, const ModelContext& model);
+ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view body, const ServedModel& model);
 
 // Parses JSON with a nesting limit (deeply nested input must not exhaust the stack).
 ApiResult<nlohmann::json> ParseJsonBody(std::string_view body);
 
 // The `model` field, when present, must name the served model (404 model_not_found otherwise).
-std::optional<ApiError> CheckModelName(const nlohmann::json& body, const ModelContext& model, bool required);
+std::optional<ApiError> CheckModelName(const nlohmann::json& body, const ServedModel& model, bool required);
 
 // /tokenize: {"prompt": "..."} or {"messages": [...]}, optional add_special_tokens / add_generation_prompt.
-ApiResult<nlohmann::json> HandleTokenize(std::string_view body, const ModelContext& model);
+ApiResult<nlohmann::json> HandleTokenize(std::string_view body, const ServedModel& model);
 // /detokenize: {"tokens": [ids]}.
-ApiResult<nlohmann::json> HandleDetokenize(std::string_view body, const ModelContext& model);
+ApiResult<nlohmann::json> HandleDetokenize(std::string_view body, const ServedModel& model);
 
 // The human-readable piece of one token for logprobs: SentencePiece's U+2581 becomes a space and a
 // byte-fallback piece <0xNN> becomes that byte.

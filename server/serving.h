@@ -53,7 +53,7 @@ class ServingState {
     void SetEngine(Engine* engine, ChatTemplate chat_template);
     Engine* engine() const { return engine_.load(std::memory_order_acquire); }
     // Valid once engine() is non-null.
-    const ModelContext& model() const { return model_; }
+    const ServedModel& model() const { return model_; }
     Metrics* metrics() const { return metrics_.get(); }
     int64_t start_time() const { return start_time_; }
 
@@ -91,7 +91,7 @@ class ServingState {
   private:
     ServerConfig config_;
     std::atomic<Engine*> engine_{nullptr};
-    ModelContext model_;
+    ServedModel model_;
     std::unique_ptr<Metrics> metrics_;
     std::atomic<bool> draining_{false};
     std::atomic<int> jobs_{0};

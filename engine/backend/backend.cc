@@ -84,7 +84,7 @@ void Backend::SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor
 
 #ifdef UNIATTN_HAVE_CUDA
 // backend/cuda/cuda_backend.cc: the CUDA backend on `device` with `dtype` weights and KV, or why not.
-StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device, DType dtype);
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaOptions& cuda, DType dtype);
 #endif
 
 bool HasBackend(const std::string& name) {
@@ -95,12 +95,14 @@ bool HasBackend(const std::string& name) {
     return false;
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads, DType device_dtype) {
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads, DType device_dtype,
+                                               const CudaOptions& cuda) {
     if (name == "cpu") return MakeCpuBackend(num_threads);
 #ifdef UNIATTN_HAVE_CUDA
-    if (name == "cuda") return MakeCudaBackend(0, device_dtype);
+    if (name == "cuda") return MakeCudaBackend(cuda, device_dtype);
 #else
     (void)device_dtype;
+    (void)cuda;
 #endif
     return InvalidArgument("backend \"" + name + "\" is not available in this build (have: cpu" +
 #ifdef UNIATTN_HAVE_CUDA

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "sampling/sample_row.h"
+#include "uniattn/cuda_options.h"
 #include "uniattn/dtype.h"
 #include "uniattn/status.h"
 
@@ -162,7 +163,8 @@ std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
 bool HasBackend(const std::string& name);
 // device_dtype: the weight and KV dtype of a device backend (CUDA: kF16, kBF16 or kF32); the CPU backend
 // computes in float32 whatever is asked (callers refuse other dtypes for it: engine.cc).
+// `cuda`: the CUDA backend's device and tuning (ignored by the CPU backend).
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name, int num_threads,
-                                               DType device_dtype = DType::kF16);
+                                               DType device_dtype = DType::kF16, const CudaOptions& cuda = {});
 
 }  // namespace uniattn

@@ -54,7 +54,7 @@ void CheckJson(const nlohmann::json& j) {
 }
 
 // What the server does with one parsed request (without an engine: generation stops at the engine request).
-void Handle(const http::request<http::string_body>& req, const ModelContext& model) {
+void Handle(const http::request<http::string_body>& req, const ServedModel& model) {
     auto match = MatchHttpRoute(req.method(), req.method_string(), req.target());
     if (!match.ok()) {
         const int status = match.error().http_status;
@@ -129,7 +129,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // server.max_body_bytes: small enough that the fuzzer reaches the limit (the default is 8 MiB).
     const int64_t body_limit = (sel & 8) ? 64 : 16 * 1024;
 
-    ModelContext model;
+    ServedModel model;
     model.model_name = "m";
     model.tokenizer = &tok;
     model.limits.max_model_len = (sel & 16) ? 4096 : 64;

@@ -25,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
     static const ChatTemplate kTemplates[] = {ChatTemplate::kPlain,  ChatTemplate::kLlama2,  ChatTemplate::kLlama3,
                                               ChatTemplate::kChatml, ChatTemplate::kMistral, ChatTemplate::kNone};
-    ModelContext model;
+    ServedModel model;
     model.model_name = "m";
     model.tokenizer = &tok;
     model.limits.max_model_len = (sel & 0x40) ? 4096 : 64;

@@ -72,6 +72,24 @@ TEST(ConfigTest, ImpossibleValuesAreNamed) {
     }
 }
 
+// The CUDA backend's device and kernel choices are settable from YAML and --set (they were reachable only
+// from benchmarks and tests).
+TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
+    auto r = ParseConfig(
+        "model:\n  path: m\nengine:\n  backend: cuda\n  cuda:\n    device: 1\n    exact_activations: false\n", "x.yaml",
+        {{"engine.cuda.gemv_row_segs", "4"}, {"engine.cuda.pdl", "false"}});
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(r->engine.cuda.device, 1);
+    EXPECT_FALSE(r->engine.cuda.exact_activations);
+    EXPECT_EQ(r->engine.cuda.gemv_row_segs, 4);
+    EXPECT_FALSE(r->engine.cuda.pdl);
+    EXPECT_TRUE(r->engine.cuda.fuse_gemv_inputs);  // untouched keys keep their defaults
+    auto bad = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.gemv_row_segs", "9"}});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("engine.cuda.gemv_row_segs"), std::string::npos);
+    EXPECT_NE(ConfigToYaml(*r).find("exact_activations: false"), std::string::npos);
+}
+
 TEST(ConfigTest, MissingModelPath) {
     auto c = ParseConfig("", "x.yaml", {});
     ASSERT_FALSE(c.ok());

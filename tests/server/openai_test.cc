@@ -33,7 +33,7 @@ class OpenAiTest : public ::testing::Test {
         EXPECT_EQ(r.error().code, code) << r.error().message;
     }
     testing::ByteTokenizer tok_;
-    ModelContext model_;
+    ServedModel model_;
 };
 
 TEST_F(OpenAiTest, CompletionDefaultsAndFields) {

@@ -445,9 +445,9 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
     return std::unique_ptr<Backend>(std::make_unique<CudaBackend>(options, props));
 }
 
-StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device, DType dtype) {
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaOptions& cuda, DType dtype) {
     CudaBackendOptions options;
-    options.device = device;
+    static_cast<CudaOptions&>(options) = cuda;
     options.weight_dtype = options.kv_dtype = dtype;
     return CreateCudaBackend(options);
 }

@@ -6,38 +6,15 @@
 #include <memory>
 
 #include "backend/backend.h"
+#include "uniattn/cuda_options.h"
 
 namespace uniattn {
 
-struct CudaBackendOptions {
-    int device = 0;
+// What the engine asks of the CUDA backend: the device and tuning of engine.cuda.* (uniattn/cuda_options.h),
+// and the dtypes weights and KV are held in.
+struct CudaBackendOptions : CudaOptions {
     DType weight_dtype = DType::kF16;
     DType kv_dtype = DType::kF16;
-    // Tuning knobs, for benchmarks and tests (the defaults are the fastest measured).
-    int gemm_ksplit = 0;  // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
-    // RmsNorm / SwiGLU fused into 1-2 row GEMVs: each block of a persistent grid stages the transformed
-    // input in shared memory once (the first, per-warp design recomputed it per output row and was slower;
-    // docs/gpu-notes.md). Saves the norm and SwiGLU kernels of every layer at batch 1-2.
-    bool fuse_gemv_inputs = true;  // measured faster (docs/gpu-notes.md run 9)
-    // Plain 1-2 row GEMVs through the same staged, persistent kernel (x read once per block).
-    bool stage_gemv_input = false;
-    // Staged GEMVs: warps sharing one output row (1, 2, 4, 8; 0 picks by shape: 2 at one input row when the
-    // output rows outnumber the resident warps).
-    int gemv_row_segs = 0;
-    // Decode attention split over the context, batches of up to 4 sequences: the last split block of each
-    // token merges the splits (a counter per token and head group) instead of a separate combine kernel.
-    bool fuse_attention_combine = true;
-    // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
-    // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
-    int decode_heads_per_block = 0;
-    // GEMMs of 3..64 rows (decode batches): true runs them on [x_hi; x_lo] (fp32-accurate activations, twice
-    // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill
-    // does (one GEMM, as fp16 engines do), trading accuracy against the CPU oracle for speed.
-    bool exact_activations = true;
-    // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
-    // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
-    // wait. Kernels in recorded decode graphs keep the programmatic edges.
-    bool pdl = true;
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "uniattn/cuda_options.h"
 #include "uniattn/model_config.h"
 #include "uniattn/request.h"
 #include "uniattn/status.h"
@@ -42,6 +43,7 @@ struct EngineConfig {
     enum class SamplingPlace { kBackend, kHost };
     SamplingPlace sampling_place = SamplingPlace::kBackend;
     std::string model_name;  // served name; default: the directory's base name
+    CudaOptions cuda;        // backend "cuda": device and kernel choices
 };
 
 // Per-request timings, for metrics (seconds; from the engine's clock).

@@ -1,15 +1,32 @@
 // Probe (issue 15, docs/reliability.md "Big prompts"): what megabyte prompts cost the real uniattn-serve.
 // Not a test: it measures and prints a table (timings depend on the machine). Run after scripts/setup.sh:
 //   node tests/reliability/probe_big_prompts.mjs [--mb 7] [--pairs 3]
-// For each endpoint (completions, chat, /tokenize, gRPC is left to grpc.test.mjs) it sends two requests of
+// For each endpoint (completions, chat, /tokenize, gRPC Generate) it sends two requests of
 // MB megabytes at once, `pairs` times, while another client polls /health every 20 ms (over a connection
 // opened before); it reports the answers, /health's latency (p50, p99, max) and the server's RSS (VmRSS)
 // before, at the peak and 10 s after the last pair.
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { startServer } from "../integration/lib/harness.mjs";
+import { sourceDir, startServer } from "../integration/lib/harness.mjs";
+
+// The gRPC client of the integration tests (tests/integration/node_modules, installed by scripts/setup.sh).
+const require = createRequire(resolve(sourceDir, "tests/integration/package.json"));
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
+const uniattn = grpc.loadPackageDefinition(
+  protoLoader.loadSync(resolve(sourceDir, "proto/uniattn/v1/uniattn.proto"), {
+    keepCase: true,
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+    includeDirs: [resolve(sourceDir, "proto")],
+  }),
+).uniattn.v1;
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -50,6 +67,20 @@ process.stdout.write(JSON.stringify(lat));
 
 const server = await startServer(["--set", "server.max_body_bytes=16MiB"]);
 const pid = server.child.pid;
+const client = new uniattn.UniAttn(server.grpcAddress, grpc.credentials.createInsecure(), {
+  "grpc.max_send_message_length": 16 << 20,
+});
+bodies.grpc = ["grpc", null];
+const generate = async () => {
+  const t0 = performance.now();
+  const status = await new Promise((res) => {
+    const call = client.Generate({ text, max_tokens: 1 });
+    call.on("data", () => {});
+    call.on("error", (e) => res(`${grpc.status[e.code]}`));
+    call.on("end", () => res("OK"));
+  });
+  return { status, ms: performance.now() - t0, json: {} };
+};
 const post = async (path, body) => {
   const t0 = performance.now();
   const res = await fetch(`${server.baseURL}${path}`, { method: "POST", headers: { "Content-Type": "application/json" }, body });
@@ -85,9 +116,10 @@ for (const [name, [path, body]] of Object.entries(bodies)) {
   const answers = [];
   const times = [];
   for (let p = 0; p < pairs; ++p) {
-    const results = await Promise.all([post(path, body), post(path, body)]);
+    const one = () => (name === "grpc" ? generate() : post(path, body));
+    const results = await Promise.all([one(), one()]);
     for (const r of results) {
-      answers.push(r.status === 200 ? (r.json.count !== undefined ? `200 (${r.json.count} tokens)` : "200") : `${r.status} ${r.json.error?.code ?? ""}`);
+      answers.push(typeof r.status === "string" ? r.status : r.status === 200 ? (r.json.count !== undefined ? `200 (${r.json.count} tokens)` : "200") : `${r.status} ${r.json.error?.code ?? ""}`);
       times.push(r.ms.toFixed(0));
     }
   }
@@ -105,5 +137,6 @@ for (const [name, [path, body]] of Object.entries(bodies)) {
     `| ${name} | ${unique} | ${times.join(" / ")} | ${health.length} | ${q(0.5)} / ${q(0.99)} / ${health.at(-1).toFixed(1)} | ${before.toFixed(0)} | ${peak.toFixed(0)} | ${after.toFixed(0)} |`,
   );
 }
+client.close();
 const { code } = await server.stop();
 console.log(`server exit code ${code}`);

@@ -1,5 +1,7 @@
 // uniattn-generate as a user runs it: a bad model directory gives a non-zero exit (not a crash) and a
 // message on stderr naming the file at fault; the default model prints the reference greedy ids as JSON.
+// The tools' command lines (tools/cli.h): --help exits 0, an unknown flag or a bad value exits 1 naming it,
+// a missing required flag prints the usage and exits 2.
 #include <sys/wait.h>
 
 #include <gtest/gtest.h>
@@ -17,6 +19,7 @@ namespace uniattn {
 namespace {
 
 const std::string kGenerate = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-generate";
+const std::string kConvert = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-convert";
 
 struct RunResult {
     int exit_code = -1;  // the shell's: 128 + N when the program died of signal N
@@ -30,11 +33,11 @@ std::string Quote(const std::string& s) {
     return q + "'";
 }
 
-// Runs uniattn-generate with `args` (already quoted), capturing stdout and stderr.
-RunResult Generate(const std::string& args) {
+// Runs `binary` with `args` (already quoted), capturing stdout and stderr.
+RunResult RunTool(const std::string& binary, const std::string& args) {
     testutil::TempDir tmp;
     const std::string err_path = tmp.path() + "/stderr";
-    const std::string cmd = Quote(kGenerate) + " " + args + " 2>" + Quote(err_path);
+    const std::string cmd = Quote(binary) + " " + args + " 2>" + Quote(err_path);
     RunResult r;
     FILE* pipe = ::popen(cmd.c_str(), "r");
     if (pipe == nullptr) return r;
@@ -47,6 +50,8 @@ RunResult Generate(const std::string& args) {
     if (err.ok()) r.err = *err;
     return r;
 }
+
+RunResult Generate(const std::string& args) { return RunTool(kGenerate, args); }
 
 class CliTest : public ::testing::Test {
   protected:
@@ -111,6 +116,49 @@ TEST_F(CliTest, UsageErrorWithoutModel) {
     const RunResult r = Generate("--prompt hello");
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.exit_code, 128);
+    EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, HelpExitsZero) {
+    const RunResult r = Generate("--help");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("--max-tokens"), std::string::npos) << r.out;
+    const RunResult u = RunTool(kConvert, "unify --help");
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+    EXPECT_NE(u.out.find("--drop-unused-qk"), std::string::npos) << u.out;
+}
+
+TEST_F(CliTest, UnknownFlagIsAnErrorNamingIt) {
+    const RunResult r = Generate("--model " + Quote(dir_) + " --prompt hello --max-tokenz 4");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+    EXPECT_NE(r.err.find("--max-tokenz"), std::string::npos) << r.err;
+    const RunResult u = RunTool(kConvert, "unify --model a --out b --grup 2");
+    EXPECT_EQ(u.exit_code, 1) << u.err;
+    EXPECT_NE(u.err.find("--grup"), std::string::npos) << u.err;
+}
+
+TEST_F(CliTest, BadValueIsAnErrorNamingTheFlag) {
+    for (const char* bad : {"--max-tokens many", "--temperature warm", "--seed x", "--threads 1.5"}) {
+        const RunResult r = Generate("--model " + Quote(dir_) + " --prompt hello " + bad);
+        EXPECT_EQ(r.exit_code, 1) << bad << ": " << r.err;
+        const std::string flag = std::string(bad).substr(0, std::string(bad).find(' '));
+        EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
+    }
+    const RunResult m = Generate("--model");  // no value
+    EXPECT_EQ(m.exit_code, 1) << m.err;
+    EXPECT_NE(m.err.find("--model"), std::string::npos) << m.err;
+    const RunResult u = RunTool(kConvert, "unify --model a --out b --group 2 --begin 0 --end x");
+    EXPECT_EQ(u.exit_code, 1) << u.err;
+    EXPECT_NE(u.err.find("--end"), std::string::npos) << u.err;
+}
+
+TEST_F(CliTest, ConvertUsageErrors) {
+    EXPECT_EQ(RunTool(kConvert, "").exit_code, 2);
+    EXPECT_EQ(RunTool(kConvert, "frobnicate").exit_code, 2);
+    const RunResult r = RunTool(kConvert, "unify --model a --out b --group 2 --begin 0");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("--end is required"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
 }
 

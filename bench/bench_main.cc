@@ -40,7 +40,7 @@
 #include "model/weights.h"
 #include "sampling/sampler.h"
 #include "tools/cli.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 #ifdef UNIATTN_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -206,7 +206,7 @@ int64_t ParamCount(const ModelWeights& w) {
     return n + w.lm_head.rows * w.lm_head.cols;
 }
 
-Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& out, std::string& table) {
+Status RunDecode(const Env& env, const Model& model, int batch, int ctx, OrderedJson& out, std::string& table) {
     const ModelConfig& c = model.config;
     Backend* be = env.be;
     const int total = ctx + env.warmup + env.steps + 1;
@@ -266,20 +266,20 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     const double bytes = static_cast<double>(StepWeightBytes(c, model.weights)) +
                          static_cast<double>(kv_per_token) * batch * (ctx + env.warmup + env.steps / 2 + 1);
     const double floor_s = env.copy_bw > 0 ? bytes / env.copy_bw : 0;
-    Json j = Json::Object();
-    j.Set("batch", Json::Int(batch));
-    j.Set("context", Json::Int(ctx));
-    j.Set("sampling", Json::String(env.sampling));
-    j.Set("ms_per_step", Json::Number(step_s * 1e3));
-    j.Set("ms_per_step_min", Json::Number(*std::min_element(times.begin(), times.end()) * 1e3));
-    j.Set("output_tokens_per_s", Json::Number(batch / step_s));
-    j.Set("kv_bytes_per_token", Json::Int(kv_per_token));
-    j.Set("bytes_per_step", Json::Number(bytes));
-    j.Set("achieved_bytes_per_s", Json::Number(bytes / step_s));
-    j.Set("fraction_of_copy_bandwidth", Json::Number(env.copy_bw > 0 ? bytes / step_s / env.copy_bw : 0));
-    j.Set("floor_ms", Json::Number(floor_s * 1e3));
-    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? step_s / floor_s : 0));
-    out.Push(std::move(j));
+    OrderedJson j = OrderedJson::object();
+    j["batch"] = batch;
+    j["context"] = ctx;
+    j["sampling"] = env.sampling;
+    j["ms_per_step"] = step_s * 1e3;
+    j["ms_per_step_min"] = *std::min_element(times.begin(), times.end()) * 1e3;
+    j["output_tokens_per_s"] = batch / step_s;
+    j["kv_bytes_per_token"] = kv_per_token;
+    j["bytes_per_step"] = bytes;
+    j["achieved_bytes_per_s"] = bytes / step_s;
+    j["fraction_of_copy_bandwidth"] = env.copy_bw > 0 ? bytes / step_s / env.copy_bw : 0;
+    j["floor_ms"] = floor_s * 1e3;
+    j["ratio_to_floor"] = floor_s > 0 ? step_s / floor_s : 0;
+    out.push_back(std::move(j));
     char line[256];
     std::snprintf(
         line, sizeof(line),
@@ -293,7 +293,7 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     return Status::Ok();
 }
 
-Status RunPrefill(const Env& env, const Model& model, int tokens, Json& out, std::string& table) {
+Status RunPrefill(const Env& env, const Model& model, int tokens, OrderedJson& out, std::string& table) {
     const ModelConfig& c = model.config;
     Backend* be = env.be;
     const int per_seq = (tokens + env.block_size - 1) / env.block_size;
@@ -317,13 +317,13 @@ Status RunPrefill(const Env& env, const Model& model, int tokens, Json& out, std
     const double s = Median(times);
     const double flops = 2.0 * static_cast<double>(ParamCount(model.weights)) * tokens;
     const double floor_s = env.matmul_rate > 0 ? flops / env.matmul_rate : 0;
-    Json j = Json::Object();
-    j.Set("tokens", Json::Int(tokens));
-    j.Set("ms", Json::Number(s * 1e3));
-    j.Set("tokens_per_s", Json::Number(tokens / s));
-    j.Set("matmul_floor_ms", Json::Number(floor_s * 1e3));
-    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? s / floor_s : 0));
-    out.Push(std::move(j));
+    OrderedJson j = OrderedJson::object();
+    j["tokens"] = tokens;
+    j["ms"] = s * 1e3;
+    j["tokens_per_s"] = tokens / s;
+    j["matmul_floor_ms"] = floor_s * 1e3;
+    j["ratio_to_floor"] = floor_s > 0 ? s / floor_s : 0;
+    out.push_back(std::move(j));
     char line[256];
     std::snprintf(line, sizeof(line), "  prefill T=%-6d %10.3f ms %12.1f tok/s  matmul floor %8.3f ms  x%.3f\n", tokens,
                   s * 1e3, tokens / s, floor_s * 1e3, floor_s > 0 ? s / floor_s : 0.0);
@@ -428,15 +428,15 @@ int Main(int argc, char** argv) {
     std::printf("measured: device copy %.1f GB/s (read + write)%s\n", env.copy_bw / 1e9,
                 env.matmul_rate > 0 ? (", MatMul " + std::to_string(env.matmul_rate / 1e12) + " TFLOP/s").c_str() : "");
 
-    Json root = Json::Object();
-    root.Set("config", Json::String(config_path));
-    root.Set("device", Json::String(env.be->Description()));
-    root.Set("date", Json::String(date));
-    root.Set("weight_dtype", Json::String(DTypeName(*wd)));
-    root.Set("kv_dtype", Json::String(DTypeName(*kd)));
-    root.Set("copy_bandwidth_bytes_per_s", Json::Number(env.copy_bw));
-    root.Set("matmul_flops_per_s", Json::Number(env.matmul_rate));
-    Json results = Json::Array();
+    OrderedJson root = OrderedJson::object();
+    root["config"] = config_path;
+    root["device"] = env.be->Description();
+    root["date"] = date;
+    root["weight_dtype"] = DTypeName(*wd);
+    root["kv_dtype"] = DTypeName(*kd);
+    root["copy_bandwidth_bytes_per_s"] = env.copy_bw;
+    root["matmul_flops_per_s"] = env.matmul_rate;
+    OrderedJson results = OrderedJson::array();
     std::string table;
     for (const Variant& v : variants) {
         ModelConfig c = *base;
@@ -457,27 +457,27 @@ int Main(int argc, char** argv) {
                       100.0 * (1.0 - static_cast<double>(kv_tok) / dense_tok));
         table += head;
         std::fputs(head, stdout);
-        Json vr = Json::Object();
-        vr.Set("variant", Json::String(v.name));
-        vr.Set("reuse_layers", Json::Int(c.num_reuse_layers()));
-        vr.Set("weight_bytes", Json::Int(model.weights.bytes));
-        vr.Set("kv_bytes_per_token", Json::Int(kv_tok));
-        vr.Set("dense_kv_bytes_per_token", Json::Int(dense_tok));
-        Json dec = Json::Array(), pre = Json::Array();
+        OrderedJson vr = OrderedJson::object();
+        vr["variant"] = v.name;
+        vr["reuse_layers"] = c.num_reuse_layers();
+        vr["weight_bytes"] = model.weights.bytes;
+        vr["kv_bytes_per_token"] = kv_tok;
+        vr["dense_kv_bytes_per_token"] = dense_tok;
+        OrderedJson dec = OrderedJson::array(), pre = OrderedJson::array();
         for (const auto& [b, ctx] : decode_cases) {
             if (Status st = RunDecode(env, model, b, ctx, dec, table); !st.ok()) return Fail(st);
         }
         for (int t : *prefills) {
             if (Status st = RunPrefill(env, model, t, pre, table); !st.ok()) return Fail(st);
         }
-        vr.Set("decode", std::move(dec));
-        vr.Set("prefill", std::move(pre));
-        results.Push(std::move(vr));
+        vr["decode"] = std::move(dec);
+        vr["prefill"] = std::move(pre);
+        results.push_back(std::move(vr));
     }
-    root.Set("results", std::move(results));
+    root["results"] = std::move(results);
     std::printf("\n==== summary (%s, %s) ====\n%s", env.be->Description().c_str(), date, table.c_str());
     if (json_opt->count()) {
-        if (Status st = WriteFile(json_path, root.DumpPretty() + "\n"); !st.ok()) return Fail(st);
+        if (Status st = WriteFile(json_path, DumpJson(root, 2) + "\n"); !st.ok()) return Fail(st);
     }
     return 0;
 }
@@ -490,7 +490,7 @@ int main(int argc, char** argv) {
 #ifdef UNIATTN_HAVE_SERVE_BENCH
         return uniattn::bench::ServeBenchMain(argc - 1, argv + 1);
 #else
-        std::fprintf(stderr, "uniattn-bench: built without `serve` (needs Boost.Beast, nlohmann-json and CLI11)\n");
+        std::fprintf(stderr, "uniattn-bench: built without `serve` (needs Boost.Beast)\n");
         return 2;
 #endif
     }

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "engine/test_models.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 
 namespace uniattn {
@@ -168,22 +168,23 @@ TEST_F(CliTest, GreedyJsonOnDefaultModel) {
     const RunResult r =
         Generate("--model " + Quote(model) + " --prompt " + Quote("Once upon a time") + " --max-tokens 20 --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    auto json = ParseJson(r.out, "uniattn-generate stdout");
+    auto json = ParseJsonFile(r.out, "uniattn-generate stdout");
     ASSERT_TRUE(json.ok()) << json.status().ToString() << "\n" << r.out;
     auto ids = [&](const char* key) {
         std::vector<int64_t> v;
-        const Json* a = json->Find(key);
+        const nlohmann::json* a = JsonFind(*json, key);
         EXPECT_TRUE(a != nullptr && a->is_array()) << key;
         if (a == nullptr || !a->is_array()) return v;
-        for (const Json& x : a->array()) v.push_back(x.int_value());
+        for (const nlohmann::json& x : *a) v.push_back(JsonInt64(x).value_or(-1));
         return v;
     };
     EXPECT_EQ(ids("prompt_ids"), (std::vector<int64_t>{1, 9038, 2501, 263, 931}));
     EXPECT_EQ(ids("ids"), (std::vector<int64_t>{29892, 727,   471, 263,  2217, 7826, 4257, 365,  2354, 29889,
                                                 2296,  18012, 304, 1708, 5377, 297,  278,  6575, 845,  457}));
-    const Json* text = json->Find("text");
+    const nlohmann::json* text = JsonFind(*json, "text");
     ASSERT_TRUE(text != nullptr && text->is_string());
-    EXPECT_EQ(text->string_value(), ", there was a little girl named Lily. She loved to play outside in the sunshine");
+    EXPECT_EQ(text->get<std::string>(),
+              ", there was a little girl named Lily. She loved to play outside in the sunshine");
     // One object on one line, nothing else on stdout.
     EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);
 }

@@ -11,7 +11,7 @@
 #include "model/session.h"
 #include "model/text_corpus.h"
 #include "tools/cli.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 
 namespace uniattn {
 namespace {
@@ -114,16 +114,16 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "\n");
     const double mean_nll = nll / static_cast<double>(predicted);
     if (json) {
-        Json out = Json::Object();
-        out.Set("perplexity", Json::Number(std::exp(mean_nll)));
-        out.Set("mean_nll", Json::Number(mean_nll));
-        out.Set("documents", Json::Int(static_cast<int64_t>(docs->size())));
-        out.Set("predicted_tokens", Json::Int(predicted));
+        OrderedJson out = OrderedJson::object();
+        out["perplexity"] = std::exp(mean_nll);
+        out["mean_nll"] = mean_nll;
+        out["documents"] = static_cast<int64_t>(docs->size());
+        out["predicted_tokens"] = predicted;
         if (reference) {
-            out.Set("greedy_agreement", Json::Number(static_cast<double>(agree) / predicted));
-            out.Set("mean_kl", Json::Number(kl / predicted));
+            out["greedy_agreement"] = static_cast<double>(agree) / predicted;
+            out["mean_kl"] = kl / predicted;
         }
-        std::printf("%s\n", out.Dump().c_str());
+        std::printf("%s\n", DumpJson(out).c_str());
     } else {
         std::printf("perplexity: %.4f\nmean_nll: %.6f\ndocuments: %zu\npredicted_tokens: %lld\n", std::exp(mean_nll),
                     mean_nll, docs->size(), static_cast<long long>(predicted));

@@ -11,7 +11,7 @@
 #include "model/session.h"
 #include "sampling/sampler.h"
 #include "tools/cli.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 
 namespace uniattn {
 namespace {
@@ -67,14 +67,14 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
     text += tail;
     const auto t2 = std::chrono::steady_clock::now();
     if (o.json) {
-        Json out = Json::Object();
-        Json pids = Json::Array(), ids = Json::Array();
-        for (int32_t id : prompt_ids) pids.Push(Json::Int(id));
-        for (int32_t id : generated) ids.Push(Json::Int(id));
-        out.Set("prompt_ids", std::move(pids));
-        out.Set("ids", std::move(ids));
-        out.Set("text", Json::String(text));
-        std::printf("%s\n", out.Dump().c_str());
+        OrderedJson out = OrderedJson::object();
+        OrderedJson pids = OrderedJson::array(), ids = OrderedJson::array();
+        for (int32_t id : prompt_ids) pids.push_back(id);
+        for (int32_t id : generated) ids.push_back(id);
+        out["prompt_ids"] = std::move(pids);
+        out["ids"] = std::move(ids);
+        out["text"] = text;
+        std::printf("%s\n", DumpJson(out).c_str());
     } else {
         std::printf("%s\n", tail.c_str());
     }

@@ -119,47 +119,37 @@ TEST_F(CliTest, UsageErrorWithoutModel) {
     EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
 }
 
+// Runs `binary args` and expects exit code `code` with `needle` in its stdout (code 0) or stderr.
+void ExpectExit(const std::string& binary, const std::string& args, int code, const std::string& needle) {
+    const RunResult r = RunTool(binary, args);
+    EXPECT_EQ(r.exit_code, code) << args << ": " << r.err;
+    const std::string& text = code == 0 ? r.out : r.err;
+    EXPECT_NE(text.find(needle), std::string::npos) << args << ": \"" << needle << "\" not in: " << text;
+    if (code != 0) EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
 TEST_F(CliTest, HelpExitsZero) {
-    const RunResult r = Generate("--help");
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("--max-tokens"), std::string::npos) << r.out;
-    const RunResult u = RunTool(kConvert, "unify --help");
-    EXPECT_EQ(u.exit_code, 0) << u.err;
-    EXPECT_NE(u.out.find("--drop-unused-qk"), std::string::npos) << u.out;
+    ExpectExit(kGenerate, "--help", 0, "--max-tokens");
+    ExpectExit(kConvert, "unify --help", 0, "--drop-unused-qk");
 }
 
 TEST_F(CliTest, UnknownFlagIsAnErrorNamingIt) {
-    const RunResult r = Generate("--model " + Quote(dir_) + " --prompt hello --max-tokenz 4");
-    EXPECT_EQ(r.exit_code, 1) << r.err;
-    EXPECT_TRUE(r.out.empty()) << r.out;
-    EXPECT_NE(r.err.find("--max-tokenz"), std::string::npos) << r.err;
-    const RunResult u = RunTool(kConvert, "unify --model a --out b --grup 2");
-    EXPECT_EQ(u.exit_code, 1) << u.err;
-    EXPECT_NE(u.err.find("--grup"), std::string::npos) << u.err;
+    ExpectExit(kGenerate, "--model " + Quote(dir_) + " --prompt hello --max-tokenz 4", 1, "--max-tokenz");
+    ExpectExit(kConvert, "unify --model a --out b --grup 2", 1, "--grup");
 }
 
 TEST_F(CliTest, BadValueIsAnErrorNamingTheFlag) {
-    for (const char* bad : {"--max-tokens many", "--temperature warm", "--seed x", "--threads 1.5"}) {
-        const RunResult r = Generate("--model " + Quote(dir_) + " --prompt hello " + bad);
-        EXPECT_EQ(r.exit_code, 1) << bad << ": " << r.err;
-        const std::string flag = std::string(bad).substr(0, std::string(bad).find(' '));
-        EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
+    for (const std::string bad : {"--max-tokens many", "--temperature warm", "--seed x", "--threads 1.5"}) {
+        ExpectExit(kGenerate, "--model " + Quote(dir_) + " --prompt hello " + bad, 1, bad.substr(0, bad.find(' ')));
     }
-    const RunResult m = Generate("--model");  // no value
-    EXPECT_EQ(m.exit_code, 1) << m.err;
-    EXPECT_NE(m.err.find("--model"), std::string::npos) << m.err;
-    const RunResult u = RunTool(kConvert, "unify --model a --out b --group 2 --begin 0 --end x");
-    EXPECT_EQ(u.exit_code, 1) << u.err;
-    EXPECT_NE(u.err.find("--end"), std::string::npos) << u.err;
+    ExpectExit(kGenerate, "--model", 1, "--model");  // no value
+    ExpectExit(kConvert, "unify --model a --out b --group 2 --begin 0 --end x", 1, "--end");
 }
 
 TEST_F(CliTest, ConvertUsageErrors) {
-    EXPECT_EQ(RunTool(kConvert, "").exit_code, 2);
-    EXPECT_EQ(RunTool(kConvert, "frobnicate").exit_code, 2);
-    const RunResult r = RunTool(kConvert, "unify --model a --out b --group 2 --begin 0");
-    EXPECT_EQ(r.exit_code, 2) << r.err;
-    EXPECT_NE(r.err.find("--end is required"), std::string::npos) << r.err;
-    EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
+    ExpectExit(kConvert, "", 2, "usage");
+    ExpectExit(kConvert, "frobnicate", 2, "usage");
+    ExpectExit(kConvert, "unify --model a --out b --group 2 --begin 0", 2, "--end is required");
 }
 
 TEST_F(CliTest, GreedyJsonOnDefaultModel) {

@@ -39,9 +39,9 @@
 #include "model/model.h"
 #include "model/weights.h"
 #include "sampling/sampler.h"
-#include "uniattn/json.h"
+#include "tools/cli.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
-#include "util/flags.h"
 #ifdef UNIATTN_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -206,7 +206,7 @@ int64_t ParamCount(const ModelWeights& w) {
     return n + w.lm_head.rows * w.lm_head.cols;
 }
 
-Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& out, std::string& table) {
+Status RunDecode(const Env& env, const Model& model, int batch, int ctx, OrderedJson& out, std::string& table) {
     const ModelConfig& c = model.config;
     Backend* be = env.be;
     const int total = ctx + env.warmup + env.steps + 1;
@@ -266,20 +266,20 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     const double bytes = static_cast<double>(StepWeightBytes(c, model.weights)) +
                          static_cast<double>(kv_per_token) * batch * (ctx + env.warmup + env.steps / 2 + 1);
     const double floor_s = env.copy_bw > 0 ? bytes / env.copy_bw : 0;
-    Json j = Json::Object();
-    j.Set("batch", Json::Int(batch));
-    j.Set("context", Json::Int(ctx));
-    j.Set("sampling", Json::String(env.sampling));
-    j.Set("ms_per_step", Json::Number(step_s * 1e3));
-    j.Set("ms_per_step_min", Json::Number(*std::min_element(times.begin(), times.end()) * 1e3));
-    j.Set("output_tokens_per_s", Json::Number(batch / step_s));
-    j.Set("kv_bytes_per_token", Json::Int(kv_per_token));
-    j.Set("bytes_per_step", Json::Number(bytes));
-    j.Set("achieved_bytes_per_s", Json::Number(bytes / step_s));
-    j.Set("fraction_of_copy_bandwidth", Json::Number(env.copy_bw > 0 ? bytes / step_s / env.copy_bw : 0));
-    j.Set("floor_ms", Json::Number(floor_s * 1e3));
-    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? step_s / floor_s : 0));
-    out.Push(std::move(j));
+    OrderedJson j = OrderedJson::object();
+    j["batch"] = batch;
+    j["context"] = ctx;
+    j["sampling"] = env.sampling;
+    j["ms_per_step"] = step_s * 1e3;
+    j["ms_per_step_min"] = *std::min_element(times.begin(), times.end()) * 1e3;
+    j["output_tokens_per_s"] = batch / step_s;
+    j["kv_bytes_per_token"] = kv_per_token;
+    j["bytes_per_step"] = bytes;
+    j["achieved_bytes_per_s"] = bytes / step_s;
+    j["fraction_of_copy_bandwidth"] = env.copy_bw > 0 ? bytes / step_s / env.copy_bw : 0;
+    j["floor_ms"] = floor_s * 1e3;
+    j["ratio_to_floor"] = floor_s > 0 ? step_s / floor_s : 0;
+    out.push_back(std::move(j));
     char line[256];
     std::snprintf(
         line, sizeof(line),
@@ -293,7 +293,7 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Json& o
     return Status::Ok();
 }
 
-Status RunPrefill(const Env& env, const Model& model, int tokens, Json& out, std::string& table) {
+Status RunPrefill(const Env& env, const Model& model, int tokens, OrderedJson& out, std::string& table) {
     const ModelConfig& c = model.config;
     Backend* be = env.be;
     const int per_seq = (tokens + env.block_size - 1) / env.block_size;
@@ -317,13 +317,13 @@ Status RunPrefill(const Env& env, const Model& model, int tokens, Json& out, std
     const double s = Median(times);
     const double flops = 2.0 * static_cast<double>(ParamCount(model.weights)) * tokens;
     const double floor_s = env.matmul_rate > 0 ? flops / env.matmul_rate : 0;
-    Json j = Json::Object();
-    j.Set("tokens", Json::Int(tokens));
-    j.Set("ms", Json::Number(s * 1e3));
-    j.Set("tokens_per_s", Json::Number(tokens / s));
-    j.Set("matmul_floor_ms", Json::Number(floor_s * 1e3));
-    j.Set("ratio_to_floor", Json::Number(floor_s > 0 ? s / floor_s : 0));
-    out.Push(std::move(j));
+    OrderedJson j = OrderedJson::object();
+    j["tokens"] = tokens;
+    j["ms"] = s * 1e3;
+    j["tokens_per_s"] = tokens / s;
+    j["matmul_floor_ms"] = floor_s * 1e3;
+    j["ratio_to_floor"] = floor_s > 0 ? s / floor_s : 0;
+    out.push_back(std::move(j));
     char line[256];
     std::snprintf(line, sizeof(line), "  prefill T=%-6d %10.3f ms %12.1f tok/s  matmul floor %8.3f ms  x%.3f\n", tokens,
                   s * 1e3, tokens / s, floor_s * 1e3, floor_s > 0 ? s / floor_s : 0.0);
@@ -339,94 +339,82 @@ int Fail(const Status& s) {
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"config",
-                 "backend",
-                 "dtype",
-                 "kv-dtype",
-                 "variants",
-                 "decode",
-                 "batch",
-                 "ctx",
-                 "prefill",
-                 "steps",
-                 "warmup",
-                 "block-size",
-                 "seed",
-                 "json",
-                 "decode-heads-per-block",
-                 "sampling",
-                 "exact-activations",
-                 "pdl",
-                 "fuse-gemv-inputs",
-                 "stage-gemv-input",
-                 "gemv-row-segs",
-                 "fuse-attention-combine"},
-                {});
-    if (Status st = flags.Parse(argc, argv); !st.ok()) return Fail(st);
-    const std::string config_path = flags.Get("config", "bench/configs/llama2-7b.json");
+    std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
+                variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
+                sampling = "none";
+    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1;
+    int steps = 20, warmup = 3, block = 16;
+    uint64_t seed = 1;
+    CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
+                 "uniattn-bench"};
+    app.footer("uniattn-bench serve --help: the serving benchmark (an OpenAI-compatible load generator).");
+    app.add_option("--config", config_path, "model config JSON")->capture_default_str();
+    app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
+    app.add_option("--dtype", dtype_name, "weight dtype")->capture_default_str();
+    auto* kv_dtype_opt = app.add_option("--kv-dtype", kv_dtype_name, "KV cache dtype (default: --dtype)");
+    app.add_option("--variants", variants_list, "comma-separated: std (every layer normal) or G/B/E (UniAttn grouping)")
+        ->capture_default_str();
+    auto* decode_opt = app.add_option("--decode", decode_list, "decode cases BxC,... (default 1x512 without --batch)");
+    auto* batch_opt = app.add_option("--batch", batch_list, "decode batch sizes, crossed with --ctx");
+    app.add_option("--ctx", ctx_list, "decode context lengths for --batch")->capture_default_str();
+    app.add_option("--prefill", prefill_list, "prefill token counts, comma-separated");
+    app.add_option("--steps", steps, "timed steps per case")->capture_default_str();
+    app.add_option("--warmup", warmup, "untimed steps per case")->capture_default_str();
+    app.add_option("--block-size", block, "KV block size in tokens")->capture_default_str();
+    app.add_option("--seed", seed, "seed for the random weights")->capture_default_str();
+    auto* json_opt = app.add_option("--json", json_path, "write the results as JSON to this file");
+    app.add_option("--decode-heads-per-block", hpb, "CUDA decode attention heads per block (0: the default)")
+        ->capture_default_str();
+    app.add_option("--sampling", sampling, "what a decode step does with its logits: none, host or device")
+        ->capture_default_str();
+    app.add_option("--exact-activations", exact, "CUDA: exact (1) or fast (0) activations")->capture_default_str();
+    app.add_option("--pdl", pdl, "CUDA: programmatic dependent launch on (1) or off (0)")->capture_default_str();
+    app.add_option("--fuse-gemv-inputs", fuse, "CUDA: fuse GEMV inputs (-1: the backend's default)")
+        ->capture_default_str();
+    app.add_option("--stage-gemv-input", stage, "CUDA: stage the GEMV input (-1: the backend's default)")
+        ->capture_default_str();
+    app.add_option("--gemv-row-segs", segs, "CUDA: GEMV row segments (0: the default)")->capture_default_str();
+    app.add_option("--fuse-attention-combine", fuse_combine,
+                   "CUDA: fuse the split-KV attention combine (-1: the backend's default)")
+        ->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench")) return *code;
     auto text = ReadFile(config_path);
     if (!text.ok()) return Fail(text.status());
     auto base = ModelConfig::FromJson(*text, config_path);
     if (!base.ok()) return Fail(base.status());
-    auto wd = DTypeFlag(flags.Get("dtype", "f16"));
-    auto kd = DTypeFlag(flags.Get("kv-dtype", flags.Get("dtype", "f16")));
+    auto wd = DTypeFlag(dtype_name);
+    auto kd = DTypeFlag(kv_dtype_opt->count() ? kv_dtype_name : dtype_name);
     if (!wd.ok()) return Fail(wd.status());
     if (!kd.ok()) return Fail(kd.status());
-    auto hpb = flags.GetInt("decode-heads-per-block", 0);
-    if (!hpb.ok()) return Fail(hpb.status());
-    auto exact = flags.GetInt("exact-activations", 1);
-    if (!exact.ok()) return Fail(exact.status());
-    auto pdl = flags.GetInt("pdl", 1);
-    if (!pdl.ok()) return Fail(pdl.status());
-    auto fuse = flags.GetInt("fuse-gemv-inputs", -1);  // -1: the backend's default
-    auto stage = flags.GetInt("stage-gemv-input", -1);
-    if (!fuse.ok()) return Fail(fuse.status());
-    if (!stage.ok()) return Fail(stage.status());
-    auto segs = flags.GetInt("gemv-row-segs", 0);
-    if (!segs.ok()) return Fail(segs.status());
-    auto fuse_combine = flags.GetInt("fuse-attention-combine", -1);
-    if (!fuse_combine.ok()) return Fail(fuse_combine.status());
-    auto be = MakeBenchBackend(flags.Get("backend", "cuda"), *wd, *kd, static_cast<int>(*hpb), *exact != 0, *pdl != 0,
-                               static_cast<int>(*fuse), static_cast<int>(*stage), static_cast<int>(*segs),
-                               static_cast<int>(*fuse_combine));
+    auto be = MakeBenchBackend(backend_name, *wd, *kd, hpb, exact != 0, pdl != 0, fuse, stage, segs, fuse_combine);
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;
-    for (const std::string& p : Split(flags.Get("decode", flags.Has("batch") ? "" : "1x512"), ',')) {
+    for (const std::string& p : Split(decode_opt->count() ? decode_list : batch_opt->count() ? "" : "1x512", ',')) {
         const size_t x = p.find('x');
         auto bc = IntList(x == std::string::npos ? "" : p.substr(0, x) + "," + p.substr(x + 1), "decode");
         if (!bc.ok() || bc->size() != 2) return Fail(InvalidArgument("--decode: expected BxC, got \"" + p + "\""));
         decode_cases.emplace_back((*bc)[0], (*bc)[1]);
     }
-    if (flags.Has("batch")) {
-        auto batches = IntList(flags.Get("batch"), "batch");
-        auto ctxs = IntList(flags.Get("ctx", "512"), "ctx");
+    if (batch_opt->count()) {
+        auto batches = IntList(batch_list, "batch");
+        auto ctxs = IntList(ctx_list, "ctx");
         if (!batches.ok()) return Fail(batches.status());
         if (!ctxs.ok()) return Fail(ctxs.status());
         for (int b : *batches) {
             for (int c : *ctxs) decode_cases.emplace_back(b, c);
         }
     }
-    auto prefills = IntList(flags.Get("prefill", ""), "prefill");
+    auto prefills = IntList(prefill_list, "prefill");
     if (!prefills.ok()) return Fail(prefills.status());
     std::vector<Variant> variants;
-    for (const std::string& v : Split(flags.Get("variants", "std"), ',')) {
+    for (const std::string& v : Split(variants_list, ',')) {
         auto pv = ParseVariant(v);
         if (!pv.ok()) return Fail(pv.status());
         variants.push_back(*pv);
     }
-    auto steps = flags.GetInt("steps", 20), warmup = flags.GetInt("warmup", 3), block = flags.GetInt("block-size", 16);
-    auto seed = flags.GetInt("seed", 1);
-    if (!steps.ok() || !warmup.ok() || !block.ok() || !seed.ok()) return Fail(InvalidArgument("bad integer flag"));
-
-    Env env{be->get(),
-            0,
-            0,
-            static_cast<int>(*steps),
-            static_cast<int>(*warmup),
-            static_cast<int>(*block),
-            static_cast<uint64_t>(*seed)};
-    env.sampling = flags.Get("sampling", "none");
+    Env env{be->get(), 0, 0, steps, warmup, block, seed};
+    env.sampling = sampling;
     if (env.sampling != "none" && env.sampling != "host" && env.sampling != "device") {
         return Fail(InvalidArgument("--sampling: none, host or device, got \"" + env.sampling + "\""));
     }
@@ -440,15 +428,15 @@ int Main(int argc, char** argv) {
     std::printf("measured: device copy %.1f GB/s (read + write)%s\n", env.copy_bw / 1e9,
                 env.matmul_rate > 0 ? (", MatMul " + std::to_string(env.matmul_rate / 1e12) + " TFLOP/s").c_str() : "");
 
-    Json root = Json::Object();
-    root.Set("config", Json::String(config_path));
-    root.Set("device", Json::String(env.be->Description()));
-    root.Set("date", Json::String(date));
-    root.Set("weight_dtype", Json::String(DTypeName(*wd)));
-    root.Set("kv_dtype", Json::String(DTypeName(*kd)));
-    root.Set("copy_bandwidth_bytes_per_s", Json::Number(env.copy_bw));
-    root.Set("matmul_flops_per_s", Json::Number(env.matmul_rate));
-    Json results = Json::Array();
+    OrderedJson root = OrderedJson::object();
+    root["config"] = config_path;
+    root["device"] = env.be->Description();
+    root["date"] = date;
+    root["weight_dtype"] = DTypeName(*wd);
+    root["kv_dtype"] = DTypeName(*kd);
+    root["copy_bandwidth_bytes_per_s"] = env.copy_bw;
+    root["matmul_flops_per_s"] = env.matmul_rate;
+    OrderedJson results = OrderedJson::array();
     std::string table;
     for (const Variant& v : variants) {
         ModelConfig c = *base;
@@ -469,27 +457,27 @@ int Main(int argc, char** argv) {
                       100.0 * (1.0 - static_cast<double>(kv_tok) / dense_tok));
         table += head;
         std::fputs(head, stdout);
-        Json vr = Json::Object();
-        vr.Set("variant", Json::String(v.name));
-        vr.Set("reuse_layers", Json::Int(c.num_reuse_layers()));
-        vr.Set("weight_bytes", Json::Int(model.weights.bytes));
-        vr.Set("kv_bytes_per_token", Json::Int(kv_tok));
-        vr.Set("dense_kv_bytes_per_token", Json::Int(dense_tok));
-        Json dec = Json::Array(), pre = Json::Array();
+        OrderedJson vr = OrderedJson::object();
+        vr["variant"] = v.name;
+        vr["reuse_layers"] = c.num_reuse_layers();
+        vr["weight_bytes"] = model.weights.bytes;
+        vr["kv_bytes_per_token"] = kv_tok;
+        vr["dense_kv_bytes_per_token"] = dense_tok;
+        OrderedJson dec = OrderedJson::array(), pre = OrderedJson::array();
         for (const auto& [b, ctx] : decode_cases) {
             if (Status st = RunDecode(env, model, b, ctx, dec, table); !st.ok()) return Fail(st);
         }
         for (int t : *prefills) {
             if (Status st = RunPrefill(env, model, t, pre, table); !st.ok()) return Fail(st);
         }
-        vr.Set("decode", std::move(dec));
-        vr.Set("prefill", std::move(pre));
-        results.Push(std::move(vr));
+        vr["decode"] = std::move(dec);
+        vr["prefill"] = std::move(pre);
+        results.push_back(std::move(vr));
     }
-    root.Set("results", std::move(results));
+    root["results"] = std::move(results);
     std::printf("\n==== summary (%s, %s) ====\n%s", env.be->Description().c_str(), date, table.c_str());
-    if (flags.Has("json")) {
-        if (Status st = WriteFile(flags.Get("json"), root.DumpPretty() + "\n"); !st.ok()) return Fail(st);
+    if (json_opt->count()) {
+        if (Status st = WriteFile(json_path, DumpJson(root, 2) + "\n"); !st.ok()) return Fail(st);
     }
     return 0;
 }
@@ -502,7 +490,7 @@ int main(int argc, char** argv) {
 #ifdef UNIATTN_HAVE_SERVE_BENCH
         return uniattn::bench::ServeBenchMain(argc - 1, argv + 1);
 #else
-        std::fprintf(stderr, "uniattn-bench: built without `serve` (needs Boost.Beast, nlohmann-json and CLI11)\n");
+        std::fprintf(stderr, "uniattn-bench: built without `serve` (needs Boost.Beast)\n");
         return 2;
 #endif
     }

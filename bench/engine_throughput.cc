@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "tools/cli.h"
 #include "uniattn/engine.h"
-#include "util/flags.h"
 
 namespace uniattn {
 namespace {
@@ -103,21 +103,46 @@ StatusOr<RunResult> Run(Engine& engine, Timings& timings, int concurrency, int p
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"model", "concurrency", "prompt-len", "output-len", "kv-cache-bytes", "max-num-seqs",
-                 "max-num-batched-tokens", "block-size", "threads", "warmup", "backend"},
-                {"no-prefix-caching", "help"});
-    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
-    if (flags.Has("help") || !flags.Has("model")) {
+    EngineConfig c;
+    std::string concurrency = "1,8,32";
+    int prompt_len = 32, output_len = 128, max_seqs = 0, warmup = 1;
+    bool no_prefix_caching = false;
+    c.backend = "cpu";
+    c.num_threads = 0;
+    c.block_size = 16;
+    c.kv_cache_bytes = 0;
+    c.max_num_batched_tokens = 512;
+    CLI::App app{
+        "Offline throughput of the engine: for each concurrency level N, N greedy requests at once; output "
+        "tokens per second from the first submit to the last event.",
+        "uniattn-throughput"};
+    auto* model_opt = app.add_option("--model", c.model_dir, "model directory; required");
+    app.add_option("--concurrency", concurrency, "comma-separated concurrency levels")->capture_default_str();
+    app.add_option("--prompt-len", prompt_len, "prompt tokens per request")->capture_default_str();
+    app.add_option("--output-len", output_len, "output tokens per request")->capture_default_str();
+    app.add_option("--kv-cache-bytes", c.kv_cache_bytes, "KV cache bytes (0: the engine's default)")
+        ->capture_default_str();
+    auto* max_seqs_opt =
+        app.add_option("--max-num-seqs", max_seqs, "sequences per step at most (default: the highest level)");
+    app.add_option("--max-num-batched-tokens", c.max_num_batched_tokens, "tokens per step at most")
+        ->capture_default_str();
+    app.add_option("--block-size", c.block_size, "KV block size in tokens")->capture_default_str();
+    app.add_option("--threads", c.num_threads, "CPU threads (0: all)")->capture_default_str();
+    app.add_option("--warmup", warmup, "warm-up rounds before timing")->capture_default_str();
+    app.add_option("--backend", c.backend, "backend to run on")->capture_default_str();
+    app.add_flag("--no-prefix-caching", no_prefix_caching, "turn the prefix cache off");
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-throughput")) return *code;
+    if (!model_opt->count()) {
         std::fprintf(stderr,
                      "usage: uniattn-throughput --model DIR [--concurrency 1,8,32] [--prompt-len 32] "
                      "[--output-len 128]\n"
                      "       [--kv-cache-bytes B] [--max-num-seqs N] [--max-num-batched-tokens N] [--block-size 16]\n"
                      "       [--threads N] [--no-prefix-caching] [--warmup 1] [--backend cpu]\n");
-        return flags.Has("help") ? 0 : 2;
+        return 2;
     }
     std::vector<int> levels;
     {
-        std::stringstream ss(flags.Get("concurrency", "1,8,32"));
+        std::stringstream ss(concurrency);
         std::string item;
         while (std::getline(ss, item, ',')) {
             const int n = std::atoi(item.c_str());
@@ -125,29 +150,9 @@ int Main(int argc, char** argv) {
             levels.push_back(n);
         }
     }
-    auto prompt_len = flags.GetInt("prompt-len", 32);
-    auto output_len = flags.GetInt("output-len", 128);
-    auto kv_bytes = flags.GetInt("kv-cache-bytes", 0);
-    auto max_seqs = flags.GetInt("max-num-seqs", *std::max_element(levels.begin(), levels.end()));
-    auto max_batched = flags.GetInt("max-num-batched-tokens", 512);
-    auto block_size = flags.GetInt("block-size", 16);
-    auto threads = flags.GetInt("threads", 0);
-    auto warmup = flags.GetInt("warmup", 1);
-    for (const Status& s : {prompt_len.status(), output_len.status(), kv_bytes.status(), max_seqs.status(),
-                            max_batched.status(), block_size.status(), threads.status(), warmup.status()}) {
-        if (!s.ok()) return Fail(s);
-    }
-    if (*prompt_len < 1 || *output_len < 1) return Fail(InvalidArgument("--prompt-len and --output-len must be >= 1"));
-
-    EngineConfig c;
-    c.model_dir = flags.Get("model");
-    c.backend = flags.Get("backend", "cpu");
-    c.num_threads = static_cast<int>(*threads);
-    c.block_size = static_cast<int>(*block_size);
-    c.kv_cache_bytes = *kv_bytes;
-    c.max_num_seqs = static_cast<int>(*max_seqs);
-    c.max_num_batched_tokens = static_cast<int>(*max_batched);
-    c.enable_prefix_caching = !flags.Has("no-prefix-caching");
+    if (prompt_len < 1 || output_len < 1) return Fail(InvalidArgument("--prompt-len and --output-len must be >= 1"));
+    c.max_num_seqs = max_seqs_opt->count() ? max_seqs : *std::max_element(levels.begin(), levels.end());
+    c.enable_prefix_caching = !no_prefix_caching;
     c.max_queued_requests = 1 << 20;
     auto engine = Engine::Create(c);
     if (!engine.ok()) return Fail(engine.status());
@@ -157,7 +162,7 @@ int Main(int argc, char** argv) {
 
     const ModelInfo& info = e.model_info();
     const EngineStats s0 = e.Stats();
-    const int64_t seq_tokens = *prompt_len + *output_len;
+    const int64_t seq_tokens = int64_t{prompt_len} + output_len;
     std::printf(
         "model %s: %d layers (%d reuse), KV %lld B/token (dense %lld), pool %lld blocks x %d = %lld tokens "
         "(%.1f MiB): %lld sequences of %lld tokens fit\n",
@@ -167,14 +172,14 @@ int Main(int argc, char** argv) {
         static_cast<long long>(s0.num_blocks_total * info.block_size), s0.kv_bytes_total / 1048576.0,
         static_cast<long long>(s0.num_blocks_total / ((seq_tokens - 1 + info.block_size - 1) / info.block_size)),
         static_cast<long long>(seq_tokens));
-    for (int64_t i = 0; i < *warmup; ++i) {
-        auto w = Run(e, *timings, 1, static_cast<int>(*prompt_len), 8, 999);
+    for (int64_t i = 0; i < warmup; ++i) {
+        auto w = Run(e, *timings, 1, prompt_len, 8, 999);
         if (!w.ok()) return Fail(w.status());
     }
     std::printf("%11s %9s %8s %12s %10s %9s %11s %6s %11s %10s %9s\n", "concurrency", "out_tok", "wall_s", "out_tok/s",
                 "ttft_ms", "itl_ms", "preemptions", "steps", "sched_ms", "fwd_ms", "sample_ms");
     for (int n : levels) {
-        auto r = Run(e, *timings, n, static_cast<int>(*prompt_len), static_cast<int>(*output_len), 1000 + n);
+        auto r = Run(e, *timings, n, prompt_len, output_len, 1000 + n);
         if (!r.ok()) return Fail(r.status());
         std::printf("%11d %9lld %8.2f %12.1f %10.1f %9.2f %11lld %6lld %11.3f %10.2f %9.3f\n", n,
                     static_cast<long long>(r->output_tokens), r->wall_s, r->output_tokens / r->wall_s,

@@ -5,8 +5,9 @@
 #
 #   STAGES="build tests sanitize bench peer" bash bench/gpu_session.sh
 #
-# Needs googletest sources in .device-carry/googletest (the GPU image has no gtest; carry that folder) and,
-# for the stories15M tests, models/stories15M (carry `models`).
+# Needs googletest sources in .device-carry/googletest (the GPU image has no gtest; carry that folder),
+# nlohmann-json and CLI11 in .device-carry/deps where the image lacks them (docs/gpu-notes.md) and, for the
+# stories15M tests, models/stories15M (carry `models`).
 set -u
 OUT=${OUT:-/tmp/uniattn-out}
 mkdir -p "$OUT"
@@ -30,7 +31,8 @@ if has build; then
             -DCMAKE_INSTALL_PREFIX=/tmp/gtinst >/dev/null && cmake --build /tmp/gt --target install >/dev/null ||
             note "googletest build FAILED"
     fi
-    cmake -S . -B "$BUILD" -G Ninja -DUNIATTN_SERVER=OFF -DUNIATTN_CUDA=ON -DCMAKE_PREFIX_PATH=/tmp/gtinst \
+    cmake -S . -B "$BUILD" -G Ninja -DUNIATTN_SERVER=OFF -DUNIATTN_CUDA=ON \
+        -DCMAKE_PREFIX_PATH="/tmp/gtinst;$PWD/.device-carry/deps" \
         >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; note "configure FAILED"; }
     if timeout 300 ninja -C "$BUILD" gpu_tests uniattn-bench uniattn-kernel-bench >>"$OUT/build.log" 2>&1; then
         note "build ok"

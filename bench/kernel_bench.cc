@@ -18,9 +18,9 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/kernels.h"
 #include "kv/kv_cache.h"
+#include "tools/cli.h"
 #include "uniattn/model_config.h"
 #include "util/file.h"
-#include "util/flags.h"
 
 namespace uniattn {
 namespace {
@@ -69,9 +69,16 @@ std::unique_ptr<DeviceBuffer> Alloc(Backend* be, size_t bytes) {
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"config", "decode", "reps"}, {});
-    if (!flags.Parse(argc, argv).ok()) return 1;
-    const std::string path = flags.Get("config", "bench/configs/llama2-7b.json");
+    std::string path = "bench/configs/llama2-7b.json", decode = "1x512,16x4096,32x2048";
+    int reps = 50;
+    CLI::App app{
+        "Each CUDA backend op alone at the shapes of a real model (bench/configs), timed over back-to-back "
+        "launches.",
+        "uniattn-kernel-bench"};
+    app.add_option("--config", path, "model config JSON")->capture_default_str();
+    app.add_option("--decode", decode, "attention decode cases BxC, comma-separated")->capture_default_str();
+    app.add_option("--reps", reps, "launches per timing round")->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;
     auto cfg = ModelConfig::FromJson(*text, path);
@@ -88,9 +95,7 @@ int Main(int argc, char** argv) {
     auto beh_or = CreateCudaBackend(h1);
     if (!beh_or.ok()) return 1;
     Backend* beh = beh_or->get();
-    auto reps = flags.GetInt("reps", 50);
-    if (!reps.ok()) return 1;
-    Bench bench{be, static_cast<int>(*reps)};
+    Bench bench{be, reps};
     {
         const size_t bytes = size_t{1} << 30;
         auto a = Alloc(be, bytes), b = Alloc(be, bytes);
@@ -196,7 +201,7 @@ int Main(int argc, char** argv) {
 
     std::printf("Attention (per layer, %s KV)\n", DTypeName(be->KvDType()));
     std::vector<std::pair<int, int>> cases;
-    for (const std::string& p : {flags.Get("decode", "1x512,16x4096,32x2048")}) {
+    for (const std::string& p : {decode}) {
         size_t at = 0;
         while (at < p.size()) {
             size_t comma = p.find(',', at);

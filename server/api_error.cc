@@ -89,8 +89,4 @@ int GrpcCodeFromStatus(const Status& status) {
     return grpc::StatusCode::INTERNAL;
 }
 
-std::string DumpJson(const nlohmann::json& j) {
-    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
 }  // namespace uniattn::server

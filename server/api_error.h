@@ -10,6 +10,7 @@
 #include <utility>
 #include <variant>
 
+#include "uniattn/json_io.h"
 #include "uniattn/status.h"
 
 namespace uniattn::server {
@@ -57,7 +58,8 @@ class ApiResult {
     std::variant<T, ApiError> v_;
 };
 
-// Serialises JSON for the wire: invalid UTF-8 (a byte-fallback token piece) is replaced, never thrown on.
-std::string DumpJson(const nlohmann::json& j);
+// Serialises JSON for the wire: invalid UTF-8 (a byte-fallback token piece) is replaced, never thrown on
+// (the engine's DumpJson, uniattn/json_io.h).
+using uniattn::DumpJson;
 
 }  // namespace uniattn::server

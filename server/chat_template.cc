@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "uniattn/json_io.h"
+
 namespace uniattn::server {
 namespace {
 
@@ -191,8 +193,8 @@ ChatTemplate DetectChatTemplateInDir(const std::string& model_dir, std::string* 
     }
     std::stringstream ss;
     ss << in.rdbuf();
-    const nlohmann::json cfg = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-    if (cfg.is_discarded() || !cfg.is_object()) {
+    nlohmann::json cfg;
+    if (ParseJsonBounded(ss.str(), kMaxJsonFileDepth, cfg) || !cfg.is_object()) {
         if (detail) *detail = path + " is not a JSON object";
         return ChatTemplate::kNone;
     }

@@ -327,39 +327,15 @@ std::optional<ApiError> ParseMessages(const json& body, std::vector<ChatMessage>
 }  // namespace
 
 ApiResult<json> ParseJsonBody(std::string_view body) {
-    // nlohmann's parser is iterative, but destroying and dumping deep values recurse: bound the depth first.
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char ch : body) {
-        if (in_string) {
-            if (escaped) {
-                escaped = false;
-            } else if (ch == '\\') {
-                escaped = true;
-            } else if (ch == '"') {
-                in_string = false;
-            }
-        } else if (ch == '"') {
-            in_string = true;
-        } else if (ch == '[' || ch == '{') {
-            if (++depth > kMaxJsonDepth) {
-                return ApiError::BadRequest("invalid JSON: nested deeper than " + std::to_string(kMaxJsonDepth) +
-                                            " levels");
-            }
-        } else if (ch == ']' || ch == '}') {
-            --depth;
-        }
+    // uniattn/json_io.h: the depth bound (destroying and dumping deep values recurse) and every
+    // json::exception caught (also out_of_range.406 for "1e400": one escaping would end the process).
+    json out;
+    if (auto error = ParseJsonBounded(body, kMaxJsonDepth, out)) {
+        if (error->kind == JsonParseError::Kind::kTooDeep)
+            return ApiError::BadRequest("invalid JSON: " + error->detail);
+        return ApiError::BadRequest("invalid JSON body: " + error->detail);
     }
-    try {
-        return json::parse(body);
-    } catch (const json::exception& e) {
-        // Not only parse_error: a number too large for a double ("1e400") is out_of_range.406, and an
-        // exception escaping here would end the process from an HTTP thread.
-        std::string what = e.what();
-        // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> drop the prefix.
-        if (const size_t pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
-        return ApiError::BadRequest("invalid JSON body: " + what);
-    }
+    return out;
 }
 
 std::optional<ApiError> CheckModelName(const json& body, const ServedModel& m, bool required) {

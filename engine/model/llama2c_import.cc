@@ -3,7 +3,7 @@
 #include <cstring>
 #include <vector>
 
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "uniattn/model_config.h"
 #include "uniattn/safetensors.h"
 #include "util/file.h"
@@ -119,17 +119,16 @@ Status ImportLlama2c(const Llama2cImportOptions& o) {
     c.rms_norm_eps = 1e-5;
     c.tie_word_embeddings = shared;
     c.torch_dtype = o.dtype == DType::kF32 ? "float32" : (o.dtype == DType::kF16 ? "float16" : "bfloat16");
-    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/config.json", c.ToJson().DumpPretty() + "\n"));
+    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/config.json", DumpJson(c.ToJson(), 2) + "\n"));
 
-    Json tc = Json::Object();
-    tc.Set("tokenizer_class", Json::String("LlamaTokenizer"));
-    tc.Set("add_bos_token", Json::Bool(true));
-    tc.Set("add_eos_token", Json::Bool(false));
-    tc.Set("bos_token", Json::String("<s>"));
-    tc.Set("eos_token", Json::String("</s>"));
-    tc.Set("unk_token", Json::String("<unk>"));
-    tc.Set("model_max_length", Json::Int(seq_len));
-    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/tokenizer_config.json", tc.DumpPretty() + "\n"));
+    const OrderedJson tc = {{"tokenizer_class", "LlamaTokenizer"},
+                            {"add_bos_token", true},
+                            {"add_eos_token", false},
+                            {"bos_token", "<s>"},
+                            {"eos_token", "</s>"},
+                            {"unk_token", "<unk>"},
+                            {"model_max_length", seq_len}};
+    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/tokenizer_config.json", DumpJson(tc, 2) + "\n"));
     if (!o.tokenizer.empty()) {
         UA_ASSIGN_OR_RETURN(std::string spm, ReadFile(o.tokenizer));
         UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/tokenizer.model", spm));

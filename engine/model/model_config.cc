@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "uniattn/json_io.h"
+
 namespace uniattn {
 
 int ModelConfig::num_reuse_layers() const {
@@ -50,49 +52,53 @@ int64_t ModelConfig::DenseKvBytesPerToken(int dtype_bytes) const {
 
 namespace {
 
-Status GetInt(const Json& root, const std::string& path, const char* key, bool required, int& out) {
-    const Json* v = root.Find(key);
+using nlohmann::json;
+
+Status GetInt(const json& root, const std::string& path, const char* key, bool required, int& out) {
+    const json* v = JsonFind(root, key);
     if (v == nullptr || v->is_null()) {
         if (required) return InvalidArgument(path + ": missing required key \"" + key + "\"");
         return Status::Ok();
     }
-    if (!v->is_integer()) return InvalidArgument(path + ": \"" + key + "\" must be an integer");
-    int64_t x = v->int_value();
-    if (x < INT32_MIN || x > INT32_MAX) return InvalidArgument(path + ": \"" + key + "\" is out of range");
-    out = static_cast<int>(x);
+    const std::optional<int64_t> x = JsonInt64(*v);
+    if (!x) return InvalidArgument(path + ": \"" + key + "\" must be an integer");
+    if (*x < INT32_MIN || *x > INT32_MAX) return InvalidArgument(path + ": \"" + key + "\" is out of range");
+    out = static_cast<int>(*x);
     return Status::Ok();
 }
 
-Status GetDouble(const Json& root, const std::string& path, const char* key, double& out) {
-    const Json* v = root.Find(key);
+Status GetDouble(const json& root, const std::string& path, const char* key, double& out) {
+    const json* v = JsonFind(root, key);
     if (v == nullptr || v->is_null()) return Status::Ok();
     if (!v->is_number()) return InvalidArgument(path + ": \"" + key + "\" must be a number");
-    const double x = v->number_value();
-    // 1e400 parses to infinity: refused, as it could not be written back as JSON (found by fuzz_model_config).
+    // ParseJsonFile refuses 1e400 ("must be a finite number", found by fuzz_model_config), as it could not be
+    // written back as JSON; an integer beyond double range cannot occur (uint64 at most).
+    const double x = v->get<double>();
     if (!std::isfinite(x)) return InvalidArgument(path + ": \"" + key + "\" must be a finite number");
     out = x;
     return Status::Ok();
 }
 
 // bos/eos ids may be an int or a list (Llama 3 lists several eos ids); we keep the first.
-Status GetTokenId(const Json& root, const std::string& path, const char* key, int& out) {
-    const Json* v = root.Find(key);
+Status GetTokenId(const json& root, const std::string& path, const char* key, int& out) {
+    const json* v = JsonFind(root, key);
     if (v == nullptr || v->is_null()) return Status::Ok();
-    if (v->is_array() && !v->array().empty()) v = &v->array()[0];
-    if (!v->is_integer()) return InvalidArgument(path + ": \"" + key + "\" must be an integer token id");
-    out = static_cast<int>(v->int_value());
+    if (v->is_array() && !v->empty()) v = &(*v)[0];
+    const std::optional<int64_t> id = JsonInt64(*v);
+    if (!id) return InvalidArgument(path + ": \"" + key + "\" must be an integer token id");
+    out = static_cast<int>(*id);
     return Status::Ok();
 }
 
 }  // namespace
 
 StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::string& path) {
-    UA_ASSIGN_OR_RETURN(Json root, ParseJson(text, path));
+    UA_ASSIGN_OR_RETURN(json root, ParseJsonFile(text, path));
     if (!root.is_object()) return InvalidArgument(path + ": top level must be a JSON object");
     ModelConfig c;
-    if (const Json* arch = root.Find("architectures"); arch && arch->is_array() && !arch->array().empty()) {
-        if (!arch->array()[0].is_string()) return InvalidArgument(path + ": \"architectures\" must list strings");
-        c.architecture = arch->array()[0].string_value();
+    if (const json* arch = JsonFind(root, "architectures"); arch && arch->is_array() && !arch->empty()) {
+        if (!(*arch)[0].is_string()) return InvalidArgument(path + ": \"architectures\" must list strings");
+        c.architecture = (*arch)[0].get<std::string>();
     }
     if (c.architecture != "LlamaForCausalLM" && c.architecture != "MistralForCausalLM") {
         return Unimplemented(path + ": architecture \"" + c.architecture +
@@ -110,30 +116,30 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     UA_RETURN_IF_ERROR(GetDouble(root, path, "rms_norm_eps", c.rms_norm_eps));
     UA_RETURN_IF_ERROR(GetTokenId(root, path, "bos_token_id", c.bos_token_id));
     UA_RETURN_IF_ERROR(GetTokenId(root, path, "eos_token_id", c.eos_token_id));
-    if (const Json* t = root.Find("tie_word_embeddings"); t && !t->is_null()) {
-        if (!t->is_bool()) return InvalidArgument(path + ": \"tie_word_embeddings\" must be a boolean");
-        c.tie_word_embeddings = t->bool_value();
+    if (const json* t = JsonFind(root, "tie_word_embeddings"); t && !t->is_null()) {
+        if (!t->is_boolean()) return InvalidArgument(path + ": \"tie_word_embeddings\" must be a boolean");
+        c.tie_word_embeddings = t->get<bool>();
     }
-    if (const Json* t = root.Find("torch_dtype"); t && t->is_string()) c.torch_dtype = t->string_value();
-    if (const Json* rs = root.Find("rope_scaling"); rs && !rs->is_null()) {
+    if (const json* t = JsonFind(root, "torch_dtype"); t && t->is_string()) c.torch_dtype = t->get<std::string>();
+    if (const json* rs = JsonFind(root, "rope_scaling"); rs && !rs->is_null()) {
         return Unimplemented(path + ": \"rope_scaling\" is not supported yet");
     }
     // transformers 5 writes {"rope_parameters": {"rope_theta": ..., "rope_type": "default"}} instead of a
     // top-level rope_theta; a scaled RoPE (llama3, yarn, linear, dynamic) is refused like rope_scaling.
-    if (const Json* rp = root.Find("rope_parameters"); rp && !rp->is_null()) {
+    if (const json* rp = JsonFind(root, "rope_parameters"); rp && !rp->is_null()) {
         if (!rp->is_object()) return InvalidArgument(path + ": \"rope_parameters\" must be an object");
-        if (const Json* type = rp->Find("rope_type"); type && !type->is_null()) {
+        if (const json* type = JsonFind(*rp, "rope_type"); type && !type->is_null()) {
             if (!type->is_string()) return InvalidArgument(path + ": \"rope_parameters.rope_type\" must be a string");
-            if (type->string_value() != "default") {
-                return Unimplemented(path + ": rope_type \"" + type->string_value() + "\" is not supported yet");
+            if (*type != "default") {
+                return Unimplemented(path + ": rope_type \"" + type->get<std::string>() + "\" is not supported yet");
             }
         }
-        if (root.Find("rope_theta") == nullptr) {
+        if (JsonFind(root, "rope_theta") == nullptr) {
             UA_RETURN_IF_ERROR(GetDouble(*rp, path + " rope_parameters", "rope_theta", c.rope_theta));
         }
     }
-    if (root.Find("torch_dtype") == nullptr) {  // transformers 5 names it "dtype"
-        if (const Json* t = root.Find("dtype"); t && t->is_string()) c.torch_dtype = t->string_value();
+    if (JsonFind(root, "torch_dtype") == nullptr) {  // transformers 5 names it "dtype"
+        if (const json* t = JsonFind(root, "dtype"); t && t->is_string()) c.torch_dtype = t->get<std::string>();
     }
 
     auto positive = [&](const char* key, int v) -> Status {
@@ -179,9 +185,9 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
         return InvalidArgument(path + ": rope_theta and rms_norm_eps must be positive");
     }
 
-    const bool has_g = root.Find("grouping_idx") != nullptr;
-    const bool has_b = root.Find("grouping_begin_idx") != nullptr;
-    const bool has_e = root.Find("grouping_end_idx") != nullptr;
+    const bool has_g = JsonFind(root, "grouping_idx") != nullptr;
+    const bool has_b = JsonFind(root, "grouping_begin_idx") != nullptr;
+    const bool has_e = JsonFind(root, "grouping_end_idx") != nullptr;
     if (has_g || has_b || has_e) {
         if (!(has_g && has_b && has_e)) {
             return InvalidArgument(path +
@@ -197,33 +203,30 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     return c;
 }
 
-Json ModelConfig::ToJson() const {
-    Json j = Json::Object();
-    Json arch = Json::Array();
-    arch.Push(Json::String(architecture));
-    j.Set("architectures", std::move(arch));
-    j.Set("model_type", Json::String(architecture == "MistralForCausalLM" ? "mistral" : "llama"));
-    j.Set("vocab_size", Json::Int(vocab_size));
-    j.Set("hidden_size", Json::Int(hidden_size));
-    j.Set("intermediate_size", Json::Int(intermediate_size));
-    j.Set("num_hidden_layers", Json::Int(num_layers));
-    j.Set("num_attention_heads", Json::Int(num_heads));
-    j.Set("num_key_value_heads", Json::Int(num_kv_heads));
-    j.Set("head_dim", Json::Int(head_dim));
-    j.Set("max_position_embeddings", Json::Int(max_position_embeddings));
-    j.Set("rope_theta", Json::Number(rope_theta));
-    j.Set("rms_norm_eps", Json::Number(rms_norm_eps));
-    j.Set("tie_word_embeddings", Json::Bool(tie_word_embeddings));
-    j.Set("bos_token_id", Json::Int(bos_token_id));
-    j.Set("eos_token_id", Json::Int(eos_token_id));
-    j.Set("hidden_act", Json::String("silu"));
-    j.Set("attention_bias", Json::Bool(false));
-    j.Set("mlp_bias", Json::Bool(false));
-    j.Set("torch_dtype", Json::String(torch_dtype));
+OrderedJson ModelConfig::ToJson() const {
+    OrderedJson j = {{"architectures", OrderedJson::array({architecture})},
+                     {"model_type", architecture == "MistralForCausalLM" ? "mistral" : "llama"},
+                     {"vocab_size", vocab_size},
+                     {"hidden_size", hidden_size},
+                     {"intermediate_size", intermediate_size},
+                     {"num_hidden_layers", num_layers},
+                     {"num_attention_heads", num_heads},
+                     {"num_key_value_heads", num_kv_heads},
+                     {"head_dim", head_dim},
+                     {"max_position_embeddings", max_position_embeddings},
+                     {"rope_theta", rope_theta},
+                     {"rms_norm_eps", rms_norm_eps},
+                     {"tie_word_embeddings", tie_word_embeddings},
+                     {"bos_token_id", bos_token_id},
+                     {"eos_token_id", eos_token_id},
+                     {"hidden_act", "silu"},
+                     {"attention_bias", false},
+                     {"mlp_bias", false},
+                     {"torch_dtype", torch_dtype}};
     if (has_grouping) {
-        j.Set("grouping_idx", Json::Int(grouping_idx));
-        j.Set("grouping_begin_idx", Json::Int(grouping_begin_idx));
-        j.Set("grouping_end_idx", Json::Int(grouping_end_idx));
+        j["grouping_idx"] = grouping_idx;
+        j["grouping_begin_idx"] = grouping_begin_idx;
+        j["grouping_end_idx"] = grouping_end_idx;
     }
     return j;
 }

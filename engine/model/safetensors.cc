@@ -10,7 +10,7 @@
 #include <fstream>
 #include <set>
 
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 
 namespace uniattn {
@@ -80,41 +80,39 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
                         " exceeds file size " + std::to_string(size));
     }
     std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_len);
-    UA_ASSIGN_OR_RETURN(Json root, ParseJson(header, path + " (safetensors header)"));
+    UA_ASSIGN_OR_RETURN(nlohmann::json root, ParseJsonFile(header, path + " (safetensors header)"));
     if (!root.is_object()) return DataLoss(path + ": safetensors header is not a JSON object");
     const uint8_t* data_start = bytes + 8 + header_len;
     const size_t data_size = size - 8 - header_len;
-    for (const auto& [name, entry] : root.members()) {
+    for (const auto& [name, entry] : root.items()) {
         if (name == "__metadata__") continue;
         const std::string where = path + ": tensor \"" + name + "\"";
         if (!entry.is_object()) return DataLoss(where + ": header entry is not an object");
-        const Json* dt = entry.Find("dtype");
-        const Json* shape = entry.Find("shape");
-        const Json* offs = entry.Find("data_offsets");
+        const nlohmann::json* dt = JsonFind(entry, "dtype");
+        const nlohmann::json* shape = JsonFind(entry, "shape");
+        const nlohmann::json* offs = JsonFind(entry, "data_offsets");
         if (!dt || !dt->is_string() || !shape || !shape->is_array() || !offs || !offs->is_array() ||
-            offs->array().size() != 2) {
+            offs->size() != 2) {
             return DataLoss(where + ": header entry needs dtype, shape and data_offsets[2]");
         }
         TensorView v;
         v.name = name;
         v.file = path;
-        auto dtype = ParseDType(dt->string_value());
+        auto dtype = ParseDType(dt->get<std::string>());
         if (!dtype.ok()) return Status(dtype.status().code(), where + ": " + dtype.status().message());
         v.dtype = *dtype;
         int64_t numel = 1;
-        for (const Json& d : shape->array()) {
-            if (!d.is_integer() || d.int_value() < 0) return DataLoss(where + ": bad shape");
-            v.shape.push_back(d.int_value());
-            if (d.int_value() > 0 && numel > (INT64_MAX / d.int_value())) return DataLoss(where + ": shape overflows");
-            numel *= d.int_value();
+        for (const nlohmann::json& dj : *shape) {
+            const std::optional<int64_t> d = JsonInt64(dj);
+            if (!d || *d < 0) return DataLoss(where + ": bad shape");
+            v.shape.push_back(*d);
+            if (*d > 0 && numel > (INT64_MAX / *d)) return DataLoss(where + ": shape overflows");
+            numel *= *d;
         }
-        const Json& b = offs->array()[0];
-        const Json& e = offs->array()[1];
-        if (!b.is_integer() || !e.is_integer() || b.int_value() < 0 || e.int_value() < b.int_value()) {
-            return DataLoss(where + ": bad data_offsets");
-        }
-        const auto begin = static_cast<uint64_t>(b.int_value());
-        const auto end = static_cast<uint64_t>(e.int_value());
+        const std::optional<int64_t> b = JsonInt64((*offs)[0]), e = JsonInt64((*offs)[1]);
+        if (!b || !e || *b < 0 || *e < *b) return DataLoss(where + ": bad data_offsets");
+        const auto begin = static_cast<uint64_t>(*b);
+        const auto end = static_cast<uint64_t>(*e);
         if (end > data_size) {
             return DataLoss(where + ": data ends at byte " + std::to_string(end) + " but the file holds only " +
                             std::to_string(data_size) + " data bytes (truncated file?)");
@@ -143,13 +141,13 @@ StatusOr<TensorSet> TensorSet::OpenDir(const std::string& dir) {
     std::vector<std::string> shard_files;
     if (FileExists(index_path)) {
         UA_ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-        UA_ASSIGN_OR_RETURN(Json idx, ParseJson(text, index_path));
-        const Json* wm = idx.Find("weight_map");
+        UA_ASSIGN_OR_RETURN(nlohmann::json idx, ParseJsonFile(text, index_path));
+        const nlohmann::json* wm = JsonFind(idx, "weight_map");
         if (wm == nullptr || !wm->is_object()) return DataLoss(index_path + ": missing \"weight_map\" object");
         std::set<std::string> seen;
-        for (const auto& [name, file] : wm->members()) {
+        for (const auto& [name, file] : wm->items()) {
             if (!file.is_string()) return DataLoss(index_path + ": weight_map[\"" + name + "\"] is not a string");
-            const std::string& f = file.string_value();
+            const std::string& f = file.get_ref<const std::string&>();
             if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
                 return DataLoss(index_path + ": shard name \"" + f + "\" must be a plain file name");
             }
@@ -193,32 +191,20 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite
     for (const auto& t : tensors) sorted.push_back(&t);
     std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
 
-    Json header = Json::Object();
-    if (!metadata.empty()) {
-        Json meta = Json::Object();
-        for (const auto& [k, v] : metadata) meta.Set(k, Json::String(v));
-        header.Set("__metadata__", std::move(meta));
-    }
+    OrderedJson header = OrderedJson::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
     uint64_t offset = 0;
     for (const auto* t : sorted) {
         int64_t n = 1;
-        Json shape = Json::Array();
-        for (int64_t d : t->shape) {
-            shape.Push(Json::Int(d));
-            n *= d;
-        }
+        for (int64_t d : t->shape) n *= d;
         const uint64_t nbytes = static_cast<uint64_t>(n) * DTypeBytes(t->dtype);
-        Json entry = Json::Object();
-        entry.Set("dtype", Json::String(DTypeName(t->dtype)));
-        entry.Set("shape", std::move(shape));
-        Json offs = Json::Array();
-        offs.Push(Json::Int(static_cast<int64_t>(offset)));
-        offs.Push(Json::Int(static_cast<int64_t>(offset + nbytes)));
-        entry.Set("data_offsets", std::move(offs));
-        header.Set(t->name, std::move(entry));
+        OrderedJson& entry = header[t->name];
+        entry["dtype"] = DTypeName(t->dtype);
+        entry["shape"] = t->shape;
+        entry["data_offsets"] = {static_cast<int64_t>(offset), static_cast<int64_t>(offset + nbytes)};
         offset += nbytes;
     }
-    std::string h = header.Dump();
+    std::string h = DumpJson(header);
     while ((h.size() + 8) % 8 != 0) h.push_back(' ');  // align data to 8 bytes
 
     const std::string tmp = path + ".tmp";

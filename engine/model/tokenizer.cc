@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 
 #ifdef UNIATTN_HAVE_SENTENCEPIECE
@@ -34,8 +34,10 @@ class SentencePieceTokenizer final : public Tokenizer {
         const std::string cfg_path = dir + "/tokenizer_config.json";
         if (FileExists(cfg_path)) {
             UA_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
-            UA_ASSIGN_OR_RETURN(Json cfg, ParseJson(text, cfg_path));
-            if (const Json* b = cfg.Find("add_bos_token"); b && b->is_bool()) add_bos_ = b->bool_value();
+            UA_ASSIGN_OR_RETURN(nlohmann::json cfg, ParseJsonFile(text, cfg_path));
+            if (const nlohmann::json* b = JsonFind(cfg, "add_bos_token"); b && b->is_boolean()) {
+                add_bos_ = b->get<bool>();
+            }
         }
         max_token_bytes_ = MeasureMaxTokenBytes();
         return Status::Ok();

@@ -10,6 +10,7 @@
 #include "model/text_corpus.h"
 #include "model/weights.h"
 #include "sampling/sampler.h"
+#include "uniattn/json_io.h"
 #include "uniattn/safetensors.h"
 #include "util/file.h"
 
@@ -91,7 +92,7 @@ Status WriteCheckpoint(const UnifyOptions& o, const TensorSet& src, const ModelC
     }
     UA_RETURN_IF_ERROR(MakeDirs(o.out_dir));
     UA_RETURN_IF_ERROR(WriteSafetensors(o.out_dir + "/model.safetensors", out, {{"format", "pt"}}));
-    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/config.json", cfg.ToJson().DumpPretty() + "\n"));
+    UA_RETURN_IF_ERROR(WriteFile(o.out_dir + "/config.json", DumpJson(cfg.ToJson(), 2) + "\n"));
     for (const char* f : {"tokenizer.model", "tokenizer_config.json", "generation_config.json"}) {
         const std::string from = o.model_dir + "/" + f;
         if (!FileExists(from)) continue;

@@ -1,5 +1,7 @@
 // uniattn-generate as a user runs it: a bad model directory gives a non-zero exit (not a crash) and a
 // message on stderr naming the file at fault; the default model prints the reference greedy ids as JSON.
+// The tools' command lines (tools/cli.h): --help exits 0, an unknown flag or a bad value exits 1 naming it,
+// a missing required flag prints the usage and exits 2.
 #include <sys/wait.h>
 
 #include <gtest/gtest.h>
@@ -10,13 +12,14 @@
 #include <vector>
 
 #include "engine/test_models.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 
 namespace uniattn {
 namespace {
 
 const std::string kGenerate = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-generate";
+const std::string kConvert = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-convert";
 
 struct RunResult {
     int exit_code = -1;  // the shell's: 128 + N when the program died of signal N
@@ -30,11 +33,11 @@ std::string Quote(const std::string& s) {
     return q + "'";
 }
 
-// Runs uniattn-generate with `args` (already quoted), capturing stdout and stderr.
-RunResult Generate(const std::string& args) {
+// Runs `binary` with `args` (already quoted), capturing stdout and stderr.
+RunResult RunTool(const std::string& binary, const std::string& args) {
     testutil::TempDir tmp;
     const std::string err_path = tmp.path() + "/stderr";
-    const std::string cmd = Quote(kGenerate) + " " + args + " 2>" + Quote(err_path);
+    const std::string cmd = Quote(binary) + " " + args + " 2>" + Quote(err_path);
     RunResult r;
     FILE* pipe = ::popen(cmd.c_str(), "r");
     if (pipe == nullptr) return r;
@@ -47,6 +50,8 @@ RunResult Generate(const std::string& args) {
     if (err.ok()) r.err = *err;
     return r;
 }
+
+RunResult Generate(const std::string& args) { return RunTool(kGenerate, args); }
 
 class CliTest : public ::testing::Test {
   protected:
@@ -114,28 +119,62 @@ TEST_F(CliTest, UsageErrorWithoutModel) {
     EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
 }
 
+// Runs `binary args` and expects exit code `code` with `needle` in its stdout (code 0) or stderr.
+void ExpectExit(const std::string& binary, const std::string& args, int code, const std::string& needle) {
+    const RunResult r = RunTool(binary, args);
+    EXPECT_EQ(r.exit_code, code) << args << ": " << r.err;
+    const std::string& text = code == 0 ? r.out : r.err;
+    EXPECT_NE(text.find(needle), std::string::npos) << args << ": \"" << needle << "\" not in: " << text;
+    if (code != 0) EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST_F(CliTest, HelpExitsZero) {
+    ExpectExit(kGenerate, "--help", 0, "--max-tokens");
+    ExpectExit(kConvert, "unify --help", 0, "--drop-unused-qk");
+}
+
+TEST_F(CliTest, UnknownFlagIsAnErrorNamingIt) {
+    ExpectExit(kGenerate, "--model " + Quote(dir_) + " --prompt hello --max-tokenz 4", 1, "--max-tokenz");
+    ExpectExit(kConvert, "unify --model a --out b --grup 2", 1, "--grup");
+}
+
+TEST_F(CliTest, BadValueIsAnErrorNamingTheFlag) {
+    for (const std::string bad : {"--max-tokens many", "--temperature warm", "--seed x", "--threads 1.5"}) {
+        ExpectExit(kGenerate, "--model " + Quote(dir_) + " --prompt hello " + bad, 1, bad.substr(0, bad.find(' ')));
+    }
+    ExpectExit(kGenerate, "--model", 1, "--model");  // no value
+    ExpectExit(kConvert, "unify --model a --out b --group 2 --begin 0 --end x", 1, "--end");
+}
+
+TEST_F(CliTest, ConvertUsageErrors) {
+    ExpectExit(kConvert, "", 2, "usage");
+    ExpectExit(kConvert, "frobnicate", 2, "usage");
+    ExpectExit(kConvert, "unify --model a --out b --group 2 --begin 0", 2, "--end is required");
+}
+
 TEST_F(CliTest, GreedyJsonOnDefaultModel) {
     const std::string model = testutil::DefaultModelDir();
     ASSERT_TRUE(FileExists(model + "/config.json")) << model << ": " << testutil::kMissingDefaultModel;
     const RunResult r =
         Generate("--model " + Quote(model) + " --prompt " + Quote("Once upon a time") + " --max-tokens 20 --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    auto json = ParseJson(r.out, "uniattn-generate stdout");
+    auto json = ParseJsonFile(r.out, "uniattn-generate stdout");
     ASSERT_TRUE(json.ok()) << json.status().ToString() << "\n" << r.out;
     auto ids = [&](const char* key) {
         std::vector<int64_t> v;
-        const Json* a = json->Find(key);
+        const nlohmann::json* a = JsonFind(*json, key);
         EXPECT_TRUE(a != nullptr && a->is_array()) << key;
         if (a == nullptr || !a->is_array()) return v;
-        for (const Json& x : a->array()) v.push_back(x.int_value());
+        for (const nlohmann::json& x : *a) v.push_back(JsonInt64(x).value_or(-1));
         return v;
     };
     EXPECT_EQ(ids("prompt_ids"), (std::vector<int64_t>{1, 9038, 2501, 263, 931}));
     EXPECT_EQ(ids("ids"), (std::vector<int64_t>{29892, 727,   471, 263,  2217, 7826, 4257, 365,  2354, 29889,
                                                 2296,  18012, 304, 1708, 5377, 297,  278,  6575, 845,  457}));
-    const Json* text = json->Find("text");
+    const nlohmann::json* text = JsonFind(*json, "text");
     ASSERT_TRUE(text != nullptr && text->is_string());
-    EXPECT_EQ(text->string_value(), ", there was a little girl named Lily. She loved to play outside in the sunshine");
+    EXPECT_EQ(text->get<std::string>(),
+              ", there was a little girl named Lily. She loved to play outside in the sunshine");
     // One object on one line, nothing else on stdout.
     EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);
 }

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "model/weights.h"
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 #include "uniattn/model_config.h"
 #include "uniattn/safetensors.h"
 #include "uniattn/status.h"
@@ -208,32 +208,32 @@ inline NamedTensor* FindTensor(std::vector<NamedTensor>& tensors, const std::str
 inline Status WriteModelDir(const std::string& dir, const ModelConfig& config, const std::vector<NamedTensor>& tensors,
                             DType dtype, int num_shards = 1) {
     UA_RETURN_IF_ERROR(MakeDirs(dir));
-    UA_RETURN_IF_ERROR(WriteFile(dir + "/config.json", config.ToJson().DumpPretty() + "\n"));
+    UA_RETURN_IF_ERROR(WriteFile(dir + "/config.json", DumpJson(config.ToJson(), 2) + "\n"));
     num_shards = std::max(1, num_shards);
     std::vector<std::vector<TensorToWrite>> shards(static_cast<size_t>(num_shards));
     for (size_t i = 0; i < tensors.size(); ++i) {
         shards[i % num_shards].push_back({tensors[i].name, dtype, tensors[i].shape, tensors[i].data.data()});
     }
     if (num_shards == 1) return WriteSafetensors(dir + "/model.safetensors", shards[0]);
-    Json weight_map = Json::Object();
+    OrderedJson weight_map = OrderedJson::object();
     int64_t total_bytes = 0;
     for (int s = 0; s < num_shards; ++s) {
         char name[64];
         std::snprintf(name, sizeof(name), "model-%05d-of-%05d.safetensors", s + 1, num_shards);
         UA_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + name, shards[s]));
         for (const TensorToWrite& t : shards[s]) {
-            weight_map.Set(t.name, Json::String(name));
+            weight_map[t.name] = name;
             int64_t n = DTypeBytes(dtype);
             for (int64_t x : t.shape) n *= x;
             total_bytes += n;
         }
     }
-    Json meta = Json::Object();
-    meta.Set("total_size", Json::Int(total_bytes));
-    Json index = Json::Object();
-    index.Set("metadata", std::move(meta));
-    index.Set("weight_map", std::move(weight_map));
-    return WriteFile(dir + "/model.safetensors.index.json", index.DumpPretty() + "\n");
+    OrderedJson meta = OrderedJson::object();
+    meta["total_size"] = total_bytes;
+    OrderedJson index = OrderedJson::object();
+    index["metadata"] = std::move(meta);
+    index["weight_map"] = std::move(weight_map);
+    return WriteFile(dir + "/model.safetensors.index.json", DumpJson(index, 2) + "\n");
 }
 
 // Copies tokenizer.model (and tokenizer_config.json when present) from `from_dir` into `to_dir`, for random

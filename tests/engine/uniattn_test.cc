@@ -241,13 +241,13 @@ TEST(UniAttnTest, InconsistentCheckpointsAreRefused) {
         {{2, 0, 8}, "exceeds num_hidden_layers + 1"},
     };
     for (const auto& [gr, needle] : bad) {
-        Json cfg = no_keys.ToJson();
-        cfg.Set("grouping_idx", Json::Int(gr.g));
-        cfg.Set("grouping_begin_idx", Json::Int(gr.b));
-        cfg.Set("grouping_end_idx", Json::Int(gr.e));
+        OrderedJson cfg = no_keys.ToJson();
+        cfg["grouping_idx"] = gr.g;
+        cfg["grouping_begin_idx"] = gr.b;
+        cfg["grouping_end_idx"] = gr.e;
         const std::string dir = tmp.Sub("bad" + std::to_string(gr.g) + std::to_string(gr.b) + std::to_string(gr.e));
         ASSERT_TRUE(testutil::WriteModelDir(dir, no_keys, without_v2, DType::kF32).ok());
-        ASSERT_TRUE(WriteFile(dir + "/config.json", cfg.Dump()).ok());
+        ASSERT_TRUE(WriteFile(dir + "/config.json", DumpJson(cfg)).ok());
         expect_refused(dir, needle);
     }
 }

@@ -1,30 +1,32 @@
-// libFuzzer target: uniattn::ParseJson (the engine's own JSON reader) and a Dump round trip.
+// libFuzzer target: uniattn::ParseJsonBounded (uniattn/json_io.h: nlohmann-json with the depth bound and
+// error mapping the engine's files and the server's bodies share) and a DumpJson round trip.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
-#include "uniattn/json.h"
+#include "uniattn/json_io.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view text(reinterpret_cast<const char*>(data), size);
-    auto parsed = uniattn::ParseJson(text, "fuzz");
-    if (!parsed.ok()) return 0;
-    const uniattn::Json& doc = *parsed;
-    // What it writes it must read back, to the same text.
-    const std::string dumped = doc.Dump();
-    auto again = uniattn::ParseJson(dumped, "fuzz (dumped)");
-    if (!again.ok() || again->Dump() != dumped) std::abort();
-    (void)doc.DumpPretty();
-    if (doc.is_number()) {
-        (void)doc.number_value();
-        if (doc.is_integer()) (void)doc.int_value();
+    nlohmann::json doc;
+    if (auto error = uniattn::ParseJsonBounded(text, uniattn::kMaxJsonFileDepth, doc)) {
+        if (error->detail.empty() || !doc.is_null()) std::abort();
+        return 0;
     }
-    for (const auto& [key, value] : doc.members()) {
-        if (value.is_number()) {
-            (void)value.number_value();
-            if (value.is_integer()) (void)value.int_value();
-        }
+    // What it writes it must read back, to the same value and the same text.
+    const std::string dumped = uniattn::DumpJson(doc);
+    nlohmann::json again;
+    if (uniattn::ParseJsonBounded(dumped, uniattn::kMaxJsonFileDepth, again) || again != doc ||
+        uniattn::DumpJson(again) != dumped) {
+        std::abort();
+    }
+    (void)uniattn::DumpJson(doc, 2);
+    // The engine's file reader on the same text agrees.
+    if (!uniattn::ParseJsonFile(text, "fuzz").ok()) std::abort();
+    for (const auto& [key, value] : doc.items()) {
+        if (value.is_number()) (void)uniattn::JsonInt64(value);
     }
     return 0;
 }

@@ -119,7 +119,13 @@ TEST_F(OpenAiTest, MalformedJson) {
     ExpectError(r, 400, "");
     EXPECT_NE(r.error().message.find("invalid JSON"), std::string::npos);
     ExpectError(ParseOpenAiRequest(Endpoint::kCompletions, "[1,2]", model_), 400, "");
-    ExpectError(ParseOpenAiRequest(Endpoint::kCompletions, std::string(100000, '['), model_), 400, "");
+    r = ParseOpenAiRequest(Endpoint::kCompletions, std::string(100000, '['), model_);
+    ExpectError(r, 400, "");
+    EXPECT_EQ(r.error().message, "invalid JSON: nested deeper than 64 levels");
+    // The bound counts containers (uniattn/json_io.h's ParseJsonBounded): 64 parse (then fail as no object).
+    r = ParseOpenAiRequest(Endpoint::kCompletions, std::string(64, '[') + std::string(64, ']'), model_);
+    ExpectError(r, 400, "");
+    EXPECT_EQ(r.error().message.find("invalid JSON"), std::string::npos) << r.error().message;
     // A number beyond a double's range is nlohmann's out_of_range, not parse_error (found by fuzz_openai_request).
     r = ParseOpenAiRequest(Endpoint::kCompletions, R"({"prompt": "a", "max_tokens": 1e400})", model_);
     ExpectError(r, 400, "");

@@ -8,7 +8,7 @@
 #include "model/llama2c_import.h"
 #include "model/model.h"
 #include "model/unify.h"
-#include "util/flags.h"
+#include "tools/cli.h"
 
 namespace uniattn {
 namespace {
@@ -33,14 +33,17 @@ int Fail(const Status& s) {
 }
 
 int ImportLlama2cMain(int argc, char** argv) {
-    Flags flags({"checkpoint", "tokenizer", "out", "dtype"}, {});
-    if (Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-    if (!flags.Has("checkpoint") || !flags.Has("out")) return Usage();
     Llama2cImportOptions o;
-    o.checkpoint = flags.Get("checkpoint");
-    o.tokenizer = flags.Get("tokenizer");
-    o.out_dir = flags.Get("out");
-    auto dtype = ParseDType(flags.Get("dtype", "F32"));
+    std::string dtype_name = "F32";
+    CLI::App app{"Imports a llama2.c checkpoint (and its SentencePiece tokenizer) as a model directory.",
+                 "uniattn-convert import-llama2c"};
+    auto* checkpoint = app.add_option("--checkpoint", o.checkpoint, "llama2.c checkpoint (FILE.bin); required");
+    app.add_option("--tokenizer", o.tokenizer, "SentencePiece tokenizer.model to copy into the model directory");
+    auto* out = app.add_option("--out", o.out_dir, "output model directory; required");
+    app.add_option("--dtype", dtype_name, "weight dtype: F32, F16 or BF16")->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc - 1, argv + 1, "uniattn-convert")) return *code;
+    if (!checkpoint->count() || !out->count()) return Usage();
+    auto dtype = ParseDType(dtype_name);
     if (!dtype.ok()) return Fail(dtype.status());
     o.dtype = *dtype;
     if (Status s = ImportLlama2c(o); !s.ok()) return Fail(s);
@@ -49,41 +52,37 @@ int ImportLlama2cMain(int argc, char** argv) {
 }
 
 int UnifyMain(int argc, char** argv) {
-    Flags flags({"model", "out", "group", "begin", "end", "calib", "samples", "calib-len", "seed", "ridge", "threads"},
-                {"drop-unused-qk"});
-    if (Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-    for (const char* required : {"model", "out", "group", "begin", "end"}) {
-        if (!flags.Has(required)) {
-            std::fprintf(stderr, "uniattn-convert unify: --%s is required\n", required);
+    UnifyOptions o;
+    int64_t seed = static_cast<int64_t>(o.seed);
+    CLI::App app{
+        "Writes a UniAttn checkpoint: layers in [B, E) form groups of G; the first of each group (the "
+        "anchor) computes softmax, the others reuse it.",
+        "uniattn-convert unify"};
+    app.footer(
+        "Wc is calibrated in closed form on --calib text (documents split at blank lines), on sequences sampled "
+        "from IN when --calib is omitted, or left zero with --calib none.");
+    auto* model = app.add_option("--model", o.model_dir, "input model directory (IN); required");
+    auto* out = app.add_option("--out", o.out_dir, "output model directory (OUT); required");
+    auto* group = app.add_option("--group", o.group, "layers per group (G); required");
+    auto* begin = app.add_option("--begin", o.begin, "first layer of the unified range (B); required");
+    auto* end = app.add_option("--end", o.end, "end of the unified range, exclusive (E); required");
+    app.add_option("--calib", o.calib, "calibration text FILE, or none");
+    app.add_flag("--drop-unused-qk", o.drop_unused_qk, "drop the reuse layers' Q/K projections");
+    app.add_option("--samples", o.calib_samples, "calibration sequences")->capture_default_str();
+    app.add_option("--calib-len", o.calib_len, "tokens per calibration sequence (0: the model's context)")
+        ->capture_default_str();
+    app.add_option("--seed", seed, "seed for sampled calibration sequences")->capture_default_str();
+    app.add_option("--ridge", o.ridge, "ridge regularisation of the closed-form fit")->capture_default_str();
+    app.add_option("--threads", o.num_threads, "CPU threads (0: all)")->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc - 1, argv + 1, "uniattn-convert")) return *code;
+    for (const CLI::Option* required : {model, out, group, begin, end}) {
+        if (!required->count()) {
+            std::fprintf(stderr, "uniattn-convert unify: %s is required\n", required->get_name().c_str());
             return Usage();
         }
     }
-    UnifyOptions o;
-    o.model_dir = flags.Get("model");
-    o.out_dir = flags.Get("out");
     if (o.model_dir == o.out_dir) return Fail(InvalidArgument("--out must differ from --model"));
-    o.calib = flags.Get("calib");
-    o.drop_unused_qk = flags.Has("drop-unused-qk");
-    auto g = flags.GetInt("group", 1);
-    auto b = flags.GetInt("begin", 0);
-    auto e = flags.GetInt("end", 0);
-    auto samples = flags.GetInt("samples", o.calib_samples);
-    auto calib_len = flags.GetInt("calib-len", 0);
-    auto seed = flags.GetInt("seed", static_cast<int64_t>(o.seed));
-    auto ridge = flags.GetDouble("ridge", o.ridge);
-    auto threads = flags.GetInt("threads", 0);
-    for (const Status& s : {g.status(), b.status(), e.status(), samples.status(), calib_len.status(), seed.status(),
-                            ridge.status(), threads.status()}) {
-        if (!s.ok()) return Fail(s);
-    }
-    o.group = static_cast<int>(*g);
-    o.begin = static_cast<int>(*b);
-    o.end = static_cast<int>(*e);
-    o.calib_samples = static_cast<int>(*samples);
-    o.calib_len = static_cast<int>(*calib_len);
-    o.seed = static_cast<uint64_t>(*seed);
-    o.ridge = *ridge;
-    o.num_threads = static_cast<int>(*threads);
+    o.seed = static_cast<uint64_t>(seed);
     if (o.calib_samples < 1) return Fail(InvalidArgument("--samples must be >= 1"));
     if (o.ridge < 0) return Fail(InvalidArgument("--ridge must be >= 0"));
     o.progress = [](const std::string& line) { std::fprintf(stderr, "unify: %s\n", line.c_str()); };
@@ -103,6 +102,10 @@ int UnifyMain(int argc, char** argv) {
 int Main(int argc, char** argv) {
     if (argc < 2) return Usage();
     const std::string cmd = argv[1];
+    if (cmd == "--help" || cmd == "-h") {
+        Usage();
+        return 0;
+    }
     if (cmd == "import-llama2c") return ImportLlama2cMain(argc, argv);
     if (cmd == "unify") return UnifyMain(argc, argv);
     return Usage();

@@ -10,8 +10,8 @@
 #include "model/model.h"
 #include "model/session.h"
 #include "model/text_corpus.h"
-#include "uniattn/json.h"
-#include "util/flags.h"
+#include "tools/cli.h"
+#include "uniattn/json_io.h"
 
 namespace uniattn {
 namespace {
@@ -33,20 +33,29 @@ void LogSoftmax(const float* logits, int n, std::vector<double>& out) {
 }
 
 int Main(int argc, char** argv) {
-    Flags flags({"model", "text", "reference", "threads"}, {"json", "help"});
-    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
-    if (flags.Has("help") || !flags.Has("model") || !flags.Has("text")) {
+    std::string model_dir, text_path, reference_dir;
+    int threads = 0;
+    bool json = false;
+    CLI::App app{
+        "Perplexity of a model on a text file and, with --reference, how far its next-token distributions "
+        "are from a reference model's (greedy-token agreement and mean KL(reference || model)).",
+        "uniattn-eval"};
+    auto* model_opt = app.add_option("--model", model_dir, "model directory; required");
+    auto* text_opt = app.add_option("--text", text_path, "text FILE (documents split at blank lines); required");
+    auto* reference_opt = app.add_option("--reference", reference_dir, "reference model directory");
+    app.add_option("--threads", threads, "CPU threads (0: all)")->capture_default_str();
+    app.add_flag("--json", json, "print the results as one JSON object");
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-eval")) return *code;
+    if (!model_opt->count() || !text_opt->count()) {
         std::fprintf(stderr, "usage: uniattn-eval --model DIR --text FILE [--reference DIR] [--threads N] [--json]\n");
-        return flags.Has("help") ? 0 : 2;
+        return 2;
     }
-    auto threads = flags.GetInt("threads", 0);
-    if (!threads.ok()) return Fail(threads.status());
-    auto backend = MakeCpuBackend(static_cast<int>(*threads));
-    auto model = Model::Load(flags.Get("model"), backend.get());
+    auto backend = MakeCpuBackend(threads);
+    auto model = Model::Load(model_dir, backend.get());
     if (!model.ok()) return Fail(model.status());
     std::unique_ptr<Model> reference;
-    if (flags.Has("reference")) {
-        auto r = Model::Load(flags.Get("reference"), backend.get(), /*load_tokenizer=*/false);
+    if (reference_opt->count()) {
+        auto r = Model::Load(reference_dir, backend.get(), /*load_tokenizer=*/false);
         if (!r.ok()) return Fail(r.status());
         reference = std::move(r).value();
         if (reference->config.vocab_size < (*model)->config.vocab_size - 1 ||
@@ -56,7 +65,7 @@ int Main(int argc, char** argv) {
         }
     }
     const int ctx = (*model)->config.max_position_embeddings;
-    auto docs = LoadCorpus(flags.Get("text"), *(*model)->tokenizer, ctx);
+    auto docs = LoadCorpus(text_path, *(*model)->tokenizer, ctx);
     if (!docs.ok()) return Fail(docs.status());
     auto session = Session::Create(model->get(), backend.get());
     if (!session.ok()) return Fail(session.status());
@@ -104,17 +113,17 @@ int Main(int argc, char** argv) {
     }
     std::fprintf(stderr, "\n");
     const double mean_nll = nll / static_cast<double>(predicted);
-    if (flags.Has("json")) {
-        Json out = Json::Object();
-        out.Set("perplexity", Json::Number(std::exp(mean_nll)));
-        out.Set("mean_nll", Json::Number(mean_nll));
-        out.Set("documents", Json::Int(static_cast<int64_t>(docs->size())));
-        out.Set("predicted_tokens", Json::Int(predicted));
+    if (json) {
+        OrderedJson out = OrderedJson::object();
+        out["perplexity"] = std::exp(mean_nll);
+        out["mean_nll"] = mean_nll;
+        out["documents"] = static_cast<int64_t>(docs->size());
+        out["predicted_tokens"] = predicted;
         if (reference) {
-            out.Set("greedy_agreement", Json::Number(static_cast<double>(agree) / predicted));
-            out.Set("mean_kl", Json::Number(kl / predicted));
+            out["greedy_agreement"] = static_cast<double>(agree) / predicted;
+            out["mean_kl"] = kl / predicted;
         }
-        std::printf("%s\n", out.Dump().c_str());
+        std::printf("%s\n", DumpJson(out).c_str());
     } else {
         std::printf("perplexity: %.4f\nmean_nll: %.6f\ndocuments: %zu\npredicted_tokens: %lld\n", std::exp(mean_nll),
                     mean_nll, docs->size(), static_cast<long long>(predicted));

@@ -10,8 +10,8 @@
 #include "model/model.h"
 #include "model/session.h"
 #include "sampling/sampler.h"
-#include "uniattn/json.h"
-#include "util/flags.h"
+#include "tools/cli.h"
+#include "uniattn/json_io.h"
 
 namespace uniattn {
 namespace {
@@ -67,14 +67,14 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
     text += tail;
     const auto t2 = std::chrono::steady_clock::now();
     if (o.json) {
-        Json out = Json::Object();
-        Json pids = Json::Array(), ids = Json::Array();
-        for (int32_t id : prompt_ids) pids.Push(Json::Int(id));
-        for (int32_t id : generated) ids.Push(Json::Int(id));
-        out.Set("prompt_ids", std::move(pids));
-        out.Set("ids", std::move(ids));
-        out.Set("text", Json::String(text));
-        std::printf("%s\n", out.Dump().c_str());
+        OrderedJson out = OrderedJson::object();
+        OrderedJson pids = OrderedJson::array(), ids = OrderedJson::array();
+        for (int32_t id : prompt_ids) pids.push_back(id);
+        for (int32_t id : generated) ids.push_back(id);
+        out["prompt_ids"] = std::move(pids);
+        out["ids"] = std::move(ids);
+        out["text"] = text;
+        std::printf("%s\n", DumpJson(out).c_str());
     } else {
         std::printf("%s\n", tail.c_str());
     }
@@ -91,53 +91,51 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
 }
 
 int Main(int argc, char** argv) {
-    Flags flags(
-        {"model", "prompt", "max-tokens", "temperature", "top-p", "top-k", "min-p", "seed", "threads", "backend"},
-        {"json", "ignore-eos", "stats", "help"});
-    if (Status s = flags.Parse(argc, argv); !s.ok()) return Fail(s);
-    if (flags.Has("help") || !flags.Has("model")) {
+    Options o;
+    std::string model_dir, prompt, backend_name = "cpu";
+    int threads = 0;
+    uint64_t seed = 0;
+    o.sampling.temperature = 0.0f;  // greedy unless asked
+    CLI::App app{
+        "One prompt, one completion, on the CPU backend (or another compiled-in backend). Without "
+        "--prompt it reads prompts from stdin, one per line.",
+        "uniattn-generate"};
+    auto* model_opt = app.add_option("--model", model_dir, "model directory; required");
+    auto* prompt_opt = app.add_option("--prompt", prompt, "the prompt (default: read prompts from stdin)");
+    app.add_option("--max-tokens", o.max_tokens, "tokens to generate at most")->capture_default_str();
+    app.add_option("--temperature", o.sampling.temperature, "sampling temperature (0: greedy)")->capture_default_str();
+    app.add_option("--top-p", o.sampling.top_p, "nucleus sampling mass")->capture_default_str();
+    app.add_option("--top-k", o.sampling.top_k, "sample among the K most likely tokens (0: all)")
+        ->capture_default_str();
+    app.add_option("--min-p", o.sampling.min_p, "drop tokens below P times the most likely one's probability")
+        ->capture_default_str();
+    auto* seed_opt = app.add_option("--seed", seed, "sampling seed");
+    app.add_flag("--json", o.json, "print the prompt ids, generated ids and text as one JSON object");
+    app.add_flag("--ignore-eos", o.ignore_eos, "generate --max-tokens even past end-of-sequence");
+    app.add_flag("--stats", o.stats, "print prefill and decode speed on stderr");
+    app.add_option("--threads", threads, "CPU threads (0: all)")->capture_default_str();
+    app.add_option("--backend", backend_name, "backend to run on")->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-generate")) return *code;
+    if (!model_opt->count()) {
         std::fprintf(stderr,
                      "usage: uniattn-generate --model DIR [--prompt TEXT] [--max-tokens N] [--temperature T]\n"
                      "       [--top-p P] [--top-k K] [--min-p P] [--seed S] [--json] [--ignore-eos] [--stats]\n"
                      "       [--threads N] [--backend cpu]\n");
-        return flags.Has("help") ? 0 : 2;
+        return 2;
     }
-    Options o;
-    auto max_tokens = flags.GetInt("max-tokens", 64);
-    auto temperature = flags.GetDouble("temperature", 0.0);
-    auto top_p = flags.GetDouble("top-p", 1.0);
-    auto top_k = flags.GetInt("top-k", 0);
-    auto min_p = flags.GetDouble("min-p", 0.0);
-    auto threads = flags.GetInt("threads", 0);
-    for (const Status& s : {max_tokens.status(), temperature.status(), top_p.status(), top_k.status(), min_p.status(),
-                            threads.status()}) {
-        if (!s.ok()) return Fail(s);
-    }
-    if (*max_tokens < 0) return Fail(InvalidArgument("--max-tokens must be >= 0"));
-    o.max_tokens = static_cast<int>(*max_tokens);
-    o.json = flags.Has("json");
-    o.ignore_eos = flags.Has("ignore-eos");
-    o.stats = flags.Has("stats");
-    o.sampling.temperature = static_cast<float>(*temperature);
-    o.sampling.top_p = static_cast<float>(*top_p);
-    o.sampling.top_k = static_cast<int>(*top_k);
-    o.sampling.min_p = static_cast<float>(*min_p);
-    if (flags.Has("seed")) {
-        auto seed = flags.GetInt("seed", 0);
-        if (!seed.ok()) return Fail(seed.status());
-        o.sampling.seed = static_cast<uint64_t>(*seed);
-    }
+    if (o.max_tokens < 0) return Fail(InvalidArgument("--max-tokens must be >= 0"));
+    if (seed_opt->count()) o.sampling.seed = seed;
 
-    auto backend = MakeBackend(flags.Get("backend", "cpu"), static_cast<int>(*threads));
+    auto backend = MakeBackend(backend_name, threads);
     if (!backend.ok()) return Fail(backend.status());
-    auto model = Model::Load(flags.Get("model"), backend->get());
+    auto model = Model::Load(model_dir, backend->get());
     if (!model.ok()) return Fail(model.status());
     if (Status s = o.sampling.Validate((*model)->config.vocab_size); !s.ok()) return Fail(s);
     auto session = Session::Create(model->get(), backend->get());
     if (!session.ok()) return Fail(session.status());
 
-    if (flags.Has("prompt")) {
-        if (Status s = RunOne(**model, **session, flags.Get("prompt"), o); !s.ok()) return Fail(s);
+    if (prompt_opt->count()) {
+        if (Status s = RunOne(**model, **session, prompt, o); !s.ok()) return Fail(s);
         return 0;
     }
     std::string line;

@@ -6,7 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "uniattn/json.h"
+#include <nlohmann/json_fwd.hpp>
+
 #include "uniattn/status.h"
 
 namespace uniattn {
@@ -57,7 +58,8 @@ struct ModelConfig {
     // Parses config.json text; `path` names the file in messages. Unknown keys are ignored (as in
     // transformers); missing required keys and impossible values are errors.
     static StatusOr<ModelConfig> FromJson(const std::string& text, const std::string& path);
-    Json ToJson() const;
+    // config.json as transformers writes it (keys in its order); uniattn/json_io.h's DumpJson writes it out.
+    nlohmann::ordered_json ToJson() const;
 };
 
 }  // namespace uniattn

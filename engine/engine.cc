@@ -154,8 +154,11 @@ Status EngineImpl::Init(const EngineConfig& config) {
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
+    // Small files before the weights: a broken generation_config.json fails fast.
+    UA_ASSIGN_OR_RETURN(const GenerationConfig generation, LoadGenerationConfig(config));
     UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
-    const bool has_tokenizer = FileExists(config.model_dir + "/tokenizer.model");
+    const bool has_tokenizer =
+        FileExists(config.model_dir + "/tokenizer.model") || FileExists(config.model_dir + "/tokenizer.json");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
     const ModelConfig& mc = model_->config;
     if (model_->tokenizer) {
@@ -213,6 +216,8 @@ Status EngineImpl::Init(const EngineConfig& config) {
     info_.kv_bytes_per_token_dense = mc.DenseKvBytesPerToken(DTypeBytes(kv_dtype));
     info_.backend = backend_->Name();
     info_.dtype = std::string(DTypeName(backend_->WeightDType())) + " / " + DTypeName(kv_dtype);
+    info_.sampling_defaults = generation.sampling;
+    info_.eos_token_ids = EosTokenIds(*tokenizer_, mc, generation);
 
     stats_.num_blocks_total = num_blocks;
     stats_.kv_bytes_total = kv_->total_bytes();
@@ -320,7 +325,8 @@ void EngineImpl::Admit(std::unique_ptr<PendingRequest> pending) {
         SampleState& s = raw->samples[i];
         if (r.seed) p.seed = *r.seed + static_cast<uint64_t>(i);
         s.sampler = std::make_unique<Sampler>(p, seed_rng_());
-        s.output = std::make_unique<SampleOutput>(r, tokenizer_, wants_text, i, raw->max_new_tokens);
+        s.output =
+            std::make_unique<SampleOutput>(r, tokenizer_, &info_.eos_token_ids, wants_text, i, raw->max_new_tokens);
     }
     if (!seq_id.ok()) {  // ValidateRequest checked the same bounds; kept as a guard
         FailRequest(*raw, seq_id.status());

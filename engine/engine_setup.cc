@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "model/model.h"
+#include "util/file.h"
 
 namespace uniattn {
 
@@ -55,6 +56,31 @@ StatusOr<int64_t> KvPoolBytes(const EngineConfig& config, Backend* backend, Mode
         }
     }
     return bytes;
+}
+
+StatusOr<GenerationConfig> LoadGenerationConfig(const EngineConfig& config) {
+    const std::string& where = config.generation_config;
+    if (where == "none") return GenerationConfig{};
+    if (where == "auto" || where.empty()) return GenerationConfig::LoadDir(config.model_dir);
+    if (!IsDirectory(where)) {
+        return InvalidArgument("generation_config: " + where + " is not a directory (auto, none or a directory)");
+    }
+    if (!FileExists(where + "/generation_config.json")) {
+        return NotFound("generation_config: " + where + "/generation_config.json does not exist");
+    }
+    return GenerationConfig::LoadDir(where);
+}
+
+std::vector<int32_t> EosTokenIds(const Tokenizer& tokenizer, const ModelConfig& config,
+                                 const GenerationConfig& generation) {
+    std::vector<int32_t> ids;
+    auto add = [&](int32_t id) {
+        if (id >= 0 && id < config.vocab_size && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+    };
+    add(tokenizer.eos_id());
+    add(config.eos_token_id);
+    for (int32_t id : generation.eos_token_ids) add(id);
+    return ids;
 }
 
 }  // namespace uniattn

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "backend/backend.h"
 #include "model/forward.h"
 #include "uniattn/dtype.h"
 #include "uniattn/engine.h"
+#include "uniattn/generation_config.h"
+#include "uniattn/tokenizer.h"
 
 namespace uniattn {
 
@@ -19,5 +22,13 @@ StatusOr<DType> ResolveDeviceDType(const EngineConfig& config);
 // once the weights are loaded and `runner`'s step workspaces are reserved for the largest step (device
 // backends; the figure is logged to stderr).
 StatusOr<int64_t> KvPoolBytes(const EngineConfig& config, Backend* backend, ModelRunner* runner, int max_model_len);
+
+// EngineConfig::generation_config: "auto" (MODEL/generation_config.json when present), "none", or a directory.
+StatusOr<GenerationConfig> LoadGenerationConfig(const EngineConfig& config);
+
+// The ids that end a sample: the tokenizer's eos, config.json's eos_token_id and generation_config.json's
+// (Llama-3.1 lists three: <|end_of_text|>, <|eom_id|>, <|eot_id|>), first occurrence order, no repeats.
+std::vector<int32_t> EosTokenIds(const Tokenizer& tokenizer, const ModelConfig& config,
+                                 const GenerationConfig& generation);
 
 }  // namespace uniattn

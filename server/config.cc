@@ -10,8 +10,10 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 namespace uniattn::server {
 namespace {
@@ -183,6 +185,30 @@ Setter StringList(std::vector<std::string> ServerConfig::*field, bool allow_empt
     };
 }
 
+// model.override_generation_config.*: a request default that replaces generation_config.json's; checked with the
+// ranges a request may use.
+template <class T>
+Setter SamplingDefault(std::optional<T> SamplingDefaults::*field) {
+    return [=](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+        SamplingDefaults d;
+        if constexpr (std::is_same_v<T, int>) {
+            UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
+            if (v < INT32_MIN || v > INT32_MAX) return InvalidArgument(key + ": out of range");
+            d.*field = static_cast<int>(v);
+        } else {
+            UA_ASSIGN_OR_RETURN(double v, ReadDouble(key, node));
+            d.*field = static_cast<T>(v);
+        }
+        GenerationRequest probe;
+        d.ApplyTo(probe);
+        RequestLimits limits;
+        limits.vocab_size = INT32_MAX;
+        if (Status s = ValidateSampling(probe, limits); !s.ok()) return InvalidArgument(key + ": " + s.message());
+        c.override_generation_config.Override(d);
+        return Status::Ok();
+    };
+}
+
 const std::vector<Key>& Keys() {
     static const std::vector<Key> keys = {
         {"model.path",
@@ -202,6 +228,19 @@ const std::vector<Key>& Keys() {
          }},
         {"model.chat_template",
          Choice(&ServerConfig::chat_template, {"auto", "plain", "llama-2", "llama-3", "chatml", "mistral", "none"})},
+        {"model.generation_config",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(c.engine.generation_config, ReadString(key, node));
+             if (c.engine.generation_config.empty()) {
+                 return InvalidArgument(key + ": must be auto, none or a directory holding generation_config.json");
+             }
+             return Status::Ok();
+         }},
+        {"model.override_generation_config.temperature", SamplingDefault(&SamplingDefaults::temperature)},
+        {"model.override_generation_config.top_p", SamplingDefault(&SamplingDefaults::top_p)},
+        {"model.override_generation_config.top_k", SamplingDefault(&SamplingDefaults::top_k)},
+        {"model.override_generation_config.min_p", SamplingDefault(&SamplingDefaults::min_p)},
+        {"model.override_generation_config.repetition_penalty", SamplingDefault(&SamplingDefaults::repetition_penalty)},
         {"model.max_model_len", EngineInt(&EngineConfig::max_model_len, 0, 1 << 24, "0 = the model's, else >= 1")},
         {"engine.backend",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
@@ -493,6 +532,15 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "name" << YAML::Value << c.engine.model_name;
     out << YAML::Key << "chat_template" << YAML::Value << c.chat_template;
     out << YAML::Key << "max_model_len" << YAML::Value << c.engine.max_model_len;
+    out << YAML::Key << "generation_config" << YAML::Value << c.engine.generation_config;
+    const SamplingDefaults& d = c.override_generation_config;
+    out << YAML::Key << "override_generation_config" << YAML::Value << YAML::BeginMap;
+    if (d.temperature) out << YAML::Key << "temperature" << YAML::Value << *d.temperature;
+    if (d.top_p) out << YAML::Key << "top_p" << YAML::Value << *d.top_p;
+    if (d.top_k) out << YAML::Key << "top_k" << YAML::Value << *d.top_k;
+    if (d.min_p) out << YAML::Key << "min_p" << YAML::Value << *d.min_p;
+    if (d.repetition_penalty) out << YAML::Key << "repetition_penalty" << YAML::Value << *d.repetition_penalty;
+    out << YAML::EndMap;
     out << YAML::EndMap;
     out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "backend" << YAML::Value << c.engine.backend;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "uniattn/engine.h"
+#include "uniattn/generation_config.h"
 #include "uniattn/status.h"
 
 namespace uniattn::server {
@@ -17,7 +18,10 @@ namespace uniattn::server {
 struct ServerConfig {
     EngineConfig engine;  // model.path, model.name, model.max_model_len and every engine.* key
 
-    std::string chat_template = "auto";  // model.chat_template: auto|plain|llama-2|llama-3|chatml|mistral|none
+    std::string chat_template = "auto";
+    // model.override_generation_config.{temperature,top_p,top_k,min_p,repetition_penalty}: request defaults
+    // that replace generation_config.json's (model.generation_config selects that file: engine.generation_config).
+    SamplingDefaults override_generation_config;  // model.chat_template: auto|plain|llama-2|llama-3|chatml|mistral|none
 
     std::string host = "127.0.0.1";
     int http_port = 8000;   // 0 = ephemeral

@@ -114,6 +114,7 @@ StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& req, cons
     if (req.has_n()) g.n = req.n();
     if (req.has_max_tokens()) g.max_tokens = req.max_tokens();
     const pb::SamplingParams& s = req.sampling();
+    m.sampling_defaults.ApplyTo(g);  // what the request leaves unset
     if (s.has_temperature()) g.temperature = s.temperature();
     if (s.has_top_p()) g.top_p = s.top_p();
     if (s.has_top_k()) g.top_k = s.top_k();

@@ -200,6 +200,13 @@ int Run(int argc, char** argv) {
     spdlog::info("ready: model {} ({} backend, weights / KV {}, max_model_len {}, chat template {}) loaded in {:.2f}s",
                  info.name, info.backend, info.dtype, info.max_model_len, ChatTemplateName(*chat_template),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+    {
+        std::string eos;
+        for (int32_t id : info.eos_token_ids) eos += (eos.empty() ? "" : ", ") + std::to_string(id);
+        SamplingDefaults defaults = info.sampling_defaults;
+        defaults.Override(config.override_generation_config);
+        spdlog::info("generation: eos ids [{}], request defaults {}", eos, defaults.ToString());
+    }
 
     waiter.Wait();
 

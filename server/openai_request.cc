@@ -137,6 +137,7 @@ std::optional<ApiError> ParseSampling(const json& body, const ServedModel& m, Op
                                       bool* max_tokens_given) {
     Reader rd(body);
     GenerationRequest& p = r.params;
+    m.sampling_defaults.ApplyTo(p);  // what the request leaves unset; its own fields are read over them
     RETURN_IF_API_ERROR(rd.Float("temperature", &p.temperature));
     RETURN_IF_API_ERROR(rd.Float("top_p", &p.top_p));
     RETURN_IF_API_ERROR(rd.Int32("top_k", &p.top_k));

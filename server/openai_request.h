@@ -22,6 +22,8 @@ struct ServedModel {
     const Tokenizer* tokenizer = nullptr;
     RequestLimits limits;  // the engine's (Engine::request_limits), with the server's per-request caps
     ChatTemplate chat_template = ChatTemplate::kNone;
+    // Sampling fields a request leaves unset (generation_config.json, then model.override_generation_config).
+    SamplingDefaults sampling_defaults;
 };
 
 enum class Endpoint { kCompletions, kChatCompletions };

@@ -36,6 +36,8 @@ void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
         model_.limits.max_sequences_per_request = config_.max_sequences_per_request;
     }
     model_.chat_template = chat_template;
+    model_.sampling_defaults = info.sampling_defaults;
+    model_.sampling_defaults.Override(config_.override_generation_config);
     if (!metrics_) metrics_ = std::make_unique<Metrics>(info.name, info.max_model_len);
     metrics_->SetModelInfo(info);
     engine->SetObserver(metrics_->MakeObserver());

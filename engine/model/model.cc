@@ -15,19 +15,21 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* ba
     auto model = std::make_unique<Model>();
     model->dir = dir;
     UA_ASSIGN_OR_RETURN(model->config, LoadConfig(dir));
+    // The small files first: a missing or unsupported tokenizer is reported before gigabytes of weights load.
+    if (load_tokenizer) {
+        UA_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(dir, model->config));
+        if (model->tokenizer->vocab_size() > model->config.vocab_size) {
+            const char* file = FileExists(dir + "/tokenizer.json") ? "/tokenizer.json" : "/tokenizer.model";
+            return InvalidArgument(dir + file + ": " + std::to_string(model->tokenizer->vocab_size()) +
+                                   " tokens but config.json vocab_size is " + std::to_string(model->config.vocab_size));
+        }
+    }
     UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
     auto weights = LoadWeights(tensors, model->config, backend);
     if (!weights.ok()) {
         return Status(weights.status().code(), dir + ": " + weights.status().message());
     }
     model->weights = std::move(weights).value();
-    if (load_tokenizer) {
-        UA_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(dir, model->config));
-        if (model->tokenizer->vocab_size() > model->config.vocab_size) {
-            return InvalidArgument(dir + "/tokenizer.model: " + std::to_string(model->tokenizer->vocab_size()) +
-                                   " pieces but config.json vocab_size is " + std::to_string(model->config.vocab_size));
-        }
-    }
     return model;
 }
 

@@ -17,8 +17,8 @@ struct Model {
     ModelWeights weights;
     std::unique_ptr<Tokenizer> tokenizer;  // null when load_tokenizer was false
 
-    // Reads DIR/config.json, the safetensors weights and DIR/tokenizer.model. Every failure names the file
-    // (and the tensor) at fault.
+    // Reads DIR/config.json, the tokenizer (before any weight: a tokenizer problem fails fast) and the
+    // safetensors weights. Every failure names the file (and the tensor) at fault.
     static StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Backend* backend, bool load_tokenizer = true);
     static StatusOr<ModelConfig> LoadConfig(const std::string& dir);
 };

@@ -30,9 +30,9 @@ size_t FindStop(const std::string& text, const std::vector<std::string>& stops) 
 
 }  // namespace
 
-SampleOutput::SampleOutput(const GenerationRequest& request, const Tokenizer* tokenizer, bool wants_text, int index,
-                           int max_new_tokens)
-    : request_(request), tokenizer_(tokenizer), index_(index), max_new_tokens_(max_new_tokens) {
+SampleOutput::SampleOutput(const GenerationRequest& request, const Tokenizer* tokenizer,
+                           const std::vector<int32_t>* eos_ids, bool wants_text, int index, int max_new_tokens)
+    : request_(request), eos_ids_(eos_ids), index_(index), max_new_tokens_(max_new_tokens) {
     if (wants_text) detok_ = std::make_unique<IncrementalDetokenizer>(tokenizer, request.prompt_ids);
 }
 
@@ -40,7 +40,7 @@ bool SampleOutput::OnToken(const SampleResult& result, int cached_tokens, std::v
     UA_CHECK(!done_);
     const GenerationRequest& r = request_;
     generated_.push_back(result.token);
-    const bool eos = !r.ignore_eos && result.token == tokenizer_->eos_id();
+    const bool eos = !r.ignore_eos && std::find(eos_ids_->begin(), eos_ids_->end(), result.token) != eos_ids_->end();
     if (eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), result.token) != r.stop_token_ids.end()) {
         Finish(FinishReason::kStop, cached_tokens, out);  // the stop token itself is not emitted
         return false;

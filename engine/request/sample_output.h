@@ -16,10 +16,11 @@ namespace uniattn {
 
 class SampleOutput {
   public:
-    // `request` and `tokenizer` must outlive this object. `wants_text`: detokenize (text is asked for, or
-    // stop strings need it). `max_new_tokens` is max_tokens capped by the context.
-    SampleOutput(const GenerationRequest& request, const Tokenizer* tokenizer, bool wants_text, int index,
-                 int max_new_tokens);
+    // `request`, `tokenizer` and `eos_ids` (ModelInfo::eos_token_ids) must outlive this object. `wants_text`:
+    // detokenize (text is asked for, or stop strings need it). `max_new_tokens` is max_tokens capped by the
+    // context.
+    SampleOutput(const GenerationRequest& request, const Tokenizer* tokenizer, const std::vector<int32_t>* eos_ids,
+                 bool wants_text, int index, int max_new_tokens);
 
     // Takes the sample's next token and appends its events to `out`: a kToken (unless the token is EOS or a
     // stop token id, which are counted but never emitted), then kFinished when the sample ends with it.
@@ -38,7 +39,7 @@ class SampleOutput {
     RequestEvent EndEvent(RequestEvent::Kind kind, int cached_tokens);
 
     const GenerationRequest& request_;
-    const Tokenizer* tokenizer_;
+    const std::vector<int32_t>* eos_ids_;
     const int index_;
     const int max_new_tokens_;
     std::unique_ptr<IncrementalDetokenizer> detok_;  // when text is wanted or stop strings are set

@@ -57,10 +57,14 @@ class CliTest : public ::testing::Test {
   protected:
     void SetUp() override {
         ASSERT_TRUE(FileExists(kGenerate)) << kGenerate << " is not built (ninja uniattn-generate)";
+        // The default model's vocabulary, so its tokenizer fits: the tokenizer is checked before any weight.
+        options_.vocab_size = 32000, options_.hidden_size = 16, options_.num_heads = 2, options_.num_kv_heads = 1;
+        options_.intermediate_size = 24;
         const ModelConfig config = testutil::MakeConfig(options_);
         tensors_ = testutil::MakeRandomTensors(config, DType::kF32, options_.seed);
         dir_ = tmp_.path() + "/model";
         ASSERT_TRUE(testutil::WriteModelDir(dir_, config, tensors_, DType::kF32).ok());
+        ASSERT_TRUE(testutil::CopyTokenizer(testutil::DefaultModelDir(), dir_).ok()) << testutil::kMissingDefaultModel;
     }
 
     // Expects a clean failure (exit code 1..127, not a signal) whose stderr contains every needle.
@@ -109,8 +113,11 @@ TEST_F(CliTest, WrongTensorShape) {
     ExpectCleanFailure({dir_ + "/model.safetensors", "model.layers.0.mlp.up_proj.weight"});
 }
 
-// The weights are fine but there is no tokenizer.model.
-TEST_F(CliTest, MissingTokenizer) { ExpectCleanFailure({dir_ + "/tokenizer.model"}); }
+// The weights are fine but there is no tokenizer file: named before any weight is read.
+TEST_F(CliTest, MissingTokenizer) {
+    std::filesystem::remove(dir_ + "/tokenizer.model");
+    ExpectCleanFailure({dir_ + "/tokenizer.model"});
+}
 
 TEST_F(CliTest, UsageErrorWithoutModel) {
     const RunResult r = Generate("--prompt hello");

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -545,6 +548,75 @@ TEST(EngineTest, EosStopsUnlessIgnored) {
     out = Drain(**h);
     EXPECT_EQ(out.at(0).tokens, (std::vector<int32_t>{2, 2, 2}));
     EXPECT_EQ(out.at(0).reason, FinishReason::kLength);
+}
+
+// generation_config.json's eos_token_id list ends a sample on any of its ids (Llama-3.1 lists three), its
+// sampling fields become ModelInfo::sampling_defaults, and `generation_config: none` ignores the file.
+TEST(EngineTest, GenerationConfigEosListAndDefaults) {
+    const std::string dir = UniAttnModelDir();
+    const std::vector<int32_t> prompt = {5, 17, 42, 9};
+    std::vector<int32_t> plain;
+    {
+        auto engine = MakeEngine(Config(dir, true, 64));
+        ASSERT_NE(engine, nullptr);
+        EXPECT_TRUE(engine->model_info().sampling_defaults.empty());
+        auto h = engine->Submit(Greedy(prompt, 6, true));
+        ASSERT_TRUE(h.ok());
+        plain = Drain(**h).at(0).tokens;
+        ASSERT_EQ(plain.size(), 6u);
+    }
+    // The first generated token that is not config.json's eos: the list's second entry ends the sample there.
+    size_t stop_at = 0;
+    while (stop_at < plain.size() && plain[stop_at] == 2) ++stop_at;
+    ASSERT_LT(stop_at, plain.size());
+    testutil::TempDir tmp;
+    const std::string copy = tmp.Sub("model");
+    std::filesystem::copy(dir, copy, std::filesystem::copy_options::recursive);
+    {
+        std::ofstream f(copy + "/generation_config.json");
+        f << "{\"eos_token_id\": [250, " << plain[stop_at]
+          << "], \"temperature\": 0.6, \"top_p\": 0.9, \"do_sample\": true}";
+    }
+    EngineConfig c = Config(copy, true, 64);
+    {
+        auto engine = MakeEngine(c);
+        ASSERT_NE(engine, nullptr);
+        const ModelInfo& info = engine->model_info();
+        EXPECT_EQ(info.eos_token_ids, (std::vector<int32_t>{2, 250, plain[stop_at]}));
+        ASSERT_TRUE(info.sampling_defaults.temperature.has_value());
+        EXPECT_FLOAT_EQ(*info.sampling_defaults.temperature, 0.6f);
+        EXPECT_FLOAT_EQ(info.sampling_defaults.top_p.value_or(0), 0.9f);
+        EXPECT_FALSE(info.sampling_defaults.top_k.has_value());
+        auto h = engine->Submit(Greedy(prompt, 6, false));
+        ASSERT_TRUE(h.ok());
+        const Output out = Drain(**h);
+        EXPECT_EQ(out.at(0).tokens, std::vector<int32_t>(plain.begin(), plain.begin() + stop_at));
+        EXPECT_EQ(out.at(0).reason, FinishReason::kStop);
+        h = engine->Submit(Greedy(prompt, 6, true));  // ignore_eos covers every eos id
+        ASSERT_TRUE(h.ok());
+        EXPECT_EQ(Drain(**h).at(0).tokens, plain);
+    }
+    c.generation_config = "none";
+    {
+        auto engine = MakeEngine(c);
+        ASSERT_NE(engine, nullptr);
+        EXPECT_EQ(engine->model_info().eos_token_ids, (std::vector<int32_t>{2}));
+        EXPECT_TRUE(engine->model_info().sampling_defaults.empty());
+    }
+    // A default a request could not ask for is a broken file, named before the weights load.
+    {
+        std::ofstream f(copy + "/generation_config.json");
+        f << "{\"temperature\": -1}";
+    }
+    c.generation_config = "auto";
+    auto bad = Engine::Create(c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find(copy + "/generation_config.json: temperature"), std::string::npos)
+        << bad.status().ToString();
+    c.generation_config = copy + "/missing";
+    bad = Engine::Create(c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("generation_config: " + copy + "/missing"), std::string::npos);
 }
 
 TEST(EngineTest, Logprobs) {

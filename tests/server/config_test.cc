@@ -90,6 +90,32 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     EXPECT_NE(ConfigToYaml(*r).find("exact_activations: false"), std::string::npos);
 }
 
+TEST(ConfigTest, GenerationConfigKeys) {
+    auto r = ParseConfig(
+        "model:\n  path: m\n  generation_config: none\n  override_generation_config:\n    temperature: 0.2\n"
+        "    top_k: 40\n",
+        "x.yaml", {{"model.override_generation_config.top_p", "0.75"}});
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(r->engine.generation_config, "none");
+    EXPECT_FLOAT_EQ(r->override_generation_config.temperature.value_or(-1), 0.2f);
+    EXPECT_EQ(r->override_generation_config.top_k.value_or(-1), 40);
+    EXPECT_FLOAT_EQ(r->override_generation_config.top_p.value_or(-1), 0.75f);
+    EXPECT_FALSE(r->override_generation_config.min_p.has_value());
+    auto again = ParseConfig(ConfigToYaml(*r), "printed", {});
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ(again->engine.generation_config, "none");
+    EXPECT_FLOAT_EQ(again->override_generation_config.top_p.value_or(-1), 0.75f);
+    EXPECT_EQ(again->override_generation_config.top_k.value_or(-1), 40);
+    auto d = ParseConfig("model:\n  path: m\n", "x.yaml", {});
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(d->engine.generation_config, "auto");
+    EXPECT_TRUE(d->override_generation_config.empty());
+    auto bad = ParseConfig("model:\n  path: m\n", "x.yaml", {{"model.override_generation_config.top_p", "0"}});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("model.override_generation_config.top_p: top_p"), std::string::npos)
+        << bad.status().message();
+}
+
 TEST(ConfigTest, MissingModelPath) {
     auto c = ParseConfig("", "x.yaml", {});
     ASSERT_FALSE(c.ok());

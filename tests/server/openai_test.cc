@@ -73,6 +73,25 @@ TEST_F(OpenAiTest, CompletionDefaultsAndFields) {
     EXPECT_EQ(q.num_choices(), 2);
 }
 
+// generation_config.json's defaults (after model.override_generation_config) fill the fields a request leaves
+// unset, as vLLM's `--generation-config auto`; the request's own fields win; null means unset.
+TEST_F(OpenAiTest, ModelSamplingDefaultsFillUnsetFields) {
+    model_.sampling_defaults.temperature = 0.6f;
+    model_.sampling_defaults.top_p = 0.9f;
+    model_.sampling_defaults.top_k = 20;
+    auto r = Completion({{"prompt", "hi"}, {"top_p", 0.5}, {"temperature", nullptr}});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_FLOAT_EQ(r.value().params.temperature, 0.6f);
+    EXPECT_FLOAT_EQ(r.value().params.top_p, 0.5f);
+    EXPECT_EQ(r.value().params.top_k, 20);
+    EXPECT_FLOAT_EQ(r.value().params.min_p, 0.0f);  // not in the defaults: the request's own default
+    r = Chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"temperature", 0}, {"top_k", -1}});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_FLOAT_EQ(r.value().params.temperature, 0.0f);
+    EXPECT_EQ(r.value().params.top_k, -1);
+    EXPECT_FLOAT_EQ(r.value().params.top_p, 0.9f);
+}
+
 TEST_F(OpenAiTest, PromptForms) {
     auto list = Completion({{"prompt", {"a", "b"}}});
     ASSERT_TRUE(list.ok());

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "uniattn/cuda_options.h"
+#include "uniattn/generation_config.h"
 #include "uniattn/model_config.h"
 #include "uniattn/request.h"
 #include "uniattn/status.h"
@@ -43,6 +44,10 @@ struct EngineConfig {
     enum class SamplingPlace { kBackend, kHost };
     SamplingPlace sampling_place = SamplingPlace::kBackend;
     std::string model_name;  // served name; default: the directory's base name
+    // The model's generation_config.json (eos ids, request defaults): "auto" reads MODEL/generation_config.json
+    // when present, "none" ignores it (vLLM's `--generation-config vllm`), anything else names a directory
+    // holding one.
+    std::string generation_config = "auto";
     CudaOptions cuda;        // backend "cuda": device and kernel choices
 };
 
@@ -117,6 +122,11 @@ struct ModelInfo {
     int64_t kv_bytes_per_token_dense = 0;  // the same shape with every layer keeping K and V
     std::string backend;
     std::string dtype;  // weights / KV as the backend holds them (safetensors spelling: F32, F16, BF16)
+    // Every id that ends a sample (unless ignore_eos): the tokenizer's eos, config.json's eos_token_id and
+    // generation_config.json's, in that order, without repeats.
+    std::vector<int32_t> eos_token_ids;
+    // Request defaults from generation_config.json (EngineConfig::generation_config); front ends apply them.
+    SamplingDefaults sampling_defaults;
 };
 
 class Engine {

@@ -155,7 +155,8 @@ Status EngineImpl::Init(const EngineConfig& config) {
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
     UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
-    const bool has_tokenizer = FileExists(config.model_dir + "/tokenizer.model");
+    const bool has_tokenizer =
+        FileExists(config.model_dir + "/tokenizer.json") || FileExists(config.model_dir + "/tokenizer.model");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
     const ModelConfig& mc = model_->config;
     if (model_->tokenizer) {

@@ -24,8 +24,8 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* ba
     if (load_tokenizer) {
         UA_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(dir, model->config));
         if (model->tokenizer->vocab_size() > model->config.vocab_size) {
-            return InvalidArgument(dir + "/tokenizer.model: " + std::to_string(model->tokenizer->vocab_size()) +
-                                   " pieces but config.json vocab_size is " + std::to_string(model->config.vocab_size));
+            return InvalidArgument(dir + ": the tokenizer has " + std::to_string(model->tokenizer->vocab_size()) +
+                                   " tokens but config.json vocab_size is " + std::to_string(model->config.vocab_size));
         }
     }
     return model;

@@ -188,7 +188,10 @@ class CountingTokenizer final : public Tokenizer {
         ++encodes;
         return inner_.Encode(text, add_bos);
     }
-    std::string Decode(const std::vector<int32_t>& ids) const override { return inner_.Decode(ids); }
+    using Tokenizer::Decode;
+    std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override {
+        return inner_.Decode(ids, skip_special_tokens);
+    }
     std::string IdToPiece(int32_t id) const override { return inner_.IdToPiece(id); }
     int vocab_size() const override { return inner_.vocab_size(); }
     int max_token_bytes() const override { return inner_.max_token_bytes(); }

@@ -520,6 +520,7 @@ Status HfTokenizer::ReadConfig(const std::string& path, const ModelConfig& /*con
     UA_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
     UA_ASSIGN_OR_RETURN(const json cfg, ParseJsonFile(text, path));
     if (!cfg.is_object()) return r.Bad("the document", "must be a JSON object");
+    model_max_length_ = ModelMaxLength(cfg);
 
     if (const json* decoder = JsonFind(cfg, "added_tokens_decoder"); decoder && !decoder->is_null()) {
         if (!decoder->is_object()) return r.Bad("added_tokens_decoder", "must be an object");

@@ -29,6 +29,7 @@ class SentencePieceTokenizer final : public Tokenizer {
             if (const nlohmann::json* b = JsonFind(cfg, "add_bos_token"); b && b->is_boolean()) {
                 add_bos_ = b->get<bool>();
             }
+            model_max_length_ = ModelMaxLength(cfg);
         }
         for (int id = 0; id < sp_.GetPieceSize(); ++id) {
             if (sp_.IsControl(id) || sp_.IsUnknown(id)) {

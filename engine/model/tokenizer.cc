@@ -4,6 +4,7 @@
 
 #include "model/tokenizer_loaders.h"
 #include "model/utf8.h"
+#include "uniattn/json_io.h"
 #include "util/file.h"
 
 namespace uniattn {
@@ -59,6 +60,13 @@ std::string Tokenizer::TokenBytes(int32_t id) const {
         }
     }
     return out;
+}
+
+int64_t ModelMaxLength(const nlohmann::json& tokenizer_config) {
+    const nlohmann::json* v = JsonFind(tokenizer_config, "model_max_length");
+    if (v == nullptr || !v->is_number()) return 0;
+    const double d = v->get<double>();
+    return d >= 1 && d < 1e15 ? static_cast<int64_t>(d) : 0;
 }
 
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir, const ModelConfig& config) {

@@ -497,6 +497,8 @@ TEST_F(RealTokenizerTest, SpecialTokensAndIds) {
     EXPECT_EQ(llama_->TokenBytes(-1), "");
     EXPECT_EQ(llama_->TokenBytes(128256), "");
 
+    EXPECT_EQ(llama_->model_max_length(), 0);  // 1e30 in the file: transformers' "no limit"
+    EXPECT_EQ(qwen_->model_max_length(), 131072);
     EXPECT_EQ(qwen_->bos_id(), ModelConfig{}.bos_token_id);  // bos_token null: config.json's id stands
     EXPECT_EQ(qwen_->eos_id(), 151645);                      // <|im_end|>
     EXPECT_FALSE(qwen_->add_bos());

@@ -78,11 +78,15 @@ class Tokenizer {
     // Whether Encode(text, true) adds anything (SentencePiece: add_bos_token; tokenizer.json: its
     // post-processor adds special tokens around a single sequence).
     bool add_bos() const { return add_bos_; }
+    // tokenizer_config.json's model_max_length; 0 when it is absent or transformers' "no limit" placeholder
+    // (1e30 and the like: anything of 1e15 or more).
+    int64_t model_max_length() const { return model_max_length_; }
 
   protected:
     int bos_id_ = 1;
     int eos_id_ = 2;
     bool add_bos_ = true;
+    int64_t model_max_length_ = 0;
 };
 
 // For a model without a tokenizer file (random test and benchmark models): token ids only; it encodes

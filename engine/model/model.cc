@@ -24,7 +24,8 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* ba
     if (load_tokenizer) {
         UA_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(dir, model->config));
         if (model->tokenizer->vocab_size() > model->config.vocab_size) {
-            return InvalidArgument(dir + ": the tokenizer has " + std::to_string(model->tokenizer->vocab_size()) +
+            const std::string file = FileExists(dir + "/tokenizer.json") ? "/tokenizer.json" : "/tokenizer.model";
+            return InvalidArgument(dir + file + ": " + std::to_string(model->tokenizer->vocab_size()) +
                                    " tokens but config.json vocab_size is " + std::to_string(model->config.vocab_size));
         }
     }

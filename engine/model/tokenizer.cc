@@ -89,7 +89,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir, con
     if (has_model) {
         return Unimplemented(model_path + ": this build has no SentencePiece (install libsentencepiece-dev)");
     }
-    return NotFound(dir + ": no tokenizer file (neither tokenizer.json nor tokenizer.model)");
+    return NotFound(model_path + ": tokenizer file not found (nor " + json_path + ")");
 }
 
 IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer, const std::vector<int32_t>& context)

@@ -17,7 +17,8 @@ cd "$root"
 build="${FUZZ_BUILD_DIR:-build-asan}"
 seconds="${FUZZ_SECONDS:-30}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
-all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_http_request fuzz_detokenize"
+all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_http_request fuzz_detokenize
+  fuzz_hf_tokenizer"
 
 t0=$(date +%s)
 scripts/configure-asan.sh "$build"
@@ -41,6 +42,12 @@ for t in ${FUZZ_TARGETS:-$all_targets}; do
   if [ "$t" = fuzz_detokenize ] && [ -z "${UNIATTN_FUZZ_MODEL_DIR:-}" ] && [ ! -f models/stories15M/tokenizer.model ]; then
     echo "fuzz: $t needs models/stories15M/tokenizer.model (scripts/fetch_model.sh); skipping"
     summary+="$t: skipped (no tokenizer)"$'\n'
+    continue
+  fi
+  if [ "$t" = fuzz_hf_tokenizer ] && [ -z "${UNIATTN_FUZZ_TOKENIZER_DIR:-}" ] &&
+    [ ! -f models/tokenizers/llama-3.1/tokenizer.json ]; then
+    echo "fuzz: $t needs models/tokenizers/llama-3.1 (scripts/fetch_testdata.sh); skipping"
+    summary+="$t: skipped (no tokenizer.json)"$'\n'
     continue
   fi
   seeds="tests/fuzz/corpus/$t"

@@ -16,6 +16,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev libopenblas-openmp-dev libsentencepiece-dev sentencepiece
+  libpcre2-dev libicu-dev  # tokenizer.json: pre-tokenizer regexes, NFC
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libboost-dev libyaml-cpp-dev
   prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libabsl-dev
 )

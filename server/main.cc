@@ -177,14 +177,17 @@ int Run(int argc, char** argv) {
         return 1;
     }
     engine = std::move(created).value();
-    // The engine serves a directory without tokenizer.model as token ids only (test models); the OpenAI API
+    // The engine serves a directory without a tokenizer file as token ids only (test models); the OpenAI API
     // needs text both ways, so a missing tokenizer would answer every text prompt with an empty one.
-    const std::string tokenizer_path = config.engine.model_dir + "/tokenizer.model";
-    if (std::error_code ec; !std::filesystem::is_regular_file(tokenizer_path, ec)) {
-        spdlog::error("cannot load the model: {} not found", tokenizer_path);
+    const std::string& dir = config.engine.model_dir;
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(dir + "/tokenizer.json", ec) &&
+        !std::filesystem::is_regular_file(dir + "/tokenizer.model", ec)) {
+        spdlog::error("cannot load the model: {} has no tokenizer.json or tokenizer.model", dir);
         std::fprintf(stderr,
-                     "uniattn-serve: %s: not found; text prompts, chat and text output need the model's tokenizer\n",
-                     tokenizer_path.c_str());
+                     "uniattn-serve: %s/tokenizer.model: not found (nor tokenizer.json); text prompts, chat and text "
+                     "output need the model's tokenizer\n",
+                     dir.c_str());
         engine.reset();
         if (grpc) grpc->Shutdown(std::chrono::milliseconds(0));
         stop_io();

@@ -489,26 +489,6 @@ ApiResult<json> HandleDetokenize(std::string_view body_text, const ServedModel& 
     return json{{"prompt", m.tokenizer->Decode(ids)}};
 }
 
-std::string TokenText(const Tokenizer& tokenizer, int32_t id) {
-    std::string piece = tokenizer.IdToPiece(id);
-    // <0xNN>: a byte-fallback piece.
-    if (piece.size() == 6 && piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && piece[5] == '>') {
-        char* end = nullptr;
-        const std::string hex = piece.substr(3, 2);
-        const long byte = std::strtol(hex.c_str(), &end, 16);
-        if (*end == '\0') return std::string(1, static_cast<char>(byte));
-    }
-    std::string out;
-    static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581
-    for (size_t i = 0; i < piece.size();) {
-        if (piece.compare(i, kSpace.size(), kSpace) == 0) {
-            out += ' ';
-            i += kSpace.size();
-        } else {
-            out += piece[i++];
-        }
-    }
-    return out;
-}
+std::string TokenText(const Tokenizer& tokenizer, int32_t id) { return ReplaceInvalidUtf8(tokenizer.TokenBytes(id)); }
 
 }  // namespace uniattn::server

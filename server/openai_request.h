@@ -56,8 +56,9 @@ ApiResult<nlohmann::json> HandleTokenize(std::string_view body, const ServedMode
 // /detokenize: {"tokens": [ids]}.
 ApiResult<nlohmann::json> HandleDetokenize(std::string_view body, const ServedModel& model);
 
-// The human-readable piece of one token for logprobs: SentencePiece's U+2581 becomes a space and a
-// byte-fallback piece <0xNN> becomes that byte.
+// The text of one token for logprobs: its bytes (Tokenizer::TokenBytes: " Once" for "▁Once" or "ĠOnce")
+// with bytes that are not complete UTF-8 (one byte of a character) as U+FFFD, as vLLM does. The logprobs'
+// `bytes` field is TokenBytes itself.
 std::string TokenText(const Tokenizer& tokenizer, int32_t id);
 
 }  // namespace uniattn::server

@@ -52,19 +52,19 @@ json OpenAiResponder::EmptyLogprobs() const {
 void OpenAiResponder::AppendLogprobs(json& lp, Choice& choice, const RequestEvent& e) const {
     const std::string token = TokenText(tokenizer_, e.token);
     if (chat()) {
-        auto bytes = [](const std::string& s) {
+        auto bytes = [this](int32_t id) {
             json b = json::array();
-            for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+            for (unsigned char ch : tokenizer_.TokenBytes(id)) b.push_back(static_cast<int>(ch));
             return b;
         };
         json top = json::array();
         for (const TokenLogprob& t : e.top_logprobs) {
             if (static_cast<int>(top.size()) >= request_.top_logprobs) break;
             const std::string s = TokenText(tokenizer_, t.token);
-            top.push_back({{"token", s}, {"logprob", t.logprob}, {"bytes", bytes(s)}});
+            top.push_back({{"token", s}, {"logprob", t.logprob}, {"bytes", bytes(t.token)}});
         }
         lp["content"].push_back(
-            {{"token", token}, {"logprob", e.logprob}, {"bytes", bytes(token)}, {"top_logprobs", top}});
+            {{"token", token}, {"logprob", e.logprob}, {"bytes", bytes(e.token)}, {"top_logprobs", top}});
     } else {
         lp["tokens"].push_back(token);
         lp["token_logprobs"].push_back(e.logprob);

@@ -1,113 +1,21 @@
 #include "uniattn/tokenizer.h"
 
-#include <algorithm>
+#include <cstdlib>
 
+#include "model/tokenizer_loaders.h"
+#include "model/utf8.h"
 #include "uniattn/json_io.h"
 #include "util/file.h"
-
-#ifdef UNIATTN_HAVE_SENTENCEPIECE
-#include <sentencepiece_processor.h>
-#endif
 
 namespace uniattn {
 
 namespace {
 
-// The replacement character U+FFFD: SentencePiece emits it for byte-fallback pieces that do not yet
-// form a complete UTF-8 character.
-constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-
 bool EndsWith(const std::string& s, std::string_view suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-#ifdef UNIATTN_HAVE_SENTENCEPIECE
-class SentencePieceTokenizer final : public Tokenizer {
-  public:
-    Status Init(const std::string& dir, const ModelConfig& config) {
-        const std::string path = dir + "/tokenizer.model";
-        if (!FileExists(path)) return NotFound(path + ": tokenizer file not found");
-        auto st = sp_.Load(path);
-        if (!st.ok()) return DataLoss(path + ": cannot load SentencePiece model: " + st.ToString());
-        bos_id_ = sp_.bos_id() >= 0 ? sp_.bos_id() : config.bos_token_id;
-        eos_id_ = sp_.eos_id() >= 0 ? sp_.eos_id() : config.eos_token_id;
-        const std::string cfg_path = dir + "/tokenizer_config.json";
-        if (FileExists(cfg_path)) {
-            UA_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
-            UA_ASSIGN_OR_RETURN(nlohmann::json cfg, ParseJsonFile(text, cfg_path));
-            if (const nlohmann::json* b = JsonFind(cfg, "add_bos_token"); b && b->is_boolean()) {
-                add_bos_ = b->get<bool>();
-            }
-        }
-        max_token_bytes_ = MeasureMaxTokenBytes();
-        return Status::Ok();
-    }
-
-    std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override {
-        std::vector<int> ids;
-        (void)sp_.Encode(text, &ids);
-        std::vector<int32_t> out;
-        out.reserve(ids.size() + 1);
-        if (add_bos) out.push_back(bos_id_);
-        out.insert(out.end(), ids.begin(), ids.end());
-        return out;
-    }
-
-    std::string Decode(const std::vector<int32_t>& ids) const override {
-        std::vector<int> v;
-        v.reserve(ids.size());
-        for (int32_t id : ids) {
-            if (id >= 0 && id < sp_.GetPieceSize()) v.push_back(id);
-        }
-        std::string out;
-        (void)sp_.Decode(v, &out);
-        return out;
-    }
-
-    std::string IdToPiece(int32_t id) const override {
-        return id >= 0 && id < sp_.GetPieceSize() ? sp_.IdToPiece(id) : std::string();
-    }
-    int vocab_size() const override { return sp_.GetPieceSize(); }
-    int max_token_bytes() const override { return max_token_bytes_; }
-
-  private:
-    // The longest text a piece decodes to, if encoding keeps every byte. SentencePiece does not expose its
-    // normalizer, so it is probed: byte fallback must exist, and runs of whitespace and compatibility
-    // characters (which NFKC or whitespace folding would change) must survive encode + decode exactly.
-    int MeasureMaxTokenBytes() const {
-        bool has_bytes = false;
-        int longest = 0;
-        for (int id = 0; id < sp_.GetPieceSize(); ++id) {
-            if (sp_.IsControl(id)) continue;
-            if (sp_.IsByte(id)) {
-                has_bytes = true;
-                longest = std::max(longest, 1);
-                continue;
-            }
-            if (sp_.IsUnknown(id)) {
-                longest = std::max(longest, 4);  // one character
-                continue;
-            }
-            const std::string piece = sp_.IdToPiece(id);
-            int bytes = 0;
-            for (size_t i = 0; i < piece.size(); ++bytes) i += piece.compare(i, 3, "\xE2\x96\x81") == 0 ? 3 : 1;
-            longest = std::max(longest, bytes);
-        }
-        if (!has_bytes) return 0;
-        static constexpr std::string_view kProbe =
-            "a  b\t\t c\n\n\r\n  d    \xEF\xAC\x81 \xEF\xBC\xA1 \xE2\x84\xAB e\xCC\x81 \xE3\x80\x80x";
-        std::vector<int> ids;
-        std::string back;
-        if (!sp_.Encode(kProbe, &ids).ok() || !sp_.Decode(ids, &back).ok() || back != kProbe) return 0;
-        return longest;
-    }
-
-    sentencepiece::SentencePieceProcessor sp_;
-    int max_token_bytes_ = 0;
-};
-#endif
-
-// Stands in for a model directory without tokenizer.model (test and benchmark models): token ids only,
+// Stands in for a model directory without a tokenizer file (test and benchmark models): token ids only,
 // no text.
 class IdsOnlyTokenizer final : public Tokenizer {
   public:
@@ -115,9 +23,11 @@ class IdsOnlyTokenizer final : public Tokenizer {
         bos_id_ = config.bos_token_id;
         eos_id_ = config.eos_token_id;
     }
+    using Tokenizer::Decode;
     std::vector<int32_t> Encode(std::string_view, bool) const override { return {}; }
-    std::string Decode(const std::vector<int32_t>&) const override { return {}; }
+    std::string Decode(const std::vector<int32_t>&, bool) const override { return {}; }
     std::string IdToPiece(int32_t) const override { return {}; }
+    std::string TokenBytes(int32_t) const override { return {}; }
     int vocab_size() const override { return vocab_size_; }
 
   private:
@@ -130,15 +40,56 @@ std::unique_ptr<Tokenizer> MakeIdsOnlyTokenizer(const ModelConfig& config) {
     return std::make_unique<IdsOnlyTokenizer>(config);
 }
 
+// SentencePiece's spelling: U+2581 is a space, <0xNN> one byte.
+std::string Tokenizer::TokenBytes(int32_t id) const {
+    const std::string piece = IdToPiece(id);
+    if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>') {
+        char* end = nullptr;
+        const std::string hex = piece.substr(3, 2);
+        const long byte = std::strtol(hex.c_str(), &end, 16);
+        if (*end == '\0') return std::string(1, static_cast<char>(byte));
+    }
+    std::string out;
+    static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581
+    for (size_t i = 0; i < piece.size();) {
+        if (piece.compare(i, kSpace.size(), kSpace) == 0) {
+            out += ' ';
+            i += kSpace.size();
+        } else {
+            out += piece[i++];
+        }
+    }
+    return out;
+}
+
+int64_t ModelMaxLength(const nlohmann::json& tokenizer_config) {
+    const nlohmann::json* v = JsonFind(tokenizer_config, "model_max_length");
+    if (v == nullptr || !v->is_number()) return 0;
+    const double d = v->get<double>();
+    return d >= 1 && d < 1e15 ? static_cast<int64_t>(d) : 0;
+}
+
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir, const ModelConfig& config) {
-#ifdef UNIATTN_HAVE_SENTENCEPIECE
-    auto tok = std::make_unique<SentencePieceTokenizer>();
-    UA_RETURN_IF_ERROR(tok->Init(dir, config));
-    return std::unique_ptr<Tokenizer>(std::move(tok));
-#else
+    const std::string json_path = dir + "/tokenizer.json";
+    const std::string model_path = dir + "/tokenizer.model";
+    const bool has_json = FileExists(json_path);
+    const bool has_model = FileExists(model_path);
     (void)config;
-    return Unimplemented(dir + "/tokenizer.model: this build has no SentencePiece (install libsentencepiece-dev)");
+#ifdef UNIATTN_HAVE_HF_TOKENIZER
+    if (has_json) return LoadHfTokenizer(dir, config);
 #endif
+#ifdef UNIATTN_HAVE_SENTENCEPIECE
+    if (has_model) return LoadSentencePieceTokenizer(dir, config);
+#endif
+    if (has_json) {
+        return Unimplemented(json_path +
+                             ": this build reads no tokenizer.json (configure with libpcre2-dev and libicu-dev "
+                             "installed; UNIATTN_HF_TOKENIZER)");
+    }
+    if (has_model) {
+        return Unimplemented(model_path + ": this build has no SentencePiece (install libsentencepiece-dev)");
+    }
+    return NotFound(model_path + ": tokenizer file not found (nor " + json_path + ")");
 }
 
 IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer, const std::vector<int32_t>& context)
@@ -154,7 +105,7 @@ std::string IncrementalDetokenizer::Push(int32_t id) {
     const std::vector<int32_t> full(ids_.begin() + prefix_offset_, ids_.end());
     const std::string prefix_text = tok_->Decode(prefix);
     const std::string full_text = tok_->Decode(full);
-    if (full_text.size() > prefix_text.size() && !EndsWith(full_text, kReplacement) &&
+    if (full_text.size() > prefix_text.size() && !EndsWith(full_text, utf8::kReplacement) &&
         full_text.compare(0, prefix_text.size(), prefix_text) == 0) {
         prefix_offset_ = read_offset_;
         read_offset_ = ids_.size();

@@ -26,7 +26,8 @@ class ByteTokenizer final : public Tokenizer {
         for (unsigned char c : text) ids.push_back(3 + c);
         return ids;
     }
-    std::string Decode(const std::vector<int32_t>& ids) const override {
+    using Tokenizer::Decode;
+    std::string Decode(const std::vector<int32_t>& ids, bool /*skip_special_tokens*/) const override {
         std::string s;
         for (int32_t id : ids) {
             if (id >= 3 && id < 259) s += static_cast<char>(id - 3);

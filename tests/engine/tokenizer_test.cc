@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -195,6 +196,49 @@ TEST_F(TokenizerTest, RoundTripExceptions) {
     EXPECT_EQ(tok().Encode("a\u2581b", false), (std::vector<int32_t>{263, 289}));
     EXPECT_EQ(tok().Decode(tok().Encode("a\u2581b", false)), "a b");
     EXPECT_EQ(tok().Decode({1, 9038, 2, 2501}), "Once upon");
+}
+
+// Control and unknown pieces' text in the input becomes their ids (Hugging Face's default, which the chat
+// path relies on); the text between them is encoded as it would be alone, dummy-prefix space included.
+TEST_F(TokenizerTest, SpecialTokenTextBecomesItsId) {
+    auto concat = [](std::vector<std::vector<int32_t>> parts) {
+        std::vector<int32_t> all;
+        for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end());
+        return all;
+    };
+    EXPECT_EQ(tok().Encode("Once upon</s>a time", false),
+              concat({tok().Encode("Once upon", false), {2}, tok().Encode("a time", false)}));
+    EXPECT_EQ(tok().Encode("<s>Once</s>", true), (std::vector<int32_t>{1, 1, 9038, 2}));
+    EXPECT_EQ(tok().Encode("x<unk>y", false), concat({tok().Encode("x", false), {0}, tok().Encode("y", false)}));
+    // Not a special text: `printf "<s" | spm_encode --output_format=id` (which itself never splits specials:
+    // "<s>Once</s>" is 529 29879 29958 26222 829 29879 29958 there).
+    EXPECT_EQ(tok().Encode("<s", false), (std::vector<int32_t>{529, 29879}));
+    EXPECT_EQ(tok().TokenId("</s>"), std::optional<int32_t>(2));
+    EXPECT_EQ(tok().TokenId("<s>"), std::optional<int32_t>(1));
+    EXPECT_EQ(tok().TokenId("Once"), std::nullopt);
+    EXPECT_TRUE(tok().IsSpecial(1));
+    EXPECT_TRUE(tok().IsSpecial(2));
+    EXPECT_TRUE(tok().IsSpecial(0));  // <unk>
+    EXPECT_FALSE(tok().IsSpecial(9038));
+    EXPECT_EQ(tok().eos_ids(), std::vector<int32_t>{2});
+}
+
+// Decode skips special tokens by default. Kept, they read as their text and every ordinary piece keeps its
+// space: only the text's very first space is dropped, so "<s>" is followed by " Once", as Hugging Face's Llama
+// decoder (Replace ▁, Fuse, Strip one leading space) gives.
+TEST_F(TokenizerTest, DecodeKeepsSpecialTokensWhenAsked) {
+    EXPECT_EQ(tok().Decode({1, 9038, 2, 2501}), "Once upon");
+    EXPECT_EQ(tok().Decode({1, 9038, 2, 2501}, /*skip_special_tokens=*/false), "<s> Once</s> upon");
+    EXPECT_EQ(tok().Decode({9038, 2, 2501}, false), "Once</s> upon");
+    EXPECT_EQ(tok().Decode(tok().Encode("Once upon</s>", false), false), "Once upon</s>");
+}
+
+TEST_F(TokenizerTest, TokenBytes) {
+    EXPECT_EQ(tok().TokenBytes(9038), " Once");  // ▁Once
+    EXPECT_EQ(tok().TokenBytes(243), "\xF0");    // <0xF0>
+    EXPECT_EQ(tok().TokenBytes(2), "</s>");
+    EXPECT_EQ(tok().TokenBytes(-1), "");
+    EXPECT_EQ(tok().TokenBytes(32000), "");
 }
 
 TEST_F(TokenizerTest, IncrementalDetokenizerMatchesDecode) {

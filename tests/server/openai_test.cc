@@ -207,7 +207,10 @@ class CountingTokenizer final : public Tokenizer {
         ++encodes;
         return inner_.Encode(text, add_bos);
     }
-    std::string Decode(const std::vector<int32_t>& ids) const override { return inner_.Decode(ids); }
+    using Tokenizer::Decode;
+    std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override {
+        return inner_.Decode(ids, skip_special_tokens);
+    }
     std::string IdToPiece(int32_t id) const override { return inner_.IdToPiece(id); }
     int vocab_size() const override { return inner_.vocab_size(); }
     int max_token_bytes() const override { return inner_.max_token_bytes(); }
@@ -294,7 +297,9 @@ TEST_F(OpenAiTest, TokenizeDetokenize) {
 TEST_F(OpenAiTest, TokenText) {
     EXPECT_EQ(TokenText(tok_, 3 + ' '), " ");
     EXPECT_EQ(TokenText(tok_, 3 + 'a'), "a");
-    EXPECT_EQ(TokenText(tok_, 3 + 0xC3), "\xC3");
+    // One byte of a character: U+FFFD as text (as vLLM); the byte itself is what TokenBytes (`bytes`) gives.
+    EXPECT_EQ(TokenText(tok_, 3 + 0xC3), "\uFFFD");
+    EXPECT_EQ(tok_.TokenBytes(3 + 0xC3), "\xC3");
 }
 
 RequestEvent Token(int index, char ch) {
@@ -399,6 +404,26 @@ TEST_F(OpenAiTest, StreamingChatChunks) {
     EXPECT_TRUE(chunks[4]["choices"].empty());
     EXPECT_EQ(chunks[4]["usage"]["completion_tokens"], 2);
     EXPECT_EQ(chunks[4]["usage"]["total_tokens"], 2 + 3);
+}
+
+// A token that is one byte of a character: its logprob `token` is U+FFFD and `bytes` holds the byte itself.
+TEST_F(OpenAiTest, ChatLogprobBytesComeFromTokenBytes) {
+    auto r = Chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"logprobs", true}, {"top_logprobs", 1}});
+    ASSERT_TRUE(r.ok());
+    OpenAiResponder resp(r.value(), tok_, "chatcmpl-2", 123);
+    RequestEvent e = Token(0, 'x');
+    e.token = 3 + 0xC3;
+    e.text.clear();
+    e.top_logprobs = {{3 + 0xC3, -0.25f}};
+    (void)resp.OnEvent(0, e);
+    RequestEvent fin = Finished(0, FinishReason::kStop, 1);
+    (void)resp.OnEvent(0, fin);
+    ASSERT_TRUE(resp.done());
+    const json body = resp.Body();
+    const json& entry = body["choices"][0]["logprobs"]["content"][0];
+    EXPECT_EQ(entry["token"], "\uFFFD");
+    EXPECT_EQ(entry["bytes"], json::array({0xC3}));
+    EXPECT_EQ(entry["top_logprobs"][0]["bytes"], json::array({0xC3}));
 }
 
 TEST_F(OpenAiTest, MidStreamErrorIsOneEventThenDone) {

@@ -78,6 +78,7 @@ int64_t PyLen(Interpreter& in, const Value& v) {
         case Value::Kind::kString:
             return static_cast<int64_t>(CodePointLength(v.str()));
         case Value::Kind::kList:
+            if (v.list().view == kGenerator) RuntimeError("object of type 'generator' has no len()");
             return static_cast<int64_t>(v.list().items.size());
         case Value::Kind::kDict:
             return static_cast<int64_t>(v.dict().size());
@@ -841,9 +842,9 @@ Value FDefault(Interpreter&, Value& v, CallArgs& call) {
 
 Value FItems(Interpreter& in, Value& v, CallArgs& call) {
     Args a(call, "items", {});
-    if (v.is_undefined()) return in.MakeList({});
+    if (v.is_undefined()) return in.MakeGenerator({});
     if (!v.is_dict()) RuntimeError(std::string("can only get item pairs from a mapping, not ") + TypeName(v));
-    return DictItems(in, v);
+    return in.MakeGenerator(DictItems(in, v).list().items);
 }
 
 Value FJoin(Interpreter& in, Value& v, CallArgs& call) {
@@ -904,13 +905,14 @@ Value SelectOrReject(Interpreter& in, Value& v, CallArgs& call, bool select, boo
     std::vector<Value> test_args(call.args.begin() + static_cast<std::ptrdiff_t>(std::min(call.args.size(), pos + 1)),
                                  call.args.end());
     std::vector<Value> out;
+    if (!Truthy(v)) return in.MakeGenerator({});  // Jinja: `if value:` before iterating
     const std::vector<Value> items = in.Iterate(v);
     in.CountIterations(static_cast<int64_t>(items.size()));
     for (const Value& item : items) {
         const Value subject = by_attr ? SortKey(in, item, true, path) : item;
         if (RunTest(in, subject, has_test ? &test_name : nullptr, test_args) == select) out.push_back(item);
     }
-    return in.MakeList(std::move(out));
+    return in.MakeGenerator(std::move(out));
 }
 
 Value FSelect(Interpreter& in, Value& v, CallArgs& call) { return SelectOrReject(in, v, call, true, false); }
@@ -919,6 +921,7 @@ Value FSelectAttr(Interpreter& in, Value& v, CallArgs& call) { return SelectOrRe
 Value FRejectAttr(Interpreter& in, Value& v, CallArgs& call) { return SelectOrReject(in, v, call, false, true); }
 
 Value FMap(Interpreter& in, Value& v, CallArgs& call) {
+    if (!Truthy(v)) return in.MakeGenerator({});  // Jinja: `if value:` before iterating
     const std::vector<Value> items = in.Iterate(v);
     in.CountIterations(static_cast<int64_t>(items.size()));
     std::vector<Value> out;
@@ -931,7 +934,7 @@ Value FMap(Interpreter& in, Value& v, CallArgs& call) {
             if (x.is_undefined() && a.Given(1)) x = a.Get(1);
             out.push_back(std::move(x));
         }
-        return in.MakeList(std::move(out));
+        return in.MakeGenerator(std::move(out));
     }
     const std::string name = RequireString(call.args[0], "map");
     const FilterDef* filter = FindFilter(name);
@@ -942,11 +945,18 @@ Value FMap(Interpreter& in, Value& v, CallArgs& call) {
         args.kwargs = call.kwargs;
         out.push_back(in.ApplyFilter(filter, item, args));
     }
-    return in.MakeList(std::move(out));
+    return in.MakeGenerator(std::move(out));
 }
 
 Value FFirst(Interpreter& in, Value& v, CallArgs& call) {
     Args a(call, "first", {});
+    if (v.is_list() && v.list().view == kGenerator) {
+        auto& items = v.list_ptr()->items;  // a generator: take one item
+        if (items.empty()) return Value::Undefined("No first item, sequence was empty.");
+        Value first = items.front();
+        items.erase(items.begin());
+        return first;
+    }
     const std::vector<Value> items = in.Iterate(v);
     if (items.empty()) return Value::Undefined("No first item, sequence was empty.");
     return items.front();
@@ -954,7 +964,9 @@ Value FFirst(Interpreter& in, Value& v, CallArgs& call) {
 
 Value FLast(Interpreter& in, Value& v, CallArgs& call) {
     Args a(call, "last", {});
-    if (v.is_undefined() || v.is_dict()) RuntimeError(std::string("'") + TypeName(v) + "' object is not reversible");
+    if (v.is_undefined() || v.is_dict() || (v.is_list() && v.list().view == kGenerator)) {
+        RuntimeError(std::string("'") + TypeName(v) + "' object is not reversible");
+    }
     const std::vector<Value> items = in.Iterate(v);
     if (items.empty()) return Value::Undefined("No last item, sequence was empty.");
     return items.back();
@@ -1091,7 +1103,7 @@ Value FUnique(Interpreter& in, Value& v, CallArgs& call) {
             out.push_back(item);
         }
     }
-    return in.MakeList(std::move(out));
+    return in.MakeGenerator(std::move(out));
 }
 
 Value FSort(Interpreter& in, Value& v, CallArgs& call) {
@@ -1264,7 +1276,7 @@ Value FBatch(Interpreter& in, Value& v, CallArgs& call) {
         }
         out.push_back(in.MakeList(std::move(cur)));
     }
-    return in.MakeList(std::move(out));
+    return in.MakeGenerator(std::move(out));
 }
 
 Value FCenter(Interpreter& in, Value& v, CallArgs& call) {
@@ -1345,7 +1357,8 @@ bool TIterable(Interpreter&, const Value& v, CallArgs&) {
     return v.is_undefined() || v.is_string() || v.is_list() || v.is_dict();
 }
 bool TSequence(Interpreter&, const Value& v, CallArgs&) {
-    return v.is_undefined() || v.is_string() || v.is_list() || v.is_dict();
+    // dict views have no __getitem__, generators no __len__.
+    return v.is_undefined() || v.is_string() || (v.is_list() && !v.list().view) || v.is_dict();
 }
 bool TCallable(Interpreter&, const Value& v, CallArgs&) { return v.is_callable(); }
 bool TTrue(Interpreter&, const Value& v, CallArgs&) { return v.is_bool() && v.bool_value(); }

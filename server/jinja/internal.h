@@ -166,7 +166,11 @@ struct MacroDef {
     bool uses_caller = false;
 };
 
+inline constexpr const char* kGenerator = "generator";
+
 Body ParseTemplate(std::string_view source);
+// The error for a filter or test that did not resolve (raised at parse time or, inside an `if`, when called).
+std::string UnresolvedMessage(const Expr& e);
 
 // ---- builtins, resolved by name at parse time ----
 struct FilterDef;
@@ -257,6 +261,7 @@ class Interpreter {
     // A string or the output grew: fail past limits.max_output_bytes.
     void CheckSize(size_t bytes) const;
     Value MakeList(std::vector<Value> items, bool tuple = false) const;
+    Value MakeGenerator(std::vector<Value> items) const;
     std::shared_ptr<Object> NewNamespace();
     [[noreturn]] void UndefinedError(const Value& v) const;
 

@@ -77,6 +77,12 @@ Value Interpreter::MakeList(std::vector<Value> items, bool tuple) const {
     return v;
 }
 
+Value Interpreter::MakeGenerator(std::vector<Value> items) const {
+    Value v = MakeList(std::move(items));
+    v.list_ptr()->view = kGenerator;
+    return v;
+}
+
 std::shared_ptr<Object> Interpreter::NewNamespace() {
     auto ns = std::make_shared<Object>();
     ns->type = Object::Type::kNamespace;
@@ -428,6 +434,12 @@ std::vector<Value> Interpreter::Iterate(const Value& v) {
         case Value::Kind::kUndefined:
             return {};
         case Value::Kind::kList:
+            if (v.list().view == kGenerator) {
+                // A generator iterates once.
+                std::vector<Value> items = std::move(v.list_ptr()->items);
+                v.list_ptr()->items.clear();
+                return items;
+            }
             return v.list().items;
         case Value::Kind::kDict: {
             std::vector<Value> keys;
@@ -555,6 +567,7 @@ Value Interpreter::EvalFilterChain(const Expr& e, const FramePtr& frame, const V
     } else if (block_input) {
         input = *block_input;
     }
+    if (!e.resolved) RuntimeError(UnresolvedMessage(e));
     CallArgs args;
     EvalCallArgs(e, frame, &args);
     return ApplyFilter(static_cast<const FilterDef*>(e.resolved), std::move(input), args);
@@ -625,6 +638,7 @@ Value Interpreter::Eval(const Expr& e, const FramePtr& frame) {
             case Expr::Kind::kFilter:
                 return EvalFilterChain(e, frame, nullptr);
             case Expr::Kind::kTest: {
+                if (!e.resolved) RuntimeError(UnresolvedMessage(e));
                 Value v = Eval(*e.a, frame);
                 CallArgs args;
                 EvalCallArgs(e, frame, &args);

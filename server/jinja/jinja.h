@@ -121,7 +121,9 @@ struct List {
     std::vector<Value> items;
     bool tuple = false;
     int depth = 1;
-    const char* view = nullptr;  // "dict_keys", "dict_values", "dict_items": what dict methods return
+    // "dict_keys", "dict_values", "dict_items": what dict methods return; "generator": what Jinja's map,
+    // select, ... filters return (iterable once, always true, no len(), not JSON, not indexable).
+    const char* view = nullptr;
 };
 
 // An insertion-ordered dict with Python key equality (1, 1.0 and True are one key).

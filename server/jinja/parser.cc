@@ -6,6 +6,19 @@
 #include "server/jinja/internal.h"
 
 namespace uniattn::jinja::internal {
+
+std::string UnresolvedMessage(const Expr& e) {
+    const bool filter = e.kind == Expr::Kind::kFilter;
+    // Jinja's own filters and tests that this renderer leaves out.
+    static const std::unordered_set<std::string> kJinjaFilters = {"filesizeformat", "format", "groupby",   "pprint",
+                                                                  "random",         "slice",  "striptags", "truncate",
+                                                                  "urlencode",      "urlize", "wordwrap",  "xmlattr"};
+    if (filter && kJinjaFilters.count(e.name)) {
+        return "the filter '" + e.name + "' is not supported by this renderer";
+    }
+    return std::string("no ") + (filter ? "filter" : "test") + " named '" + e.name + "'";
+}
+
 namespace {
 
 constexpr int kMaxNesting = 128;  // expression and block nesting: bounds the parser's recursion
@@ -17,6 +30,7 @@ class Parser {
     Body ParseAll() {
         Body body = Subparse({});
         if (Cur().type != Tok::kEof) FailAt(Cur(), "unexpected token");
+        CheckBody(body, false);
         return body;
     }
 
@@ -334,6 +348,7 @@ class Parser {
         }
         // {% print a, b %} prints each expression in turn.
         NodePtr scope = MakeNode(Node::Kind::kScope, at);
+        scope->text = "print";
         for (ExprPtr& e : tuple->items) {
             NodePtr out = MakeNode(Node::Kind::kOutput, at);
             out->expr = std::move(e);
@@ -346,6 +361,7 @@ class Parser {
     // block, so in its own scope).
     NodePtr ParseGeneration() {
         NodePtr n = MakeNode(Node::Kind::kScope, Next());
+        n->text = "generation";
         const int saved_loop_depth = loop_depth_;
         loop_depth_ = 0;
         n->body = ParseStatements({"endgeneration"}, true);
@@ -750,7 +766,6 @@ class Parser {
             ExprPtr e = MakeExpr(Expr::Kind::kFilter, name_tok);
             e->name = name;
             e->resolved = FindFilter(name);
-            if (!e->resolved) FailAt(name_tok, "no filter named '" + name + "'");
             e->a = std::move(node);
             if (IsOp("(")) ParseCallArgs(e.get());
             node = std::move(e);
@@ -767,7 +782,6 @@ class Parser {
         ExprPtr e = MakeExpr(Expr::Kind::kTest, name_tok);
         e->name = name;
         e->resolved = FindTest(name);
-        if (!e->resolved) FailAt(name_tok, "no test named '" + name + "'");
         e->a = std::move(node);
         const Token& c = Cur();
         if (IsOp("(")) {
@@ -783,6 +797,67 @@ class Parser {
         ExprPtr n = MakeExpr(Expr::Kind::kNot, at);
         n->a = std::move(e);
         return n;
+    }
+
+    // Jinja reports an unknown filter or test when it compiles the template, except directly inside an `if`
+    // (its test and bodies, not loops or macros within) or an inline if-expression, where the error waits
+    // until the filter is called. The same here: those stay unresolved and fail when evaluated.
+    void CheckExpr(const Expr* e, bool soft) {
+        if (!e) return;
+        if (e->kind == Expr::Kind::kCondExpr) soft = true;
+        if ((e->kind == Expr::Kind::kFilter || e->kind == Expr::Kind::kTest) && !e->resolved && !soft) {
+            Fail(Error::Kind::kSyntax, UnresolvedMessage(*e), e->line, e->column);
+        }
+        CheckExpr(e->a.get(), soft);
+        CheckExpr(e->b.get(), soft);
+        CheckExpr(e->c.get(), soft);
+        for (const ExprPtr& item : e->items) CheckExpr(item.get(), soft);
+        for (const Keyword& kw : e->kwargs) CheckExpr(kw.value.get(), soft);
+    }
+
+    void CheckBody(const Body& body, bool soft) {
+        for (const NodePtr& n : body) CheckNode(*n, soft);
+    }
+
+    void CheckNode(const Node& n, bool soft) {
+        switch (n.kind) {
+            case Node::Kind::kIf:
+                for (const ExprPtr& c : n.conds) CheckExpr(c.get(), true);
+                for (const Body& b : n.bodies) CheckBody(b, true);
+                CheckBody(n.else_body, true);
+                return;
+            case Node::Kind::kFor:
+                CheckExpr(n.expr.get(), soft);
+                CheckExpr(n.cond.get(), false);
+                CheckBody(n.body, false);
+                CheckBody(n.else_body, false);
+                return;
+            case Node::Kind::kMacro:
+            case Node::Kind::kCallBlock:
+                CheckExpr(n.expr.get(), soft);
+                for (const ExprPtr& d : n.macro->defaults) CheckExpr(d.get(), false);
+                CheckBody(n.macro->body, false);
+                return;
+            case Node::Kind::kWith:
+                for (const ExprPtr& v : n.values) CheckExpr(v.get(), soft);
+                CheckBody(n.body, false);
+                return;
+            case Node::Kind::kSetBlock:
+            case Node::Kind::kFilterBlock:
+                CheckExpr(n.expr.get(), false);
+                CheckBody(n.body, false);
+                return;
+            case Node::Kind::kScope:
+                CheckBody(n.body, n.text == "print" ? soft : false);
+                return;
+            case Node::Kind::kText:
+            case Node::Kind::kOutput:
+            case Node::Kind::kSet:
+            case Node::Kind::kBreak:
+            case Node::Kind::kContinue:
+                CheckExpr(n.expr.get(), soft);
+                return;
+        }
     }
 
     std::vector<Token> tokens_;

@@ -657,7 +657,7 @@ bool Truthy(const Value& v) {
         case Value::Kind::kString:
             return !v.str().empty();
         case Value::Kind::kList:
-            return !v.list().items.empty();
+            return !v.list().items.empty() || v.list().view == internal::kGenerator;
         case Value::Kind::kDict:
             return !v.dict().empty();
         case Value::Kind::kObject:
@@ -936,6 +936,9 @@ void Repr(const Value& v, std::string* out) {
             return;
         case Value::Kind::kList: {
             const List& l = v.list();
+            if (l.view == internal::kGenerator) {
+                internal::RuntimeError("printing a generator is not supported by this renderer");
+            }
             if (l.view) {
                 *out += std::string(l.view) + "([";
                 for (size_t i = 0; i < l.items.size(); ++i) {

@@ -13,6 +13,8 @@
 #include <set>
 #include <sstream>
 
+#include "server/chat_template.h"
+
 namespace uniattn::server {
 namespace {
 
@@ -201,7 +203,19 @@ const std::vector<Key>& Keys() {
              return Status::Ok();
          }},
         {"model.chat_template",
-         Choice(&ServerConfig::chat_template, {"auto", "plain", "llama-2", "llama-3", "chatml", "mistral", "none"})},
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             // auto, a built-in name, or a path to a Jinja file (read and parsed at start-up).
+             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+             const bool is_path =
+                 v.find('/') != std::string::npos || (v.size() > 6 && v.compare(v.size() - 6, 6, ".jinja") == 0);
+             if (!is_path && v != "auto" && !ParseChatTemplateName(v).ok()) {
+                 return InvalidArgument(key + ": '" + v +
+                                        "' is not auto, plain, llama-2, llama-3, chatml, mistral, none or a path to "
+                                        "a .jinja file");
+             }
+             c.chat_template = v;
+             return Status::Ok();
+         }},
         {"model.max_model_len", EngineInt(&EngineConfig::max_model_len, 0, 1 << 24, "0 = the model's, else >= 1")},
         {"engine.backend",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {

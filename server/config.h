@@ -17,7 +17,9 @@ namespace uniattn::server {
 struct ServerConfig {
     EngineConfig engine;  // model.path, model.name, model.max_model_len and every engine.* key
 
-    std::string chat_template = "auto";  // model.chat_template: auto|plain|llama-2|llama-3|chatml|mistral|none
+    // model.chat_template: auto (the model's own Jinja template), plain|llama-2|llama-3|chatml|mistral|none, or
+    // the path of a .jinja file.
+    std::string chat_template = "auto";
 
     std::string host = "127.0.0.1";
     int http_port = 8000;   // 0 = ephemeral

@@ -17,7 +17,7 @@ cd "$root"
 build="${FUZZ_BUILD_DIR:-build-asan}"
 seconds="${FUZZ_SECONDS:-30}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
-all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_http_request fuzz_detokenize"
+all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_http_request fuzz_detokenize fuzz_jinja"
 
 t0=$(date +%s)
 scripts/configure-asan.sh "$build"

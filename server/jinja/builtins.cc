@@ -23,7 +23,9 @@ class Args {
                          std::to_string(args.args.size()) + " given");
         }
         for (size_t i = 0; i < args.args.size(); ++i) values_[i] = &args.args[i];
-        for (auto& [name, value] : args.kwargs) {
+        for (auto& kw : args.kwargs) {
+            const std::string& name = kw.first;
+            const Value& value = kw.second;
             auto it = std::find_if(names_.begin(), names_.end(), [&](const char* n) { return name == n; });
             if (it == names_.end()) RuntimeError(what_ + "() got an unexpected keyword argument '" + name + "'");
             const size_t idx = static_cast<size_t>(it - names_.begin());
@@ -57,10 +59,6 @@ class Args {
     std::vector<const char*> names_;
     std::vector<const Value*> values_;
 };
-
-void RequireUndefinedSafe(Interpreter& in, const Value& v) {
-    if (v.is_undefined()) in.UndefinedError(v);
-}
 
 std::string RequireString(const Value& v, const char* what) {
     if (!v.is_string()) RuntimeError(std::string(what) + " needs a string, not " + TypeName(v));

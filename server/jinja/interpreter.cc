@@ -512,7 +512,7 @@ Value Interpreter::CallMacro(const MacroDef* def, const FramePtr& closure, CallA
     Dict kwargs;
     Value caller;
     for (auto& [name, value] : args.kwargs) {
-        if (name == "caller") {
+        if (name == "caller" && def->uses_caller) {
             caller = value;
             continue;
         }

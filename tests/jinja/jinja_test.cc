@@ -457,6 +457,8 @@ const Snippet kSnippets[] = {
     {"{% macro f(a) %}{{ a }}{% endmacro %}{{ f(1, 2) }}", "{}"},
     {"{% macro f(a, b) %}[{{ a }}|{{ b }}]{% endmacro %}{{ f(1) }}{{ f(b=2) }}", "{}"},
     {"{% macro f(a) %}[{{ caller(a) }}]{% endmacro %}{% call(x) f(7) %}in{{ x }}{% endcall %}", "{}"},
+    {"{% macro f() %}x{% endmacro %}{% call f() %}body{% endcall %}", "{}"},
+    {"{% macro f() %}{{ kwargs.caller() }}{% endmacro %}{% call f() %}body{% endcall %}", "{}"},
     {"{% macro r(n) %}{% if n > 0 %}{{ n }}{{ r(n - 1) }}{% endif %}{% endmacro %}{{ r(5) }}", "{}"},
     {"{% filter upper %}abc{{ 'd' }}{% endfilter %}{% filter replace('a', 'b') | upper %}aaa{% endfilter %}", "{}"},
     {"{% raw %}{{ x }}{% endraw %}|{%- raw -%}  {% if %}  {%- endraw %}|", "{}"},

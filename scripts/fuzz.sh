@@ -18,7 +18,7 @@ build="${FUZZ_BUILD_DIR:-build-asan}"
 seconds="${FUZZ_SECONDS:-30}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
 all_targets="fuzz_safetensors fuzz_json fuzz_model_config fuzz_openai_request fuzz_http_request fuzz_detokenize
-  fuzz_hf_tokenizer"
+  fuzz_hf_tokenizer fuzz_jinja"
 
 t0=$(date +%s)
 scripts/configure-asan.sh "$build"

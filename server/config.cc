@@ -15,6 +15,8 @@
 #include <sstream>
 #include <type_traits>
 
+#include "server/chat_template.h"
+
 namespace uniattn::server {
 namespace {
 
@@ -227,7 +229,19 @@ const std::vector<Key>& Keys() {
              return Status::Ok();
          }},
         {"model.chat_template",
-         Choice(&ServerConfig::chat_template, {"auto", "plain", "llama-2", "llama-3", "chatml", "mistral", "none"})},
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             // auto, a built-in name, or a path to a Jinja file (read and parsed at start-up).
+             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+             const bool is_path =
+                 v.find('/') != std::string::npos || (v.size() > 6 && v.compare(v.size() - 6, 6, ".jinja") == 0);
+             if (!is_path && v != "auto" && !ParseChatTemplateName(v).ok()) {
+                 return InvalidArgument(key + ": '" + v +
+                                        "' is not auto, plain, llama-2, llama-3, chatml, mistral, none or a path to "
+                                        "a .jinja file");
+             }
+             c.chat_template = v;
+             return Status::Ok();
+         }},
         {"model.generation_config",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(c.engine.generation_config, ReadString(key, node));

@@ -18,10 +18,12 @@ namespace uniattn::server {
 struct ServerConfig {
     EngineConfig engine;  // model.path, model.name, model.max_model_len and every engine.* key
 
+    // model.chat_template: auto (the model's own Jinja template), plain|llama-2|llama-3|chatml|mistral|none, or
+    // the path of a .jinja file.
     std::string chat_template = "auto";
     // model.override_generation_config.{temperature,top_p,top_k,min_p,repetition_penalty}: request defaults
     // that replace generation_config.json's (model.generation_config selects that file: engine.generation_config).
-    SamplingDefaults override_generation_config;  // model.chat_template: auto|plain|llama-2|llama-3|chatml|mistral|none
+    SamplingDefaults override_generation_config;
 
     std::string host = "127.0.0.1";
     int http_port = 8000;   // 0 = ephemeral

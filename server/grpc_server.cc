@@ -377,8 +377,8 @@ class Service final : public pb::UniAttn::CallbackService {
             resp->set_num_reuse_layers(reuse);
             resp->set_kv_bytes_per_token(info.kv_bytes_per_token);
             resp->set_kv_bytes_per_token_dense(info.kv_bytes_per_token_dense);
-            const ChatTemplate t = state_.model().chat_template;
-            resp->set_chat_template(t == ChatTemplate::kNone ? "" : ChatTemplateName(t));
+            const std::string& t = state_.chat_template_name();
+            resp->set_chat_template(t == ChatTemplateName(ChatTemplate::kNone) ? "" : t);
         }
         reactor->Finish(s);
         return reactor;

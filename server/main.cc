@@ -66,11 +66,11 @@ void ArmSignals(net::signal_set& signals, SignalWaiter& waiter) {
     });
 }
 
-StatusOr<ChatTemplate> ResolveChatTemplate(const ServerConfig& c) {
-    if (c.chat_template != "auto") return ParseChatTemplateName(c.chat_template);
+// Parsed once at start-up: a template that does not parse stops the server with the file and line.
+StatusOr<ResolvedChatTemplate> LoadChatTemplate(const ServerConfig& c) {
     std::string detail;
-    const ChatTemplate t = DetectChatTemplateInDir(c.engine.model_dir, &detail);
-    spdlog::info("chat template: {} ({})", ChatTemplateName(t), detail);
+    UA_ASSIGN_OR_RETURN(ResolvedChatTemplate t, ResolveChatTemplate(c.chat_template, c.engine.model_dir, &detail));
+    spdlog::info("chat template: {} ({})", t.name, detail);
     return t;
 }
 
@@ -122,7 +122,7 @@ int Run(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
     std::signal(SIGPIPE, SIG_IGN);
 
-    auto chat_template = ResolveChatTemplate(config);
+    auto chat_template = LoadChatTemplate(config);
     if (!chat_template.ok()) {
         std::fprintf(stderr, "uniattn-serve: %s\n", chat_template.status().message().c_str());
         return 2;
@@ -193,7 +193,8 @@ int Run(int argc, char** argv) {
         stop_io();
         return 1;
     }
-    state.SetEngine(engine.get(), *chat_template);
+    const std::string chat_template_name = chat_template->name;
+    state.SetEngine(engine.get(), std::move(chat_template).value());
     if (grpc) grpc->SetServing(true);
     const ModelInfo& info = engine->model_info();
     std::printf("ready model=%s max_model_len=%d kv_bytes_per_token=%lld kv_bytes_per_token_dense=%lld\n",
@@ -201,7 +202,7 @@ int Run(int argc, char** argv) {
                 static_cast<long long>(info.kv_bytes_per_token_dense));
     std::fflush(stdout);
     spdlog::info("ready: model {} ({} backend, weights / KV {}, max_model_len {}, chat template {}) loaded in {:.2f}s",
-                 info.name, info.backend, info.dtype, info.max_model_len, ChatTemplateName(*chat_template),
+                 info.name, info.backend, info.dtype, info.max_model_len, chat_template_name,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
     {
         std::string eos;

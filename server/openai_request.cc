@@ -325,6 +325,146 @@ std::optional<ApiError> ParseMessages(const json& body, std::vector<ChatMessage>
     return std::nullopt;
 }
 
+using ojson = nlohmann::ordered_json;
+
+ApiResult<OpenAiRequest> FinishChatOrCompletion(OpenAiRequest& r, const ServedModel& m, bool max_tokens_given);
+
+// A chat message for a Jinja template, as vLLM hands it to transformers: role, content (a string; text parts
+// joined with newlines; null for an assistant message with tool calls), and name, tool_calls (function
+// arguments given as a JSON string become an object), tool_call_id, reasoning_content when present.
+std::optional<ApiError> JinjaMessage(const ojson& msg, size_t i, ojson* out) {
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!msg.is_object()) return ApiError::BadRequest(where + ": expected an object", where);
+    auto role = msg.find("role");
+    if (role == msg.end() || !role->is_string() || role->get_ref<const std::string&>().empty()) {
+        return ApiError::BadRequest(where + ".role: a string role is required", where + ".role");
+    }
+    (*out)["role"] = *role;
+    auto content = msg.find("content");
+    if (content == msg.end() || content->is_null()) {
+        if (*role != "assistant") {
+            return ApiError::BadRequest(where + ".content: this field is required", where + ".content");
+        }
+        (*out)["content"] = nullptr;
+    } else if (content->is_string()) {
+        (*out)["content"] = *content;
+    } else if (content->is_array()) {
+        std::string text;
+        for (size_t j = 0; j < content->size(); ++j) {
+            const ojson& part = (*content)[j];
+            const std::string pwhere = where + ".content[" + std::to_string(j) + "]";
+            auto type = part.is_object() ? part.find("type") : part.end();
+            if (!part.is_object() || type == part.end() || !type->is_string() || *type != "text") {
+                return ApiError::BadRequest(pwhere + ".type: only text content parts are supported", pwhere + ".type");
+            }
+            auto t = part.find("text");
+            if (t == part.end() || !t->is_string()) {
+                return ApiError::BadRequest(pwhere + ".text: a string is required", pwhere + ".text");
+            }
+            if (j > 0) text += "\n";
+            text += t->get_ref<const std::string&>();
+        }
+        (*out)["content"] = std::move(text);
+    } else {
+        return ApiError::BadRequest(where + ".content: expected a string or a list of content parts",
+                                    where + ".content");
+    }
+    for (const char* key : {"name", "tool_call_id", "reasoning_content"}) {
+        auto it = msg.find(key);
+        if (it == msg.end() || it->is_null()) continue;
+        if (!it->is_string()) {
+            return ApiError::BadRequest(where + "." + key + ": expected a string", where + "." + key);
+        }
+        (*out)[key] = *it;
+    }
+    if (auto calls = msg.find("tool_calls"); calls != msg.end() && !calls->is_null()) {
+        if (!calls->is_array()) {
+            return ApiError::BadRequest(where + ".tool_calls: expected a list", where + ".tool_calls");
+        }
+        ojson list = ojson::array();
+        for (size_t j = 0; j < calls->size(); ++j) {
+            ojson call = (*calls)[j];
+            const std::string cwhere = where + ".tool_calls[" + std::to_string(j) + "]";
+            if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) {
+                return ApiError::BadRequest(cwhere + ".function: an object is required", cwhere + ".function");
+            }
+            ojson& args = call["function"]["arguments"];
+            if (args.is_string()) {
+                ojson parsed;
+                if (ParseJsonBounded(args.get_ref<const std::string&>(), kMaxJsonDepth, parsed)) {
+                    return ApiError::BadRequest(cwhere + ".function.arguments: not valid JSON",
+                                                cwhere + ".function.arguments");
+                }
+                args = std::move(parsed);
+            }
+            list.push_back(std::move(call));
+        }
+        (*out)["tool_calls"] = std::move(list);
+    }
+    return std::nullopt;
+}
+
+// Renders the body's conversation with the model's Jinja template and tokenizes it (no BOS added: the
+// template writes it). The body is read again with its keys in order: tools and arguments reach the
+// template as the client wrote them (Python dicts keep insertion order).
+ApiResult<std::vector<int32_t>> JinjaChatPrompt(std::string_view body_text, const ServedModel& m) {
+    ojson body;
+    if (auto error = ParseJsonBounded(body_text, kMaxJsonDepth, body)) {
+        return ApiError::BadRequest("invalid JSON body: " + error->detail);
+    }
+    JinjaChatInput input;
+    auto messages = body.find("messages");
+    if (messages == body.end() || messages->is_null()) {
+        return ApiError::BadRequest("messages: this field is required", "messages");
+    }
+    if (!messages->is_array()) return ApiError::BadRequest("messages: expected a list of messages", "messages");
+    if (messages->empty()) return ApiError::BadRequest("messages: must contain at least one message", "messages");
+    input.messages = ojson::array();
+    int64_t content_bytes = 0;
+    for (size_t i = 0; i < messages->size(); ++i) {
+        ojson msg = ojson::object();
+        RETURN_IF_API_ERROR(JinjaMessage((*messages)[i], i, &msg));
+        if (msg["content"].is_string())
+            content_bytes += static_cast<int64_t>(msg["content"].get_ref<const std::string&>().size());
+        input.messages.push_back(std::move(msg));
+    }
+    RETURN_IF_API_ERROR(IfError(CheckPromptBytes(content_bytes, m.limits, "messages")));
+    auto tools = body.find("tools");
+    input.tools = tools != body.end() && tools->is_array() ? *tools : ojson(nullptr);
+    if (auto v = body.find("add_generation_prompt"); v != body.end() && !v->is_null()) {
+        if (!v->is_boolean())
+            return ApiError::BadRequest("add_generation_prompt: expected a boolean", "add_generation_prompt");
+        input.add_generation_prompt = v->get<bool>();
+    }
+    if (auto v = body.find("continue_final_message"); v != body.end() && !v->is_null()) {
+        if (!v->is_boolean()) {
+            return ApiError::BadRequest("continue_final_message: expected a boolean", "continue_final_message");
+        }
+        input.continue_final_message = v->get<bool>();
+    }
+    if (input.continue_final_message && input.add_generation_prompt) {
+        return ApiError::BadRequest(
+            "continue_final_message: cannot be true together with add_generation_prompt (set it to false)",
+            "continue_final_message");
+    }
+    if (auto v = body.find("chat_template_kwargs"); v != body.end() && !v->is_null()) {
+        if (!v->is_object())
+            return ApiError::BadRequest("chat_template_kwargs: expected an object", "chat_template_kwargs");
+        for (const auto& [key, value] : v->items()) {
+            if (key == "messages" || key == "tools" || key == "documents" || key == "add_generation_prompt") {
+                return ApiError::BadRequest("chat_template_kwargs." + key + ": set by the request itself",
+                                            "chat_template_kwargs." + key);
+            }
+        }
+        input.kwargs = *v;
+    }
+    // The rendered text is bounded like a prompt (max_prompt_bytes, when the engine sets one).
+    const int64_t max_bytes = m.limits.max_prompt_bytes > 0 ? m.limits.max_prompt_bytes : 0;
+    auto text = RenderJinjaChat(*m.jinja_template, input, max_bytes);
+    if (!text.ok()) return ApiError::BadRequest(text.status().message(), "messages");
+    return m.tokenizer->Encode(*text, /*add_bos=*/false);
+}
+
 }  // namespace
 
 ApiResult<json> ParseJsonBody(std::string_view body) {
@@ -419,6 +559,15 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
         RETURN_IF_API_ERROR(rd.Bool("add_generation_prompt", &add_generation_prompt));
         r.params.logprobs = r.logprobs ? r.top_logprobs : -1;
         RETURN_IF_API_ERROR(IfError(ValidateSampling(r.params, m.limits)));  // before any tokenization
+        if (m.jinja_template) {
+            auto ids = JinjaChatPrompt(body_text, m);
+            if (!ids.ok()) return ids.error();
+            if (ids.value().empty()) {
+                return ApiError::BadRequest("messages: the rendered conversation is empty", "messages");
+            }
+            r.prompts.push_back(std::move(ids.value()));
+            return FinishChatOrCompletion(r, m, max_tokens_given);
+        }
         std::vector<ChatMessage> messages;
         RETURN_IF_API_ERROR(ParseMessages(body, &messages));
         int64_t content_bytes = 0;
@@ -429,10 +578,15 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
         if (ids->empty()) return ApiError::BadRequest("messages: the rendered conversation is empty", "messages");
         r.prompts.push_back(std::move(ids).value());
     }
+    return FinishChatOrCompletion(r, m, max_tokens_given);
+}
 
-    // Context length: every prompt needs room for at least one generated token, and an explicit
-    // max_tokens must fit; an implicit one is capped to the room left (chat: all of it; completions:
-    // OpenAI's default of 16).
+namespace {
+
+// Context length: every prompt needs room for at least one generated token, and an explicit max_tokens
+// must fit; an implicit one is capped to the room left (chat: all of it; completions: OpenAI's default of 16).
+ApiResult<OpenAiRequest> FinishChatOrCompletion(OpenAiRequest& r, const ServedModel& m, bool max_tokens_given) {
+    const Endpoint endpoint = r.endpoint;
     const bool chat = endpoint == Endpoint::kChatCompletions;
     const int64_t wanted = max_tokens_given ? r.params.max_tokens : chat ? INT32_MAX : 16;
     int max_tokens = INT32_MAX;
@@ -443,8 +597,10 @@ ApiResult<OpenAiRequest> ParseOpenAiRequest(Endpoint endpoint, std::string_view 
         max_tokens = std::min(max_tokens, *room);
     }
     r.params.max_tokens = max_tokens;
-    return r;
+    return std::move(r);
 }
+
+}  // namespace
 
 ApiResult<json> HandleTokenize(std::string_view body_text, const ServedModel& m) {
     auto parsed = ParseJsonBody(body_text);
@@ -456,7 +612,11 @@ ApiResult<json> HandleTokenize(std::string_view body_text, const ServedModel& m)
     bool add_special = true;
     RETURN_IF_API_ERROR(rd.Bool("add_special_tokens", &add_special));
     std::vector<int32_t> ids;
-    if (rd.Get("messages")) {
+    if (rd.Get("messages") && m.jinja_template) {
+        auto r = JinjaChatPrompt(body_text, m);
+        if (!r.ok()) return r.error();
+        ids = std::move(r.value());
+    } else if (rd.Get("messages")) {
         bool add_generation_prompt = true;
         RETURN_IF_API_ERROR(rd.Bool("add_generation_prompt", &add_generation_prompt));
         std::vector<ChatMessage> messages;

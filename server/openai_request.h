@@ -21,7 +21,10 @@ struct ServedModel {
     std::string model_name;
     const Tokenizer* tokenizer = nullptr;
     RequestLimits limits;  // the engine's (Engine::request_limits), with the server's per-request caps
-    ChatTemplate chat_template = ChatTemplate::kNone;
+    ChatTemplate chat_template = ChatTemplate::kNone;  // used when jinja_template is null
+    // The model's own Jinja template: when set, chat messages are rendered with it (as transformers and vLLM
+    // do) and the text is tokenized without an added BOS (the template writes it).
+    std::shared_ptr<const JinjaChatTemplate> jinja_template;
     // Sampling fields a request leaves unset (generation_config.json, then model.override_generation_config).
     SamplingDefaults sampling_defaults;
 };

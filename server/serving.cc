@@ -27,7 +27,14 @@ ServingState::ServingState(ServerConfig config)
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
+void ServingState::SetEngine(Engine* engine, ChatTemplate builtin) {
+    ResolvedChatTemplate t;
+    t.builtin = builtin;
+    t.name = ChatTemplateName(builtin);
+    SetEngine(engine, std::move(t));
+}
+
+void ServingState::SetEngine(Engine* engine, ResolvedChatTemplate chat_template) {
     const ModelInfo& info = engine->model_info();
     model_.model_name = info.name;
     model_.tokenizer = &engine->tokenizer();
@@ -35,7 +42,20 @@ void ServingState::SetEngine(Engine* engine, ChatTemplate chat_template) {
     if (config_.max_sequences_per_request > 0) {
         model_.limits.max_sequences_per_request = config_.max_sequences_per_request;
     }
-    model_.chat_template = chat_template;
+    model_.chat_template = chat_template.builtin;
+    if (chat_template.jinja) {
+        // A template that names no BOS/EOS in tokenizer_config.json gets the tokenizer's.
+        auto jinja = std::make_shared<JinjaChatTemplate>(*chat_template.jinja);
+        const Tokenizer& tok = engine->tokenizer();
+        if (!jinja->special_tokens.contains("bos_token") && tok.bos_id() >= 0) {
+            jinja->special_tokens["bos_token"] = tok.IdToPiece(tok.bos_id());
+        }
+        if (!jinja->special_tokens.contains("eos_token") && tok.eos_id() >= 0) {
+            jinja->special_tokens["eos_token"] = tok.IdToPiece(tok.eos_id());
+        }
+        model_.jinja_template = std::move(jinja);
+    }
+    chat_template_name_ = chat_template.name;
     model_.sampling_defaults = info.sampling_defaults;
     model_.sampling_defaults.Override(config_.override_generation_config);
     if (!metrics_) metrics_ = std::make_unique<Metrics>(info.name, info.max_model_len);

@@ -50,7 +50,10 @@ class ServingState {
 
     // Publishes the loaded engine (not owned; must outlive every front end). Before this, generation
     // endpoints answer 503 "loading".
-    void SetEngine(Engine* engine, ChatTemplate chat_template);
+    void SetEngine(Engine* engine, ResolvedChatTemplate chat_template);
+    void SetEngine(Engine* engine, ChatTemplate builtin);  // a built-in template (tests)
+    // What model.chat_template resolved to ("auto:<file>", a .jinja path, a built-in name); valid with model().
+    const std::string& chat_template_name() const { return chat_template_name_; }
     Engine* engine() const { return engine_.load(std::memory_order_acquire); }
     // Valid once engine() is non-null.
     const ServedModel& model() const { return model_; }
@@ -92,6 +95,7 @@ class ServingState {
     ServerConfig config_;
     std::atomic<Engine*> engine_{nullptr};
     ServedModel model_;
+    std::string chat_template_name_;
     std::unique_ptr<Metrics> metrics_;
     std::atomic<bool> draining_{false};
     std::atomic<int> jobs_{0};

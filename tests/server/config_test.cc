@@ -74,6 +74,19 @@ TEST(ConfigTest, ImpossibleValuesAreNamed) {
 
 // The CUDA backend's device and kernel choices are settable from YAML and --set (they were reachable only
 // from benchmarks and tests).
+TEST(ConfigTest, ChatTemplateIsAutoABuiltinOrAPath) {
+    for (const char* v : {"auto", "plain", "llama-2", "llama-3", "chatml", "mistral", "none", "templates/x.jinja",
+                          "/abs/path/template", "my.jinja"}) {
+        auto c = ParseConfig(std::string("model:\n  path: m\n  chat_template: \"") + v + "\"\n", "t.yaml", {});
+        ASSERT_TRUE(c.ok()) << v << ": " << c.status().message();
+        EXPECT_EQ(c->chat_template, v);
+    }
+    auto bad = ParseConfig("model:\n  path: m\n  chat_template: llama3\n", "t.yaml", {});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("model.chat_template"), std::string::npos) << bad.status().message();
+    EXPECT_NE(bad.status().message().find(".jinja"), std::string::npos) << bad.status().message();
+}
+
 TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     auto r = ParseConfig(
         "model:\n  path: m\nengine:\n  backend: cuda\n  cuda:\n    device: 1\n    exact_activations: false\n", "x.yaml",

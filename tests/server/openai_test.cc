@@ -1,6 +1,7 @@
 // Request validation (JSON -> GenerationRequest) and response shaping (events -> JSON / SSE).
 #include <gtest/gtest.h>
 
+#include "server/jinja/jinja.h"
 #include "server/openai_request.h"
 #include "server/openai_response.h"
 #include "tests/server/fake_engine.h"
@@ -280,6 +281,124 @@ TEST_F(OpenAiTest, ChatMessages) {
     auto none = Chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}});
     ExpectError(none, 400, "messages");
     EXPECT_NE(none.error().message.find("chat template"), std::string::npos);
+}
+
+// A model with its own Jinja template: the request's conversation reaches the template as vLLM passes it to
+// transformers, render errors are 400s naming `messages`, and the text is tokenized without an added BOS.
+class OpenAiJinjaTest : public OpenAiTest {
+  protected:
+    void UseTemplate(const std::string& source) {
+        jinja::Error error;
+        auto t = std::make_shared<JinjaChatTemplate>();
+        t->source = "test.jinja";
+        t->tmpl = jinja::Template::Parse(source, &error);
+        ASSERT_NE(t->tmpl, nullptr) << error.ToString();
+        t->special_tokens = {{"bos_token", "<s>"}, {"eos_token", "</s>"}};
+        model_.jinja_template = std::move(t);
+    }
+    // The rendered text (the byte tokenizer decodes ids back to it).
+    std::string Prompt(const json& body) {
+        auto r = Chat(body);
+        if (!r.ok()) return "ERROR " + r.error().param + ": " + r.error().message;
+        return tok_.Decode(r.value().prompts[0]);
+    }
+};
+
+TEST_F(OpenAiJinjaTest, RendersTheTemplateWithoutAnAddedBos) {
+    UseTemplate(
+        "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}");
+    auto r = Chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_NE(r.value().prompts[0][0], tok_.bos_id());  // the template's "<s>" is text, not an added id
+    EXPECT_EQ(tok_.Decode(r.value().prompts[0]), "<s><user>hi</s><assistant>");
+    EXPECT_EQ(Prompt({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"add_generation_prompt", false}}),
+              "<s><user>hi</s>");
+    // Roles are the template's business (this one accepts any); content parts are joined with newlines.
+    EXPECT_EQ(Prompt({{"messages",
+                       {{{"role", "tool"},
+                         {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}},
+                      {"add_generation_prompt", false}}),
+              "<s><tool>a\nb</s>");
+}
+
+TEST_F(OpenAiJinjaTest, RenderErrorsAre400sWithTheTemplatesMessage) {
+    UseTemplate(
+        "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ messages[0].content + 1 }}");
+    auto raised = Chat({{"messages", {{{"role", "system"}, {"content", "s"}}}}});
+    ExpectError(raised, 400, "messages");
+    EXPECT_EQ(raised.error().message, "System role not supported");
+    auto runtime = Chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}});
+    ExpectError(runtime, 400, "messages");
+    EXPECT_NE(runtime.error().message.find("unsupported operand"), std::string::npos) << runtime.error().message;
+    auto tokenize = HandleTokenize(R"({"messages": [{"role": "system", "content": "s"}]})", model_);
+    ASSERT_FALSE(tokenize.ok());
+    EXPECT_EQ(tokenize.error().message, "System role not supported");
+}
+
+TEST_F(OpenAiJinjaTest, ChatTemplateKwargs) {
+    UseTemplate(
+        "{{ messages[0].content }}{% if enable_thinking is defined and enable_thinking is false %}"
+        "<think></think>{% endif %}");
+    EXPECT_EQ(Prompt({{"messages", {{{"role", "user"}, {"content", "q"}}}}}), "q");
+    EXPECT_EQ(Prompt({{"messages", {{{"role", "user"}, {"content", "q"}}}},
+                      {"chat_template_kwargs", {{"enable_thinking", false}}}}),
+              "q<think></think>");
+    ExpectError(Chat({{"messages", {{{"role", "user"}, {"content", "q"}}}}, {"chat_template_kwargs", 1}}), 400,
+                "chat_template_kwargs");
+    ExpectError(Chat({{"messages", {{{"role", "user"}, {"content", "q"}}}},
+                      {"chat_template_kwargs", {{"messages", json::array()}}}}),
+                400, "chat_template_kwargs.messages");
+}
+
+TEST_F(OpenAiJinjaTest, ToolCallsToolsAndKeyOrder) {
+    UseTemplate(
+        "{{ tools | tojson }}|{% for m in messages %}{{ m.role }}:{{ m.content }}:"
+        "{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}{% endfor %}"
+        "{{ m.tool_call_id }};{% endfor %}");
+    model_.limits.max_model_len = 4096;
+    // Tools reach the template only with tool_choice none (this server parses no tool calls, as vLLM without
+    // a tool parser), in the order the client wrote their keys; string arguments become objects.
+    const std::string body = R"({"messages": [
+        {"role": "user", "content": "w?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"zz\": 1, \"aa\": [2]}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "none", "add_generation_prompt": false})";
+    auto r = ParseOpenAiRequest(Endpoint::kChatCompletions, body, model_);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(tok_.Decode(r.value().prompts[0]),
+              R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]|)"
+              R"(user:w?:;assistant:None:{"zz": 1, "aa": [2]};tool:sunny:c1;)");
+    const std::string bad = R"({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+        {"function": {"name": "f", "arguments": "{not json"}}]}]})";
+    ExpectError(ParseOpenAiRequest(Endpoint::kChatCompletions, bad, model_), 400,
+                "messages[0].tool_calls[0].function.arguments");
+    ExpectError(Chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"tools", {{{"type", "function"}}}}}), 400,
+                "tools", "unsupported");
+    // No tools: the template sees None.
+    EXPECT_EQ(Prompt({{"messages", {{{"role", "user"}, {"content", "x"}}}}}), "null|user:x:;");
+}
+
+TEST_F(OpenAiJinjaTest, ContinueFinalMessage) {
+    UseTemplate(
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}[/{{ m.role }}]{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}");
+    const json messages = {{{"role", "user"}, {"content", "Count"}}, {{"role", "assistant"}, {"content", "1, 2,"}}};
+    EXPECT_EQ(Prompt({{"messages", messages}, {"add_generation_prompt", false}, {"continue_final_message", true}}),
+              "[user]Count[/user][assistant]1, 2,");
+    ExpectError(Chat({{"messages", messages}, {"continue_final_message", true}}), 400, "continue_final_message");
+}
+
+TEST_F(OpenAiJinjaTest, TokenizeUsesTheSameRendering) {
+    UseTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}");
+    auto t = HandleTokenize(R"({"messages": [{"role": "user", "content": "ab"}]})", model_);
+    ASSERT_TRUE(t.ok()) << t.error().message;
+    std::vector<int32_t> ids = t.value()["tokens"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok_.Decode(ids), "<user>ab");
+    EXPECT_EQ(t.value()["count"], ids.size());
 }
 
 TEST_F(OpenAiTest, TokenizeDetokenize) {

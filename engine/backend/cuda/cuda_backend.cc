@@ -230,9 +230,19 @@ class CudaBackend final : public Backend {
         Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);
     }
 
-    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
+    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, const double* inv_freq) override {
         UA_CHECK(x.dtype == DType::kF32);
-        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, theta, KStream());
+        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, inv_freq, KStream());
+    }
+
+    void AddBias(const Tensor& x, const Tensor& bias) override {
+        (void)x, (void)bias;
+        CheckFailed(__FILE__, __LINE__, "AddBias", "not implemented on the cuda backend yet");
+    }
+
+    void HeadRmsNorm(const Tensor& x, int num_heads, int head_dim, const Tensor& w, float eps) override {
+        (void)x, (void)num_heads, (void)head_dim, (void)w, (void)eps;
+        CheckFailed(__FILE__, __LINE__, "HeadRmsNorm", "not implemented on the cuda backend yet");
     }
 
     void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
@@ -242,17 +252,19 @@ class CudaBackend final : public Backend {
     }
 
     void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane, const KvPlane& v_plane,
-                     int num_heads, const int32_t* positions, const int64_t* slot_mapping, double theta) override {
+                     int num_heads, const int32_t* positions, const int64_t* slot_mapping,
+                     const double* inv_freq) override {
         UA_CHECK(q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32);
         UA_CHECK(k_plane.dtype == v_plane.dtype);
         cuda::RopeWriteKv(q.f32(), q.ld, k.f32(), k.ld, v.f32(), v.ld, q.rows, num_heads, k_plane.num_kv_heads,
-                          k_plane.head_dim, positions, theta, k_plane.base, v_plane.base, k_plane.dtype, slot_mapping,
-                          KStream());
+                          k_plane.head_dim, positions, inv_freq, k_plane.base, v_plane.base, k_plane.dtype,
+                          slot_mapping, KStream());
     }
 
     void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch, int num_heads,
                    const Tensor& out, float* probs) override {
         UA_CHECK(k.dtype == v.dtype);
+        UA_CHECK(batch.sliding_window == 0);  // not implemented on this backend yet
         const cuda::PagedBatch b = Paged(batch, k, num_heads);
         const cuda::AttentionWorkspace ws = AttnWorkspace(b);
         cuda::Attention(q.f32(), q.ld, k.base, v.base, k.dtype, b, out.f32(), out.ld, probs, batch.max_context_len, ws,

@@ -31,9 +31,10 @@ void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType t
 void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
              int64_t rows, int64_t d, Stream stream);
 
-// Hugging Face half-split RoPE in place.       x [rows, num_heads * head_dim] fp32; positions [rows]
-void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
-          Stream stream);
+// Hugging Face half-split RoPE in place, angle positions[t] · inv_freq[i].
+//   x [rows, num_heads * head_dim] fp32; positions [rows]; inv_freq [head_dim / 2] fp64
+void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions,
+          const double* inv_freq, Stream stream);
 
 // plane[slot_mapping[t] * width + i] = src[t, i]      src [rows, width] fp32;
 //   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim
@@ -43,8 +44,8 @@ void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType 
 // Rope(q) in place; rotated k and plain v written to their planes (k itself is left unrotated).
 //   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
-                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
-                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
+                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, const double* inv_freq,
+                 void* k_plane, void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream);

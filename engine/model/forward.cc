@@ -151,6 +151,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     batch.slot_mapping = reinterpret_cast<const int64_t*>(dev + o_slots);
     batch.max_context_len = shape_ctx;
     batch.max_query_len = max_query;
+    batch.sliding_window = c.sliding_window;
 
     const int64_t d = c.hidden_size, hd = c.head_dim;
     const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, ff = c.intermediate_size;
@@ -184,7 +185,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                     const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim),
                                  v = qkv.Cols(q_dim + kv_dim, kv_dim);
                     backend_->RopeWriteKv(q, k, v, kv.K(l), kv.V(l), c.num_heads, batch.positions, batch.slot_mapping,
-                                          c.rope_theta);
+                                          w.rope_inv_freq);
                     // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
                     const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
                     backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);

@@ -1,6 +1,7 @@
 #include "uniattn/model_config.h"
 
 #include <cmath>
+#include <numbers>
 
 #include "uniattn/json_io.h"
 
@@ -48,6 +49,43 @@ int64_t ModelConfig::KvBytesPerToken(int dtype_bytes) const {
 
 int64_t ModelConfig::DenseKvBytesPerToken(int dtype_bytes) const {
     return static_cast<int64_t>(dtype_bytes) * num_kv_heads * head_dim * 2 * num_layers;
+}
+
+std::vector<double> ModelConfig::RopeInvFreq() const {
+    const int half = head_dim / 2;
+    double base = rope_theta;
+    if (rope_scaling.type == RopeType::kDynamic && head_dim > 2) {
+        const double f = rope_scaling.factor;
+        const double max_len_over_l = f;  // max_len = L · factor, so max_len / L = factor whatever L is
+        base *= std::pow(f * max_len_over_l - (f - 1), static_cast<double>(head_dim) / (head_dim - 2));
+    }
+    std::vector<double> inv(half);
+    for (int i = 0; i < half; ++i) inv[i] = 1.0 / std::pow(base, static_cast<double>(2 * i) / head_dim);
+    switch (rope_scaling.type) {
+        case RopeType::kDefault:
+        case RopeType::kDynamic:
+            break;
+        case RopeType::kLinear:
+            for (double& f : inv) f /= rope_scaling.factor;
+            break;
+        case RopeType::kLlama3: {
+            const RopeScaling& r = rope_scaling;
+            const double l = r.original_max_position_embeddings;
+            const double low_wavelen = l / r.low_freq_factor, high_wavelen = l / r.high_freq_factor;
+            for (double& f : inv) {
+                const double wavelen = 2 * std::numbers::pi / f;
+                if (wavelen < high_wavelen) continue;
+                if (wavelen > low_wavelen) {
+                    f /= r.factor;
+                } else {
+                    const double s = (l / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+                    f = (1 - s) * f / r.factor + s * f;
+                }
+            }
+            break;
+        }
+    }
+    return inv;
 }
 
 namespace {

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -76,6 +77,17 @@ class Loader {
     std::vector<float> staging_;
     std::vector<uint16_t> half_;
 };
+
+// Uploads the model's RoPE frequency table once; every layer's rotation reads it.
+Status UploadRopeTable(const ModelConfig& c, Backend* backend, ModelWeights& w) {
+    const std::vector<double> inv_freq = c.RopeInvFreq();
+    const size_t bytes = std::max<size_t>(sizeof(double) * inv_freq.size(), sizeof(double));
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend->Alloc(bytes));
+    backend->CopyToDevice(buf->data(), inv_freq.data(), sizeof(double) * inv_freq.size());
+    w.rope_inv_freq = static_cast<const double*>(buf->data());
+    w.buffers.push_back(std::move(buf));
+    return Status::Ok();
+}
 
 }  // namespace
 
@@ -166,6 +178,7 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
         UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
     }
+    UA_RETURN_IF_ERROR(UploadRopeTable(c, backend, w));
     return w;
 }
 
@@ -210,6 +223,7 @@ StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uin
         UA_ASSIGN_OR_RETURN(lw.w_gate_up, linear(2 * ff, d));
         UA_ASSIGN_OR_RETURN(lw.w_down, linear(d, ff));
     }
+    UA_RETURN_IF_ERROR(UploadRopeTable(c, backend, w));
     return w;
 }
 

@@ -30,6 +30,7 @@ struct ModelWeights {
     Tensor final_norm;  // [1, d]
     Tensor lm_head;     // [vocab, d]; the embedding when tied
     std::vector<LayerWeights> layers;
+    const double* rope_inv_freq = nullptr;  // [head_dim / 2] fp64: ModelConfig::RopeInvFreq() on the backend
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
     int64_t bytes = 0;
 };

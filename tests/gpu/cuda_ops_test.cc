@@ -243,8 +243,9 @@ TEST_F(CudaOpsTest, SmallOps) {
         std::vector<int32_t> pos(T);
         for (int32_t& p : pos) p = rng.Int(5000);
         Twin x = Both(RandomVector(rng, T * (width + 7)), T, width, width + 7, 2);
-        cpu_->Rope(x.cpu, heads, hd, UploadTo(cpu_.get(), pos), 500000.0);
-        gpu_->Rope(x.gpu, heads, hd, UploadTo(gpu_.get(), pos), 500000.0);
+        const std::vector<double> inv_freq = testutil::DefaultInvFreq(500000.0, hd);
+        cpu_->Rope(x.cpu, heads, hd, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), inv_freq));
+        gpu_->Rope(x.gpu, heads, hd, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), inv_freq));
         ExpectNear(Fetch(gpu_.get(), x.gpu, 2), Fetch(cpu_.get(), x.cpu, 2), 4e-6,
                    "Rope head_dim " + std::to_string(hd));
     }
@@ -689,9 +690,11 @@ TEST_F(CudaAttentionTest, RopeWriteKvMatchesCpu) {
             auto [ck, cv] = planes(cpu_.get(), DType::kF32);
             auto [gk, gv] = planes(gpu_.get(), kv);
             cpu_->RopeWriteKv(qkv.cpu.Cols(0, q_dim), qkv.cpu.Cols(q_dim, kv_dim), qkv.cpu.Cols(q_dim + kv_dim, kv_dim),
-                              ck, cv, hq, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), slots), 10000.0);
+                              ck, cv, hq, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), slots),
+                              UploadTo(cpu_.get(), testutil::DefaultInvFreq(10000.0, hd)));
             gpu_->RopeWriteKv(qkv.gpu.Cols(0, q_dim), qkv.gpu.Cols(q_dim, kv_dim), qkv.gpu.Cols(q_dim + kv_dim, kv_dim),
-                              gk, gv, hq, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), slots), 10000.0);
+                              gk, gv, hq, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), slots),
+                              UploadTo(gpu_.get(), testutil::DefaultInvFreq(10000.0, hd)));
             const std::vector<float> cq = Fetch(cpu_.get(), qkv.cpu, 0), gq = Fetch(gpu_.get(), qkv.gpu, 0);
             std::vector<float> cq_only, gq_only;
             for (int64_t t = 0; t < T; ++t) {

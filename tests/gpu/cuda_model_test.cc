@@ -1,6 +1,7 @@
 // Whole models on the CUDA backend against the CPU backend (the oracle, itself checked against float64
 // references in tests/engine): stories15M greedy text and logits, random GQA models, UniAttn models, long
-// contexts through chunked prefill and split-K decode, and a batch against its sequences run alone.
+// contexts through chunked prefill and split-K decode, sliding windows, and a batch against its sequences
+// run alone.
 //
 // Logits are compared by relative L2 error ||gpu - cpu|| / ||cpu|| per step. Random models are written
 // with fp16 tensors, so the fp16 weights on the GPU are exactly the CPU's fp32 weights; what remains is
@@ -152,6 +153,7 @@ struct RandomCase {
     RandomModelOptions options;
     int prompt_len, max_chunk, decode_steps;
     double tol_f32_kv, tol_f16_kv;
+    int sliding_window = 0;  // set on the loaded models' configs (Mistral's window), 0: none
 };
 
 std::vector<RandomCase> RandomCases() {
@@ -194,6 +196,12 @@ std::vector<RandomCase> RandomCases() {
     mha.grouping_end_idx = 3;
     mha.seed = 13;
     cases.push_back({"uniattn-mha-hd48", mha, 20, 64, 10, 2e-5, 5e-3});
+    // Sliding windows: prefill chunks of 512 over a 200-token window and split decode over the window only;
+    // UniAttn anchors handing windowed P to reuse layers (window 100 of 700 positions); a window of 7 in the
+    // generic head_dim kernels.
+    cases.push_back({"gqa-hd64-long-window200", gqa, 1500, 512, 6, 5e-3, 1e-2, 200});
+    cases.push_back({"uniattn-hd128-long-window100", uni, 700, 256, 6, 5e-3, 1e-2, 100});
+    cases.push_back({"uniattn-mha-hd48-window7", mha, 20, 64, 10, 2e-5, 5e-3, 7});
     return cases;
 }
 
@@ -208,12 +216,20 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
         const auto prompt = RandomTokens(rc.options.seed * 7, rc.prompt_len, vocab);
         const auto forced = RandomTokens(rc.options.seed * 7 + 1, rc.decode_steps, vocab);
         const int max_tokens = rc.prompt_len + rc.decode_steps;
+        if (rc.sliding_window > 0) {
+            // The window must matter for this case: the CPU without it is far outside the tolerance.
+            const auto full = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
+            (*cpu_model)->config.sliding_window = rc.sliding_window;
+            const auto windowed = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
+            EXPECT_GT(MaxRelError(full, windowed, rc.name + " cpu without vs with the window"), 10 * rc.tol_f16_kv);
+        }
         const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
         for (DType kv : {DType::kF32, DType::kF16}) {
             auto gpu = Gpu(DType::kF16, kv);
             ASSERT_TRUE(gpu.ok());
             auto model = Model::Load(tmp.path(), gpu->get(), false);
             ASSERT_TRUE(model.ok()) << model.status().ToString();
+            (*model)->config.sliding_window = rc.sliding_window;
             const double err = MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, rc.max_chunk, max_tokens),
                                            cpu_steps, rc.name + " kv " + DTypeName(kv));
             EXPECT_LT(err, kv == DType::kF32 ? rc.tol_f32_kv : rc.tol_f16_kv) << DTypeName(kv);
@@ -246,7 +262,8 @@ TEST_F(CudaModelTest, UniAttnTolerancesAreSensitive) {
 }
 
 // Decode steps replayed from recorded CUDA graphs give bit-identical logits to eager execution, across
-// a context-bucket boundary (a new graph) and with UniAttn probabilities handed between layers.
+// a context-bucket boundary (a new graph) and with UniAttn probabilities handed between layers, with and
+// without a sliding window (the window is a kernel argument frozen into the graph).
 TEST_F(CudaModelTest, DecodeGraphsMatchEager) {
     RandomCase rc = RandomCases()[2];  // UniAttn, GQA
     TempDir tmp;
@@ -258,20 +275,24 @@ TEST_F(CudaModelTest, DecodeGraphsMatchEager) {
     const int vocab = rc.options.vocab_size;
     const auto prompt = RandomTokens(21, 250, vocab);
     const auto forced = RandomTokens(22, 12, vocab);  // positions 250..261 cross the 256 bucket
-    std::vector<std::vector<float>> runs[2];
-    for (int graphs = 0; graphs < 2; ++graphs) {
-        auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
-        ASSERT_TRUE(session.ok());
-        (*session)->runner().SetUseGraphs(graphs == 1);
-        std::vector<float> logits;
-        ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
-        for (int32_t t : forced) {
-            ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
-            runs[graphs].push_back(logits);
+    for (int window : {0, 100}) {
+        SCOPED_TRACE("sliding window " + std::to_string(window));
+        (*model)->config.sliding_window = window;
+        std::vector<std::vector<float>> runs[2];
+        for (int graphs = 0; graphs < 2; ++graphs) {
+            auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
+            ASSERT_TRUE(session.ok());
+            (*session)->runner().SetUseGraphs(graphs == 1);
+            std::vector<float> logits;
+            ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
+            for (int32_t t : forced) {
+                ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
+                runs[graphs].push_back(logits);
+            }
         }
-    }
-    for (size_t i = 0; i < forced.size(); ++i) {
-        EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+        for (size_t i = 0; i < forced.size(); ++i) {
+            EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+        }
     }
 }
 

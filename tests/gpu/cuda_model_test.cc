@@ -153,7 +153,6 @@ struct RandomCase {
     RandomModelOptions options;
     int prompt_len, max_chunk, decode_steps;
     double tol_f32_kv, tol_f16_kv;
-    int sliding_window = 0;  // set on the loaded models' configs (Mistral's window), 0: none
 };
 
 std::vector<RandomCase> RandomCases() {
@@ -196,12 +195,48 @@ std::vector<RandomCase> RandomCases() {
     mha.grouping_end_idx = 3;
     mha.seed = 13;
     cases.push_back({"uniattn-mha-hd48", mha, 20, 64, 10, 2e-5, 5e-3});
-    // Sliding windows: prefill chunks of 512 over a 200-token window and split decode over the window only;
-    // UniAttn anchors handing windowed P to reuse layers (window 100 of 700 positions); a window of 7 in the
-    // generic head_dim kernels.
-    cases.push_back({"gqa-hd64-long-window200", gqa, 1500, 512, 6, 5e-3, 1e-2, 200});
-    cases.push_back({"uniattn-hd128-long-window100", uni, 700, 256, 6, 5e-3, 1e-2, 100});
-    cases.push_back({"uniattn-mha-hd48-window7", mha, 20, 64, 10, 2e-5, 5e-3, 7});
+    // The new families, written through ModelConfig's family table like a real config.json.
+    // Mistral (sliding window): prefill chunks of 512 over a 200-token window and split decode over the window
+    // only; UniAttn anchors handing windowed P to reuse layers (window 100 of 700 positions); a window of 7 in
+    // the generic head_dim kernels.
+    RandomModelOptions mistral = gqa;
+    mistral.architecture = "MistralForCausalLM";
+    mistral.sliding_window = 200;
+    cases.push_back({"mistral-gqa-hd64-long-window200", mistral, 1500, 512, 6, 5e-3, 1e-2});
+    RandomModelOptions mistral_uni = uni;
+    mistral_uni.architecture = "MistralForCausalLM";
+    mistral_uni.sliding_window = 100;
+    cases.push_back({"mistral-uniattn-hd128-long-window100", mistral_uni, 700, 256, 6, 5e-3, 1e-2});
+    RandomModelOptions mistral_mha = mha;
+    mistral_mha.architecture = "MistralForCausalLM";
+    mistral_mha.sliding_window = 7;
+    cases.push_back({"mistral-uniattn-mha-hd48-window7", mistral_mha, 20, 64, 10, 2e-5, 5e-3});
+    // Qwen2: q/k/v biases (AddBias on the fused QKV rows, and on the V columns of reuse layers).
+    RandomModelOptions qwen2 = gqa;
+    qwen2.architecture = "Qwen2ForCausalLM";
+    cases.push_back({"qwen2-gqa-hd64-short", qwen2, 40, 64, 12, 2e-5, 5e-3});
+    RandomModelOptions qwen2_uni = uni;
+    qwen2_uni.architecture = "Qwen2ForCausalLM";
+    cases.push_back({"qwen2-uniattn-hd128-long", qwen2_uni, 700, 256, 6, 5e-3, 1e-2});
+    // Qwen3: per-head q/k RMSNorm, head_dim 128 with hidden 512 over 8 heads (64), q/k/v biases on top
+    // (attention_bias), through one long prompt too.
+    RandomModelOptions qwen3 = gqa;
+    qwen3.architecture = "Qwen3ForCausalLM";
+    qwen3.head_dim = 128;
+    qwen3.attention_bias = true;
+    qwen3.rms_norm_eps = 1e-6;
+    cases.push_back({"qwen3-gqa-hd128-qknorm-short", qwen3, 40, 64, 12, 2e-5, 5e-3});
+    cases.push_back({"qwen3-gqa-hd128-qknorm-long", qwen3, 1100, 512, 6, 5e-3, 1e-2});
+    // Llama 3.1's scaled RoPE with a small original context (64), so that the kept, smoothed and divided
+    // frequency bands all occur at the positions reached.
+    RandomModelOptions llama31 = gqa;
+    llama31.rope_theta = 500000.0;
+    llama31.rope_scaling.type = RopeType::kLlama3;
+    llama31.rope_scaling.factor = 8;
+    llama31.rope_scaling.low_freq_factor = 1;
+    llama31.rope_scaling.high_freq_factor = 4;
+    llama31.rope_scaling.original_max_position_embeddings = 64;
+    cases.push_back({"llama31-gqa-hd64-rope-llama3", llama31, 300, 128, 8, 5e-3, 1e-2});
     return cases;
 }
 
@@ -216,10 +251,11 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
         const auto prompt = RandomTokens(rc.options.seed * 7, rc.prompt_len, vocab);
         const auto forced = RandomTokens(rc.options.seed * 7 + 1, rc.decode_steps, vocab);
         const int max_tokens = rc.prompt_len + rc.decode_steps;
-        if (rc.sliding_window > 0) {
+        if (const int window = (*cpu_model)->config.sliding_window; window > 0) {
             // The window must matter for this case: the CPU without it is far outside the tolerance.
+            (*cpu_model)->config.sliding_window = 0;
             const auto full = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
-            (*cpu_model)->config.sliding_window = rc.sliding_window;
+            (*cpu_model)->config.sliding_window = window;
             const auto windowed = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
             EXPECT_GT(MaxRelError(full, windowed, rc.name + " cpu without vs with the window"), 10 * rc.tol_f16_kv);
         }
@@ -229,7 +265,6 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
             ASSERT_TRUE(gpu.ok());
             auto model = Model::Load(tmp.path(), gpu->get(), false);
             ASSERT_TRUE(model.ok()) << model.status().ToString();
-            (*model)->config.sliding_window = rc.sliding_window;
             const double err = MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, rc.max_chunk, max_tokens),
                                            cpu_steps, rc.name + " kv " + DTypeName(kv));
             EXPECT_LT(err, kv == DType::kF32 ? rc.tol_f32_kv : rc.tol_f16_kv) << DTypeName(kv);
@@ -432,7 +467,7 @@ TEST_F(CudaModelTest, ProgrammaticLaunchIsBitIdenticalToSerialLaunch) {
 // combine kernel (both run MergeSplits in split order), for every random model (MHA, GQA, UniAttn anchors
 // and reuse layers), and its counters return to zero (the graphs replay the same trace correctly).
 TEST_F(CudaModelTest, FusedSplitMergeIsBitIdenticalToCombineKernel) {
-    for (int i : {0, 2, 4}) {  // the three distinct models
+    for (int i : {0, 2, 4, 6, 10}) {  // MHA, GQA, UniAttn; Mistral UniAttn with a window; Qwen3
         const RandomCase rc = RandomCases()[i];
         SCOPED_TRACE(rc.name);
         TempDir tmp;

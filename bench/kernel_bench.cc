@@ -230,7 +230,8 @@ int Main(int argc, char** argv) {
             for (int i = 0; i < per_seq; ++i) tables[s * per_seq + i] = i * B + s;
             slots[s] = static_cast<int64_t>(tables[s * per_seq + ctx / bs]) * bs + ctx % bs;
         }
-        auto meta = Alloc(be, 4 * (qs.size() + cl.size() + pos.size() + tables.size()) + 8 * slots.size() + 64);
+        auto meta = Alloc(be, 4 * (qs.size() + cl.size() + pos.size() + tables.size()) + 8 * slots.size() +
+                                  8 * static_cast<size_t>(c.head_dim / 2) + 96);
         char* mp = static_cast<char*>(meta->data());
         auto put = [&](const void* src, size_t bytes) {
             be->CopyToDevice(mp, src, bytes);
@@ -272,9 +273,11 @@ int Main(int argc, char** argv) {
         }),
                      plane_bytes);
         const Tensor qkv = MakeTensor(y->data(), DType::kF32, B, q_dim + 2 * kv_dim);
+        const std::vector<double> inv_freq = c.RopeInvFreq();
+        const auto* rope_table = reinterpret_cast<const double*>(put(inv_freq.data(), 8 * inv_freq.size()));
         bench.Report("RopeWriteKv " + tag, bench.Time([&] {
             be->RopeWriteKv(qkv.Cols(0, q_dim), qkv.Cols(q_dim, kv_dim), qkv.Cols(q_dim + kv_dim, kv_dim), k, v,
-                            c.num_heads, b.positions, b.slot_mapping, c.rope_theta);
+                            c.num_heads, b.positions, b.slot_mapping, rope_table);
         }),
                      0);
     }

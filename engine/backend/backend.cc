@@ -63,9 +63,9 @@ void Backend::FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi,
 
 void Backend::RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane,
                           const KvPlane& v_plane, int num_heads, const int32_t* positions, const int64_t* slot_mapping,
-                          double theta) {
-    Rope(q, num_heads, k_plane.head_dim, positions, theta);
-    Rope(k, k_plane.num_kv_heads, k_plane.head_dim, positions, theta);
+                          const double* inv_freq) {
+    Rope(q, num_heads, k_plane.head_dim, positions, inv_freq);
+    Rope(k, k_plane.num_kv_heads, k_plane.head_dim, positions, inv_freq);
     WriteKv(k, k_plane, slot_mapping);
     WriteKv(v, v_plane, slot_mapping);
 }

@@ -59,6 +59,9 @@ struct AttentionBatch {
     const int64_t* slot_mapping = nullptr;  // [num_tokens]: block_id * block_size + offset
     int max_context_len = 0;                // max over context_len: the row length of probability buffers
     int max_query_len = 0;                  // host-side max over query lengths; 0: unknown (backends assume the worst)
+    // > 0: a token at position p attends only to positions j with p - sliding_window < j <= p (Mistral's
+    // sliding window); 0: the whole causal prefix. Anchors' probability rows are 0 outside the window.
+    int sliding_window = 0;
 };
 
 // Owned device memory.
@@ -105,9 +108,12 @@ class Backend {
     virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) = 0;
     // y = x · w^T (+ y when accumulate)                   x [T, in], w [out, in], y [T, out]
     virtual void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) = 0;
-    // Rotates x in place, Hugging Face half-split convention: pairs (i, i + head_dim/2).
-    //   x [T, num_heads * head_dim]
-    virtual void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) = 0;
+    // Rotates x in place, Hugging Face half-split convention: pairs (i, i + head_dim/2), angle
+    // positions[t] * inv_freq[i] (in double, cos/sin rounded to float).
+    //   x [T, num_heads * head_dim]; inv_freq [head_dim / 2] fp64, backend memory (the model's frequencies
+    //   with its rope_scaling applied, computed once at load: ModelConfig::RopeInvFreq)
+    virtual void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions,
+                      const double* inv_freq) = 0;
     // Writes src rows into the plane at slot_mapping[t].  src [T, num_kv_heads * head_dim]
     virtual void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) = 0;
     // The attention prologue of a normal/anchor layer, fused where a backend can: Rope(q), Rope(k),
@@ -116,13 +122,21 @@ class Backend {
     //   q [T, Hq * hd], k and v [T, Hkv * hd]
     virtual void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane,
                              const KvPlane& v_plane, int num_heads, const int32_t* positions,
-                             const int64_t* slot_mapping, double theta);
-    // Causal attention of each token over its sequence's cache, positions <= its own.
+                             const int64_t* slot_mapping, const double* inv_freq);
+    // x[t, :] += bias[0, :]                                 x [T, n] fp32; bias [1, n] fp32
+    virtual void AddBias(const Tensor& x, const Tensor& bias) = 0;
+    // Qwen3's q_norm / k_norm: RMSNorm over each head_dim slice of every row, in place, scaled by w.
+    //   x [T, num_heads * head_dim] fp32 (any row stride ld); w [1, head_dim] fp32
+    virtual void HeadRmsNorm(const Tensor& x, int num_heads, int head_dim, const Tensor& w, float eps) = 0;
+    // Causal attention of each token over its sequence's cache, positions <= its own (and, with
+    // batch.sliding_window > 0, > pos - sliding_window).
     //   q [T, Hq * hd], out [T, Hq * hd]
     //   probs (optional, anchors): [T, Hq, batch.max_context_len] fp32, row t·Hq+h holds P for j <= pos
+    //   (0 for j <= pos - sliding_window under a window)
     virtual void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch,
                            int num_heads, const Tensor& out, float* probs) = 0;
     // UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]   (docs/uniattn.md §2, §4 method 2)
+    // over j <= pos, and j > pos - batch.sliding_window under a window (entries outside are not read).
     virtual void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& batch, int num_heads,
                                 const Tensor& out) = 0;
     // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [T, 2·ff], out [T, ff]

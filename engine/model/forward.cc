@@ -151,6 +151,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     batch.slot_mapping = reinterpret_cast<const int64_t*>(dev + o_slots);
     batch.max_context_len = shape_ctx;
     batch.max_query_len = max_query;
+    batch.sliding_window = c.sliding_window;
 
     const int64_t d = c.hidden_size, hd = c.head_dim;
     const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, ff = c.intermediate_size;
@@ -181,25 +182,33 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 case LayerKind::kAnchor: {
                     const Tensor qkv = MakeTensor(Scratch(kQkv), DType::kF32, T, q_dim + 2 * kv_dim);
                     norm_matmul(lw.attn_norm, lw.w_qkv, qkv);
+                    if (c.qkv_bias) backend_->AddBias(qkv, lw.b_qkv);
                     const Tensor q = qkv.Cols(0, q_dim), k = qkv.Cols(q_dim, kv_dim),
                                  v = qkv.Cols(q_dim + kv_dim, kv_dim);
+                    if (c.qk_norm) {  // Qwen3: per-head RMSNorm of q and k before RoPE
+                        backend_->HeadRmsNorm(q, c.num_heads, c.head_dim, lw.q_norm, eps);
+                        backend_->HeadRmsNorm(k, c.num_kv_heads, c.head_dim, lw.k_norm, eps);
+                    }
                     backend_->RopeWriteKv(q, k, v, kv.K(l), kv.V(l), c.num_heads, batch.positions, batch.slot_mapping,
-                                          c.rope_theta);
+                                          w.rope_inv_freq);
                     // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
                     const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
                     backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);
                     backend_->MatMul(attn, lw.w_o, x, true);
+                    if (c.o_bias) backend_->AddBias(x, lw.b_o);
                     break;
                 }
                 case LayerKind::kReuse: {
-                    // [v | c] = x̃ · [Wv; Wc]^T; this layer's V is cached before P_A · V so the current token's
-                    // own value is included; h1 = x + Wo·a + c.
+                    // [v | c] = x̃ · [Wv; Wc]^T (+ [bv | 0]); this layer's V is cached before P_A · V so the current
+                    // token's own value is included; h1 = x + Wo·a (+ bo) + c.
                     const Tensor vc = MakeTensor(Scratch(kQkv), DType::kF32, T, kv_dim + q_dim);
                     norm_matmul(lw.attn_norm, lw.w_vc, vc);
+                    if (c.qkv_bias) backend_->AddBias(vc.Cols(0, kv_dim), lw.b_v);
                     backend_->WriteKv(vc.Cols(0, kv_dim), kv.V(l), batch.slot_mapping);
                     backend_->ReuseAttention(probs, kv.V(l), batch, c.num_heads, attn);
                     backend_->Add(x, vc.Cols(kv_dim, q_dim));
                     backend_->MatMul(attn, lw.w_o, x, true);
+                    if (c.o_bias) backend_->AddBias(x, lw.b_o);
                     break;
                 }
             }

@@ -1,5 +1,6 @@
 #include "model/unify.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <vector>
@@ -70,11 +71,14 @@ Status WriteCheckpoint(const UnifyOptions& o, const TensorSet& src, const ModelC
         const TensorView* v = src.Find(name);
         if (name == "model.embed_tokens.weight") v2_dtype = v->dtype;
         bool skip = false;
-        if (o.drop_unused_qk) {
+        if (o.drop_unused_qk) {  // Q, K, their biases and Qwen3's q/k norms; the V bias stays (it is read)
             for (int l = 0; l < cfg.num_layers && !skip; ++l) {
                 if (cfg.layer_kinds[l] != LayerKind::kReuse) continue;
-                skip = name == LayerTensorName(l, "self_attn.q_proj.weight") ||
-                       name == LayerTensorName(l, "self_attn.k_proj.weight");
+                for (const char* suffix :
+                     {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.q_proj.bias",
+                      "self_attn.k_proj.bias", "self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
+                    skip = skip || name == LayerTensorName(l, suffix);
+                }
             }
         }
         if (skip) continue;
@@ -105,8 +109,11 @@ Status WriteCheckpoint(const UnifyOptions& o, const TensorSet& src, const ModelC
 // Sequences sampled from the model itself, starting from BOS (temperature 1), all decoded together as
 // one batch over a shared paged cache. Deterministic for a given seed and sample count.
 StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Backend* backend, const UnifyOptions& o) {
+    // 0: the context length, at most kMaxSampledLen (long-context models would need a KV cache of
+    // calib_samples × 128k tokens otherwise).
+    constexpr int kMaxSampledLen = 2048;
     const int len = o.calib_len > 0 ? std::min(o.calib_len, model.config.max_position_embeddings)
-                                    : model.config.max_position_embeddings;
+                                    : std::min(model.config.max_position_embeddings, kMaxSampledLen);
     const int n = o.calib_samples, block_size = 16, blocks_per_seq = (len + block_size - 1) / block_size;
     UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv,
                         KvCache::Create(backend, model.config, block_size, static_cast<int64_t>(n) * blocks_per_seq));
@@ -140,7 +147,8 @@ StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Bac
             const int i = active[a];
             const std::vector<int32_t> generated(seqs[i].begin() + 1, seqs[i].end());
             const SampleResult r = samplers[i].Sample(logits.data() + a * vocab, vocab, {}, generated);
-            if (r.token == model.config.eos_token_id) {
+            const std::vector<int32_t>& eos = model.config.eos_token_ids;
+            if (std::find(eos.begin(), eos.end(), r.token) != eos.end()) {
                 done[i] = true;
             } else {
                 seqs[i].push_back(r.token);
@@ -197,9 +205,13 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
 
     const int d = cfg.hidden_size;
     // O1[r]: the original model's post-attention residual at every reuse layer, for every token.
+    // Sessions hold the longest calibration sequence, not the whole context (131072 tokens for Llama-3.1).
+    int max_len = 1;
+    for (const auto& seq : corpus) max_len = std::max(max_len, static_cast<int>(seq.size()));
     std::map<int, std::vector<float>> o1;
     {
-        UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Session::Create(original.get(), backend.get()));
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
+                            Session::Create(original.get(), backend.get(), 16, 256, max_len));
         const int last = report.reuse_layers.back();
         s->runner().SetLayerTap([&](int layer, const float*, const float* h1, int n) {
             if (cfg.layer_kinds[layer] == LayerKind::kReuse) o1[layer].insert(o1[layer].end(), h1, h1 + n * d);
@@ -213,7 +225,7 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
     }
 
     std::map<int, std::vector<float>> wc_all;
-    UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> us, Session::Create(unified.get(), backend.get()));
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> us, Session::Create(unified.get(), backend.get(), 16, 256, max_len));
     const int64_t kv_dim = static_cast<int64_t>(cfg.num_kv_heads) * cfg.head_dim;
     for (size_t ri = 0; ri < report.reuse_layers.size(); ++ri) {
         const int r = report.reuse_layers[ri];

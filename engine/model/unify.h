@@ -22,9 +22,9 @@ struct UnifyOptions {
     // "" = calibrate on sequences sampled from the original model; "none" = zero compensation (the
     // unification-only ablation); otherwise a text file (documents split at blank lines).
     std::string calib;
-    bool drop_unused_qk = false;  // omit q_proj/k_proj of reuse layers (never read)
+    bool drop_unused_qk = false;  // omit reuse layers' q_proj/k_proj, their biases and q/k norms (never read)
     int calib_samples = 64;       // sequences sampled when calib is ""
-    int calib_len = 0;            // tokens per sampled sequence (0 = context length)
+    int calib_len = 0;            // tokens per sampled sequence (0 = context length, at most 2048)
     uint64_t seed = 1234;
     double ridge = 1e-3;  // relative to the mean diagonal of X^T X
     int num_threads = 0;

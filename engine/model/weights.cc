@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -68,6 +69,23 @@ class Loader {
         return Stack(parts, backend_->WeightDType());
     }
     StatusOr<Tensor> Norm(const TensorView* part) { return Stack({part}, DType::kF32); }
+    // 1-D tensors joined end to end into one fp32 row [1, Σ n] (biases).
+    StatusOr<Tensor> Row(const std::vector<const TensorView*>& parts) {
+        int64_t n = 0;
+        for (const auto* p : parts) n += p->numel();
+        std::vector<float> row(static_cast<size_t>(n));
+        int64_t off = 0;
+        for (const auto* p : parts) {
+            p->ToFloat(row.data() + off);
+            off += p->numel();
+        }
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(sizeof(float) * row.size()));
+        backend_->CopyToDevice(buf->data(), row.data(), sizeof(float) * row.size());
+        Tensor t = MakeTensor(buf->data(), DType::kF32, 1, n);
+        w_.bytes += static_cast<int64_t>(sizeof(float) * row.size());
+        w_.buffers.push_back(std::move(buf));
+        return t;
+    }
 
   private:
     const TensorSet& tensors_;
@@ -76,6 +94,17 @@ class Loader {
     std::vector<float> staging_;
     std::vector<uint16_t> half_;
 };
+
+// Uploads the model's RoPE frequency table once; every layer's rotation reads it.
+Status UploadRopeTable(const ModelConfig& c, Backend* backend, ModelWeights& w) {
+    const std::vector<double> inv_freq = c.RopeInvFreq();
+    const size_t bytes = std::max<size_t>(sizeof(double) * inv_freq.size(), sizeof(double));
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend->Alloc(bytes));
+    backend->CopyToDevice(buf->data(), inv_freq.data(), sizeof(double) * inv_freq.size());
+    w.rope_inv_freq = static_cast<const double*>(buf->data());
+    w.buffers.push_back(std::move(buf));
+    return Status::Ok();
+}
 
 }  // namespace
 
@@ -101,7 +130,10 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
     }
     auto list = [](const std::set<int>& s) {
         std::string out;
-        for (int l : s) out += (out.empty() ? "" : ",") + std::to_string(l);
+        for (int l : s) {
+            if (!out.empty()) out += ',';
+            out += std::to_string(l);
+        }
         return "{" + out + "}";
     };
     if (!v2_layers.empty() && !c.has_grouping) {
@@ -121,6 +153,45 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         return InvalidArgument(
             "UniAttn compensation is added to the residual stream, so it needs num_heads * head_dim (" +
             std::to_string(c.num_heads * c.head_dim) + ") == hidden_size (" + std::to_string(c.hidden_size) + ")");
+    }
+
+    // Every tensor must be one this config calls for (or one that is allowed and ignored): a bias or norm the
+    // config does not mention would otherwise be dropped silently, and the model computed would be another.
+    std::set<std::string> expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+    std::set<std::string> ignored;
+    for (int l = 0; l < c.num_layers; ++l) {
+        const bool reuse = c.layer_kinds[l] == LayerKind::kReuse;
+        std::vector<std::string> names = {"input_layernorm.weight",  "post_attention_layernorm.weight",
+                                          "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                                          "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                          "mlp.down_proj.weight"};
+        std::vector<std::string> qk = {"self_attn.q_proj.weight", "self_attn.k_proj.weight"};
+        if (c.qkv_bias) {
+            names.push_back("self_attn.v_proj.bias");
+            qk.push_back("self_attn.q_proj.bias");
+            qk.push_back("self_attn.k_proj.bias");
+        }
+        if (c.o_bias) names.push_back("self_attn.o_proj.bias");
+        if (c.qk_norm) {
+            qk.push_back("self_attn.q_norm.weight");
+            qk.push_back("self_attn.k_norm.weight");
+        }
+        if (reuse) names.push_back("v2_proj.weight");
+        for (const std::string& n : names) expected.insert(LayerTensorName(l, n));
+        for (const std::string& n : qk) (reuse ? ignored : expected).insert(LayerTensorName(l, n));
+    }
+    for (const std::string& name : tensors.Names()) {
+        if (expected.count(name) > 0 || ignored.count(name) > 0) continue;
+        const std::string inv_freq = "rotary_emb.inv_freq";  // a buffer older checkpoints saved; recomputed
+        if (name.size() >= inv_freq.size() &&
+            name.compare(name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0) {
+            continue;
+        }
+        const TensorView* v = tensors.Find(name);
+        std::string why = "not part of a " + c.architecture + " model with this config.json";
+        if (name.find(".bias") != std::string::npos) why += " (attention_bias / mlp_bias)";
+        if (name.find("_norm.") != std::string::npos) why += " (q_norm/k_norm are Qwen3ForCausalLM's)";
+        return InvalidArgument((v ? v->file + ": " : std::string()) + "unexpected tensor \"" + name + "\": " + why);
     }
 
     ModelWeights w;
@@ -149,23 +220,47 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         UA_ASSIGN_OR_RETURN(const TensorView* post_norm, get("post_attention_layernorm.weight", {d}));
         UA_ASSIGN_OR_RETURN(lw.ffn_norm, ld.Norm(post_norm));
         UA_ASSIGN_OR_RETURN(const TensorView* wv, get("self_attn.v_proj.weight", {kv_dim, d}));
+        const TensorView* bv = nullptr;
+        if (c.qkv_bias) {
+            UA_ASSIGN_OR_RETURN(bv, get("self_attn.v_proj.bias", {kv_dim}));
+        }
         if (c.layer_kinds[l] == LayerKind::kReuse) {
-            // Q/K are never read for reuse layers (docs/uniattn.md §2), so they are neither required nor loaded.
+            // Q/K (and their biases and norms) are never read for reuse layers (docs/uniattn.md §2), so they are
+            // neither required nor loaded.
             UA_ASSIGN_OR_RETURN(const TensorView* wc, get("v2_proj.weight", {q_dim, d}));
             UA_ASSIGN_OR_RETURN(lw.w_vc, ld.Stack({wv, wc}));
+            if (bv) {
+                UA_ASSIGN_OR_RETURN(lw.b_v, ld.Row({bv}));
+            }
         } else {
             UA_ASSIGN_OR_RETURN(const TensorView* wq, get("self_attn.q_proj.weight", {q_dim, d}));
             UA_ASSIGN_OR_RETURN(const TensorView* wk, get("self_attn.k_proj.weight", {kv_dim, d}));
             UA_ASSIGN_OR_RETURN(lw.w_qkv, ld.Stack({wq, wk, wv}));
+            if (bv) {
+                UA_ASSIGN_OR_RETURN(const TensorView* bq, get("self_attn.q_proj.bias", {q_dim}));
+                UA_ASSIGN_OR_RETURN(const TensorView* bk, get("self_attn.k_proj.bias", {kv_dim}));
+                UA_ASSIGN_OR_RETURN(lw.b_qkv, ld.Row({bq, bk, bv}));
+            }
+            if (c.qk_norm) {
+                UA_ASSIGN_OR_RETURN(const TensorView* qn, get("self_attn.q_norm.weight", {hd}));
+                UA_ASSIGN_OR_RETURN(lw.q_norm, ld.Norm(qn));
+                UA_ASSIGN_OR_RETURN(const TensorView* kn, get("self_attn.k_norm.weight", {hd}));
+                UA_ASSIGN_OR_RETURN(lw.k_norm, ld.Norm(kn));
+            }
         }
         UA_ASSIGN_OR_RETURN(const TensorView* wo, get("self_attn.o_proj.weight", {d, q_dim}));
         UA_ASSIGN_OR_RETURN(lw.w_o, ld.Stack({wo}));
+        if (c.o_bias) {
+            UA_ASSIGN_OR_RETURN(const TensorView* bo, get("self_attn.o_proj.bias", {d}));
+            UA_ASSIGN_OR_RETURN(lw.b_o, ld.Row({bo}));
+        }
         UA_ASSIGN_OR_RETURN(const TensorView* wg, get("mlp.gate_proj.weight", {ff, d}));
         UA_ASSIGN_OR_RETURN(const TensorView* wu, get("mlp.up_proj.weight", {ff, d}));
         UA_ASSIGN_OR_RETURN(lw.w_gate_up, ld.Stack({wg, wu}));
         UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
         UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
     }
+    UA_RETURN_IF_ERROR(UploadRopeTable(c, backend, w));
     return w;
 }
 
@@ -203,13 +298,27 @@ StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uin
         UA_ASSIGN_OR_RETURN(lw.ffn_norm, make(1, d, DType::kF32, 0.8f, 1.2f));
         if (c.layer_kinds[l] == LayerKind::kReuse) {
             UA_ASSIGN_OR_RETURN(lw.w_vc, linear(kv_dim + q_dim, d));
+            if (c.qkv_bias) {
+                UA_ASSIGN_OR_RETURN(lw.b_v, make(1, kv_dim, DType::kF32, -0.5f, 0.5f));
+            }
         } else {
             UA_ASSIGN_OR_RETURN(lw.w_qkv, linear(q_dim + 2 * kv_dim, d));
+            if (c.qkv_bias) {
+                UA_ASSIGN_OR_RETURN(lw.b_qkv, make(1, q_dim + 2 * kv_dim, DType::kF32, -0.5f, 0.5f));
+            }
+            if (c.qk_norm) {
+                UA_ASSIGN_OR_RETURN(lw.q_norm, make(1, hd, DType::kF32, 0.8f, 1.2f));
+                UA_ASSIGN_OR_RETURN(lw.k_norm, make(1, hd, DType::kF32, 0.8f, 1.2f));
+            }
         }
         UA_ASSIGN_OR_RETURN(lw.w_o, linear(d, q_dim));
+        if (c.o_bias) {
+            UA_ASSIGN_OR_RETURN(lw.b_o, make(1, d, DType::kF32, -0.5f, 0.5f));
+        }
         UA_ASSIGN_OR_RETURN(lw.w_gate_up, linear(2 * ff, d));
         UA_ASSIGN_OR_RETURN(lw.w_down, linear(d, ff));
     }
+    UA_RETURN_IF_ERROR(UploadRopeTable(c, backend, w));
     return w;
 }
 

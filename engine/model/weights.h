@@ -2,7 +2,11 @@
 //   normal/anchor layers: w_qkv = [Wq; Wk; Wv]   [Hq·hd + 2·Hkv·hd, d]
 //   reuse layers:         w_vc  = [Wv; Wc]        [Hkv·hd + Hq·hd, d]   (docs/uniattn.md §2: one GEMM, no Wq/Wk)
 //   every layer:          w_gate_up = [Wgate; Wup] [2·ff, d]
-// Matrices and the embedding are in backend->WeightDType(); norm weights are fp32 on every backend.
+// and, where the family has them (ModelConfig qkv_bias / o_bias / qk_norm):
+//   normal/anchor layers: b_qkv = [bq | bk | bv]   [1, Hq·hd + 2·Hkv·hd]   (matches w_qkv's rows)
+//   reuse layers:         b_v = bv                 [1, Hkv·hd]             (the V part of w_vc; Q/K are never read)
+//   every layer:          b_o [1, d]; q_norm, k_norm [1, hd] (normal/anchor only)
+// Matrices and the embedding are in backend->WeightDType(); norm weights and biases are fp32 on every backend.
 #pragma once
 
 #include <memory>
@@ -23,6 +27,11 @@ struct LayerWeights {
     Tensor w_o;        // [d, Hq·hd]
     Tensor w_gate_up;  // [2·ff, d]
     Tensor w_down;     // [d, ff]
+    Tensor b_qkv;      // normal/anchor with qkv_bias: [1, Hq·hd + 2·Hkv·hd]
+    Tensor b_v;        // reuse with qkv_bias: [1, Hkv·hd]
+    Tensor b_o;        // o_bias: [1, d]
+    Tensor q_norm;     // qk_norm, normal/anchor: [1, hd]
+    Tensor k_norm;     // qk_norm, normal/anchor: [1, hd]
 };
 
 struct ModelWeights {
@@ -30,12 +39,15 @@ struct ModelWeights {
     Tensor final_norm;  // [1, d]
     Tensor lm_head;     // [vocab, d]; the embedding when tied
     std::vector<LayerWeights> layers;
+    const double* rope_inv_freq = nullptr;  // [head_dim / 2] fp64: ModelConfig::RopeInvFreq() on the backend
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
     int64_t bytes = 0;
 };
 
 // Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of docs/uniattn.md §5.
-// Messages name the file and the tensor.
+// A tensor the config does not call for (a bias of a model without attention_bias, say) is an error, as is
+// a missing one; reuse layers' q/k projections, biases and norms are allowed but not loaded, and so are
+// saved rotary_emb.inv_freq buffers and lm_head.weight of a tied model. Messages name the file and the tensor.
 StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend);
 
 // Seeded uniform random weights of `config`'s shapes, generated on the backend (Backend::FillUniform):

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -20,6 +21,7 @@ namespace {
 
 const std::string kGenerate = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-generate";
 const std::string kConvert = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-convert";
+const std::string kEval = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-eval";
 
 struct RunResult {
     int exit_code = -1;  // the shell's: 128 + N when the program died of signal N
@@ -184,6 +186,50 @@ TEST_F(CliTest, GreedyJsonOnDefaultModel) {
               ", there was a little girl named Lily. She loved to play outside in the sunshine");
     // One object on one line, nothing else on stdout.
     EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);
+}
+
+// uniattn-convert unify and uniattn-eval on another family: a tiny Qwen3 (q/k norm, q/k/v/o biases, a
+// 131072-token context) with the default model's tokenizer. The unified checkpoint (zero compensation)
+// reloads in uniattn-eval; a model against itself agrees on every greedy token with zero KL.
+TEST(CliFamilyTest, UnifyAndEvalOnQwen3) {
+    ASSERT_TRUE(FileExists(kEval)) << kEval << " is not built (ninja uniattn-eval)";
+    const std::string default_dir = testutil::DefaultModelDir();
+    ASSERT_TRUE(FileExists(default_dir + "/tokenizer.model")) << testutil::kMissingDefaultModel;
+    testutil::TempDir tmp;
+    testutil::RandomModelOptions o;
+    o.architecture = "Qwen3ForCausalLM";
+    o.attention_bias = true;
+    o.vocab_size = 32000, o.hidden_size = 32, o.num_heads = 4, o.num_kv_heads = 2, o.head_dim = 8;
+    o.intermediate_size = 48, o.num_layers = 4, o.max_position_embeddings = 131072;
+    const std::string orig = tmp.Sub("orig");
+    ASSERT_TRUE(testutil::WriteRandomModel(orig, o).ok());
+    ASSERT_TRUE(testutil::CopyTokenizer(default_dir, orig).ok());
+    const std::string text = tmp.path() + "/text.txt";
+    ASSERT_TRUE(WriteFile(text, "Once upon a time there was a dog.\n\nThe dog ran to the park and saw a ball.\n").ok());
+
+    const std::string unified = tmp.path() + "/unified";
+    const RunResult conv = RunTool(kConvert, "unify --model " + Quote(orig) + " --out " + Quote(unified) +
+                                                 " --group 2 --begin 0 --end 4 --calib none --drop-unused-qk");
+    ASSERT_EQ(conv.exit_code, 0) << conv.err;
+
+    auto eval = [&](const std::string& model, const std::string& reference) {
+        const RunResult r = RunTool(kEval, "--model " + Quote(model) + " --reference " + Quote(reference) + " --text " +
+                                               Quote(text) + " --threads 1 --json");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        auto json = ParseJsonFile(r.out, "uniattn-eval stdout");
+        EXPECT_TRUE(json.ok()) << r.out;
+        return json.ok() ? *json : nlohmann::json::object();
+    };
+    const nlohmann::json self = eval(orig, orig);
+    ASSERT_TRUE(self.contains("mean_kl") && self.contains("greedy_agreement") && self.contains("perplexity"));
+    EXPECT_EQ(self["greedy_agreement"].get<double>(), 1.0);
+    EXPECT_LT(std::abs(self["mean_kl"].get<double>()), 1e-9);
+    EXPECT_GT(self["predicted_tokens"].get<int64_t>(), 10);
+    const nlohmann::json u = eval(unified, orig);
+    ASSERT_TRUE(u.contains("mean_kl") && u.contains("perplexity"));
+    EXPECT_TRUE(std::isfinite(u["perplexity"].get<double>()));
+    EXPECT_GT(u["mean_kl"].get<double>(), 1e-6);  // reuse layers without compensation: another model
+    EXPECT_EQ(u["predicted_tokens"], self["predicted_tokens"]);
 }
 
 }  // namespace

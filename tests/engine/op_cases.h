@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -26,6 +27,13 @@ inline std::vector<float> RandomVector(Rng& rng, size_t n, float lo = -1.0f, flo
     std::vector<float> v(n);
     for (float& x : v) x = rng.Uniform(lo, hi);
     return v;
+}
+
+// Unscaled RoPE inverse frequencies theta^(-2i/head_dim), i < head_dim/2 (ModelConfig::RopeInvFreq by default).
+inline std::vector<double> DefaultInvFreq(double theta, int head_dim) {
+    std::vector<double> inv(head_dim / 2);
+    for (int i = 0; i < head_dim / 2; ++i) inv[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / head_dim);
+    return inv;
 }
 
 // Random contents for a whole KV plane [num_blocks, block_size, num_kv_heads, head_dim].

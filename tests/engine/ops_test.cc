@@ -205,8 +205,9 @@ TEST_P(OpsTest, MatMul) {
     }
 }
 
-// Hugging Face half-split RoPE: element i pairs with i + head_dim/2, angle pos · theta^(-2i/head_dim).
-// x is a strided view, like the Q and K columns of the fused QKV output.
+// Hugging Face half-split RoPE: element i pairs with i + head_dim/2, angle pos · inv_freq[i], the table the
+// caller gives: theta^(-2i/head_dim) unscaled, and an arbitrary table (a scaled RoPE) that the backend must
+// read rather than recompute from a theta. x is a strided view, like the Q and K columns of the fused QKV output.
 TEST_P(OpsTest, Rope) {
     Rng rng(4);
     struct Shape {
@@ -216,30 +217,94 @@ TEST_P(OpsTest, Rope) {
     };
     for (const Shape& s : {Shape{6, 6, 1, 10000.0}, Shape{2, 10, 3, 10000.0}, Shape{3, 64, 17, 10000.0},
                            Shape{6, 48, 5, 10000.0}, Shape{1, 64, 17, 500000.0}}) {
-        const int64_t width = static_cast<int64_t>(s.num_heads) * s.head_dim;
-        HostMatrix x(rng, s.T, width, 7, 11);
-        std::vector<int32_t> positions(s.T);
-        for (int32_t& p : positions) p = rng.Int(4096);
-        positions[0] = 0;
-        if (s.T > 1) positions[1] = 1;
-        const Tensor tx = Activation(x);
-        be_->Rope(tx, s.num_heads, s.head_dim, Upload(positions), s.theta);
-        std::vector<double> ref(static_cast<size_t>(s.T * width)), mag(ref.size());
-        const int half = s.head_dim / 2;
-        for (int64_t t = 0; t < s.T; ++t) {
-            for (int h = 0; h < s.num_heads; ++h) {
-                for (int i = 0; i < half; ++i) {
-                    const double ang = positions[t] * std::pow(s.theta, -2.0 * i / s.head_dim);
-                    const int64_t ia = static_cast<int64_t>(h) * s.head_dim + i, ib = ia + half;
-                    const double a = x.at(t, ia), b = x.at(t, ib);
-                    ref[t * width + ia] = a * std::cos(ang) - b * std::sin(ang);
-                    ref[t * width + ib] = b * std::cos(ang) + a * std::sin(ang);
-                    mag[t * width + ia] = mag[t * width + ib] = std::abs(a) + std::abs(b);
+        for (bool scaled : {false, true}) {
+            const int64_t width = static_cast<int64_t>(s.num_heads) * s.head_dim;
+            HostMatrix x(rng, s.T, width, 7, 11);
+            std::vector<int32_t> positions(s.T);
+            for (int32_t& p : positions) p = rng.Int(4096);
+            positions[0] = 0;
+            if (s.T > 1) positions[1] = 1;
+            std::vector<double> inv_freq = testutil::DefaultInvFreq(s.theta, s.head_dim);
+            if (scaled) {
+                for (double& f : inv_freq) f *= rng.Uniform(0.05f, 1.0f);
+            }
+            const Tensor tx = Activation(x);
+            be_->Rope(tx, s.num_heads, s.head_dim, Upload(positions), Upload(inv_freq));
+            std::vector<double> ref(static_cast<size_t>(s.T * width)), mag(ref.size());
+            const int half = s.head_dim / 2;
+            for (int64_t t = 0; t < s.T; ++t) {
+                for (int h = 0; h < s.num_heads; ++h) {
+                    for (int i = 0; i < half; ++i) {
+                        const double ang = positions[t] * inv_freq[i];
+                        const int64_t ia = static_cast<int64_t>(h) * s.head_dim + i, ib = ia + half;
+                        const double a = x.at(t, ia), b = x.at(t, ib);
+                        ref[t * width + ia] = a * std::cos(ang) - b * std::sin(ang);
+                        ref[t * width + ib] = b * std::cos(ang) + a * std::sin(ang);
+                        mag[t * width + ia] = mag[t * width + ib] = std::abs(a) + std::abs(b);
+                    }
                 }
             }
+            ExpectMatrixNear(Fetch(tx, x), x, ref, mag,
+                             "Rope heads=" + std::to_string(s.num_heads) + " head_dim=" + std::to_string(s.head_dim) +
+                                 (scaled ? " scaled table" : ""));
         }
-        ExpectMatrixNear(Fetch(tx, x), x, ref, mag,
-                         "Rope heads=" + std::to_string(s.num_heads) + " head_dim=" + std::to_string(s.head_dim));
+    }
+}
+
+// x[t, :] += bias: on a strided view (the fused QKV output, or V columns of a reuse layer's [v | c]).
+TEST_P(OpsTest, AddBias) {
+    Rng rng(13);
+    for (int64_t n : {1, 37, 96}) {
+        for (int64_t T : {1, 3, 17}) {
+            HostMatrix x(rng, T, n, 3, 2);
+            HostMatrix bias(rng, 1, n);
+            const Tensor tx = Activation(x);
+            be_->AddBias(tx, Activation(bias));
+            std::vector<double> ref, mag;
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t i = 0; i < n; ++i) {
+                    ref.push_back(static_cast<double>(x.at(t, i)) + bias.at(0, i));
+                    mag.push_back(std::abs(x.at(t, i)) + std::abs(bias.at(0, i)));
+                }
+            }
+            ExpectMatrixNear(Fetch(tx, x), x, ref, mag, "AddBias n=" + std::to_string(n) + " T=" + std::to_string(T));
+        }
+    }
+}
+
+// Qwen3's q_norm / k_norm: each head_dim slice of a row normalised by its own RMS and scaled by w, in place,
+// on the Q or K columns of a fused row (the other columns are canaries).
+TEST_P(OpsTest, HeadRmsNorm) {
+    Rng rng(14);
+    struct Shape {
+        int num_heads, head_dim;
+        int64_t T;
+    };
+    for (const Shape& s : {Shape{1, 6, 1}, Shape{4, 10, 3}, Shape{2, 128, 17}, Shape{8, 64, 5}}) {
+        for (float eps : {1e-6f, 1e-5f}) {
+            const int64_t width = static_cast<int64_t>(s.num_heads) * s.head_dim;
+            HostMatrix x(rng, s.T, width, 5, 9);
+            for (float& v : x.data) v *= 4.0f;
+            HostMatrix w(rng, 1, s.head_dim);
+            const Tensor tx = Activation(x);
+            be_->HeadRmsNorm(tx, s.num_heads, s.head_dim, Activation(w), eps);
+            std::vector<double> ref(static_cast<size_t>(s.T * width)), mag(ref.size());
+            for (int64_t t = 0; t < s.T; ++t) {
+                for (int h = 0; h < s.num_heads; ++h) {
+                    const int64_t o = static_cast<int64_t>(h) * s.head_dim;
+                    double ss = 0;
+                    for (int i = 0; i < s.head_dim; ++i) ss += static_cast<double>(x.at(t, o + i)) * x.at(t, o + i);
+                    const double inv = 1.0 / std::sqrt(ss / s.head_dim + eps);
+                    for (int i = 0; i < s.head_dim; ++i) {
+                        ref[t * width + o + i] = x.at(t, o + i) * inv * w.at(0, i);
+                        mag[t * width + o + i] = std::abs(ref[t * width + o + i]);
+                    }
+                }
+            }
+            ExpectMatrixNear(Fetch(tx, x), x, ref, mag,
+                             "HeadRmsNorm heads=" + std::to_string(s.num_heads) +
+                                 " head_dim=" + std::to_string(s.head_dim) + " T=" + std::to_string(s.T));
+        }
     }
 }
 
@@ -274,9 +339,10 @@ TEST_P(OpsTest, WriteKv) {
 class AttentionTest : public OpsTest {
   protected:
     // The batch leaves max_query_len unknown (0): backends must assume the worst.
-    AttentionBatch UploadBatch(const AttnSetup& s) {
+    AttentionBatch UploadBatch(const AttnSetup& s, int sliding_window = 0) {
         AttentionBatch b = OpsTest::UploadBatch(be_.get(), s);
         b.max_query_len = 0;
+        b.sliding_window = sliding_window;
         return b;
     }
     KvPlane UploadPlane(const HostPlane& p) { return OpsTest::UploadPlane(be_.get(), p); }
@@ -301,15 +367,26 @@ std::vector<AttnCase> AttentionCases() {
     };
 }
 
-// Reference softmax(q·k/√hd) over positions 0..pos of the token's sequence, per query head; the KV head
-// is h / n_rep (Hugging Face repeat_kv order).
-std::vector<double> ReferenceProbs(const AttnSetup& s, const HostMatrix& q, int t, int h, int num_heads) {
+// Sliding windows the attention tests run with: none, a window of 1 (a token sees only itself), and windows
+// shorter and longer than some of the cases' contexts.
+constexpr int kWindows[] = {0, 1, 5, 16};
+
+// The first position a token at `pos` attends to under `window` (0: no window).
+int WindowStart(int pos, int window) { return window > 0 ? std::max(0, pos - window + 1) : 0; }
+
+std::string WindowName(int window) { return window > 0 ? " window " + std::to_string(window) : ""; }
+
+// Reference softmax(q·k/√hd) over positions 0..pos of the token's sequence (pos - window < j under a
+// window; p[j] = 0 before it), per query head; the KV head is h / n_rep (Hugging Face repeat_kv order).
+std::vector<double> ReferenceProbs(const AttnSetup& s, const HostMatrix& q, int t, int h, int num_heads,
+                                   int window = 0) {
     const int n_rep = num_heads / s.k.num_kv_heads;
     const int hd = s.k.head_dim;
     const int n_ctx = s.positions[t] + 1;
-    std::vector<double> p(n_ctx);
+    std::vector<double> p(n_ctx, 0.0);
     double mx = -INFINITY;
-    for (int j = 0; j < n_ctx; ++j) {
+    const int first = WindowStart(s.positions[t], window);
+    for (int j = first; j < n_ctx; ++j) {
         const float* kr = s.k.At(s.Slot(s.seq_of[t], j), h / n_rep);
         double dot = 0;
         for (int e = 0; e < hd; ++e) dot += static_cast<double>(q.at(t, static_cast<int64_t>(h) * hd + e)) * kr[e];
@@ -317,67 +394,70 @@ std::vector<double> ReferenceProbs(const AttnSetup& s, const HostMatrix& q, int 
         mx = std::max(mx, p[j]);
     }
     double sum = 0;
-    for (double& x : p) sum += (x = std::exp(x - mx));
-    for (double& x : p) x /= sum;
+    for (int j = first; j < n_ctx; ++j) sum += (p[j] = std::exp(p[j] - mx));
+    for (int j = first; j < n_ctx; ++j) p[j] /= sum;
     return p;
 }
 
 TEST_P(AttentionTest, MatchesReference) {
     Rng rng(6);
     for (const AttnCase& c : AttentionCases()) {
-        for (bool with_probs : {false, true}) {
-            SCOPED_TRACE(Describe(c) + (with_probs ? " with probs" : ""));
-            const AttnSetup s = MakeAttnSetup(rng, c);
-            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-            const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-            // q is the Q columns of a fused [q | k | v] row; out is a view too.
-            HostMatrix q(rng, s.num_tokens, width, 0, 2 * kv_width);
-            HostMatrix out(rng, s.num_tokens, width, 3, 1);
-            const AttentionBatch b = UploadBatch(s);
-            const Tensor to = Activation(out);
-            float* probs = nullptr;
-            const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
-            if (with_probs) probs = Upload(std::vector<float>(probs_size, kNaN));
-            be_->Attention(Activation(q), UploadPlane(s.k), UploadPlane(s.v), b, c.num_heads, to, probs);
+        for (const int window : kWindows) {
+            for (bool with_probs : {false, true}) {
+                SCOPED_TRACE(Describe(c) + WindowName(window) + (with_probs ? " with probs" : ""));
+                const AttnSetup s = MakeAttnSetup(rng, c);
+                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+                // q is the Q columns of a fused [q | k | v] row; out is a view too.
+                HostMatrix q(rng, s.num_tokens, width, 0, 2 * kv_width);
+                HostMatrix out(rng, s.num_tokens, width, 3, 1);
+                const AttentionBatch b = UploadBatch(s, window);
+                const Tensor to = Activation(out);
+                float* probs = nullptr;
+                const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
+                if (with_probs) probs = Upload(std::vector<float>(probs_size, kNaN));
+                be_->Attention(Activation(q), UploadPlane(s.k), UploadPlane(s.v), b, c.num_heads, to, probs);
 
-            std::vector<double> ref(static_cast<size_t>(s.num_tokens * width)), mag(ref.size());
-            std::vector<std::vector<double>> ref_probs;
-            const int n_rep = c.num_heads / c.num_kv_heads;
-            for (int t = 0; t < s.num_tokens; ++t) {
-                for (int h = 0; h < c.num_heads; ++h) {
-                    const std::vector<double> p = ReferenceProbs(s, q, t, h, c.num_heads);
-                    for (int e = 0; e < c.head_dim; ++e) {
-                        double acc = 0, m = 0;
-                        for (size_t j = 0; j < p.size(); ++j) {
-                            const double vj = s.v.At(s.Slot(s.seq_of[t], static_cast<int>(j)), h / n_rep)[e];
-                            acc += p[j] * vj;
-                            m += p[j] * std::abs(vj);
-                        }
-                        ref[t * width + h * c.head_dim + e] = acc;
-                        // The probabilities carry fp32 rounding of the q·k sums; scaled by Σ p|v| this stays
-                        // within kRelTol for logits of the size these inputs give.
-                        mag[t * width + h * c.head_dim + e] = m;
-                    }
-                    ref_probs.push_back(p);
-                }
-            }
-            ExpectMatrixNear(Fetch(to, out), out, ref, mag, "Attention");
-            if (with_probs) {
-                const std::vector<float> got = Download(probs, probs_size);
-                int bad = 0;
+                std::vector<double> ref(static_cast<size_t>(s.num_tokens * width)), mag(ref.size());
+                std::vector<std::vector<double>> ref_probs;
+                const int n_rep = c.num_heads / c.num_kv_heads;
                 for (int t = 0; t < s.num_tokens; ++t) {
                     for (int h = 0; h < c.num_heads; ++h) {
-                        const std::vector<double>& p = ref_probs[static_cast<size_t>(t) * c.num_heads + h];
-                        const float* row = got.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                        for (size_t j = 0; j < p.size(); ++j) {
-                            if (!(std::abs(row[j] - p[j]) <= kRelTol * p[j] + 1e-9) && bad++ < 5) {
-                                ADD_FAILURE() << "probs[" << t << ", " << h << ", " << j << "] got " << row[j]
-                                              << " want " << p[j];
+                        const std::vector<double> p = ReferenceProbs(s, q, t, h, c.num_heads, window);
+                        for (int e = 0; e < c.head_dim; ++e) {
+                            double acc = 0, m = 0;
+                            for (int j = WindowStart(s.positions[t], window); j < static_cast<int>(p.size()); ++j) {
+                                const double vj = s.v.At(s.Slot(s.seq_of[t], j), h / n_rep)[e];
+                                acc += p[j] * vj;
+                                m += p[j] * std::abs(vj);
+                            }
+                            ref[t * width + h * c.head_dim + e] = acc;
+                            // The probabilities carry fp32 rounding of the q·k sums; scaled by Σ p|v| this stays
+                            // within kRelTol for logits of the size these inputs give.
+                            mag[t * width + h * c.head_dim + e] = m;
+                        }
+                        ref_probs.push_back(p);
+                    }
+                }
+                ExpectMatrixNear(Fetch(to, out), out, ref, mag, "Attention");
+                if (with_probs) {
+                    const std::vector<float> got = Download(probs, probs_size);
+                    int bad = 0;
+                    for (int t = 0; t < s.num_tokens; ++t) {
+                        for (int h = 0; h < c.num_heads; ++h) {
+                            const std::vector<double>& p = ref_probs[static_cast<size_t>(t) * c.num_heads + h];
+                            const float* row =
+                                got.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                            for (size_t j = 0; j < p.size(); ++j) {
+                                if (!(std::abs(row[j] - p[j]) <= kRelTol * p[j] + 1e-9) && bad++ < 5) {
+                                    ADD_FAILURE() << "probs[" << t << ", " << h << ", " << j << "] got " << row[j]
+                                                  << " want " << p[j];
+                                }
                             }
                         }
                     }
+                    EXPECT_EQ(bad, 0);
                 }
-                EXPECT_EQ(bad, 0);
             }
         }
     }
@@ -388,60 +468,71 @@ TEST_P(AttentionTest, MatchesReference) {
 TEST_P(AttentionTest, BatchEqualsOneSequenceAtATime) {
     Rng rng(7);
     const AttnCase c{6, 2, 10, 3, {7, 25, 1, 12}, {7, 1, 1, 4}};
-    const AttnSetup s = MakeAttnSetup(rng, c);
-    const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-    HostMatrix q(rng, s.num_tokens, width);
-    HostMatrix out(rng, s.num_tokens, width);
-    const KvPlane k = UploadPlane(s.k), v = UploadPlane(s.v);
-    const Tensor tq = Activation(q), to = Activation(out);
-    be_->Attention(tq, k, v, UploadBatch(s), c.num_heads, to, nullptr);
-    const std::vector<float> batched = Fetch(to, out);
-    for (size_t i = 0; i < c.context_lens.size(); ++i) {
-        const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
-        const int begin = s.query_start[i], end = s.query_start[i + 1];
-        const Tensor q1 = tq.Rows(begin, end - begin);
-        HostMatrix o1(rng, end - begin, width);
-        const Tensor to1 = Activation(o1);
-        be_->Attention(q1, k, v, UploadBatch(one), c.num_heads, to1, nullptr);
-        const std::vector<float> single = Fetch(to1, o1);
-        for (int t = 0; t < end - begin; ++t) {
-            for (int64_t e = 0; e < width; ++e) {
-                EXPECT_EQ(single[t * width + e], batched[(begin + t) * width + e]) << "seq " << i << " token " << t;
+    for (const int window : kWindows) {
+        SCOPED_TRACE(WindowName(window));
+        const AttnSetup s = MakeAttnSetup(rng, c);
+        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+        HostMatrix q(rng, s.num_tokens, width);
+        HostMatrix out(rng, s.num_tokens, width);
+        const KvPlane k = UploadPlane(s.k), v = UploadPlane(s.v);
+        const Tensor tq = Activation(q), to = Activation(out);
+        be_->Attention(tq, k, v, UploadBatch(s, window), c.num_heads, to, nullptr);
+        const std::vector<float> batched = Fetch(to, out);
+        for (size_t i = 0; i < c.context_lens.size(); ++i) {
+            const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
+            const int begin = s.query_start[i], end = s.query_start[i + 1];
+            const Tensor q1 = tq.Rows(begin, end - begin);
+            HostMatrix o1(rng, end - begin, width);
+            const Tensor to1 = Activation(o1);
+            be_->Attention(q1, k, v, UploadBatch(one, window), c.num_heads, to1, nullptr);
+            const std::vector<float> single = Fetch(to1, o1);
+            for (int t = 0; t < end - begin; ++t) {
+                for (int64_t e = 0; e < width; ++e) {
+                    EXPECT_EQ(single[t * width + e], batched[(begin + t) * width + e]) << "seq " << i << " token " << t;
+                }
             }
         }
     }
 }
 
 // UniAttn reuse: out[t, h] = Σ_j P[t, h, j] · v[j, h / n_rep], with the anchor's P given. Entries of P
-// past each token's position are NaN and must not be read.
+// past each token's position (and, under a sliding window, before it) are NaN and must not be read.
 TEST_P(AttentionTest, ReuseAttention) {
     Rng rng(8);
     for (const AttnCase& c : AttentionCases()) {
-        SCOPED_TRACE(Describe(c));
-        const AttnSetup s = MakeAttnSetup(rng, c);
-        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-        const std::vector<float> probs = testutil::RandomProbs(rng, s, c.num_heads);
-        HostMatrix out(rng, s.num_tokens, width, 2, 5);
-        const Tensor to = Activation(out);
-        be_->ReuseAttention(Upload(probs), UploadPlane(s.v), UploadBatch(s), c.num_heads, to);
-        std::vector<double> ref(static_cast<size_t>(s.num_tokens * width)), mag(ref.size());
-        const int n_rep = c.num_heads / c.num_kv_heads;
-        for (int t = 0; t < s.num_tokens; ++t) {
-            for (int h = 0; h < c.num_heads; ++h) {
-                const float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                for (int e = 0; e < c.head_dim; ++e) {
-                    double acc = 0, m = 0;
-                    for (int j = 0; j <= s.positions[t]; ++j) {
-                        const double vj = s.v.At(s.Slot(s.seq_of[t], j), h / n_rep)[e];
-                        acc += row[j] * vj;
-                        m += std::abs(row[j] * vj);
-                    }
-                    ref[t * width + h * c.head_dim + e] = acc;
-                    mag[t * width + h * c.head_dim + e] = m;
+        for (const int window : kWindows) {
+            SCOPED_TRACE(Describe(c) + WindowName(window));
+            const AttnSetup s = MakeAttnSetup(rng, c);
+            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+            std::vector<float> probs = testutil::RandomProbs(rng, s, c.num_heads);
+            for (int t = 0; t < s.num_tokens; ++t) {
+                for (int h = 0; h < c.num_heads; ++h) {
+                    float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                    std::fill(row, row + WindowStart(s.positions[t], window), kNaN);
                 }
             }
+            HostMatrix out(rng, s.num_tokens, width, 2, 5);
+            const Tensor to = Activation(out);
+            be_->ReuseAttention(Upload(probs), UploadPlane(s.v), UploadBatch(s, window), c.num_heads, to);
+            std::vector<double> ref(static_cast<size_t>(s.num_tokens * width)), mag(ref.size());
+            const int n_rep = c.num_heads / c.num_kv_heads;
+            for (int t = 0; t < s.num_tokens; ++t) {
+                for (int h = 0; h < c.num_heads; ++h) {
+                    const float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                    for (int e = 0; e < c.head_dim; ++e) {
+                        double acc = 0, m = 0;
+                        for (int j = WindowStart(s.positions[t], window); j <= s.positions[t]; ++j) {
+                            const double vj = s.v.At(s.Slot(s.seq_of[t], j), h / n_rep)[e];
+                            acc += row[j] * vj;
+                            m += std::abs(row[j] * vj);
+                        }
+                        ref[t * width + h * c.head_dim + e] = acc;
+                        mag[t * width + h * c.head_dim + e] = m;
+                    }
+                }
+            }
+            ExpectMatrixNear(Fetch(to, out), out, ref, mag, "ReuseAttention");
         }
-        ExpectMatrixNear(Fetch(to, out), out, ref, mag, "ReuseAttention");
     }
 }
 

@@ -87,6 +87,11 @@ class TempDir {
 };
 
 struct RandomModelOptions {
+    // The family (engine/model/model_config.cc's table decides which biases/norms it has) and its keys.
+    std::string architecture = "LlamaForCausalLM";
+    bool attention_bias = false;  // Llama/Qwen3 "attention_bias" (Qwen2 has q/k/v biases regardless)
+    int sliding_window = 0;       // Mistral's window; 0: none
+    RopeScaling rope_scaling;
     int vocab_size = 97;
     int hidden_size = 48;
     int intermediate_size = 80;
@@ -131,10 +136,15 @@ inline void RoundToDType(DType dtype, std::vector<float>& v) {
     }
 }
 
-// The config the options describe, with layer kinds derived. Aborts on impossible grouping keys (a bug
-// in the calling test, not an input under test).
+// The config the options describe, with layer kinds derived: written with ToJson and read back with FromJson,
+// so the family table sets the flags (qkv_bias, o_bias, qk_norm) as it does for a real config.json. Aborts on
+// impossible keys (a bug in the calling test, not an input under test).
 inline ModelConfig MakeConfig(const RandomModelOptions& o) {
     ModelConfig c;
+    c.architecture = o.architecture;
+    c.qkv_bias = o.attention_bias;
+    c.sliding_window = o.sliding_window;
+    c.rope_scaling = o.rope_scaling;
     c.vocab_size = o.vocab_size;
     c.hidden_size = o.hidden_size;
     c.intermediate_size = o.intermediate_size;
@@ -151,13 +161,19 @@ inline ModelConfig MakeConfig(const RandomModelOptions& o) {
     c.grouping_idx = o.grouping_idx;
     c.grouping_begin_idx = o.grouping_begin_idx;
     c.grouping_end_idx = o.grouping_end_idx;
-    if (!c.DeriveLayerKinds().ok()) std::abort();
-    return c;
+    auto parsed = ModelConfig::FromJson(DumpJson(c.ToJson()), "MakeConfig");
+    if (!parsed.ok()) {
+        std::fprintf(stderr, "MakeConfig: %s\n", parsed.status().ToString().c_str());
+        std::abort();
+    }
+    return std::move(parsed).value();
 }
 
-// Every tensor of the Hugging Face Llama layout for `config` (reuse layers keep q_proj/k_proj, as real
-// UniAttn checkpoints do, and add v2_proj [Hq·hd, d]). Linear weights are uniform with unit output
-// variance for unit-RMS inputs, so attention is neither uniform nor one-hot; norms are near 1.
+// Every tensor of the Hugging Face layout for `config` (reuse layers keep q_proj/k_proj, with their biases
+// and norms, as real UniAttn checkpoints do, and add v2_proj [Hq·hd, d]). Linear weights are uniform with
+// unit output variance for unit-RMS inputs, so attention is neither uniform nor one-hot; norms are near 1;
+// biases (qkv_bias, o_bias) are uniform in [-0.5, 0.5) and q_norm/k_norm weights in [0.3, 2) so that
+// dropping either moves the logits visibly.
 inline std::vector<NamedTensor> MakeRandomTensors(const ModelConfig& c, DType dtype, uint64_t seed) {
     Rng rng(seed);
     std::vector<NamedTensor> out;
@@ -186,6 +202,16 @@ inline std::vector<NamedTensor> MakeRandomTensors(const ModelConfig& c, DType dt
         linear(LayerTensorName(l, "self_attn.k_proj.weight"), kv_dim, d);
         linear(LayerTensorName(l, "self_attn.v_proj.weight"), kv_dim, d);
         linear(LayerTensorName(l, "self_attn.o_proj.weight"), d, q_dim);
+        if (c.qkv_bias) {
+            add(LayerTensorName(l, "self_attn.q_proj.bias"), {q_dim}, -0.5f, 0.5f);
+            add(LayerTensorName(l, "self_attn.k_proj.bias"), {kv_dim}, -0.5f, 0.5f);
+            add(LayerTensorName(l, "self_attn.v_proj.bias"), {kv_dim}, -0.5f, 0.5f);
+        }
+        if (c.o_bias) add(LayerTensorName(l, "self_attn.o_proj.bias"), {d}, -0.5f, 0.5f);
+        if (c.qk_norm) {
+            add(LayerTensorName(l, "self_attn.q_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
+            add(LayerTensorName(l, "self_attn.k_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
+        }
         linear(LayerTensorName(l, "mlp.gate_proj.weight"), ff, d);
         linear(LayerTensorName(l, "mlp.up_proj.weight"), ff, d);
         linear(LayerTensorName(l, "mlp.down_proj.weight"), d, ff);

@@ -1,6 +1,7 @@
 // Whole models on the CUDA backend against the CPU backend (the oracle, itself checked against float64
 // references in tests/engine): stories15M greedy text and logits, random GQA models, UniAttn models, long
-// contexts through chunked prefill and split-K decode, and a batch against its sequences run alone.
+// contexts through chunked prefill and split-K decode, sliding windows, and a batch against its sequences
+// run alone.
 //
 // Logits are compared by relative L2 error ||gpu - cpu|| / ||cpu|| per step. Random models are written
 // with fp16 tensors, so the fp16 weights on the GPU are exactly the CPU's fp32 weights; what remains is
@@ -194,6 +195,48 @@ std::vector<RandomCase> RandomCases() {
     mha.grouping_end_idx = 3;
     mha.seed = 13;
     cases.push_back({"uniattn-mha-hd48", mha, 20, 64, 10, 2e-5, 5e-3});
+    // The new families, written through ModelConfig's family table like a real config.json.
+    // Mistral (sliding window): prefill chunks of 512 over a 200-token window and split decode over the window
+    // only; UniAttn anchors handing windowed P to reuse layers (window 100 of 700 positions); a window of 7 in
+    // the generic head_dim kernels.
+    RandomModelOptions mistral = gqa;
+    mistral.architecture = "MistralForCausalLM";
+    mistral.sliding_window = 200;
+    cases.push_back({"mistral-gqa-hd64-long-window200", mistral, 1500, 512, 6, 5e-3, 1e-2});
+    RandomModelOptions mistral_uni = uni;
+    mistral_uni.architecture = "MistralForCausalLM";
+    mistral_uni.sliding_window = 100;
+    cases.push_back({"mistral-uniattn-hd128-long-window100", mistral_uni, 700, 256, 6, 5e-3, 1e-2});
+    RandomModelOptions mistral_mha = mha;
+    mistral_mha.architecture = "MistralForCausalLM";
+    mistral_mha.sliding_window = 7;
+    cases.push_back({"mistral-uniattn-mha-hd48-window7", mistral_mha, 20, 64, 10, 2e-5, 5e-3});
+    // Qwen2: q/k/v biases (AddBias on the fused QKV rows, and on the V columns of reuse layers).
+    RandomModelOptions qwen2 = gqa;
+    qwen2.architecture = "Qwen2ForCausalLM";
+    cases.push_back({"qwen2-gqa-hd64-short", qwen2, 40, 64, 12, 2e-5, 5e-3});
+    RandomModelOptions qwen2_uni = uni;
+    qwen2_uni.architecture = "Qwen2ForCausalLM";
+    cases.push_back({"qwen2-uniattn-hd128-long", qwen2_uni, 700, 256, 6, 5e-3, 1e-2});
+    // Qwen3: per-head q/k RMSNorm, head_dim 128 with hidden 512 over 8 heads (64), q/k/v biases on top
+    // (attention_bias), through one long prompt too.
+    RandomModelOptions qwen3 = gqa;
+    qwen3.architecture = "Qwen3ForCausalLM";
+    qwen3.head_dim = 128;
+    qwen3.attention_bias = true;
+    qwen3.rms_norm_eps = 1e-6;
+    cases.push_back({"qwen3-gqa-hd128-qknorm-short", qwen3, 40, 64, 12, 2e-5, 5e-3});
+    cases.push_back({"qwen3-gqa-hd128-qknorm-long", qwen3, 1100, 512, 6, 5e-3, 1e-2});
+    // Llama 3.1's scaled RoPE with a small original context (64), so that the kept, smoothed and divided
+    // frequency bands all occur at the positions reached.
+    RandomModelOptions llama31 = gqa;
+    llama31.rope_theta = 500000.0;
+    llama31.rope_scaling.type = RopeType::kLlama3;
+    llama31.rope_scaling.factor = 8;
+    llama31.rope_scaling.low_freq_factor = 1;
+    llama31.rope_scaling.high_freq_factor = 4;
+    llama31.rope_scaling.original_max_position_embeddings = 64;
+    cases.push_back({"llama31-gqa-hd64-rope-llama3", llama31, 300, 128, 8, 5e-3, 1e-2});
     return cases;
 }
 
@@ -208,6 +251,14 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
         const auto prompt = RandomTokens(rc.options.seed * 7, rc.prompt_len, vocab);
         const auto forced = RandomTokens(rc.options.seed * 7 + 1, rc.decode_steps, vocab);
         const int max_tokens = rc.prompt_len + rc.decode_steps;
+        if (const int window = (*cpu_model)->config.sliding_window; window > 0) {
+            // The window must matter for this case: the CPU without it is far outside the tolerance.
+            (*cpu_model)->config.sliding_window = 0;
+            const auto full = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
+            (*cpu_model)->config.sliding_window = window;
+            const auto windowed = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
+            EXPECT_GT(MaxRelError(full, windowed, rc.name + " cpu without vs with the window"), 10 * rc.tol_f16_kv);
+        }
         const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
         for (DType kv : {DType::kF32, DType::kF16}) {
             auto gpu = Gpu(DType::kF16, kv);
@@ -246,7 +297,8 @@ TEST_F(CudaModelTest, UniAttnTolerancesAreSensitive) {
 }
 
 // Decode steps replayed from recorded CUDA graphs give bit-identical logits to eager execution, across
-// a context-bucket boundary (a new graph) and with UniAttn probabilities handed between layers.
+// a context-bucket boundary (a new graph) and with UniAttn probabilities handed between layers, with and
+// without a sliding window (the window is a kernel argument frozen into the graph).
 TEST_F(CudaModelTest, DecodeGraphsMatchEager) {
     RandomCase rc = RandomCases()[2];  // UniAttn, GQA
     TempDir tmp;
@@ -258,20 +310,24 @@ TEST_F(CudaModelTest, DecodeGraphsMatchEager) {
     const int vocab = rc.options.vocab_size;
     const auto prompt = RandomTokens(21, 250, vocab);
     const auto forced = RandomTokens(22, 12, vocab);  // positions 250..261 cross the 256 bucket
-    std::vector<std::vector<float>> runs[2];
-    for (int graphs = 0; graphs < 2; ++graphs) {
-        auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
-        ASSERT_TRUE(session.ok());
-        (*session)->runner().SetUseGraphs(graphs == 1);
-        std::vector<float> logits;
-        ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
-        for (int32_t t : forced) {
-            ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
-            runs[graphs].push_back(logits);
+    for (int window : {0, 100}) {
+        SCOPED_TRACE("sliding window " + std::to_string(window));
+        (*model)->config.sliding_window = window;
+        std::vector<std::vector<float>> runs[2];
+        for (int graphs = 0; graphs < 2; ++graphs) {
+            auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
+            ASSERT_TRUE(session.ok());
+            (*session)->runner().SetUseGraphs(graphs == 1);
+            std::vector<float> logits;
+            ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
+            for (int32_t t : forced) {
+                ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
+                runs[graphs].push_back(logits);
+            }
         }
-    }
-    for (size_t i = 0; i < forced.size(); ++i) {
-        EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+        for (size_t i = 0; i < forced.size(); ++i) {
+            EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+        }
     }
 }
 
@@ -411,7 +467,7 @@ TEST_F(CudaModelTest, ProgrammaticLaunchIsBitIdenticalToSerialLaunch) {
 // combine kernel (both run MergeSplits in split order), for every random model (MHA, GQA, UniAttn anchors
 // and reuse layers), and its counters return to zero (the graphs replay the same trace correctly).
 TEST_F(CudaModelTest, FusedSplitMergeIsBitIdenticalToCombineKernel) {
-    for (int i : {0, 2, 4}) {  // the three distinct models
+    for (int i : {0, 2, 4, 6, 10}) {  // MHA, GQA, UniAttn; Mistral UniAttn with a window; Qwen3
         const RandomCase rc = RandomCases()[i];
         SCOPED_TRACE(rc.name);
         TempDir tmp;

@@ -1,9 +1,10 @@
 // Every CUDA op against its CPU twin (the oracle) on fresh random inputs: fp32/fp16/bf16 weights on both
 // sides of the MatMul paths (GEMV, hi/lo split, plain 16-bit), fp32/fp16/bf16 KV planes, head_dim
 // 128/64 (specialised) and 48/10 (generic), MHA/GQA/MQA, decode contexts long enough for split-K,
-// prefill tiles, mixed batches, anchor probabilities and UniAttn reuse. Outputs are poisoned with NaN
-// first, so an element the GPU never writes fails. The CPU side always sees fp32 copies of exactly the
-// values the GPU holds (16-bit data is rounded before upload), so differences are arithmetic only.
+// prefill tiles, mixed batches, anchor probabilities and UniAttn reuse, sliding windows in all of them;
+// the new families' small ops (bias add, per-head RMSNorm, RoPE from scaled frequency tables). Outputs are
+// poisoned with NaN first, so an element the GPU never writes fails. The CPU side always sees fp32 copies of exactly
+// the values the GPU holds (16-bit data is rounded before upload), so differences are arithmetic only.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "engine/op_cases.h"
 #include "engine/test_models.h"
+#include "uniattn/model_config.h"
 
 namespace uniattn {
 namespace {
@@ -241,10 +243,146 @@ TEST_F(CudaOpsTest, SmallOps) {
         std::vector<int32_t> pos(T);
         for (int32_t& p : pos) p = rng.Int(5000);
         Twin x = Both(RandomVector(rng, T * (width + 7)), T, width, width + 7, 2);
-        cpu_->Rope(x.cpu, heads, hd, UploadTo(cpu_.get(), pos), 500000.0);
-        gpu_->Rope(x.gpu, heads, hd, UploadTo(gpu_.get(), pos), 500000.0);
+        const std::vector<double> inv_freq = testutil::DefaultInvFreq(500000.0, hd);
+        cpu_->Rope(x.cpu, heads, hd, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), inv_freq));
+        gpu_->Rope(x.gpu, heads, hd, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), inv_freq));
         ExpectNear(Fetch(gpu_.get(), x.gpu, 2), Fetch(cpu_.get(), x.cpu, 2), 4e-6,
                    "Rope head_dim " + std::to_string(hd));
+    }
+}
+
+// x += bias on the views the layer loop passes: the whole fused [q | k | v] rows (Qwen2's q/k/v biases, one
+// concatenated bias) and the V columns of a reuse layer's [v | compensation] rows. One fp32 add per element on
+// both sides: bit-identical.
+TEST_F(CudaOpsTest, AddBiasMatchesCpu) {
+    Rng rng(110);
+    struct View {
+        int64_t rows, cols, ld, col;
+    };
+    for (const View& vw : {View{1, 640, 640, 0}, View{7, 640, 640, 0}, View{37, 96, 96 + 288, 0}, View{5, 100, 333, 17},
+                           View{130, 1536, 1536, 0}}) {
+        SCOPED_TRACE("rows " + std::to_string(vw.rows) + " cols " + std::to_string(vw.cols) + " ld " +
+                     std::to_string(vw.ld) + " col " + std::to_string(vw.col));
+        Twin x = Both(RandomVector(rng, vw.rows * vw.ld, -4.0f, 4.0f), vw.rows, vw.cols, vw.ld, vw.col);
+        Twin bias = Both(RandomVector(rng, vw.cols), 1, vw.cols, vw.cols);
+        cpu_->AddBias(x.cpu, bias.cpu);
+        gpu_->AddBias(x.gpu, bias.gpu);
+        // The whole buffer: columns outside the view must be untouched on both sides.
+        ExpectNear(Fetch(gpu_.get(), x.gpu, vw.col), Fetch(cpu_.get(), x.cpu, vw.col), 0.0, "AddBias");
+    }
+}
+
+// Qwen3's per-head q/k RMSNorm on the strided views of the layer loop: q = qkv.Cols(0, Hq·hd) and
+// k = qkv.Cols(Hq·hd, Hkv·hd) of fused [q | k | v] rows; V columns must be untouched. head_dim 64 and 128
+// (the models'), 48 (generic lanes), 256 (the largest the brief names).
+TEST_F(CudaOpsTest, HeadRmsNormMatchesCpu) {
+    Rng rng(111);
+    for (int hd : {64, 128, 48, 256}) {
+        for (int64_t T : {1, 3, 67}) {
+            SCOPED_TRACE("head_dim " + std::to_string(hd) + " rows " + std::to_string(T));
+            const int hq = 8, hkv = 2;
+            const int64_t q_dim = hq * hd, kv_dim = hkv * hd, row = q_dim + 2 * kv_dim;
+            Twin qkv = Both(RandomVector(rng, T * row, -3.0f, 3.0f), T, row, row);
+            Twin qw = Both(RandomVector(rng, hd, 0.5f, 1.5f), 1, hd, hd);
+            Twin kw = Both(RandomVector(rng, hd, 0.5f, 1.5f), 1, hd, hd);
+            cpu_->HeadRmsNorm(qkv.cpu.Cols(0, q_dim), hq, hd, qw.cpu, 1e-6f);
+            cpu_->HeadRmsNorm(qkv.cpu.Cols(q_dim, kv_dim), hkv, hd, kw.cpu, 1e-6f);
+            gpu_->HeadRmsNorm(qkv.gpu.Cols(0, q_dim), hq, hd, qw.gpu, 1e-6f);
+            gpu_->HeadRmsNorm(qkv.gpu.Cols(q_dim, kv_dim), hkv, hd, kw.gpu, 1e-6f);
+            const std::vector<float> want = Fetch(cpu_.get(), qkv.cpu, 0);
+            // The sum of squares over <= 256 elements in another order (a warp tree against the CPU's loop):
+            // a few fp32 roundings relative to each output; a wrong head, stride or weight is off by O(1).
+            std::vector<double> tol(want.size());
+            for (size_t i = 0; i < tol.size(); ++i) tol[i] = 1e-5 * std::abs(want[i]) + 1e-6;
+            for (int64_t t = 0; t < T; ++t) {  // the V columns: untouched, bit for bit
+                for (int64_t i = q_dim + kv_dim; i < row; ++i) tol[t * row + i] = 0;
+            }
+            ExpectNear(Fetch(gpu_.get(), qkv.gpu, 0), want, tol, "HeadRmsNorm");
+        }
+    }
+}
+
+// Rope and the fused RopeWriteKv read the model's inverse-frequency table: Llama 3.1's scaled table (the
+// config keys of Llama-3.1-8B), linear and dynamic scaling, from ModelConfig::RopeInvFreq as the model loader
+// computes it, at positions up to 128k.
+TEST_F(CudaOpsTest, RopeScaledTablesMatchCpu) {
+    Rng rng(112);
+    std::vector<std::pair<std::string, RopeScaling>> scalings;
+    RopeScaling llama3;
+    llama3.type = RopeType::kLlama3;
+    llama3.factor = 8;
+    llama3.low_freq_factor = 1;
+    llama3.high_freq_factor = 4;
+    llama3.original_max_position_embeddings = 8192;
+    scalings.emplace_back("llama3", llama3);
+    RopeScaling linear;
+    linear.type = RopeType::kLinear;
+    linear.factor = 4;
+    scalings.emplace_back("linear", linear);
+    RopeScaling dynamic;
+    dynamic.type = RopeType::kDynamic;
+    dynamic.factor = 2;
+    dynamic.original_max_position_embeddings = 4096;
+    scalings.emplace_back("dynamic", dynamic);
+    for (const auto& [name, scaling] : scalings) {
+        for (int hd : {128, 64}) {
+            SCOPED_TRACE(name + " head_dim " + std::to_string(hd));
+            ModelConfig config;
+            config.head_dim = hd;
+            config.rope_theta = 500000.0;
+            config.rope_scaling = scaling;
+            const std::vector<double> inv_freq = config.RopeInvFreq();
+            ASSERT_EQ(inv_freq.size(), static_cast<size_t>(hd / 2));
+            const double* cpu_table = UploadTo(cpu_.get(), inv_freq);
+            const double* gpu_table = UploadTo(gpu_.get(), inv_freq);
+            const int hq = 4, hkv = 2, block = 16;
+            const int64_t T = 11, q_dim = hq * hd, kv_dim = hkv * hd, row = q_dim + 2 * kv_dim;
+            std::vector<int32_t> pos(T);
+            for (int32_t& p : pos) p = rng.Int(131072);
+            const int32_t* cpu_pos = UploadTo(cpu_.get(), pos);
+            const int32_t* gpu_pos = UploadTo(gpu_.get(), pos);
+
+            Twin x = Both(RandomVector(rng, T * (q_dim + 3)), T, q_dim, q_dim + 3, 1);
+            cpu_->Rope(x.cpu, hq, hd, cpu_pos, cpu_table);
+            gpu_->Rope(x.gpu, hq, hd, gpu_pos, gpu_table);
+            ExpectNear(Fetch(gpu_.get(), x.gpu, 1), Fetch(cpu_.get(), x.cpu, 1), 4e-6, "Rope");
+
+            // The fused prologue with fp32 planes: rotated q in place, rotated k and plain v in the planes.
+            const int64_t num_blocks = 1, plane_n = num_blocks * block * kv_dim;
+            std::vector<int64_t> slots(T);
+            std::iota(slots.begin(), slots.end(), 2);
+            Twin qkv = Both(RandomVector(rng, T * row), T, row, row);
+            const KvPlane ck{
+                UploadTo(cpu_.get(), std::vector<float>(plane_n, kNaN)), DType::kF32, num_blocks, block, hkv, hd};
+            const KvPlane cv{
+                UploadTo(cpu_.get(), std::vector<float>(plane_n, kNaN)), DType::kF32, num_blocks, block, hkv, hd};
+            const KvPlane gk{
+                UploadTo(gpu_.get(), std::vector<float>(plane_n, kNaN)), DType::kF32, num_blocks, block, hkv, hd};
+            const KvPlane gv{
+                UploadTo(gpu_.get(), std::vector<float>(plane_n, kNaN)), DType::kF32, num_blocks, block, hkv, hd};
+            cpu_->RopeWriteKv(qkv.cpu.Cols(0, q_dim), qkv.cpu.Cols(q_dim, kv_dim), qkv.cpu.Cols(q_dim + kv_dim, kv_dim),
+                              ck, cv, hq, cpu_pos, UploadTo(cpu_.get(), slots), cpu_table);
+            gpu_->RopeWriteKv(qkv.gpu.Cols(0, q_dim), qkv.gpu.Cols(q_dim, kv_dim), qkv.gpu.Cols(q_dim + kv_dim, kv_dim),
+                              gk, gv, hq, gpu_pos, UploadTo(gpu_.get(), slots), gpu_table);
+            std::vector<float> gq = Fetch(gpu_.get(), qkv.gpu, 0), cq = Fetch(cpu_.get(), qkv.cpu, 0);
+            for (int64_t t = 0; t < T; ++t) {  // k's contents afterwards are unspecified: compare q only
+                for (int64_t i = q_dim; i < row; ++i) gq[t * row + i] = cq[t * row + i] = 0.f;
+            }
+            ExpectNear(gq, cq, 4e-6, "RopeWriteKv q");
+            for (int which = 0; which < 2; ++which) {
+                std::vector<float> want = DownloadFrom(cpu_.get(), (which == 0 ? ck : cv).base, plane_n);
+                std::vector<float> got = DownloadFrom(gpu_.get(), (which == 0 ? gk : gv).base, plane_n);
+                int nan_mismatch = 0;
+                for (int64_t i = 0; i < plane_n; ++i) {
+                    if (std::isnan(want[i]) || std::isnan(got[i])) {
+                        nan_mismatch += std::isnan(want[i]) != std::isnan(got[i]);
+                        got[i] = want[i] = 0.f;
+                    }
+                }
+                EXPECT_EQ(nan_mismatch, 0) << "slots written on one side only";
+                ExpectNear(got, want, 4e-6, which == 0 ? "K plane" : "V plane");
+            }
+        }
     }
 }
 
@@ -294,7 +432,129 @@ AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
     return s;
 }
 
-class CudaAttentionTest : public CudaOpsTest {};
+// The first position a token at pos attends to under a sliding window (0: none), as backend.h defines it.
+int WindowStart(int pos, int window) { return window > 0 ? std::max(0, pos - window + 1) : 0; }
+
+// Sets every K/V slot of a sequence before the earliest window start of its step's tokens to NaN: a kernel
+// that reads them (instead of skipping them) poisons its output. Only the GPU gets the poisoned planes.
+void PoisonBeforeWindows(AttnSetup& s, int window) {
+    if (window <= 0) return;
+    const int num_seqs = static_cast<int>(s.context_len.size());
+    for (int i = 0; i < num_seqs; ++i) {
+        const int first = WindowStart(s.positions[s.query_start[i]], window);
+        for (int j = 0; j < first; ++j) {
+            for (int h = 0; h < s.k.num_kv_heads; ++h) {
+                std::fill_n(s.k.At(s.Slot(i, j), h), s.k.head_dim, kNaN);
+                std::fill_n(s.v.At(s.Slot(i, j), h), s.v.head_dim, kNaN);
+            }
+        }
+    }
+}
+
+// Probability rows for a reuse layer under a window: RandomProbs' rows with the positions before the token's
+// window at 0 and the rest renormalised (what an anchor with that window leaves).
+std::vector<float> WindowedProbs(Rng& rng, const AttnSetup& s, int num_heads, int window) {
+    std::vector<float> probs = RandomProbs(rng, s, num_heads);
+    if (window <= 0) return probs;
+    for (int t = 0; t < s.num_tokens; ++t) {
+        const int first = WindowStart(s.positions[t], window);
+        for (int h = 0; h < num_heads; ++h) {
+            float* row = probs.data() + (static_cast<size_t>(t) * num_heads + h) * s.max_context_len;
+            double sum = 0;
+            for (int j = first; j <= s.positions[t]; ++j) sum += row[j];
+            std::fill(row, row + first, 0.0f);
+            for (int j = first; j <= s.positions[t]; ++j) row[j] = static_cast<float>(row[j] / sum);
+        }
+    }
+    return probs;
+}
+
+class CudaAttentionTest : public CudaOpsTest {
+  protected:
+    // One attention call on both backends, outputs (and probabilities) compared. Under a window the GPU's
+    // planes hold NaN before every sequence's first window, and probabilities before a token's window must
+    // be exactly 0.
+    void CheckAttention(Rng& rng, const AttnCase& c, DType kv, bool with_probs, int window) {
+        AttnSetup s = MakeSetup(rng, c, kv);
+        AttnSetup poisoned = s;
+        PoisonBeforeWindows(poisoned, window);
+        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+        const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+        // q: the Q columns of a fused [q | k | v] row; out: a padded view.
+        Twin q =
+            Both(RandomVector(rng, s.num_tokens * (width + 2 * kv_width)), s.num_tokens, width, width + 2 * kv_width);
+        Twin out = Both(std::vector<float>(s.num_tokens * (width + 1), kNaN), s.num_tokens, width, width + 1, 1);
+        const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
+        float* cp = nullptr;
+        float* gp = nullptr;
+        if (with_probs) {
+            cp = static_cast<float*>(UploadTo(cpu_.get(), std::vector<float>(probs_size, kNaN)));
+            gp = static_cast<float*>(UploadTo(gpu_.get(), std::vector<float>(probs_size, kNaN)));
+        }
+        AttentionBatch cb = UploadBatch(cpu_.get(), s), gb = UploadBatch(gpu_.get(), s);
+        cb.sliding_window = gb.sliding_window = window;
+        cpu_->Attention(q.cpu, UploadPlane(cpu_.get(), s.k, DType::kF32), UploadPlane(cpu_.get(), s.v, DType::kF32), cb,
+                        c.num_heads, out.cpu, cp);
+        gpu_->Attention(q.gpu, UploadPlane(gpu_.get(), poisoned.k, kv), UploadPlane(gpu_.get(), poisoned.v, kv), gb,
+                        c.num_heads, out.gpu, gp);
+        // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with different
+        // summation orders (split-K, tiles).
+        std::vector<float> want = Fetch(cpu_.get(), out.cpu, 1), got = Fetch(gpu_.get(), out.gpu, 1);
+        for (int64_t t = 0; t < s.num_tokens; ++t) {  // the padding column must stay NaN
+            EXPECT_TRUE(std::isnan(got[t * (width + 1)]));
+            got[t * (width + 1)] = want[t * (width + 1)] = 0.f;
+        }
+        ExpectNear(got, want, 2e-5, "Attention out");
+        if (!with_probs) return;
+        std::vector<float> pw = DownloadFrom(cpu_.get(), cp, probs_size);
+        std::vector<float> pg = DownloadFrom(gpu_.get(), gp, probs_size);
+        std::vector<double> tol(probs_size, 0.0);
+        int nonzero_before_window = 0;
+        for (int t = 0; t < s.num_tokens; ++t) {
+            const int first = WindowStart(s.positions[t], window);
+            for (int h = 0; h < c.num_heads; ++h) {
+                const size_t row = (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                for (int j = 0; j < s.max_context_len; ++j) {
+                    if (j < first) {
+                        nonzero_before_window += pg[row + j] != 0.f;  // NaN counts too
+                    } else if (j <= s.positions[t]) {
+                        tol[row + j] = 2e-5 * pw[row + j] + 1e-8;
+                    } else {  // past the token's position: never written on either side
+                        EXPECT_TRUE(std::isnan(pg[row + j]));
+                        pg[row + j] = pw[row + j] = 0.f;
+                    }
+                }
+            }
+        }
+        EXPECT_EQ(nonzero_before_window, 0) << "probabilities before the window must be 0";
+        ExpectNear(pg, pw, tol, "probs");
+    }
+
+    // One reuse call on both backends. Under a window the GPU's probabilities and V before a token's window
+    // are NaN (the CPU's are 0 and finite): the GPU must not read them.
+    void CheckReuse(Rng& rng, const AttnCase& c, DType kv, int window) {
+        AttnSetup s = MakeSetup(rng, c, kv);
+        AttnSetup poisoned = s;
+        PoisonBeforeWindows(poisoned, window);
+        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+        const std::vector<float> probs = WindowedProbs(rng, s, c.num_heads, window);
+        std::vector<float> gpu_probs = probs;
+        for (int t = 0; t < s.num_tokens; ++t) {
+            for (int h = 0; h < c.num_heads; ++h) {
+                float* row = gpu_probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                std::fill(row, row + WindowStart(s.positions[t], window), kNaN);
+            }
+        }
+        Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
+        AttentionBatch cb = UploadBatch(cpu_.get(), s), gb = UploadBatch(gpu_.get(), s);
+        cb.sliding_window = gb.sliding_window = window;
+        cpu_->ReuseAttention(static_cast<float*>(UploadTo(cpu_.get(), probs)),
+                             UploadPlane(cpu_.get(), s.v, DType::kF32), cb, c.num_heads, out.cpu);
+        gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), gpu_probs)),
+                             UploadPlane(gpu_.get(), poisoned.v, kv), gb, c.num_heads, out.gpu);
+        ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
+    }
+};
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
@@ -307,53 +567,7 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
             for (const AttnCase& c : AttentionCases()) {
                 for (bool with_probs : {false, true}) {
                     SCOPED_TRACE(Describe(c, kv) + (with_probs ? " with probs" : ""));
-                    const AttnSetup s = MakeSetup(rng, c, kv);
-                    const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-                    const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-                    // q: the Q columns of a fused [q | k | v] row; out: a padded view.
-                    Twin q = Both(RandomVector(rng, s.num_tokens * (width + 2 * kv_width)), s.num_tokens, width,
-                                  width + 2 * kv_width);
-                    Twin out =
-                        Both(std::vector<float>(s.num_tokens * (width + 1), kNaN), s.num_tokens, width, width + 1, 1);
-                    const size_t probs_size = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
-                    float* cp = nullptr;
-                    float* gp = nullptr;
-                    if (with_probs) {
-                        cp = static_cast<float*>(UploadTo(cpu_.get(), std::vector<float>(probs_size, kNaN)));
-                        gp = static_cast<float*>(UploadTo(gpu_.get(), std::vector<float>(probs_size, kNaN)));
-                    }
-                    cpu_->Attention(q.cpu, UploadPlane(cpu_.get(), s.k, DType::kF32),
-                                    UploadPlane(cpu_.get(), s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
-                                    out.cpu, cp);
-                    gpu_->Attention(q.gpu, UploadPlane(gpu_.get(), s.k, kv), UploadPlane(gpu_.get(), s.v, kv),
-                                    UploadBatch(gpu_.get(), s), c.num_heads, out.gpu, gp);
-                    // Outputs are convex combinations of values in [-1, 1]; both sides round in fp32 with
-                    // different summation orders (split-K, tiles).
-                    std::vector<float> want = Fetch(cpu_.get(), out.cpu, 1), got = Fetch(gpu_.get(), out.gpu, 1);
-                    for (int64_t t = 0; t < s.num_tokens; ++t) {  // the padding column must stay NaN
-                        EXPECT_TRUE(std::isnan(got[t * (width + 1)]));
-                        got[t * (width + 1)] = want[t * (width + 1)] = 0.f;
-                    }
-                    ExpectNear(got, want, 2e-5, "Attention out");
-                    if (with_probs) {
-                        std::vector<float> pw = DownloadFrom(cpu_.get(), cp, probs_size);
-                        std::vector<float> pg = DownloadFrom(gpu_.get(), gp, probs_size);
-                        std::vector<double> tol(probs_size, 0.0);
-                        for (int t = 0; t < s.num_tokens; ++t) {
-                            for (int h = 0; h < c.num_heads; ++h) {
-                                const size_t row = (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                                for (int j = 0; j < s.max_context_len; ++j) {
-                                    if (j <= s.positions[t]) {
-                                        tol[row + j] = 2e-5 * pw[row + j] + 1e-8;
-                                    } else {  // past the token's position: never written on either side
-                                        EXPECT_TRUE(std::isnan(pg[row + j]));
-                                        pg[row + j] = pw[row + j] = 0.f;
-                                    }
-                                }
-                            }
-                        }
-                        ExpectNear(pg, pw, tol, "probs");
-                    }
+                    CheckAttention(rng, c, kv, with_probs, 0);
                 }
             }
         }
@@ -370,56 +584,84 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (const AttnCase& c : AttentionCases()) {
                 SCOPED_TRACE(Describe(c, kv));
-                const AttnSetup s = MakeSetup(rng, c, kv);
-                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-                const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
-                Twin out = Both(std::vector<float>(s.num_tokens * width, kNaN), s.num_tokens, width, width);
-                cpu_->ReuseAttention(static_cast<float*>(UploadTo(cpu_.get(), probs)),
-                                     UploadPlane(cpu_.get(), s.v, DType::kF32), UploadBatch(cpu_.get(), s), c.num_heads,
-                                     out.cpu);
-                gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), probs)), UploadPlane(gpu_.get(), s.v, kv),
-                                     UploadBatch(gpu_.get(), s), c.num_heads, out.gpu);
-                ExpectNear(Fetch(gpu_.get(), out.gpu, 0), Fetch(cpu_.get(), out.cpu, 0), 2e-5, "ReuseAttention");
+                CheckReuse(rng, c, kv, 0);
+            }
+        }
+    }
+}
+
+// Sliding windows (Mistral) in every path of AttentionCases(): decode with one split, several splits and more
+// than the target number (window 1000 of a 3000/4100-token context: splits of the window only), prefill tiles
+// whose rows have different window starts (window 1, 3, 16 inside one 32-row tile), chunked prefill after a
+// cached prefix, mixed batches, MHA/GQA/MQA, specialised and generic head_dim; with and without the anchor's
+// probabilities, and the reuse layer reading windowed P. Windows larger than a context equal no window.
+TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
+    Rng rng(109);
+    for (int heads_per_block : {0, 1}) {
+        CudaBackendOptions options;
+        options.decode_heads_per_block = heads_per_block;
+        for (bool fused_merge : {true, false}) {  // the last split block merges, or the combine kernel
+            options.fuse_attention_combine = fused_merge;
+            gpu_ = std::move(CreateCudaBackend(options)).value();
+            SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block) +
+                         (fused_merge ? ", merge in the last block" : ", combine kernel"));
+            for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
+                for (int window : {1, 3, 16, 100, 1000}) {
+                    for (const AttnCase& c : AttentionCases()) {
+                        SCOPED_TRACE(Describe(c, kv) + " window " + std::to_string(window));
+                        for (bool with_probs : {false, true}) {
+                            SCOPED_TRACE(with_probs ? "with probs" : "without probs");
+                            CheckAttention(rng, c, kv, with_probs, window);
+                        }
+                        CheckReuse(rng, c, kv, window);
+                    }
+                }
             }
         }
     }
 }
 
 // A sequence's attention output is bit-identical alone and in a batch (its kernel, its splits and its
-// summation order depend on nothing else).
+// summation order depend on nothing else), with and without a sliding window. Five sequences: the batch's
+// decode splits are merged by the combine kernel, each sequence alone by its last split block.
 TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
     Rng rng(105);
-    const AttnCase c{8, 2, 128, 16, {100, 40, 3000, 7}, {100, 1, 1, 3}};
-    for (bool reuse : {false, true}) {
-        const AttnSetup s = MakeSetup(rng, c, DType::kF16);
-        const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-        const KvPlane k = UploadPlane(gpu_.get(), s.k, DType::kF16), v = UploadPlane(gpu_.get(), s.v, DType::kF16);
-        Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
-        const std::vector<float> probs = RandomProbs(rng, s, c.num_heads);
-        auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
-            Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
-            if (reuse) {
-                gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), p)), v, UploadBatch(gpu_.get(), one),
-                                     c.num_heads, out.gpu);
-            } else {
-                gpu_->Attention(qv, k, v, UploadBatch(gpu_.get(), one), c.num_heads, out.gpu, nullptr);
-            }
-            return Fetch(gpu_.get(), out.gpu, 0);
-        };
-        const std::vector<float> batched = run(s, q.gpu, probs);
-        for (size_t i = 0; i < c.context_lens.size(); ++i) {
-            const int begin = s.query_start[i], end = s.query_start[i + 1];
-            const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
-            std::vector<float> p1;
-            for (int t = begin; t < end; ++t) {
-                for (int h = 0; h < c.num_heads; ++h) {
-                    const float* row = probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                    p1.insert(p1.end(), row, row + one.max_context_len);
+    const AttnCase c{8, 2, 128, 16, {100, 40, 3000, 7, 1500}, {100, 1, 1, 3, 1}};
+    for (int window : {0, 100, 1000}) {
+        for (bool reuse : {false, true}) {
+            SCOPED_TRACE(std::string(reuse ? "reuse" : "attention") + " window " + std::to_string(window));
+            const AttnSetup s = MakeSetup(rng, c, DType::kF16);
+            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+            const KvPlane k = UploadPlane(gpu_.get(), s.k, DType::kF16), v = UploadPlane(gpu_.get(), s.v, DType::kF16);
+            Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
+            const std::vector<float> probs = WindowedProbs(rng, s, c.num_heads, window);
+            auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
+                Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
+                AttentionBatch b = UploadBatch(gpu_.get(), one);
+                b.sliding_window = window;
+                if (reuse) {
+                    gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), p)), v, b, c.num_heads, out.gpu);
+                } else {
+                    gpu_->Attention(qv, k, v, b, c.num_heads, out.gpu, nullptr);
                 }
+                return Fetch(gpu_.get(), out.gpu, 0);
+            };
+            const std::vector<float> batched = run(s, q.gpu, probs);
+            for (size_t i = 0; i < c.context_lens.size(); ++i) {
+                const int begin = s.query_start[i], end = s.query_start[i + 1];
+                const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
+                std::vector<float> p1;
+                for (int t = begin; t < end; ++t) {
+                    for (int h = 0; h < c.num_heads; ++h) {
+                        const float* row =
+                            probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                        p1.insert(p1.end(), row, row + one.max_context_len);
+                    }
+                }
+                const std::vector<float> single = run(one, q.gpu.Rows(begin, end - begin), p1);
+                EXPECT_EQ(std::memcmp(single.data(), batched.data() + begin * width, single.size() * sizeof(float)), 0)
+                    << "sequence " << i;
             }
-            const std::vector<float> single = run(one, q.gpu.Rows(begin, end - begin), p1);
-            EXPECT_EQ(std::memcmp(single.data(), batched.data() + begin * width, single.size() * sizeof(float)), 0)
-                << (reuse ? "reuse " : "attention ") << "sequence " << i;
         }
     }
 }
@@ -448,9 +690,11 @@ TEST_F(CudaAttentionTest, RopeWriteKvMatchesCpu) {
             auto [ck, cv] = planes(cpu_.get(), DType::kF32);
             auto [gk, gv] = planes(gpu_.get(), kv);
             cpu_->RopeWriteKv(qkv.cpu.Cols(0, q_dim), qkv.cpu.Cols(q_dim, kv_dim), qkv.cpu.Cols(q_dim + kv_dim, kv_dim),
-                              ck, cv, hq, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), slots), 10000.0);
+                              ck, cv, hq, UploadTo(cpu_.get(), pos), UploadTo(cpu_.get(), slots),
+                              UploadTo(cpu_.get(), testutil::DefaultInvFreq(10000.0, hd)));
             gpu_->RopeWriteKv(qkv.gpu.Cols(0, q_dim), qkv.gpu.Cols(q_dim, kv_dim), qkv.gpu.Cols(q_dim + kv_dim, kv_dim),
-                              gk, gv, hq, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), slots), 10000.0);
+                              gk, gv, hq, UploadTo(gpu_.get(), pos), UploadTo(gpu_.get(), slots),
+                              UploadTo(gpu_.get(), testutil::DefaultInvFreq(10000.0, hd)));
             const std::vector<float> cq = Fetch(cpu_.get(), qkv.cpu, 0), gq = Fetch(gpu_.get(), qkv.gpu, 0);
             std::vector<float> cq_only, gq_only;
             for (int64_t t = 0; t < T; ++t) {

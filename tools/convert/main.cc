@@ -67,9 +67,10 @@ int UnifyMain(int argc, char** argv) {
     auto* begin = app.add_option("--begin", o.begin, "first layer of the unified range (B); required");
     auto* end = app.add_option("--end", o.end, "end of the unified range, exclusive (E); required");
     app.add_option("--calib", o.calib, "calibration text FILE, or none");
-    app.add_flag("--drop-unused-qk", o.drop_unused_qk, "drop the reuse layers' Q/K projections");
+    app.add_flag("--drop-unused-qk", o.drop_unused_qk,
+                 "drop the reuse layers' Q/K projections (with their biases and q/k norms)");
     app.add_option("--samples", o.calib_samples, "calibration sequences")->capture_default_str();
-    app.add_option("--calib-len", o.calib_len, "tokens per calibration sequence (0: the model's context)")
+    app.add_option("--calib-len", o.calib_len, "tokens per calibration sequence (0: the model's context, at most 2048)")
         ->capture_default_str();
     app.add_option("--seed", seed, "seed for sampled calibration sequences")->capture_default_str();
     app.add_option("--ridge", o.ridge, "ridge regularisation of the closed-form fit")->capture_default_str();

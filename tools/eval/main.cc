@@ -67,11 +67,14 @@ int Main(int argc, char** argv) {
     const int ctx = (*model)->config.max_position_embeddings;
     auto docs = LoadCorpus(text_path, *(*model)->tokenizer, ctx);
     if (!docs.ok()) return Fail(docs.status());
-    auto session = Session::Create(model->get(), backend.get());
+    // KV caches hold the longest document, not the whole context (131072 tokens for Llama-3.1).
+    int max_len = 1;
+    for (const auto& doc : *docs) max_len = std::max(max_len, static_cast<int>(doc.size()));
+    auto session = Session::Create(model->get(), backend.get(), 16, 256, max_len);
     if (!session.ok()) return Fail(session.status());
     std::unique_ptr<Session> ref_session;
     if (reference) {
-        auto rs = Session::Create(reference.get(), backend.get());
+        auto rs = Session::Create(reference.get(), backend.get(), 16, 256, max_len);
         if (!rs.ok()) return Fail(rs.status());
         ref_session = std::move(rs).value();
     }

@@ -113,20 +113,13 @@ class CpuBackend final : public Backend {
         }
     }
 
-    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
+    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, const double* inv_freq) override {
         const int half = head_dim / 2;
-        if (inv_freq_.size() != static_cast<size_t>(half) || inv_freq_theta_ != theta) {
-            inv_freq_.resize(half);
-            for (int i = 0; i < half; ++i) {
-                inv_freq_[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / head_dim);
-            }
-            inv_freq_theta_ = theta;
-        }
         for (int64_t t = 0; t < x.rows; ++t) {
             for (int i = 0; i < half; ++i) {
                 // Angles in double then rounded, as transformers computes cos/sin in fp32 of an fp32 product;
                 // the difference is far below the fp32 oracle's tolerance.
-                const double ang = positions[t] * inv_freq_[i];
+                const double ang = positions[t] * inv_freq[i];
                 const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
                 for (int h = 0; h < num_heads; ++h) {
                     float* v = x.f32() + t * x.ld + static_cast<int64_t>(h) * head_dim;
@@ -134,6 +127,27 @@ class CpuBackend final : public Backend {
                     v[i] = a * c - b * s;
                     v[i + half] = b * c + a * s;
                 }
+            }
+        }
+    }
+
+    void AddBias(const Tensor& x, const Tensor& bias) override {
+        UA_CHECK_EQ(bias.cols, x.cols);
+        const float* b = bias.f32();
+        for (int64_t t = 0; t < x.rows; ++t) {
+            float* r = x.f32() + t * x.ld;
+            for (int64_t i = 0; i < x.cols; ++i) r[i] += b[i];
+        }
+    }
+
+    void HeadRmsNorm(const Tensor& x, int num_heads, int head_dim, const Tensor& w, float eps) override {
+        UA_CHECK_EQ(w.cols, head_dim);
+        for (int64_t t = 0; t < x.rows; ++t) {
+            for (int h = 0; h < num_heads; ++h) {
+                float* v = x.f32() + t * x.ld + static_cast<int64_t>(h) * head_dim;
+                const float ms = Dot(v, v, head_dim) / static_cast<float>(head_dim);
+                const float inv = 1.0f / std::sqrt(ms + eps);
+                for (int i = 0; i < head_dim; ++i) v[i] = v[i] * inv * w.f32()[i];
             }
         }
     }
@@ -165,24 +179,26 @@ class CpuBackend final : public Backend {
                 const int s = seq_of[t];
                 const int kvh = h / n_rep;
                 const int n_ctx = b.positions[t] + 1;  // causal: positions 0..pos
+                const int first = WindowStart(b, b.positions[t]);
                 float* p = probs ? probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len : local.data();
                 const float* qv = q.f32() + t * q.ld + static_cast<int64_t>(h) * hd;
                 const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
                 float mx = -INFINITY;
-                for (int j = 0; j < n_ctx; ++j) {
+                std::fill(p, p + first, 0.f);
+                for (int j = first; j < n_ctx; ++j) {
                     const int64_t slot =
                         static_cast<int64_t>(table[j / k.block_size]) * k.block_size + j % k.block_size;
                     p[j] = Dot(qv, static_cast<const float*>(k.base) + PlaneOffset(k, slot, kvh), hd) * scale;
                     mx = std::max(mx, p[j]);
                 }
                 float sum = 0.f;
-                for (int j = 0; j < n_ctx; ++j) {
+                for (int j = first; j < n_ctx; ++j) {
                     p[j] = std::exp(p[j] - mx);
                     sum += p[j];
                 }
                 const float inv = 1.0f / sum;
-                for (int j = 0; j < n_ctx; ++j) p[j] *= inv;
-                WeightedV(p, n_ctx, table, v, kvh, out.f32() + t * out.ld + static_cast<int64_t>(h) * hd);
+                for (int j = first; j < n_ctx; ++j) p[j] *= inv;
+                WeightedV(p, first, n_ctx, table, v, kvh, out.f32() + t * out.ld + static_cast<int64_t>(h) * hd);
             }
         }
     }
@@ -200,7 +216,7 @@ class CpuBackend final : public Backend {
             const int t = static_cast<int>(w / num_heads), h = static_cast<int>(w % num_heads);
             const int32_t* table = b.block_tables + static_cast<int64_t>(seq_of[t]) * b.max_blocks_per_seq;
             const float* p = probs + (static_cast<int64_t>(t) * num_heads + h) * b.max_context_len;
-            WeightedV(p, b.positions[t] + 1, table, v, h / n_rep,
+            WeightedV(p, WindowStart(b, b.positions[t]), b.positions[t] + 1, table, v, h / n_rep,
                       out.f32() + t * out.ld + static_cast<int64_t>(h) * v.head_dim);
         }
     }
@@ -232,11 +248,17 @@ class CpuBackend final : public Backend {
   private:
     static constexpr int64_t kBlasMinRows = 4;
 
-    // out[0:hd] = Σ_j p[j] · v[slot(j), kvh]
-    static void WeightedV(const float* p, int n_ctx, const int32_t* table, const KvPlane& v, int kvh, float* out) {
+    // The first position a token at `pos` attends to: pos - sliding_window + 1 under a window, else 0.
+    static int WindowStart(const AttentionBatch& b, int pos) {
+        return b.sliding_window > 0 ? std::max(0, pos - b.sliding_window + 1) : 0;
+    }
+
+    // out[0:hd] = Σ_{first <= j < n_ctx} p[j] · v[slot(j), kvh]
+    static void WeightedV(const float* p, int first, int n_ctx, const int32_t* table, const KvPlane& v, int kvh,
+                          float* out) {
         const int hd = v.head_dim;
         std::fill(out, out + hd, 0.f);
-        for (int j = 0; j < n_ctx; ++j) {
+        for (int j = first; j < n_ctx; ++j) {
             const int64_t slot = static_cast<int64_t>(table[j / v.block_size]) * v.block_size + j % v.block_size;
             const float* vr = static_cast<const float*>(v.base) + PlaneOffset(v, slot, kvh);
             const float pj = p[j];
@@ -246,8 +268,6 @@ class CpuBackend final : public Backend {
     }
 
     int num_threads_;
-    std::vector<double> inv_freq_;
-    double inv_freq_theta_ = 0;
 };
 
 }  // namespace

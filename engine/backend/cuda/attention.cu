@@ -14,12 +14,18 @@
 // sequence and one query head, walks the cache in tiles of kBk tokens with an online softmax, and never
 // materialises the score matrix.
 //
-// Batch invariance: which kernel runs a token, how its context is cut into splits (ChunkFor) and the
+// Sliding window (Mistral): a token at pos attends to pos - W < j <= pos. Decode splits cut only the window
+// (SplitsFor), so positions before it cost no block and no load; prefill tiles start at the window of the
+// tile's first query row; masked columns inside a tile are skipped like the causal ones. The anchor's P is 0
+// before the window (the normalise pass writes it), and reuse layers read P in the window only.
+//
+// Batch invariance: which kernel runs a token, how its context is cut into splits (SplitsFor) and the
 // order of every sum depend only on the token's own sequence, so a sequence gets bit-identical results
 // alone or in any batch.
 //
 // Probabilities for anchors: the kernels write raw scaled scores into `probs` and the final (max, sum)
 // of each row into `stats`; a last pass normalises the rows in place.
+#include <algorithm>
 #include <cfloat>
 
 #include "backend/cuda/common.cuh"
@@ -47,6 +53,27 @@ __host__ __device__ __forceinline__ int ChunkFor(int n_ctx) {
     int chunk = (n_ctx + kTargetSplits - 1) / kTargetSplits;
     chunk = (chunk + 31) / 32 * 32;
     return chunk < kMinChunk ? kMinChunk : (chunk > kMaxChunk ? kMaxChunk : chunk);
+}
+
+// The first position a token at `pos` attends to: under a sliding window of `window` tokens (> 0) the
+// positions pos - window < j <= pos, else the whole causal prefix.
+__host__ __device__ __forceinline__ int WindowStart(int pos, int window) {
+    return window > 0 && pos >= window ? pos - window + 1 : 0;
+}
+
+// How a decode token's attended positions [begin, begin + num_splits · chunk) ∩ [begin, pos] are cut into
+// splits: only the window is split (positions before it get no split block at all), and the cut depends on
+// the window's length alone, so it is the same for the token in any batch.
+struct DecodeSplits {
+    int begin, chunk, num_splits;
+};
+__device__ __forceinline__ DecodeSplits SplitsFor(int pos, int window) {
+    DecodeSplits d;
+    d.begin = WindowStart(pos, window);
+    const int n = pos + 1 - d.begin;
+    d.chunk = ChunkFor(n);
+    d.num_splits = (n + d.chunk - 1) / d.chunk;
+    return d;
 }
 
 // Element offset of (position j of the sequence with block table `table`, kv head) in a plane.
@@ -189,8 +216,8 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     const int t = b.query_start[s];
     if (b.query_start[s + 1] - t != 1) return;
     const int n_ctx = b.positions[t] + 1;
-    const int chunk = ChunkFor(n_ctx);
-    const int num_splits = (n_ctx + chunk - 1) / chunk;
+    const DecodeSplits sp = SplitsFor(n_ctx - 1, b.sliding_window);
+    const int num_splits = sp.num_splits;
     const int split = blockIdx.x;
     if (split >= num_splits) return;
     const int hd = kHd > 0 ? kHd : b.head_dim;
@@ -200,8 +227,8 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
     const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
     const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
-    const int start = split * chunk;
-    const int end = min(n_ctx, start + chunk);
+    const int start = sp.begin + split * sp.chunk;
+    const int end = min(n_ctx, start + sp.chunk);
     const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % kGroup, tok = lane / kGroup;
@@ -384,22 +411,23 @@ __global__ void CombineKernel(const float* __restrict__ part_acc, const float* _
     const int s = blockIdx.x / b.num_heads, h = blockIdx.x % b.num_heads;
     const int t = b.query_start[s];
     if (b.query_start[s + 1] - t != 1) return;
-    const int n_ctx = b.positions[t] + 1;
-    const int num_splits = (n_ctx + ChunkFor(n_ctx) - 1) / ChunkFor(n_ctx);
+    const int num_splits = SplitsFor(b.positions[t], b.sliding_window).num_splits;
     if (num_splits == 1) return;  // written by the decode kernel
     MergeSplits<kReuse>(part_acc, part_ml, max_splits, num_splits, s, t, h, 1, b.head_dim, b.num_heads, out, out_ld,
                         stats, ml);
 }
 
-// grid (num_tokens · num_heads): probs[row, j] = exp(score - max) / sum for j <= pos.
+// grid (num_tokens · num_heads): probs[row, j] = exp(score - max) / sum in the window, 0 before it (the
+// attention kernels wrote raw scores in the window only).
 __global__ void NormalizeProbsKernel(float* __restrict__ probs, int64_t probs_ld, const float* __restrict__ stats,
-                                     const int32_t* __restrict__ positions, int num_heads) {
+                                     const int32_t* __restrict__ positions, int num_heads, int window) {
     PdlEnter();
     const int64_t row = blockIdx.x;
-    const int n = positions[row / num_heads] + 1;
+    const int pos = positions[row / num_heads];
+    const int begin = WindowStart(pos, window);
     const float m = stats[row * 2], inv = 1.0f / stats[row * 2 + 1];
     float* p = probs + row * probs_ld;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) p[j] = expf(p[j] - m) * inv;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) p[j] = j < begin ? 0.f : expf(p[j] - m) * inv;
 }
 
 // grid (query tiles, Hq, num_seqs), kPrefillThreads threads; sequences with one query token exit. Thread (r = tid / 4,
@@ -433,7 +461,10 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
 
     const int r = threadIdx.x / 4, sub = threadIdx.x % 4;
     const int pos_r = r < nq ? b.positions[t0 + r] : -1;
-    const int max_pos = b.positions[t0 + nq - 1];  // a chunk's positions are consecutive
+    const int lo_r = r < nq ? WindowStart(pos_r, b.sliding_window) : 0;  // row r attends to [lo_r, pos_r]
+    const int max_pos = b.positions[t0 + nq - 1];                        // a chunk's positions are consecutive
+    // Tiles before the first row's window hold nothing any row attends to (windows only move forward).
+    const int first = WindowStart(b.positions[t0], b.sliding_window);
     if constexpr (!kReuse) {
         for (int idx = threadIdx.x; idx < kBq * hd; idx += kPrefillThreads) {
             const int rr = idx / hd, e = idx % hd;
@@ -446,7 +477,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     for (int i = 0; i < kDims; ++i) acc[i] = 0.f;
     const int64_t prow = (static_cast<int64_t>(t0 + r) * b.num_heads + h) * probs_ld;
 
-    for (int kt = 0; kt <= max_pos; kt += kBk) {
+    for (int kt = first; kt <= max_pos; kt += kBk) {
         __syncthreads();  // the previous tile's V and P are consumed
         if constexpr (!kReuse) {
             for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
@@ -464,7 +495,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
                 float dot = 0.f;
                 for (int e = 0; e < hd; ++e) dot += s_q[r * ld + e] * s_kv[c * ld + e];
                 dot *= scale;
-                const bool valid = j <= pos_r;
+                const bool valid = j <= pos_r && j >= lo_r;
                 if (valid && probs != nullptr) probs[prow + j] = dot;
                 sc[i] = valid ? dot : -FLT_MAX;
                 tile_max = fmaxf(tile_max, sc[i]);
@@ -491,7 +522,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
 #pragma unroll
             for (int i = 0; i < kCols; ++i) {
                 const int c = sub + 4 * i, j = kt + c;
-                s_p[r * (kBk + 1) + c] = j <= pos_r ? probs[prow + j] : 0.f;
+                s_p[r * (kBk + 1) + c] = j <= pos_r && j >= lo_r ? probs[prow + j] : 0.f;
             }
         }
         for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
@@ -528,12 +559,17 @@ struct DecodePlan {
     int heads_per_block, head_groups, max_splits;
 };
 
+// The most positions any token of the batch attends to.
+int MaxAttended(const PagedBatch& b) {
+    return b.sliding_window > 0 ? std::min(b.max_context_len, b.sliding_window) : b.max_context_len;
+}
+
 DecodePlan PlanDecode(const PagedBatch& b) {
     DecodePlan p;
     const int n_rep = b.num_heads / b.num_kv_heads;
     p.head_groups = b.heads_per_block == 1 ? n_rep : (n_rep + kMaxRep - 1) / kMaxRep;
     p.heads_per_block = (n_rep + p.head_groups - 1) / p.head_groups;
-    p.max_splits = std::max(kTargetSplits + 1, (b.max_context_len + kMaxChunk - 1) / kMaxChunk);
+    p.max_splits = std::max(kTargetSplits + 1, (MaxAttended(b) + kMaxChunk - 1) / kMaxChunk);
     return p;
 }
 
@@ -573,7 +609,7 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     } else {
         mha ? launch(DecodeStreamKernel<T, 0, 32, 1, kReuse>) : launch(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
     }
-    if (b.max_context_len > kMinChunk && counters == nullptr) {  // some token may have several splits
+    if (MaxAttended(b) > kMinChunk && counters == nullptr) {  // some token may have several splits
         LaunchKernel("CombineKernel", CombineKernel<kReuse>, b.num_seqs * b.num_heads, 128, 0, stream, ws.part_acc,
                      ws.part_ml, p.max_splits, b, out, out_ld, ws.stats);
     }
@@ -624,7 +660,7 @@ void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_
     });
     if (probs != nullptr) {
         LaunchKernel("NormalizeProbsKernel", NormalizeProbsKernel, b.num_tokens * b.num_heads, 256, 0, stream, probs,
-                     probs_ld, ws.stats, b.positions, b.num_heads);
+                     probs_ld, ws.stats, b.positions, b.num_heads, b.sliding_window);
     }
 }
 

@@ -230,9 +230,22 @@ class CudaBackend final : public Backend {
         Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);
     }
 
-    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, double theta) override {
+    void Rope(const Tensor& x, int num_heads, int head_dim, const int32_t* positions, const double* inv_freq) override {
         UA_CHECK(x.dtype == DType::kF32);
-        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, theta, KStream());
+        cuda::Rope(x.f32(), x.ld, x.rows, num_heads, head_dim, positions, inv_freq, KStream());
+    }
+
+    void AddBias(const Tensor& x, const Tensor& bias) override {
+        UA_CHECK(x.dtype == DType::kF32);
+        UA_CHECK_EQ(bias.cols, x.cols);
+        cuda::AddBias(x.f32(), x.ld, bias.data, bias.dtype, x.rows, x.cols, KStream());
+    }
+
+    void HeadRmsNorm(const Tensor& x, int num_heads, int head_dim, const Tensor& w, float eps) override {
+        UA_CHECK(x.dtype == DType::kF32);
+        UA_CHECK_EQ(x.cols, static_cast<int64_t>(num_heads) * head_dim);
+        UA_CHECK_EQ(w.cols, static_cast<int64_t>(head_dim));
+        cuda::HeadRmsNorm(x.f32(), x.ld, x.rows, num_heads, head_dim, w.data, w.dtype, eps, KStream());
     }
 
     void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
@@ -242,12 +255,13 @@ class CudaBackend final : public Backend {
     }
 
     void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane, const KvPlane& v_plane,
-                     int num_heads, const int32_t* positions, const int64_t* slot_mapping, double theta) override {
+                     int num_heads, const int32_t* positions, const int64_t* slot_mapping,
+                     const double* inv_freq) override {
         UA_CHECK(q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32);
         UA_CHECK(k_plane.dtype == v_plane.dtype);
         cuda::RopeWriteKv(q.f32(), q.ld, k.f32(), k.ld, v.f32(), v.ld, q.rows, num_heads, k_plane.num_kv_heads,
-                          k_plane.head_dim, positions, theta, k_plane.base, v_plane.base, k_plane.dtype, slot_mapping,
-                          KStream());
+                          k_plane.head_dim, positions, inv_freq, k_plane.base, v_plane.base, k_plane.dtype,
+                          slot_mapping, KStream());
     }
 
     void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch, int num_heads,

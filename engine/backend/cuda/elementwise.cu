@@ -1,5 +1,6 @@
-// Row-wise and elementwise kernels: embedding, RMSNorm, RoPE (alone and fused with the paged-cache
-// write), KV writes, SwiGLU, residual add, row gather, fp32 -> 16-bit activation splitting, random fill.
+// Row-wise and elementwise kernels: embedding, RMSNorm (per row and per head), RoPE (alone and fused with the
+// paged-cache write), KV writes, bias add, SwiGLU, residual add, row gather, fp32 -> 16-bit activation
+// splitting, random fill.
 #include <cmath>
 
 #include "backend/cuda/common.cuh"
@@ -38,13 +39,13 @@ __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[r * out_ld + i] = xr[i] * inv * ToFloat(w[i]);
 }
 
-// cos/sin of pos · theta^(-2i/head_dim) for i < head_dim/2, in double then rounded (as the CPU backend).
-__device__ void RopeTable(int pos, int head_dim, double theta, float* cos_s, float* sin_s) {
+// cos/sin of pos · inv_freq[i] for i < head_dim/2: the angle and its sincos in double, then rounded (as the
+// CPU backend), so both backends rotate by the same floats.   inv_freq [head_dim / 2] fp64 (rope scaling applied)
+__device__ void RopeTable(int pos, int head_dim, const double* __restrict__ inv_freq, float* cos_s, float* sin_s) {
     const int half = head_dim / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const double inv_freq = 1.0 / pow(theta, static_cast<double>(2 * i) / head_dim);
         double s, c;
-        sincos(static_cast<double>(pos) * inv_freq, &s, &c);
+        sincos(static_cast<double>(pos) * inv_freq[i], &s, &c);
         cos_s[i] = static_cast<float>(c);
         sin_s[i] = static_cast<float>(s);
     }
@@ -52,12 +53,12 @@ __device__ void RopeTable(int pos, int head_dim, double theta, float* cos_s, flo
 
 // One block per row.  x [rows, num_heads * head_dim]
 __global__ void RopeKernel(float* __restrict__ x, int64_t x_ld, int num_heads, int head_dim,
-                           const int32_t* __restrict__ positions, double theta) {
+                           const int32_t* __restrict__ positions, const double* __restrict__ inv_freq) {
     PdlEnter();
     extern __shared__ float table[];  // cos [half], sin [half]
     const int half = head_dim / 2;
     const int64_t t = blockIdx.x;
-    RopeTable(positions[t], head_dim, theta, table, table + half);
+    RopeTable(positions[t], head_dim, inv_freq, table, table + half);
     __syncthreads();
     float* row = x + t * x_ld;
     for (int idx = threadIdx.x; idx < num_heads * half; idx += blockDim.x) {
@@ -82,14 +83,14 @@ __global__ void WriteKvKernel(const float* __restrict__ src, int64_t src_ld, T* 
 template <typename T>
 __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const float* __restrict__ k, int64_t k_ld,
                                   const float* __restrict__ v, int64_t v_ld, int num_heads, int num_kv_heads,
-                                  int head_dim, const int32_t* __restrict__ positions, double theta,
-                                  T* __restrict__ k_plane, T* __restrict__ v_plane,
+                                  int head_dim, const int32_t* __restrict__ positions,
+                                  const double* __restrict__ inv_freq, T* __restrict__ k_plane, T* __restrict__ v_plane,
                                   const int64_t* __restrict__ slot_mapping) {
     PdlEnter();
     extern __shared__ float table[];
     const int half = head_dim / 2;
     const int64_t t = blockIdx.x;
-    RopeTable(positions[t], head_dim, theta, table, table + half);
+    RopeTable(positions[t], head_dim, inv_freq, table, table + half);
     __syncthreads();
     const int64_t width = static_cast<int64_t>(num_kv_heads) * head_dim;
     const int64_t slot = slot_mapping[t];
@@ -113,6 +114,36 @@ __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const flo
     const float* vr = v + t * v_ld;
     T* vd = v_plane + slot * width;
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) vd[i] = FromFloat<T>(vr[i]);
+}
+
+// One warp per (row, head): RMSNorm of the head's head_dim slice, in place, scaled by w (Qwen3's q/k norm).
+//   x [rows, num_heads * head_dim] fp32 (row stride x_ld); w [head_dim]
+template <typename T>
+__global__ void HeadRmsNormKernel(float* __restrict__ x, int64_t x_ld, int64_t rows, int num_heads, int head_dim,
+                                  const T* __restrict__ w, float eps) {
+    PdlEnter();
+    const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (item >= rows * num_heads) return;  // the whole warp leaves together
+    const int lane = threadIdx.x & 31;
+    float* v = x + (item / num_heads) * x_ld + (item % num_heads) * static_cast<int64_t>(head_dim);
+    float ss = 0.f;
+    for (int i = lane; i < head_dim; i += 32) ss += v[i] * v[i];
+    ss = WarpSum(ss);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(head_dim) + eps);
+    for (int i = lane; i < head_dim; i += 32) v[i] = v[i] * inv * ToFloat(w[i]);
+}
+
+// x[r, c] += bias[c]                            x [rows, cols] fp32; bias [cols]
+template <typename T>
+__global__ void AddBiasKernel(float* __restrict__ x, int64_t x_ld, const T* __restrict__ bias, int64_t rows,
+                              int64_t cols) {
+    PdlEnter();
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        x[r * x_ld + c] += ToFloat(bias[c]);
+    }
 }
 
 __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, float* __restrict__ out, int64_t out_ld,
@@ -213,12 +244,12 @@ void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float e
                                    x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
 }
 
-void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
-          Stream stream) {
+void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions,
+          const double* inv_freq, Stream stream) {
     if (rows == 0) return;
     const size_t smem = sizeof(float) * head_dim;
     LaunchKernel("RopeKernel", RopeKernel, static_cast<unsigned>(rows), 128, smem, stream, x, x_ld, num_heads, head_dim,
-                 positions, theta);
+                 positions, inv_freq);
 }
 
 void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
@@ -230,14 +261,31 @@ void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType 
 }
 
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
-                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
-                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream) {
+                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, const double* inv_freq,
+                 void* k_plane, void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream) {
     if (rows == 0) return;
     const size_t smem = sizeof(float) * head_dim;
     UA_DISPATCH_DTYPE(plane_dtype, T,
                       LaunchKernel("RopeWriteKvKernel", RopeWriteKvKernel<T>, static_cast<unsigned>(rows), 256, smem,
                                    stream, q, q_ld, k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions,
-                                   theta, static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
+                                   inv_freq, static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
+}
+
+void HeadRmsNorm(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const void* w, DType w_dtype,
+                 float eps, Stream stream) {
+    if (rows * num_heads == 0) return;
+    constexpr int kWarps = kThreads / 32;
+    UA_DISPATCH_DTYPE(
+        w_dtype, T,
+        LaunchKernel("HeadRmsNormKernel", HeadRmsNormKernel<T>, CeilDiv(rows * num_heads, kWarps), kThreads, 0, stream,
+                     x, x_ld, rows, num_heads, head_dim, static_cast<const T*>(w), eps));
+}
+
+void AddBias(float* x, int64_t x_ld, const void* bias, DType bias_dtype, int64_t rows, int64_t cols, Stream stream) {
+    if (rows * cols == 0) return;
+    UA_DISPATCH_DTYPE(bias_dtype, T,
+                      LaunchKernel("AddBiasKernel", AddBiasKernel<T>, StrideGrid(rows * cols), kThreads, 0, stream, x,
+                                   x_ld, static_cast<const T*>(bias), rows, cols));
 }
 
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream) {

@@ -31,9 +31,19 @@ void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType t
 void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
              int64_t rows, int64_t d, Stream stream);
 
-// Hugging Face half-split RoPE in place.       x [rows, num_heads * head_dim] fp32; positions [rows]
-void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions, double theta,
-          Stream stream);
+// Hugging Face half-split RoPE in place: pairs (i, i + head_dim/2) rotated by positions[t] · inv_freq[i]
+// (angle and sincos in double, rounded to float).
+//   x [rows, num_heads * head_dim] fp32; positions [rows]; inv_freq [head_dim / 2] fp64, device memory
+void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions,
+          const double* inv_freq, Stream stream);
+
+// Per-head RMSNorm in place (Qwen3's q_norm / k_norm): every head_dim slice of every row is divided by its
+// rms and scaled by w.        x [rows, num_heads * head_dim] fp32 (row stride x_ld); w [head_dim] of w_dtype
+void HeadRmsNorm(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const void* w, DType w_dtype,
+                 float eps, Stream stream);
+
+// x[t, :] += bias                               x [rows, cols] fp32 (row stride x_ld); bias [cols] of bias_dtype
+void AddBias(float* x, int64_t x_ld, const void* bias, DType bias_dtype, int64_t rows, int64_t cols, Stream stream);
 
 // plane[slot_mapping[t] * width + i] = src[t, i]      src [rows, width] fp32;
 //   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim
@@ -41,10 +51,10 @@ void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType 
              const int64_t* slot_mapping, Stream stream);
 
 // Rope(q) in place; rotated k and plain v written to their planes (k itself is left unrotated).
-//   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32
+//   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32; inv_freq as Rope
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
-                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, double theta, void* k_plane,
-                 void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
+                 int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, const double* inv_freq,
+                 void* k_plane, void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream);
@@ -115,15 +125,18 @@ struct AttentionWorkspace {
 // Elements of each workspace array for a batch (part_acc, part_ml, stats: floats; split_counters: unsigned).
 void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[4]);
 
-// Causal attention over the paged cache; fills `probs` [num_tokens, num_heads, probs_ld] with the
-// normalised probabilities of positions 0..pos when non-null. A token's result depends only on its own
-// sequence (bit-identical alone or in any batch).
+// Causal attention over the paged cache; a token at position pos attends to positions j with
+// WindowStart(pos) <= j <= pos (b.sliding_window > 0: pos - sliding_window < j; else 0 <= j). Fills `probs`
+// [num_tokens, num_heads, probs_ld] when non-null: the normalised probabilities in the window, 0 before it
+// (positions past pos are not written). A token's result depends only on its own sequence (bit-identical
+// alone or in any batch).
 //   q [num_tokens, num_heads·hd] fp32, k/v planes of kv_dtype, out [num_tokens, num_heads·hd] fp32
 void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
                const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
                const AttentionWorkspace& ws, Stream stream);
 
-// UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep]
+// UniAttn reuse layer: out[t, h] = Σ_j probs[t, h, j] · v[j, h / n_rep] over the token's window (probs are 0
+// before it and are not read there).
 void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, DType kv_dtype, const PagedBatch& b,
                     float* out, int64_t out_ld, const AttentionWorkspace& ws, Stream stream);
 

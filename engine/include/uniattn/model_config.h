@@ -16,6 +16,23 @@ namespace uniattn {
 // reuse: no Q/K, no RoPE, no K cache; applies its anchor's P to its own V, plus compensation Wc.
 enum class LayerKind { kNormal, kAnchor, kReuse };
 
+// config.json's rope_scaling (rope_parameters in transformers 5): how the RoPE frequencies are rescaled.
+//   kDefault: theta^(-2i/hd) unchanged.       kLinear: divided by factor (positions / factor).
+//   kLlama3: Llama 3.1's per-frequency rule (wavelengths above L / low_freq_factor divided by factor, below
+//            L / high_freq_factor kept, smoothly interpolated between; L = original_max_position_embeddings).
+//   kDynamic: NTK-aware base, fixed once (vLLM's semantics, not transformers' per-forward recomputation,
+//            which makes a token's result depend on the batch): theta' = theta · (factor · max_len / L −
+//            (factor − 1))^(hd / (hd − 2)) with max_len = L · factor, L = original_max_position_embeddings
+//            (max_position_embeddings when absent).
+enum class RopeType { kDefault, kLinear, kDynamic, kLlama3 };
+struct RopeScaling {
+    RopeType type = RopeType::kDefault;
+    double factor = 1;
+    double low_freq_factor = 1;
+    double high_freq_factor = 4;
+    int original_max_position_embeddings = 0;
+};
+
 struct ModelConfig {
     std::string architecture = "LlamaForCausalLM";
     int vocab_size = 0;
@@ -30,8 +47,17 @@ struct ModelConfig {
     double rms_norm_eps = 1e-5;
     bool tie_word_embeddings = false;
     int bos_token_id = 1;
-    int eos_token_id = 2;
+    int eos_token_id = 2;  // the first of eos_token_ids
+    std::vector<int32_t> eos_token_ids = {2};
     std::string torch_dtype = "float32";
+
+    // The family (which tensors exist and which keys change the math); docs/models-arch.md lists them.
+    std::string model_type = "llama";
+    RopeScaling rope_scaling;
+    bool qkv_bias = false;   // q_proj/k_proj/v_proj have biases (Qwen2 always; Llama/Qwen3 attention_bias)
+    bool o_bias = false;     // o_proj has a bias (Llama attention_bias)
+    bool qk_norm = false;    // Qwen3: RMSNorm over head_dim on each q and k head before RoPE
+    int sliding_window = 0;  // > 0: each token attends to its last sliding_window positions (itself included)
 
     // UniAttn grouping (docs/uniattn.md §1). has_grouping is false for a standard model.
     bool has_grouping = false;
@@ -54,6 +80,10 @@ struct ModelConfig {
     // (docs/uniattn.md §3: bytes(dtype) * Hkv * hd * (2 * (L - n_reuse) + n_reuse)).
     int64_t KvBytesPerToken(int dtype_bytes) const;
     int64_t DenseKvBytesPerToken(int dtype_bytes) const;
+
+    // The RoPE inverse frequencies [head_dim / 2] with rope_scaling applied, in double (module comment of
+    // RopeScaling); the backends rotate by positions[t] · RopeInvFreq()[i].
+    std::vector<double> RopeInvFreq() const;
 
     // Parses config.json text; `path` names the file in messages. Unknown keys are ignored (as in
     // transformers); missing required keys and impossible values are errors.

@@ -1,5 +1,5 @@
-// A Llama-family model's shape, read from a Hugging Face config.json, with UniAttn's layer kinds
-// (docs/uniattn.md §1) derived from the grouping_* keys.
+// A model's shape and family (Llama, Mistral, Qwen2, Qwen3: docs/models-arch.md), read from a Hugging Face
+// config.json, with UniAttn's layer kinds (docs/uniattn.md §1) derived from the grouping_* keys.
 #pragma once
 
 #include <cstdint>
@@ -85,8 +85,9 @@ struct ModelConfig {
     // RopeScaling); the backends rotate by positions[t] · RopeInvFreq()[i].
     std::vector<double> RopeInvFreq() const;
 
-    // Parses config.json text; `path` names the file in messages. Unknown keys are ignored (as in
-    // transformers); missing required keys and impossible values are errors.
+    // Parses config.json text; `path` names the file in messages. Keys that change the math are implemented
+    // or refused by name (kUnimplemented); other unknown keys are ignored (as in transformers); missing
+    // required keys and impossible values are errors.
     static StatusOr<ModelConfig> FromJson(const std::string& text, const std::string& path);
     // config.json as transformers writes it (keys in its order); uniattn/json_io.h's DumpJson writes it out.
     nlohmann::ordered_json ToJson() const;

@@ -78,6 +78,8 @@ std::vector<int32_t> EosTokenIds(const Tokenizer& tokenizer, const ModelConfig& 
         if (id >= 0 && id < config.vocab_size && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
     };
     add(tokenizer.eos_id());
+    for (int32_t id : tokenizer.eos_ids()) add(id);
+    for (int32_t id : config.eos_token_ids) add(id);
     add(config.eos_token_id);
     for (int32_t id : generation.eos_token_ids) add(id);
     return ids;

@@ -2,11 +2,13 @@
 //   uniattn-generate --model DIR --prompt TEXT --max-tokens N [--temperature T --top-p P --top-k K
 //                    --seed S] [--json] [--threads N] [--backend cpu] [--ignore-eos] [--stats]
 // Without --prompt it reads prompts from stdin, one per line (interactive use).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
 
+#include "engine_setup.h"
 #include "model/model.h"
 #include "model/session.h"
 #include "sampling/sampler.h"
@@ -50,9 +52,12 @@ Status RunOne(const Model& model, Session& session, const std::string& prompt, c
     UA_RETURN_IF_ERROR(session.Append(prompt_ids, false, &logits));
     const auto t1 = std::chrono::steady_clock::now();
     const int limit = std::min(o.max_tokens, room);
+    // The engine's rule: the tokenizer's, config.json's and generation_config.json's eos ids all end a reply.
+    UA_ASSIGN_OR_RETURN(const GenerationConfig generation, GenerationConfig::LoadDir(model.dir));
+    const std::vector<int32_t> eos = EosTokenIds(tok, model.config, generation);
     while (static_cast<int>(generated.size()) < limit) {
         const SampleResult r = sampler.Sample(logits.data(), vocab, prompt_ids, generated);
-        if (r.token == tok.eos_id() && !o.ignore_eos) break;
+        if (!o.ignore_eos && std::find(eos.begin(), eos.end(), r.token) != eos.end()) break;
         generated.push_back(r.token);
         const std::string piece = detok.Push(r.token);
         text += piece;

@@ -48,7 +48,7 @@ struct EngineConfig {
     // when present, "none" ignores it (vLLM's `--generation-config vllm`), anything else names a directory
     // holding one.
     std::string generation_config = "auto";
-    CudaOptions cuda;        // backend "cuda": device and kernel choices
+    CudaOptions cuda;  // backend "cuda": device and kernel choices
 };
 
 // Per-request timings, for metrics (seconds; from the engine's clock).

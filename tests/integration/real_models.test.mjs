@@ -80,7 +80,9 @@ function writeTinyModel(dir, config, { qkNorm = false } = {}) {
 }
 
 const tokenizers = join(sourceDir, "models/tokenizers");
-const haveFiles = existsSync(join(tokenizers, "llama-3.1/tokenizer.json")) && existsSync(join(tokenizers, "qwen3/tokenizer.json"));
+const haveFiles =
+  existsSync(join(tokenizers, "llama-3.1/tokenizer.json")) && existsSync(join(tokenizers, "qwen3/tokenizer.json")) &&
+  existsSync(join(sourceDir, "models/llama.cpp/templates/meta-llama-Llama-3.1-8B-Instruct.jinja"));
 
 const families = [
   {
@@ -100,6 +102,9 @@ const families = [
     otherEos: 128008, // <|eom_id|>: config.json and generation_config.json list it; the tokenizer's eos is <|eot_id|>
     firstTokens: [128000, 128006], // <|begin_of_text|><|start_header_id|>
     templateText: "Cutting Knowledge Date: December 2023", // 3.1's template always writes this system header
+    // The @lenml package's tokenizer_config.json carries a Llama-3.0-style template; the published 3.1 template
+    // (llama.cpp's corpus) goes beside it as chat_template.jinja, which newer checkpoints ship and which wins.
+    chatTemplateFile: "llama.cpp/templates/meta-llama-Llama-3.1-8B-Instruct.jinja",
     qkNorm: false,
   },
   {
@@ -135,6 +140,7 @@ describe("real checkpoints' files through the openai client", { skip: haveFiles 
         writeTinyModel(dir, f.config, { qkNorm: f.qkNorm });
         writeFileSync(join(dir, "generation_config.json"), JSON.stringify(f.generation));
         for (const file of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(tokenizers, f.tokenizer, file), join(dir, file));
+        if (f.chatTemplateFile) copyFileSync(join(sourceDir, "models", f.chatTemplateFile), join(dir, "chat_template.jinja"));
         server = await startServer(["--set", `model.path=${dir}`, "--set", "model.chat_template=auto", "--set", "model.name=tiny"]);
         client = new OpenAI({ baseURL: `${server.baseURL}/v1`, apiKey: "unused", maxRetries: 0, timeout: 60000 });
       });

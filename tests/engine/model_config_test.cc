@@ -93,7 +93,7 @@ TEST(ModelConfigTest, ImplausibleSizesAreRefusedBeforeAllocating) {  // fuzz_mod
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The families and the keys that change the math (docs/models-arch.md lists each row with its test).
+// The families and the keys that change the math (docs/models.md lists each row with its test).
 
 // A config of `arch` with the base sizes plus `extra` (which may override nothing the base sets).
 std::string FamilyConfig(const std::string& arch, const std::string& extra = "") {
@@ -182,7 +182,7 @@ TEST(ModelConfigTest, RopeScalingLinear) {
 }
 
 // dynamic: vLLM's fixed base for max_len = L · factor, base · (factor · max_len / L − (factor − 1))^(hd/(hd−2)),
-// not transformers' per-forward recomputation (docs/models-arch.md says why).
+// not transformers' per-forward recomputation (docs/models.md says why).
 TEST(ModelConfigTest, RopeScalingDynamicIsVllmsFixedBase) {
     for (const char* extra : {R"(, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0})",
                               R"(, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0,

@@ -1,4 +1,4 @@
-// A model's shape and family (Llama, Mistral, Qwen2, Qwen3: docs/models-arch.md), read from a Hugging Face
+// A model's shape and family (Llama, Mistral, Qwen2, Qwen3: docs/models.md), read from a Hugging Face
 // config.json, with UniAttn's layer kinds (docs/uniattn.md §1) derived from the grouping_* keys.
 #pragma once
 
@@ -51,7 +51,7 @@ struct ModelConfig {
     std::vector<int32_t> eos_token_ids = {2};
     std::string torch_dtype = "float32";
 
-    // The family (which tensors exist and which keys change the math); docs/models-arch.md lists them.
+    // The family (which tensors exist and which keys change the math); docs/models.md lists them.
     std::string model_type = "llama";
     RopeScaling rope_scaling;
     bool qkv_bias = false;   // q_proj/k_proj/v_proj have biases (Qwen2 always; Llama/Qwen3 attention_bias)

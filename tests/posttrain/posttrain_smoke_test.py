@@ -43,10 +43,23 @@ CONFIG = {
 }
 
 
-def write_tiny_model(path, seed):
+# The families beside Llama (docs/models.md), each with the grouping above: the keys that change the math.
+FAMILY_CONFIGS = {
+    "qwen3": dict(CONFIG, architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=True,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen2": dict(CONFIG, architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
+                  sliding_window=32, max_window_layers=5),
+    "mistral": dict(CONFIG, architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=9),
+    "llama3-rope": dict(CONFIG, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}),
+}
+
+
+def write_tiny_model(path, seed, config=CONFIG):
     """Random weights, scaled so that attention is far from uniform (a wrong head mapping must show)."""
     g = torch.Generator().manual_seed(seed)
-    c = Config(CONFIG)
+    c = Config(config)
     d, hd, hq, hkv, ff, v = 32, 8, 4, 2, 48, 97
 
     def rnd(*shape, scale):
@@ -67,9 +80,19 @@ def write_tiny_model(path, seed):
         t[p + "mlp.down_proj.weight"] = rnd(d, ff, scale=ff ** -0.5)
         if c.kinds[l] == "reuse":
             t[p + "v2_proj.weight"] = rnd(hq * hd, d, scale=0.5 * d ** -0.5)
+        for proj, n in (("q_proj", hq * hd), ("k_proj", hkv * hd), ("v_proj", hkv * hd)):
+            if c.qkv_bias:
+                t[p + f"self_attn.{proj}.bias"] = rnd(n, scale=0.5)
+        if c.o_bias:
+            t[p + "self_attn.o_proj.bias"] = rnd(d, scale=0.5)
+        if c.qk_norm:
+            t[p + "self_attn.q_norm.weight"] = 1 + rnd(hd, scale=0.3)
+            t[p + "self_attn.k_norm.weight"] = 1 + rnd(hd, scale=0.3)
+    if c.tie_word_embeddings:
+        del t["lm_head.weight"]
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(CONFIG, f, indent=2)
+        json.dump(config, f, indent=2)
     safetensors_io.write_file(os.path.join(path, "model.safetensors"), t, "F32")
     return t
 
@@ -189,6 +212,23 @@ def main():
     tokens = [1] + torch.randint(0, 97, (44,), generator=g).tolist()
     compare(args.engine_logits, tiny, tokens, args.work, "input")
     compare(args.engine_logits, out, tokens, args.work, "post-trained")
+
+    # Every family: the PyTorch model (biases, q/k norm, window, RoPE scaling) is the engine's, and post-training
+    # runs on it and writes a checkpoint the engine loads and agrees with.
+    for name, config in FAMILY_CONFIGS.items():
+        fdir, fout = os.path.join(args.work, name), os.path.join(args.work, name + "-posttrained")
+        ftensors = write_tiny_model(fdir, seed=13, config=config)
+        check_kv_cache(fdir)
+        compare(args.engine_logits, fdir, tokens, args.work, name)
+        cmd = [sys.executable, os.path.join(TOOL, "posttrain.py"), "--model", fdir, "--out", fout, "--device", "cpu",
+               "--threads", "1", "--seed", "3", "--stage1-steps", "4", "--stage2-steps", "4", "--batch", "4",
+               "--seq-len", "32", "--samples", "32", "--val-samples", "8", "--sample-batch", "32", "--lr1", "1e-2",
+               "--lr2", "3e-3", "--log-every", "4"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"FAIL: posttrain.py on {name} exited with {r.returncode}: {r.stderr[-2000:]}")
+        assert set(load_tensors(fout)) == set(ftensors), sorted(set(load_tensors(fout)) ^ set(ftensors))
+        compare(args.engine_logits, fout, tokens, args.work, name + " post-trained")
     print(f"PASS ({time.time() - start:.1f}s)")
 
 

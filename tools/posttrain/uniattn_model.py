@@ -42,23 +42,38 @@ class Config:
     def __init__(self, raw):
         self.raw = dict(raw)
         arch = (raw.get("architectures") or ["LlamaForCausalLM"])[0]
-        if arch not in ("LlamaForCausalLM", "MistralForCausalLM"):
-            raise ValueError(f"architecture {arch!r} is not supported (LlamaForCausalLM, MistralForCausalLM)")
-        if raw.get("rope_scaling"):
-            raise ValueError("rope_scaling is not supported")
+        if arch not in FAMILIES:
+            raise ValueError(f"architecture {arch!r} is not supported ({', '.join(FAMILIES)})")
+        family = FAMILIES[arch]
+        # The engine refuses what it does not implement (docs/models.md); this model mirrors what it implements.
+        attention_bias = bool(raw.get("attention_bias", False))
+        self.qkv_bias = family["qkv_bias"] or (attention_bias and family["attention_bias_ok"])
+        self.o_bias = attention_bias and family["attention_bias_ok"]
+        self.qk_norm = family["qk_norm"]
+        window = raw.get("sliding_window", 4096 if arch == "MistralForCausalLM" else None)
+        use_window = arch == "MistralForCausalLM" or bool(raw.get("use_sliding_window", False))
+        self.sliding_window = int(window) if (use_window and window) else 0
+        if raw.get("mlp_bias"):
+            raise ValueError("mlp_bias is not supported")
+        rs = raw.get("rope_scaling") or (raw.get("rope_parameters") if isinstance(raw.get("rope_parameters"), dict) else None) or {}
+        self.rope_type = rs.get("rope_type", rs.get("type", "default"))
+        if self.rope_type not in ("default", "linear", "dynamic", "llama3"):
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported")
+        self.rope_scaling = rs
         self.vocab_size = int(raw["vocab_size"])
         self.hidden_size = int(raw["hidden_size"])
         self.intermediate_size = int(raw["intermediate_size"])
         self.num_layers = int(raw["num_hidden_layers"])
         self.num_heads = int(raw["num_attention_heads"])
         self.num_kv_heads = int(raw.get("num_key_value_heads") or self.num_heads)
-        self.head_dim = int(raw.get("head_dim") or self.hidden_size // self.num_heads)
+        self.head_dim = int(raw.get("head_dim") or (128 if arch == "Qwen3ForCausalLM" else self.hidden_size // self.num_heads))
         self.max_position_embeddings = int(raw.get("max_position_embeddings", 2048))
-        self.rope_theta = float(raw.get("rope_theta", 10000.0))
+        self.rope_theta = float(raw.get("rope_theta", rs.get("rope_theta", 10000.0)))
         self.rms_norm_eps = float(raw.get("rms_norm_eps", 1e-6))
         self.tie_word_embeddings = bool(raw.get("tie_word_embeddings", False))
         self.bos_token_id = int(raw.get("bos_token_id", 1))
-        self.eos_token_id = int(raw.get("eos_token_id", 2))
+        eos = raw.get("eos_token_id", 2)
+        self.eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         present = [k in raw for k in GROUPING_KEYS]
@@ -77,6 +92,36 @@ class Config:
         return [l for l, k in enumerate(self.kinds) if k == "reuse"]
 
 
+    def rope_inv_freq(self):
+        """The [head_dim/2] rotary frequencies with rope_scaling applied, in float64 (the engine's
+        ModelConfig::RopeInvFreq: linear divides by factor, llama3 smooths by wavelength, dynamic is vLLM's fixed base)."""
+        hd, rs = self.head_dim, self.rope_scaling
+        base = self.rope_theta
+        if self.rope_type == "dynamic" and hd > 2:
+            f = float(rs["factor"])
+            base *= (f * f - (f - 1)) ** (hd / (hd - 2))
+        inv = base ** (-torch.arange(0, hd // 2, dtype=torch.float64) * 2.0 / hd)
+        if self.rope_type == "linear":
+            inv = inv / float(rs["factor"])
+        elif self.rope_type == "llama3":
+            f, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+            old = float(rs["original_max_position_embeddings"])
+            wavelen = 2 * math.pi / inv
+            smooth = (old / wavelen - lo) / (hi - lo)
+            mid = (1 - smooth) * inv / f + smooth * inv
+            inv = torch.where(wavelen < old / hi, inv, torch.where(wavelen > old / lo, inv / f, mid))
+        return inv
+
+
+# Per architecture: which tensors and options exist (the engine's kFamilies, engine/model/model_config.cc).
+FAMILIES = {
+    "LlamaForCausalLM": {"qkv_bias": False, "attention_bias_ok": True, "qk_norm": False},
+    "MistralForCausalLM": {"qkv_bias": False, "attention_bias_ok": False, "qk_norm": False},
+    "Qwen2ForCausalLM": {"qkv_bias": True, "attention_bias_ok": False, "qk_norm": False},
+    "Qwen3ForCausalLM": {"qkv_bias": False, "attention_bias_ok": True, "qk_norm": True},
+}
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -93,10 +138,13 @@ class Attention(nn.Module):
     def __init__(self, c):
         super().__init__()
         d, hd = c.hidden_size, c.head_dim
-        self.q_proj = nn.Linear(d, c.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, c.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, c.num_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(c.num_heads * hd, d, bias=False)
+        self.q_proj = nn.Linear(d, c.num_heads * hd, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(d, c.num_kv_heads * hd, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(d, c.num_kv_heads * hd, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.num_heads * hd, d, bias=c.o_bias)
+        # Qwen3: RMSNorm over head_dim of every head of q and k, before RoPE.
+        self.q_norm = RMSNorm(hd, c.rms_norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(hd, c.rms_norm_eps) if c.qk_norm else None
 
 
 class MLP(nn.Module):
@@ -169,7 +217,7 @@ class UniAttnLM(nn.Module):
         if tab is None or tab[0].shape[0] < need:
             n = max(need, c.max_position_embeddings)
             # float64 angles, as the reference; cast once.
-            inv = c.rope_theta ** (-torch.arange(0, c.head_dim // 2, dtype=torch.float64) * 2.0 / c.head_dim)
+            inv = c.rope_inv_freq()
             ang = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
             tab = (torch.cos(ang).to(device=device, dtype=dtype), torch.sin(ang).to(device=device, dtype=dtype))
             self._rope[key] = tab
@@ -199,7 +247,10 @@ class UniAttnLM(nn.Module):
         total = start + seq
         qi = torch.arange(start, total, device=x.device)[:, None]
         kj = torch.arange(total, device=x.device)[None, :]
-        mask = torch.zeros(seq, total, device=x.device, dtype=x.dtype).masked_fill(kj > qi, float("-inf"))
+        hidden = kj > qi
+        if c.sliding_window > 0:  # position p attends to p - W < j <= p
+            hidden = hidden | (kj <= qi - c.sliding_window)
+        mask = torch.zeros(seq, total, device=x.device, dtype=x.dtype).masked_fill(hidden, float("-inf"))
         if wrong_gqa:
             heads = torch.arange(hq, device=x.device) % hkv
         probs = None
@@ -212,6 +263,8 @@ class UniAttnLM(nn.Module):
             if layer.kind != "reuse":
                 q = attn.q_proj(xn).view(bsz, seq, hq, hd).transpose(1, 2)
                 k = attn.k_proj(xn).view(bsz, seq, hkv, hd).transpose(1, 2)
+                if attn.q_norm is not None:
+                    q, k = attn.q_norm(q), attn.k_norm(k)
                 q = self._apply_rope(q, cos, sin)
                 k = self._apply_rope(k, cos, sin)
                 if cache is not None:
@@ -284,7 +337,8 @@ def build_model(c, tensors, wc=None):
             t = tensors.get(name)
         if t is None:
             parts = name.split(".")
-            if parts[1] == "layers" and parts[-2] in ("q_proj", "k_proj") and c.kinds[int(parts[2])] == "reuse":
+            if (parts[1] == "layers" and parts[-2] in ("q_proj", "k_proj", "q_norm", "k_norm")
+                    and c.kinds[int(parts[2])] == "reuse"):
                 t = torch.zeros_like(ref)  # dropped by unify --drop-unused-qk; never read by a reuse layer
                 m.model.layers[int(parts[2])].dropped_qk = True
             else:
@@ -308,7 +362,7 @@ def export_tensors(m):
     out = {}
     for name, t in m.state_dict().items():
         parts = name.split(".")
-        if len(parts) > 3 and parts[1] == "layers" and parts[-2] in ("q_proj", "k_proj") \
+        if len(parts) > 3 and parts[1] == "layers" and parts[-2] in ("q_proj", "k_proj", "q_norm", "k_norm") \
                 and getattr(m.model.layers[int(parts[2])], "dropped_qk", False):
             continue
         out[name] = t.detach().to("cpu", torch.float32)

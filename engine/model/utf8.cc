@@ -6,33 +6,46 @@ namespace uniattn {
 
 namespace utf8 {
 
-size_t WellFormedLength(std::string_view s, size_t i) {
+namespace {
+
+// The length of the sequence a lead byte starts and the range its second byte must be in (Unicode Table 3-7:
+// this excludes overlong forms, surrogates and values above U+10FFFF); 0 for a byte no sequence starts with.
+size_t LeadLength(unsigned char c, unsigned char* lo, unsigned char* hi) {
+    *lo = 0x80, *hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) return 2;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (c == 0xE0) *lo = 0xA0;
+        if (c == 0xED) *hi = 0x9F;
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (c == 0xF0) *lo = 0x90;
+        if (c == 0xF4) *hi = 0x8F;
+        return 4;
+    }
+    return 0;
+}
+
+// How many bytes from s[i] (a lead of a `len`-byte sequence) follow the well-formed pattern: 1 to len.
+size_t MatchingPrefix(std::string_view s, size_t i, size_t len, unsigned char lo, unsigned char hi) {
     const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-    const unsigned char c = b(i);
+    size_t k = 1;
+    if (i + k < s.size() && b(i + k) >= lo && b(i + k) <= hi) {
+        ++k;
+        while (k < len && i + k < s.size() && (b(i + k) & 0xC0) == 0x80) ++k;
+    }
+    return k;
+}
+
+}  // namespace
+
+size_t WellFormedLength(std::string_view s, size_t i) {
+    const auto c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) return 1;
-    size_t len;
-    // The second byte's range depends on the lead (Unicode Table 3-7): this excludes overlong forms,
-    // surrogates and values above U+10FFFF.
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (i + len > s.size()) return 0;
-    if (b(i + 1) < lo || b(i + 1) > hi) return 0;
-    for (size_t k = 2; k < len; ++k) {
-        if ((b(i + k) & 0xC0) != 0x80) return 0;
-    }
-    return len;
+    unsigned char lo, hi;
+    const size_t len = LeadLength(c, &lo, &hi);
+    if (len == 0) return 0;
+    return MatchingPrefix(s, i, len, lo, hi) == len ? len : 0;
 }
 
 bool IsValid(std::string_view s) {
@@ -85,29 +98,9 @@ namespace {
 // How many bytes at s[i] form the longest prefix of some well-formed sequence (at least 1): Unicode's
 // "maximal subpart", replaced by one U+FFFD.
 size_t MaximalSubpart(std::string_view s, size_t i) {
-    const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-    const unsigned char c = b(i);
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 1;
-    }
-    size_t k = 1;
-    if (i + k < s.size() && b(i + k) >= lo && b(i + k) <= hi) {
-        ++k;
-        while (k < len && i + k < s.size() && (b(i + k) & 0xC0) == 0x80) ++k;
-    }
-    return k;
+    unsigned char lo, hi;
+    const size_t len = LeadLength(static_cast<unsigned char>(s[i]), &lo, &hi);
+    return len == 0 ? 1 : MatchingPrefix(s, i, len, lo, hi);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
-//                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0]
+//                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -113,7 +113,8 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
                                                     int heads_per_block, bool exact_activations, bool pdl,
-                                                    int fuse_gemv, int stage_gemv, int row_segs, int fuse_combine) {
+                                                    int fuse_gemv, int stage_gemv, int row_segs, int fuse_combine,
+                                                    int tensor_cores) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
@@ -126,6 +127,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
         if (stage_gemv >= 0) o.stage_gemv_input = stage_gemv != 0;
         o.gemv_row_segs = row_segs;
         if (fuse_combine >= 0) o.fuse_attention_combine = fuse_combine != 0;
+        if (tensor_cores >= 0) o.tensor_core_attention = tensor_cores != 0;
         return CreateCudaBackend(o);
     }
 #else
@@ -136,6 +138,7 @@ StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DTy
     (void)stage_gemv;
     (void)row_segs;
     (void)fuse_combine;
+    (void)tensor_cores;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -342,7 +345,7 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1;
+    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
@@ -377,6 +380,9 @@ int Main(int argc, char** argv) {
     app.add_option("--fuse-attention-combine", fuse_combine,
                    "CUDA: fuse the split-KV attention combine (-1: the backend's default)")
         ->capture_default_str();
+    app.add_option("--tensor-core-attention", tensor_cores,
+                   "CUDA: decode attention on tensor cores (1) or CUDA cores (0) (-1: the backend's default)")
+        ->capture_default_str();
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench")) return *code;
     auto text = ReadFile(config_path);
     if (!text.ok()) return Fail(text.status());
@@ -386,7 +392,8 @@ int Main(int argc, char** argv) {
     auto kd = DTypeFlag(kv_dtype_opt->count() ? kv_dtype_name : dtype_name);
     if (!wd.ok()) return Fail(wd.status());
     if (!kd.ok()) return Fail(kd.status());
-    auto be = MakeBenchBackend(backend_name, *wd, *kd, hpb, exact != 0, pdl != 0, fuse, stage, segs, fuse_combine);
+    auto be = MakeBenchBackend(backend_name, *wd, *kd, hpb, exact != 0, pdl != 0, fuse, stage, segs, fuse_combine,
+                               tensor_cores);
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,7 @@ std::unique_ptr<DeviceBuffer> Alloc(Backend* be, size_t bytes) {
 int Main(int argc, char** argv) {
     std::string path = "bench/configs/llama2-7b.json", decode = "1x512,16x4096,32x2048";
     int reps = 50;
+    bool attention_only = false;
     CLI::App app{
         "Each CUDA backend op alone at the shapes of a real model (bench/configs), timed over back-to-back "
         "launches.",
@@ -78,13 +80,16 @@ int Main(int argc, char** argv) {
     app.add_option("--config", path, "model config JSON")->capture_default_str();
     app.add_option("--decode", decode, "attention decode cases BxC, comma-separated")->capture_default_str();
     app.add_option("--reps", reps, "launches per timing round")->capture_default_str();
+    app.add_flag("--attention-only", attention_only, "time the attention ops only");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;
     auto cfg = ModelConfig::FromJson(*text, path);
     if (!cfg.ok() || !cfg->DeriveLayerKinds().ok()) return 1;
     const ModelConfig& c = *cfg;
-    auto be_or = CreateCudaBackend(CudaBackendOptions{});
+    CudaBackendOptions cuda_cores;  // the rows without "tensor cores" time the CUDA-core decode kernels
+    cuda_cores.tensor_core_attention = false;
+    auto be_or = CreateCudaBackend(cuda_cores);
     if (!be_or.ok()) {
         std::fprintf(stderr, "%s\n", be_or.status().ToString().c_str());
         return 1;
@@ -92,9 +97,15 @@ int Main(int argc, char** argv) {
     Backend* be = be_or->get();
     CudaBackendOptions h1;
     h1.decode_heads_per_block = 1;
+    h1.tensor_core_attention = false;
     auto beh_or = CreateCudaBackend(h1);
     if (!beh_or.ok()) return 1;
     Backend* beh = beh_or->get();
+    CudaBackendOptions tc;
+    tc.tensor_core_attention = true;
+    auto bet_or = CreateCudaBackend(tc);
+    if (!bet_or.ok()) return 1;
+    Backend* bet = bet_or->get();
     Bench bench{be, reps};
     {
         const size_t bytes = size_t{1} << 30;
@@ -119,8 +130,8 @@ int Main(int argc, char** argv) {
     auto x = Alloc(be, sizeof(float) * max_rows * std::max(ff, d));
     auto y = Alloc(be, sizeof(float) * max_rows * std::max<int64_t>(2 * ff, c.vocab_size));
     be->FillUniform(x->data(), DType::kF32, max_rows * std::max(ff, d), -1, 1, 2);
-    std::printf("MatMul (fp16 weights, fp32 activations)\n");
-    for (const Mat& m : mats) {
+    if (!attention_only) std::printf("MatMul (fp16 weights, fp32 activations)\n");
+    for (const Mat& m : attention_only ? std::span<const Mat>() : std::span<const Mat>(mats)) {
         auto w = Alloc(be, 2 * m.out * m.in);
         be->FillUniform(w->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 3);
         const Tensor tw = MakeTensor(w->data(), DType::kF16, m.out, m.in);
@@ -148,9 +159,9 @@ int Main(int argc, char** argv) {
         }
     }
 
-    std::printf(
-        "GEMV variants (T=1, fp16 weights): per-warp rows; staged input with 1-8 warps per row (0: by shape)\n");
-    {
+    if (!attention_only) {
+        std::printf(
+            "GEMV variants (T=1, fp16 weights): per-warp rows; staged input with 1-8 warps per row (0: by shape)\n");
         auto g = Alloc(be, sizeof(float) * std::max(ff, d));
         be->FillUniform(g->data(), DType::kF32, std::max(ff, d), 0.5f, 1.5f, 11);
         for (const Mat& m : mats) {
@@ -183,8 +194,8 @@ int Main(int argc, char** argv) {
         }
     }
 
-    std::printf("Small ops\n");
-    {
+    if (!attention_only) {
+        std::printf("Small ops\n");
         auto w = Alloc(be, sizeof(float) * d);
         be->FillUniform(w->data(), DType::kF32, d, 0.5f, 1.5f, 4);
         for (int64_t T : {1, 16}) {
@@ -272,7 +283,18 @@ int Main(int argc, char** argv) {
             be->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
-        const Tensor qkv = MakeTensor(y->data(), DType::kF32, B, q_dim + 2 * kv_dim);
+        bench.Report("Attention tensor cores " + tag,
+                     bench.Time([&] { bet->Attention(q, k, v, b, c.num_heads, out, nullptr); }), 2 * plane_bytes);
+        bench.Report("Attention + probs (anchor) tensor cores " + tag, bench.Time([&] {
+            bet->Attention(q, k, v, b, c.num_heads, out, static_cast<float*>(probs->data()));
+        }),
+                     2 * plane_bytes);
+        bench.Report("ReuseAttention tensor cores " + tag, bench.Time([&] {
+            bet->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+        }),
+                     plane_bytes);
+        auto qkv_buf = Alloc(be, sizeof(float) * B * (q_dim + 2 * kv_dim));  // y holds 64 rows only
+        const Tensor qkv = MakeTensor(qkv_buf->data(), DType::kF32, B, q_dim + 2 * kv_dim);
         const std::vector<double> inv_freq = c.RopeInvFreq();
         const auto* rope_table = reinterpret_cast<const double*>(put(inv_freq.data(), 8 * inv_freq.size()));
         bench.Report("RopeWriteKv " + tag, bench.Time([&] {

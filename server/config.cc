@@ -316,6 +316,7 @@ const std::vector<Key>& Keys() {
         {"engine.cuda.gemm_ksplit", CudaInt(&CudaOptions::gemm_ksplit, 0, 64, "0 = by shape, else 1..64")},
         {"engine.cuda.fuse_attention_combine", CudaBool(&CudaOptions::fuse_attention_combine)},
         {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
+        {"engine.cuda.tensor_core_attention", CudaBool(&CudaOptions::tensor_core_attention)},
         {"server.host",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(c.host, ReadString(key, node));
@@ -578,6 +579,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "gemm_ksplit" << YAML::Value << cu.gemm_ksplit;
     out << YAML::Key << "fuse_attention_combine" << YAML::Value << cu.fuse_attention_combine;
     out << YAML::Key << "decode_heads_per_block" << YAML::Value << cu.decode_heads_per_block;
+    out << YAML::Key << "tensor_core_attention" << YAML::Value << cu.tensor_core_attention;
     out << YAML::EndMap;
     out << YAML::EndMap;
     out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;

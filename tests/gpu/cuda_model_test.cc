@@ -40,11 +40,12 @@ double RelL2(const float* got, const float* want, size_t n) {
     return std::sqrt(num / den);
 }
 
-StatusOr<std::unique_ptr<Backend>> Gpu(DType weights, DType kv, bool pdl = true) {
+StatusOr<std::unique_ptr<Backend>> Gpu(DType weights, DType kv, bool pdl = true, bool tensor_cores = true) {
     CudaBackendOptions o;
     o.weight_dtype = weights;
     o.kv_dtype = kv;
     o.pdl = pdl;
+    o.tensor_core_attention = tensor_cores;
     return CreateCudaBackend(o);
 }
 
@@ -260,14 +261,16 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
             EXPECT_GT(MaxRelError(full, windowed, rc.name + " cpu without vs with the window"), 10 * rc.tol_f16_kv);
         }
         const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
-        for (DType kv : {DType::kF32, DType::kF16}) {
-            auto gpu = Gpu(DType::kF16, kv);
+        // fp32 planes; fp16 planes with decode attention on CUDA cores and on tensor cores.
+        for (auto [kv, tensor_cores] : {std::pair{DType::kF32, false}, {DType::kF16, false}, {DType::kF16, true}}) {
+            auto gpu = Gpu(DType::kF16, kv, true, tensor_cores);
             ASSERT_TRUE(gpu.ok());
             auto model = Model::Load(tmp.path(), gpu->get(), false);
             ASSERT_TRUE(model.ok()) << model.status().ToString();
-            const double err = MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, rc.max_chunk, max_tokens),
-                                           cpu_steps, rc.name + " kv " + DTypeName(kv));
-            EXPECT_LT(err, kv == DType::kF32 ? rc.tol_f32_kv : rc.tol_f16_kv) << DTypeName(kv);
+            const std::string what = rc.name + " kv " + DTypeName(kv) + (tensor_cores ? " tensor cores" : "");
+            const double err =
+                MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, rc.max_chunk, max_tokens), cpu_steps, what);
+            EXPECT_LT(err, kv == DType::kF32 ? rc.tol_f32_kv : rc.tol_f16_kv) << what;
         }
     }
 }

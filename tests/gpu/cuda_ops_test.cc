@@ -421,8 +421,22 @@ std::vector<AttnCase> AttentionCases() {
         {4, 1, 64, 32, {130}, {65}},
         // Odd head_dim and block size (generic kernels), mixed lengths.
         {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},
+        // Decode, n_rep 7 (Qwen2.5-7B's 28/4: a head group of 7, one spare row) and n_rep 16 (MQA, two groups).
+        {14, 2, 128, 16, {700, 33}, {1, 1}},
+        {16, 1, 128, 16, {90, 2500}, {1, 1}},
     };
 }
+
+// The decode attention plans the op tests run: up to 4 query heads sharing a block's K/V reads, one head per
+// block, and the tensor-core kernel (16-bit planes with head_dim 64/128; other cases keep the CUDA-core one).
+struct DecodePlanCase {
+    int heads_per_block;
+    bool tensor_cores;
+    const char* name;
+};
+constexpr DecodePlanCase kDecodePlans[] = {{0, false, "decode: heads share K/V reads"},
+                                           {1, false, "decode: one head per block"},
+                                           {0, true, "decode: tensor cores"}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
@@ -558,11 +572,12 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
-    for (int heads_per_block : {0, 1}) {  // GQA decode: shared K/V reads, or one query head per block
+    for (const DecodePlanCase& plan : kDecodePlans) {
         CudaBackendOptions options;
-        options.decode_heads_per_block = heads_per_block;
+        options.decode_heads_per_block = plan.heads_per_block;
+        options.tensor_core_attention = plan.tensor_cores;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block));
+        SCOPED_TRACE(plan.name);
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (const AttnCase& c : AttentionCases()) {
                 for (bool with_probs : {false, true}) {
@@ -576,11 +591,12 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
 
 TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     Rng rng(104);
-    for (int heads_per_block : {0, 1}) {  // GQA decode: shared K/V reads, or one query head per block
+    for (const DecodePlanCase& plan : kDecodePlans) {
         CudaBackendOptions options;
-        options.decode_heads_per_block = heads_per_block;
+        options.decode_heads_per_block = plan.heads_per_block;
+        options.tensor_core_attention = plan.tensor_cores;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block));
+        SCOPED_TRACE(plan.name);
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
             for (const AttnCase& c : AttentionCases()) {
                 SCOPED_TRACE(Describe(c, kv));
@@ -597,14 +613,14 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
 // probabilities, and the reuse layer reading windowed P. Windows larger than a context equal no window.
 TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
     Rng rng(109);
-    for (int heads_per_block : {0, 1}) {
+    for (const DecodePlanCase& plan : kDecodePlans) {
         CudaBackendOptions options;
-        options.decode_heads_per_block = heads_per_block;
+        options.decode_heads_per_block = plan.heads_per_block;
+        options.tensor_core_attention = plan.tensor_cores;
         for (bool fused_merge : {true, false}) {  // the last split block merges, or the combine kernel
             options.fuse_attention_combine = fused_merge;
             gpu_ = std::move(CreateCudaBackend(options)).value();
-            SCOPED_TRACE("decode heads per block " + std::to_string(heads_per_block) +
-                         (fused_merge ? ", merge in the last block" : ", combine kernel"));
+            SCOPED_TRACE(std::string(plan.name) + (fused_merge ? ", merge in the last block" : ", combine kernel"));
             for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
                 for (int window : {1, 3, 16, 100, 1000}) {
                     for (const AttnCase& c : AttentionCases()) {
@@ -627,40 +643,48 @@ TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
 TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
     Rng rng(105);
     const AttnCase c{8, 2, 128, 16, {100, 40, 3000, 7, 1500}, {100, 1, 1, 3, 1}};
-    for (int window : {0, 100, 1000}) {
-        for (bool reuse : {false, true}) {
-            SCOPED_TRACE(std::string(reuse ? "reuse" : "attention") + " window " + std::to_string(window));
-            const AttnSetup s = MakeSetup(rng, c, DType::kF16);
-            const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-            const KvPlane k = UploadPlane(gpu_.get(), s.k, DType::kF16), v = UploadPlane(gpu_.get(), s.v, DType::kF16);
-            Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
-            const std::vector<float> probs = WindowedProbs(rng, s, c.num_heads, window);
-            auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
-                Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
-                AttentionBatch b = UploadBatch(gpu_.get(), one);
-                b.sliding_window = window;
-                if (reuse) {
-                    gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), p)), v, b, c.num_heads, out.gpu);
-                } else {
-                    gpu_->Attention(qv, k, v, b, c.num_heads, out.gpu, nullptr);
-                }
-                return Fetch(gpu_.get(), out.gpu, 0);
-            };
-            const std::vector<float> batched = run(s, q.gpu, probs);
-            for (size_t i = 0; i < c.context_lens.size(); ++i) {
-                const int begin = s.query_start[i], end = s.query_start[i + 1];
-                const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
-                std::vector<float> p1;
-                for (int t = begin; t < end; ++t) {
-                    for (int h = 0; h < c.num_heads; ++h) {
-                        const float* row =
-                            probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
-                        p1.insert(p1.end(), row, row + one.max_context_len);
+    for (bool tensor_cores : {false, true}) {
+        CudaBackendOptions options;
+        options.tensor_core_attention = tensor_cores;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        SCOPED_TRACE(tensor_cores ? "tensor cores" : "CUDA cores");
+        for (int window : {0, 100, 1000}) {
+            for (bool reuse : {false, true}) {
+                SCOPED_TRACE(std::string(reuse ? "reuse" : "attention") + " window " + std::to_string(window));
+                const AttnSetup s = MakeSetup(rng, c, DType::kF16);
+                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                const KvPlane k = UploadPlane(gpu_.get(), s.k, DType::kF16),
+                              v = UploadPlane(gpu_.get(), s.v, DType::kF16);
+                Twin q = Both(RandomVector(rng, s.num_tokens * width), s.num_tokens, width, width);
+                const std::vector<float> probs = WindowedProbs(rng, s, c.num_heads, window);
+                auto run = [&](const AttnSetup& one, const Tensor& qv, const std::vector<float>& p) {
+                    Twin out = Both(std::vector<float>(one.num_tokens * width, kNaN), one.num_tokens, width, width);
+                    AttentionBatch b = UploadBatch(gpu_.get(), one);
+                    b.sliding_window = window;
+                    if (reuse) {
+                        gpu_->ReuseAttention(static_cast<float*>(UploadTo(gpu_.get(), p)), v, b, c.num_heads, out.gpu);
+                    } else {
+                        gpu_->Attention(qv, k, v, b, c.num_heads, out.gpu, nullptr);
                     }
+                    return Fetch(gpu_.get(), out.gpu, 0);
+                };
+                const std::vector<float> batched = run(s, q.gpu, probs);
+                for (size_t i = 0; i < c.context_lens.size(); ++i) {
+                    const int begin = s.query_start[i], end = s.query_start[i + 1];
+                    const AttnSetup one = testutil::OneSequence(s, static_cast<int>(i));
+                    std::vector<float> p1;
+                    for (int t = begin; t < end; ++t) {
+                        for (int h = 0; h < c.num_heads; ++h) {
+                            const float* row =
+                                probs.data() + (static_cast<size_t>(t) * c.num_heads + h) * s.max_context_len;
+                            p1.insert(p1.end(), row, row + one.max_context_len);
+                        }
+                    }
+                    const std::vector<float> single = run(one, q.gpu.Rows(begin, end - begin), p1);
+                    EXPECT_EQ(std::memcmp(single.data(), batched.data() + begin * width, single.size() * sizeof(float)),
+                              0)
+                        << "sequence " << i;
                 }
-                const std::vector<float> single = run(one, q.gpu.Rows(begin, end - begin), p1);
-                EXPECT_EQ(std::memcmp(single.data(), batched.data() + begin * width, single.size() * sizeof(float)), 0)
-                    << "sequence " << i;
             }
         }
     }

@@ -183,6 +183,64 @@ __device__ void MergeSplits(const float* __restrict__ part_acc, const float* __r
     }
 }
 
+// The end of a decode block, after its warps left their partial outputs in shared memory (s_acc
+// [kDecodeWarps][kRows][hd], s_ml [kDecodeWarps][kRows][2]: each warp's running max and sum per head): the
+// warps are merged per head; a token of one split writes `out` (normalised) and `stats`, otherwise the block
+// writes its split's part_acc / part_ml and, with `counters`, the last split block to finish merges them.
+template <bool kReuse, int kRows>
+__device__ __forceinline__ void FinishDecodeBlock(const float* s_acc, const float* s_ml, int nh, int hd, int s, int t,
+                                                  int h0, int split, int num_splits, int max_splits,
+                                                  const PagedBatch& b, float* __restrict__ out, int64_t out_ld,
+                                                  float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                                  float* __restrict__ stats, unsigned* __restrict__ counters) {
+    for (int idx = threadIdx.x; idx < nh * hd; idx += kDecodeThreads) {
+        const int r = idx / hd, e = idx % hd;
+        float mm = -FLT_MAX;
+        if constexpr (!kReuse) {
+#pragma unroll
+            for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, s_ml[(w * kRows + r) * 2]);
+        }
+        float sum = 0.f, ll = 0.f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) {
+            const float f = kReuse ? 1.0f : expf(s_ml[(w * kRows + r) * 2] - mm);
+            sum += s_acc[(w * kRows + r) * hd + e] * f;
+            if (!kReuse) ll += s_ml[(w * kRows + r) * 2 + 1] * f;
+        }
+        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h0 + r;
+        if (num_splits == 1) {
+            out[t * out_ld + static_cast<int64_t>(h0 + r) * hd + e] = kReuse ? sum : sum / ll;
+            if (!kReuse && e == 0 && stats != nullptr) {
+                stats[row * 2] = mm;
+                stats[row * 2 + 1] = ll;
+            }
+        } else {
+            const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h0 + r) * max_splits + split;
+            part_acc[part * hd + e] = sum;
+            if (!kReuse && e == 0) {
+                part_ml[part * 2] = mm;
+                part_ml[part * 2 + 1] = ll;
+            }
+        }
+    }
+    if (num_splits > 1 && counters != nullptr) {
+        // The last of this token's split blocks (for these heads) to finish merges every split, in split order,
+        // instead of a separate CombineKernel launch; it leaves the counter at zero for the next step.
+        __shared__ bool last;
+        __shared__ float merge_ml[kRows][2];
+        unsigned* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
+        __threadfence();  // this block's partials are visible to the block that merges
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned>(num_splits - 1);
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        MergeSplits<kReuse>(part_acc, part_ml, max_splits, num_splits, s, t, h0, nh, hd, b.num_heads, out, out_ld,
+                            stats, merge_ml);
+        if (threadIdx.x == 0) *counter = 0;
+    }
+}
+
 // The decode kernel. grid (max_splits, num_kv_heads · head_groups, num_seqs), kDecodeThreads threads; a block
 // serves up to kRep query heads of one KV head (kRep = 1 when each block has a single head, as for MHA, which
 // keeps registers low; kMaxRep otherwise). Blocks of sequences with more than one query token, and splits
@@ -353,52 +411,244 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < nh * hd; idx += kDecodeThreads) {
-        const int r = idx / hd, e = idx % hd;
-        float mm = -FLT_MAX;
+    FinishDecodeBlock<kReuse, kRep>(s_acc, s_ml, nh, hd, s, t, h0, split, num_splits, max_splits, b, out, out_ld,
+                                    part_acc, part_ml, stats, counters);
+}
+
+// ---- Decode on tensor cores (PagedBatch::tensor_cores, 16-bit K/V planes, head_dim 64 or 128) ----
+//
+// The same work split as DecodeStreamKernel (a block: one decode token, one KV head, up to kMmaHeads of its
+// query heads, one split of the context; the warps take turns over 16-token tiles), but QK^T and P·V run as
+// mma.sync.m16n8k16 with fp32 accumulation. The m16 tile's rows 0-7 hold the 16-bit high parts of the block's
+// query heads and rows 8-15 their low parts (x - hi, rounded again), so a row's result is the sum of its
+// two halves and the scores and the P·V products keep fp32 accuracy (the CPU oracle's tolerance); the eight
+// spare rows of a decode tile cost nothing, since the kernel is bound by the K/V bytes it reads.
+//
+// Every fragment comes straight from global memory in 16-byte loads, without shared-memory staging:
+//  - QK^T: a lane (g = lane / 4, c = lane % 4) loads dims [32·ch + 8c, +8) of token g of an n8 tile; the k order
+//    inside each k16 step is permuted the same way for the Q fragment (k 2c, 2c+1 -> dims 8c+4s, +1; k 2c+8,
+//    2c+9 -> 8c+4s+2, +3 in step s of the chunk), which a dot product does not see.
+//  - P·V: the k index is the token, so a B register needs two tokens' values of one dim. A lane loads dims
+//    [64·hh + 8g, +8) of tokens 2c, 2c+1, 2c+8, 2c+9 and pairs them with byte permutes; output column n of
+//    n8 tile nt is dim (nt / 8)·64 + 8n + nt % 8 (kMmaDim), undone when the block writes its result.
+constexpr int kMmaHeads = 8;  // query heads per tensor-core decode block (the high rows of an m16 tile)
+constexpr int kMmaTile = 16;  // cached tokens per warp step (two n8 tiles of scores, one k16 step of P·V)
+
+__device__ __forceinline__ int KmmaDim(int nt, int n) { return (nt >> 3) * 64 + n * 8 + (nt & 7); }
+
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(T lo_elem, T hi_elem) {
+    uint16_t a, b;
+    memcpy(&a, &lo_elem, 2);
+    memcpy(&b, &hi_elem, 2);
+    return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
+}
+
+// x0, x1 as two 16-bit pairs: hi = (T(x0), T(x1)) and lo = (T(x0 - hi0), T(x1 - hi1)).
+template <typename T>
+__device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const T h0 = FromFloat<T>(x0), h1 = FromFloat<T>(x1);
+    hi = PackPair(h0, h1);
+    lo = PackPair(FromFloat<T>(x0 - ToFloat(h0)), FromFloat<T>(x1 - ToFloat(h1)));
+}
+
+// d += A·B for one m16n8k16 tile: a row-major A fragment, a column-major B fragment, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same_v<T, __half>) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core attention reads 16-bit planes");
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+__device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
+    return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+
+// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads.
+template <typename T, int kHd, bool kReuse>
+__global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
+    const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
+    const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
+    const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, int heads_per_block, int max_splits, float* __restrict__ out, int64_t out_ld,
+    float* __restrict__ part_acc, float* __restrict__ part_ml, float* __restrict__ stats, float* __restrict__ probs,
+    int64_t probs_ld, unsigned* __restrict__ counters) {
+    PdlEnter();
+    static_assert(kHd == 64 || kHd == 128, "specialised head dims only");
+    constexpr int kChunks = kHd / 32;  // QK^T: 32-dim chunks, two k16 steps each
+    constexpr int kNTiles = kHd / 8;   // P·V: n8 tiles of the output
+    constexpr int kHalves = kHd / 64;  // P·V: 64-dim ranges of a lane's V loads
+    const int s = blockIdx.z;
+    const int t = b.query_start[s];
+    if (b.query_start[s + 1] - t != 1) return;
+    const int n_ctx = b.positions[t] + 1;
+    const DecodeSplits sp = SplitsFor(n_ctx - 1, b.sliding_window);
+    const int num_splits = sp.num_splits;
+    const int split = blockIdx.x;
+    if (split >= num_splits) return;
+    const int n_rep = b.num_heads / b.num_kv_heads;
+    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
+    const int kvh = blockIdx.y / groups_per_kv;
+    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
+    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
+    const float scale = 1.0f / sqrtf(static_cast<float>(kHd));  // the CPU backend's rounding
+    const int start = sp.begin + split * sp.chunk;
+    const int end = min(n_ctx, start + sp.chunk);
+    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const bool row_ok = g < nh;  // lane's row: query head h0 + g
+    const int64_t prow = (static_cast<int64_t>(t) * b.num_heads + h0 + g) * probs_ld;
+
+    // Q's A fragments, [chunk][step][register] (hi in rows g, lo in rows g + 8).
+    uint32_t qa[kReuse ? 1 : kChunks][2][4];
+    if constexpr (!kReuse) {
+        const float* qrow = q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd;
+#pragma unroll
+        for (int ch = 0; ch < kChunks; ++ch) {
+            float x[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) x[i] = row_ok ? qrow[ch * 32 + c * 8 + i] : 0.f;
+#pragma unroll
+            for (int st = 0; st < 2; ++st) {
+                SplitPair<T>(x[st * 4], x[st * 4 + 1], qa[ch][st][0], qa[ch][st][1]);
+                SplitPair<T>(x[st * 4 + 2], x[st * 4 + 3], qa[ch][st][2], qa[ch][st][3]);
+            }
+        }
+    }
+    float o[kNTiles][4];
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+    float m = -FLT_MAX, l = 0.f;  // row g's running max; this lane's share of its sum
+    for (int j0 = start + warp * kMmaTile; j0 < end; j0 += kDecodeWarps * kMmaTile) {
+        uint4 kr[2][kReuse ? 1 : kChunks];  // token j0 + 8·tile + g, dims 32·ch + 8c ..
+        uint4 vr[4][kHalves];               // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
         if constexpr (!kReuse) {
 #pragma unroll
-            for (int w = 0; w < kDecodeWarps; ++w) mm = fmaxf(mm, s_ml[(w * kRep + r) * 2]);
-        }
-        float sum = 0.f, ll = 0.f;
+            for (int tile = 0; tile < 2; ++tile) {
+                const int j = j0 + tile * 8 + g;
+                if (j < end) {
+                    const T* row = k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + c * 8;
 #pragma unroll
-        for (int w = 0; w < kDecodeWarps; ++w) {
-            const float f = kReuse ? 1.0f : expf(s_ml[(w * kRep + r) * 2] - mm);
-            sum += s_acc[(w * kRep + r) * hd + e] * f;
-            if (!kReuse) ll += s_ml[(w * kRep + r) * 2 + 1] * f;
+                    for (int ch = 0; ch < kChunks; ++ch)
+                        kr[tile][ch] = __ldg(reinterpret_cast<const uint4*>(row + ch * 32));
+                } else {
+#pragma unroll
+                    for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = make_uint4(0, 0, 0, 0);
+                }
+            }
         }
-        const int64_t row = static_cast<int64_t>(t) * b.num_heads + h0 + r;
-        if (num_splits == 1) {
-            out[t * out_ld + static_cast<int64_t>(h0 + r) * hd + e] = kReuse ? sum : sum / ll;
-            if (!kReuse && e == 0 && stats != nullptr) {
-                stats[row * 2] = mm;
-                stats[row * 2 + 1] = ll;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int j = j0 + 2 * c + (i & 1) + (i >> 1) * 8;
+            if (j < end) {  // V past the split must be 0, not stale: P is 0 there but 0 · NaN is not
+                const T* row = v_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + g * 8;
+#pragma unroll
+                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = __ldg(reinterpret_cast<const uint4*>(row + hh * 64));
+            } else {
+#pragma unroll
+                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = make_uint4(0, 0, 0, 0);
+            }
+        }
+        float p[2][2];  // [tile][i]: token j0 + 8·tile + 2c + i of row g
+        if constexpr (!kReuse) {
+            float sc[2][4];
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+                sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
+#pragma unroll
+                for (int ch = 0; ch < kChunks; ++ch) {
+                    Mma16816<T>(sc[tile], qa[ch][0], kr[tile][ch].x, kr[tile][ch].y);
+                    Mma16816<T>(sc[tile], qa[ch][1], kr[tile][ch].z, kr[tile][ch].w);
+                }
+            }
+            float mx = -FLT_MAX;
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int j = j0 + tile * 8 + 2 * c + i;
+                    const float v = (sc[tile][i] + sc[tile][2 + i]) * scale;  // hi row + lo row
+                    if (j < end) {
+                        if (row_ok && probs != nullptr) probs[prow + j] = v;
+                        p[tile][i] = v;
+                        mx = fmaxf(mx, v);
+                    } else {
+                        p[tile][i] = -FLT_MAX;
+                    }
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m, mx);
+            const float corr = expf(m - m_new);
+            float sum = 0.f;
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    p[tile][i] = p[tile][i] == -FLT_MAX ? 0.f : expf(p[tile][i] - m_new);
+                    sum += p[tile][i];
+                }
+            }
+            l = l * corr + sum;
+            m = m_new;
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) o[nt][i] *= corr;
             }
         } else {
-            const int64_t part = (static_cast<int64_t>(s) * b.num_heads + h0 + r) * max_splits + split;
-            part_acc[part * hd + e] = sum;
-            if (!kReuse && e == 0) {
-                part_ml[part * 2] = mm;
-                part_ml[part * 2 + 1] = ll;
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int j = j0 + tile * 8 + 2 * c + i;
+                    p[tile][i] = row_ok && j < end ? __ldg(probs + prow + j) : 0.f;
+                }
             }
         }
+        uint32_t pa[4];  // P's A fragment: tokens 2c, 2c+1 (tile 0) and 2c+8, 2c+9 (tile 1); hi rows, lo rows
+        SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
+        SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+            const int hh = nt >> 3, w = (nt & 7) >> 1;
+            const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;  // the high or low halves of two words
+            const uint32_t b0 = __byte_perm(Word(vr[0][hh], w), Word(vr[1][hh], w), sel);
+            const uint32_t b1 = __byte_perm(Word(vr[2][hh], w), Word(vr[3][hh], w), sel);
+            Mma16816<T>(o[nt], pa, b0, b1);
+        }
     }
-    if (num_splits > 1 && counters != nullptr) {
-        // The last of this token's split blocks (for these heads) to finish merges every split, in split order,
-        // instead of a separate CombineKernel launch; it leaves the counter at zero for the next step.
-        __shared__ bool last;
-        __shared__ float merge_ml[kMaxRep][2];
-        unsigned* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
-        __threadfence();  // this block's partials are visible to the block that merges
-        __syncthreads();
-        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned>(num_splits - 1);
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-        MergeSplits<kReuse>(part_acc, part_ml, max_splits, num_splits, s, t, h0, nh, hd, b.num_heads, out, out_ld,
-                            stats, merge_ml);
-        if (threadIdx.x == 0) *counter = 0;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    extern __shared__ float smem[];
+    float* s_acc = smem;                                  // [kDecodeWarps][kMmaHeads][hd]
+    float* s_ml = smem + kDecodeWarps * kMmaHeads * kHd;  // [kDecodeWarps][kMmaHeads][2]
+    if (row_ok) {
+        float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+            acc[KmmaDim(nt, 2 * c)] = o[nt][0] + o[nt][2];
+            acc[KmmaDim(nt, 2 * c + 1)] = o[nt][1] + o[nt][3];
+        }
+        if (c == 0) {
+            s_ml[(warp * kMmaHeads + g) * 2] = m;
+            s_ml[(warp * kMmaHeads + g) * 2 + 1] = l;
+        }
     }
+    __syncthreads();
+    FinishDecodeBlock<kReuse, kMmaHeads>(s_acc, s_ml, nh, kHd, s, t, h0, split, num_splits, max_splits, b, out, out_ld,
+                                         part_acc, part_ml, stats, counters);
 }
 
 // grid (num_seqs · num_heads): merges the splits of a decode token's row, in split order.
@@ -564,17 +814,29 @@ int MaxAttended(const PagedBatch& b) {
     return b.sliding_window > 0 ? std::min(b.max_context_len, b.sliding_window) : b.max_context_len;
 }
 
-DecodePlan PlanDecode(const PagedBatch& b) {
+// Whether a decode launch over planes of T runs DecodeMmaKernel.
+template <typename T>
+bool DecodeOnTensorCores(const PagedBatch& b) {
+    // MHA stays on the CUDA-core kernel: one real row of 16 lost to it (81% against 95% of copy bandwidth at
+    // Llama-2-7B 16x4096, docs/gpu-notes.md); GQA gains (66% against 44% at Llama-3-8B 16x4096).
+    return sizeof(T) == 2 && b.tensor_cores && b.num_heads / b.num_kv_heads >= 2 &&
+           (b.head_dim == 64 || b.head_dim == 128);
+}
+
+DecodePlan PlanDecode(const PagedBatch& b, bool mma) {
     DecodePlan p;
     const int n_rep = b.num_heads / b.num_kv_heads;
-    p.head_groups = b.heads_per_block == 1 ? n_rep : (n_rep + kMaxRep - 1) / kMaxRep;
+    const int most = mma ? kMmaHeads : kMaxRep;
+    p.head_groups = b.heads_per_block == 1 ? n_rep : (n_rep + most - 1) / most;
     p.heads_per_block = (n_rep + p.head_groups - 1) / p.head_groups;
     p.max_splits = std::max(kTargetSplits + 1, (MaxAttended(b) + kMaxChunk - 1) / kMaxChunk);
     return p;
 }
 
-// The stream kernel's cross-warp merge: [kDecodeWarps][kMaxRep][head_dim] partial outputs and (max, sum).
-size_t DecodeSmem(int head_dim) { return sizeof(float) * kDecodeWarps * kMaxRep * (head_dim + 2); }
+// The decode kernels' cross-warp merge: [kDecodeWarps][heads][head_dim] partial outputs and (max, sum).
+size_t DecodeSmem(int head_dim, bool mma) {
+    return sizeof(float) * kDecodeWarps * (mma ? kMmaHeads : kMaxRep) * (head_dim + 2);
+}
 
 size_t PrefillSmem(int head_dim) {
     return sizeof(float) * (static_cast<size_t>(kBq + kBk) * (head_dim + 1) + static_cast<size_t>(kBq) * (kBk + 1));
@@ -583,24 +845,29 @@ size_t PrefillSmem(int head_dim) {
 template <typename T, bool kReuse>
 void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out, int64_t out_ld,
                   float* probs, int64_t probs_ld, const AttentionWorkspace& ws, Stream stream) {
-    const DecodePlan p = PlanDecode(b);
+    const bool mma = DecodeOnTensorCores<T>(b);
+    const DecodePlan p = PlanDecode(b, mma);
     const dim3 grid(p.max_splits, b.num_kv_heads * p.head_groups, b.num_seqs);
-    const size_t smem = DecodeSmem(b.head_dim);
+    const size_t smem = DecodeSmem(b.head_dim, mma);
     // The last split block merges (no combine launch) only for few sequences: it saves a launch per layer at
     // batch 1, but at batch 16-32 the merges of many tokens pile up in the kernel's tail while a separate
     // combine kernel spreads them over the device (measured in docs/gpu-notes.md run 9). Both paths run
     // MergeSplits in split order, so the choice by batch size keeps results batch-invariant.
     unsigned* counters = b.num_seqs <= kFusedMergeMaxSeqs ? ws.split_counters : nullptr;
     auto launch = [&](auto kernel) {
-        LaunchKernel("DecodeStreamKernel", kernel, grid, kDecodeThreads, smem, stream, q, q_ld, k, v, b,
-                     p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs, probs_ld,
-                     counters);
+        LaunchKernel(mma ? "DecodeMmaKernel" : "DecodeStreamKernel", kernel, grid, kDecodeThreads, smem, stream, q,
+                     q_ld, k, v, b, p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats,
+                     probs, probs_ld, counters);
     };
     // Lane groups: 16-byte loads per lane where head_dim allows.
     constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
     constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
     const bool mha = p.heads_per_block == 1;
-    if (b.head_dim == 128) {
+    if (mma) {
+        if constexpr (sizeof(T) == 2) {
+            launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
+        }
+    } else if (b.head_dim == 128) {
         mha ? launch(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)
             : launch(DecodeStreamKernel<T, 128, kG128, kMaxRep, kReuse>);
     } else if (b.head_dim == 64) {
@@ -639,7 +906,7 @@ void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const P
 bool AttentionSupportsHeadDim(int head_dim) { return head_dim > 0 && head_dim <= kGenericMaxHeadDim; }
 
 void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[4]) {
-    const DecodePlan p = PlanDecode(b);
+    const DecodePlan p = PlanDecode(b, false);  // max_splits does not depend on the kernel
     const int64_t parts = static_cast<int64_t>(b.num_seqs) * b.num_heads * p.max_splits;
     sizes[0] = parts * b.head_dim;
     sizes[1] = parts * 2;

@@ -406,6 +406,7 @@ class CudaBackend final : public Backend {
         b.num_kv_heads = plane.num_kv_heads;
         b.head_dim = plane.head_dim;
         b.heads_per_block = options_.decode_heads_per_block;
+        b.tensor_cores = options_.tensor_core_attention;
         return b;
     }
 

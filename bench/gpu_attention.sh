@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One device call for the tensor-core decode attention (issue 17): builds on the GPU machine, runs the attention
+# op tests and the whole-model logits tests against the CPU oracle (CUDA-core and tensor-core plans),
+# compute-sanitizer on the tensor-core kernel, the per-layer attention timings of uniattn-kernel-bench, and decode
+# steps of uniattn-bench with --tensor-core-attention 0 and 1 alternating. Logs under $OUT.
+#   carry: [".device-carry"]  (googletest, nlohmann-json, CLI11, stories15M in fp16: docs/gpu-notes.md)
+#   env: STAGES="build tests sanitize kernels decode" (a subset runs only those), TESTS (gtest filter, default
+#        all), ROUNDS (decode rounds, 2), CONFIGS (decode configs, "llama3-8b llama2-7b")
+set -u
+OUT=${OUT:-/tmp/uniattn-out}
+STAGES=${STAGES:-build tests sanitize kernels decode}
+mkdir -p "$OUT" models
+[ -e models/stories15M ] || ln -s "$PWD/.device-carry/stories15M" models/stories15M
+B=build-gpu
+T0=$(date +%s)
+say() { echo "### $* (t=$(($(date +%s) - T0))s)" | tee -a "$OUT/summary.txt"; }
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
+if has build; then
+    if [[ ! -d /tmp/gtinst ]]; then
+        cmake -S .device-carry/googletest -B /tmp/gt -G Ninja -DCMAKE_BUILD_TYPE=Release \
+            -DCMAKE_INSTALL_PREFIX=/tmp/gtinst >/dev/null && cmake --build /tmp/gt --target install >/dev/null
+    fi
+    cmake -S . -B $B -G Ninja -DUNIATTN_SERVER=OFF -DUNIATTN_CUDA=ON \
+        -DCMAKE_PREFIX_PATH="/tmp/gtinst;$PWD/.device-carry/deps" >"$OUT/build.log" 2>&1
+    timeout 300 ninja -C $B gpu_tests engine_tests uniattn-bench uniattn-kernel-bench >>"$OUT/build.log" 2>&1
+    say "build rc=$?"
+    grep -E "error" -A3 "$OUT/build.log" | head -20
+fi
+if has tests; then
+    timeout 280 $B/bin/gpu_tests --gtest_color=no --gtest_filter="${TESTS:-*}" >"$OUT/gpu_tests.log" 2>&1
+    say "gpu_tests ${TESTS:-*} rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/gpu_tests.log" | tr '\n' ' ')"
+    grep -E "^\[  FAILED|Failure|Which is|Expected|tensor cores" "$OUT/gpu_tests.log" | head -40
+fi
+if has sanitize; then
+    for tool in memcheck racecheck; do
+        timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $B/bin/gpu_tests --gtest_color=no \
+            --gtest_filter='CudaAttentionTest.MatchesCpu:CudaAttentionTest.ReuseMatchesCpu' >"$OUT/$tool.log" 2>&1
+        say "$tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/$tool.log" | tr '\n' ' ')"
+    done
+fi
+if has kernels; then
+    for c in llama3-8b llama2-7b; do
+        timeout 120 $B/bin/uniattn-kernel-bench --config bench/configs/$c.json --attention-only \
+            --decode 1x512,16x640,16x4096,64x640,256x640 >"$OUT/kernels-$c.log" 2>&1
+        say "kernel bench $c rc=$?"
+        grep -E "copy|Attention" "$OUT/kernels-$c.log"
+    done
+fi
+if has decode; then
+    for round in $(seq ${ROUNDS:-2}); do
+        for tc in 0 1; do
+            for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+                timeout 100 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
+                    --decode 1x512,16x4096,64x640,256x640 --steps 10 --warmup 2 --tensor-core-attention $tc \
+                    >"$OUT/decode-$c-tc$tc-r$round.log" 2>&1
+                say "decode $c tensor cores $tc round $round rc=$?"
+                grep -E "^\|" "$OUT/decode-$c-tc$tc-r$round.log" | head -14
+            done
+        done
+    done
+fi
+cat "$OUT/summary.txt"

@@ -183,6 +183,36 @@ __device__ void MergeSplits(const float* __restrict__ part_acc, const float* __r
     }
 }
 
+// What a decode block works on (grid (max_splits, Hkv · head_groups, num_seqs)): sequence s's token t, the
+// query heads h0 .. h0+nh-1 of KV head kvh, context positions [start, end) of its split. ok is false for blocks
+// with nothing to do (a sequence with several query tokens, a split past the token's own).
+struct DecodeBlock {
+    bool ok;
+    int s, t, n_ctx, num_splits, split, kvh, h0, nh, start, end;
+    const int32_t* table;
+};
+__device__ __forceinline__ DecodeBlock LocateDecodeBlock(const PagedBatch& b, int heads_per_block) {
+    DecodeBlock d{};
+    d.s = blockIdx.z;
+    d.t = b.query_start[d.s];
+    if (b.query_start[d.s + 1] - d.t != 1) return d;
+    d.n_ctx = b.positions[d.t] + 1;
+    const DecodeSplits sp = SplitsFor(d.n_ctx - 1, b.sliding_window);
+    d.num_splits = sp.num_splits;
+    d.split = blockIdx.x;
+    if (d.split >= d.num_splits) return d;
+    const int n_rep = b.num_heads / b.num_kv_heads;
+    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
+    d.kvh = blockIdx.y / groups_per_kv;
+    d.h0 = d.kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
+    d.nh = min(heads_per_block, d.kvh * n_rep + n_rep - d.h0);
+    d.start = sp.begin + d.split * sp.chunk;
+    d.end = min(d.n_ctx, d.start + sp.chunk);
+    d.table = b.block_tables + static_cast<int64_t>(d.s) * b.max_blocks_per_seq;
+    d.ok = true;
+    return d;
+}
+
 // The end of a decode block, after its warps left their partial outputs in shared memory (s_acc
 // [kDecodeWarps][kRows][hd], s_ml [kDecodeWarps][kRows][2]: each warp's running max and sum per head): the
 // warps are merged per head; a token of one split writes `out` (normalised) and `stats`, otherwise the block
@@ -270,24 +300,13 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     constexpr int kStride = kDecodeWarps * kTokPerWarp;
     // Tokens per group per iteration: kU K rows and kU V rows in flight (V only when reusing).
     constexpr int kU = kReuse ? 8 : (kRep == 1 ? 4 : 2);
-    const int s = blockIdx.z;
-    const int t = b.query_start[s];
-    if (b.query_start[s + 1] - t != 1) return;
-    const int n_ctx = b.positions[t] + 1;
-    const DecodeSplits sp = SplitsFor(n_ctx - 1, b.sliding_window);
-    const int num_splits = sp.num_splits;
-    const int split = blockIdx.x;
-    if (split >= num_splits) return;
+    const DecodeBlock blk = LocateDecodeBlock(b, heads_per_block);
+    if (!blk.ok) return;
+    const int s = blk.s, t = blk.t, num_splits = blk.num_splits, split = blk.split, kvh = blk.kvh, h0 = blk.h0;
+    const int nh = blk.nh, start = blk.start, end = blk.end;
+    const int32_t* table = blk.table;
     const int hd = kHd > 0 ? kHd : b.head_dim;
-    const int n_rep = b.num_heads / b.num_kv_heads;
-    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
-    const int kvh = blockIdx.y / groups_per_kv;
-    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
-    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
     const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
-    const int start = sp.begin + split * sp.chunk;
-    const int end = min(n_ctx, start + sp.chunk);
-    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % kGroup, tok = lane / kGroup;
 
@@ -487,23 +506,12 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     constexpr int kChunks = kHd / 32;  // QK^T: 32-dim chunks, two k16 steps each
     constexpr int kNTiles = kHd / 8;   // P·V: n8 tiles of the output
     constexpr int kHalves = kHd / 64;  // P·V: 64-dim ranges of a lane's V loads
-    const int s = blockIdx.z;
-    const int t = b.query_start[s];
-    if (b.query_start[s + 1] - t != 1) return;
-    const int n_ctx = b.positions[t] + 1;
-    const DecodeSplits sp = SplitsFor(n_ctx - 1, b.sliding_window);
-    const int num_splits = sp.num_splits;
-    const int split = blockIdx.x;
-    if (split >= num_splits) return;
-    const int n_rep = b.num_heads / b.num_kv_heads;
-    const int groups_per_kv = (n_rep + heads_per_block - 1) / heads_per_block;
-    const int kvh = blockIdx.y / groups_per_kv;
-    const int h0 = kvh * n_rep + (blockIdx.y % groups_per_kv) * heads_per_block;
-    const int nh = min(heads_per_block, kvh * n_rep + n_rep - h0);
+    const DecodeBlock blk = LocateDecodeBlock(b, heads_per_block);
+    if (!blk.ok) return;
+    const int s = blk.s, t = blk.t, num_splits = blk.num_splits, split = blk.split, kvh = blk.kvh, h0 = blk.h0;
+    const int nh = blk.nh, start = blk.start, end = blk.end;
+    const int32_t* table = blk.table;
     const float scale = 1.0f / sqrtf(static_cast<float>(kHd));  // the CPU backend's rounding
-    const int start = sp.begin + split * sp.chunk;
-    const int end = min(n_ctx, start + sp.chunk);
-    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const bool row_ok = g < nh;  // lane's row: query head h0 + g

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One device call for the tensor-core decode attention (issue 17): builds on the GPU machine, runs the attention
 # op tests and the whole-model logits tests against the CPU oracle (CUDA-core and tensor-core plans),
-# compute-sanitizer on the tensor-core kernel, the per-layer attention timings of uniattn-kernel-bench, and decode
-# steps of uniattn-bench with --tensor-core-attention 0 and 1 alternating. Logs under $OUT.
+# compute-sanitizer on the tensor-core kernels, the per-layer attention timings of uniattn-kernel-bench, and decode
+# steps and prefills of uniattn-bench with --tensor-core-attention 0 and 1 alternating. Logs under $OUT.
 #   carry: [".device-carry"]  (googletest, nlohmann-json, CLI11, stories15M in fp16: docs/gpu-notes.md)
-#   env: STAGES="build tests sanitize kernels decode" (a subset runs only those), TESTS (gtest filter, default
-#        all), ROUNDS (decode rounds, 2), CONFIGS (decode configs, "llama3-8b llama2-7b")
+#   env: STAGES="build tests sanitize kernels decode prefill" (a subset runs only those), TESTS (gtest filter,
+#        default all), ROUNDS (decode/prefill rounds, 2), CONFIGS (configs, "llama3-8b llama2-7b"),
+#        PREFILL (prompt lengths, "512,2048,4096")
 set -u
 OUT=${OUT:-/tmp/uniattn-out}
-STAGES=${STAGES:-build tests sanitize kernels decode}
+STAGES=${STAGES:-build tests sanitize kernels decode prefill}
 mkdir -p "$OUT" models
 [ -e models/stories15M ] || ln -s "$PWD/.device-carry/stories15M" models/stories15M
 B=build-gpu
@@ -56,6 +57,19 @@ if has decode; then
                     >"$OUT/decode-$c-tc$tc-r$round.log" 2>&1
                 say "decode $c tensor cores $tc round $round rc=$?"
                 grep -E "^\|" "$OUT/decode-$c-tc$tc-r$round.log" | head -14
+            done
+        done
+    done
+fi
+if has prefill; then
+    for round in $(seq ${ROUNDS:-2}); do
+        for tc in 0 1; do
+            for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+                timeout 150 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
+                    --prefill ${PREFILL:-512,2048,4096} --steps 3 --warmup 1 --tensor-core-attention $tc \
+                    >"$OUT/prefill-$c-tc$tc-r$round.log" 2>&1
+                say "prefill $c tensor cores $tc round $round rc=$?"
+                sed -n '/==== summary/,$p' "$OUT/prefill-$c-tc$tc-r$round.log"
             done
         done
     done

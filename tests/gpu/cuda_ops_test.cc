@@ -424,19 +424,23 @@ std::vector<AttnCase> AttentionCases() {
         // Decode, n_rep 7 (Qwen2.5-7B's 28/4: a head group of 7, one spare row) and n_rep 16 (MQA, two groups).
         {14, 2, 128, 16, {700, 33}, {1, 1}},
         {16, 1, 128, 16, {90, 2500}, {1, 1}},
+        // MHA prefill over several query blocks and K/V tiles of the tensor-core kernel (64 x 64), one chunk
+        // after a cached prefix of 70 tokens, the other from position 0.
+        {4, 4, 128, 16, {260, 200}, {260, 130}},
     };
 }
 
-// The decode attention plans the op tests run: up to 4 query heads sharing a block's K/V reads, one head per
-// block, and the tensor-core kernel (16-bit planes with head_dim 64/128; other cases keep the CUDA-core one).
-struct DecodePlanCase {
+// The attention plans the op tests run: up to 4 query heads sharing a decode block's K/V reads, one head per
+// decode block, and the tensor-core kernels (16-bit planes with head_dim 64/128: GQA decode and every prefill;
+// other cases keep the CUDA-core kernels).
+struct AttentionPlanCase {
     int heads_per_block;
     bool tensor_cores;
     const char* name;
 };
-constexpr DecodePlanCase kDecodePlans[] = {{0, false, "decode: heads share K/V reads"},
-                                           {1, false, "decode: one head per block"},
-                                           {0, true, "decode: tensor cores"}};
+constexpr AttentionPlanCase kAttentionPlans[] = {{0, false, "decode: heads share K/V reads"},
+                                                 {1, false, "decode: one head per block"},
+                                                 {0, true, "tensor cores (GQA decode, prefill)"}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
@@ -572,7 +576,7 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MatchesCpu) {
     Rng rng(103);
-    for (const DecodePlanCase& plan : kDecodePlans) {
+    for (const AttentionPlanCase& plan : kAttentionPlans) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;
@@ -591,7 +595,7 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
 
 TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     Rng rng(104);
-    for (const DecodePlanCase& plan : kDecodePlans) {
+    for (const AttentionPlanCase& plan : kAttentionPlans) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;
@@ -613,7 +617,7 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
 // probabilities, and the reuse layer reading windowed P. Windows larger than a context equal no window.
 TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
     Rng rng(109);
-    for (const DecodePlanCase& plan : kDecodePlans) {
+    for (const AttentionPlanCase& plan : kAttentionPlans) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;

@@ -12,7 +12,8 @@
 //
 // Prefill (sequences with a multi-token chunk): flash-style tiles. A block owns kBq query tokens of one
 // sequence and one query head, walks the cache in tiles of kBk tokens with an online softmax, and never
-// materialises the score matrix.
+// materialises the score matrix. With tensor cores (16-bit planes, head_dim 64/128) PrefillMmaKernel does
+// the same on mma.sync with 64 x 64 tiles staged in shared memory; otherwise PrefillKernel on CUDA cores.
 //
 // Sliding window (Mistral): a token at pos attends to pos - W < j <= pos. Decode splits cut only the window
 // (SplitsFor), so positions before it cost no block and no load; prefill tiles start at the window of the
@@ -812,6 +813,289 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     }
 }
 
+// ---- Prefill on tensor cores (PagedBatch::tensor_cores, 16-bit K/V planes, head_dim 64 or 128) ----
+//
+// Flash-attention tiles on mma.sync.m16n8k16 with fp32 accumulation. A block owns kPmRows query tokens of one
+// sequence and one query head (16 rows per warp) and walks the cached tokens in tiles of kPmTile, staged in
+// shared memory by cp.async (two stages: the next tile loads while this one is used) and read into fragments
+// with ldmatrix (K as stored for QK^T, V transposed for P·V). The activations stay fp32-accurate as in the
+// decode kernel, here with two MMAs per product: Q (fp32) is split into a 16-bit high part and the rounded
+// rest, both multiply the same K fragment into the same accumulator, and P likewise against V. That doubles
+// the tensor-core work (still a small part of a prefill next to its GEMMs) and keeps the CPU oracle's
+// tolerance. Online softmax per row in registers (each row's 64 scores of a tile live in the four lanes of a
+// quad); the row sums stay per lane until the end. kReuse: P read from the anchor's probabilities
+// (normalised), only V staged, no K, no softmax. Same outputs as PrefillKernel (raw scores into probs,
+// (max, sum) into stats for anchors), and the same tiles for a sequence in any batch.
+constexpr int kPmWarps = 4;
+constexpr int kPmRows = 16 * kPmWarps;  // query tokens per block
+constexpr int kPmTile = 64;             // cached tokens per tile
+constexpr int kPmThreads = 32 * kPmWarps;
+constexpr int kPmPad = 8;  // 16-bit elements of padding per staged row: ldmatrix's 8 rows hit distinct banks
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (nothing is read then).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+// Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void LdMatrix4(uint32_t (&r)[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(SmemAddr(row)));
+}
+__device__ __forceinline__ void LdMatrix4T(uint32_t (&r)[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(SmemAddr(row)));
+}
+
+// grid (query tiles of kPmRows, Hq, num_seqs), kPmThreads threads; sequences with one query token exit. Lane
+// (g = lane / 4, c = lane % 4) of warp w holds rows w·16 + g and w·16 + g + 8 of the block: score columns 2c,
+// 2c + 1 of every n8 tile, output dims 2c, 2c + 1 of every n8 tile of the head.
+template <typename T, int kHd, bool kReuse>
+__global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
+    const float* __restrict__ q, int64_t q_ld,                           // [T, Hq·hd]
+    const T* __restrict__ k_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    const T* __restrict__ v_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, float scale, float* __restrict__ out, int64_t out_ld,  // [T, Hq·hd]
+    float* __restrict__ probs, int64_t probs_ld, float* __restrict__ stats) {
+    PdlEnter();
+    constexpr int kLd = kHd + kPmPad;           // staged row stride, elements
+    constexpr int kChunks = kHd / 8;            // 16-byte chunks per row
+    constexpr int kKSteps = kHd / 16;           // k16 steps of QK^T
+    constexpr int kSTiles = kPmTile / 8;        // n8 score tiles per tile
+    constexpr int kOTiles = kHd / 8;            // n8 output tiles
+    const int s = blockIdx.z, h = blockIdx.y;
+    const int q0 = b.query_start[s], q1 = b.query_start[s + 1];
+    if (q1 - q0 == 1) return;  // single-token sequences go to the decode kernel
+    // Longest tiles first: the last query rows of a causal chunk attend to the most positions.
+    const int t0 = q0 + (gridDim.x - 1 - blockIdx.x) * kPmRows;
+    if (t0 >= q1) return;
+    const int nq = min(kPmRows, q1 - t0);
+    const int kvh = h / (b.num_heads / b.num_kv_heads);
+    const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+
+    extern __shared__ __align__(16) unsigned char pm_smem[];
+    T* s_k = reinterpret_cast<T*>(pm_smem);               // [2][kPmTile][kLd] (anchors and normal layers)
+    T* s_v = s_k + (kReuse ? 0 : 2 * kPmTile * kLd);      // [2][kPmTile][kLd]
+
+    // This lane's two rows (a: g, b: g + 8 of the warp's 16): the positions they attend to.
+    const int ra = warp * 16 + g, rb = ra + 8;
+    const int pos_a = ra < nq ? b.positions[t0 + ra] : -1, pos_b = rb < nq ? b.positions[t0 + rb] : -1;
+    const int lo_a = ra < nq ? WindowStart(pos_a, b.sliding_window) : 0;
+    const int lo_b = rb < nq ? WindowStart(pos_b, b.sliding_window) : 0;
+    const int max_pos = b.positions[t0 + nq - 1];  // a chunk's positions are consecutive
+    const int first = WindowStart(b.positions[t0], b.sliding_window);
+    // The warp's rows attend to [warp_lo, warp_hi]; tiles outside it are skipped by this warp.
+    const int warp_r0 = warp * 16;
+    const int warp_hi = warp_r0 < nq ? b.positions[t0 + min(nq - 1, warp_r0 + 15)] : -1;
+    const int warp_lo = warp_r0 < nq ? WindowStart(b.positions[t0 + warp_r0], b.sliding_window) : 0;
+
+    // Q of the two rows as hi/lo fragments (A operand, row-major): k 2c, 2c+1 and 2c+8, 2c+9 of each k16 step.
+    uint32_t qh[kReuse ? 1 : kKSteps][4], ql[kReuse ? 1 : kKSteps][4];
+    if constexpr (!kReuse) {
+        const float* qa = q + (t0 + ra) * q_ld + static_cast<int64_t>(h) * kHd;
+        const float* qb = q + (t0 + rb) * q_ld + static_cast<int64_t>(h) * kHd;
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int e = ks * 16 + half * 8 + 2 * c;
+                const float2 xa = pos_a >= 0 ? make_float2(qa[e], qa[e + 1]) : make_float2(0.f, 0.f);
+                const float2 xb = pos_b >= 0 ? make_float2(qb[e], qb[e + 1]) : make_float2(0.f, 0.f);
+                SplitPair<T>(xa.x, xa.y, qh[ks][2 * half], ql[ks][2 * half]);
+                SplitPair<T>(xb.x, xb.y, qh[ks][2 * half + 1], ql[ks][2 * half + 1]);
+            }
+        }
+    }
+
+    float o[kOTiles][4];
+#pragma unroll
+    for (int i = 0; i < kOTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_a = -FLT_MAX, m_b = -FLT_MAX, l_a = 0.f, l_b = 0.f;  // l: this lane's share of the row sums
+    const int64_t prow_a = (static_cast<int64_t>(t0 + ra) * b.num_heads + h) * probs_ld;
+    const int64_t prow_b = (static_cast<int64_t>(t0 + rb) * b.num_heads + h) * probs_ld;
+
+    const int n_tiles = (max_pos - first) / kPmTile + 1;
+    auto load_tile = [&](int i) {
+        const int kt = first + i * kPmTile, stage = i & 1;
+        for (int idx = threadIdx.x; idx < kPmTile * kChunks; idx += kPmThreads) {
+            const int row = idx / kChunks, ch = idx % kChunks, j = kt + row;
+            const bool valid = j <= max_pos;
+            const int64_t off = valid ? KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + ch * 8 : 0;
+            if constexpr (!kReuse) CpAsync16(s_k + (stage * kPmTile + row) * kLd + ch * 8, k_plane + off, valid);
+            CpAsync16(s_v + (stage * kPmTile + row) * kLd + ch * 8, v_plane + off, valid);
+        }
+        CpAsyncCommit();
+    };
+    load_tile(0);
+    for (int i = 0; i < n_tiles; ++i) {
+        if (i + 1 < n_tiles) {
+            load_tile(i + 1);
+            CpAsyncWait<1>();
+        } else {
+            CpAsyncWait<0>();
+        }
+        __syncthreads();  // tile i is staged
+        const int kt = first + i * kPmTile;
+        const T* tk = s_k + (i & 1) * kPmTile * kLd;
+        const T* tv = s_v + (i & 1) * kPmTile * kLd;
+        if (kt <= warp_hi && kt + kPmTile > warp_lo) {
+            // P of this tile as A fragments (hi, lo) per k16 step of tokens.
+            uint32_t ph[kPmTile / 16][4], pl[kPmTile / 16][4];
+            if constexpr (!kReuse) {
+                float sc[kSTiles][4];
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+                for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+                    for (int np = 0; np < kSTiles / 2; ++np) {
+                        // Matrices: tokens 16np + [0,8) / [8,16) x dims 16ks + [0,8) / [8,16).
+                        uint32_t kb[4];
+                        const int tok = np * 16 + (lane / 16) * 8 + lane % 8;
+                        LdMatrix4(kb, tk + tok * kLd + ks * 16 + ((lane / 8) % 2) * 8);
+                        Mma16816<T>(sc[2 * np], qh[ks], kb[0], kb[1]);
+                        Mma16816<T>(sc[2 * np], ql[ks], kb[0], kb[1]);
+                        Mma16816<T>(sc[2 * np + 1], qh[ks], kb[2], kb[3]);
+                        Mma16816<T>(sc[2 * np + 1], ql[ks], kb[2], kb[3]);
+                    }
+                }
+                float tmax_a = -FLT_MAX, tmax_b = -FLT_MAX;
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = kt + nt * 8 + 2 * c + e;
+                        const float sa = sc[nt][e] * scale, sb = sc[nt][2 + e] * scale;
+                        const bool va = j <= pos_a && j >= lo_a, vb = j <= pos_b && j >= lo_b;
+                        if (probs != nullptr) {
+                            if (va) probs[prow_a + j] = sa;
+                            if (vb) probs[prow_b + j] = sb;
+                        }
+                        sc[nt][e] = va ? sa : -FLT_MAX;
+                        sc[nt][2 + e] = vb ? sb : -FLT_MAX;
+                        tmax_a = fmaxf(tmax_a, sc[nt][e]);
+                        tmax_b = fmaxf(tmax_b, sc[nt][2 + e]);
+                    }
+                }
+#pragma unroll
+                for (int off = 1; off <= 2; off <<= 1) {
+                    tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, off));
+                    tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, off));
+                }
+                const float mn_a = fmaxf(m_a, tmax_a), mn_b = fmaxf(m_b, tmax_b);
+                const float corr_a = m_a == -FLT_MAX ? 0.f : expf(m_a - mn_a);
+                const float corr_b = m_b == -FLT_MAX ? 0.f : expf(m_b - mn_b);
+                m_a = mn_a;
+                m_b = mn_b;
+                float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        sc[nt][e] = sc[nt][e] == -FLT_MAX ? 0.f : expf(sc[nt][e] - mn_a);
+                        sc[nt][2 + e] = sc[nt][2 + e] == -FLT_MAX ? 0.f : expf(sc[nt][2 + e] - mn_b);
+                        sum_a += sc[nt][e];
+                        sum_b += sc[nt][2 + e];
+                    }
+                }
+                l_a = l_a * corr_a + sum_a;
+                l_b = l_b * corr_b + sum_b;
+#pragma unroll
+                for (int nd = 0; nd < kOTiles; ++nd) {
+                    o[nd][0] *= corr_a;
+                    o[nd][1] *= corr_a;
+                    o[nd][2] *= corr_b;
+                    o[nd][3] *= corr_b;
+                }
+#pragma unroll
+                for (int kk = 0; kk < kPmTile / 16; ++kk) {
+                    SplitPair<T>(sc[2 * kk][0], sc[2 * kk][1], ph[kk][0], pl[kk][0]);
+                    SplitPair<T>(sc[2 * kk][2], sc[2 * kk][3], ph[kk][1], pl[kk][1]);
+                    SplitPair<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1], ph[kk][2], pl[kk][2]);
+                    SplitPair<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3], ph[kk][3], pl[kk][3]);
+                }
+            } else {
+                // The anchor's normalised probabilities, 0 outside each row's window and past its position.
+                auto p_at = [&](int64_t prow, int pos, int lo, int j) {
+                    return j <= pos && j >= lo ? probs[prow + j] : 0.f;
+                };
+#pragma unroll
+                for (int kk = 0; kk < kPmTile / 16; ++kk) {
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int j = kt + kk * 16 + half * 8 + 2 * c;
+                        SplitPair<T>(p_at(prow_a, pos_a, lo_a, j), p_at(prow_a, pos_a, lo_a, j + 1),
+                                     ph[kk][2 * half], pl[kk][2 * half]);
+                        SplitPair<T>(p_at(prow_b, pos_b, lo_b, j), p_at(prow_b, pos_b, lo_b, j + 1),
+                                     ph[kk][2 * half + 1], pl[kk][2 * half + 1]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < kPmTile / 16; ++kk) {
+#pragma unroll
+                for (int dp = 0; dp < kOTiles / 2; ++dp) {
+                    // Matrices (transposed): tokens 16kk + [0,8) / [8,16) x dims 16dp + [0,8) / [8,16).
+                    uint32_t vb[4];
+                    const int tok = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+                    LdMatrix4T(vb, tv + tok * kLd + dp * 16 + (lane / 16) * 8);
+                    Mma16816<T>(o[2 * dp], ph[kk], vb[0], vb[1]);
+                    Mma16816<T>(o[2 * dp], pl[kk], vb[0], vb[1]);
+                    Mma16816<T>(o[2 * dp + 1], ph[kk], vb[2], vb[3]);
+                    Mma16816<T>(o[2 * dp + 1], pl[kk], vb[2], vb[3]);
+                }
+            }
+        }
+        __syncthreads();  // tile i's stage is consumed before tile i + 2 loads into it
+    }
+
+    if constexpr (!kReuse) {
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+            l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+            l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+        }
+    }
+    const float inv_a = kReuse ? 1.0f : 1.0f / l_a, inv_b = kReuse ? 1.0f : 1.0f / l_b;
+#pragma unroll
+    for (int nd = 0; nd < kOTiles; ++nd) {
+        const int e = nd * 8 + 2 * c;
+        if (pos_a >= 0) {
+            float* oa = out + (t0 + ra) * out_ld + static_cast<int64_t>(h) * kHd + e;
+            oa[0] = o[nd][0] * inv_a;
+            oa[1] = o[nd][1] * inv_a;
+        }
+        if (pos_b >= 0) {
+            float* ob = out + (t0 + rb) * out_ld + static_cast<int64_t>(h) * kHd + e;
+            ob[0] = o[nd][2] * inv_b;
+            ob[1] = o[nd][3] * inv_b;
+        }
+    }
+    if (!kReuse && c == 0 && stats != nullptr) {
+        if (pos_a >= 0) {
+            const int64_t row = static_cast<int64_t>(t0 + ra) * b.num_heads + h;
+            stats[row * 2] = m_a;
+            stats[row * 2 + 1] = l_a;
+        }
+        if (pos_b >= 0) {
+            const int64_t row = static_cast<int64_t>(t0 + rb) * b.num_heads + h;
+            stats[row * 2] = m_b;
+            stats[row * 2 + 1] = l_b;
+        }
+    }
+}
+
 // How a decode launch is cut: query heads per block and the most splits of any token.
 struct DecodePlan {
     int heads_per_block, head_groups, max_splits;
@@ -890,12 +1174,38 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     }
 }
 
+// Whether a prefill launch over planes of T runs PrefillMmaKernel (MHA and GQA alike: prefill is bound by
+// arithmetic, which tensor cores do faster for any head layout).
+template <typename T>
+bool PrefillOnTensorCores(const PagedBatch& b) {
+    return sizeof(T) == 2 && b.tensor_cores && (b.head_dim == 64 || b.head_dim == 128);
+}
+
+size_t PrefillMmaSmem(int head_dim, bool reuse) {
+    return sizeof(uint16_t) * 2 * kPmTile * (head_dim + kPmPad) * (reuse ? 1 : 2);
+}
+
 template <typename T, bool kReuse>
 void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out,
                    int64_t out_ld, float* probs, int64_t probs_ld, float* stats, Stream stream) {
+    const float scale = 1.0f / sqrtf(static_cast<float>(b.head_dim));  // the CPU backend's rounding
+    if constexpr (sizeof(T) == 2) {
+        if (PrefillOnTensorCores<T>(b)) {
+            const dim3 grid(CeilDiv(b.max_query_len, kPmRows), b.num_heads, b.num_seqs);
+            const size_t smem = PrefillMmaSmem(b.head_dim, kReuse);
+            auto launch = [&](auto kernel) {
+                // Above 48 KiB of dynamic shared memory a kernel must opt in (once per kernel; cheap to repeat).
+                UA_CUDA_CHECK(
+                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+                LaunchKernel("PrefillMmaKernel", kernel, grid, kPmThreads, smem, stream, q, q_ld, k, v, b, scale, out,
+                             out_ld, probs, probs_ld, stats);
+            };
+            b.head_dim == 128 ? launch(PrefillMmaKernel<T, 128, kReuse>) : launch(PrefillMmaKernel<T, 64, kReuse>);
+            return;
+        }
+    }
     const dim3 grid(CeilDiv(b.max_query_len, kBq), b.num_heads, b.num_seqs);
     const size_t smem = PrefillSmem(b.head_dim);
-    const float scale = 1.0f / sqrtf(static_cast<float>(b.head_dim));  // the CPU backend's rounding
     auto launch = [&](auto kernel) {
         LaunchKernel("PrefillKernel", kernel, grid, kPrefillThreads, smem, stream, q, q_ld, k, v, b, scale, out, out_ld,
                      probs, probs_ld, stats);

@@ -111,7 +111,7 @@ struct PagedBatch : AttentionBatch {
     int num_kv_heads = 0;
     int head_dim = 0;
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
-    bool tensor_cores = false;  // GQA decode over 16-bit planes, head_dim 64/128: QK^T and P·V on mma.sync
+    bool tensor_cores = false;  // 16-bit planes, head_dim 64/128: GQA decode and prefill on mma.sync
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().

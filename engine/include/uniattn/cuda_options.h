@@ -23,10 +23,11 @@ struct CudaOptions {
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;
-    // GQA decode attention over fp16/bf16 KV planes with head_dim 64 or 128 on tensor cores (mma.sync: up to 8
-    // query heads of a KV head per block, QK^T and P·V split into 16-bit high and low parts so the results keep
-    // fp32 accuracy); false keeps the CUDA-core kernel. MHA always uses the CUDA-core kernel (faster there).
-    // docs/gpu-notes.md has the measurements.
+    // Attention over fp16/bf16 KV planes with head_dim 64 or 128 on tensor cores (mma.sync; QK^T and P·V split
+    // into 16-bit high and low parts so the results keep fp32 accuracy): GQA decode (up to 8 query heads of a KV
+    // head per block) and prefill of every head layout (flash-attention tiles of 64 x 64); false keeps the
+    // CUDA-core kernels. MHA decode always uses the CUDA-core kernel (faster there). docs/gpu-notes.md has the
+    // measurements.
     bool tensor_core_attention = true;
     // GEMMs of 3..64 rows (decode batches): true runs them on [x_hi; x_lo] (fp32-accurate activations, twice
     // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -72,6 +73,20 @@ struct TensorToWrite {
 
 // Writes one safetensors file (tensors sorted by name, as the reference writer does).
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata = {});
+
+// A tensor whose values a callback produces piece by piece (TensorFill), for files larger than memory.
+struct TensorToGenerate {
+    std::string name;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+};
+// Writes values [first, first + count) of tensors[index] as fp32 into out[count] (converted to its dtype on
+// write). count is at most 1 Mi values.
+using TensorFill = std::function<void(size_t index, int64_t first, int64_t count, float* out)>;
+
+// As above, with the values from `fill`: the same bytes as WriteSafetensors of the same values.
+Status WriteSafetensors(const std::string& path, const std::vector<TensorToGenerate>& tensors, const TensorFill& fill,
                         const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace uniattn

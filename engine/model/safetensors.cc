@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -51,6 +52,27 @@ void TensorView::ToFloat(float* out) const {
     }
 }
 
+Status TensorView::Read(uint64_t offset, size_t bytes, void* out) const {
+    UA_CHECK(offset <= nbytes && bytes <= nbytes - offset);
+    if (fd < 0) {
+        if (bytes > 0) std::memcpy(out, data + offset, bytes);
+        return Status::Ok();
+    }
+    auto* dst = static_cast<char*>(out);
+    size_t done = 0;
+    while (done < bytes) {
+        const ssize_t got = ::pread(fd, dst + done, bytes - done, static_cast<off_t>(file_offset + offset + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            return DataLoss(file + ": tensor \"" + name + "\": read failed at byte " +
+                            std::to_string(file_offset + offset + done) + ": " +
+                            (got < 0 ? std::strerror(errno) : "end of file (truncated since it was opened?)"));
+        }
+        done += static_cast<size_t>(got);
+    }
+    return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
@@ -65,11 +87,15 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
         return DataLoss(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header)");
     }
     void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    if (map == MAP_FAILED) return DataLoss(path + ": mmap failed: " + std::strerror(errno));
+    if (map == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd);
+        return DataLoss(path + ": mmap failed: " + std::strerror(err));
+    }
 
     std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
     file->path_ = path;
+    file->fd_ = fd;  // kept for TensorView::Read
     file->map_ = map;
     file->map_size_ = size;
     const auto* bytes = static_cast<const uint8_t*>(map);
@@ -125,6 +151,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
         }
         v.data = data_start + begin;
         v.nbytes = end - begin;
+        v.fd = fd;
+        v.file_offset = 8 + header_len + begin;
         file->tensors_.emplace(name, std::move(v));
     }
     return file;
@@ -132,6 +160,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 
 SafetensorsFile::~SafetensorsFile() {
     if (map_ != nullptr) ::munmap(map_, map_size_);
+    if (fd_ >= 0) ::close(fd_);
 }
 
 StatusOr<TensorSet> TensorSet::OpenDir(const std::string& dir) {

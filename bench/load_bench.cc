@@ -3,12 +3,14 @@
 //
 //   uniattn-bench load --write DIR --config bench/configs/llama2-7b.json [--layers N] [--file-dtype f16|bf16|f32]
 //                      [--seed 1] [--shard-gb 10]
-//   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3]
+//   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3] [--threads 0,1,8]
+//                      [--chunk-mib 16]
 //
 // --write and --model may be given together (the checkpoint is written, then loaded). Every repeat loads the
 // whole checkpoint again into fresh buffers; the first one also warms the page cache when it was cold, so the
 // best of the repeats is the warm-cache figure. GB/s counts checkpoint bytes read (what a user's download
 // weighs), and the line also names the bytes the backend holds (more when fp16 files load as fp32).
+// --threads: LoadOptions::num_threads per case (0: the default, hardware threads up to 16).
 #include "bench/load_bench.h"
 
 #include <algorithm>
@@ -158,19 +160,20 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
 }
 
 struct LoadResult {
-    double seconds = 0;
-    int64_t file_bytes = 0;     // checkpoint bytes of the tensors loaded
+    double seconds = 0;         // OpenDir, LoadWeights (checks, reading, uploading) and Synchronize
+    WeightLoadStats load;       // LoadWeights' own account
     int64_t backend_bytes = 0;  // ModelWeights::bytes
 };
 
-StatusOr<LoadResult> LoadOnce(const std::string& dir, const ModelConfig& c, Backend* backend) {
+StatusOr<LoadResult> LoadOnce(const std::string& dir, const ModelConfig& c, Backend* backend,
+                              const LoadOptions& options) {
     const auto start = Clock::now();
     UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
-    UA_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(tensors, c, backend));
+    UA_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(tensors, c, backend, options));
     backend->Synchronize();
     LoadResult r;
     r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    for (const std::string& name : tensors.Names()) r.file_bytes += static_cast<int64_t>(tensors.Find(name)->nbytes);
+    r.load = w.load;
     r.backend_bytes = w.bytes;
     return r;
 }
@@ -185,7 +188,8 @@ int Fail(const Status& s) {
 int LoadBenchMain(int argc, char** argv) {
     std::string write_dir, model_dir, config_path = "bench/configs/llama2-7b.json", file_dtype_name = "f16";
     std::string backend_name = "cuda", dtype_name = "f16";
-    int layers = 0, repeat = 3;
+    std::string threads_list = "0";
+    int layers = 0, repeat = 3, chunk_mib = 16;
     uint64_t seed = 1;
     double shard_gb = 10;
     CLI::App app{"Checkpoint load speed: safetensors files to backend weights.", "uniattn-bench load"};
@@ -199,7 +203,10 @@ int LoadBenchMain(int argc, char** argv) {
     app.add_option("--model", model_dir, "load this checkpoint directory and time it");
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "the device backend's weight dtype")->capture_default_str();
-    app.add_option("--repeat", repeat, "loads to time")->capture_default_str();
+    app.add_option("--repeat", repeat, "loads to time per --threads case")->capture_default_str();
+    app.add_option("--threads", threads_list, "comma-separated loader thread counts (0: the default)")
+        ->capture_default_str();
+    app.add_option("--chunk-mib", chunk_mib, "LoadOptions::chunk_bytes in MiB")->capture_default_str();
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench load")) return *code;
     if (write_dir.empty() && model_dir.empty()) {
         std::fprintf(stderr, "usage: uniattn-bench load [--write DIR --config FILE] [--model DIR] (--help)\n");
@@ -224,17 +231,38 @@ int LoadBenchMain(int argc, char** argv) {
     if (!config.ok()) return Fail(config.status());
     std::printf("uniattn-bench load %s on %s, weights %s\n", model_dir.c_str(), backend->Description().c_str(),
                 DTypeName(backend->WeightDType()));
-    double best = 0;
-    for (int i = 0; i < repeat; ++i) {
-        auto r = LoadOnce(model_dir, *config, backend);
-        if (!r.ok()) return Fail(r.status());
-        const double gbps = r->file_bytes / r->seconds / 1e9;
-        best = std::max(best, gbps);
-        std::printf("load %d: %.2f GB of checkpoint -> %.2f GB on %s in %.3f s: %.2f GB/s\n", i + 1,
-                    r->file_bytes / 1e9, r->backend_bytes / 1e9, backend->Name().c_str(), r->seconds, gbps);
-        std::fflush(stdout);
+    if (chunk_mib <= 0) return Fail(InvalidArgument("--chunk-mib must be positive"));
+    std::vector<int> thread_counts;
+    for (size_t at = 0; at <= threads_list.size();) {
+        const size_t comma = std::min(threads_list.find(',', at), threads_list.size());
+        try {
+            thread_counts.push_back(std::stoi(threads_list.substr(at, comma - at)));
+        } catch (const std::exception&) {
+            return Fail(InvalidArgument("--threads: expected comma-separated integers, got \"" + threads_list + "\""));
+        }
+        at = comma + 1;
     }
-    std::printf("best: %.2f GB/s\n", best);
+    for (int threads : thread_counts) {
+        LoadOptions options;
+        options.num_threads = threads;
+        options.chunk_bytes = static_cast<size_t>(chunk_mib) << 20;
+        double best = 0;
+        int used = 0;
+        for (int i = 0; i < repeat; ++i) {
+            auto r = LoadOnce(model_dir, *config, backend, options);
+            if (!r.ok()) return Fail(r.status());
+            const double gbps = r->load.file_bytes / r->seconds / 1e9;
+            best = std::max(best, gbps);
+            used = r->load.num_threads;
+            std::printf(
+                "load %d: %.2f GB of checkpoint -> %.2f GB on %s in %.3f s (%.3f s reading and uploading): "
+                "%.2f GB/s, %d threads, %d MiB chunks\n",
+                i + 1, r->load.file_bytes / 1e9, r->backend_bytes / 1e9, backend->Name().c_str(), r->seconds,
+                r->load.seconds, gbps, r->load.num_threads, chunk_mib);
+            std::fflush(stdout);
+        }
+        std::printf("best of %d with %d threads: %.2f GB/s\n", repeat, used, best);
+    }
     return 0;
 }
 

@@ -4,13 +4,15 @@
 //   uniattn-bench load --write DIR --config bench/configs/llama2-7b.json [--layers N] [--file-dtype f16|bf16|f32]
 //                      [--seed 1] [--shard-gb 10]
 //   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3] [--threads 0,1,8]
-//                      [--chunk-mib 16]
+//                      [--chunk-mib 16] [--checksum]
 //
 // --write and --model may be given together (the checkpoint is written, then loaded). Every repeat loads the
 // whole checkpoint again into fresh buffers; the first one also warms the page cache when it was cold, so the
 // best of the repeats is the warm-cache figure. GB/s counts checkpoint bytes read (what a user's download
 // weighs), and the line also names the bytes the backend holds (more when fp16 files load as fp32).
 // --threads: LoadOptions::num_threads per case (0: the default, hardware threads up to 16).
+// --checksum: copies every loaded buffer back and prints a 64-bit hash of them all (not timed): equal across
+// thread counts and chunk sizes, and between backends holding the same dtype (cpu and cuda --dtype f32).
 #include "bench/load_bench.h"
 
 #include <algorithm>
@@ -163,10 +165,23 @@ struct LoadResult {
     double seconds = 0;         // OpenDir, LoadWeights (checks, reading, uploading) and Synchronize
     WeightLoadStats load;       // LoadWeights' own account
     int64_t backend_bytes = 0;  // ModelWeights::bytes
+    uint64_t checksum = 0;      // with --checksum
 };
 
+// FNV-1a over 8-byte words (the tail zero-padded) of every buffer, in order, read back from the backend.
+uint64_t Checksum(const ModelWeights& w, Backend* backend) {
+    uint64_t h = 0xCBF29CE484222325ULL;
+    std::vector<uint64_t> host;
+    for (const auto& buf : w.buffers) {
+        host.assign((buf->bytes() + 7) / 8, 0);
+        backend->CopyToHost(host.data(), buf->data(), buf->bytes());
+        for (uint64_t word : host) h = (h ^ word) * 0x100000001B3ULL;
+    }
+    return h;
+}
+
 StatusOr<LoadResult> LoadOnce(const std::string& dir, const ModelConfig& c, Backend* backend,
-                              const LoadOptions& options) {
+                              const LoadOptions& options, bool checksum) {
     const auto start = Clock::now();
     UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
     UA_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(tensors, c, backend, options));
@@ -175,6 +190,7 @@ StatusOr<LoadResult> LoadOnce(const std::string& dir, const ModelConfig& c, Back
     r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     r.load = w.load;
     r.backend_bytes = w.bytes;
+    if (checksum) r.checksum = Checksum(w, backend);
     return r;
 }
 
@@ -190,6 +206,7 @@ int LoadBenchMain(int argc, char** argv) {
     std::string backend_name = "cuda", dtype_name = "f16";
     std::string threads_list = "0";
     int layers = 0, repeat = 3, chunk_mib = 16;
+    bool checksum = false;
     uint64_t seed = 1;
     double shard_gb = 10;
     CLI::App app{"Checkpoint load speed: safetensors files to backend weights.", "uniattn-bench load"};
@@ -207,6 +224,7 @@ int LoadBenchMain(int argc, char** argv) {
     app.add_option("--threads", threads_list, "comma-separated loader thread counts (0: the default)")
         ->capture_default_str();
     app.add_option("--chunk-mib", chunk_mib, "LoadOptions::chunk_bytes in MiB")->capture_default_str();
+    app.add_flag("--checksum", checksum, "print a hash of the loaded weights (read back, not timed)");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench load")) return *code;
     if (write_dir.empty() && model_dir.empty()) {
         std::fprintf(stderr, "usage: uniattn-bench load [--write DIR --config FILE] [--model DIR] (--help)\n");
@@ -249,7 +267,7 @@ int LoadBenchMain(int argc, char** argv) {
         double best = 0;
         int used = 0;
         for (int i = 0; i < repeat; ++i) {
-            auto r = LoadOnce(model_dir, *config, backend, options);
+            auto r = LoadOnce(model_dir, *config, backend, options, checksum);
             if (!r.ok()) return Fail(r.status());
             const double gbps = r->load.file_bytes / r->seconds / 1e9;
             best = std::max(best, gbps);
@@ -259,6 +277,7 @@ int LoadBenchMain(int argc, char** argv) {
                 "%.2f GB/s, %d threads, %d MiB chunks\n",
                 i + 1, r->load.file_bytes / 1e9, r->backend_bytes / 1e9, backend->Name().c_str(), r->seconds,
                 r->load.seconds, gbps, r->load.num_threads, chunk_mib);
+            if (checksum) std::printf("checksum %016llx\n", static_cast<unsigned long long>(r->checksum));
             std::fflush(stdout);
         }
         std::printf("best of %d with %d threads: %.2f GB/s\n", repeat, used, best);

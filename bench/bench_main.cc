@@ -10,6 +10,7 @@
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
+//   uniattn-bench load --model DIR ...                          (checkpoint load speed: bench/load_bench.cc)
 //
 // Variants: "std" (every layer normal) or "G/B/E" (UniAttn grouping, docs/uniattn.md §1). Decode cases are
 // batch x context: each sequence holds `context` cached tokens (random K/V: decode cost does not depend on
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "bench/load_bench.h"
 #include "kv/kv_cache.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -350,7 +352,9 @@ int Main(int argc, char** argv) {
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
                  "uniattn-bench"};
-    app.footer("uniattn-bench serve --help: the serving benchmark (an OpenAI-compatible load generator).");
+    app.footer(
+        "uniattn-bench serve --help: the serving benchmark (an OpenAI-compatible load generator).\n"
+        "uniattn-bench load --help: checkpoint load speed.");
     app.add_option("--config", config_path, "model config JSON")->capture_default_str();
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "weight dtype")->capture_default_str();
@@ -493,6 +497,7 @@ int Main(int argc, char** argv) {
 }  // namespace uniattn
 
 int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "load") return uniattn::bench::LoadBenchMain(argc - 1, argv + 1);
     if (argc > 1 && std::string(argv[1]) == "serve") {
 #ifdef UNIATTN_HAVE_SERVE_BENCH
         return uniattn::bench::ServeBenchMain(argc - 1, argv + 1);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -161,6 +162,11 @@ Status EngineImpl::Init(const EngineConfig& config) {
         FileExists(config.model_dir + "/tokenizer.model") || FileExists(config.model_dir + "/tokenizer.json");
     UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
     const ModelConfig& mc = model_->config;
+    const WeightLoadStats& load = model_->weights.load;
+    std::fprintf(stderr, "uniattn: weights %.2f GB from %.2f GB of checkpoint in %.2f s (%.2f GB/s, %d threads, %s)\n",
+                 static_cast<double>(model_->weights.bytes) / 1e9, static_cast<double>(load.file_bytes) / 1e9,
+                 load.seconds, load.seconds > 0 ? static_cast<double>(load.file_bytes) / load.seconds / 1e9 : 0.0,
+                 load.num_threads, backend_->Description().c_str());
     if (model_->tokenizer) {
         tokenizer_ = model_->tokenizer.get();
     } else {

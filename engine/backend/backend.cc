@@ -1,7 +1,9 @@
 #include "backend/backend.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "sampling/row_select.h"
@@ -25,6 +27,52 @@ Tensor Tensor::Rows(int64_t row, int64_t n) const {
 }
 
 void Backend::CopyOnDevice(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+namespace {
+
+// Backend::MakeUploader's default: one ordinary host buffer per producer thread; Submit copies with
+// CopyToDevice (serialised: backends are driven by one thread at a time) and frees the buffer at once, as
+// CopyToDevice returns once the source may be reused.
+class CopyingUploader final : public Uploader {
+  public:
+    CopyingUploader(Backend* backend, size_t chunk_bytes, int num_buffers)
+        : backend_(backend), chunk_bytes_(chunk_bytes), buffers_(static_cast<size_t>(std::max(num_buffers, 1))) {
+        for (size_t i = 0; i < buffers_.size(); ++i) free_.push_back(static_cast<int>(i));
+    }
+    size_t chunk_bytes() const override { return chunk_bytes_; }
+    UploadChunk Stage(void* dst, size_t bytes) override {
+        UA_CHECK(bytes <= chunk_bytes_);
+        std::unique_lock<std::mutex> lock(mu_);
+        free_cv_.wait(lock, [&] { return !free_.empty(); });
+        const int slot = free_.back();
+        free_.pop_back();
+        std::vector<char>& buf = buffers_[static_cast<size_t>(slot)];
+        lock.unlock();
+        if (buf.size() < chunk_bytes_) buf.resize(chunk_bytes_);
+        return UploadChunk{buf.data(), dst, bytes, slot};
+    }
+    void Submit(const UploadChunk& chunk) override {
+        std::lock_guard<std::mutex> lock(mu_);
+        backend_->CopyToDevice(chunk.dst, chunk.host, chunk.bytes);
+        free_.push_back(chunk.slot);
+        free_cv_.notify_one();
+    }
+    void Finish() override {}
+
+  private:
+    Backend* backend_;
+    size_t chunk_bytes_;
+    std::vector<std::vector<char>> buffers_;
+    std::mutex mu_;
+    std::condition_variable free_cv_;
+    std::vector<int> free_;  // guarded by mu_
+};
+
+}  // namespace
+
+std::unique_ptr<Uploader> Backend::MakeUploader(size_t chunk_bytes, int num_threads) {
+    return std::make_unique<CopyingUploader>(this, chunk_bytes, num_threads);
+}
 
 namespace {
 // SplitMix64 of (seed, index): the same stream the CUDA backend's FillUniform kernel computes.

@@ -72,6 +72,33 @@ class DeviceBuffer {
     virtual size_t bytes() const = 0;
 };
 
+// One piece of an upload (Backend::MakeUploader): `bytes` at host memory `host`, bound for backend memory `dst`.
+struct UploadChunk {
+    void* host = nullptr;
+    void* dst = nullptr;
+    size_t bytes = 0;
+    int slot = -1;  // the uploader's staging buffer; -1: none
+};
+
+// Host-to-backend uploads of many chunks that several host threads prepare at once (checkpoint loading): a
+// thread takes staging memory for one chunk's destination (Stage), fills it, and hands it back (Submit); the
+// backend copies submitted chunks while threads fill others. Stage and Submit may be called from any number
+// of threads at once; Finish from one thread once they are done. While an uploader has chunks in flight the
+// backend must run nothing else (the uploader enqueues on the backend's stream from those threads).
+class Uploader {
+  public:
+    virtual ~Uploader() = default;
+    // The most bytes one chunk may have.
+    virtual size_t chunk_bytes() const = 0;
+    // Host memory for `bytes` (<= chunk_bytes()) that Submit copies to `dst`; its contents are unspecified.
+    // Blocks while every staging buffer is in flight.
+    virtual UploadChunk Stage(void* dst, size_t bytes) = 0;
+    // Enqueues the copy of a filled chunk from Stage; its host memory must not be touched afterwards.
+    virtual void Submit(const UploadChunk& chunk) = 0;
+    // Returns when every submitted chunk is in backend memory. The destructor waits too.
+    virtual void Finish() = 0;
+};
+
 // A recorded sequence of ops a backend can replay (CUDA graphs); see Backend::BeginCapture.
 class DeviceGraph {
   public:
@@ -96,6 +123,11 @@ class Backend {
     virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
     virtual void Fill(void* dst, int value, size_t bytes) = 0;
     virtual void Synchronize() = 0;
+    // Staged uploads (see Uploader) of chunks of up to chunk_bytes, for up to num_threads producer threads.
+    // The default stages in ordinary host memory and submits with CopyToDevice, one at a time; host-memory
+    // backends hand out the destination itself (no copy); CUDA stages in pinned memory and copies
+    // asynchronously. The uploader must not outlive the backend.
+    virtual std::unique_ptr<Uploader> MakeUploader(size_t chunk_bytes, int num_threads);
     // dst = src, both backend memory. The default is memcpy (host-memory backends).
     virtual void CopyOnDevice(void* dst, const void* src, size_t bytes);
     // n values of `dtype`, uniform in [lo, hi), a pure function of (seed, index): for benchmarks with

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -51,6 +52,27 @@ void TensorView::ToFloat(float* out) const {
     }
 }
 
+Status TensorView::Read(uint64_t offset, size_t bytes, void* out) const {
+    UA_CHECK(offset <= nbytes && bytes <= nbytes - offset);
+    if (fd < 0) {
+        if (bytes > 0) std::memcpy(out, data + offset, bytes);
+        return Status::Ok();
+    }
+    auto* dst = static_cast<char*>(out);
+    size_t done = 0;
+    while (done < bytes) {
+        const ssize_t got = ::pread(fd, dst + done, bytes - done, static_cast<off_t>(file_offset + offset + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            return DataLoss(file + ": tensor \"" + name + "\": read failed at byte " +
+                            std::to_string(file_offset + offset + done) + ": " +
+                            (got < 0 ? std::strerror(errno) : "end of file (truncated since it was opened?)"));
+        }
+        done += static_cast<size_t>(got);
+    }
+    return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
@@ -65,11 +87,15 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
         return DataLoss(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header)");
     }
     void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    if (map == MAP_FAILED) return DataLoss(path + ": mmap failed: " + std::strerror(errno));
+    if (map == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd);
+        return DataLoss(path + ": mmap failed: " + std::strerror(err));
+    }
 
     std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
     file->path_ = path;
+    file->fd_ = fd;  // kept for TensorView::Read
     file->map_ = map;
     file->map_size_ = size;
     const auto* bytes = static_cast<const uint8_t*>(map);
@@ -125,6 +151,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
         }
         v.data = data_start + begin;
         v.nbytes = end - begin;
+        v.fd = fd;
+        v.file_offset = 8 + header_len + begin;
         file->tensors_.emplace(name, std::move(v));
     }
     return file;
@@ -132,6 +160,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 
 SafetensorsFile::~SafetensorsFile() {
     if (map_ != nullptr) ::munmap(map_, map_size_);
+    if (fd_ >= 0) ::close(fd_);
 }
 
 StatusOr<TensorSet> TensorSet::OpenDir(const std::string& dir) {
@@ -186,21 +215,37 @@ std::vector<std::string> TensorSet::Names() const {
 
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata) {
-    std::vector<const TensorToWrite*> sorted;
-    sorted.reserve(tensors.size());
-    for (const auto& t : tensors) sorted.push_back(&t);
-    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
+    std::vector<TensorToGenerate> specs;
+    specs.reserve(tensors.size());
+    for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape});
+    return WriteSafetensors(
+        path, specs,
+        [&](size_t index, int64_t first, int64_t count, float* out) {
+            std::memcpy(out, tensors[index].data + first, sizeof(float) * static_cast<size_t>(count));
+        },
+        metadata);
+}
+
+Status WriteSafetensors(const std::string& path, const std::vector<TensorToGenerate>& tensors, const TensorFill& fill,
+                        const std::map<std::string, std::string>& metadata) {
+    std::vector<size_t> sorted(tensors.size());
+    for (size_t i = 0; i < sorted.size(); ++i) sorted[i] = i;
+    std::sort(sorted.begin(), sorted.end(), [&](size_t a, size_t b) { return tensors[a].name < tensors[b].name; });
+    auto numel = [](const TensorToGenerate& t) {
+        int64_t n = 1;
+        for (int64_t d : t.shape) n *= d;
+        return n;
+    };
 
     OrderedJson header = OrderedJson::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     uint64_t offset = 0;
-    for (const auto* t : sorted) {
-        int64_t n = 1;
-        for (int64_t d : t->shape) n *= d;
-        const uint64_t nbytes = static_cast<uint64_t>(n) * DTypeBytes(t->dtype);
-        OrderedJson& entry = header[t->name];
-        entry["dtype"] = DTypeName(t->dtype);
-        entry["shape"] = t->shape;
+    for (size_t i : sorted) {
+        const TensorToGenerate& t = tensors[i];
+        const uint64_t nbytes = static_cast<uint64_t>(numel(t)) * DTypeBytes(t.dtype);
+        OrderedJson& entry = header[t.name];
+        entry["dtype"] = DTypeName(t.dtype);
+        entry["shape"] = t.shape;
         entry["data_offsets"] = {static_cast<int64_t>(offset), static_cast<int64_t>(offset + nbytes)};
         offset += nbytes;
     }
@@ -215,22 +260,29 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite
     for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xFF);
     out.write(len_bytes, 8);
     out.write(h.data(), static_cast<std::streamsize>(h.size()));
+    constexpr int64_t kPiece = 1 << 20;
+    std::vector<float> values;
     std::vector<uint16_t> half;
-    for (const auto* t : sorted) {
-        int64_t n = 1;
-        for (int64_t d : t->shape) n *= d;
-        switch (t->dtype) {
-            case DType::kF32:
-                out.write(reinterpret_cast<const char*>(t->data), static_cast<std::streamsize>(n * 4));
-                break;
-            case DType::kF16:
-            case DType::kBF16:
-                half.resize(static_cast<size_t>(n));
-                for (int64_t i = 0; i < n; ++i) {
-                    half[i] = t->dtype == DType::kF16 ? FloatToHalf(t->data[i]) : FloatToBF16(t->data[i]);
-                }
-                out.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(n * 2));
-                break;
+    for (size_t i : sorted) {
+        const TensorToGenerate& t = tensors[i];
+        const int64_t n = numel(t);
+        for (int64_t first = 0; first < n; first += kPiece) {
+            const int64_t m = std::min(kPiece, n - first);
+            values.resize(static_cast<size_t>(m));
+            fill(i, first, m, values.data());
+            switch (t.dtype) {
+                case DType::kF32:
+                    out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(m * 4));
+                    break;
+                case DType::kF16:
+                case DType::kBF16:
+                    half.resize(static_cast<size_t>(m));
+                    for (int64_t j = 0; j < m; ++j) {
+                        half[j] = t.dtype == DType::kF16 ? FloatToHalf(values[j]) : FloatToBF16(values[j]);
+                    }
+                    out.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(m * 2));
+                    break;
+            }
         }
     }
     out.close();

@@ -1,9 +1,13 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 namespace uniattn {
@@ -14,6 +18,8 @@ std::string LayerTensorName(int layer, const std::string& suffix) {
 
 namespace {
 
+// Plans the backend tensors while the checks run (Stack, Row: buffers are allocated, nothing is read), then
+// fills them all at once (Run).
 class Loader {
   public:
     Loader(const TensorSet& tensors, Backend* backend, ModelWeights& w) : tensors_(tensors), backend_(backend), w_(w) {}
@@ -36,33 +42,7 @@ class Loader {
         const int64_t cols = parts[0]->shape.size() == 2 ? parts[0]->shape[1] : parts[0]->shape[0];
         int64_t rows = 0;
         for (const auto* p : parts) rows += p->shape.size() == 2 ? p->shape[0] : 1;
-        const size_t n = static_cast<size_t>(rows * cols);
-        const size_t bytes = n * DTypeBytes(dtype);
-        staging_.resize(n);
-        int64_t off = 0;
-        for (const auto* p : parts) {
-            p->ToFloat(staging_.data() + off);
-            off += p->numel();
-        }
-        const void* src = staging_.data();
-        switch (dtype) {
-            case DType::kF32:
-                break;
-            case DType::kF16:
-            case DType::kBF16:
-                half_.resize(n);
-                for (size_t i = 0; i < n; ++i) {
-                    half_[i] = dtype == DType::kF16 ? FloatToHalf(staging_[i]) : FloatToBF16(staging_[i]);
-                }
-                src = half_.data();
-                break;
-        }
-        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
-        backend_->CopyToDevice(buf->data(), src, bytes);
-        Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
-        w_.bytes += static_cast<int64_t>(bytes);
-        w_.buffers.push_back(std::move(buf));
-        return t;
+        return Plan(parts, dtype, rows, cols);
     }
     // Matrices (and the embedding) in the backend's weight dtype; norm weights stay fp32.
     StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts) {
@@ -73,26 +53,117 @@ class Loader {
     StatusOr<Tensor> Row(const std::vector<const TensorView*>& parts) {
         int64_t n = 0;
         for (const auto* p : parts) n += p->numel();
-        std::vector<float> row(static_cast<size_t>(n));
-        int64_t off = 0;
-        for (const auto* p : parts) {
-            p->ToFloat(row.data() + off);
-            off += p->numel();
+        return Plan(parts, DType::kF32, 1, n);
+    }
+
+    // Reads, converts and uploads every planned tensor.
+    Status Run(const LoadOptions& options) {
+        const size_t elem_max = std::max<size_t>(options.chunk_bytes, 4);
+        std::vector<Chunk> chunks;
+        for (size_t j = 0; j < jobs_.size(); ++j) {
+            const int64_t per_chunk = static_cast<int64_t>(elem_max / DTypeBytes(jobs_[j].dtype));
+            for (int64_t first = 0; first < jobs_[j].numel; first += per_chunk) {
+                chunks.push_back({j, first, std::min(per_chunk, jobs_[j].numel - first)});
+            }
         }
-        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(sizeof(float) * row.size()));
-        backend_->CopyToDevice(buf->data(), row.data(), sizeof(float) * row.size());
-        Tensor t = MakeTensor(buf->data(), DType::kF32, 1, n);
-        w_.bytes += static_cast<int64_t>(sizeof(float) * row.size());
+        int num_threads = options.num_threads;
+        if (num_threads <= 0) {
+            num_threads = std::min<int>(static_cast<int>(std::thread::hardware_concurrency()), kMaxLoadThreads);
+        }
+        num_threads = std::max(1, std::min<int>(num_threads, static_cast<int>(chunks.size())));
+        w_.load.num_threads = num_threads;
+        std::unique_ptr<Uploader> uploader = backend_->MakeUploader(elem_max, num_threads);
+
+        std::atomic<size_t> next{0};
+        std::atomic<bool> failed{false};
+        std::mutex error_mu;
+        Status error;
+        auto work = [&] {
+            std::vector<uint8_t> scratch(kScratchBytes);
+            for (size_t i = next++; i < chunks.size() && !failed; i = next++) {
+                const Chunk& c = chunks[i];
+                const Job& job = jobs_[c.job];
+                const size_t elem = static_cast<size_t>(DTypeBytes(job.dtype));
+                UploadChunk staged = uploader->Stage(static_cast<char*>(job.dst) + c.first * static_cast<int64_t>(elem),
+                                                     static_cast<size_t>(c.count) * elem);
+                Status st = Fill(job, c.first, c.count, static_cast<uint8_t*>(staged.host), scratch);
+                uploader->Submit(staged);  // even a failed chunk returns its staging buffer
+                if (!st.ok()) {
+                    std::lock_guard<std::mutex> lock(error_mu);
+                    if (!failed.exchange(true)) error = std::move(st);
+                }
+            }
+        };
+        std::vector<std::thread> threads;
+        threads.reserve(static_cast<size_t>(num_threads - 1));
+        for (int t = 1; t < num_threads; ++t) threads.emplace_back(work);
+        work();
+        for (std::thread& t : threads) t.join();
+        uploader->Finish();
+        return failed ? error : Status::Ok();
+    }
+
+  private:
+    // Source bytes a thread reads at a time when it converts: the scratch stays in its core's cache.
+    static constexpr size_t kScratchBytes = size_t{256} << 10;
+
+    // One backend tensor: its parts end to end, in `dtype`.
+    struct Job {
+        std::vector<const TensorView*> parts;
+        DType dtype;
+        void* dst;
+        int64_t numel;
+    };
+    // Elements [first, first + count) of jobs_[job].
+    struct Chunk {
+        size_t job;
+        int64_t first;
+        int64_t count;
+    };
+
+    StatusOr<Tensor> Plan(const std::vector<const TensorView*>& parts, DType dtype, int64_t rows, int64_t cols) {
+        const size_t bytes = static_cast<size_t>(rows * cols) * DTypeBytes(dtype);
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
+        Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
+        if (rows * cols > 0) jobs_.push_back({parts, dtype, buf->data(), rows * cols});
+        w_.bytes += static_cast<int64_t>(bytes);
+        for (const auto* p : parts) w_.load.file_bytes += static_cast<int64_t>(p->nbytes);
         w_.buffers.push_back(std::move(buf));
         return t;
     }
 
-  private:
+    // Writes elements [first, first + count) of `job` into out, in job.dtype.
+    static Status Fill(const Job& job, int64_t first, int64_t count, uint8_t* out, std::vector<uint8_t>& scratch) {
+        const int64_t out_elem = DTypeBytes(job.dtype);
+        int64_t part_start = 0;  // the part's first element in the job
+        for (const TensorView* p : job.parts) {
+            const int64_t n = p->numel();
+            const int64_t lo = std::max(first, part_start), hi = std::min(first + count, part_start + n);
+            if (lo < hi) {
+                const int64_t in_elem = DTypeBytes(p->dtype);
+                uint8_t* dst = out + (lo - first) * out_elem;
+                const uint64_t src = static_cast<uint64_t>((lo - part_start) * in_elem);
+                if (p->dtype == job.dtype) {
+                    UA_RETURN_IF_ERROR(p->Read(src, static_cast<size_t>((hi - lo) * in_elem), dst));
+                } else {
+                    const int64_t step = static_cast<int64_t>(scratch.size()) / in_elem;
+                    for (int64_t at = 0; at < hi - lo; at += step) {
+                        const int64_t m = std::min(step, hi - lo - at);
+                        UA_RETURN_IF_ERROR(p->Read(src + static_cast<uint64_t>(at * in_elem),
+                                                   static_cast<size_t>(m * in_elem), scratch.data()));
+                        ConvertDType(scratch.data(), p->dtype, dst + at * out_elem, job.dtype, m);
+                    }
+                }
+            }
+            part_start += n;
+        }
+        return Status::Ok();
+    }
+
     const TensorSet& tensors_;
     Backend* backend_;
     ModelWeights& w_;
-    std::vector<float> staging_;
-    std::vector<uint16_t> half_;
+    std::vector<Job> jobs_;
 };
 
 // Uploads the model's RoPE frequency table once; every layer's rotation reads it.
@@ -108,7 +179,8 @@ Status UploadRopeTable(const ModelConfig& c, Backend* backend, ModelWeights& w) 
 
 }  // namespace
 
-StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& c, Backend* backend) {
+StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& c, Backend* backend,
+                                   const LoadOptions& options) {
     // docs/uniattn.md §5 (checkpoints): v2_proj tensors must match the reuse set exactly, and only with grouping keys.
     std::set<int> v2_layers;
     for (const std::string& name : tensors.Names()) {
@@ -260,7 +332,11 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
         UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
     }
+    const auto start = std::chrono::steady_clock::now();
+    UA_RETURN_IF_ERROR(ld.Run(options));
     UA_RETURN_IF_ERROR(UploadRopeTable(c, backend, w));
+    backend->Synchronize();
+    w.load.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return w;
 }
 

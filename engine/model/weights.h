@@ -34,6 +34,13 @@ struct LayerWeights {
     Tensor k_norm;     // qk_norm, normal/anchor: [1, hd]
 };
 
+// How LoadWeights ran, for the start-up log line and benchmarks.
+struct WeightLoadStats {
+    double seconds = 0;      // reading, converting and uploading every tensor (checks excluded)
+    int64_t file_bytes = 0;  // checkpoint bytes read
+    int num_threads = 0;     // host threads that converted and staged
+};
+
 struct ModelWeights {
     Tensor embed;       // [vocab, d]
     Tensor final_norm;  // [1, d]
@@ -42,13 +49,30 @@ struct ModelWeights {
     const double* rope_inv_freq = nullptr;  // [head_dim / 2] fp64: ModelConfig::RopeInvFreq() on the backend
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
     int64_t bytes = 0;
+    WeightLoadStats load;  // LoadWeights only
 };
+
+struct LoadOptions {
+    // Host threads reading and converting tensors while the backend uploads (the calling thread is one);
+    // 0: std::thread::hardware_concurrency(), at most kMaxLoadThreads.
+    int num_threads = 0;
+    // Tensors are read, converted and uploaded in pieces of at most this many bytes of the backend dtype:
+    // the unit of work of one thread and the size of the backend's staging buffers.
+    size_t chunk_bytes = size_t{16} << 20;
+};
+inline constexpr int kMaxLoadThreads = 16;
 
 // Loads and checks every tensor: names, shapes, dtypes, and the UniAttn consistency rules of docs/uniattn.md §5.
 // A tensor the config does not call for (a bias of a model without attention_bias, say) is an error, as is
 // a missing one; reuse layers' q/k projections, biases and norms are allowed but not loaded, and so are
 // saved rotary_emb.inv_freq buffers and lm_head.weight of a tied model. Messages name the file and the tensor.
-StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend);
+// Every check runs before any data is read. Tensors are then read (TensorView::Read) and converted to the
+// backend's dtypes directly (ConvertDType: equal dtypes are copied as bytes) by options.num_threads threads,
+// chunk by chunk, into the staging memory of a Backend::MakeUploader, which uploads while they work. Host
+// memory beyond the backend's: its staging buffers and 256 KiB per thread. The backend is used by the loader
+// threads meanwhile (Uploader) and is synchronised when this returns.
+StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& config, Backend* backend,
+                                   const LoadOptions& options = {});
 
 // Seeded uniform random weights of `config`'s shapes, generated on the backend (Backend::FillUniform):
 // for benchmarks of real shapes without checkpoint files. Linear weights have unit output variance for

@@ -1,6 +1,7 @@
 #include "uniattn/dtype.h"
 
 #include <cstring>
+#include <vector>
 
 namespace uniattn {
 
@@ -99,6 +100,98 @@ uint16_t FloatToBF16(float f) {
     if ((x & 0x7FFFFFFF) > 0x7F800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet NaN
     const uint32_t rounding = 0x7FFF + ((x >> 16) & 1);
     return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+namespace {
+
+// Every 16-bit pattern's conversion, built once from the scalar functions above (so equal to them by
+// construction): fp16 -> fp32 (HalfToFloat normalises subnormals in a loop), fp16 <-> bf16.
+struct Tables {
+    std::vector<float> half_to_float = std::vector<float>(1 << 16);
+    std::vector<uint16_t> half_to_bf16 = std::vector<uint16_t>(1 << 16);
+    std::vector<uint16_t> bf16_to_half = std::vector<uint16_t>(1 << 16);
+    Tables() {
+        for (uint32_t h = 0; h < (1u << 16); ++h) {
+            half_to_float[h] = HalfToFloat(static_cast<uint16_t>(h));
+            half_to_bf16[h] = FloatToBF16(half_to_float[h]);
+            bf16_to_half[h] = FloatToHalf(BF16ToFloat(static_cast<uint16_t>(h)));
+        }
+    }
+};
+
+const Tables& GetTables() {
+    static const Tables tables;
+    return tables;
+}
+
+inline uint16_t Load16(const uint8_t* p, int64_t i) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    return v;
+}
+inline float Load32(const uint8_t* p, int64_t i) {
+    float v;
+    std::memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+inline void Store16(uint8_t* p, int64_t i, uint16_t v) { std::memcpy(p + 2 * i, &v, 2); }
+inline void Store32(uint8_t* p, int64_t i, float v) { std::memcpy(p + 4 * i, &v, 4); }
+
+// 16-bit -> 16-bit through a table.
+inline void Map16(const uint8_t* s, uint8_t* d, int64_t n, const uint16_t* table) {
+    for (int64_t i = 0; i < n; ++i) Store16(d, i, table[Load16(s, i)]);
+}
+
+}  // namespace
+
+void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {
+    if (n <= 0) return;
+    const auto* s = static_cast<const uint8_t*>(src);
+    auto* d = static_cast<uint8_t*>(dst);
+    if (src_dtype == dst_dtype) {
+        std::memcpy(d, s, static_cast<size_t>(n) * DTypeBytes(src_dtype));
+        return;
+    }
+    switch (src_dtype) {
+        case DType::kF32:
+            switch (dst_dtype) {
+                case DType::kF32:
+                    break;  // equal dtypes: copied above
+                case DType::kF16:
+                    for (int64_t i = 0; i < n; ++i) Store16(d, i, FloatToHalf(Load32(s, i)));
+                    break;
+                case DType::kBF16:
+                    for (int64_t i = 0; i < n; ++i) Store16(d, i, FloatToBF16(Load32(s, i)));
+                    break;
+            }
+            return;
+        case DType::kF16:
+            switch (dst_dtype) {
+                case DType::kF32: {
+                    const float* table = GetTables().half_to_float.data();
+                    for (int64_t i = 0; i < n; ++i) Store32(d, i, table[Load16(s, i)]);
+                    break;
+                }
+                case DType::kF16:
+                    break;
+                case DType::kBF16:
+                    Map16(s, d, n, GetTables().half_to_bf16.data());
+                    break;
+            }
+            return;
+        case DType::kBF16:
+            switch (dst_dtype) {
+                case DType::kF32:
+                    for (int64_t i = 0; i < n; ++i) Store32(d, i, BF16ToFloat(Load16(s, i)));
+                    break;
+                case DType::kF16:
+                    Map16(s, d, n, GetTables().bf16_to_half.data());
+                    break;
+                case DType::kBF16:
+                    break;
+            }
+            return;
+    }
 }
 
 }  // namespace uniattn

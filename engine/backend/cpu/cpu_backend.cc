@@ -2,6 +2,7 @@
 // tuning is BLAS for matrix products with several rows, an OpenMP-parallel dot-product loop for
 // matrix-vector work, and OpenMP over (token, head) in attention.
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,8 +23,17 @@ namespace {
 class HostBuffer final : public DeviceBuffer {
   public:
     explicit HostBuffer(size_t bytes) : bytes_(bytes) {
-        // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
-        data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+        if (bytes >= kHugePage) {
+            // Weights and KV planes: 2 MiB-aligned and marked for transparent huge pages, so first touch costs
+            // one fault per 2 MiB instead of per 4 KiB (13 us a fault on some VMs: 0.3 GB/s) and reads miss
+            // the TLB less. madvise is advice: without THP the buffer works as before.
+            const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+            data_ = std::aligned_alloc(kHugePage, rounded);
+            if (data_ != nullptr) ::madvise(data_, rounded, MADV_HUGEPAGE);
+        } else {
+            // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
+            data_ = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+        }
     }
     ~HostBuffer() override { std::free(data_); }
     void* data() override { return data_; }
@@ -31,8 +41,22 @@ class HostBuffer final : public DeviceBuffer {
     bool ok() const { return data_ != nullptr; }
 
   private:
+    static constexpr size_t kHugePage = size_t{2} << 20;
     void* data_ = nullptr;
     size_t bytes_ = 0;
+};
+
+// Backend memory is host memory: a chunk is staged in its destination, and Submit has nothing to copy.
+class InPlaceUploader final : public Uploader {
+  public:
+    explicit InPlaceUploader(size_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
+    size_t chunk_bytes() const override { return chunk_bytes_; }
+    UploadChunk Stage(void* dst, size_t bytes) override { return UploadChunk{dst, dst, bytes, -1}; }
+    void Submit(const UploadChunk&) override {}
+    void Finish() override {}
+
+  private:
+    size_t chunk_bytes_;
 };
 
 inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n) {
@@ -64,6 +88,9 @@ class CpuBackend final : public Backend {
         return std::unique_ptr<DeviceBuffer>(std::move(buf));
     }
     void CopyToDevice(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    std::unique_ptr<Uploader> MakeUploader(size_t chunk_bytes, int) override {
+        return std::make_unique<InPlaceUploader>(chunk_bytes);
+    }
     void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void Fill(void* dst, int value, size_t bytes) override { std::memset(dst, value, bytes); }
     void Synchronize() override {}

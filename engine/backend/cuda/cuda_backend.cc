@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -72,6 +75,79 @@ class CudaGraph final : public DeviceGraph {
     cudaGraphExec_t exec_;
 };
 
+// Backend::MakeUploader on CUDA: `num_slots` pinned staging buffers of chunk_bytes each (one cudaHostAlloc),
+// so the copies run at DMA speed and asynchronously. A slot's copy is followed by an event on the backend's
+// stream; Submit puts the slot at the back of the free queue and Stage takes the front one, waiting for its
+// event first, so a buffer is refilled only once its previous copy has finished. Producer threads are not
+// the thread that made the backend, hence the cudaSetDevice before each runtime call they make.
+class PinnedUploader final : public Uploader {
+  public:
+    PinnedUploader(int device, cudaStream_t stream, char* pinned, size_t chunk_bytes, int num_slots)
+        : device_(device), stream_(stream), pinned_(pinned), chunk_bytes_(chunk_bytes) {
+        slots_.resize(static_cast<size_t>(num_slots));
+        for (int i = 0; i < num_slots; ++i) {
+            UA_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[i].done, cudaEventDisableTiming));
+            free_.push_back(i);
+        }
+    }
+    ~PinnedUploader() override {
+        Finish();
+        for (Slot& s : slots_) cudaEventDestroy(s.done);
+        cudaFreeHost(pinned_);
+    }
+    PinnedUploader(const PinnedUploader&) = delete;
+    PinnedUploader& operator=(const PinnedUploader&) = delete;
+
+    size_t chunk_bytes() const override { return chunk_bytes_; }
+
+    UploadChunk Stage(void* dst, size_t bytes) override {
+        UA_CHECK(bytes <= chunk_bytes_);
+        std::unique_lock<std::mutex> lock(mu_);
+        free_cv_.wait(lock, [&] { return !free_.empty(); });
+        const int slot = free_.front();
+        free_.pop_front();
+        const bool in_flight = slots_[slot].in_flight;
+        lock.unlock();
+        if (in_flight) {
+            UA_CUDA_CHECK(cudaSetDevice(device_));
+            UA_CUDA_CHECK(cudaEventSynchronize(slots_[slot].done));
+        }
+        return UploadChunk{pinned_ + static_cast<size_t>(slot) * chunk_bytes_, dst, bytes, slot};
+    }
+
+    void Submit(const UploadChunk& chunk) override {
+        std::lock_guard<std::mutex> lock(mu_);
+        Slot& s = slots_[chunk.slot];
+        if (chunk.bytes > 0) {
+            UA_CUDA_CHECK(cudaSetDevice(device_));
+            UA_CUDA_CHECK(cudaMemcpyAsync(chunk.dst, chunk.host, chunk.bytes, cudaMemcpyHostToDevice, stream_));
+            UA_CUDA_CHECK(cudaEventRecord(s.done, stream_));
+            s.in_flight = true;
+        }
+        free_.push_back(chunk.slot);
+        free_cv_.notify_one();
+    }
+
+    void Finish() override {
+        UA_CUDA_CHECK(cudaSetDevice(device_));
+        UA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+
+  private:
+    struct Slot {
+        cudaEvent_t done = nullptr;
+        bool in_flight = false;  // guarded by mu_: a copy was enqueued (done may still be pending)
+    };
+    int device_;
+    cudaStream_t stream_;
+    char* pinned_;  // [num_slots, chunk_bytes], owned
+    size_t chunk_bytes_;
+    std::vector<Slot> slots_;
+    std::mutex mu_;
+    std::condition_variable free_cv_;
+    std::deque<int> free_;  // guarded by mu_; front: the slot submitted longest ago
+};
+
 cudaDataType_t CudaType(DType dtype) {
     switch (dtype) {
         case DType::kF32:
@@ -126,6 +202,17 @@ class CudaBackend final : public Backend {
         if (bytes == 0) return;
         // Pageable source: the call returns once the source has been staged, so the caller may reuse it.
         UA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+    }
+    std::unique_ptr<Uploader> MakeUploader(size_t chunk_bytes, int num_threads) override {
+        // One slot per producer and two more, so that every thread can fill a buffer while two copy.
+        const int num_slots = std::max(num_threads, 1) + 2;
+        void* pinned = nullptr;
+        if (cudaHostAlloc(&pinned, chunk_bytes * static_cast<size_t>(num_slots), cudaHostAllocDefault) != cudaSuccess) {
+            cudaGetLastError();  // no pinned memory to spare: stage in pageable memory instead (slower)
+            return Backend::MakeUploader(chunk_bytes, num_threads);
+        }
+        return std::make_unique<PinnedUploader>(options_.device, stream_.get(), static_cast<char*>(pinned), chunk_bytes,
+                                                num_slots);
     }
     void CopyToHost(void* dst, const void* src, size_t bytes) override {
         if (bytes == 0) return;

@@ -19,4 +19,11 @@ uint16_t FloatToHalf(float f);  // round to nearest even
 float BF16ToFloat(uint16_t b);
 uint16_t FloatToBF16(float f);  // round to nearest even
 
+// Converts n values of src_dtype at `src` into dst_dtype at `dst` in one pass (no fp32 buffer between). The
+// result is bit for bit what widening to float (HalfToFloat / BF16ToFloat) and rounding back (FloatToHalf /
+// FloatToBF16) gives, except that equal dtypes are copied as bytes: NaN payloads are kept as stored, where
+// the round trip would canonicalise them (fp16) or set the quiet bit (bf16). No alignment needed; src and dst
+// must not overlap. Thread-safe.
+void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n);
+
 }  // namespace uniattn

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -22,11 +23,17 @@ struct TensorView {
     std::vector<int64_t> shape;
     const uint8_t* data = nullptr;
     size_t nbytes = 0;
+    int fd = -1;               // the file, open while its SafetensorsFile lives; -1: Read copies from `data`
+    uint64_t file_offset = 0;  // where `data` starts in the file
 
     int64_t numel() const;
     std::string ShapeString() const;
     // Converts to fp32 into out[numel()].
     void ToFloat(float* out) const;
+    // Copies bytes [offset, offset + bytes) of the data into out[bytes] (offset + bytes <= nbytes) with pread:
+    // from a warm page cache several times faster than faulting the mapping in page by page, and safe to call
+    // from several threads at once. An I/O error (a file truncated since it was opened) is kDataLoss.
+    Status Read(uint64_t offset, size_t bytes, void* out) const;
 };
 
 // One mapped file. Movable, not copyable; unmaps on destruction.
@@ -43,6 +50,7 @@ class SafetensorsFile {
   private:
     SafetensorsFile() = default;
     std::string path_;
+    int fd_ = -1;
     void* map_ = nullptr;
     size_t map_size_ = 0;
     std::map<std::string, TensorView> tensors_;
@@ -72,6 +80,20 @@ struct TensorToWrite {
 
 // Writes one safetensors file (tensors sorted by name, as the reference writer does).
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                        const std::map<std::string, std::string>& metadata = {});
+
+// A tensor whose values a callback produces piece by piece (TensorFill), for files larger than memory.
+struct TensorToGenerate {
+    std::string name;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+};
+// Writes values [first, first + count) of tensors[index] as fp32 into out[count] (converted to its dtype on
+// write). count is at most 1 Mi values.
+using TensorFill = std::function<void(size_t index, int64_t first, int64_t count, float* out)>;
+
+// As above, with the values from `fill`: the same bytes as WriteSafetensors of the same values.
+Status WriteSafetensors(const std::string& path, const std::vector<TensorToGenerate>& tensors, const TensorFill& fill,
                         const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace uniattn

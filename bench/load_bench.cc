@@ -1,0 +1,288 @@
+// uniattn-bench load: how fast a safetensors checkpoint becomes backend weights (TensorSet::OpenDir +
+// LoadWeights + Synchronize), and a writer of seeded random checkpoints of a config's shapes to measure it on.
+//
+//   uniattn-bench load --write DIR --config bench/configs/llama2-7b.json [--layers N] [--file-dtype f16|bf16|f32]
+//                      [--seed 1] [--shard-gb 10]
+//   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3] [--threads 0,1,8]
+//                      [--chunk-mib 16] [--checksum]
+//
+// --write and --model may be given together (the checkpoint is written, then loaded). Every repeat loads the
+// whole checkpoint again into fresh buffers; the first one also warms the page cache when it was cold, so the
+// best of the repeats is the warm-cache figure. GB/s counts checkpoint bytes read (what a user's download
+// weighs), and the line also names the bytes the backend holds (more when fp16 files load as fp32).
+// --threads: LoadOptions::num_threads per case (0: the default, hardware threads up to 16).
+// --checksum: copies every loaded buffer back and prints a 64-bit hash of them all (not timed): equal across
+// thread counts and chunk sizes, and between backends holding the same dtype (cpu and cuda --dtype f32).
+#include "bench/load_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/model.h"
+#include "model/weights.h"
+#include "tools/cli.h"
+#include "uniattn/json_io.h"
+#include "uniattn/model_config.h"
+#include "uniattn/safetensors.h"
+#include "util/file.h"
+
+namespace uniattn::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+StatusOr<DType> DTypeFlag(const std::string& s) {
+    if (s == "f16" || s == "fp16") return DType::kF16;
+    if (s == "bf16") return DType::kBF16;
+    if (s == "f32" || s == "fp32") return DType::kF32;
+    return InvalidArgument("unknown dtype \"" + s + "\" (f16, bf16, f32)");
+}
+
+// SplitMix64 of (seed, index), as Backend::FillUniform draws.
+inline uint64_t Mix(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+struct RandomTensor {
+    TensorToGenerate spec;
+    float lo = 0, hi = 0;
+    uint64_t seed = 0;
+    int64_t bytes() const {
+        int64_t n = DTypeBytes(spec.dtype);
+        for (int64_t d : spec.shape) n *= d;
+        return n;
+    }
+};
+
+// The Hugging Face tensors of `c` in the file order of real checkpoints, with the value ranges RandomWeights uses.
+std::vector<RandomTensor> RandomTensors(const ModelConfig& c, DType dtype, uint64_t seed) {
+    std::vector<RandomTensor> out;
+    uint64_t stream = seed * 0x100000001B3ULL;
+    auto add = [&](const std::string& name, std::vector<int64_t> shape, float lo, float hi) {
+        out.push_back({{name, dtype, std::move(shape)}, lo, hi, ++stream});
+    };
+    auto linear = [&](const std::string& name, int64_t rows, int64_t cols) {
+        const float a = std::sqrt(3.0f / static_cast<float>(cols));
+        add(name, {rows, cols}, -a, a);
+    };
+    const int64_t d = c.hidden_size, q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+    const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim, ff = c.intermediate_size;
+    add("model.embed_tokens.weight", {c.vocab_size, d}, -1.0f, 1.0f);
+    for (int l = 0; l < c.num_layers; ++l) {
+        add(LayerTensorName(l, "input_layernorm.weight"), {d}, 0.8f, 1.2f);
+        add(LayerTensorName(l, "post_attention_layernorm.weight"), {d}, 0.8f, 1.2f);
+        linear(LayerTensorName(l, "self_attn.q_proj.weight"), q_dim, d);
+        linear(LayerTensorName(l, "self_attn.k_proj.weight"), kv_dim, d);
+        linear(LayerTensorName(l, "self_attn.v_proj.weight"), kv_dim, d);
+        linear(LayerTensorName(l, "self_attn.o_proj.weight"), d, q_dim);
+        if (c.qkv_bias) {
+            add(LayerTensorName(l, "self_attn.q_proj.bias"), {q_dim}, -0.5f, 0.5f);
+            add(LayerTensorName(l, "self_attn.k_proj.bias"), {kv_dim}, -0.5f, 0.5f);
+            add(LayerTensorName(l, "self_attn.v_proj.bias"), {kv_dim}, -0.5f, 0.5f);
+        }
+        if (c.o_bias) add(LayerTensorName(l, "self_attn.o_proj.bias"), {d}, -0.5f, 0.5f);
+        if (c.qk_norm) {
+            add(LayerTensorName(l, "self_attn.q_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
+            add(LayerTensorName(l, "self_attn.k_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
+        }
+        linear(LayerTensorName(l, "mlp.gate_proj.weight"), ff, d);
+        linear(LayerTensorName(l, "mlp.up_proj.weight"), ff, d);
+        linear(LayerTensorName(l, "mlp.down_proj.weight"), d, ff);
+    }
+    add("model.norm.weight", {d}, 0.8f, 1.2f);
+    if (!c.tie_word_embeddings) linear("lm_head.weight", c.vocab_size, d);
+    return out;
+}
+
+// DIR/config.json and the tensors in shards of at most shard_bytes (one shard: model.safetensors).
+Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_path, int layers, DType dtype,
+                             uint64_t seed, int64_t shard_bytes) {
+    UA_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+    UA_ASSIGN_OR_RETURN(ModelConfig base, ModelConfig::FromJson(text, config_path));
+    if (layers > 0) base.num_layers = layers;
+    base.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16" : "bfloat16";
+    const std::string json = DumpJson(base.ToJson(), 2) + "\n";
+    UA_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromJson(json, config_path));  // derives the layer kinds
+    if (c.has_grouping) return InvalidArgument(config_path + ": UniAttn grouping keys are not supported here");
+    UA_RETURN_IF_ERROR(MakeDirs(dir));
+    UA_RETURN_IF_ERROR(WriteFile(dir + "/config.json", json));
+
+    const std::vector<RandomTensor> all = RandomTensors(c, dtype, seed);
+    std::vector<std::vector<const RandomTensor*>> shards(1);
+    int64_t in_shard = 0, total = 0;
+    for (const RandomTensor& t : all) {
+        if (in_shard > 0 && in_shard + t.bytes() > shard_bytes) {
+            shards.emplace_back();
+            in_shard = 0;
+        }
+        shards.back().push_back(&t);
+        in_shard += t.bytes();
+        total += t.bytes();
+    }
+    OrderedJson weight_map = OrderedJson::object();
+    const auto start = Clock::now();
+    for (size_t s = 0; s < shards.size(); ++s) {
+        char name[64];
+        std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+        const std::string file = shards.size() == 1 ? "model.safetensors" : name;
+        std::vector<TensorToGenerate> specs;
+        for (const RandomTensor* t : shards[s]) {
+            specs.push_back(t->spec);
+            weight_map[t->spec.name] = file;
+        }
+        const auto& part = shards[s];
+        UA_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + file, specs, [&](size_t i, int64_t first, int64_t n, float* v) {
+            const RandomTensor& t = *part[i];
+            for (int64_t j = 0; j < n; ++j) {
+                const float u = static_cast<float>(Mix(t.seed, static_cast<uint64_t>(first + j)) >> 40) * 0x1.0p-24f;
+                v[j] = t.lo + u * (t.hi - t.lo);
+            }
+        }));
+        std::fprintf(stderr, "wrote %s/%s\n", dir.c_str(), file.c_str());
+    }
+    if (shards.size() > 1) {
+        OrderedJson meta = OrderedJson::object();
+        meta["total_size"] = total;
+        OrderedJson index = OrderedJson::object();
+        index["metadata"] = std::move(meta);
+        index["weight_map"] = std::move(weight_map);
+        UA_RETURN_IF_ERROR(WriteFile(dir + "/model.safetensors.index.json", DumpJson(index, 2) + "\n"));
+    }
+    std::printf("wrote %s: %d layers, %.2f GB of %s in %zu file(s), %.1f s\n", dir.c_str(), c.num_layers, total / 1e9,
+                DTypeName(dtype), shards.size(), std::chrono::duration<double>(Clock::now() - start).count());
+    return Status::Ok();
+}
+
+struct LoadResult {
+    double seconds = 0;         // OpenDir, LoadWeights (checks, reading, uploading) and Synchronize
+    WeightLoadStats load;       // LoadWeights' own account
+    int64_t backend_bytes = 0;  // ModelWeights::bytes
+    uint64_t checksum = 0;      // with --checksum
+};
+
+// FNV-1a over 8-byte words (the tail zero-padded) of every buffer, in order, read back from the backend.
+uint64_t Checksum(const ModelWeights& w, Backend* backend) {
+    uint64_t h = 0xCBF29CE484222325ULL;
+    std::vector<uint64_t> host;
+    for (const auto& buf : w.buffers) {
+        host.assign((buf->bytes() + 7) / 8, 0);
+        backend->CopyToHost(host.data(), buf->data(), buf->bytes());
+        for (uint64_t word : host) h = (h ^ word) * 0x100000001B3ULL;
+    }
+    return h;
+}
+
+StatusOr<LoadResult> LoadOnce(const std::string& dir, const ModelConfig& c, Backend* backend,
+                              const LoadOptions& options, bool checksum) {
+    const auto start = Clock::now();
+    UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
+    UA_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(tensors, c, backend, options));
+    backend->Synchronize();
+    LoadResult r;
+    r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    r.load = w.load;
+    r.backend_bytes = w.bytes;
+    if (checksum) r.checksum = Checksum(w, backend);
+    return r;
+}
+
+int Fail(const Status& s) {
+    std::fprintf(stderr, "uniattn-bench load: %s\n", s.message().c_str());
+    return 1;
+}
+
+}  // namespace
+
+int LoadBenchMain(int argc, char** argv) {
+    std::string write_dir, model_dir, config_path = "bench/configs/llama2-7b.json", file_dtype_name = "f16";
+    std::string backend_name = "cuda", dtype_name = "f16";
+    std::string threads_list = "0";
+    int layers = 0, repeat = 3, chunk_mib = 16;
+    bool checksum = false;
+    uint64_t seed = 1;
+    double shard_gb = 10;
+    CLI::App app{"Checkpoint load speed: safetensors files to backend weights.", "uniattn-bench load"};
+    app.add_option("--write", write_dir, "write a seeded random checkpoint of --config's shapes to this directory");
+    app.add_option("--config", config_path, "model config JSON for --write")->capture_default_str();
+    app.add_option("--layers", layers, "--write: this many layers instead of the config's (0: the config's)")
+        ->capture_default_str();
+    app.add_option("--file-dtype", file_dtype_name, "--write: the checkpoint's dtype")->capture_default_str();
+    app.add_option("--seed", seed, "--write: seed of the random values")->capture_default_str();
+    app.add_option("--shard-gb", shard_gb, "--write: largest shard in GB")->capture_default_str();
+    app.add_option("--model", model_dir, "load this checkpoint directory and time it");
+    app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
+    app.add_option("--dtype", dtype_name, "the device backend's weight dtype")->capture_default_str();
+    app.add_option("--repeat", repeat, "loads to time per --threads case")->capture_default_str();
+    app.add_option("--threads", threads_list, "comma-separated loader thread counts (0: the default)")
+        ->capture_default_str();
+    app.add_option("--chunk-mib", chunk_mib, "LoadOptions::chunk_bytes in MiB")->capture_default_str();
+    app.add_flag("--checksum", checksum, "print a hash of the loaded weights (read back, not timed)");
+    if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench load")) return *code;
+    if (write_dir.empty() && model_dir.empty()) {
+        std::fprintf(stderr, "usage: uniattn-bench load [--write DIR --config FILE] [--model DIR] (--help)\n");
+        return 2;
+    }
+    if (!write_dir.empty()) {
+        auto fd = DTypeFlag(file_dtype_name);
+        if (!fd.ok()) return Fail(fd.status());
+        const auto shard_bytes = static_cast<int64_t>(shard_gb * 1e9);
+        if (Status st = WriteRandomCheckpoint(write_dir, config_path, layers, *fd, seed, shard_bytes); !st.ok()) {
+            return Fail(st);
+        }
+    }
+    if (model_dir.empty()) return 0;
+
+    auto wd = DTypeFlag(dtype_name);
+    if (!wd.ok()) return Fail(wd.status());
+    auto be = MakeBackend(backend_name, 0, *wd);
+    if (!be.ok()) return Fail(be.status());
+    Backend* backend = be->get();
+    auto config = Model::LoadConfig(model_dir);
+    if (!config.ok()) return Fail(config.status());
+    std::printf("uniattn-bench load %s on %s, weights %s\n", model_dir.c_str(), backend->Description().c_str(),
+                DTypeName(backend->WeightDType()));
+    if (chunk_mib <= 0) return Fail(InvalidArgument("--chunk-mib must be positive"));
+    std::vector<int> thread_counts;
+    for (size_t at = 0; at <= threads_list.size();) {
+        const size_t comma = std::min(threads_list.find(',', at), threads_list.size());
+        try {
+            thread_counts.push_back(std::stoi(threads_list.substr(at, comma - at)));
+        } catch (const std::exception&) {
+            return Fail(InvalidArgument("--threads: expected comma-separated integers, got \"" + threads_list + "\""));
+        }
+        at = comma + 1;
+    }
+    for (int threads : thread_counts) {
+        LoadOptions options;
+        options.num_threads = threads;
+        options.chunk_bytes = static_cast<size_t>(chunk_mib) << 20;
+        double best = 0;
+        int used = 0;
+        for (int i = 0; i < repeat; ++i) {
+            auto r = LoadOnce(model_dir, *config, backend, options, checksum);
+            if (!r.ok()) return Fail(r.status());
+            const double gbps = r->load.file_bytes / r->seconds / 1e9;
+            best = std::max(best, gbps);
+            used = r->load.num_threads;
+            std::printf(
+                "load %d: %.2f GB of checkpoint -> %.2f GB on %s in %.3f s (%.3f s reading and uploading): "
+                "%.2f GB/s, %d threads, %d MiB chunks\n",
+                i + 1, r->load.file_bytes / 1e9, r->backend_bytes / 1e9, backend->Name().c_str(), r->seconds,
+                r->load.seconds, gbps, r->load.num_threads, chunk_mib);
+            if (checksum) std::printf("checksum %016llx\n", static_cast<unsigned long long>(r->checksum));
+            std::fflush(stdout);
+        }
+        std::printf("best of %d with %d threads: %.2f GB/s\n", repeat, used, best);
+    }
+    return 0;
+}
+
+}  // namespace uniattn::bench

@@ -6,7 +6,8 @@
 #   carry: [".device-carry"]  (googletest, nlohmann-json, CLI11, stories15M in fp16: docs/gpu-notes.md)
 #   env: STAGES="build tests sanitize kernels decode prefill" (a subset runs only those), TESTS (gtest filter,
 #        default all), ROUNDS (decode/prefill rounds, 2), CONFIGS (configs, "llama3-8b llama2-7b"),
-#        PREFILL (prompt lengths, "512,2048,4096")
+#        PREFILL (prompt lengths, "512,2048,4096"); stage "load": checkpoint load speed (uniattn-bench load:
+#        checksums of a 4-layer checkpoint on cpu/cuda, then a 13.5 GB Llama-2-7B-shape fp16 checkpoint)
 set -u
 OUT=${OUT:-/tmp/uniattn-out}
 STAGES=${STAGES:-build tests sanitize kernels decode prefill}
@@ -73,5 +74,17 @@ if has prefill; then
             done
         done
     done
+fi
+if has load; then
+    L=$B/bin/uniattn-bench
+    timeout 60 $L load --write /tmp/l7b4 --config bench/configs/llama2-7b.json --layers 4 --file-dtype f16 >"$OUT/load.log" 2>&1
+    for args in "--backend cpu --threads 16" "--backend cuda --dtype f32 --threads 1,16" \
+        "--backend cuda --dtype f16 --threads 1,16" "--backend cuda --dtype f16 --threads 16 --chunk-mib 1"; do
+        timeout 60 $L load --model /tmp/l7b4 --repeat 1 --checksum $args >>"$OUT/load.log" 2>&1
+    done
+    timeout 150 $L load --write /tmp/l7b --config bench/configs/llama2-7b.json --file-dtype f16 >>"$OUT/load.log" 2>&1
+    timeout 120 $L load --model /tmp/l7b --backend cuda --dtype f16 --repeat 2 --threads 1,16 >>"$OUT/load.log" 2>&1
+    say "load rc=$?"
+    grep -v "^$" "$OUT/load.log" | tail -30
 fi
 cat "$OUT/summary.txt"

@@ -837,8 +837,7 @@ __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
 }
 // 16 bytes global -> shared, asynchronously; zero-filled when !valid (nothing is read then).
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
@@ -868,11 +867,11 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
     PagedBatch b, float scale, float* __restrict__ out, int64_t out_ld,  // [T, Hq·hd]
     float* __restrict__ probs, int64_t probs_ld, float* __restrict__ stats) {
     PdlEnter();
-    constexpr int kLd = kHd + kPmPad;           // staged row stride, elements
-    constexpr int kChunks = kHd / 8;            // 16-byte chunks per row
-    constexpr int kKSteps = kHd / 16;           // k16 steps of QK^T
-    constexpr int kSTiles = kPmTile / 8;        // n8 score tiles per tile
-    constexpr int kOTiles = kHd / 8;            // n8 output tiles
+    constexpr int kLd = kHd + kPmPad;     // staged row stride, elements
+    constexpr int kChunks = kHd / 8;      // 16-byte chunks per row
+    constexpr int kKSteps = kHd / 16;     // k16 steps of QK^T
+    constexpr int kSTiles = kPmTile / 8;  // n8 score tiles per tile
+    constexpr int kOTiles = kHd / 8;      // n8 output tiles
     const int s = blockIdx.z, h = blockIdx.y;
     const int q0 = b.query_start[s], q1 = b.query_start[s + 1];
     if (q1 - q0 == 1) return;  // single-token sequences go to the decode kernel
@@ -885,8 +884,8 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
 
     extern __shared__ __align__(16) unsigned char pm_smem[];
-    T* s_k = reinterpret_cast<T*>(pm_smem);               // [2][kPmTile][kLd] (anchors and normal layers)
-    T* s_v = s_k + (kReuse ? 0 : 2 * kPmTile * kLd);      // [2][kPmTile][kLd]
+    T* s_k = reinterpret_cast<T*>(pm_smem);           // [2][kPmTile][kLd] (anchors and normal layers)
+    T* s_v = s_k + (kReuse ? 0 : 2 * kPmTile * kLd);  // [2][kPmTile][kLd]
 
     // This lane's two rows (a: g, b: g + 8 of the warp's 16): the positions they attend to.
     const int ra = warp * 16 + g, rb = ra + 8;
@@ -1035,8 +1034,8 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
 #pragma unroll
                     for (int half = 0; half < 2; ++half) {
                         const int j = kt + kk * 16 + half * 8 + 2 * c;
-                        SplitPair<T>(p_at(prow_a, pos_a, lo_a, j), p_at(prow_a, pos_a, lo_a, j + 1),
-                                     ph[kk][2 * half], pl[kk][2 * half]);
+                        SplitPair<T>(p_at(prow_a, pos_a, lo_a, j), p_at(prow_a, pos_a, lo_a, j + 1), ph[kk][2 * half],
+                                     pl[kk][2 * half]);
                         SplitPair<T>(p_at(prow_b, pos_b, lo_b, j), p_at(prow_b, pos_b, lo_b, j + 1),
                                      ph[kk][2 * half + 1], pl[kk][2 * half + 1]);
                     }

@@ -7,6 +7,7 @@
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
+//                 [--decode-min-chunk 0|64|128|...]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -42,6 +43,7 @@
 #include "model/weights.h"
 #include "sampling/sampler.h"
 #include "tools/cli.h"
+#include "uniattn/cuda_options.h"
 #include "uniattn/json_io.h"
 #include "util/file.h"
 #ifdef UNIATTN_HAVE_CUDA
@@ -114,33 +116,17 @@ StatusOr<Variant> ParseVariant(const std::string& s) {
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBenchBackend(const std::string& name, DType weights, DType kv,
-                                                    int heads_per_block, bool exact_activations, bool pdl,
-                                                    int fuse_gemv, int stage_gemv, int row_segs, int fuse_combine,
-                                                    int tensor_cores) {
+                                                    const CudaOptions& cuda) {
 #ifdef UNIATTN_HAVE_CUDA
     if (name == "cuda") {
         CudaBackendOptions o;
+        static_cast<CudaOptions&>(o) = cuda;
         o.weight_dtype = weights;
         o.kv_dtype = kv;
-        o.decode_heads_per_block = heads_per_block;
-        o.exact_activations = exact_activations;
-        o.pdl = pdl;
-        if (fuse_gemv >= 0) o.fuse_gemv_inputs = fuse_gemv != 0;
-        if (stage_gemv >= 0) o.stage_gemv_input = stage_gemv != 0;
-        o.gemv_row_segs = row_segs;
-        if (fuse_combine >= 0) o.fuse_attention_combine = fuse_combine != 0;
-        if (tensor_cores >= 0) o.tensor_core_attention = tensor_cores != 0;
         return CreateCudaBackend(o);
     }
 #else
-    (void)heads_per_block;
-    (void)exact_activations;
-    (void)pdl;
-    (void)fuse_gemv;
-    (void)stage_gemv;
-    (void)row_segs;
-    (void)fuse_combine;
-    (void)tensor_cores;
+    (void)cuda;
 #endif
     if (name == "cpu") {
         if (weights != DType::kF32 || kv != DType::kF32) return InvalidArgument("the cpu backend is fp32 only");
@@ -347,7 +333,8 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1;
+    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1,
+        min_chunk = 0;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
@@ -387,6 +374,9 @@ int Main(int argc, char** argv) {
     app.add_option("--tensor-core-attention", tensor_cores,
                    "CUDA: decode attention on tensor cores (1) or CUDA cores (0) (-1: the backend's default)")
         ->capture_default_str();
+    app.add_option("--decode-min-chunk", min_chunk,
+                   "CUDA: fewest context tokens per decode attention split (0: the backend's default)")
+        ->capture_default_str();
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench")) return *code;
     auto text = ReadFile(config_path);
     if (!text.ok()) return Fail(text.status());
@@ -396,8 +386,17 @@ int Main(int argc, char** argv) {
     auto kd = DTypeFlag(kv_dtype_opt->count() ? kv_dtype_name : dtype_name);
     if (!wd.ok()) return Fail(wd.status());
     if (!kd.ok()) return Fail(kd.status());
-    auto be = MakeBenchBackend(backend_name, *wd, *kd, hpb, exact != 0, pdl != 0, fuse, stage, segs, fuse_combine,
-                               tensor_cores);
+    CudaOptions cuda;  // the flags left at -1 keep the backend's defaults
+    cuda.decode_heads_per_block = hpb;
+    cuda.exact_activations = exact != 0;
+    cuda.pdl = pdl != 0;
+    if (fuse >= 0) cuda.fuse_gemv_inputs = fuse != 0;
+    if (stage >= 0) cuda.stage_gemv_input = stage != 0;
+    cuda.gemv_row_segs = segs;
+    if (fuse_combine >= 0) cuda.fuse_attention_combine = fuse_combine != 0;
+    if (tensor_cores >= 0) cuda.tensor_core_attention = tensor_cores != 0;
+    cuda.decode_min_chunk = min_chunk;
+    auto be = MakeBenchBackend(backend_name, *wd, *kd, cuda);
     if (!be.ok()) return Fail(be.status());
 
     std::vector<std::pair<int, int>> decode_cases;

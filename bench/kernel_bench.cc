@@ -106,6 +106,16 @@ int Main(int argc, char** argv) {
     auto bet_or = CreateCudaBackend(tc);
     if (!bet_or.ok()) return 1;
     Backend* bet = bet_or->get();
+    // Tensor-core decode with larger minimum splits (CudaOptions::decode_min_chunk).
+    std::vector<std::pair<int, std::unique_ptr<Backend>>> chunked;
+    for (int mc : {128, 256, 512}) {
+        CudaBackendOptions o;
+        o.tensor_core_attention = true;
+        o.decode_min_chunk = mc;
+        auto r = CreateCudaBackend(o);
+        if (!r.ok()) return 1;
+        chunked.emplace_back(mc, std::move(r).value());
+    }
     Bench bench{be, reps};
     {
         const size_t bytes = size_t{1} << 30;
@@ -262,9 +272,10 @@ int Main(int argc, char** argv) {
         b.max_context_len = ctx + 1;
         b.max_query_len = 1;
         auto probs = Alloc(be, sizeof(float) * B * c.num_heads * (ctx + 1));
-        const Tensor q = MakeTensor(x->data(), DType::kF32, B, q_dim),
-                     out = MakeTensor(y->data(), DType::kF32, B, q_dim);
-        be->FillUniform(x->data(), DType::kF32, B * q_dim, -1, 1, 7);
+        auto q_buf = Alloc(be, sizeof(float) * B * q_dim), out_buf = Alloc(be, sizeof(float) * B * q_dim);
+        const Tensor q = MakeTensor(q_buf->data(), DType::kF32, B, q_dim),
+                     out = MakeTensor(out_buf->data(), DType::kF32, B, q_dim);
+        be->FillUniform(q_buf->data(), DType::kF32, B * q_dim, -1, 1, 7);
         const double plane_bytes = static_cast<double>(B) * (ctx + 1) * kv_dim * DTypeBytes(k.dtype);
         const std::string tag = "B=" + std::to_string(B) + " ctx=" + std::to_string(ctx);
         bench.Report("Attention " + tag, bench.Time([&] { be->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
@@ -293,6 +304,16 @@ int Main(int argc, char** argv) {
             bet->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
+        for (const auto& [mc, bc] : chunked) {
+            Backend* bcp = bc.get();
+            const std::string sfx = " tensor cores min chunk " + std::to_string(mc) + " " + tag;
+            bench.Report("Attention" + sfx, bench.Time([&] { bcp->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
+                         2 * plane_bytes);
+            bench.Report("ReuseAttention" + sfx, bench.Time([&] {
+                bcp->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+            }),
+                         plane_bytes);
+        }
         auto qkv_buf = Alloc(be, sizeof(float) * B * (q_dim + 2 * kv_dim));  // y holds 64 rows only
         const Tensor qkv = MakeTensor(qkv_buf->data(), DType::kF32, B, q_dim + 2 * kv_dim);
         const std::vector<double> inv_freq = c.RopeInvFreq();

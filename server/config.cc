@@ -317,6 +317,16 @@ const std::vector<Key>& Keys() {
         {"engine.cuda.fuse_attention_combine", CudaBool(&CudaOptions::fuse_attention_combine)},
         {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
         {"engine.cuda.tensor_core_attention", CudaBool(&CudaOptions::tensor_core_attention)},
+        {"engine.cuda.decode_min_chunk",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
+             if (v != 0 && (v < 64 || v > 2048 || v % 64 != 0)) {
+                 return InvalidArgument(key + ": must be 0 (the default, 64) or a multiple of 64 from 64 to 2048, got " +
+                                        std::to_string(v));
+             }
+             c.engine.cuda.decode_min_chunk = static_cast<int>(v);
+             return Status::Ok();
+         }},
         {"server.host",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(c.host, ReadString(key, node));
@@ -580,6 +590,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "fuse_attention_combine" << YAML::Value << cu.fuse_attention_combine;
     out << YAML::Key << "decode_heads_per_block" << YAML::Value << cu.decode_heads_per_block;
     out << YAML::Key << "tensor_core_attention" << YAML::Value << cu.tensor_core_attention;
+    out << YAML::Key << "decode_min_chunk" << YAML::Value << cu.decode_min_chunk;
     out << YAML::EndMap;
     out << YAML::EndMap;
     out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;

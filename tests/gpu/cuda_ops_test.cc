@@ -436,11 +436,14 @@ std::vector<AttnCase> AttentionCases() {
 struct AttentionPlanCase {
     int heads_per_block;
     bool tensor_cores;
+    int decode_min_chunk;
     const char* name;
 };
-constexpr AttentionPlanCase kAttentionPlans[] = {{0, false, "decode: heads share K/V reads"},
-                                                 {1, false, "decode: one head per block"},
-                                                 {0, true, "tensor cores (GQA decode, prefill)"}};
+constexpr AttentionPlanCase kAttentionPlans[] = {
+    {0, false, 0, "decode: heads share K/V reads"},
+    {1, false, 0, "decode: one head per block"},
+    {0, true, 0, "tensor cores (GQA decode, prefill)"},
+    {0, true, 128, "tensor cores, decode splits of at least 128 tokens"}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
@@ -580,6 +583,7 @@ TEST_F(CudaAttentionTest, MatchesCpu) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;
+        options.decode_min_chunk = plan.decode_min_chunk;
         gpu_ = std::move(CreateCudaBackend(options)).value();
         SCOPED_TRACE(plan.name);
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
@@ -599,6 +603,7 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;
+        options.decode_min_chunk = plan.decode_min_chunk;
         gpu_ = std::move(CreateCudaBackend(options)).value();
         SCOPED_TRACE(plan.name);
         for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
@@ -621,6 +626,7 @@ TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
         CudaBackendOptions options;
         options.decode_heads_per_block = plan.heads_per_block;
         options.tensor_core_attention = plan.tensor_cores;
+        options.decode_min_chunk = plan.decode_min_chunk;
         for (bool fused_merge : {true, false}) {  // the last split block merges, or the combine kernel
             options.fuse_attention_combine = fused_merge;
             gpu_ = std::move(CreateCudaBackend(options)).value();

@@ -101,6 +101,15 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     ASSERT_FALSE(bad.ok());
     EXPECT_NE(bad.status().message().find("engine.cuda.gemv_row_segs"), std::string::npos);
     EXPECT_NE(ConfigToYaml(*r).find("exact_activations: false"), std::string::npos);
+    auto chunk = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.decode_min_chunk", "256"}});
+    ASSERT_TRUE(chunk.ok()) << chunk.status().message();
+    EXPECT_EQ(chunk->engine.cuda.decode_min_chunk, 256);
+    EXPECT_NE(ConfigToYaml(*chunk).find("decode_min_chunk: 256"), std::string::npos);
+    for (const char* v : {"96", "32", "4096", "-64"}) {
+        auto no = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.decode_min_chunk", v}});
+        ASSERT_FALSE(no.ok()) << v;
+        EXPECT_NE(no.status().message().find("multiple of 64"), std::string::npos) << no.status().message();
+    }
 }
 
 TEST(ConfigTest, GenerationConfigKeys) {

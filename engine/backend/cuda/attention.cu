@@ -49,11 +49,17 @@ constexpr int kBq = 32;               // prefill: query tokens per block
 constexpr int kBk = 32;               // prefill: cached tokens per tile
 constexpr int kPrefillThreads = 128;  // 4 threads per query row
 
-// Context tokens per split for a token that attends to n_ctx positions (a function of n_ctx alone).
-__host__ __device__ __forceinline__ int ChunkFor(int n_ctx) {
+// The fewest context tokens of a decode split for a batch (PagedBatch::decode_min_chunk, else kMinChunk).
+__host__ __device__ __forceinline__ int MinChunk(const PagedBatch& b) {
+    return b.decode_min_chunk > 0 ? b.decode_min_chunk : kMinChunk;
+}
+
+// Context tokens per split for a token that attends to n_ctx positions (a function of n_ctx and the
+// backend's fixed minimum alone).
+__host__ __device__ __forceinline__ int ChunkFor(int n_ctx, int min_chunk) {
     int chunk = (n_ctx + kTargetSplits - 1) / kTargetSplits;
     chunk = (chunk + 31) / 32 * 32;
-    return chunk < kMinChunk ? kMinChunk : (chunk > kMaxChunk ? kMaxChunk : chunk);
+    return chunk < min_chunk ? min_chunk : (chunk > kMaxChunk ? kMaxChunk : chunk);
 }
 
 // The first position a token at `pos` attends to: under a sliding window of `window` tokens (> 0) the
@@ -68,11 +74,11 @@ __host__ __device__ __forceinline__ int WindowStart(int pos, int window) {
 struct DecodeSplits {
     int begin, chunk, num_splits;
 };
-__device__ __forceinline__ DecodeSplits SplitsFor(int pos, int window) {
+__device__ __forceinline__ DecodeSplits SplitsFor(int pos, const PagedBatch& b) {
     DecodeSplits d;
-    d.begin = WindowStart(pos, window);
+    d.begin = WindowStart(pos, b.sliding_window);
     const int n = pos + 1 - d.begin;
-    d.chunk = ChunkFor(n);
+    d.chunk = ChunkFor(n, MinChunk(b));
     d.num_splits = (n + d.chunk - 1) / d.chunk;
     return d;
 }
@@ -198,7 +204,7 @@ __device__ __forceinline__ DecodeBlock LocateDecodeBlock(const PagedBatch& b, in
     d.t = b.query_start[d.s];
     if (b.query_start[d.s + 1] - d.t != 1) return d;
     d.n_ctx = b.positions[d.t] + 1;
-    const DecodeSplits sp = SplitsFor(d.n_ctx - 1, b.sliding_window);
+    const DecodeSplits sp = SplitsFor(d.n_ctx - 1, b);
     d.num_splits = sp.num_splits;
     d.split = blockIdx.x;
     if (d.split >= d.num_splits) return d;
@@ -670,7 +676,7 @@ __global__ void CombineKernel(const float* __restrict__ part_acc, const float* _
     const int s = blockIdx.x / b.num_heads, h = blockIdx.x % b.num_heads;
     const int t = b.query_start[s];
     if (b.query_start[s + 1] - t != 1) return;
-    const int num_splits = SplitsFor(b.positions[t], b.sliding_window).num_splits;
+    const int num_splits = SplitsFor(b.positions[t], b).num_splits;
     if (num_splits == 1) return;  // written by the decode kernel
     MergeSplits<kReuse>(part_acc, part_ml, max_splits, num_splits, s, t, h, 1, b.head_dim, b.num_heads, out, out_ld,
                         stats, ml);
@@ -1167,7 +1173,7 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     } else {
         mha ? launch(DecodeStreamKernel<T, 0, 32, 1, kReuse>) : launch(DecodeStreamKernel<T, 0, 32, kMaxRep, kReuse>);
     }
-    if (MaxAttended(b) > kMinChunk && counters == nullptr) {  // some token may have several splits
+    if (MaxAttended(b) > MinChunk(b) && counters == nullptr) {  // some token may have several splits
         LaunchKernel("CombineKernel", CombineKernel<kReuse>, b.num_seqs * b.num_heads, 128, 0, stream, ws.part_acc,
                      ws.part_ml, p.max_splits, b, out, out_ld, ws.stats);
     }

@@ -494,6 +494,7 @@ class CudaBackend final : public Backend {
         b.head_dim = plane.head_dim;
         b.heads_per_block = options_.decode_heads_per_block;
         b.tensor_cores = options_.tensor_core_attention;
+        b.decode_min_chunk = options_.decode_min_chunk;
         return b;
     }
 

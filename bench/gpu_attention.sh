@@ -6,7 +6,8 @@
 #   carry: [".device-carry"]  (googletest, nlohmann-json, CLI11, stories15M in fp16: docs/gpu-notes.md)
 #   env: STAGES="build tests sanitize kernels decode prefill" (a subset runs only those), TESTS (gtest filter,
 #        default all), ROUNDS (decode/prefill rounds, 2), CONFIGS (configs, "llama3-8b llama2-7b"),
-#        PREFILL (prompt lengths, "512,2048,4096"); stage "load": checkpoint load speed (uniattn-bench load:
+#        PREFILL (prompt lengths, "512,2048,4096"), TCS (decode: tensor-core settings, "0 1"), MINCHUNKS
+#        (decode: --decode-min-chunk values, "0"); stage "load": checkpoint load speed (uniattn-bench load:
 #        checksums of a 4-layer checkpoint on cpu/cuda, then a 13.5 GB Llama-2-7B-shape fp16 checkpoint)
 set -u
 OUT=${OUT:-/tmp/uniattn-out}
@@ -35,7 +36,7 @@ if has tests; then
     grep -E "^\[  FAILED|Failure|Which is|Expected|tensor cores" "$OUT/gpu_tests.log" | head -40
 fi
 if has sanitize; then
-    for tool in memcheck racecheck; do
+    for tool in ${SANITIZERS:-memcheck racecheck}; do
         timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $B/bin/gpu_tests --gtest_color=no \
             --gtest_filter='CudaAttentionTest.MatchesCpu:CudaAttentionTest.ReuseMatchesCpu' >"$OUT/$tool.log" 2>&1
         say "$tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/$tool.log" | tr '\n' ' ')"
@@ -51,13 +52,16 @@ if has kernels; then
 fi
 if has decode; then
     for round in $(seq ${ROUNDS:-2}); do
-        for tc in 0 1; do
-            for c in ${CONFIGS:-llama3-8b llama2-7b}; do
-                timeout 100 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
-                    --decode 1x512,16x4096,64x640,256x640 --steps 10 --warmup 2 --tensor-core-attention $tc \
-                    >"$OUT/decode-$c-tc$tc-r$round.log" 2>&1
-                say "decode $c tensor cores $tc round $round rc=$?"
-                grep -E "^\|" "$OUT/decode-$c-tc$tc-r$round.log" | head -14
+        for tc in ${TCS:-0 1}; do
+            for mc in ${MINCHUNKS:-0}; do
+                for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+                    log="$OUT/decode-$c-tc$tc-mc$mc-r$round.log"
+                    timeout 100 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
+                        --decode 1x512,16x4096,64x640,256x640 --steps 10 --warmup 2 --tensor-core-attention $tc \
+                        --decode-min-chunk $mc >"$log" 2>&1
+                    say "decode $c tensor cores $tc min chunk $mc round $round rc=$?"
+                    grep -E "decode  B=" "$log" | head -14
+                done
             done
         done
     done

@@ -108,7 +108,7 @@ int Main(int argc, char** argv) {
     Backend* bet = bet_or->get();
     // Tensor-core decode with larger minimum splits (CudaOptions::decode_min_chunk).
     std::vector<std::pair<int, std::unique_ptr<Backend>>> chunked;
-    for (int mc : {128, 256, 512}) {
+    for (int mc : {64, 256, 512}) {
         CudaBackendOptions o;
         o.tensor_core_attention = true;
         o.decode_min_chunk = mc;

@@ -38,7 +38,7 @@ namespace {
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 constexpr int kMaxRep = 4;         // query heads per decode block
-constexpr int kMinChunk = 64;      // context tokens per decode split: at least,
+constexpr int kMinChunk = 128;     // context tokens per decode split: at least (by default),
 constexpr int kMaxChunk = 2048;    // at most (longer contexts get more splits instead),
 constexpr int kTargetSplits = 16;  // and about this many splits per token in between
 constexpr int kGenericMaxHeadDim = 128;

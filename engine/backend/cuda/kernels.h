@@ -112,7 +112,7 @@ struct PagedBatch : AttentionBatch {
     int head_dim = 0;
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
     bool tensor_cores = false;  // 16-bit planes, head_dim 64/128: GQA decode and prefill on mma.sync
-    int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 64; a multiple of 64)
+    int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 128; a multiple of 64)
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().

@@ -29,9 +29,11 @@ struct CudaOptions {
     // CUDA-core kernels. MHA decode always uses the CUDA-core kernel (faster there). docs/gpu-notes.md has the
     // measurements.
     bool tensor_core_attention = true;
-    // Decode attention: the fewest context tokens per split of the context (0: 64; else a multiple of 64 up
+    // Decode attention: the fewest context tokens per split of the context (0: 128; else a multiple of 64 up
     // to 2048). Contexts are cut into about 16 splits of at least this many tokens; larger minimums give each
-    // block more tiles to pipeline and fewer partial results to merge, smaller ones more blocks at batch 1.
+    // block more tiles to pipeline and fewer partial results to merge (faster at many sequences of short
+    // contexts), smaller ones more blocks for one sequence (faster at batch 1). docs/gpu-notes.md has the
+    // measurements.
     int decode_min_chunk = 0;
     // GEMMs of 3..64 rows (decode batches): true runs them on [x_hi; x_lo] (fp32-accurate activations, twice
     // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill

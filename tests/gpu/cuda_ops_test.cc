@@ -628,6 +628,8 @@ TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
         options.tensor_core_attention = plan.tensor_cores;
         options.decode_min_chunk = plan.decode_min_chunk;
         for (bool fused_merge : {true, false}) {  // the last split block merges, or the combine kernel
+            // The plan with another split size runs once (the longest test of the suite on the device).
+            if (plan.decode_min_chunk != 0 && fused_merge) continue;
             options.fuse_attention_combine = fused_merge;
             gpu_ = std::move(CreateCudaBackend(options)).value();
             SCOPED_TRACE(std::string(plan.name) + (fused_merge ? ", merge in the last block" : ", combine kernel"));

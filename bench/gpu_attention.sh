@@ -89,6 +89,16 @@ if has load; then
     timeout 150 $L load --write /tmp/l7b --config bench/configs/llama2-7b.json --file-dtype f16 >>"$OUT/load.log" 2>&1
     timeout 120 $L load --model /tmp/l7b --backend cuda --dtype f16 --repeat 2 --threads 1,16 >>"$OUT/load.log" 2>&1
     say "load rc=$?"
+    # Cold: the shards' pages dropped from the page cache first (posix_fadvise DONTNEED; no root needed).
+    for t in 16 1; do
+        python3 -c 'import os,sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' \
+            /tmp/l7b/*.safetensors
+        echo "cold (evicted from the page cache):" >>"$OUT/load.log"
+        timeout 150 $L load --model /tmp/l7b --backend cuda --dtype f16 --repeat 1 --threads $t >>"$OUT/load.log" 2>&1
+        say "cold load $t threads rc=$?"
+    done
     grep -v "^$" "$OUT/load.log" | tail -30
 fi
 cat "$OUT/summary.txt"

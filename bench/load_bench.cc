@@ -2,7 +2,7 @@
 // LoadWeights + Synchronize), and a writer of seeded random checkpoints of a config's shapes to measure it on.
 //
 //   uniattn-bench load --write DIR --config bench/configs/llama2-7b.json [--layers N] [--file-dtype f16|bf16|f32]
-//                      [--seed 1] [--shard-gb 10]
+//                      [--seed 1] [--shard-gb 10] [--uniattn 8/0/32] [--tokenizer-from MODEL_DIR]
 //   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3] [--threads 0,1,8]
 //                      [--chunk-mib 16] [--checksum]
 //
@@ -93,6 +93,11 @@ std::vector<RandomTensor> RandomTensors(const ModelConfig& c, DType dtype, uint6
             add(LayerTensorName(l, "self_attn.q_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
             add(LayerTensorName(l, "self_attn.k_norm.weight"), {c.head_dim}, 0.3f, 2.0f);
         }
+        // UniAttn reuse layers: the compensation Wc (docs/uniattn.md §5); Q/K stay in the file as a
+        // post-trained checkpoint keeps them (the loader skips them).
+        if (c.has_grouping && c.layer_kinds[l] == LayerKind::kReuse) {
+            linear(LayerTensorName(l, "v2_proj.weight"), q_dim, d);
+        }
         linear(LayerTensorName(l, "mlp.gate_proj.weight"), ff, d);
         linear(LayerTensorName(l, "mlp.up_proj.weight"), ff, d);
         linear(LayerTensorName(l, "mlp.down_proj.weight"), d, ff);
@@ -102,18 +107,48 @@ std::vector<RandomTensor> RandomTensors(const ModelConfig& c, DType dtype, uint6
     return out;
 }
 
-// DIR/config.json and the tensors in shards of at most shard_bytes (one shard: model.safetensors).
+// The tokenizer and generation files a servable model directory carries beside its weights.
+constexpr const char* kSideFiles[] = {"tokenizer.model",       "tokenizer.json",         "tokenizer_config.json",
+                                      "special_tokens_map.json", "generation_config.json", "chat_template.jinja"};
+
+// DIR/config.json and the tensors in shards of at most shard_bytes (one shard: model.safetensors). `grouping`
+// "G/B/E" (empty: standard) makes a UniAttn checkpoint: the grouping keys in config.json and a v2_proj per reuse
+// layer. `side_dir` (empty: none): a model directory whose tokenizer and generation files are copied, so that
+// uniattn-serve (and llama.cpp's converter) can serve the result.
 Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_path, int layers, DType dtype,
-                             uint64_t seed, int64_t shard_bytes) {
+                             uint64_t seed, int64_t shard_bytes, const std::string& grouping,
+                             const std::string& side_dir) {
     UA_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
     UA_ASSIGN_OR_RETURN(ModelConfig base, ModelConfig::FromJson(text, config_path));
     if (layers > 0) base.num_layers = layers;
     base.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16" : "bfloat16";
+    if (!grouping.empty()) {
+        int g = 0, b = 0, e = 0;
+        char tail = 0;
+        if (std::sscanf(grouping.c_str(), "%d/%d/%d%c", &g, &b, &e, &tail) != 3) {
+            return InvalidArgument("--uniattn: expected G/B/E (e.g. 8/0/32), got \"" + grouping + "\"");
+        }
+        base.has_grouping = true;
+        base.grouping_idx = g, base.grouping_begin_idx = b, base.grouping_end_idx = e;
+    }
     const std::string json = DumpJson(base.ToJson(), 2) + "\n";
     UA_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromJson(json, config_path));  // derives the layer kinds
-    if (c.has_grouping) return InvalidArgument(config_path + ": UniAttn grouping keys are not supported here");
+    if (c.has_grouping && grouping.empty()) {
+        return InvalidArgument(config_path + ": has UniAttn grouping keys; pass the grouping with --uniattn instead");
+    }
     UA_RETURN_IF_ERROR(MakeDirs(dir));
     UA_RETURN_IF_ERROR(WriteFile(dir + "/config.json", json));
+    if (!side_dir.empty()) {
+        int copied = 0;
+        for (const char* name : kSideFiles) {
+            const std::string from = side_dir + "/" + name;
+            if (!FileExists(from)) continue;
+            UA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(from));
+            UA_RETURN_IF_ERROR(WriteFile(dir + "/" + name, bytes));
+            ++copied;
+        }
+        if (copied == 0) return InvalidArgument("--tokenizer-from " + side_dir + ": no tokenizer files there");
+    }
 
     const std::vector<RandomTensor> all = RandomTensors(c, dtype, seed);
     std::vector<std::vector<const RandomTensor*>> shards(1);
@@ -203,7 +238,7 @@ int Fail(const Status& s) {
 
 int LoadBenchMain(int argc, char** argv) {
     std::string write_dir, model_dir, config_path = "bench/configs/llama2-7b.json", file_dtype_name = "f16";
-    std::string backend_name = "cuda", dtype_name = "f16";
+    std::string backend_name = "cuda", dtype_name = "f16", grouping, side_dir;
     std::string threads_list = "0";
     int layers = 0, repeat = 3, chunk_mib = 16;
     bool checksum = false;
@@ -217,6 +252,9 @@ int LoadBenchMain(int argc, char** argv) {
     app.add_option("--file-dtype", file_dtype_name, "--write: the checkpoint's dtype")->capture_default_str();
     app.add_option("--seed", seed, "--write: seed of the random values")->capture_default_str();
     app.add_option("--shard-gb", shard_gb, "--write: largest shard in GB")->capture_default_str();
+    app.add_option("--uniattn", grouping, "--write: a UniAttn checkpoint of this grouping G/B/E (e.g. 8/0/32)");
+    app.add_option("--tokenizer-from", side_dir,
+                   "--write: copy the tokenizer and generation files of this model directory (a servable model)");
     app.add_option("--model", model_dir, "load this checkpoint directory and time it");
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "the device backend's weight dtype")->capture_default_str();
@@ -234,7 +272,7 @@ int LoadBenchMain(int argc, char** argv) {
         auto fd = DTypeFlag(file_dtype_name);
         if (!fd.ok()) return Fail(fd.status());
         const auto shard_bytes = static_cast<int64_t>(shard_gb * 1e9);
-        if (Status st = WriteRandomCheckpoint(write_dir, config_path, layers, *fd, seed, shard_bytes); !st.ok()) {
+        if (Status st = WriteRandomCheckpoint(write_dir, config_path, layers, *fd, seed, shard_bytes, grouping, side_dir); !st.ok()) {
             return Fail(st);
         }
     }

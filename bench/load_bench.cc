@@ -2,7 +2,7 @@
 // LoadWeights + Synchronize), and a writer of seeded random checkpoints of a config's shapes to measure it on.
 //
 //   uniattn-bench load --write DIR --config bench/configs/llama2-7b.json [--layers N] [--file-dtype f16|bf16|f32]
-//                      [--seed 1] [--shard-gb 10] [--uniattn 8/0/32] [--tokenizer-from MODEL_DIR]
+//                      [--seed 1] [--shard-gb 10] [--uniattn 8/0/32 [--link-base STD_DIR]] [--tokenizer-from MODEL_DIR]
 //   uniattn-bench load --model DIR [--backend cpu|cuda] [--dtype f16|bf16|f32] [--repeat 3] [--threads 0,1,8]
 //                      [--chunk-mib 16] [--checksum]
 //
@@ -15,11 +15,16 @@
 // thread counts and chunk sizes, and between backends holding the same dtype (cpu and cuda --dtype f32).
 #include "bench/load_bench.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/backend.h"
@@ -95,8 +100,14 @@ std::vector<RandomTensor> RandomTensors(const ModelConfig& c, DType dtype, uint6
         }
         // UniAttn reuse layers: the compensation Wc (docs/uniattn.md §5); Q/K stay in the file as a
         // post-trained checkpoint keeps them (the loader skips them).
+        // Their seeds come from a stream of their own, so the other tensors are the standard checkpoint's
+        // (a UniAttn directory may link a standard one's shards: --link-base).
         if (c.has_grouping && c.layer_kinds[l] == LayerKind::kReuse) {
-            linear(LayerTensorName(l, "v2_proj.weight"), q_dim, d);
+            const float a = std::sqrt(3.0f / static_cast<float>(d));
+            out.push_back({{LayerTensorName(l, "v2_proj.weight"), dtype, {q_dim, d}},
+                           -a,
+                           a,
+                           Mix(seed ^ 0x5632ULL, static_cast<uint64_t>(l))});
         }
         linear(LayerTensorName(l, "mlp.gate_proj.weight"), ff, d);
         linear(LayerTensorName(l, "mlp.up_proj.weight"), ff, d);
@@ -108,20 +119,62 @@ std::vector<RandomTensor> RandomTensors(const ModelConfig& c, DType dtype, uint6
 }
 
 // The tokenizer and generation files a servable model directory carries beside its weights.
-constexpr const char* kSideFiles[] = {"tokenizer.model",       "tokenizer.json",         "tokenizer_config.json",
+constexpr const char* kSideFiles[] = {"tokenizer.model",         "tokenizer.json",         "tokenizer_config.json",
                                       "special_tokens_map.json", "generation_config.json", "chat_template.jinja"};
 
-// DIR/config.json and the tensors in shards of at most shard_bytes (one shard: model.safetensors). `grouping`
-// "G/B/E" (empty: standard) makes a UniAttn checkpoint: the grouping keys in config.json and a v2_proj per reuse
-// layer. `side_dir` (empty: none): a model directory whose tokenizer and generation files are copied, so that
-// uniattn-serve (and llama.cpp's converter) can serve the result.
+bool IsV2(const std::string& name) {
+    const std::string suffix = ".v2_proj.weight";
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Writes the shards (file name, tensors) in parallel, a thread per shard up to the hardware's threads.
+Status WriteShards(const std::string& dir,
+                   const std::vector<std::pair<std::string, std::vector<const RandomTensor*>>>& shards) {
+    std::vector<Status> status(shards.size(), Status::Ok());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+        for (size_t s = next++; s < shards.size(); s = next++) {
+            const auto& part = shards[s].second;
+            std::vector<TensorToGenerate> specs;
+            for (const RandomTensor* t : part) specs.push_back(t->spec);
+            status[s] =
+                WriteSafetensors(dir + "/" + shards[s].first, specs, [&](size_t i, int64_t first, int64_t n, float* v) {
+                    const RandomTensor& t = *part[i];
+                    for (int64_t j = 0; j < n; ++j) {
+                        const float u =
+                            static_cast<float>(Mix(t.seed, static_cast<uint64_t>(first + j)) >> 40) * 0x1.0p-24f;
+                        v[j] = t.lo + u * (t.hi - t.lo);
+                    }
+                });
+            if (status[s].ok()) std::fprintf(stderr, "wrote %s/%s\n", dir.c_str(), shards[s].first.c_str());
+        }
+    };
+    const size_t n = std::min<size_t>(shards.size(), std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> pool;
+    for (size_t i = 1; i < n; ++i) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (const Status& st : status) UA_RETURN_IF_ERROR(st);
+    return Status::Ok();
+}
+
+// DIR/config.json and the tensors in shards of at most shard_bytes (one shard: model.safetensors), the shards
+// written in parallel. `grouping` "G/B/E" (empty: standard) makes a UniAttn checkpoint: the grouping keys in
+// config.json and a v2_proj per reuse layer. `link_base` (UniAttn only; empty: none): a standard checkpoint this
+// writer made with the same config, layers, dtype and seed, whose shards are linked instead of written again (its
+// tensors are the same values), so only the v2_proj tensors take new disk. `side_dir` (empty: link_base's, if
+// any): a model directory whose tokenizer and generation files are copied, so that the result can be served.
 Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_path, int layers, DType dtype,
                              uint64_t seed, int64_t shard_bytes, const std::string& grouping,
-                             const std::string& side_dir) {
+                             const std::string& side_dir, const std::string& link_base) {
     UA_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
     UA_ASSIGN_OR_RETURN(ModelConfig base, ModelConfig::FromJson(text, config_path));
+    if (base.has_grouping) {
+        return InvalidArgument(config_path + ": has UniAttn grouping keys; pass the grouping with --uniattn instead");
+    }
     if (layers > 0) base.num_layers = layers;
     base.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16" : "bfloat16";
+    const std::string std_json = DumpJson(base.ToJson(), 2) + "\n";
     if (!grouping.empty()) {
         int g = 0, b = 0, e = 0;
         char tail = 0;
@@ -133,57 +186,92 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
     }
     const std::string json = DumpJson(base.ToJson(), 2) + "\n";
     UA_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromJson(json, config_path));  // derives the layer kinds
-    if (c.has_grouping && grouping.empty()) {
-        return InvalidArgument(config_path + ": has UniAttn grouping keys; pass the grouping with --uniattn instead");
+    if (!link_base.empty()) {
+        if (!c.has_grouping) return InvalidArgument("--link-base needs --uniattn");
+        auto base_json = ReadFile(link_base + "/config.json");
+        if (!base_json.ok() || *base_json != std_json) {
+            return InvalidArgument("--link-base " + link_base +
+                                   ": not a standard checkpoint of this config, layer count and dtype");
+        }
     }
     UA_RETURN_IF_ERROR(MakeDirs(dir));
     UA_RETURN_IF_ERROR(WriteFile(dir + "/config.json", json));
-    if (!side_dir.empty()) {
+    const std::string& sides = side_dir.empty() ? link_base : side_dir;
+    if (!sides.empty()) {
         int copied = 0;
         for (const char* name : kSideFiles) {
-            const std::string from = side_dir + "/" + name;
+            const std::string from = sides + "/" + name;
             if (!FileExists(from)) continue;
             UA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(from));
             UA_RETURN_IF_ERROR(WriteFile(dir + "/" + name, bytes));
             ++copied;
         }
-        if (copied == 0) return InvalidArgument("--tokenizer-from " + side_dir + ": no tokenizer files there");
+        if (copied == 0 && !side_dir.empty()) {
+            return InvalidArgument("--tokenizer-from " + side_dir + ": no tokenizer files there");
+        }
     }
 
     const std::vector<RandomTensor> all = RandomTensors(c, dtype, seed);
-    std::vector<std::vector<const RandomTensor*>> shards(1);
-    int64_t in_shard = 0, total = 0;
-    for (const RandomTensor& t : all) {
-        if (in_shard > 0 && in_shard + t.bytes() > shard_bytes) {
-            shards.emplace_back();
-            in_shard = 0;
-        }
-        shards.back().push_back(&t);
-        in_shard += t.bytes();
-        total += t.bytes();
-    }
     OrderedJson weight_map = OrderedJson::object();
-    const auto start = Clock::now();
-    for (size_t s = 0; s < shards.size(); ++s) {
-        char name[64];
-        std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
-        const std::string file = shards.size() == 1 ? "model.safetensors" : name;
-        std::vector<TensorToGenerate> specs;
-        for (const RandomTensor* t : shards[s]) {
-            specs.push_back(t->spec);
-            weight_map[t->spec.name] = file;
-        }
-        const auto& part = shards[s];
-        UA_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + file, specs, [&](size_t i, int64_t first, int64_t n, float* v) {
-            const RandomTensor& t = *part[i];
-            for (int64_t j = 0; j < n; ++j) {
-                const float u = static_cast<float>(Mix(t.seed, static_cast<uint64_t>(first + j)) >> 40) * 0x1.0p-24f;
-                v[j] = t.lo + u * (t.hi - t.lo);
+    std::vector<std::pair<std::string, std::vector<const RandomTensor*>>> shards;
+    int64_t total = 0;
+    if (!link_base.empty()) {
+        // The base's shards, linked; then one new shard with the v2_proj tensors.
+        const std::string base_index = link_base + "/model.safetensors.index.json";
+        std::vector<std::string> files;
+        if (FileExists(base_index)) {
+            UA_ASSIGN_OR_RETURN(std::string idx_text, ReadFile(base_index));
+            const OrderedJson idx = OrderedJson::parse(idx_text);
+            for (const auto& [name, file] : idx.at("weight_map").items()) {
+                weight_map[name] = file;
+                if (std::find(files.begin(), files.end(), file.get<std::string>()) == files.end()) {
+                    files.push_back(file.get<std::string>());
+                }
             }
-        }));
-        std::fprintf(stderr, "wrote %s/%s\n", dir.c_str(), file.c_str());
+        } else {
+            files.push_back("model.safetensors");
+            for (const RandomTensor& t : all) {
+                if (!IsV2(t.spec.name)) weight_map[t.spec.name] = "model.safetensors";
+            }
+        }
+        const std::string abs_base = std::filesystem::absolute(link_base).string();
+        for (const std::string& f : files) {
+            const std::string link = dir + "/" + f;
+            std::remove(link.c_str());
+            if (symlink((abs_base + "/" + f).c_str(), link.c_str()) != 0) {
+                return InvalidArgument(link + ": cannot link to " + abs_base + "/" + f);
+            }
+        }
+        shards.emplace_back("model-uniattn-v2.safetensors", std::vector<const RandomTensor*>{});
+        for (const RandomTensor& t : all) {
+            if (!IsV2(t.spec.name)) continue;
+            shards.back().second.push_back(&t);
+            weight_map[t.spec.name] = shards.back().first;
+        }
+        for (const RandomTensor& t : all) total += t.bytes();
+    } else {
+        std::vector<std::vector<const RandomTensor*>> parts(1);
+        int64_t in_shard = 0;
+        for (const RandomTensor& t : all) {
+            if (in_shard > 0 && in_shard + t.bytes() > shard_bytes) {
+                parts.emplace_back();
+                in_shard = 0;
+            }
+            parts.back().push_back(&t);
+            in_shard += t.bytes();
+            total += t.bytes();
+        }
+        for (size_t s = 0; s < parts.size(); ++s) {
+            char name[64];
+            std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, parts.size());
+            const std::string file = parts.size() == 1 ? "model.safetensors" : name;
+            for (const RandomTensor* t : parts[s]) weight_map[t->spec.name] = file;
+            shards.emplace_back(file, std::move(parts[s]));
+        }
     }
-    if (shards.size() > 1) {
+    const auto start = Clock::now();
+    UA_RETURN_IF_ERROR(WriteShards(dir, shards));
+    if (shards.size() > 1 || !link_base.empty()) {
         OrderedJson meta = OrderedJson::object();
         meta["total_size"] = total;
         OrderedJson index = OrderedJson::object();
@@ -191,8 +279,9 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
         index["weight_map"] = std::move(weight_map);
         UA_RETURN_IF_ERROR(WriteFile(dir + "/model.safetensors.index.json", DumpJson(index, 2) + "\n"));
     }
-    std::printf("wrote %s: %d layers, %.2f GB of %s in %zu file(s), %.1f s\n", dir.c_str(), c.num_layers, total / 1e9,
-                DTypeName(dtype), shards.size(), std::chrono::duration<double>(Clock::now() - start).count());
+    std::printf("wrote %s: %d layers, %.2f GB of %s in %zu file(s)%s, %.1f s\n", dir.c_str(), c.num_layers, total / 1e9,
+                DTypeName(dtype), shards.size(), link_base.empty() ? "" : " and the base's shards",
+                std::chrono::duration<double>(Clock::now() - start).count());
     return Status::Ok();
 }
 
@@ -238,7 +327,7 @@ int Fail(const Status& s) {
 
 int LoadBenchMain(int argc, char** argv) {
     std::string write_dir, model_dir, config_path = "bench/configs/llama2-7b.json", file_dtype_name = "f16";
-    std::string backend_name = "cuda", dtype_name = "f16", grouping, side_dir;
+    std::string backend_name = "cuda", dtype_name = "f16", grouping, side_dir, link_base;
     std::string threads_list = "0";
     int layers = 0, repeat = 3, chunk_mib = 16;
     bool checksum = false;
@@ -255,6 +344,9 @@ int LoadBenchMain(int argc, char** argv) {
     app.add_option("--uniattn", grouping, "--write: a UniAttn checkpoint of this grouping G/B/E (e.g. 8/0/32)");
     app.add_option("--tokenizer-from", side_dir,
                    "--write: copy the tokenizer and generation files of this model directory (a servable model)");
+    app.add_option("--link-base", link_base,
+                   "--write with --uniattn: link this standard checkpoint's shards (written by --write with the same "
+                   "config, layers, dtype and seed) and write only the v2_proj tensors");
     app.add_option("--model", model_dir, "load this checkpoint directory and time it");
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "the device backend's weight dtype")->capture_default_str();
@@ -272,7 +364,9 @@ int LoadBenchMain(int argc, char** argv) {
         auto fd = DTypeFlag(file_dtype_name);
         if (!fd.ok()) return Fail(fd.status());
         const auto shard_bytes = static_cast<int64_t>(shard_gb * 1e9);
-        if (Status st = WriteRandomCheckpoint(write_dir, config_path, layers, *fd, seed, shard_bytes, grouping, side_dir); !st.ok()) {
+        if (Status st = WriteRandomCheckpoint(write_dir, config_path, layers, *fd, seed, shard_bytes, grouping,
+                                              side_dir, link_base);
+            !st.ok()) {
             return Fail(st);
         }
     }

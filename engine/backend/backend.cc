@@ -171,17 +171,20 @@ void Backend::SampleRows(const Tensor& logits, const SampleRowParams* host_rows,
         UA_CHECK(p.edit_start >= 0 && p.num_edits >= 0 && p.edit_start + p.num_edits <= num_edits);
     }
     // Copies first (a backend is driven by one thread), then the rows in parallel on the CPU's threads.
-    std::vector<float> rows(static_cast<size_t>(num_rows) * vocab);
+    // The buffer only grows, so steady-state steps touch no new pages.
+    const size_t need = static_cast<size_t>(num_rows) * vocab;
+    if (sample_rows_.size() < need) sample_rows_.resize(need);
+    float* rows = sample_rows_.data();
     for (int r = 0; r < num_rows; ++r) {
-        CopyToHost(rows.data() + static_cast<size_t>(r) * vocab, logits.Rows(host_rows[r].logits_row, 1).data,
+        CopyToHost(rows + static_cast<size_t>(r) * vocab, logits.Rows(host_rows[r].logits_row, 1).data,
                    sizeof(float) * vocab);
     }
 #pragma omp parallel for schedule(dynamic) if (num_rows > 1)
     for (int r = 0; r < num_rows; ++r) {
         const SampleRowParams& p = host_rows[r];
-        float* row = rows.data() + static_cast<size_t>(r) * vocab;
+        float* row = rows + static_cast<size_t>(r) * vocab;
         ApplyLogitEdits(row, vocab, host_edits + p.edit_start, p.num_edits, p.repetition_penalty);
-        SelectScratch scratch;
+        thread_local SelectScratch scratch;  // the pool's threads persist: candidates keep their capacity
         host_results[r] = SelectToken(row, vocab, p, &scratch);
     }
 }

@@ -321,7 +321,8 @@ const std::vector<Key>& Keys() {
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
              if (v != 0 && (v < 64 || v > 2048 || v % 64 != 0)) {
-                 return InvalidArgument(key + ": must be 0 (the default, 128) or a multiple of 64 from 64 to 2048, got " +
+                 return InvalidArgument(key +
+                                        ": must be 0 (the default, 128) or a multiple of 64 from 64 to 2048, got " +
                                         std::to_string(v));
              }
              c.engine.cuda.decode_min_chunk = static_cast<int>(v);

@@ -439,11 +439,10 @@ struct AttentionPlanCase {
     int decode_min_chunk;
     const char* name;
 };
-constexpr AttentionPlanCase kAttentionPlans[] = {
-    {0, false, 0, "decode: heads share K/V reads"},
-    {1, false, 0, "decode: one head per block"},
-    {0, true, 0, "tensor cores (GQA decode, prefill)"},
-    {0, true, 64, "tensor cores, decode splits of at least 64 tokens"}};
+constexpr AttentionPlanCase kAttentionPlans[] = {{0, false, 0, "decode: heads share K/V reads"},
+                                                 {1, false, 0, "decode: one head per block"},
+                                                 {0, true, 0, "tensor cores (GQA decode, prefill)"},
+                                                 {0, true, 64, "tensor cores, decode splits of at least 64 tokens"}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {

@@ -11,7 +11,10 @@
 #                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok/)
 #   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
 #                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
-#                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256)
+#                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256); for a dry
+#                                run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
+#                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
+#                                without llamacpp
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
 # the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
@@ -59,10 +62,19 @@ S="$OUT/summary.txt"
 say() { echo "$* (t=$(($(date +%s) - T0))s)" | tee -a "$S"; }
 W=/tmp/serve-work  # JSON results and server logs stay here: at most 8 files come back from $OUT
 mkdir -p "$W/json" "$W/logs"
-tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W"
-export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=$W/bin
-say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${SETUP:-1}" = 1 ]; then
+    tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W"
+    export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    BIN=$W/bin
+    say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+else
+    BIN=$PWD/build/bin
+fi
+BACKEND=${BACKEND:-cuda}
+sets=()  # SERVE_SET="engine.kv_cache_bytes=200000000 ...": more uniattn-serve --set overrides
+for x in ${SERVE_SET:-}; do sets+=(--set "$x"); done
+CONFIGS=${CONFIGS:-bench/configs}
+TOK=${TOK:-$C/tok}
 python3 -c 'import sentencepiece' 2>/dev/null || export PYTHONPATH=$W/lc/spm_reader
 export PYTHONPATH=$W/lc/gguf-py${PYTHONPATH:+:$PYTHONPATH}
 IN=${IN:-400}
@@ -94,8 +106,8 @@ bench() {  # label: every level against the server on $PORT
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do
     M=/tmp/m-$shape
     rm -rf "$M-"*
-    "$BIN/uniattn-bench" load --write "$M-std" --config bench/configs/$shape.json --file-dtype f16 --shard-gb 2 \
-        --tokenizer-from "$C/tok/$shape" >>"$OUT/prep.log" 2>&1
+    "$BIN/uniattn-bench" load --write "$M-std" --config "$CONFIGS/$shape.json" --file-dtype f16 --shard-gb 2 \
+        --tokenizer-from "$TOK/$shape" >>"$OUT/prep.log" 2>&1
     say "$shape: wrote std rc=$?"
     for v in ${VARIANTS:-std 8/0/32 4/16/33 llamacpp}; do
         tag=$shape-${v//\//-}
@@ -127,12 +139,13 @@ EOF
             dir=$M-std
             if [ "$v" != std ]; then
                 dir=$M-${v//\//-}
-                "$BIN/uniattn-bench" load --write "$dir" --config bench/configs/$shape.json --file-dtype f16 \
+                "$BIN/uniattn-bench" load --write "$dir" --config "$CONFIGS/$shape.json" --file-dtype f16 \
                     --uniattn "$v" --link-base "$M-std" >>"$OUT/prep.log" 2>&1
             fi
-            "$BIN/uniattn-serve" --model "$dir" --port $PORT --grpc-port -1 --set engine.backend=cuda \
+            "$BIN/uniattn-serve" --model "$dir" --port $PORT --grpc-port -1 --set engine.backend="$BACKEND" \
                 --set engine.max_num_seqs="$SLOTS" --set engine.max_num_batched_tokens=8192 \
-                --set engine.kv_cache_memory_fraction=0.85 --set logging.level=info >"$W/logs/uniattn-$tag.log" 2>&1 &
+                --set engine.kv_cache_memory_fraction=0.85 --set logging.level=info "${sets[@]}" \
+                >"$W/logs/uniattn-$tag.log" 2>&1 &
             pid=$!
             ;;
         esac

@@ -15,8 +15,6 @@
 // thread counts and chunk sizes, and between backends holding the same dtype (cpu and cuda --dtype f32).
 #include "bench/load_bench.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -221,12 +219,15 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
         std::vector<std::string> files;
         if (FileExists(base_index)) {
             UA_ASSIGN_OR_RETURN(std::string idx_text, ReadFile(base_index));
-            const OrderedJson idx = OrderedJson::parse(idx_text);
-            for (const auto& [name, file] : idx.at("weight_map").items()) {
-                weight_map[name] = file;
-                if (std::find(files.begin(), files.end(), file.get<std::string>()) == files.end()) {
-                    files.push_back(file.get<std::string>());
-                }
+            UA_ASSIGN_OR_RETURN(nlohmann::json idx, ParseJsonFile(idx_text, base_index));
+            const nlohmann::json* wm = JsonFind(idx, "weight_map");
+            if (wm == nullptr || !wm->is_object()) return InvalidArgument(base_index + ": no \"weight_map\" object");
+            for (const auto& [name, file] : wm->items()) {
+                if (!file.is_string())
+                    return InvalidArgument(base_index + ": weight_map[\"" + name + "\"] is not a string");
+                const std::string& f = file.get_ref<const std::string&>();
+                weight_map[name] = f;
+                if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
             }
         } else {
             files.push_back("model.safetensors");
@@ -237,10 +238,10 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
         const std::string abs_base = std::filesystem::absolute(link_base).string();
         for (const std::string& f : files) {
             const std::string link = dir + "/" + f;
-            std::remove(link.c_str());
-            if (symlink((abs_base + "/" + f).c_str(), link.c_str()) != 0) {
-                return InvalidArgument(link + ": cannot link to " + abs_base + "/" + f);
-            }
+            std::error_code ec;
+            std::filesystem::remove(link, ec);
+            std::filesystem::create_symlink(abs_base + "/" + f, link, ec);
+            if (ec) return InvalidArgument(link + ": cannot link to " + abs_base + "/" + f + ": " + ec.message());
         }
         shards.emplace_back("model-uniattn-v2.safetensors", std::vector<const RandomTensor*>{});
         for (const RandomTensor& t : all) {
@@ -356,6 +357,10 @@ int LoadBenchMain(int argc, char** argv) {
     app.add_option("--chunk-mib", chunk_mib, "LoadOptions::chunk_bytes in MiB")->capture_default_str();
     app.add_flag("--checksum", checksum, "print a hash of the loaded weights (read back, not timed)");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-bench load")) return *code;
+    if (write_dir.empty() && (!grouping.empty() || !side_dir.empty() || !link_base.empty())) {
+        std::fprintf(stderr, "uniattn-bench load: --uniattn, --tokenizer-from and --link-base need --write\n");
+        return 2;
+    }
     if (write_dir.empty() && model_dir.empty()) {
         std::fprintf(stderr, "usage: uniattn-bench load [--write DIR --config FILE] [--model DIR] (--help)\n");
         return 2;

@@ -671,6 +671,17 @@ TEST(CudaBackendOptionsTest, RowSegmentsMustDivideTheBlock) {
         EXPECT_NE(be.status().message().find("gemv_row_segs"), std::string::npos);
     }
 }
+
+TEST(CudaBackendOptionsTest, DecodeMinChunkIsAMultipleOf64UpTo2048) {
+    for (int mc : {32, 96, 4096, -64}) {
+        CudaBackendOptions o;
+        o.decode_min_chunk = mc;
+        auto be = CreateCudaBackend(o);
+        ASSERT_FALSE(be.ok()) << mc;
+        EXPECT_EQ(be.status().code(), StatusCode::kInvalidArgument) << be.status().ToString();
+        EXPECT_NE(be.status().message().find("decode_min_chunk"), std::string::npos);
+    }
+}
 #endif
 
 }  // namespace

@@ -531,6 +531,10 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
     if (const int segs = options.gemv_row_segs; segs != 0 && segs != 1 && segs != 2 && segs != 4 && segs != 8) {
         return InvalidArgument("gemv_row_segs " + std::to_string(segs) + ": expected 0 (by shape), 1, 2, 4 or 8");
     }
+    if (const int mc = options.decode_min_chunk; mc != 0 && (mc < 64 || mc > 2048 || mc % 64 != 0)) {
+        return InvalidArgument("decode_min_chunk " + std::to_string(mc) +
+                               ": expected 0 (the default, 128) or a multiple of 64 from 64 to 2048");
+    }
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0) {

@@ -215,25 +215,11 @@ Status WriteRandomCheckpoint(const std::string& dir, const std::string& config_p
     int64_t total = 0;
     if (!link_base.empty()) {
         // The base's shards, linked; then one new shard with the v2_proj tensors.
-        const std::string base_index = link_base + "/model.safetensors.index.json";
+        UA_ASSIGN_OR_RETURN(TensorSet base_set, TensorSet::OpenDir(link_base));
         std::vector<std::string> files;
-        if (FileExists(base_index)) {
-            UA_ASSIGN_OR_RETURN(std::string idx_text, ReadFile(base_index));
-            UA_ASSIGN_OR_RETURN(nlohmann::json idx, ParseJsonFile(idx_text, base_index));
-            const nlohmann::json* wm = JsonFind(idx, "weight_map");
-            if (wm == nullptr || !wm->is_object()) return InvalidArgument(base_index + ": no \"weight_map\" object");
-            for (const auto& [name, file] : wm->items()) {
-                if (!file.is_string())
-                    return InvalidArgument(base_index + ": weight_map[\"" + name + "\"] is not a string");
-                const std::string& f = file.get_ref<const std::string&>();
-                weight_map[name] = f;
-                if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
-            }
-        } else {
-            files.push_back("model.safetensors");
-            for (const RandomTensor& t : all) {
-                if (!IsV2(t.spec.name)) weight_map[t.spec.name] = "model.safetensors";
-            }
+        for (const auto& f : base_set.files()) {
+            files.push_back(std::filesystem::path(f->path()).filename().string());
+            for (const auto& [name, view] : f->tensors()) weight_map[name] = files.back();
         }
         const std::string abs_base = std::filesystem::absolute(link_base).string();
         for (const std::string& f : files) {

@@ -64,6 +64,8 @@ class TensorSet {
     // nullptr when absent.
     const TensorView* Find(const std::string& name) const;
     std::vector<std::string> Names() const;
+    // The files, in the index's order (one for model.safetensors).
+    const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
 
   private:
     std::vector<std::shared_ptr<SafetensorsFile>> files_;

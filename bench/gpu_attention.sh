@@ -7,7 +7,9 @@
 #   env: STAGES="build tests sanitize kernels decode prefill" (a subset runs only those), TESTS (gtest filter,
 #        default all), ROUNDS (decode/prefill rounds, 2), CONFIGS (configs, "llama3-8b llama2-7b"),
 #        PREFILL (prompt lengths, "512,2048,4096"), TCS (decode: tensor-core settings, "0 1"), MINCHUNKS
-#        (decode: --decode-min-chunk values, "0"); stage "load": checkpoint load speed (uniattn-bench load:
+#        (decode: --decode-min-chunk values, "0"), EXACTS (decode: --exact-activations values, "1"); stage "gemms":
+#        every op of uniattn-kernel-bench; stage "profile": ncu per-kernel times of decode steps (PROFILE_CASES,
+#        "256x640 16x4096", standard layers); stage "load": checkpoint load speed (uniattn-bench load:
 #        checksums of a 4-layer checkpoint on cpu/cuda, then a 13.5 GB Llama-2-7B-shape fp16 checkpoint)
 set -u
 OUT=${OUT:-/tmp/uniattn-out}
@@ -54,15 +56,36 @@ if has decode; then
     for round in $(seq ${ROUNDS:-2}); do
         for tc in ${TCS:-0 1}; do
             for mc in ${MINCHUNKS:-0}; do
-                for c in ${CONFIGS:-llama3-8b llama2-7b}; do
-                    log="$OUT/decode-$c-tc$tc-mc$mc-r$round.log"
-                    timeout 100 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
-                        --decode 1x512,16x4096,64x640,256x640 --steps 10 --warmup 2 --tensor-core-attention $tc \
-                        --decode-min-chunk $mc >"$log" 2>&1
-                    say "decode $c tensor cores $tc min chunk $mc round $round rc=$?"
-                    grep -E "decode  B=" "$log" | head -14
+                for ex in ${EXACTS:-1}; do
+                    for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+                        log="$OUT/decode-$c-tc$tc-mc$mc-ex$ex-r$round.log"
+                        timeout 100 $B/bin/uniattn-bench --config bench/configs/$c.json --variants std,8/0/32 \
+                            --decode 1x512,16x4096,64x640,256x640 --steps 10 --warmup 2 --tensor-core-attention $tc \
+                            --decode-min-chunk $mc --exact-activations $ex >"$log" 2>&1
+                        say "decode $c tensor cores $tc min chunk $mc exact activations $ex round $round rc=$?"
+                        grep -E "decode  B=" "$log" | head -14
+                    done
                 done
             done
+        done
+    done
+fi
+if has gemms; then  # every op of uniattn-kernel-bench (GEMMs at 1-256 rows, 16-bit activations, GEMVs, norms)
+    for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+        timeout 200 $B/bin/uniattn-kernel-bench --config bench/configs/$c.json --decode 16x640 >"$OUT/gemms-$c.log" 2>&1
+        say "kernel bench (all ops) $c rc=$?"
+        grep -E "copy|T=" "$OUT/gemms-$c.log" | grep -v ksplit
+    done
+fi
+if has profile; then  # per-kernel GPU time of whole decode steps (ncu, one step after the warm-up)
+    for c in ${CONFIGS:-llama3-8b llama2-7b}; do
+        for case in ${PROFILE_CASES:-256x640 16x4096}; do
+            csv="$OUT/profile-$c-$case.csv"
+            timeout 240 ncu --metrics gpu__time_duration.sum --csv --page raw --graph-profiling node \
+                $B/bin/uniattn-bench --config bench/configs/$c.json --variants std --decode $case --steps 1 \
+                --warmup 1 >"$csv" 2>"$OUT/profile.err"
+            say "ncu $c $case rc=$?"
+            python3 bench/ncu_summary.py "$csv" 2
         done
     done
 fi

@@ -2,12 +2,14 @@
 # The serving benchmark on a GPU, uniattn-serve beside llama.cpp's llama-server (issue 17): seeded random
 # weights of a real shape (standard, UniAttn 8/0/32 and 4/16/33), one server at a time on the same card, the same
 # requests from `uniattn-bench serve` (400-word prompts, 128 output tokens, greedy, ignore_eos) at concurrency
-# 1/16/64/256, TTFT/TPOT/ITL and output tokens/s; a Markdown table at the end. Two halves:
+# 1/16/64/256, TTFT/TPOT/ITL and output tokens/s, and where our engine's time went per level (its step phases
+# from /metrics: schedule, forward, sample, and the time between steps); a Markdown table at the end. Two halves:
 #
 #   bench/gpu_serve.sh prepare   here, after `ninja -C build uniattn-serve uniattn-bench` (a CUDA + server
 #                                build) and `CUDA=1 bench/peers/llamacpp.sh` (llama-server with CUDA in a scratch
 #                                folder): packs into build/serve-carry the two binaries with the shared libraries
-#                                the GPU image lacks (bins.tar.xz), llama-server with the bundle's converter
+#                                the GPU image lacks (bins.tar.xz; EXTRA_BINS="build/bin/gpu_tests ..." packs more),
+#                                llama-server with the bundle's converter
 #                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok/)
 #   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
 #                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
@@ -26,7 +28,7 @@ prepare)
     set -e
     LLAMACPP_DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
     rm -rf "$C" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/lc/bin" "$C/tok/llama2-7b" "$C/tok/llama3-8b"
-    cp build/bin/uniattn-serve build/bin/uniattn-bench "$C/pkg/bin/"
+    cp build/bin/uniattn-serve build/bin/uniattn-bench ${EXTRA_BINS:-} "$C/pkg/bin/"  # EXTRA_BINS: e.g. gpu_tests
     strip "$C/pkg/bin/"*
     # Libraries the Ubuntu 24.04 GPU image has (or CUDA provides) stay behind; the rest travel.
     keep='^(linux-vdso|ld-linux|libc\.|libm\.|libstdc\+\+|libgcc_s|libdl\.|libpthread|librt\.|libcuda|libcublas|libz\.|libssl|libcrypto)'
@@ -92,15 +94,43 @@ ready() {  # url: waits for /v1/models, at most 600 s
     done
     return 1
 }
+step_split() {  # url t0: where our engine's time went during a level (uniattn:step_duration_seconds by phase)
+    curl -s "$1/metrics" >"$W/m1" 2>/dev/null || return 0
+    python3 - "$W/m0" "$W/m1" "$2" <<'EOF'
+import re, sys, time
+def read(p):
+    m = {}
+    for line in open(p):
+        r = re.match(r'uniattn:(step_duration_seconds_sum|engine_steps_total|prompt_tokens_total|'
+                     r'generation_tokens_total)(\{[^}]*\})? ([0-9.e+-]+)', line)
+        if r:
+            ph = re.search(r'phase="(\w+)"', r[2] or "")
+            m[(r[1], ph[1] if ph else None)] = float(r[3])
+    return m
+a, b, wall = read(sys.argv[1]), read(sys.argv[2]), time.time() - float(sys.argv[3])
+if not b: sys.exit()
+d = lambda k: b.get(k, 0) - a.get(k, 0)
+steps = d(("engine_steps_total", None)) or 1
+ph = {p: d(("step_duration_seconds_sum", p)) for p in ("schedule", "forward", "sample")}
+busy = sum(ph.values())
+print("; %d steps, %.0f prefill + %.0f decode tok; per step ms: schedule %.3f, forward %.2f, sample %.3f, "
+      "outside steps %.3f (wall %.1f s, engine busy %.0f%%)" % (steps, d(("prompt_tokens_total", None)),
+      d(("generation_tokens_total", None)), 1e3 * ph["schedule"] / steps, 1e3 * ph["forward"] / steps,
+      1e3 * ph["sample"] / steps, 1e3 * (wall - busy) / steps, wall, 100 * busy / wall), end="")
+EOF
+}
 bench() {  # label: every level against the server on $PORT
     local url=http://127.0.0.1:$PORT
     "$BIN/uniattn-bench" serve --base-url "$url" --num-prompts 4 --concurrency 4 --input-len 32 --output-len 8 \
         >/dev/null 2>&1  # warm-up
     for c in ${LEVELS:-1 16 64 256}; do
-        local n=$((c < 8 ? 8 : 2 * c))
+        local n=$((c < 8 ? 8 : 2 * c)) t0 rc
+        curl -s "$url/metrics" >"$W/m0" 2>/dev/null
+        t0=$(date +%s.%N)
         timeout 300 "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
             --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" >>"$OUT/serve.log" 2>&1
-        say "$1 c$c rc=$?"
+        rc=$?
+        say "$1 c$c rc=$rc$(step_split "$url" "$t0")"
     done
 }
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do

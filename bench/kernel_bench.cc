@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -116,6 +117,19 @@ int Main(int argc, char** argv) {
         if (!r.ok()) return 1;
         chunked.emplace_back(mc, std::move(r).value());
     }
+    // Tensor-core decode variants (CudaBackendOptions::decode_mma_*): K loads not one tile ahead, and registers
+    // capped for 3 resident blocks per SM.
+    std::vector<std::pair<std::string, std::unique_ptr<Backend>>> variants;
+    for (const auto& [name, prefetch, blocks] :
+         {std::tuple<const char*, bool, int>{"no K prefetch", false, 2}, {"3 blocks/SM", true, 3}}) {
+        CudaBackendOptions o;
+        o.tensor_core_attention = true;
+        o.decode_mma_prefetch = prefetch;
+        o.decode_mma_min_blocks = blocks;
+        auto r = CreateCudaBackend(o);
+        if (!r.ok()) return 1;
+        variants.emplace_back(name, std::move(r).value());
+    }
     Bench bench{be, reps};
     {
         const size_t bytes = size_t{1} << 30;
@@ -136,7 +150,7 @@ int Main(int argc, char** argv) {
                         {"gate_up", 2 * ff, d},
                         {"down", d, ff},
                         {"lm_head", c.vocab_size, d}};
-    const int64_t max_rows = 64;
+    const int64_t max_rows = 256;
     auto x = Alloc(be, sizeof(float) * max_rows * std::max(ff, d));
     auto y = Alloc(be, sizeof(float) * max_rows * std::max<int64_t>(2 * ff, c.vocab_size));
     be->FillUniform(x->data(), DType::kF32, max_rows * std::max(ff, d), -1, 1, 2);
@@ -146,13 +160,26 @@ int Main(int argc, char** argv) {
         be->FillUniform(w->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 3);
         const Tensor tw = MakeTensor(w->data(), DType::kF16, m.out, m.in);
         const double wbytes = 2.0 * m.out * m.in;
-        for (int64_t T : {1, 2, 16, 32, 64}) {
+        for (int64_t T : {1, 2, 16, 32, 64, 128, 256}) {
             const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
             const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
             const double s = bench.Time([&] { be->MatMul(tx, tw, ty, false); });
             bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) + "x" +
                              std::to_string(m.in) + "]",
                          s, wbytes);
+        }
+        // 16-bit activations (exact_activations off): one GEMM on the rounded rows instead of [x_hi; x_lo].
+        {
+            CudaBackendOptions fo;
+            fo.exact_activations = false;
+            auto fbe = CreateCudaBackend(fo);
+            if (!fbe.ok()) return 1;
+            for (int64_t T : {16, 32, 64}) {
+                const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
+                const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
+                const double s = bench.Time([&] { (*fbe)->MatMul(tx, tw, ty, false); });
+                bench.Report(std::string(m.name) + " T=" + std::to_string(T) + " 16-bit activations", s, wbytes);
+            }
         }
         for (int ks : {1, 2, 4, 8}) {
             CudaBackendOptions ko;
@@ -304,6 +331,12 @@ int Main(int argc, char** argv) {
             bet->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
+        for (const auto& [name, bv] : variants) {
+            Backend* bvp = bv.get();
+            const std::string sfx = " tensor cores " + name + " " + tag;
+            bench.Report("Attention" + sfx, bench.Time([&] { bvp->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
+                         2 * plane_bytes);
+        }
         for (const auto& [mc, bc] : chunked) {
             Backend* bcp = bc.get();
             const std::string sfx = " tensor cores min chunk " + std::to_string(mc) + " " + tag;

@@ -499,9 +499,11 @@ __device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
     return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
-// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads.
-template <typename T, int kHd, bool kReuse>
-__global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
+// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads. kPrefetch: a tile's K loads are issued
+// during the tile before (PagedBatch::mma_prefetch); kMinBlocks: resident blocks per SM the registers are capped
+// for (PagedBatch::mma_min_blocks; 3 spills a few registers of the head_dim 128 anchor kernel).
+template <typename T, int kHd, bool kReuse, bool kPrefetch, int kMinBlocks>
+__global__ __launch_bounds__(kDecodeThreads, kMinBlocks) void DecodeMmaKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
     const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
     const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
@@ -544,24 +546,32 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
     float m = -FLT_MAX, l = 0.f;  // row g's running max; this lane's share of its sum
-    for (int j0 = start + warp * kMmaTile; j0 < end; j0 += kDecodeWarps * kMmaTile) {
-        uint4 kr[2][kReuse ? 1 : kChunks];  // token j0 + 8·tile + g, dims 32·ch + 8c ..
-        uint4 vr[4][kHalves];               // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
-        if constexpr (!kReuse) {
+    // K fragments of the tile at j0: token j0 + 8·tile + g, dims 32·ch + 8c ..; loaded one tile ahead (right
+    // after the QK^T of the tile before, whose K registers are then free), so they arrive during its softmax
+    // and P·V instead of stalling the next tile's QK^T.
+    uint4 kr[2][kChunks];  // unused by reuse layers
+    auto load_k = [&](int j0) {
 #pragma unroll
-            for (int tile = 0; tile < 2; ++tile) {
-                const int j = j0 + tile * 8 + g;
-                if (j < end) {
-                    const T* row = k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + c * 8;
+        for (int tile = 0; tile < 2; ++tile) {
+            const int j = j0 + tile * 8 + g;
+            if (j < end) {
+                const T* row = k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + c * 8;
 #pragma unroll
-                    for (int ch = 0; ch < kChunks; ++ch)
-                        kr[tile][ch] = __ldg(reinterpret_cast<const uint4*>(row + ch * 32));
-                } else {
+                for (int ch = 0; ch < kChunks; ++ch)
+                    kr[tile][ch] = __ldg(reinterpret_cast<const uint4*>(row + ch * 32));
+            } else {
 #pragma unroll
-                    for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = make_uint4(0, 0, 0, 0);
-                }
+                for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = make_uint4(0, 0, 0, 0);
             }
         }
+    };
+    constexpr int kStride = kDecodeWarps * kMmaTile;
+    if constexpr (!kReuse && kPrefetch) {
+        if (start + warp * kMmaTile < end) load_k(start + warp * kMmaTile);
+    }
+    for (int j0 = start + warp * kMmaTile; j0 < end; j0 += kStride) {
+        if constexpr (!kReuse && !kPrefetch) load_k(j0);
+        uint4 vr[4][kHalves];  // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int j = j0 + 2 * c + (i & 1) + (i >> 1) * 8;
@@ -586,6 +596,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
                     Mma16816<T>(sc[tile], qa[ch][1], kr[tile][ch].z, kr[tile][ch].w);
                 }
             }
+            if (kPrefetch && j0 + kStride < end) load_k(j0 + kStride);  // the next tile's K, in flight from here
             float mx = -FLT_MAX;
 #pragma unroll
             for (int tile = 0; tile < 2; ++tile) {
@@ -1162,7 +1173,16 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     const bool mha = p.heads_per_block == 1;
     if (mma) {
         if constexpr (sizeof(T) == 2) {
-            launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
+            if (!b.mma_prefetch) {
+                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, false, 2>
+                                         : DecodeMmaKernel<T, 64, kReuse, false, 2>);
+            } else if (b.mma_min_blocks == 3) {
+                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, true, 3>
+                                         : DecodeMmaKernel<T, 64, kReuse, true, 3>);
+            } else {
+                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, true, 2>
+                                         : DecodeMmaKernel<T, 64, kReuse, true, 2>);
+            }
         }
     } else if (b.head_dim == 128) {
         mha ? launch(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)

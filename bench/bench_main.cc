@@ -333,7 +333,7 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = 1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1,
+    int hpb = 0, exact = -1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1,
         min_chunk = 0;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
@@ -361,7 +361,9 @@ int Main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--sampling", sampling, "what a decode step does with its logits: none, host or device")
         ->capture_default_str();
-    app.add_option("--exact-activations", exact, "CUDA: exact (1) or fast (0) activations")->capture_default_str();
+    app.add_option("--exact-activations", exact,
+                   "CUDA: exact (1) or 16-bit (0) activations (-1: the backend's default)")
+        ->capture_default_str();
     app.add_option("--pdl", pdl, "CUDA: programmatic dependent launch on (1) or off (0)")->capture_default_str();
     app.add_option("--fuse-gemv-inputs", fuse, "CUDA: fuse GEMV inputs (-1: the backend's default)")
         ->capture_default_str();
@@ -388,7 +390,7 @@ int Main(int argc, char** argv) {
     if (!kd.ok()) return Fail(kd.status());
     CudaOptions cuda;  // the flags left at -1 keep the backend's defaults
     cuda.decode_heads_per_block = hpb;
-    cuda.exact_activations = exact != 0;
+    if (exact >= 0) cuda.exact_activations = exact != 0;
     cuda.pdl = pdl != 0;
     if (fuse >= 0) cuda.fuse_gemv_inputs = fuse != 0;
     if (stage >= 0) cuda.stage_gemv_input = stage != 0;

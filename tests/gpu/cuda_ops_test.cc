@@ -106,37 +106,43 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
     struct Shape {
         int64_t in, out;
     };
-    for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
-        for (const Shape& sh : {Shape{1024, 96}, Shape{1056, 64}, Shape{37, 29}}) {
-            for (int64_t T : {1, 2, 3, 4, 12, 16, 17, 32, 64, 65, 130}) {
-                for (bool accumulate : {false, true}) {
-                    const bool strided = T % 2 == 1;
-                    const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
-                    Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
-                    Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
-                    const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
-                    Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
-                    cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
-                    gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
-                    const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
-                    const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
-                    // Up to 64 rows the GPU keeps fp32 activations (GEMV or the hi/lo split): fp32 rounding
-                    // of each term, as the CPU. Beyond, activations are rounded to the weight dtype: each
-                    // term may move by one rounding step of that dtype.
-                    const double rel = (wd == DType::kF32 || T <= 64) ? 1e-5 : Ulp(wd);
-                    std::vector<double> tol(want.size(), 0.0);
-                    for (int64_t t = 0; t < T; ++t) {
-                        for (int64_t o = 0; o < sh.out; ++o) {
-                            double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
-                            for (int64_t i = 0; i < sh.in; ++i) {
-                                mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
+    for (bool exact : {false, true}) {  // CudaOptions::exact_activations (default false)
+        CudaBackendOptions options;
+        options.exact_activations = exact;
+        gpu_ = std::move(CreateCudaBackend(options)).value();
+        for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {
+            for (const Shape& sh : {Shape{1024, 96}, Shape{1056, 64}, Shape{37, 29}}) {
+                for (int64_t T : {1, 2, 3, 4, 12, 16, 17, 32, 64, 65, 130}) {
+                    for (bool accumulate : {false, true}) {
+                        const bool strided = T % 2 == 1;
+                        const int64_t xp = strided ? 3 : 0, yp = strided ? 2 : 0;
+                        Twin x = Both(RandomVector(rng, T * (sh.in + xp)), T, sh.in, sh.in + xp, xp);
+                        Twin w = Both(RandomVector(rng, sh.out * sh.in), sh.out, sh.in, sh.in, 0, wd);
+                        const std::vector<float> y0 = RandomVector(rng, T * (sh.out + yp));
+                        Twin y = Both(y0, T, sh.out, sh.out + yp, yp);
+                        cpu_->MatMul(x.cpu, w.cpu, y.cpu, accumulate);
+                        gpu_->MatMul(x.gpu, w.gpu, y.gpu, accumulate);
+                        const std::vector<float> want = Fetch(cpu_.get(), y.cpu, yp);
+                        const std::vector<float> got = Fetch(gpu_.get(), y.gpu, yp);
+                        // 1-2 rows (GEMV), and up to 64 with exact activations (the hi/lo split), keep fp32
+                        // activations: fp32 rounding of each term, as the CPU. Otherwise activations are rounded to
+                        // the weight dtype: each term may move by one rounding step of that dtype.
+                        const bool fp32_terms = wd == DType::kF32 || T <= 2 || (exact && T <= 64);
+                        const double rel = fp32_terms ? 1e-5 : Ulp(wd);
+                        std::vector<double> tol(want.size(), 0.0);
+                        for (int64_t t = 0; t < T; ++t) {
+                            for (int64_t o = 0; o < sh.out; ++o) {
+                                double mag = accumulate ? std::abs(y0[t * (sh.out + yp) + yp + o]) : 0.0;
+                                for (int64_t i = 0; i < sh.in; ++i) {
+                                    mag += std::abs(x.host[t * (sh.in + xp) + xp + i] * w.host[o * sh.in + i]);
+                                }
+                                tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
                             }
-                            tol[t * (sh.out + yp) + yp + o] = rel * mag + 1e-30;
                         }
+                        ExpectNear(got, want, tol,
+                                   std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) + " in=" +
+                                       std::to_string(sh.in) + (accumulate ? " acc" : "") + (exact ? " exact" : ""));
                     }
-                    ExpectNear(got, want, tol,
-                               std::string("MatMul ") + Name(wd) + " T=" + std::to_string(T) +
-                                   " in=" + std::to_string(sh.in) + (accumulate ? " acc" : ""));
                 }
             }
         }
@@ -155,6 +161,7 @@ TEST_F(CudaOpsTest, FusedMatMulsMatchCpu) {
     // with 2, 4 and 8 warps per output row.
     for (int mode = 0; mode < 6; ++mode) {
         CudaBackendOptions options;
+        options.exact_activations = true;  // batch 5's GEMM on fp32 activations: the tolerance below is fp32's
         options.fuse_gemv_inputs = mode >= 1;
         options.stage_gemv_input = mode >= 2;
         options.gemv_row_segs = mode >= 3 ? 1 << (mode - 2) : 0;

@@ -89,18 +89,18 @@ TEST(ConfigTest, ChatTemplateIsAutoABuiltinOrAPath) {
 
 TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     auto r = ParseConfig(
-        "model:\n  path: m\nengine:\n  backend: cuda\n  cuda:\n    device: 1\n    exact_activations: false\n", "x.yaml",
+        "model:\n  path: m\nengine:\n  backend: cuda\n  cuda:\n    device: 1\n    exact_activations: true\n", "x.yaml",
         {{"engine.cuda.gemv_row_segs", "4"}, {"engine.cuda.pdl", "false"}});
     ASSERT_TRUE(r.ok()) << r.status().message();
     EXPECT_EQ(r->engine.cuda.device, 1);
-    EXPECT_FALSE(r->engine.cuda.exact_activations);
+    EXPECT_TRUE(r->engine.cuda.exact_activations);
     EXPECT_EQ(r->engine.cuda.gemv_row_segs, 4);
     EXPECT_FALSE(r->engine.cuda.pdl);
     EXPECT_TRUE(r->engine.cuda.fuse_gemv_inputs);  // untouched keys keep their defaults
     auto bad = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.gemv_row_segs", "9"}});
     ASSERT_FALSE(bad.ok());
     EXPECT_NE(bad.status().message().find("engine.cuda.gemv_row_segs"), std::string::npos);
-    EXPECT_NE(ConfigToYaml(*r).find("exact_activations: false"), std::string::npos);
+    EXPECT_NE(ConfigToYaml(*r).find("exact_activations: true"), std::string::npos);
     auto chunk = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.decode_min_chunk", "256"}});
     ASSERT_TRUE(chunk.ok()) << chunk.status().message();
     EXPECT_EQ(chunk->engine.cuda.decode_min_chunk, 256);

@@ -35,10 +35,11 @@ struct CudaOptions {
     // contexts), smaller ones more blocks for one sequence (faster at batch 1). docs/gpu-notes.md has the
     // measurements.
     int decode_min_chunk = 0;
-    // GEMMs of 3..64 rows (decode batches): true runs them on [x_hi; x_lo] (fp32-accurate activations, twice
-    // the rows, a split and a combine kernel); false rounds the activations to the weight dtype as prefill
-    // does (one GEMM, as fp16 engines do), trading accuracy against the CPU oracle for speed.
-    bool exact_activations = true;
+    // GEMMs of 3..64 rows (decode batches): false rounds the activations to the weight dtype as prefill does
+    // (one GEMM, as fp16 engines do); true runs them on [x_hi; x_lo] (fp32-accurate activations, twice the rows,
+    // a split and a combine kernel): closer to the CPU oracle, 4-17% slower GEMMs at 16-64 rows
+    // (docs/gpu-notes.md). 1-2 row GEMVs always read fp32 activations.
+    bool exact_activations = false;
     // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
     // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
     // wait. Kernels in recorded decode graphs keep the programmatic edges.

@@ -16,7 +16,8 @@
 #                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256); for a dry
 #                                run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
-#                                without llamacpp
+#                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
+#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
 # the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
@@ -133,6 +134,21 @@ bench() {  # label: every level against the server on $PORT
         say "$1 c$c rc=$rc$(step_split "$url" "$t0")"
     done
 }
+# Optional checks before the servers, with binaries packed by EXTRA_BINS: GPU_TESTS (a gtest filter for gpu_tests)
+# and KBENCH (decode cases for uniattn-kernel-bench --attention-only on each shape).
+if [ -n "${GPU_TESTS:-}" ] && [ -x "$BIN/gpu_tests" ]; then
+    timeout 300 "$BIN/gpu_tests" --gtest_color=no --gtest_filter="$GPU_TESTS" >"$OUT/gpu_tests.log" 2>&1
+    say "gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/gpu_tests.log" | tr '\n' ' ')"
+    grep -E "^\[  FAILED|Failure|Which is|Expected|metric" "$OUT/gpu_tests.log" | head -40 | tee -a "$S"
+fi
+if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
+    for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+        timeout 120 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --attention-only --decode "$KBENCH" \
+            >"$OUT/kbench-$shape.log" 2>&1
+        say "kernel bench $shape rc=$?"
+        grep -E "copy|Attention" "$OUT/kbench-$shape.log" | tee -a "$S" >/dev/null
+    done
+fi
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do
     M=/tmp/m-$shape
     rm -rf "$M-"*

@@ -17,7 +17,8 @@
 #                                run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
-#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only)
+#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); PROFILE (a decode
+#                                case BxC: ncu per-kernel times of uniattn-bench's decode steps, bench/ncu_summary.py)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
 # the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
@@ -147,6 +148,14 @@ if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
             >"$OUT/kbench-$shape.log" 2>&1
         say "kernel bench $shape rc=$?"
         grep -E "copy|Attention" "$OUT/kbench-$shape.log" | tee -a "$S" >/dev/null
+    done
+fi
+if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of decode steps of each shape
+    for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+        timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
+            "$CONFIGS/$shape.json" --variants std --decode "$PROFILE" --steps 1 --warmup 1 >"$W/profile.csv" 2>&1
+        say "ncu $shape $PROFILE rc=$?"
+        python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
     done
 fi
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do

@@ -149,6 +149,54 @@ TEST_F(CudaOpsTest, MatMulEveryPath) {
     }
 }
 
+// GEMMs on 16-bit activations (3+ rows with exact_activations off, 65+ rows always): NormMatMul and SiluMulMatMul
+// write the GEMM's 16-bit input straight from the norm / SwiGLU kernel. That must give exactly the bits of the
+// two-op path (fp32 norm or SwiGLU, then MatMul's own rounding of its input), for both 16-bit weight dtypes.
+TEST_F(CudaOpsTest, FusedGemmInputsAreBitIdenticalToTwoOps) {
+    Rng rng(113);
+    const int64_t in = 520, out = 136;
+    for (DType wd : {DType::kF16, DType::kBF16}) {
+        for (int64_t T : {3, 5, 64, 65, 130}) {
+            SCOPED_TRACE(std::string(Name(wd)) + " T=" + std::to_string(T));
+            Twin x = Both(RandomVector(rng, T * in, -2.0f, 2.0f), T, in, in);
+            Twin g = Both(RandomVector(rng, in, 0.5f, 1.5f), 1, in, in);
+            Twin w = Both(RandomVector(rng, out * in), out, in, in, 0, wd);
+            Twin w2 = Both(RandomVector(rng, out * in), out, in, in, 0, wd);
+            Twin xn = Both(std::vector<float>(T * in, kNaN), T, in, in);
+            Twin gu = Both(RandomVector(rng, T * 2 * in, -4.0f, 4.0f), T, 2 * in, 2 * in);
+            Twin mlp = Both(std::vector<float>(T * in, kNaN), T, in, in);
+            const std::vector<float> y0 = RandomVector(rng, T * out);
+            Twin fused = Both(std::vector<float>(T * out, kNaN), T, out, out);
+            Twin two = Both(std::vector<float>(T * out, kNaN), T, out, out);
+            gpu_->NormMatMul(x.gpu, g.gpu, 1e-5f, w.gpu, fused.gpu, xn.gpu, false);
+            gpu_->RmsNorm(x.gpu, g.gpu, 1e-5f, xn.gpu);
+            gpu_->MatMul(xn.gpu, w.gpu, two.gpu, false);
+            const std::vector<float> a = Fetch(gpu_.get(), fused.gpu, 0), b = Fetch(gpu_.get(), two.gpu, 0);
+            EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()), 0) << "NormMatMul";
+            // The fused result is also the CPU's within one rounding step of the weight dtype per term.
+            cpu_->RmsNorm(x.cpu, g.cpu, 1e-5f, xn.cpu);
+            cpu_->MatMul(xn.cpu, w.cpu, two.cpu, false);
+            const std::vector<float> xn_cpu = Fetch(cpu_.get(), xn.cpu, 0);
+            std::vector<double> tol(static_cast<size_t>(T * out));
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t o = 0; o < out; ++o) {
+                    double mag = 0;
+                    for (int64_t i = 0; i < in; ++i) mag += std::abs(xn_cpu[t * in + i] * w.host[o * in + i]);
+                    tol[t * out + o] = Ulp(wd) * mag + 1e-30;
+                }
+            }
+            ExpectNear(a, Fetch(cpu_.get(), two.cpu, 0), tol, "NormMatMul vs CPU");
+
+            Twin fused2 = Both(y0, T, out, out), two2 = Both(y0, T, out, out);
+            gpu_->SiluMulMatMul(gu.gpu, w2.gpu, fused2.gpu, mlp.gpu, true);
+            gpu_->SiluMul(gu.gpu, mlp.gpu);
+            gpu_->MatMul(mlp.gpu, w2.gpu, two2.gpu, true);
+            const std::vector<float> c = Fetch(gpu_.get(), fused2.gpu, 0), d = Fetch(gpu_.get(), two2.gpu, 0);
+            EXPECT_EQ(std::memcmp(c.data(), d.data(), sizeof(float) * c.size()), 0) << "SiluMulMatMul";
+        }
+    }
+}
+
 // RmsNorm + MatMul and SwiGLU + MatMul as one op, with the GEMV-fused loads (1-2 rows) and without.
 // The 1-2 row GEMV paths with their input transforms: unfused (norm / SwiGLU kernels, then the per-warp
 // GEMV), fused (the transform staged in shared memory by each block of a persistent grid, or applied in

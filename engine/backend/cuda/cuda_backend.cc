@@ -285,12 +285,26 @@ class CudaBackend final : public Backend {
             cuda::CombineParts(y2, 2 * ks, rows, out, y.f32(), y.ld, accumulate, KStream());
             return;
         }
-        // Prefill-sized: compute-bound; activations rounded to the weight dtype (fp32 accumulation).
+        // Prefill-sized (or 16-bit activations): activations rounded to the weight dtype (fp32 accumulation).
         void* x1 = Workspace(kWsX16, static_cast<size_t>(rows * in) * elem);
         cuda::SplitHiLo(x.f32(), x.ld, rows, in, x1, w.dtype, false, KStream());
-        UA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
-                                     static_cast<int>(in), &one, w.data, wt, static_cast<int>(w.ld), x1, wt,
-                                     static_cast<int>(in), beta, y.data, CUDA_R_32F, static_cast<int>(y.ld),
+        Gemm16(x1, rows, w, y, accumulate);
+    }
+
+    // Whether MatMul of `rows` rows by w runs one GEMM on activations rounded to w's 16-bit dtype.
+    bool RoundsActivations(int64_t rows, const Tensor& w) const {
+        return w.dtype != DType::kF32 && rows > cuda::kGemvMaxRows &&
+               (rows > kSplitMaxRows || !options_.exact_activations);
+    }
+
+    // y (+)= x16 · w^T, x16 [rows, w.cols] dense in w's 16-bit dtype; fp32 accumulation and output.
+    void Gemm16(const void* x16, int64_t rows, const Tensor& w, const Tensor& y, bool accumulate) {
+        const float one = 1.0f, zero = 0.0f;
+        const cudaDataType_t wt = CudaType(w.dtype);
+        UA_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
+                                     static_cast<int>(rows), static_cast<int>(w.cols), &one, w.data, wt,
+                                     static_cast<int>(w.ld), x16, wt, static_cast<int>(w.cols),
+                                     accumulate ? &one : &zero, y.data, CUDA_R_32F, static_cast<int>(y.ld),
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 
@@ -303,6 +317,15 @@ class CudaBackend final : public Backend {
                            w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
             return;
         }
+        if (RoundsActivations(x.rows, w) && x.rows > 0 && w.rows > 0) {
+            // The norm writes the GEMM's 16-bit input itself (no fp32 copy, no conversion pass): same values.
+            UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
+            UA_CHECK_EQ(w.cols, x.cols);
+            void* x16 = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols) * DTypeBytes(w.dtype));
+            cuda::RmsNorm16(x.f32(), x.ld, norm_w.data, norm_w.dtype, eps, x16, w.dtype, x.rows, x.cols, KStream());
+            Gemm16(x16, x.rows, w, y, accumulate);
+            return;
+        }
         Backend::NormMatMul(x, norm_w, eps, w, y, xn, accumulate);
     }
 
@@ -312,6 +335,14 @@ class CudaBackend final : public Backend {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
                               w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
+            return;
+        }
+        if (RoundsActivations(gate_up.rows, w) && gate_up.rows > 0 && w.rows > 0) {
+            UA_CHECK(gate_up.dtype == DType::kF32 && y.dtype == DType::kF32);
+            UA_CHECK_EQ(w.cols * 2, gate_up.cols);
+            void* x16 = Workspace(kWsX16, static_cast<size_t>(gate_up.rows * w.cols) * DTypeBytes(w.dtype));
+            cuda::SiluMul16(gate_up.f32(), gate_up.ld, x16, w.dtype, gate_up.rows, w.cols, KStream());
+            Gemm16(x16, gate_up.rows, w, y, accumulate);
             return;
         }
         Backend::SiluMulMatMul(gate_up, w, y, mlp, accumulate);

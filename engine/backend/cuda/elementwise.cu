@@ -20,9 +20,10 @@ __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __r
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * out_ld + i] = ToFloat(row[i]);
 }
 
-template <typename T>
+// O: float, or the 16-bit type a GEMM reads (the fp32 result rounded once: the same values as RmsNorm + SplitHiLo).
+template <typename T, typename O = float>
 __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
-                              float* __restrict__ out, int64_t out_ld, int64_t d) {
+                              O* __restrict__ out, int64_t out_ld, int64_t d) {
     PdlEnter();
     __shared__ float partial[kThreads / 32];
     const int64_t r = blockIdx.x;
@@ -36,7 +37,8 @@ __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T
 #pragma unroll
     for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
     const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[r * out_ld + i] = xr[i] * inv * ToFloat(w[i]);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+        out[r * out_ld + i] = FromFloat<O>(xr[i] * inv * ToFloat(w[i]));
 }
 
 // cos/sin of pos · inv_freq[i] for i < head_dim/2: the angle and its sincos in double, then rounded (as the
@@ -146,7 +148,9 @@ __global__ void AddBiasKernel(float* __restrict__ x, int64_t x_ld, const T* __re
     }
 }
 
-__global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, float* __restrict__ out, int64_t out_ld,
+// O as RmsNormKernel's.
+template <typename O = float>
+__global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, O* __restrict__ out, int64_t out_ld,
                               int64_t rows, int64_t ff) {
     PdlEnter();
     const int64_t n = rows * ff;
@@ -154,7 +158,7 @@ __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t gu_ld, 
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const int64_t t = idx / ff, i = idx % ff;
         const float g = gate_up[t * gu_ld + i], u = gate_up[t * gu_ld + ff + i];
-        out[t * out_ld + i] = g / (1.0f + expf(-g)) * u;
+        out[t * out_ld + i] = FromFloat<O>(g / (1.0f + expf(-g)) * u);
     }
 }
 
@@ -240,8 +244,8 @@ void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float e
              int64_t rows, int64_t d, Stream stream) {
     if (rows == 0) return;
     UA_DISPATCH_DTYPE(w_dtype, T,
-                      LaunchKernel("RmsNormKernel", RmsNormKernel<T>, static_cast<unsigned>(rows), kThreads, 0, stream,
-                                   x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
+                      LaunchKernel("RmsNormKernel", RmsNormKernel<T, float>, static_cast<unsigned>(rows), kThreads, 0,
+                                   stream, x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
 }
 
 void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions,
@@ -290,8 +294,30 @@ void AddBias(float* x, int64_t x_ld, const void* bias, DType bias_dtype, int64_t
 
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream) {
     if (rows * ff == 0) return;
-    LaunchKernel("SiluMulKernel", SiluMulKernel, StrideGrid(rows * ff), kThreads, 0, stream, gate_up, gu_ld, out,
+    LaunchKernel("SiluMulKernel", SiluMulKernel<float>, StrideGrid(rows * ff), kThreads, 0, stream, gate_up, gu_ld, out,
                  out_ld, rows, ff);
+}
+
+void RmsNorm16(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* out, DType out_dtype,
+               int64_t rows, int64_t d, Stream stream) {
+    if (rows == 0) return;
+    UA_DISPATCH_DTYPE(w_dtype, T,
+                      UA_DISPATCH_DTYPE(
+                          out_dtype, O, if constexpr (sizeof(O) == 2) {
+                              LaunchKernel("RmsNormKernel", RmsNormKernel<T, O>, static_cast<unsigned>(rows), kThreads,
+                                           0, stream, x, x_ld, static_cast<const T*>(w), eps, static_cast<O*>(out), d,
+                                           d);
+                          }));
+}
+
+void SiluMul16(const float* gate_up, int64_t gu_ld, void* out, DType out_dtype, int64_t rows, int64_t ff,
+               Stream stream) {
+    if (rows * ff == 0) return;
+    UA_DISPATCH_DTYPE(
+        out_dtype, O, if constexpr (sizeof(O) == 2) {
+            LaunchKernel("SiluMulKernel", SiluMulKernel<O>, StrideGrid(rows * ff), kThreads, 0, stream, gate_up, gu_ld,
+                         static_cast<O*>(out), ff, rows, ff);
+        });
 }
 
 void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, Stream stream) {

@@ -58,6 +58,12 @@ void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const flo
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream);
+// RmsNorm and SiluMul writing a GEMM's 16-bit input directly (out [rows, d] / [rows, ff], dense, out_dtype
+// f16 or bf16): the fp32 results rounded once, the same values as the fp32 op followed by SplitHiLo.
+void RmsNorm16(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* out, DType out_dtype,
+               int64_t rows, int64_t d, Stream stream);
+void SiluMul16(const float* gate_up, int64_t gu_ld, void* out, DType out_dtype, int64_t rows, int64_t ff,
+               Stream stream);
 
 // x += y                                        x, y [rows, cols] fp32
 void Add(float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t rows, int64_t cols, Stream stream);

@@ -82,7 +82,7 @@ if has profile; then  # per-kernel GPU time of whole decode steps (ncu, one step
         for case in ${PROFILE_CASES:-256x640 16x4096}; do
             csv="$OUT/profile-$c-$case.csv"
             timeout 240 ncu --metrics gpu__time_duration.sum --csv --page raw --graph-profiling node \
-                $B/bin/uniattn-bench --config bench/configs/$c.json --variants std --decode $case --steps 1 \
+                $B/bin/uniattn-bench --config bench/configs/$c.json --variants std --decode $case --steps 1 --sampling device \
                 --warmup 1 >"$csv" 2>"$OUT/profile.err"
             say "ncu $c $case rc=$?"
             python3 bench/ncu_summary.py "$csv" 2

@@ -153,7 +153,8 @@ fi
 if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of decode steps of each shape
     for shape in ${SHAPES:-llama2-7b llama3-8b}; do
         timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
-            "$CONFIGS/$shape.json" --variants std --decode "$PROFILE" --steps 1 --warmup 1 >"$W/profile.csv" 2>&1
+            "$CONFIGS/$shape.json" --variants std --decode "$PROFILE" --steps 1 --warmup 1 --sampling device \
+            >"$W/profile.csv" 2>&1
         say "ncu $shape $PROFILE rc=$?"
         python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
     done

@@ -135,7 +135,11 @@ void LaunchKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 b
     config.attrs = attr;
     config.numAttrs = stream.pdl ? 1 : 0;
     const cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
-    if (err != cudaSuccess) CudaFailed("cudaLaunchKernelEx", __FILE__, __LINE__, name);
+    if (err != cudaSuccess) {
+        char what[256];
+        std::snprintf(what, sizeof(what), "%s: %s", name, cudaGetErrorString(err));
+        CudaFailed("cudaLaunchKernelEx", __FILE__, __LINE__, what);
+    }
 }
 
 }  // namespace uniattn::cuda

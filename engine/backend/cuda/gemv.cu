@@ -296,6 +296,7 @@ template <typename WT, int kRows, int kXform>
 int StagedResidentBlocks(size_t smem) {
     static std::mutex mu;
     static std::map<std::pair<int, size_t>, int> cache;
+    static std::map<int, size_t> opted_in;  // per device: the largest dynamic shared memory allowed so far
     auto kernel = GemvStagedKernel<WT, kRows, kXform>;
     int device = 0, sms = 0, per_sm = 0, max_optin = 0;
     UA_CUDA_CHECK(cudaGetDevice(&device));
@@ -304,8 +305,12 @@ int StagedResidentBlocks(size_t smem) {
     UA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     UA_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     if (smem + sizeof(float) * kRows * (kWarpsPerBlock + 1) <= static_cast<size_t>(max_optin)) {
-        UA_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        // Only ever raised: a launch with a larger size cached before must keep working.
+        if (smem > opted_in[device]) {
+            UA_CUDA_CHECK(
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+            opted_in[device] = smem;
+        }
         UA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStagedThreads, smem));
     }
     return cache[{device, smem}] = per_sm * sms;

@@ -11,7 +11,6 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -116,19 +115,6 @@ int Main(int argc, char** argv) {
         auto r = CreateCudaBackend(o);
         if (!r.ok()) return 1;
         chunked.emplace_back(mc, std::move(r).value());
-    }
-    // Tensor-core decode variants (CudaBackendOptions::decode_mma_*): K loads not one tile ahead, and registers
-    // capped for 3 resident blocks per SM.
-    std::vector<std::pair<std::string, std::unique_ptr<Backend>>> variants;
-    for (const auto& [name, prefetch, blocks] :
-         {std::tuple<const char*, bool, int>{"no K prefetch", false, 2}, {"3 blocks/SM", true, 3}}) {
-        CudaBackendOptions o;
-        o.tensor_core_attention = true;
-        o.decode_mma_prefetch = prefetch;
-        o.decode_mma_min_blocks = blocks;
-        auto r = CreateCudaBackend(o);
-        if (!r.ok()) return 1;
-        variants.emplace_back(name, std::move(r).value());
     }
     Bench bench{be, reps};
     {
@@ -331,12 +317,6 @@ int Main(int argc, char** argv) {
             bet->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
-        for (const auto& [name, bv] : variants) {
-            Backend* bvp = bv.get();
-            const std::string sfx = " tensor cores " + name + " " + tag;
-            bench.Report("Attention" + sfx, bench.Time([&] { bvp->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
-                         2 * plane_bytes);
-        }
         for (const auto& [mc, bc] : chunked) {
             Backend* bcp = bc.get();
             const std::string sfx = " tensor cores min chunk " + std::to_string(mc) + " " + tag;

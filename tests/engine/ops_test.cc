@@ -683,16 +683,6 @@ TEST(CudaBackendOptionsTest, DecodeMinChunkIsAMultipleOf64UpTo2048) {
     }
 }
 
-TEST(CudaBackendOptionsTest, DecodeMmaBlocksPerSmIsTwoOrThree) {
-    for (int blocks : {0, 1, 4}) {
-        CudaBackendOptions o;
-        o.decode_mma_min_blocks = blocks;
-        auto be = CreateCudaBackend(o);
-        ASSERT_FALSE(be.ok()) << blocks;
-        EXPECT_EQ(be.status().code(), StatusCode::kInvalidArgument) << be.status().ToString();
-        EXPECT_NE(be.status().message().find("decode_mma_min_blocks"), std::string::npos);
-    }
-}
 #endif
 
 }  // namespace

@@ -493,27 +493,20 @@ struct AttentionPlanCase {
     bool tensor_cores;
     int decode_min_chunk;
     const char* name;
-    bool mma_prefetch = true;  // tensor-core decode: K loaded one tile ahead
-    int mma_min_blocks = 2;    // tensor-core decode: registers capped for this many blocks per SM
-    // Whether the plan is the default's but for the split size or the tensor-core decode variant.
-    bool Variant() const { return decode_min_chunk != 0 || !mma_prefetch || mma_min_blocks != 2; }
+    // Whether the plan is the default's but for the split size.
+    bool Variant() const { return decode_min_chunk != 0; }
     CudaBackendOptions Options() const {
         CudaBackendOptions o;
         o.decode_heads_per_block = heads_per_block;
         o.tensor_core_attention = tensor_cores;
         o.decode_min_chunk = decode_min_chunk;
-        o.decode_mma_prefetch = mma_prefetch;
-        o.decode_mma_min_blocks = mma_min_blocks;
         return o;
     }
 };
-const AttentionPlanCase kAttentionPlans[] = {
-    {0, false, 0, "decode: heads share K/V reads"},
-    {1, false, 0, "decode: one head per block"},
-    {0, true, 0, "tensor cores (GQA decode, prefill)"},
-    {0, true, 64, "tensor cores, decode splits of at least 64 tokens"},
-    {0, true, 0, "tensor cores, K loads not one tile ahead", false, 2},
-    {0, true, 0, "tensor cores, registers for 3 decode blocks per SM", true, 3}};
+const AttentionPlanCase kAttentionPlans[] = {{0, false, 0, "decode: heads share K/V reads"},
+                                             {1, false, 0, "decode: one head per block"},
+                                             {0, true, 0, "tensor cores (GQA decode, prefill)"},
+                                             {0, true, 64, "tensor cores, decode splits of at least 64 tokens"}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {
@@ -687,7 +680,7 @@ TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
     for (const AttentionPlanCase& plan : kAttentionPlans) {
         CudaBackendOptions options = plan.Options();
         for (bool fused_merge : {true, false}) {  // the last split block merges, or the combine kernel
-            // The plans with another split size or decode variant run once (the longest test on the device).
+            // The plan with another split size runs once (the longest test of the suite on the device).
             if (plan.Variant() && fused_merge) continue;
             options.fuse_attention_combine = fused_merge;
             gpu_ = std::move(CreateCudaBackend(options)).value();

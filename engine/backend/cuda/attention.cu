@@ -499,11 +499,9 @@ __device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
     return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
-// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads. kPrefetch: a tile's K loads are issued
-// during the tile before (PagedBatch::mma_prefetch); kMinBlocks: resident blocks per SM the registers are capped
-// for (PagedBatch::mma_min_blocks; 3 spills a few registers of the head_dim 128 anchor kernel).
-template <typename T, int kHd, bool kReuse, bool kPrefetch, int kMinBlocks>
-__global__ __launch_bounds__(kDecodeThreads, kMinBlocks) void DecodeMmaKernel(
+// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads.
+template <typename T, int kHd, bool kReuse>
+__global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
     const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
     const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
@@ -566,11 +564,10 @@ __global__ __launch_bounds__(kDecodeThreads, kMinBlocks) void DecodeMmaKernel(
         }
     };
     constexpr int kStride = kDecodeWarps * kMmaTile;
-    if constexpr (!kReuse && kPrefetch) {
+    if constexpr (!kReuse) {
         if (start + warp * kMmaTile < end) load_k(start + warp * kMmaTile);
     }
     for (int j0 = start + warp * kMmaTile; j0 < end; j0 += kStride) {
-        if constexpr (!kReuse && !kPrefetch) load_k(j0);
         uint4 vr[4][kHalves];  // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -596,7 +593,7 @@ __global__ __launch_bounds__(kDecodeThreads, kMinBlocks) void DecodeMmaKernel(
                     Mma16816<T>(sc[tile], qa[ch][1], kr[tile][ch].z, kr[tile][ch].w);
                 }
             }
-            if (kPrefetch && j0 + kStride < end) load_k(j0 + kStride);  // the next tile's K, in flight from here
+            if (j0 + kStride < end) load_k(j0 + kStride);  // the next tile's K, in flight from here
             float mx = -FLT_MAX;
 #pragma unroll
             for (int tile = 0; tile < 2; ++tile) {
@@ -1173,16 +1170,7 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     const bool mha = p.heads_per_block == 1;
     if (mma) {
         if constexpr (sizeof(T) == 2) {
-            if (!b.mma_prefetch) {
-                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, false, 2>
-                                         : DecodeMmaKernel<T, 64, kReuse, false, 2>);
-            } else if (b.mma_min_blocks == 3) {
-                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, true, 3>
-                                         : DecodeMmaKernel<T, 64, kReuse, true, 3>);
-            } else {
-                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse, true, 2>
-                                         : DecodeMmaKernel<T, 64, kReuse, true, 2>);
-            }
+            launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
         }
     } else if (b.head_dim == 128) {
         mha ? launch(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)

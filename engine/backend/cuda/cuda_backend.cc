@@ -526,8 +526,6 @@ class CudaBackend final : public Backend {
         b.heads_per_block = options_.decode_heads_per_block;
         b.tensor_cores = options_.tensor_core_attention;
         b.decode_min_chunk = options_.decode_min_chunk;
-        b.mma_prefetch = options_.decode_mma_prefetch;
-        b.mma_min_blocks = options_.decode_mma_min_blocks;
         return b;
     }
 
@@ -563,10 +561,6 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
     // The staged GEMV splits its 8 warps evenly among the rows of a block: another count would overlap rows.
     if (const int segs = options.gemv_row_segs; segs != 0 && segs != 1 && segs != 2 && segs != 4 && segs != 8) {
         return InvalidArgument("gemv_row_segs " + std::to_string(segs) + ": expected 0 (by shape), 1, 2, 4 or 8");
-    }
-    if (options.decode_mma_min_blocks != 2 && options.decode_mma_min_blocks != 3) {
-        return InvalidArgument("decode_mma_min_blocks " + std::to_string(options.decode_mma_min_blocks) +
-                               " is not 2 or 3");
     }
     if (const int mc = options.decode_min_chunk; mc != 0 && (mc < 64 || mc > 2048 || mc % 64 != 0)) {
         return InvalidArgument("decode_min_chunk " + std::to_string(mc) +

@@ -16,10 +16,6 @@ namespace uniattn {
 struct CudaBackendOptions : CudaOptions {
     DType weight_dtype = DType::kF16;
     DType kv_dtype = DType::kF16;
-    // Tensor-core decode attention variants, for benchmarks and tests (not a deployment setting): the next
-    // tile's K loaded during the current one, and the blocks per SM its registers are capped for (2 or 3).
-    bool decode_mma_prefetch = true;
-    int decode_mma_min_blocks = 2;
 };
 
 // Unavailable when the build has CUDA but the machine has no usable device.

@@ -119,10 +119,6 @@ struct PagedBatch : AttentionBatch {
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
     bool tensor_cores = false;  // 16-bit planes, head_dim 64/128: GQA decode and prefill on mma.sync
     int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 128; a multiple of 64)
-    // Tensor-core decode variants (CudaBackendOptions: benchmarks and tests compare them): K loads one tile ahead,
-    // and the resident blocks per SM its registers are capped for (2 or 3).
-    bool mma_prefetch = true;
-    int mma_min_blocks = 2;
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().

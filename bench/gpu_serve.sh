@@ -10,7 +10,7 @@
 #                                folder): packs into build/serve-carry the two binaries with the shared libraries
 #                                the GPU image lacks (bins.tar.xz; EXTRA_BINS="build/bin/gpu_tests ..." packs more),
 #                                llama-server with the bundle's converter
-#                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok/)
+#                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok.tar.xz)
 #   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
 #                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
 #                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256); for a dry
@@ -45,10 +45,11 @@ prepare)
     strip "$C/lc/bin/llama-server"
     cp -r "$LLAMACPP_DIR/src/convert_hf_to_gguf.py" "$LLAMACPP_DIR/src/conversion" "$LLAMACPP_DIR/src/gguf-py" "$C/lc/"
     cp -r bench/peers/spm_reader "$C/lc/"
-    tar cJf "$C/llamacpp.tar.xz" -C "$C" lc
+    XZ_OPT=-9e tar cJf "$C/llamacpp.tar.xz" -C "$C" lc
     rm -rf "$C/lc"
     cp models/stories15M/tokenizer.model models/stories15M/tokenizer_config.json "$C/tok/llama2-7b/"
     cp models/tokenizers/llama-3.1/tokenizer.json models/tokenizers/llama-3.1/tokenizer_config.json "$C/tok/llama3-8b/"
+    tar cJf "$C/tok.tar.xz" -C "$C" tok && rm -rf "$C/tok"  # the device tool carries 64 MiB at most
     du -sh "$C"/*
     exit 0
     ;;
@@ -67,7 +68,7 @@ say() { echo "$* (t=$(($(date +%s) - T0))s)" | tee -a "$S"; }
 W=/tmp/serve-work  # JSON results and server logs stay here: at most 8 files come back from $OUT
 mkdir -p "$W/json" "$W/logs"
 if [ "${SETUP:-1}" = 1 ]; then
-    tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W"
+    tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W" && tar xJf "$C/tok.tar.xz" -C "$W"
     export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     BIN=$W/bin
     say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -78,7 +79,7 @@ BACKEND=${BACKEND:-cuda}
 sets=()  # SERVE_SET="engine.kv_cache_bytes=200000000 ...": more uniattn-serve --set overrides
 for x in ${SERVE_SET:-}; do sets+=(--set "$x"); done
 CONFIGS=${CONFIGS:-bench/configs}
-TOK=${TOK:-$C/tok}
+TOK=${TOK:-$W/tok}
 python3 -c 'import sentencepiece' 2>/dev/null || export PYTHONPATH=$W/lc/spm_reader
 export PYTHONPATH=$W/lc/gguf-py${PYTHONPATH:+:$PYTHONPATH}
 IN=${IN:-400}

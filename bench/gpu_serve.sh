@@ -39,7 +39,7 @@ prepare)
             [ -e "$C/pkg/lib/$name" ] || cp -L "$path" "$C/pkg/lib/$name"
         done
     done
-    tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
+    XZ_OPT=-9e tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
     rm -rf "$C/pkg"
     cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"
     strip "$C/lc/bin/llama-server"

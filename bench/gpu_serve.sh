@@ -39,6 +39,10 @@ prepare)
             [ -e "$C/pkg/lib/$name" ] || cp -L "$path" "$C/pkg/lib/$name"
         done
     done
+    if [ "${BLAS_STUB:-1}" = 1 ]; then  # bench/blas_stub.c: the CUDA path calls no BLAS; saves 5 MB of carry
+        rm -f "$C/pkg/lib/"{libopenblas.so.0,libgfortran.so.5,libquadmath.so.0}
+        gcc -O2 -shared -fPIC -Wl,-soname,libopenblas.so.0 bench/blas_stub.c -o "$C/pkg/lib/libopenblas.so.0"
+    fi
     XZ_OPT=-9e tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
     rm -rf "$C/pkg"
     cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"

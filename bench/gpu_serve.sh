@@ -135,7 +135,8 @@ bench() {  # label: every level against the server on $PORT
         curl -s "$url/metrics" >"$W/m0" 2>/dev/null
         t0=$(date +%s.%N)
         timeout 300 "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
-            --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" >>"$OUT/serve.log" 2>&1
+            --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" $BAN \
+            >>"$OUT/serve.log" 2>&1
         rc=$?
         say "$1 c$c rc=$rc$(step_split "$url" "$t0")"
     done
@@ -165,6 +166,10 @@ if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of de
     done
 fi
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+    # Random weights emit byte tokens that leave the text invalid UTF-8, which llama.cpp's server answers with an
+    # error event: both servers get the same logit_bias banning Llama-2's 256 byte tokens (ids 3-258).
+    BAN=
+    [ "$shape" = llama2-7b ] && [ "${BAN_BYTES:-1}" = 1 ] && BAN="--ban-tokens 3-258"
     M=/tmp/m-$shape
     rm -rf "$M-"*
     "$BIN/uniattn-bench" load --write "$M-std" --config "$CONFIGS/$shape.json" --file-dtype f16 --shard-gb 2 \
@@ -177,8 +182,8 @@ for shape in ${SHAPES:-llama2-7b llama3-8b}; do
             [ -f "$M.gguf" ] || python3 "$W/lc/convert_hf_to_gguf.py" "$M-std" --outtype f16 --outfile "$M.gguf" \
                 >>"$OUT/prep.log" 2>&1
             say "$shape: gguf rc=$?"
-            # One unified KV pool of SLOTS x (prompt + output + margin) tokens, or what fits in 85% of the card
-            # beside the weights (ours sizes its paged pool the same way: engine.kv_cache_memory_fraction).
+            # SLOTS x (prompt + output + margin) tokens of KV, or what fits in 85% of the card beside the weights
+            # (ours sizes its paged pool the same way: engine.kv_cache_memory_fraction).
             ctx=$(python3 - "$M-std" "$SLOTS" $((IN * 5 / 4 + OUTLEN + 64)) <<'EOF'
 import json, os, subprocess, sys
 d, slots, per_slot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -191,8 +196,9 @@ fit = int((mib * 2**20 * 0.85 - weights) // kv)
 print(min(slots * per_slot, fit // 256 * 256))
 EOF
 )
-            say "$shape: llama-server -c $ctx -np $SLOTS -kvu"
-            "$W/lc/bin/llama-server" -m "$M.gguf" --port $PORT -ngl 999 -np "$SLOTS" -c "$ctx" -kvu --no-webui \
+            # Per-slot KV (not -kvu: with one unified buffer every token attends over all of it, 20x slower here).
+            say "$shape: llama-server -c $ctx -np $SLOTS"
+            "$W/lc/bin/llama-server" -m "$M.gguf" --port $PORT -ngl 999 -np "$SLOTS" -c "$ctx" --no-webui \
                 >"$W/logs/llamacpp-$shape.log" 2>&1 &
             pid=$!
             ;;

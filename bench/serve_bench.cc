@@ -144,6 +144,7 @@ json ReportJson(const LoadOptions& o, const Report& r, const LoadResult& result)
     j["range_ratio"] = o.range_ratio;
     j["stream"] = o.stream;
     j["ignore_eos"] = o.ignore_eos;
+    j["banned_tokens"] = o.banned_tokens.size();
     j["seed"] = o.seed;
     j["num_requests"] = r.num_requests;
     j["completed"] = r.num_ok;
@@ -209,6 +210,9 @@ int ServeBenchMain(int argc, char** argv) {
     app.add_option("--timeout", o.timeout_s, "seconds per request, connect to last byte")->capture_default_str();
     app.add_flag("--no-stream", no_stream, "non-streaming requests (TTFT = E2E, no ITL/TPOT)");
     app.add_flag("--no-ignore-eos", no_ignore_eos, "do not send ignore_eos: true");
+    std::string ban;
+    app.add_option("--ban-tokens", ban,
+                   "token id ranges sent with logit_bias -100, e.g. 3-258 (Llama-2's byte tokens)");
     app.add_option("--json", json_path, "write the results and the exact arguments as JSON to this file");
     app.add_option("--label", label, "a name for this run in the table and the JSON (e.g. the server's)");
     app.add_flag("--progress", progress, "progress line on stderr even when it is not a terminal");
@@ -230,6 +234,21 @@ int ServeBenchMain(int argc, char** argv) {
     o.endpoint = endpoint == "chat" ? ApiEndpoint::kChat : ApiEndpoint::kCompletions;
     o.stream = !no_stream;
     o.ignore_eos = !no_ignore_eos;
+    for (size_t at = 0; at < ban.size();) {  // "A-B,C,..."
+        size_t comma = ban.find(',', at);
+        if (comma == std::string::npos) comma = ban.size();
+        const std::string item = ban.substr(at, comma - at);
+        const size_t dash = item.find('-');
+        char* end = nullptr;
+        const long lo = std::strtol(item.c_str(), &end, 10);
+        const long hi = dash == std::string::npos ? lo : std::strtol(item.c_str() + dash + 1, &end, 10);
+        if (item.empty() || *end != '\0' || lo < 0 || hi < lo || hi - lo > 1000000) {
+            std::fprintf(stderr, "uniattn-bench serve: --ban-tokens: '%s' is not an id or a range A-B\n", item.c_str());
+            return 2;
+        }
+        for (long id = lo; id <= hi; ++id) o.banned_tokens.push_back(static_cast<int32_t>(id));
+        at = comma + 1;
+    }
     if (!prompts_file.empty()) {
         std::ifstream in(prompts_file);
         if (!in) {

@@ -408,6 +408,11 @@ std::string RequestBody(const LoadOptions& options, const std::string& prompt, i
     j["max_tokens"] = max_tokens;
     j["temperature"] = options.temperature;
     if (options.ignore_eos) j["ignore_eos"] = true;
+    if (!options.banned_tokens.empty()) {
+        json bias = json::object();
+        for (int32_t id : options.banned_tokens) bias[std::to_string(id)] = -100;
+        j["logit_bias"] = std::move(bias);
+    }
     j["stream"] = options.stream;
     if (options.stream) j["stream_options"] = json{{"include_usage", true}};
     return j.dump(-1, ' ', false, json::error_handler_t::replace);

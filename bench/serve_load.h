@@ -42,6 +42,9 @@ struct LoadOptions {
     bool ignore_eos = true;  // so that every request produces max_tokens (servers that ignore it stop early)
     double temperature = 0;
     double timeout_s = 600;  // per request, connect to last byte
+    // Token ids sent with logit_bias -100 (never sampled): e.g. the byte tokens of a random-weight model, whose
+    // outputs are otherwise not valid UTF-8 (llama.cpp's server answers those with an error event).
+    std::vector<int32_t> banned_tokens;
 };
 
 struct LoadProgress {

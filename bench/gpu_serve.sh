@@ -53,6 +53,7 @@ prepare)
     rm -rf "$C/lc"
     cp models/stories15M/tokenizer.model models/stories15M/tokenizer_config.json "$C/tok/llama2-7b/"
     cp models/tokenizers/llama-3.1/tokenizer.json models/tokenizers/llama-3.1/tokenizer_config.json "$C/tok/llama3-8b/"
+    for s in llama2-7b llama3-8b; do python3 bench/peers/byte_token_ban.py "$C/tok/$s" >"$C/tok/$s/ban.txt"; done
     tar cJf "$C/tok.tar.xz" -C "$C" tok && rm -rf "$C/tok"  # the device tool carries 64 MiB at most
     du -sh "$C"/*
     exit 0
@@ -166,10 +167,11 @@ if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of de
     done
 fi
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do
-    # Random weights emit byte tokens that leave the text invalid UTF-8, which llama.cpp's server answers with an
-    # error event: both servers get the same logit_bias banning Llama-2's 256 byte tokens (ids 3-258).
+    # Random weights emit tokens that leave the text invalid UTF-8, which llama.cpp's server answers with an error
+    # event: both servers get the same logit_bias banning the tokens that are not whole UTF-8 on their own
+    # (bench/peers/byte_token_ban.py, written by prepare: Llama-2's 256 byte tokens, 1352 of Llama-3's).
     BAN=
-    [ "$shape" = llama2-7b ] && [ "${BAN_BYTES:-1}" = 1 ] && BAN="--ban-tokens 3-258"
+    [ -s "$TOK/$shape/ban.txt" ] && [ "${BAN_BYTES:-1}" = 1 ] && BAN="--ban-tokens $(cat "$TOK/$shape/ban.txt")"
     M=/tmp/m-$shape
     rm -rf "$M-"*
     "$BIN/uniattn-bench" load --write "$M-std" --config "$CONFIGS/$shape.json" --file-dtype f16 --shard-gb 2 \

@@ -13,7 +13,11 @@
 #                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok.tar.xz)
 #   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
 #                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
-#                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256); for a dry
+#                                LEVELS ("1 16 64 256"), IN (400), OUTLEN (128), SLOTS (256), STOP_AFTER
+#                                (seconds after which no variant or level starts: the table still comes back
+#                                inside the device call's limit), LC_LEVEL_S (llama.cpp's limit per level, 150);
+#                                a variant of ours may add --set overrides: "std:engine.cuda.decode_min_chunk=256"
+#                                (several joined by commas); the table rows go to summary.txt as each level ends; for a dry
 #                                run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
@@ -71,7 +75,7 @@ T0=$(date +%s)
 S="$OUT/summary.txt"
 say() { echo "$* (t=$(($(date +%s) - T0))s)" | tee -a "$S"; }
 W=/tmp/serve-work  # JSON results and server logs stay here: at most 8 files come back from $OUT
-mkdir -p "$W/json" "$W/logs"
+rm -rf "$W/json" "$W/logs" && mkdir -p "$W/json" "$W/logs"
 if [ "${SETUP:-1}" = 1 ]; then
     tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W" && tar xJf "$C/tok.tar.xz" -C "$W"
     export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -127,19 +131,31 @@ print("; %d steps, %.0f prefill + %.0f decode tok; per step ms: schedule %.3f, f
       1e3 * ph["sample"] / steps, 1e3 * (wall - busy) / steps, wall, 100 * busy / wall), end="")
 EOF
 }
-bench() {  # label: every level against the server on $PORT
+row() {  # json: its table row
+    python3 - "$1" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+f = lambda m: "%.1f / %.1f" % (d[m]["p50"], d[m]["p99"])
+print("| %s | %d/%d | %.1f | %s | %s | %s |" % (d["label"], d["completed"], d["num_requests"],
+      d["output_throughput"], f("ttft_ms"), f("tpot_ms"), f("itl_ms")))
+EOF
+}
+late() { [ $(($(date +%s) - T0)) -ge "${STOP_AFTER:-100000}" ]; }  # past STOP_AFTER s: nothing new starts
+bench() {  # label [seconds per level]: every level against the server on $PORT
     local url=http://127.0.0.1:$PORT
     "$BIN/uniattn-bench" serve --base-url "$url" --num-prompts 4 --concurrency 4 --input-len 32 --output-len 8 \
         >/dev/null 2>&1  # warm-up
     for c in ${LEVELS:-1 16 64 256}; do
         local n=$((c < 8 ? 8 : 2 * c)) t0 rc
+        late && { say "$1 c$c skipped: past STOP_AFTER"; continue; }
         curl -s "$url/metrics" >"$W/m0" 2>/dev/null
         t0=$(date +%s.%N)
-        timeout 300 "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
+        timeout "${2:-300}" "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
             --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" $BAN \
             >>"$OUT/serve.log" 2>&1
         rc=$?
         say "$1 c$c rc=$rc$(step_split "$url" "$t0")"
+        [ -s "$W/json/$1-c$c.json" ] && row "$W/json/$1-c$c.json" | tee -a "$S"
     done
 }
 # Optional checks before the servers, with binaries packed by EXTRA_BINS: GPU_TESTS (a gtest filter for gpu_tests)
@@ -177,8 +193,17 @@ for shape in ${SHAPES:-llama2-7b llama3-8b}; do
     "$BIN/uniattn-bench" load --write "$M-std" --config "$CONFIGS/$shape.json" --file-dtype f16 --shard-gb 2 \
         --tokenizer-from "$TOK/$shape" >>"$OUT/prep.log" 2>&1
     say "$shape: wrote std rc=$?"
-    for v in ${VARIANTS:-std 8/0/32 4/16/33 llamacpp}; do
+    for vs in ${VARIANTS:-std 8/0/32 4/16/33 llamacpp}; do
+        # A variant is a model (std, G/B/E, llamacpp) with, for ours, more --set overrides after a colon:
+        # "std:engine.cuda.decode_min_chunk=256" (several joined by commas).
+        v=${vs%%:*} vsets=()
+        if [ "$vs" != "$v" ]; then
+            IFS=, read -ra xs <<<"${vs#*:}"
+            for x in "${xs[@]}"; do vsets+=(--set "$x"); done
+        fi
         tag=$shape-${v//\//-}
+        for x in "${vsets[@]}"; do [ "$x" = --set ] || tag+=-${x##*.}; done  # ...-decode_min_chunk=256
+        late && { say "$tag skipped: past STOP_AFTER"; continue; }
         case $v in
         llamacpp)
             [ -f "$M.gguf" ] || python3 "$W/lc/convert_hf_to_gguf.py" "$M-std" --outtype f16 --outfile "$M.gguf" \
@@ -213,17 +238,17 @@ EOF
             fi
             "$BIN/uniattn-serve" --model "$dir" --port $PORT --grpc-port -1 --set engine.backend="$BACKEND" \
                 --set engine.max_num_seqs="$SLOTS" --set engine.max_num_batched_tokens=8192 \
-                --set engine.kv_cache_memory_fraction=0.85 --set logging.level=info "${sets[@]}" \
+                --set engine.kv_cache_memory_fraction=0.85 --set logging.level=info "${sets[@]}" "${vsets[@]}" \
                 >"$W/logs/uniattn-$tag.log" 2>&1 &
             pid=$!
             ;;
         esac
         if ready "http://127.0.0.1:$PORT"; then
             say "$tag ready"
-            bench "$tag"
+            if [ "$v" = llamacpp ]; then bench "$tag" "${LC_LEVEL_S:-150}"; else bench "$tag"; fi
         else
             say "$tag did not start"
-            tail -5 "$W/logs/"*"$shape"* | tee -a "$S"
+            tail -n 5 "$W/logs/"*"$shape"* | tee -a "$S"
         fi
         stop
     done
@@ -236,12 +261,4 @@ for f in "$W"/logs/*; do  # the servers' logs, their tails
     echo "=== $f"
     tail -40 "$f"
 done >"$OUT/servers.log"
-for f in "$W"/json/*.json; do
-    python3 - "$f" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-f = lambda m: "%.1f / %.1f" % (d[m]["p50"], d[m]["p99"])
-print("| %s | %d/%d | %.1f | %s | %s | %s |" % (d["label"], d["completed"], d["num_requests"],
-      d["output_throughput"], f("ttft_ms"), f("tpot_ms"), f("itl_ms")))
-EOF
-done | sort -V | tee -a "$S"
+for f in "$W"/json/*.json; do row "$f"; done | sort -V | tee -a "$S"

@@ -17,8 +17,8 @@
 #                                (seconds after which no variant or level starts: the table still comes back
 #                                inside the device call's limit), LC_LEVEL_S (llama.cpp's limit per level, 150);
 #                                a variant of ours may add --set overrides: "std:engine.cuda.decode_min_chunk=256"
-#                                (several joined by commas); the table rows go to summary.txt as each level ends; for a dry
-#                                run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
+#                                (several joined by commas); the table rows go to summary.txt as each level
+#                                ends; for a dry run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); PROFILE (a decode
@@ -150,8 +150,8 @@ bench() {  # label [seconds per level]: every level against the server on $PORT
         late && { say "$1 c$c skipped: past STOP_AFTER"; continue; }
         curl -s "$url/metrics" >"$W/m0" 2>/dev/null
         t0=$(date +%s.%N)
-        timeout "${2:-300}" "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" --seed 1 \
-            --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" $BAN \
+        timeout "${2:-300}" "$BIN/uniattn-bench" serve --base-url "$url" --input-len "$IN" --output-len "$OUTLEN" \
+            --seed 1 --concurrency "$c" --num-prompts "$n" --label "$1 c$c" --json "$W/json/$1-c$c.json" $BAN \
             >>"$OUT/serve.log" 2>&1
         rc=$?
         say "$1 c$c rc=$rc$(step_split "$url" "$t0")"
@@ -204,6 +204,10 @@ for shape in ${SHAPES:-llama2-7b llama3-8b}; do
         tag=$shape-${v//\//-}
         for x in "${vsets[@]}"; do [ "$x" = --set ] || tag+=-${x##*.}; done  # ...-decode_min_chunk=256
         late && { say "$tag skipped: past STOP_AFTER"; continue; }
+        if [ "$v" = llamacpp ] && [ ${#vsets[@]} -gt 0 ]; then  # --set overrides are ours: refused, not dropped
+            say "$vs refused: --set overrides apply to uniattn-serve variants only"
+            continue
+        fi
         case $v in
         llamacpp)
             [ -f "$M.gguf" ] || python3 "$W/lc/convert_hf_to_gguf.py" "$M-std" --outtype f16 --outfile "$M.gguf" \

@@ -15,6 +15,7 @@
 #include "engine_setup.h"
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_scales.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "request/inbox.h"
@@ -155,18 +156,28 @@ Status EngineImpl::Init(const EngineConfig& config) {
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
+    UA_ASSIGN_OR_RETURN(const Fp8Choice fp8, ResolveFp8(config));
     // Small files before the weights: a broken generation_config.json fails fast.
     UA_ASSIGN_OR_RETURN(const GenerationConfig generation, LoadGenerationConfig(config));
     UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
     const bool has_tokenizer =
         FileExists(config.model_dir + "/tokenizer.model") || FileExists(config.model_dir + "/tokenizer.json");
-    UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer));
+    LoadOptions load_options;
+    load_options.quantize_fp8 = fp8.weights;
+    UA_ASSIGN_OR_RETURN(model_, Model::Load(config.model_dir, backend_.get(), has_tokenizer, load_options));
     const ModelConfig& mc = model_->config;
     const WeightLoadStats& load = model_->weights.load;
     std::fprintf(stderr, "uniattn: weights %.2f GB from %.2f GB of checkpoint in %.2f s (%.2f GB/s, %d threads, %s)\n",
                  static_cast<double>(model_->weights.bytes) / 1e9, static_cast<double>(load.file_bytes) / 1e9,
                  load.seconds, load.seconds > 0 ? static_cast<double>(load.file_bytes) / load.seconds / 1e9 : 0.0,
                  load.num_threads, backend_->Description().c_str());
+    const int num_fp8 = model_->weights.num_fp8_linear;
+    if (num_fp8 > 0) {
+        std::fprintf(stderr, "uniattn: %d linear weights hold fp8 e4m3 values (%s), stored as %s\n", num_fp8,
+                     mc.quantization.fp8() ? ("checkpoint quant_method " + mc.quantization.method).c_str()
+                                           : "engine.quantization=fp8, a scale per output channel",
+                     DTypeName(backend_->WeightDType()));
+    }
     if (model_->tokenizer) {
         tokenizer_ = model_->tokenizer.get();
     } else {
@@ -184,7 +195,11 @@ Status EngineImpl::Init(const EngineConfig& config) {
     // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
     runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
     UA_ASSIGN_OR_RETURN(const int64_t bytes, KvPoolBytes(config, backend_.get(), runner_.get(), max_model_len_));
-    const DType kv_dtype = backend_->KvDType();  // what KvCache::Create allocates
+    const DType kv_dtype = fp8.kv ? DType::kF8E4M3 : backend_->KvDType();  // what KvCache::Create allocates
+    KvScales kv_scales;
+    if (fp8.kv) {
+        UA_ASSIGN_OR_RETURN(kv_scales, FindKvScales(*model_, backend_.get()));
+    }
     const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(mc, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);
@@ -192,7 +207,8 @@ Status EngineImpl::Init(const EngineConfig& config) {
         return bad("kv_cache_bytes", "(" + std::to_string(bytes) + ") is smaller than one KV block (" +
                                          std::to_string(per_block) + " bytes)");
     }
-    UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks));
+    UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks, kv_dtype,
+                                             fp8.kv ? &kv_scales : nullptr));
     UA_CHECK_EQ(kv_->bytes_per_block(), per_block);
     limits_.vocab_size = mc.vocab_size;
     limits_.max_model_len = max_model_len_;
@@ -221,7 +237,8 @@ Status EngineImpl::Init(const EngineConfig& config) {
     info_.kv_bytes_per_token = mc.KvBytesPerToken(DTypeBytes(kv_dtype));
     info_.kv_bytes_per_token_dense = mc.DenseKvBytesPerToken(DTypeBytes(kv_dtype));
     info_.backend = backend_->Name();
-    info_.dtype = std::string(DTypeName(backend_->WeightDType())) + " / " + DTypeName(kv_dtype);
+    info_.dtype = std::string(DTypeName(backend_->WeightDType())) + (num_fp8 > 0 ? " (fp8 e4m3 values)" : "") + " / " +
+                  DTypeName(kv_dtype);
     info_.sampling_defaults = generation.sampling;
     info_.eos_token_ids = EosTokenIds(*tokenizer_, mc, generation);
 

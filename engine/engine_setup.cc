@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "model/model.h"
@@ -29,6 +30,68 @@ StatusOr<DType> ResolveDeviceDType(const EngineConfig& config) {
         return Bad("\"" + config.dtype + "\": the cpu backend computes in float32 (use auto or float32)");
     }
     return device_dtype;
+}
+
+StatusOr<Fp8Choice> ResolveFp8(const EngineConfig& config) {
+    Fp8Choice c;
+    if (config.quantization == "fp8") {
+        c.weights = true;
+    } else if (config.quantization != "none" && !config.quantization.empty()) {
+        return Status(StatusCode::kInvalidArgument,
+                      "quantization \"" + config.quantization + "\" is not one of none, fp8", "quantization");
+    }
+    if (config.kv_cache_dtype == "fp8_e4m3" || config.kv_cache_dtype == "fp8") {
+        c.kv = true;
+    } else if (config.kv_cache_dtype == "fp8_e5m2") {
+        return Unimplemented("kv_cache_dtype fp8_e5m2 is not supported (fp8_e4m3 is)");
+    } else if (config.kv_cache_dtype != "auto" && !config.kv_cache_dtype.empty()) {
+        return Status(StatusCode::kInvalidArgument,
+                      "kv_cache_dtype \"" + config.kv_cache_dtype + "\" is not one of auto, fp8_e4m3, fp8",
+                      "kv_cache_dtype");
+    }
+    if (config.backend != "cpu") {  // the cuda backend has no fp8 GEMM or attention kernels yet (issue 18)
+        if (c.weights) {
+            return Unimplemented("quantization=fp8: the " + config.backend +
+                                 " backend has no fp8 kernels yet (the cpu backend emulates fp8; FP8 checkpoints "
+                                 "load on " +
+                                 config.backend + " as 16-bit weights)");
+        }
+        if (c.kv) {
+            return Unimplemented("kv_cache_dtype=" + config.kv_cache_dtype + ": the " + config.backend +
+                                 " backend has no fp8 attention kernels yet (the cpu backend emulates fp8)");
+        }
+    }
+    return c;
+}
+
+StatusOr<KvScales> FindKvScales(const Model& model, Backend* backend) {
+    const ModelConfig& c = model.config;
+    const ModelWeights& w = model.weights;
+    KvScales s;
+    const char* source = "checkpoint k_scale / v_scale";
+    if (!w.kv_k_scale.empty()) {
+        s.k.resize(static_cast<size_t>(c.num_layers));
+        s.v.resize(static_cast<size_t>(c.num_layers));
+        for (int l = 0; l < c.num_layers; ++l) {
+            if (c.HasKeys(l)) s.k[l].assign(static_cast<size_t>(c.num_kv_heads), w.kv_k_scale[l]);
+            s.v[l].assign(static_cast<size_t>(c.num_kv_heads), w.kv_v_scale[l]);
+        }
+    } else {
+        source = "measured at load on the built-in passage";
+        UA_ASSIGN_OR_RETURN(s, CalibrateKvScales(model, backend, KvCalibrationSequences(model)));
+    }
+    float lo = INFINITY, hi = 0;
+    for (const auto* planes : {&s.k, &s.v}) {
+        for (const auto& layer : *planes) {
+            for (float x : layer) {
+                lo = std::min(lo, x);
+                hi = std::max(hi, x);
+            }
+        }
+    }
+    std::fprintf(stderr, "uniattn: fp8 e4m3 KV cache, scales per layer and KV head %s (%.3g to %.3g)\n", source, lo,
+                 hi);
+    return s;
 }
 
 StatusOr<int64_t> KvPoolBytes(const EngineConfig& config, Backend* backend, ModelRunner* runner, int max_model_len) {

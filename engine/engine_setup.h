@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "kv/kv_scales.h"
 #include "model/forward.h"
 #include "uniattn/dtype.h"
 #include "uniattn/engine.h"
@@ -17,6 +18,19 @@ namespace uniattn {
 // engine.dtype: "auto" (bfloat16 for a bfloat16 checkpoint on a device backend, else float16), "float16",
 // "bfloat16" or "float32"; the CPU backend computes in float32 only. kInvalidArgument on `dtype`.
 StatusOr<DType> ResolveDeviceDType(const EngineConfig& config);
+
+// engine.quantization ("none", "fp8") and engine.kv_cache_dtype ("auto", "fp8_e4m3", "fp8"): kInvalidArgument
+// naming the field for another value, kUnimplemented for fp8 on a backend without fp8 support (cuda today), before
+// anything loads.
+struct Fp8Choice {
+    bool weights = false;  // round linear weights to e4m3 at load (LoadOptions::quantize_fp8)
+    bool kv = false;       // an fp8 e4m3 KV cache
+};
+StatusOr<Fp8Choice> ResolveFp8(const EngineConfig& config);
+
+// The fp8 KV cache's scales: the checkpoint's self_attn.k_scale / v_scale when it has them (one per layer,
+// every head alike), else measured on the model (CalibrateKvScales over KvCalibrationSequences). Logged to stderr.
+StatusOr<KvScales> FindKvScales(const Model& model, Backend* backend);
 
 // kv_cache_bytes, or kv_cache_memory_fraction of physical RAM (CPU backend) or of the device memory left
 // once the weights are loaded and `runner`'s step workspaces are reserved for the largest step (device

@@ -270,6 +270,20 @@ const std::vector<Key>& Keys() {
              c.engine.dtype = v;
              return Status::Ok();
          }},
+        {"engine.quantization",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+             UA_RETURN_IF_ERROR(OneOf(key, v, {"none", "fp8"}));
+             c.engine.quantization = v;
+             return Status::Ok();
+         }},
+        {"engine.kv_cache_dtype",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+             UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "fp8_e4m3", "fp8"}));
+             c.engine.kv_cache_dtype = v;
+             return Status::Ok();
+         }},
         {"engine.num_threads", EngineInt(&EngineConfig::num_threads, 0, 1024, "0 = all cores")},
         {"engine.block_size",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
@@ -571,6 +585,8 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "backend" << YAML::Value << c.engine.backend;
     out << YAML::Key << "dtype" << YAML::Value << c.engine.dtype;
+    out << YAML::Key << "quantization" << YAML::Value << c.engine.quantization;
+    out << YAML::Key << "kv_cache_dtype" << YAML::Value << c.engine.kv_cache_dtype;
     out << YAML::Key << "num_threads" << YAML::Value << c.engine.num_threads;
     out << YAML::Key << "block_size" << YAML::Value << c.engine.block_size;
     out << YAML::Key << "kv_cache_bytes" << YAML::Value << c.engine.kv_cache_bytes;

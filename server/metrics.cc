@@ -72,6 +72,9 @@ Metrics::Metrics(const std::string& model_name, int max_model_len)
     kv_cache_blocks_total_ = gauge("uniattn:kv_cache_blocks_total", "Size of the KV-cache pool in blocks.");
     kv_cache_blocks_cached_ =
         gauge("uniattn:kv_cache_blocks_cached", "Free KV blocks still holding reusable prefix-cache content.");
+    kv_cache_tokens_total_ = gauge("uniattn:kv_cache_tokens_total",
+                                   "Size of the KV-cache pool in tokens (blocks x block size): what an fp8 KV cache or "
+                                   "UniAttn's K-less reuse layers buy.");
     kv_bytes_per_token_ = gauge("uniattn:kv_bytes_per_token", "KV bytes per token with this model's UniAttn layout.");
     kv_bytes_per_token_dense_ = gauge("uniattn:kv_bytes_per_token_dense",
                                       "KV bytes per token of the same shape with every layer keeping K and V.");
@@ -139,6 +142,7 @@ Metrics::Metrics(const std::string& model_name, int max_model_len)
 std::shared_ptr<EngineObserver> Metrics::MakeObserver() { return std::make_shared<ObserverAdapter>(this); }
 
 void Metrics::SetModelInfo(const ModelInfo& info) {
+    block_size_ = info.block_size;
     kv_bytes_per_token_->Set(static_cast<double>(info.kv_bytes_per_token));
     kv_bytes_per_token_dense_->Set(static_cast<double>(info.kv_bytes_per_token_dense));
 }
@@ -197,6 +201,7 @@ void Metrics::RefreshFromStats(const EngineStats& s) {
     kv_cache_bytes_total_->Set(static_cast<double>(s.kv_bytes_total));
     kv_cache_blocks_used_->Set(static_cast<double>(s.num_blocks_used));
     kv_cache_blocks_total_->Set(static_cast<double>(s.num_blocks_total));
+    kv_cache_tokens_total_->Set(static_cast<double>(s.num_blocks_total) * block_size_);
     kv_cache_blocks_cached_->Set(static_cast<double>(s.num_blocks_cached));
     engine_seconds_since_last_step_->Set(s.seconds_since_last_step);
     AddDelta(prompt_tokens_total_, s.prompt_tokens, last_.prompt_tokens);

@@ -43,6 +43,7 @@ class Metrics {
     void RefreshFromStats(const EngineStats& s);
 
     std::shared_ptr<prometheus::Registry> registry_;
+    int block_size_ = 0;  // from SetModelInfo
     prometheus::Labels labels_;
 
     prometheus::Gauge* num_requests_running_;
@@ -53,6 +54,7 @@ class Metrics {
     prometheus::Gauge* kv_cache_blocks_used_;
     prometheus::Gauge* kv_cache_blocks_total_;
     prometheus::Gauge* kv_cache_blocks_cached_;
+    prometheus::Gauge* kv_cache_tokens_total_;
     prometheus::Gauge* kv_bytes_per_token_;
     prometheus::Gauge* kv_bytes_per_token_dense_;
     prometheus::Gauge* engine_seconds_since_last_step_;

@@ -105,6 +105,10 @@ void Backend::FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi,
                 for (int64_t i = 0; i < m; ++i) h[i] = dtype == DType::kF16 ? FloatToHalf(f[i]) : FloatToBF16(f[i]);
                 CopyToDevice(out, h.data(), sizeof(uint16_t) * m);
                 break;
+            case DType::kF8E4M3:  // raw e4m3 values (unscaled)
+                ConvertDType(f.data(), DType::kF32, h.data(), DType::kF8E4M3, m);
+                CopyToDevice(out, h.data(), static_cast<size_t>(m));
+                break;
         }
     }
 }

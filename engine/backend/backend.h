@@ -37,7 +37,7 @@ struct Tensor {
 Tensor MakeTensor(void* data, DType dtype, int64_t rows, int64_t cols);
 
 // One plane of the paged KV cache (K or V of one layer):
-//   base  // [num_blocks, block_size, num_kv_heads, head_dim], in `dtype` (fp32 on the CPU backend)
+//   base  // [num_blocks, block_size, num_kv_heads, head_dim], in `dtype` (Backend::SupportsKvDType)
 struct KvPlane {
     void* base = nullptr;
     DType dtype = DType::kF32;
@@ -45,6 +45,10 @@ struct KvPlane {
     int block_size = 0;
     int num_kv_heads = 0;
     int head_dim = 0;
+    // kF8E4M3 planes only: [num_kv_heads] fp32 per-head scales in backend memory; a value x of head h is stored
+    // as FloatToFp8E4M3(x / scale[h]) (saturating at ±448) and read as Fp8E4M3ToFloat(b) * scale[h]. Ignored for
+    // other dtypes.
+    const float* scale = nullptr;
 };
 
 // Step metadata shared by every attention call of one forward pass. Tokens of a sequence are
@@ -116,8 +120,11 @@ class Backend {
     virtual size_t FreeDeviceBytes() const { return 0; }
     // The dtype weights are stored in on this backend (norm weights stay fp32 on every backend).
     virtual DType WeightDType() const = 0;
-    // The dtype of the KV cache planes KvCache allocates on this backend.
+    // The dtype of the KV cache planes KvCache allocates on this backend by default.
     virtual DType KvDType() const { return DType::kF32; }
+    // Whether WriteKv, Attention and ReuseAttention accept KV planes of `dtype` (KvCache::Create refuses the
+    // others). K and V planes may differ in dtype. The default: KvDType() only.
+    virtual bool SupportsKvDType(DType dtype) const { return dtype == KvDType(); }
 
     virtual StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) = 0;
     virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;

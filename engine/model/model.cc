@@ -11,7 +11,8 @@ StatusOr<ModelConfig> Model::LoadConfig(const std::string& dir) {
     return ModelConfig::FromJson(text, path);
 }
 
-StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* backend, bool load_tokenizer) {
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* backend, bool load_tokenizer,
+                                             const LoadOptions& options) {
     auto model = std::make_unique<Model>();
     model->dir = dir;
     UA_ASSIGN_OR_RETURN(model->config, LoadConfig(dir));
@@ -25,7 +26,7 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Backend* ba
         }
     }
     UA_ASSIGN_OR_RETURN(TensorSet tensors, TensorSet::OpenDir(dir));
-    auto weights = LoadWeights(tensors, model->config, backend);
+    auto weights = LoadWeights(tensors, model->config, backend, options);
     if (!weights.ok()) {
         return Status(weights.status().code(), dir + ": " + weights.status().message());
     }

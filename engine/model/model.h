@@ -19,7 +19,8 @@ struct Model {
 
     // Reads DIR/config.json, the tokenizer (before any weight: a tokenizer problem fails fast) and the
     // safetensors weights. Every failure names the file (and the tensor) at fault.
-    static StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Backend* backend, bool load_tokenizer = true);
+    static StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Backend* backend, bool load_tokenizer = true,
+                                                 const LoadOptions& options = {});
     static StatusOr<ModelConfig> LoadConfig(const std::string& dir);
 };
 

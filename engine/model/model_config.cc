@@ -283,6 +283,91 @@ Status ParseRopeScaling(const json& rs, const std::string& path, const std::stri
     return Status::Ok();
 }
 
+// quantization_config: FP8 checkpoints (QuantizationConfig); every other method or number format is refused by name,
+// so that a quantized checkpoint never loads as something else.
+Status ParseQuantization(const json& q, const std::string& path, QuantizationConfig& out) {
+    const std::string where = path + ": quantization_config";
+    if (!q.is_object()) return InvalidArgument(where + " must be an object");
+    const json* m = JsonFind(q, "quant_method");
+    if (m == nullptr || !m->is_string()) return InvalidArgument(where + " needs a \"quant_method\" string");
+    const std::string method = m->get<std::string>();
+    auto strings = [&](const char* key, std::vector<std::string>& list) -> Status {
+        const json* v = JsonFind(q, key);
+        if (v == nullptr || v->is_null()) return Status::Ok();
+        if (!v->is_array()) return InvalidArgument(where + ": \"" + key + "\" must be a list of module names");
+        for (const json& e : *v) {
+            if (!e.is_string()) return InvalidArgument(where + ": \"" + key + "\" must be a list of module names");
+            list.push_back(e.get<std::string>());
+        }
+        return Status::Ok();
+    };
+    auto block = [&](const json* v, const char* key) -> Status {
+        if (v == nullptr || v->is_null()) return Status::Ok();
+        const bool ok = v->is_array() && v->size() == 2 && (*v)[0].is_number_integer() && (*v)[1].is_number_integer() &&
+                        (*v)[0].get<int64_t>() > 0 && (*v)[1].get<int64_t>() > 0 && (*v)[0].get<int64_t>() <= 65536 &&
+                        (*v)[1].get<int64_t>() <= 65536;
+        if (!ok) return InvalidArgument(where + ": \"" + key + "\" must be two positive integers [rows, cols]");
+        out.block_rows = (*v)[0].get<int>();
+        out.block_cols = (*v)[1].get<int>();
+        return Status::Ok();
+    };
+    if (method == "fp8") {
+        if (const json* a = JsonFind(q, "activation_scheme"); a && !a->is_null()) {
+            if (*a != "static" && *a != "dynamic") {
+                return InvalidArgument(where + ": activation_scheme must be \"static\" or \"dynamic\"");
+            }
+            out.static_activations = *a == "static";
+        }
+        if (const json* f = JsonFind(q, "fmt"); f && !f->is_null() && *f != "e4m3") {
+            return Unimplemented(where + ": fmt " + f->dump() + " is not supported (fp8 e4m3 only)");
+        }
+        UA_RETURN_IF_ERROR(strings("ignored_layers", out.ignored));
+        UA_RETURN_IF_ERROR(block(JsonFind(q, "weight_block_size"), "weight_block_size"));
+    } else if (method == "compressed-tensors") {
+        if (const json* f = JsonFind(q, "format"); f && !f->is_null()) {
+            if (*f != "float-quantized" && *f != "naive-quantized") {
+                return Unimplemented(where + ": compressed-tensors format " + f->dump() +
+                                     " is not supported (fp8: float-quantized or naive-quantized)");
+            }
+        }
+        const json* groups = JsonFind(q, "config_groups");
+        if (groups == nullptr || !groups->is_object() || groups->empty()) {
+            return InvalidArgument(where + ": compressed-tensors needs \"config_groups\"");
+        }
+        for (const auto& [name, g] : groups->items()) {
+            const std::string gw = where + ".config_groups." + name;
+            const json* w = g.is_object() ? JsonFind(g, "weights") : nullptr;
+            if (w == nullptr || !w->is_object()) return InvalidArgument(gw + " needs \"weights\"");
+            const json* bits = JsonFind(*w, "num_bits");
+            const json* type = JsonFind(*w, "type");
+            if (bits == nullptr || *bits != 8 || type == nullptr || *type != "float") {
+                return Unimplemented(gw + ".weights: " + (bits ? bits->dump() : "?") + "-bit " +
+                                     (type ? type->dump() : "?") +
+                                     " weights are not supported (compressed-tensors: 8-bit float, FP8, only)");
+            }
+            const json* strategy = JsonFind(*w, "strategy");
+            const std::string st = strategy && strategy->is_string() ? strategy->get<std::string>() : "tensor";
+            if (st == "block") {
+                UA_RETURN_IF_ERROR(block(JsonFind(*w, "block_structure"), "block_structure"));
+            } else if (st != "tensor" && st != "channel") {
+                return Unimplemented(gw + ".weights: strategy \"" + st +
+                                     "\" is not supported (tensor, channel or block)");
+            }
+            if (const json* a = JsonFind(g, "input_activations"); a && a->is_object()) {
+                const json* dyn = JsonFind(*a, "dynamic");
+                out.static_activations = !(dyn && dyn->is_boolean() && dyn->get<bool>());
+            }
+        }
+        UA_RETURN_IF_ERROR(strings("ignore", out.ignored));
+    } else {
+        return Unimplemented(where + ": quant_method \"" + method +
+                             "\" is not supported (FP8 checkpoints: \"fp8\" or \"compressed-tensors\"; a 16-bit "
+                             "checkpoint can be quantized at load with engine.quantization=fp8)");
+    }
+    out.method = method;
+    return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::string& path) {
@@ -455,6 +540,10 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text, const std::
     }
     if (c.rope_scaling.type == RopeType::kDynamic && c.head_dim <= 2) {
         return InvalidArgument(path + ": rope_type \"dynamic\" needs head_dim > 2");
+    }
+
+    if (const json* q = JsonFind(root, "quantization_config"); q && !q->is_null()) {
+        UA_RETURN_IF_ERROR(ParseQuantization(*q, path, c.quantization));
     }
 
     // layer_types (transformers >= 4.53): every layer must attend the way the family table says.

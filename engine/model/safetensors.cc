@@ -49,6 +49,9 @@ void TensorView::ToFloat(float* out) const {
                 out[i] = BF16ToFloat(h);
             }
             break;
+        case DType::kF8E4M3:
+            ConvertDType(data, dtype, out, DType::kF32, n);  // raw values: a weight_scale is the caller's
+            break;
     }
 }
 
@@ -281,6 +284,11 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToGener
                         half[j] = t.dtype == DType::kF16 ? FloatToHalf(values[j]) : FloatToBF16(values[j]);
                     }
                     out.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(m * 2));
+                    break;
+                case DType::kF8E4M3:
+                    half.resize(static_cast<size_t>(m));  // m bytes fit in 2m
+                    ConvertDType(values.data(), DType::kF32, half.data(), DType::kF8E4M3, m);
+                    out.write(reinterpret_cast<const char*>(half.data()), static_cast<std::streamsize>(m));
                     break;
             }
         }

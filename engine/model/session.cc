@@ -5,13 +5,15 @@
 namespace uniattn {
 
 StatusOr<std::unique_ptr<Session>> Session::Create(const Model* model, Backend* backend, int block_size, int max_chunk,
-                                                   int max_tokens) {
+                                                   int max_tokens, std::optional<DType> kv_dtype,
+                                                   const KvScales* kv_scales) {
     std::unique_ptr<Session> s(new Session(model, backend));
     s->block_size_ = block_size;
     s->max_chunk_ = std::max(1, max_chunk);
     s->capacity_ = max_tokens > 0 ? max_tokens : model->config.max_position_embeddings;
     const int num_blocks = (s->capacity_ + block_size - 1) / block_size;
-    UA_ASSIGN_OR_RETURN(s->kv_, KvCache::Create(backend, model->config, block_size, num_blocks));
+    UA_ASSIGN_OR_RETURN(s->kv_, KvCache::Create(backend, model->config, block_size, num_blocks,
+                                                kv_dtype.value_or(backend->KvDType()), kv_scales));
     for (int i = num_blocks - 1; i >= 0; --i) s->blocks_.push_back(i);
     return s;
 }

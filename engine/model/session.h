@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/forward.h"
@@ -12,9 +13,12 @@ namespace uniattn {
 
 class Session {
   public:
-    // Room for the model's whole context (max_position_embeddings, or max_tokens when > 0).
+    // Room for the model's whole context (max_position_embeddings, or max_tokens when > 0), in a KV cache of
+    // kv_dtype (default backend->KvDType()) with kv_scales for kF8E4M3 (KvCache::Create's errors).
     static StatusOr<std::unique_ptr<Session>> Create(const Model* model, Backend* backend, int block_size = 16,
-                                                     int max_chunk = 256, int max_tokens = 0);
+                                                     int max_chunk = 256, int max_tokens = 0,
+                                                     std::optional<DType> kv_dtype = std::nullopt,
+                                                     const KvScales* kv_scales = nullptr);
 
     // Appends tokens in chunks of at most max_chunk; fills logits with [n, vocab] rows: one per appended
     // token when all_logits, else only the last token's.
@@ -23,6 +27,9 @@ class Session {
     int length() const { return length_; }
     int capacity() const { return capacity_; }
     ModelRunner& runner() { return runner_; }
+    // The cache and the blocks that hold position p: blocks()[p / block_size] (for tests and calibration).
+    const KvCache& kv() const { return *kv_; }
+    const std::vector<int32_t>& blocks() const { return blocks_; }
 
   private:
     Session(const Model* model, Backend* backend) : model_(model), runner_(model, backend) {}

@@ -21,8 +21,24 @@ namespace {
 // Plans the backend tensors while the checks run (Stack, Row: buffers are allocated, nothing is read), then
 // fills them all at once (Run).
 class Loader {
+  private:
+    // How one part of a linear weight becomes fp8 values (Loader::Linear): dequantized from the checkpoint's
+    // e4m3 bytes and scales, or quantized at load per output row.
+    struct Fp8Part {
+        int64_t rows = 0, cols = 0;
+        const TensorView* scale = nullptr;       // F8_E4M3 parts: weight_scale or weight_scale_inv
+        int64_t block_rows = 0, block_cols = 0;  // the tile one scale covers: rows x cols per tensor, 1 x cols per row
+        std::vector<float> scale_values;         // read in Run
+        bool quantize = false;                   // a 16/32-bit part rounded to e4m3 at load
+        float ScaleAt(int64_t r, int64_t col) const {
+            const int64_t grid_cols = (cols + block_cols - 1) / block_cols;
+            return scale_values[static_cast<size_t>((r / block_rows) * grid_cols + col / block_cols)];
+        }
+    };
+
   public:
-    Loader(const TensorSet& tensors, Backend* backend, ModelWeights& w) : tensors_(tensors), backend_(backend), w_(w) {}
+    Loader(const TensorSet& tensors, const ModelConfig& c, Backend* backend, ModelWeights& w, bool quantize_fp8)
+        : tensors_(tensors), config_(c), backend_(backend), w_(w), quantize_fp8_(quantize_fp8) {}
 
     // Finds a tensor and checks its shape.
     StatusOr<const TensorView*> Get(const std::string& name, std::vector<int64_t> shape) {
@@ -38,15 +54,45 @@ class Loader {
     }
 
     // Stacks the given tensors along rows into one backend tensor [Σ rows, cols] of `dtype`.
-    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts, DType dtype) {
+    StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts, DType dtype, std::vector<Fp8Part> fp8 = {}) {
         const int64_t cols = parts[0]->shape.size() == 2 ? parts[0]->shape[1] : parts[0]->shape[0];
         int64_t rows = 0;
         for (const auto* p : parts) rows += p->shape.size() == 2 ? p->shape[0] : 1;
-        return Plan(parts, dtype, rows, cols);
+        return Plan(parts, dtype, rows, cols, std::move(fp8));
     }
-    // Matrices (and the embedding) in the backend's weight dtype; norm weights stay fp32.
+    // The embedding in the backend's weight dtype; norm weights stay fp32.
     StatusOr<Tensor> Stack(const std::vector<const TensorView*>& parts) {
         return Stack(parts, backend_->WeightDType());
+    }
+    // Linear weights, stacked: in the backend's weight dtype, holding fp8 values where the checkpoint has them
+    // (F8_E4M3 and a weight_scale) or where engine.quantization=fp8 rounds them at load.
+    StatusOr<Tensor> Linear(const std::vector<const TensorView*>& parts) {
+        std::vector<Fp8Part> fp8(parts.size());
+        bool any = false;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const TensorView* p = parts[i];
+            Fp8Part& f = fp8[i];
+            f.rows = p->shape[0];
+            f.cols = p->shape[1];
+            if (p->dtype == DType::kF8E4M3) {
+                UA_RETURN_IF_ERROR(FindScale(p, f));
+            } else {
+                f.quantize = quantize_fp8_;
+            }
+            any = any || f.scale != nullptr || f.quantize;
+        }
+        if (!any) return Stack(parts, backend_->WeightDType());
+        ++w_.num_fp8_linear;
+        return Stack(parts, backend_->WeightDType(), std::move(fp8));
+    }
+    // A scalar read before the tensors (KV cache scales); the read happens in Run, after every check.
+    Status Scalar(const TensorView* v, float* out) {
+        if (v->numel() != 1) {
+            return InvalidArgument(v->file + ": tensor \"" + v->name + "\" has shape " + v->ShapeString() +
+                                   ", expected one value");
+        }
+        scalars_.push_back({v, out});
+        return Status::Ok();
     }
     StatusOr<Tensor> Norm(const TensorView* part) { return Stack({part}, DType::kF32); }
     // 1-D tensors joined end to end into one fp32 row [1, Σ n] (biases).
@@ -59,9 +105,37 @@ class Loader {
     // Reads, converts and uploads every planned tensor.
     Status Run(const LoadOptions& options) {
         const size_t elem_max = std::max<size_t>(options.chunk_bytes, 4);
+        // The scales (small) first, checked: FP8 weight scales and KV cache scales.
+        for (const auto& [v, out] : scalars_) {
+            float x = 0;
+            v->ToFloat(&x);
+            if (!std::isfinite(x) || x <= 0) {
+                return InvalidArgument(v->file + ": tensor \"" + v->name + "\" must be a positive finite scale, is " +
+                                       std::to_string(x));
+            }
+            *out = x;
+        }
+        for (Job& job : jobs_) {
+            for (size_t i = 0; i < job.fp8.size(); ++i) {
+                Fp8Part& f = job.fp8[i];
+                if (f.scale == nullptr) continue;
+                f.scale_values.resize(static_cast<size_t>(f.scale->numel()));
+                f.scale->ToFloat(f.scale_values.data());
+                for (float x : f.scale_values) {
+                    if (!std::isfinite(x) || x < 0) {
+                        return InvalidArgument(f.scale->file + ": tensor \"" + f.scale->name +
+                                               "\" holds a negative or non-finite scale (" + std::to_string(x) + ")");
+                    }
+                }
+            }
+        }
         std::vector<Chunk> chunks;
         for (size_t j = 0; j < jobs_.size(); ++j) {
-            const int64_t per_chunk = static_cast<int64_t>(elem_max / DTypeBytes(jobs_[j].dtype));
+            int64_t per_chunk = static_cast<int64_t>(elem_max / DTypeBytes(jobs_[j].dtype));
+            if (!jobs_[j].fp8.empty()) {  // whole rows: a row's scale is computed (or applied) in one piece
+                const int64_t cols = jobs_[j].fp8[0].cols;
+                per_chunk = std::max<int64_t>(1, per_chunk / cols) * cols;
+            }
             for (int64_t first = 0; first < jobs_[j].numel; first += per_chunk) {
                 chunks.push_back({j, first, std::min(per_chunk, jobs_[j].numel - first)});
             }
@@ -113,6 +187,7 @@ class Loader {
         DType dtype;
         void* dst;
         int64_t numel;
+        std::vector<Fp8Part> fp8;  // linear weights with fp8 parts: one per part; else empty
     };
     // Elements [first, first + count) of jobs_[job].
     struct Chunk {
@@ -121,11 +196,20 @@ class Loader {
         int64_t count;
     };
 
-    StatusOr<Tensor> Plan(const std::vector<const TensorView*>& parts, DType dtype, int64_t rows, int64_t cols) {
+    StatusOr<Tensor> Plan(const std::vector<const TensorView*>& parts, DType dtype, int64_t rows, int64_t cols,
+                          std::vector<Fp8Part> fp8 = {}) {
+        if (fp8.empty()) {
+            for (const auto* p : parts) {
+                if (p->dtype == DType::kF8E4M3) {
+                    return InvalidArgument(p->file + ": tensor \"" + p->name +
+                                           "\" is F8_E4M3, but fp8 is supported for linear layers' weights only");
+                }
+            }
+        }
         const size_t bytes = static_cast<size_t>(rows * cols) * DTypeBytes(dtype);
         UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
         Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
-        if (rows * cols > 0) jobs_.push_back({parts, dtype, buf->data(), rows * cols});
+        if (rows * cols > 0) jobs_.push_back({parts, dtype, buf->data(), rows * cols, std::move(fp8)});
         w_.bytes += static_cast<int64_t>(bytes);
         for (const auto* p : parts) w_.load.file_bytes += static_cast<int64_t>(p->nbytes);
         w_.buffers.push_back(std::move(buf));
@@ -134,6 +218,7 @@ class Loader {
 
     // Writes elements [first, first + count) of `job` into out, in job.dtype.
     static Status Fill(const Job& job, int64_t first, int64_t count, uint8_t* out, std::vector<uint8_t>& scratch) {
+        if (!job.fp8.empty()) return FillFp8(job, first, count, out, scratch);
         const int64_t out_elem = DTypeBytes(job.dtype);
         int64_t part_start = 0;  // the part's first element in the job
         for (const TensorView* p : job.parts) {
@@ -160,10 +245,107 @@ class Loader {
         return Status::Ok();
     }
 
+    // Fill for a linear weight with fp8 parts, row by row (chunks hold whole rows): each row is widened to fp32,
+    // turned into fp8 values (scaled e4m3 bytes, or rounded at load with scale = amax / 448), and written in
+    // job.dtype.
+    static Status FillFp8(const Job& job, int64_t first, int64_t count, uint8_t* out, std::vector<uint8_t>& scratch) {
+        static const std::vector<float> kE4M3 = [] {
+            std::vector<float> t(256);
+            for (int b = 0; b < 256; ++b) t[b] = Fp8E4M3ToFloat(static_cast<uint8_t>(b));
+            return t;
+        }();
+        const int64_t out_elem = DTypeBytes(job.dtype);
+        const int64_t cols = job.fp8[0].cols;
+        std::vector<float> row(static_cast<size_t>(cols));
+        int64_t part_start = 0;
+        for (size_t pi = 0; pi < job.parts.size(); ++pi) {
+            const TensorView* p = job.parts[pi];
+            const Fp8Part& f = job.fp8[pi];
+            const int64_t n = p->numel();
+            const int64_t lo = std::max(first, part_start), hi = std::min(first + count, part_start + n);
+            for (int64_t at = lo; at < hi; at += cols) {
+                const int64_t r = (at - part_start) / cols;
+                const int64_t in_elem = DTypeBytes(p->dtype);
+                if (scratch.size() < static_cast<size_t>(cols * in_elem))
+                    scratch.resize(static_cast<size_t>(cols * in_elem));
+                UA_RETURN_IF_ERROR(p->Read(static_cast<uint64_t>(r * cols * in_elem),
+                                           static_cast<size_t>(cols * in_elem), scratch.data()));
+                if (p->dtype == DType::kF8E4M3) {
+                    for (int64_t i = 0; i < cols; ++i) row[i] = kE4M3[scratch[i]] * f.ScaleAt(r, i);
+                } else {
+                    ConvertDType(scratch.data(), p->dtype, row.data(), DType::kF32, cols);
+                    if (f.quantize) {
+                        float amax = 0;
+                        for (float x : row) amax = std::max(amax, std::fabs(x));
+                        if (!std::isfinite(amax)) {
+                            return InvalidArgument(p->file + ": tensor \"" + p->name + "\" row " + std::to_string(r) +
+                                                   " holds a non-finite value: it cannot be quantized to fp8");
+                        }
+                        const float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+                        for (float& x : row) x = kE4M3[FloatToFp8E4M3(x / scale)] * scale;
+                    }
+                }
+                ConvertDType(row.data(), DType::kF32, out + (at - first) * out_elem, job.dtype, cols);
+            }
+            part_start += n;
+        }
+        return Status::Ok();
+    }
+
+    // The weight_scale (or weight_scale_inv) of an F8_E4M3 linear weight, with the granularity its shape names.
+    Status FindScale(const TensorView* p, Fp8Part& f) {
+        const std::string where = p->file + ": tensor \"" + p->name + "\"";
+        if (!config_.quantization.fp8()) {
+            return InvalidArgument(where + " is F8_E4M3, but config.json has no quantization_config");
+        }
+        const std::string base = p->name.substr(0, p->name.size() - std::string("weight").size());
+        for (const char* suffix : {"weight_scale", "weight_scale_inv"}) {
+            if (const TensorView* s = tensors_.Find(base + suffix)) {
+                if (f.scale != nullptr) {
+                    return InvalidArgument(where + " has both weight_scale and weight_scale_inv");
+                }
+                f.scale = s;
+            }
+        }
+        if (f.scale == nullptr) return InvalidArgument(where + " is F8_E4M3 but has no " + base + "weight_scale");
+        const TensorView* s = f.scale;
+        const auto& sh = s->shape;
+        const int64_t n = s->numel();
+        const int br = config_.quantization.block_rows, bc = config_.quantization.block_cols;
+        if (n == 1) {
+            f.block_rows = f.rows;
+            f.block_cols = f.cols;
+        } else if (n == f.rows && (sh.size() == 1 || (sh.size() == 2 && sh[1] == 1))) {
+            f.block_rows = 1;
+            f.block_cols = f.cols;
+        } else if (br > 0 && sh.size() == 2 && sh[0] == (f.rows + br - 1) / br && sh[1] == (f.cols + bc - 1) / bc) {
+            f.block_rows = br;
+            f.block_cols = bc;
+        } else {
+            std::string want = "[] or [1] (per tensor), [" + std::to_string(f.rows) + "] or [" +
+                               std::to_string(f.rows) + ", 1] (per output channel)";
+            if (br > 0) {
+                want += " or [" + std::to_string((f.rows + br - 1) / br) + ", " +
+                        std::to_string((f.cols + bc - 1) / bc) + "] (" + std::to_string(br) + "x" + std::to_string(bc) +
+                        " blocks)";
+            }
+            return InvalidArgument(s->file + ": tensor \"" + s->name + "\" has shape " + s->ShapeString() +
+                                   ", expected " + want);
+        }
+        if (s->dtype == DType::kF8E4M3) {
+            return InvalidArgument(s->file + ": tensor \"" + s->name + "\" must be F32, BF16 or F16");
+        }
+        w_.load.file_bytes += static_cast<int64_t>(s->nbytes);
+        return Status::Ok();
+    }
+
     const TensorSet& tensors_;
+    const ModelConfig& config_;
     Backend* backend_;
     ModelWeights& w_;
+    bool quantize_fp8_;
     std::vector<Job> jobs_;
+    std::vector<std::pair<const TensorView*, float*>> scalars_;
 };
 
 // Uploads the model's RoPE frequency table once; every layer's rotation reads it.
@@ -249,8 +431,31 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
             qk.push_back("self_attn.k_norm.weight");
         }
         if (reuse) names.push_back("v2_proj.weight");
+        if (c.quantization.fp8()) {
+            // An FP8 checkpoint's scales: per linear weight (read by Linear; input_scale, the static activation
+            // scale, is not used: activations stay 16/32-bit, docs/models.md), and the KV cache's per layer.
+            for (std::vector<std::string>* list : {&names, &qk}) {
+                const size_t n = list->size();
+                for (size_t i = 0; i < n; ++i) {
+                    const std::string& w = (*list)[i];
+                    if (w.size() < 7 || w.compare(w.size() - 7, 7, ".weight") != 0 ||
+                        w.find("norm") != std::string::npos) {
+                        continue;
+                    }
+                    for (const char* s : {"_scale", "_scale_inv"}) ignored.insert(LayerTensorName(l, w + s));
+                    ignored.insert(LayerTensorName(l, w.substr(0, w.size() - 6) + "input_scale"));
+                }
+            }
+            for (const char* s : {"self_attn.k_scale", "self_attn.v_scale", "self_attn.kv_scale"}) {
+                ignored.insert(LayerTensorName(l, s));
+            }
+        }
         for (const std::string& n : names) expected.insert(LayerTensorName(l, n));
         for (const std::string& n : qk) (reuse ? ignored : expected).insert(LayerTensorName(l, n));
+    }
+    if (c.quantization.fp8()) {
+        for (const char* s : {"lm_head.weight_scale", "lm_head.weight_scale_inv", "lm_head.input_scale"})
+            ignored.insert(s);
     }
     for (const std::string& name : tensors.Names()) {
         if (expected.count(name) > 0 || ignored.count(name) > 0) continue;
@@ -263,11 +468,14 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         std::string why = "not part of a " + c.architecture + " model with this config.json";
         if (name.find(".bias") != std::string::npos) why += " (attention_bias / mlp_bias)";
         if (name.find("_norm.") != std::string::npos) why += " (q_norm/k_norm are Qwen3ForCausalLM's)";
+        if (!c.quantization.fp8() && (name.find("_scale") != std::string::npos)) {
+            why += " (an FP8 checkpoint's scale, but config.json has no quantization_config)";
+        }
         return InvalidArgument((v ? v->file + ": " : std::string()) + "unexpected tensor \"" + name + "\": " + why);
     }
 
     ModelWeights w;
-    Loader ld(tensors, backend, w);
+    Loader ld(tensors, c, backend, w, options.quantize_fp8);
     const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
     const int64_t ff = c.intermediate_size, vocab = c.vocab_size;
 
@@ -279,9 +487,42 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         w.lm_head = w.embed;
     } else {
         UA_ASSIGN_OR_RETURN(const TensorView* head, ld.Get("lm_head.weight", {vocab, d}));
-        UA_ASSIGN_OR_RETURN(w.lm_head, ld.Stack({head}));
+        if (head->dtype == DType::kF8E4M3) {  // lm_head is not quantized at load (vLLM neither), but may come as fp8
+            UA_ASSIGN_OR_RETURN(w.lm_head, ld.Linear({head}));
+        } else {
+            UA_ASSIGN_OR_RETURN(w.lm_head, ld.Stack({head}));
+        }
     }
     w.layers.resize(c.num_layers);
+    if (c.quantization.fp8()) {  // KV cache scales: all layers or none
+        int found = 0;
+        std::vector<float>& k = w.kv_k_scale;  // filled by Run
+        std::vector<float>& v = w.kv_v_scale;
+        k.assign(static_cast<size_t>(c.num_layers), 0.0f);
+        v.assign(static_cast<size_t>(c.num_layers), 0.0f);
+        for (int l = 0; l < c.num_layers; ++l) {
+            const TensorView* ks = tensors.Find(LayerTensorName(l, "self_attn.k_scale"));
+            const TensorView* vs = tensors.Find(LayerTensorName(l, "self_attn.v_scale"));
+            const TensorView* kvs = tensors.Find(LayerTensorName(l, "self_attn.kv_scale"));  // older: one for both
+            if (ks == nullptr) ks = kvs;
+            if (vs == nullptr) vs = kvs;
+            if (ks == nullptr && vs == nullptr) continue;
+            if (ks == nullptr || vs == nullptr) {
+                return InvalidArgument("layer " + std::to_string(l) + " has only one of self_attn.k_scale and v_scale");
+            }
+            ++found;
+            if (c.HasKeys(l)) UA_RETURN_IF_ERROR(ld.Scalar(ks, &k[static_cast<size_t>(l)]));
+            UA_RETURN_IF_ERROR(ld.Scalar(vs, &v[static_cast<size_t>(l)]));
+        }
+        if (found != 0 && found != c.num_layers) {
+            return InvalidArgument("KV cache scales (self_attn.k_scale / v_scale) exist for " + std::to_string(found) +
+                                   " of " + std::to_string(c.num_layers) + " layers");
+        }
+        if (found == 0) {
+            k.clear();
+            v.clear();
+        }
+    }
     for (int l = 0; l < c.num_layers; ++l) {
         LayerWeights& lw = w.layers[l];
         auto get = [&](const std::string& suffix, std::vector<int64_t> shape) {
@@ -300,14 +541,14 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
             // Q/K (and their biases and norms) are never read for reuse layers (docs/uniattn.md §2), so they are
             // neither required nor loaded.
             UA_ASSIGN_OR_RETURN(const TensorView* wc, get("v2_proj.weight", {q_dim, d}));
-            UA_ASSIGN_OR_RETURN(lw.w_vc, ld.Stack({wv, wc}));
+            UA_ASSIGN_OR_RETURN(lw.w_vc, ld.Linear({wv, wc}));
             if (bv) {
                 UA_ASSIGN_OR_RETURN(lw.b_v, ld.Row({bv}));
             }
         } else {
             UA_ASSIGN_OR_RETURN(const TensorView* wq, get("self_attn.q_proj.weight", {q_dim, d}));
             UA_ASSIGN_OR_RETURN(const TensorView* wk, get("self_attn.k_proj.weight", {kv_dim, d}));
-            UA_ASSIGN_OR_RETURN(lw.w_qkv, ld.Stack({wq, wk, wv}));
+            UA_ASSIGN_OR_RETURN(lw.w_qkv, ld.Linear({wq, wk, wv}));
             if (bv) {
                 UA_ASSIGN_OR_RETURN(const TensorView* bq, get("self_attn.q_proj.bias", {q_dim}));
                 UA_ASSIGN_OR_RETURN(const TensorView* bk, get("self_attn.k_proj.bias", {kv_dim}));
@@ -321,16 +562,16 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
             }
         }
         UA_ASSIGN_OR_RETURN(const TensorView* wo, get("self_attn.o_proj.weight", {d, q_dim}));
-        UA_ASSIGN_OR_RETURN(lw.w_o, ld.Stack({wo}));
+        UA_ASSIGN_OR_RETURN(lw.w_o, ld.Linear({wo}));
         if (c.o_bias) {
             UA_ASSIGN_OR_RETURN(const TensorView* bo, get("self_attn.o_proj.bias", {d}));
             UA_ASSIGN_OR_RETURN(lw.b_o, ld.Row({bo}));
         }
         UA_ASSIGN_OR_RETURN(const TensorView* wg, get("mlp.gate_proj.weight", {ff, d}));
         UA_ASSIGN_OR_RETURN(const TensorView* wu, get("mlp.up_proj.weight", {ff, d}));
-        UA_ASSIGN_OR_RETURN(lw.w_gate_up, ld.Stack({wg, wu}));
+        UA_ASSIGN_OR_RETURN(lw.w_gate_up, ld.Linear({wg, wu}));
         UA_ASSIGN_OR_RETURN(const TensorView* wd, get("mlp.down_proj.weight", {d, ff}));
-        UA_ASSIGN_OR_RETURN(lw.w_down, ld.Stack({wd}));
+        UA_ASSIGN_OR_RETURN(lw.w_down, ld.Linear({wd}));
     }
     const auto start = std::chrono::steady_clock::now();
     UA_RETURN_IF_ERROR(ld.Run(options));

@@ -7,6 +7,11 @@
 //   reuse layers:         b_v = bv                 [1, Hkv·hd]             (the V part of w_vc; Q/K are never read)
 //   every layer:          b_o [1, d]; q_norm, k_norm [1, hd] (normal/anchor only)
 // Matrices and the embedding are in backend->WeightDType(); norm weights and biases are fp32 on every backend.
+//
+// FP8 (issue 18, docs/models.md "FP8"): a linear weight of an FP8 checkpoint (F8_E4M3 with its weight_scale), or
+// one quantized at load (LoadOptions::quantize_fp8: per output row, scale = amax / 448, round to nearest even),
+// reaches the backend as the values it stands for, e4m3 value x scale, in the backend's weight dtype: exact in
+// fp32 on the CPU oracle (no backend holds e4m3 bytes yet). The embedding and lm_head stay in 16/32 bits.
 #pragma once
 
 #include <memory>
@@ -49,7 +54,11 @@ struct ModelWeights {
     const double* rope_inv_freq = nullptr;  // [head_dim / 2] fp64: ModelConfig::RopeInvFreq() on the backend
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
     int64_t bytes = 0;
-    WeightLoadStats load;  // LoadWeights only
+    WeightLoadStats load;    // LoadWeights only
+    int num_fp8_linear = 0;  // linear weights holding fp8 values (from the checkpoint or quantized at load)
+    // An FP8 checkpoint's KV cache scales (self_attn.k_scale / v_scale, or the older kv_scale for both), one per
+    // layer (K of reuse layers: 0, unused); empty when the checkpoint has none.
+    std::vector<float> kv_k_scale, kv_v_scale;
 };
 
 struct LoadOptions {
@@ -59,6 +68,9 @@ struct LoadOptions {
     // Tensors are read, converted and uploaded in pieces of at most this many bytes of the backend dtype:
     // the unit of work of one thread and the size of the backend's staging buffers.
     size_t chunk_bytes = size_t{16} << 20;
+    // engine.quantization=fp8: every linear weight of a 16/32-bit checkpoint is rounded to e4m3 with a scale per
+    // output row (weights already F8_E4M3 keep theirs). The embedding and lm_head are not quantized.
+    bool quantize_fp8 = false;
 };
 inline constexpr int kMaxLoadThreads = 16;
 

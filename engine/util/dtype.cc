@@ -1,6 +1,9 @@
 #include "uniattn/dtype.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace uniattn {
@@ -13,6 +16,8 @@ const char* DTypeName(DType dtype) {
             return "F16";
         case DType::kBF16:
             return "BF16";
+        case DType::kF8E4M3:
+            return "F8_E4M3";
     }
     return "?";
 }
@@ -24,6 +29,8 @@ int DTypeBytes(DType dtype) {
         case DType::kF16:
         case DType::kBF16:
             return 2;
+        case DType::kF8E4M3:
+            return 1;
     }
     return 0;
 }
@@ -32,7 +39,13 @@ StatusOr<DType> ParseDType(const std::string& name) {
     if (name == "F32") return DType::kF32;
     if (name == "F16") return DType::kF16;
     if (name == "BF16") return DType::kBF16;
-    return Unimplemented("unsupported dtype \"" + name + "\" (supported: F32, F16, BF16)");
+    if (name == "F8_E4M3") return DType::kF8E4M3;
+    if (name == "F8_E5M2") {
+        return Unimplemented(
+            "unsupported dtype \"F8_E5M2\": fp8 e5m2 tensors are not supported (FP8 checkpoints "
+            "for inference store F8_E4M3)");
+    }
+    return Unimplemented("unsupported dtype \"" + name + "\" (supported: F32, F16, BF16, F8_E4M3)");
 }
 
 float HalfToFloat(uint16_t h) {
@@ -102,6 +115,34 @@ uint16_t FloatToBF16(float f) {
     return static_cast<uint16_t>((x + rounding) >> 16);
 }
 
+float Fp8E4M3ToFloat(uint8_t b) {
+    const float sign = (b & 0x80) ? -1.0f : 1.0f;
+    const int exp = (b >> 3) & 0xF, mant = b & 0x7;
+    if (exp == 0xF && mant == 0x7) return std::numeric_limits<float>::quiet_NaN();
+    if (exp == 0) return sign * std::ldexp(static_cast<float>(mant), -9);  // subnormal: mant · 2^-9
+    return sign * std::ldexp(static_cast<float>(8 + mant), exp - 10);      // (1 + mant/8) · 2^(exp-7)
+}
+
+uint8_t FloatToFp8E4M3(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint8_t sign = static_cast<uint8_t>((x >> 24) & 0x80);
+    const uint32_t absx = x & 0x7FFFFFFF;
+    if (absx > 0x7F800000) return 0x7F;          // NaN
+    if (absx >= 0x43E00000) return sign | 0x7E;  // >= 448 (and inf): saturate to 448
+    if (absx < 0x3C800000) {                     // below 2^-6: subnormal steps of 2^-9, exact scaling by 512
+        float a;
+        std::memcpy(&a, &absx, 4);
+        const uint32_t q = static_cast<uint32_t>(std::nearbyint(a * 512.0f));  // ties to even; 8 is 2^-6
+        return sign | static_cast<uint8_t>(q);
+    }
+    // Normal: rebias 127 -> 7 and round the 23-bit mantissa to 3 bits, ties to even (a carry moves the exponent).
+    uint32_t code = (((absx >> 23) - 120) << 3) | ((absx >> 20) & 0x7);
+    const uint32_t rem = absx & 0xFFFFF;
+    if (rem > 0x80000 || (rem == 0x80000 && (code & 1))) ++code;
+    return sign | static_cast<uint8_t>(code);  // below 448 rounding reaches at most 0x7E
+}
+
 namespace {
 
 // Every 16-bit pattern's conversion, built once from the scalar functions above (so equal to them by
@@ -110,7 +151,9 @@ struct Tables {
     std::vector<float> half_to_float = std::vector<float>(1 << 16);
     std::vector<uint16_t> half_to_bf16 = std::vector<uint16_t>(1 << 16);
     std::vector<uint16_t> bf16_to_half = std::vector<uint16_t>(1 << 16);
+    std::vector<float> fp8_to_float = std::vector<float>(256);
     Tables() {
+        for (uint32_t b = 0; b < 256; ++b) fp8_to_float[b] = Fp8E4M3ToFloat(static_cast<uint8_t>(b));
         for (uint32_t h = 0; h < (1u << 16); ++h) {
             half_to_float[h] = HalfToFloat(static_cast<uint16_t>(h));
             half_to_bf16[h] = FloatToBF16(half_to_float[h]);
@@ -152,7 +195,29 @@ void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, 
         std::memcpy(d, s, static_cast<size_t>(n) * DTypeBytes(src_dtype));
         return;
     }
+    if (src_dtype == DType::kF8E4M3 || dst_dtype == DType::kF8E4M3) {  // through fp32, a piece at a time
+        constexpr int64_t kPiece = 1024;
+        float buf[kPiece];
+        const float* fp8 = GetTables().fp8_to_float.data();
+        const int in_elem = DTypeBytes(src_dtype), out_elem = DTypeBytes(dst_dtype);
+        for (int64_t at = 0; at < n; at += kPiece) {
+            const int64_t m = std::min(kPiece, n - at);
+            if (src_dtype == DType::kF8E4M3) {
+                for (int64_t i = 0; i < m; ++i) buf[i] = fp8[s[at + i]];
+            } else {
+                ConvertDType(s + at * in_elem, src_dtype, buf, DType::kF32, m);
+            }
+            if (dst_dtype == DType::kF8E4M3) {
+                for (int64_t i = 0; i < m; ++i) d[at + i] = FloatToFp8E4M3(buf[i]);
+            } else {
+                ConvertDType(buf, DType::kF32, d + at * out_elem, dst_dtype, m);
+            }
+        }
+        return;
+    }
     switch (src_dtype) {
+        case DType::kF8E4M3:
+            return;  // handled above
         case DType::kF32:
             switch (dst_dtype) {
                 case DType::kF32:
@@ -163,6 +228,8 @@ void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, 
                 case DType::kBF16:
                     for (int64_t i = 0; i < n; ++i) Store16(d, i, FloatToBF16(Load32(s, i)));
                     break;
+                case DType::kF8E4M3:
+                    break;  // handled above
             }
             return;
         case DType::kF16:
@@ -177,6 +244,8 @@ void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, 
                 case DType::kBF16:
                     Map16(s, d, n, GetTables().half_to_bf16.data());
                     break;
+                case DType::kF8E4M3:
+                    break;
             }
             return;
         case DType::kBF16:
@@ -188,6 +257,7 @@ void ConvertDType(const void* src, DType src_dtype, void* dst, DType dst_dtype, 
                     Map16(s, d, n, GetTables().bf16_to_half.data());
                     break;
                 case DType::kBF16:
+                case DType::kF8E4M3:
                     break;
             }
             return;

@@ -132,6 +132,9 @@ inline void RoundToDType(DType dtype, std::vector<float>& v) {
             case DType::kBF16:
                 x = BF16ToFloat(FloatToBF16(x));
                 break;
+            case DType::kF8E4M3:
+                x = Fp8E4M3ToFloat(FloatToFp8E4M3(x));
+                break;
         }
     }
 }

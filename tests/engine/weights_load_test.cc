@@ -44,6 +44,9 @@ std::vector<uint8_t> ViaFloat(float f, DType to) {
         case DType::kBF16:
             h = FloatToBF16(f);
             break;
+        case DType::kF8E4M3:
+            out[0] = FloatToFp8E4M3(f);
+            return out;
     }
     std::memcpy(out.data(), &h, 2);
     return out;
@@ -62,6 +65,8 @@ float Widen(const uint8_t* p, DType from) {
         case DType::kBF16:
             std::memcpy(&h, p, 2);
             return BF16ToFloat(h);
+        case DType::kF8E4M3:
+            return Fp8E4M3ToFloat(p[0]);
     }
     return 0;
 }

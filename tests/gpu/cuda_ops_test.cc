@@ -44,6 +44,8 @@ double Ulp(DType d) {
             return 0x1.0p-10;
         case DType::kBF16:
             return 0x1.0p-7;
+        case DType::kF8E4M3:
+            return 0x1.0p-3;
     }
     return 0;
 }

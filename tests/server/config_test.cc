@@ -63,6 +63,8 @@ TEST(ConfigTest, ImpossibleValuesAreNamed) {
         {"model:\n  chat_template: jinja\n", "model.chat_template"},
         {"logging:\n  level: loud\n", "logging.level"},
         {"engine:\n  dtype: bfloat16\n", "engine.dtype"},
+        {"engine:\n  quantization: awq\n", "engine.quantization"},
+        {"engine:\n  kv_cache_dtype: fp8_e5m2\n", "engine.kv_cache_dtype"},
         {"engine:\n  max_num_seqs: 64\n  max_num_batched_tokens: 8\n", "engine.max_num_batched_tokens"},
     };
     for (auto& c : cases) {
@@ -110,6 +112,22 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
         ASSERT_FALSE(no.ok()) << v;
         EXPECT_NE(no.status().message().find("multiple of 64"), std::string::npos) << no.status().message();
     }
+}
+
+TEST(ConfigTest, Fp8KeysFromYamlAndSetSurviveThePrintedConfig) {
+    auto r = ParseConfig("model:\n  path: m\nengine:\n  quantization: fp8\n", "x.yaml",
+                         {{"engine.kv_cache_dtype", "fp8_e4m3"}});
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(r->engine.quantization, "fp8");
+    EXPECT_EQ(r->engine.kv_cache_dtype, "fp8_e4m3");
+    auto again = ParseConfig(ConfigToYaml(*r), "printed", {});
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ(again->engine.quantization, "fp8");
+    EXPECT_EQ(again->engine.kv_cache_dtype, "fp8_e4m3");
+    auto d = ParseConfig("model:\n  path: m\n", "x.yaml", {});
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(d->engine.quantization, "none");
+    EXPECT_EQ(d->engine.kv_cache_dtype, "auto");
 }
 
 TEST(ConfigTest, GenerationConfigKeys) {

@@ -1,12 +1,16 @@
 // uniattn-eval: perplexity of a model on a text file and, with --reference, how far its next-token
 // distributions are from a reference model's (greedy-token agreement and mean KL(reference || model)).
-//   uniattn-eval --model DIR --text FILE [--reference DIR] [--threads N] [--json]
+//   uniattn-eval --model DIR --text FILE [--reference DIR] [--quantization fp8] [--kv-cache-dtype fp8_e4m3]
+//                [--threads N] [--json]
+// --quantization / --kv-cache-dtype apply to --model only (engine.quantization / engine.kv_cache_dtype, emulated
+// on the CPU): with --reference naming the same directory they measure what fp8 costs.
 // Protocol (model/text_corpus.h): documents split at blank lines, each BOS + tokens truncated to the
 // context length; perplexity = exp(mean NLL over every predicted token of every document).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 
+#include "engine_setup.h"
 #include "model/model.h"
 #include "model/session.h"
 #include "model/text_corpus.h"
@@ -33,7 +37,7 @@ void LogSoftmax(const float* logits, int n, std::vector<double>& out) {
 }
 
 int Main(int argc, char** argv) {
-    std::string model_dir, text_path, reference_dir;
+    std::string model_dir, text_path, reference_dir, quantization = "none", kv_cache_dtype = "auto";
     int threads = 0;
     bool json = false;
     CLI::App app{
@@ -43,6 +47,9 @@ int Main(int argc, char** argv) {
     auto* model_opt = app.add_option("--model", model_dir, "model directory; required");
     auto* text_opt = app.add_option("--text", text_path, "text FILE (documents split at blank lines); required");
     auto* reference_opt = app.add_option("--reference", reference_dir, "reference model directory");
+    app.add_option("--quantization", quantization, "none or fp8: the model's linear weights rounded to e4m3 at load")
+        ->capture_default_str();
+    app.add_option("--kv-cache-dtype", kv_cache_dtype, "auto or fp8_e4m3: the model's KV cache")->capture_default_str();
     app.add_option("--threads", threads, "CPU threads (0: all)")->capture_default_str();
     app.add_flag("--json", json, "print the results as one JSON object");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-eval")) return *code;
@@ -50,9 +57,22 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, "usage: uniattn-eval --model DIR --text FILE [--reference DIR] [--threads N] [--json]\n");
         return 2;
     }
+    EngineConfig ec;
+    ec.quantization = quantization;
+    ec.kv_cache_dtype = kv_cache_dtype;
+    auto fp8 = ResolveFp8(ec);
+    if (!fp8.ok()) return Fail(fp8.status());
     auto backend = MakeCpuBackend(threads);
-    auto model = Model::Load(model_dir, backend.get());
+    LoadOptions load;
+    load.quantize_fp8 = fp8->weights;
+    auto model = Model::Load(model_dir, backend.get(), /*load_tokenizer=*/true, load);
     if (!model.ok()) return Fail(model.status());
+    KvScales kv_scales;
+    if (fp8->kv) {
+        auto s = FindKvScales(**model, backend.get());
+        if (!s.ok()) return Fail(s.status());
+        kv_scales = std::move(s).value();
+    }
     std::unique_ptr<Model> reference;
     if (reference_opt->count()) {
         auto r = Model::Load(reference_dir, backend.get(), /*load_tokenizer=*/false);
@@ -70,7 +90,8 @@ int Main(int argc, char** argv) {
     // KV caches hold the longest document, not the whole context (131072 tokens for Llama-3.1).
     int max_len = 1;
     for (const auto& doc : *docs) max_len = std::max(max_len, static_cast<int>(doc.size()));
-    auto session = Session::Create(model->get(), backend.get(), 16, 256, max_len);
+    auto session = Session::Create(model->get(), backend.get(), 16, 256, max_len,
+                                   fp8->kv ? DType::kF8E4M3 : backend->KvDType(), fp8->kv ? &kv_scales : nullptr);
     if (!session.ok()) return Fail(session.status());
     std::unique_ptr<Session> ref_session;
     if (reference) {

@@ -1,10 +1,15 @@
 // The CPU backend: fp32 everywhere, the oracle for every other backend. Clear before clever: the only
 // tuning is BLAS for matrix products with several rows, an OpenMP-parallel dot-product loop for
-// matrix-vector work, and OpenMP over (token, head) in attention.
+// matrix-vector work, and OpenMP over (token, head) in attention. KV planes may also be fp8 e4m3 with
+// per-head scales (KvPlane::scale): attention then dequantizes the blocks the step reads into fp32 copies
+// and runs the fp32 code on those, so its result is bit for bit that of fp32 planes holding the
+// dequantized values (a separate fp8 loop would be vectorised differently by the compiler and sum in
+// another order).
 #include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -71,6 +76,16 @@ inline int64_t PlaneOffset(const KvPlane& p, int64_t slot, int kv_head) {
     return (slot * p.num_kv_heads + kv_head) * static_cast<int64_t>(p.head_dim);
 }
 
+// Every fp8 e4m3 code as float (Fp8E4M3ToFloat), built once.
+const float* Fp8Table() {
+    static const std::array<float, 256> table = [] {
+        std::array<float, 256> t{};
+        for (int b = 0; b < 256; ++b) t[b] = Fp8E4M3ToFloat(static_cast<uint8_t>(b));
+        return t;
+    }();
+    return table.data();
+}
+
 class CpuBackend final : public Backend {
   public:
     explicit CpuBackend(int num_threads) : num_threads_(num_threads > 0 ? num_threads : omp_get_max_threads()) {
@@ -81,6 +96,17 @@ class CpuBackend final : public Backend {
 
     std::string Name() const override { return "cpu"; }
     DType WeightDType() const override { return DType::kF32; }
+    bool SupportsKvDType(DType dtype) const override {
+        switch (dtype) {
+            case DType::kF32:
+            case DType::kF8E4M3:
+                return true;
+            case DType::kF16:
+            case DType::kBF16:
+                return false;
+        }
+        return false;
+    }
 
     StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {
         auto buf = std::make_unique<HostBuffer>(bytes);
@@ -180,7 +206,16 @@ class CpuBackend final : public Backend {
     }
 
     void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
+        CheckPlane(plane);
         const int64_t width = static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim;
+        if (plane.dtype == DType::kF8E4M3) {
+            for (int64_t t = 0; t < src.rows; ++t) {
+                uint8_t* dst = static_cast<uint8_t*>(plane.base) + slot_mapping[t] * width;
+                const float* row = src.f32() + t * src.ld;
+                for (int64_t e = 0; e < width; ++e) dst[e] = FloatToFp8E4M3(row[e] / plane.scale[e / plane.head_dim]);
+            }
+            return;
+        }
         for (int64_t t = 0; t < src.rows; ++t) {
             std::memcpy(static_cast<float*>(plane.base) + slot_mapping[t] * width, src.f32() + t * src.ld,
                         sizeof(float) * width);
@@ -189,6 +224,56 @@ class CpuBackend final : public Backend {
 
     void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& b, int num_heads,
                    const Tensor& out, float* probs) override {
+        CheckPlane(k);
+        CheckPlane(v);
+        if (k.dtype == DType::kF32 && v.dtype == DType::kF32) {
+            AttentionF32(q, k, v, b, num_heads, out, probs);
+        } else {
+            const AttentionBatch copies = CopyBlocksRead(b, k.num_blocks, k.block_size);
+            AttentionF32(q, Fp32Blocks(k, k_copy_), Fp32Blocks(v, v_copy_), copies, num_heads, out, probs);
+        }
+    }
+
+    void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& b, int num_heads,
+                        const Tensor& out) override {
+        CheckPlane(v);
+        if (v.dtype == DType::kF32) {
+            ReuseAttentionF32(probs, v, b, num_heads, out);
+        } else {
+            const AttentionBatch copies = CopyBlocksRead(b, v.num_blocks, v.block_size);
+            ReuseAttentionF32(probs, Fp32Blocks(v, v_copy_), copies, num_heads, out);
+        }
+    }
+
+    void SiluMul(const Tensor& gate_up, const Tensor& out) override {
+        const int64_t ff = out.cols;
+        for (int64_t t = 0; t < out.rows; ++t) {
+            const float* g = gate_up.f32() + t * gate_up.ld;
+            const float* u = g + ff;
+            float* o = out.f32() + t * out.ld;
+            for (int64_t i = 0; i < ff; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+        }
+    }
+
+    void Add(const Tensor& x, const Tensor& y) override {
+        for (int64_t t = 0; t < x.rows; ++t) {
+            float* a = x.f32() + t * x.ld;
+            const float* c = y.f32() + t * y.ld;
+            for (int64_t i = 0; i < x.cols; ++i) a[i] += c[i];
+        }
+    }
+
+    void GatherRows(const Tensor& x, const int32_t* rows, int num_rows, const Tensor& out) override {
+        for (int i = 0; i < num_rows; ++i) {
+            std::memcpy(out.f32() + i * out.ld, x.f32() + static_cast<int64_t>(rows[i]) * x.ld, sizeof(float) * x.cols);
+        }
+    }
+
+  private:
+    static constexpr int64_t kBlasMinRows = 4;
+
+    void AttentionF32(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& b, int num_heads,
+                      const Tensor& out, float* probs) {
         const int hd = k.head_dim;
         const int n_rep = num_heads / k.num_kv_heads;
         const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -230,8 +315,8 @@ class CpuBackend final : public Backend {
         }
     }
 
-    void ReuseAttention(const float* probs, const KvPlane& v, const AttentionBatch& b, int num_heads,
-                        const Tensor& out) override {
+    void ReuseAttentionF32(const float* probs, const KvPlane& v, const AttentionBatch& b, int num_heads,
+                           const Tensor& out) {
         const int n_rep = num_heads / v.num_kv_heads;
         const int64_t work = static_cast<int64_t>(b.num_tokens) * num_heads;
         std::vector<int> seq_of(b.num_tokens);
@@ -247,33 +332,6 @@ class CpuBackend final : public Backend {
                       out.f32() + t * out.ld + static_cast<int64_t>(h) * v.head_dim);
         }
     }
-
-    void SiluMul(const Tensor& gate_up, const Tensor& out) override {
-        const int64_t ff = out.cols;
-        for (int64_t t = 0; t < out.rows; ++t) {
-            const float* g = gate_up.f32() + t * gate_up.ld;
-            const float* u = g + ff;
-            float* o = out.f32() + t * out.ld;
-            for (int64_t i = 0; i < ff; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-        }
-    }
-
-    void Add(const Tensor& x, const Tensor& y) override {
-        for (int64_t t = 0; t < x.rows; ++t) {
-            float* a = x.f32() + t * x.ld;
-            const float* c = y.f32() + t * y.ld;
-            for (int64_t i = 0; i < x.cols; ++i) a[i] += c[i];
-        }
-    }
-
-    void GatherRows(const Tensor& x, const int32_t* rows, int num_rows, const Tensor& out) override {
-        for (int i = 0; i < num_rows; ++i) {
-            std::memcpy(out.f32() + i * out.ld, x.f32() + static_cast<int64_t>(rows[i]) * x.ld, sizeof(float) * x.cols);
-        }
-    }
-
-  private:
-    static constexpr int64_t kBlasMinRows = 4;
 
     // The first position a token at `pos` attends to: pos - sliding_window + 1 under a window, else 0.
     static int WindowStart(const AttentionBatch& b, int pos) {
@@ -294,7 +352,69 @@ class CpuBackend final : public Backend {
         }
     }
 
+    // A plane this backend reads and writes: fp32, or fp8 e4m3 with its scales.
+    void CheckPlane(const KvPlane& p) const {
+        UA_CHECK(SupportsKvDType(p.dtype));
+        UA_CHECK(p.dtype != DType::kF8E4M3 || p.scale != nullptr);
+    }
+
+    // Numbers the blocks batch `b` reads (positions up to each token's own) 0, 1, ... in copy_source_ and
+    // returns `b` with block tables into those copies (copy_tables_). Host memory throughout: this is the CPU
+    // backend. num_blocks: the planes' pool size.
+    AttentionBatch CopyBlocksRead(const AttentionBatch& b, int64_t num_blocks, int block_size) {
+        block_copy_.resize(static_cast<size_t>(num_blocks), -1);
+        copy_source_.clear();
+        copy_tables_.assign(static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq, 0);
+        for (int s = 0; s < b.num_seqs; ++s) {
+            int n_ctx = 0;
+            for (int t = b.query_start[s]; t < b.query_start[s + 1]; ++t) n_ctx = std::max(n_ctx, b.positions[t] + 1);
+            const size_t row = static_cast<size_t>(s) * b.max_blocks_per_seq;
+            for (int i = 0; i < (n_ctx + block_size - 1) / block_size; ++i) {
+                int32_t& copy = block_copy_[b.block_tables[row + i]];
+                if (copy < 0) {
+                    copy = static_cast<int32_t>(copy_source_.size());
+                    copy_source_.push_back(b.block_tables[row + i]);
+                }
+                copy_tables_[row + i] = copy;
+            }
+        }
+        for (int32_t block : copy_source_) block_copy_[block] = -1;
+        AttentionBatch copies = b;
+        copies.block_tables = copy_tables_.data();
+        return copies;
+    }
+
+    // An fp32 plane in `buffer` holding blocks copy_source_ of `p`, dequantized when fp8 (value ·
+    // scale[head], as the fp8 format defines).
+    KvPlane Fp32Blocks(const KvPlane& p, std::unique_ptr<HostBuffer>& buffer) {
+        const int64_t block_elems = static_cast<int64_t>(p.block_size) * p.num_kv_heads * p.head_dim;
+        const auto num_copies = static_cast<int64_t>(copy_source_.size());
+        const size_t bytes = sizeof(float) * static_cast<size_t>(std::max<int64_t>(1, num_copies * block_elems));
+        if (!buffer || buffer->bytes() < bytes) {
+            buffer = std::make_unique<HostBuffer>(bytes);
+            UA_CHECK(buffer->ok());
+        }
+        float* dst = static_cast<float*>(buffer->data());
+        const float* table = Fp8Table();
+#pragma omp parallel for schedule(static) num_threads(num_threads_)
+        for (int64_t c = 0; c < num_copies; ++c) {
+            const int64_t from = static_cast<int64_t>(copy_source_[c]) * block_elems;
+            float* d = dst + c * block_elems;
+            if (p.dtype == DType::kF32) {
+                std::memcpy(d, static_cast<const float*>(p.base) + from, sizeof(float) * block_elems);
+                continue;
+            }
+            const uint8_t* src = static_cast<const uint8_t*>(p.base) + from;
+            for (int64_t e = 0; e < block_elems; ++e) d[e] = table[src[e]] * p.scale[e / p.head_dim % p.num_kv_heads];
+        }
+        return KvPlane{dst, DType::kF32, std::max<int64_t>(1, num_copies), p.block_size, p.num_kv_heads, p.head_dim};
+    }
+
     int num_threads_;
+    // fp8 attention's scratch (CopyBlocksRead, Fp32Blocks), kept between calls: block_copy_[block] is -1
+    // between calls.
+    std::vector<int32_t> block_copy_, copy_source_, copy_tables_;
+    std::unique_ptr<HostBuffer> k_copy_, v_copy_;
 };
 
 }  // namespace

@@ -156,6 +156,8 @@ cudaDataType_t CudaType(DType dtype) {
             return CUDA_R_16F;
         case DType::kBF16:
             return CUDA_R_16BF;
+        case DType::kF8E4M3:
+            return CUDA_R_8F_E4M3;
     }
     return CUDA_R_32F;
 }
@@ -261,6 +263,9 @@ class CudaBackend final : public Backend {
             case DType::kF16:
             case DType::kBF16:
                 break;
+            case DType::kF8E4M3:  // engine.quantization=fp8 and fp8 checkpoints are refused before loading
+                ::uniattn::CheckFailed(__FILE__, __LINE__, "w.dtype != kF8E4M3",
+                                       "fp8 weights have no CUDA kernels yet");
         }
         if (rows <= cuda::kGemvMaxRows) {
             cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,

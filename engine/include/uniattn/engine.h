@@ -28,6 +28,14 @@ struct EngineConfig {
     // Weights and KV on a device backend: "auto" (bfloat16 for a bfloat16 checkpoint, else float16),
     // "float16", "bfloat16" or "float32". The CPU backend computes in float32: "auto" or "float32" only.
     std::string dtype = "auto";
+    // Linear weights rounded to fp8 e4m3 at load, a scale per output channel: "none" or "fp8" (docs/models.md
+    // "FP8"). FP8 checkpoints (quantization_config) load as they are whatever this says. The cpu backend emulates
+    // fp8 exactly (fp8 values held in fp32); the cuda backend has no fp8 kernels yet and refuses it.
+    std::string quantization = "none";
+    // The KV cache: "auto" (the backend's own: float32 on cpu, the weight dtype on cuda) or "fp8_e4m3" (alias
+    // "fp8"), one byte per value with a scale per layer and KV head: the checkpoint's k_scale / v_scale when it
+    // has them, else measured at load on a built-in passage (kv/kv_scales.h). cpu only for now.
+    std::string kv_cache_dtype = "auto";
     int block_size = 16;                    // tokens per KV block
     int64_t kv_cache_bytes = 0;             // KV pool size in bytes; 0 = use kv_cache_memory_fraction
     double kv_cache_memory_fraction = 0.1;  // of free device memory (CPU: of physical RAM) when bytes == 0

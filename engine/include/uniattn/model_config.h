@@ -33,6 +33,19 @@ struct RopeScaling {
     int original_max_position_embeddings = 0;
 };
 
+// config.json's quantization_config, for FP8 checkpoints as vLLM loads them (docs/models.md "FP8 checkpoints"):
+// quant_method "fp8" (AutoFP8 / Qwen / DeepSeek style) or "compressed-tensors" (llm-compressor) with 8-bit float
+// weights. Linear weights are F8_E4M3 tensors with a `weight_scale` (or block-wise `weight_scale_inv`) beside them;
+// how a scale applies follows from its shape (one value: the tensor; one per output row: the channel; a grid of
+// block_rows x block_cols tiles: the block). Other methods and formats (AWQ, GPTQ, int8, fp4) are refused by name.
+struct QuantizationConfig {
+    std::string method;                  // "" (none), "fp8" or "compressed-tensors"
+    int block_rows = 0, block_cols = 0;  // weight_block_size / block_structure; 0: no block-wise scales
+    bool static_activations = false;     // activation_scheme "static" (input_scale tensors; see docs/models.md)
+    std::vector<std::string> ignored;    // modules kept in 16-bit (ignored_layers / ignore), for messages
+    bool fp8() const { return !method.empty(); }
+};
+
 struct ModelConfig {
     std::string architecture = "LlamaForCausalLM";
     int vocab_size = 0;
@@ -54,10 +67,11 @@ struct ModelConfig {
     // The family (which tensors exist and which keys change the math); docs/models.md lists them.
     std::string model_type = "llama";
     RopeScaling rope_scaling;
-    bool qkv_bias = false;   // q_proj/k_proj/v_proj have biases (Qwen2 always; Llama/Qwen3 attention_bias)
-    bool o_bias = false;     // o_proj has a bias (Llama attention_bias)
-    bool qk_norm = false;    // Qwen3: RMSNorm over head_dim on each q and k head before RoPE
-    int sliding_window = 0;  // > 0: each token attends to its last sliding_window positions (itself included)
+    bool qkv_bias = false;            // q_proj/k_proj/v_proj have biases (Qwen2 always; Llama/Qwen3 attention_bias)
+    bool o_bias = false;              // o_proj has a bias (Llama attention_bias)
+    bool qk_norm = false;             // Qwen3: RMSNorm over head_dim on each q and k head before RoPE
+    int sliding_window = 0;           // > 0: each token attends to its last sliding_window positions (itself included)
+    QuantizationConfig quantization;  // FP8 checkpoints; empty method: 16/32-bit weights
 
     // UniAttn grouping (docs/uniattn.md §1). has_grouping is false for a standard model.
     bool has_grouping = false;

@@ -217,7 +217,9 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 tap_h1_.resize(static_cast<size_t>(T) * d);
                 backend_->CopyToHost(tap_xn_.data(), xn.data, sizeof(float) * T * d);
                 backend_->CopyToHost(tap_h1_.data(), x.data, sizeof(float) * T * d);
-                if (!tap_(l, tap_xn_.data(), tap_h1_.data(), T)) return false;
+                tap_attn_.resize(static_cast<size_t>(T) * q_dim);
+                backend_->CopyToHost(tap_attn_.data(), attn.data, sizeof(float) * T * q_dim);
+                if (!tap_(l, tap_xn_.data(), tap_h1_.data(), tap_attn_.data(), T)) return false;
             }
             backend_->NormMatMul(x, lw.ffn_norm, eps, lw.w_gate_up, gate_up, xn, false);
             backend_->SiluMulMatMul(gate_up, lw.w_down, x, mlp, true);

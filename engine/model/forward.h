@@ -40,16 +40,18 @@ struct ForwardInput {
     std::vector<std::vector<int32_t>> pending_tables_;
 };
 
-// Observes each layer's attention block, for calibration (docs/uniattn.md §6): `xn` is the normalised layer input
-// x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden] in host memory. Return
-// false to stop the pass after this layer (no logits are produced then).
-using LayerTap = std::function<bool(int layer, const float* xn, const float* h1, int num_tokens)>;
+// Observes each layer's attention block, for calibration (docs/uniattn.md §6, uniattn-convert fp8): `xn` is the
+// normalised layer input x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden], and
+// `attn` the attention output o_proj reads, [num_tokens, num_heads · head_dim], all in host memory. Return false
+// to stop the pass after this layer (no logits are produced then).
+using LayerTap =
+    std::function<bool(int layer, const float* xn, const float* h1, const float* attn, int num_tokens)>;
 
 class ModelRunner {
   public:
     ModelRunner(const Model* model, Backend* backend) : model_(model), backend_(backend) {}
 
-    // Installs (or clears, with nullptr) a tap; taps cost two device-to-host copies per layer.
+    // Installs (or clears, with nullptr) a tap; taps cost three device-to-host copies per layer.
     void SetLayerTap(LayerTap tap) { tap_ = std::move(tap); }
     // Decode-only steps replay recorded device graphs when the backend can record them (default on).
     void SetUseGraphs(bool use) { use_graphs_ = use; }
@@ -84,7 +86,7 @@ class ModelRunner {
     const Model* model_;
     Backend* backend_;
     LayerTap tap_;
-    std::vector<float> tap_xn_, tap_h1_;
+    std::vector<float> tap_xn_, tap_h1_, tap_attn_;
     std::vector<std::unique_ptr<DeviceBuffer>> scratch_;
     std::unique_ptr<DeviceBuffer> meta_;
     std::unique_ptr<DeviceBuffer> logits_;

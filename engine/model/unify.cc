@@ -106,15 +106,17 @@ Status WriteCheckpoint(const UnifyOptions& o, const TensorSet& src, const ModelC
     return Status::Ok();
 }
 
-// Sequences sampled from the model itself, starting from BOS (temperature 1), all decoded together as
-// one batch over a shared paged cache. Deterministic for a given seed and sample count.
-StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Backend* backend, const UnifyOptions& o) {
+}  // namespace
+
+StatusOr<std::vector<std::vector<int32_t>>> SampleFromModel(const Model& model, Backend* backend, int n, int len,
+                                                            uint64_t seed,
+                                                            const std::function<void(const std::string&)>& progress) {
     // 0: the context length, at most kMaxSampledLen (long-context models would need a KV cache of
-    // calib_samples × 128k tokens otherwise).
+    // n × 128k tokens otherwise).
     constexpr int kMaxSampledLen = 2048;
-    const int len = o.calib_len > 0 ? std::min(o.calib_len, model.config.max_position_embeddings)
-                                    : std::min(model.config.max_position_embeddings, kMaxSampledLen);
-    const int n = o.calib_samples, block_size = 16, blocks_per_seq = (len + block_size - 1) / block_size;
+    len = len > 0 ? std::min(len, model.config.max_position_embeddings)
+                  : std::min(model.config.max_position_embeddings, kMaxSampledLen);
+    const int block_size = 16, blocks_per_seq = (len + block_size - 1) / block_size;
     UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv,
                         KvCache::Create(backend, model.config, block_size, static_cast<int64_t>(n) * blocks_per_seq));
     ModelRunner runner(&model, backend);
@@ -125,7 +127,7 @@ StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Bac
     std::vector<std::vector<int32_t>> tables(n);
     std::vector<bool> done(n, false);
     for (int i = 0; i < n; ++i) {
-        samplers.emplace_back(p, o.seed + static_cast<uint64_t>(i));
+        samplers.emplace_back(p, seed + static_cast<uint64_t>(i));
         for (int b = 0; b < blocks_per_seq; ++b) tables[i].push_back(i * blocks_per_seq + b);
     }
     const int vocab = model.config.vocab_size;
@@ -155,8 +157,9 @@ StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Bac
                 done[i] = static_cast<int>(seqs[i].size()) >= len;
             }
         }
-        if (step % 32 == 0)
-            Say(o, "sampling calibration sequences: step " + std::to_string(step) + "/" + std::to_string(len));
+        if (step % 32 == 0 && progress) {
+            progress("sampling calibration sequences: step " + std::to_string(step) + "/" + std::to_string(len));
+        }
     }
     std::vector<std::vector<int32_t>> corpus;
     for (auto& s : seqs) {
@@ -164,8 +167,6 @@ StatusOr<std::vector<std::vector<int32_t>>> SampleCorpus(const Model& model, Bac
     }
     return corpus;
 }
-
-}  // namespace
 
 StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
     UA_ASSIGN_OR_RETURN(ModelConfig cfg, Model::LoadConfig(o.model_dir));
@@ -195,7 +196,8 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
     UA_ASSIGN_OR_RETURN(std::unique_ptr<Model> unified, Model::Load(o.out_dir, backend.get(), false));
     std::vector<std::vector<int32_t>> corpus;
     if (o.calib.empty()) {
-        UA_ASSIGN_OR_RETURN(corpus, SampleCorpus(*original, backend.get(), o));
+        UA_ASSIGN_OR_RETURN(corpus, SampleFromModel(*original, backend.get(), o.calib_samples, o.calib_len, o.seed,
+                                                    o.progress));
     } else {
         UA_ASSIGN_OR_RETURN(corpus, LoadCorpus(o.calib, *original->tokenizer, cfg.max_position_embeddings));
     }
@@ -213,7 +215,7 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
         UA_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
                             Session::Create(original.get(), backend.get(), 16, 256, max_len));
         const int last = report.reuse_layers.back();
-        s->runner().SetLayerTap([&](int layer, const float*, const float* h1, int n) {
+        s->runner().SetLayerTap([&](int layer, const float*, const float* h1, const float*, int n) {
             if (cfg.layer_kinds[layer] == LayerKind::kReuse) o1[layer].insert(o1[layer].end(), h1, h1 + n * d);
             return layer < last;
         });
@@ -233,7 +235,7 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
         std::vector<float> xs, gaps;  // kept to measure the fit
         int64_t row = 0;
         const std::vector<float>& target = o1[r];
-        us->runner().SetLayerTap([&](int layer, const float* xn, const float* h1, int n) {
+        us->runner().SetLayerTap([&](int layer, const float* xn, const float* h1, const float*, int n) {
             if (layer < r) return true;
             for (int t = 0; t < n; ++t, ++row) {
                 const float* x = xn + static_cast<int64_t>(t) * d;

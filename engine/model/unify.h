@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "uniattn/status.h"
 
@@ -40,5 +41,14 @@ struct UnifyReport {
 };
 
 StatusOr<UnifyReport> Unify(const UnifyOptions& options);
+
+struct Model;
+class Backend;
+// n sequences sampled from the model itself, starting from BOS (temperature 1, sample i seeded seed + i), all
+// decoded together as one batch over a shared paged cache, each until EOS or `len` tokens (0: the context
+// length, at most 2048). Sequences shorter than 2 tokens are dropped. Deterministic for a given seed and n.
+StatusOr<std::vector<std::vector<int32_t>>> SampleFromModel(const Model& model, Backend* backend, int n, int len,
+                                                            uint64_t seed,
+                                                            const std::function<void(const std::string&)>& progress);
 
 }  // namespace uniattn

@@ -276,8 +276,12 @@ class Loader {
                     ConvertDType(scratch.data(), p->dtype, row.data(), DType::kF32, cols);
                     if (f.quantize) {
                         float amax = 0;
-                        for (float x : row) amax = std::max(amax, std::fabs(x));
-                        if (!std::isfinite(amax)) {
+                        bool finite = true;
+                        for (float x : row) {
+                            finite = finite && std::isfinite(x);
+                            amax = std::max(amax, std::fabs(x));
+                        }
+                        if (!finite) {
                             return InvalidArgument(p->file + ": tensor \"" + p->name + "\" row " + std::to_string(r) +
                                                    " holds a non-finite value: it cannot be quantized to fp8");
                         }

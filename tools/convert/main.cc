@@ -2,9 +2,12 @@
 //   uniattn-convert import-llama2c --checkpoint FILE.bin --tokenizer tokenizer.model --out DIR [--dtype F32]
 //   uniattn-convert unify --model IN --out OUT --group G --begin B --end E [--calib FILE|none]
 //                   [--drop-unused-qk] [--samples N] [--seed S] [--ridge R] [--threads N]
+//   uniattn-convert fp8 --model IN --out OUT [--method gptq|rtn] [--calib FILE] [--samples N] [--calib-len N]
+//                   [--seed S] [--damp D] [--threads N]
 #include <cstdio>
 #include <string>
 
+#include "model/fp8_quantize.h"
 #include "model/llama2c_import.h"
 #include "model/model.h"
 #include "model/unify.h"
@@ -23,7 +26,11 @@ int Usage() {
                  "  unify writes a UniAttn checkpoint: layers in [B, E) form groups of G; the first of each group\n"
                  "  (the anchor) computes softmax, the others reuse it. Wc is calibrated in closed form on --calib\n"
                  "  text (documents split at blank lines), on sequences sampled from IN when --calib is omitted,\n"
-                 "  or left zero with --calib none.\n");
+                 "  or left zero with --calib none.\n"
+                 "       uniattn-convert fp8 --model IN --out OUT [--method gptq|rtn] [--calib FILE] [--samples N]\n"
+                 "                       [--calib-len N] [--seed S] [--damp D] [--threads N]\n"
+                 "  fp8 writes an FP8 checkpoint (compressed-tensors: e4m3 weights, a scale per output channel)\n"
+                 "  of a 16/32-bit model; gptq spreads rounding errors over calibration activations.\n");
     return 2;
 }
 
@@ -100,6 +107,45 @@ int UnifyMain(int argc, char** argv) {
     return 0;
 }
 
+int Fp8Main(int argc, char** argv) {
+    Fp8QuantizeOptions o;
+    int64_t seed = static_cast<int64_t>(o.seed);
+    CLI::App app{"Writes an FP8 checkpoint (compressed-tensors layout: F8_E4M3 weights with one F32 scale per output "
+                 "channel, lm_head and embedding kept) of a 16/32-bit model.",
+                 "uniattn-convert fp8"};
+    auto* model = app.add_option("--model", o.model_dir, "input model directory (IN); required");
+    auto* out = app.add_option("--out", o.out_dir, "output model directory (OUT); required");
+    app.add_option("--method", o.method,
+                   "rtn: round to nearest (what engine.quantization=fp8 does at load); gptq: error feedback over "
+                   "calibration activations")
+        ->capture_default_str();
+    app.add_option("--calib", o.calib, "gptq calibration text FILE (default: sequences sampled from IN)");
+    app.add_option("--samples", o.calib_samples, "sampled calibration sequences")->capture_default_str();
+    app.add_option("--calib-len", o.calib_len, "tokens per sampled sequence")->capture_default_str();
+    app.add_option("--seed", seed, "seed for sampled calibration sequences")->capture_default_str();
+    app.add_option("--damp", o.damp, "gptq: added to the Gram matrix diagonal, relative to its mean")
+        ->capture_default_str();
+    bool no_act_order = false;
+    app.add_flag("--no-act-order", no_act_order, "gptq: round the columns in their stored order");
+    app.add_option("--threads", o.num_threads, "CPU threads (0: all)")->capture_default_str();
+    if (auto code = ParseCommandLine(app, argc - 1, argv + 1, "uniattn-convert")) return *code;
+    if (!model->count() || !out->count()) return Usage();
+    o.act_order = !no_act_order;
+    if (o.calib_samples < 1) return Fail(InvalidArgument("--samples must be >= 1"));
+    if (!(o.damp >= 0)) return Fail(InvalidArgument("--damp must be >= 0"));
+    o.seed = static_cast<uint64_t>(seed);
+    o.progress = [](const std::string& line) { std::fprintf(stderr, "fp8: %s\n", line.c_str()); };
+    auto report = QuantizeFp8(o);
+    if (!report.ok()) return Fail(report.status());
+    std::printf("fp8_tensors: %d\nmethod: %s\ncalib_tokens: %lld\n", report->num_tensors, o.method.c_str(),
+                static_cast<long long>(report->calib_tokens));
+    if (report->num_measured > 0) {
+        std::printf("relative_output_error_rtn: %.6g\nrelative_output_error: %.6g\n", report->rtn_output_error,
+                    report->output_error);
+    }
+    return 0;
+}
+
 int Main(int argc, char** argv) {
     if (argc < 2) return Usage();
     const std::string cmd = argv[1];
@@ -109,6 +155,7 @@ int Main(int argc, char** argv) {
     }
     if (cmd == "import-llama2c") return ImportLlama2cMain(argc, argv);
     if (cmd == "unify") return UnifyMain(argc, argv);
+    if (cmd == "fp8") return Fp8Main(argc, argv);
     return Usage();
 }
 

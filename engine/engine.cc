@@ -173,10 +173,15 @@ Status EngineImpl::Init(const EngineConfig& config) {
                  load.num_threads, backend_->Description().c_str());
     const int num_fp8 = model_->weights.num_fp8_linear;
     if (num_fp8 > 0) {
+        const int stored = model_->weights.num_fp8_stored;
+        const std::string as = stored == num_fp8 ? std::string("e4m3 bytes with a scale per row")
+                               : stored > 0      ? std::to_string(stored) + " as e4m3 bytes, the rest as " +
+                                                  DTypeName(backend_->WeightDType()) + " values"
+                                            : std::string(DTypeName(backend_->WeightDType())) + " values";
         std::fprintf(stderr, "uniattn: %d linear weights hold fp8 e4m3 values (%s), stored as %s\n", num_fp8,
                      mc.quantization.fp8() ? ("checkpoint quant_method " + mc.quantization.method).c_str()
                                            : "engine.quantization=fp8, a scale per output channel",
-                     DTypeName(backend_->WeightDType()));
+                     as.c_str());
     }
     if (model_->tokenizer) {
         tokenizer_ = model_->tokenizer.get();

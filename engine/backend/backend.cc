@@ -22,6 +22,7 @@ Tensor Tensor::Cols(int64_t col, int64_t n) const {
 Tensor Tensor::Rows(int64_t row, int64_t n) const {
     Tensor t = *this;
     t.data = static_cast<char*>(data) + row * ld * DTypeBytes(dtype);
+    if (scale != nullptr) t.scale = scale + row;
     t.rows = n;
     return t;
 }

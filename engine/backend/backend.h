@@ -26,11 +26,14 @@ struct Tensor {
     int64_t rows = 0;
     int64_t cols = 0;
     int64_t ld = 0;  // row stride in elements (>= cols)
+    // kF8E4M3 weights (Backend::HoldsFp8Weights): row r stands for e4m3(data[r, :]) · scale[r]; [rows] fp32 in
+    // backend memory. Null otherwise.
+    const float* scale = nullptr;
 
     float* f32() const { return static_cast<float*>(data); }
     // Columns [col, col + n) of every row, same stride.
     Tensor Cols(int64_t col, int64_t n) const;
-    // Rows [row, row + n).
+    // Rows [row, row + n) (with their scales).
     Tensor Rows(int64_t row, int64_t n) const;
 };
 
@@ -120,6 +123,10 @@ class Backend {
     virtual size_t FreeDeviceBytes() const { return 0; }
     // The dtype weights are stored in on this backend (norm weights stay fp32 on every backend).
     virtual DType WeightDType() const = 0;
+    // Whether MatMul (and the fused NormMatMul / SiluMulMatMul) take kF8E4M3 weights with per-row scales
+    // (Tensor::scale): then LoadWeights stores fp8 linear weights as e4m3 bytes (1 byte per weight); otherwise
+    // as the values they stand for in WeightDType().
+    virtual bool HoldsFp8Weights() const { return false; }
     // The dtype of the KV cache planes KvCache allocates on this backend by default.
     virtual DType KvDType() const { return DType::kF32; }
     // Whether WriteKv, Attention and ReuseAttention accept KV planes of `dtype` (KvCache::Create refuses the

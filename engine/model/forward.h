@@ -44,8 +44,7 @@ struct ForwardInput {
 // normalised layer input x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden], and
 // `attn` the attention output o_proj reads, [num_tokens, num_heads · head_dim], all in host memory. Return false
 // to stop the pass after this layer (no logits are produced then).
-using LayerTap =
-    std::function<bool(int layer, const float* xn, const float* h1, const float* attn, int num_tokens)>;
+using LayerTap = std::function<bool(int layer, const float* xn, const float* h1, const float* attn, int num_tokens)>;
 
 class ModelRunner {
   public:

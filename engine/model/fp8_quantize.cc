@@ -49,7 +49,7 @@ Status Cholesky(std::vector<double>& a, int64_t n) {
 
 // The upper triangular U with H⁻¹ = UᵀU (GPTQ's factor): H = LLᵀ, H⁻¹ = L⁻ᵀL⁻¹, then U = (chol(H⁻¹))ᵀ.
 StatusOr<std::vector<double>> InverseCholeskyUpper(std::vector<double> h, int64_t n) {
-    UA_RETURN_IF_ERROR(Cholesky(h, n));  // h = L
+    UA_RETURN_IF_ERROR(Cholesky(h, n));                       // h = L
     std::vector<double> li(static_cast<size_t>(n * n), 0.0);  // L⁻¹, lower
     for (int64_t i = 0; i < n; ++i) {
         li[i * n + i] = 1.0 / h[i * n + i];
@@ -111,8 +111,8 @@ bool LinearWeight(const std::string& name, int* layer, int* gram) {
 
 }  // namespace
 
-Status RoundToFp8(std::vector<float>& w, int64_t rows, int64_t cols, std::vector<double> h, double damp,
-                  bool act_order, std::vector<float>& scale, std::vector<uint8_t>& q, int num_threads) {
+Status RoundToFp8(std::vector<float>& w, int64_t rows, int64_t cols, std::vector<double> h, double damp, bool act_order,
+                  std::vector<float>& scale, std::vector<uint8_t>& q, int num_threads) {
     if (static_cast<int64_t>(w.size()) != rows * cols) return InvalidArgument("RoundToFp8: w is not rows x cols");
     scale.assign(static_cast<size_t>(rows), 1.0f);
     q.assign(static_cast<size_t>(rows * cols), 0);
@@ -185,7 +185,8 @@ double OutputError(const std::vector<float>& w, const std::vector<float>& q, int
 #pragma omp parallel for reduction(+ : total) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
         std::vector<double> d(static_cast<size_t>(cols));
-        for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<double>(w[r * cols + c]) - (q.empty() ? 0.0 : q[r * cols + c]);
+        for (int64_t c = 0; c < cols; ++c)
+            d[c] = static_cast<double>(w[r * cols + c]) - (q.empty() ? 0.0 : q[r * cols + c]);
         for (int64_t i = 0; i < cols; ++i) {
             double s = 0;
             const double* hi = h.data() + i * cols;
@@ -215,8 +216,8 @@ StatusOr<Fp8QuantizeReport> QuantizeFp8(const Fp8QuantizeOptions& o) {
         UA_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(o.model_dir, backend.get(), !o.calib.empty()));
         std::vector<std::vector<int32_t>> corpus;
         if (o.calib.empty()) {
-            UA_ASSIGN_OR_RETURN(corpus, SampleFromModel(*model, backend.get(), o.calib_samples, o.calib_len, o.seed,
-                                                        o.progress));
+            UA_ASSIGN_OR_RETURN(
+                corpus, SampleFromModel(*model, backend.get(), o.calib_samples, o.calib_len, o.seed, o.progress));
         } else {
             UA_ASSIGN_OR_RETURN(corpus, LoadCorpus(o.calib, *model->tokenizer, cfg.max_position_embeddings));
         }

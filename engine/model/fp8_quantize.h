@@ -55,8 +55,8 @@ StatusOr<Fp8QuantizeReport> QuantizeFp8(const Fp8QuantizeOptions& options);
 // for round-to-nearest. Columns whose inputs were always 0 (h[i, i] == 0) are rounded to nearest.
 // act_order: round the columns in order of decreasing h[i, i] (inputs with the most energy first, GPTQ's
 // "act order"); the result is in the original column order either way.
-Status RoundToFp8(std::vector<float>& w, int64_t rows, int64_t cols, std::vector<double> h, double damp,
-                  bool act_order, std::vector<float>& scale, std::vector<uint8_t>& q, int num_threads);
+Status RoundToFp8(std::vector<float>& w, int64_t rows, int64_t cols, std::vector<double> h, double damp, bool act_order,
+                  std::vector<float>& scale, std::vector<uint8_t>& q, int num_threads);
 
 // ‖(W − Q)Xᵀ‖² = Σ_r (w_r − q_r) H (w_r − q_r)ᵀ and ‖WXᵀ‖² the same with q = 0, for two [rows, cols] matrices.
 double OutputError(const std::vector<float>& w, const std::vector<float>& q, int64_t rows, int64_t cols,

@@ -196,8 +196,8 @@ StatusOr<UnifyReport> Unify(const UnifyOptions& o) {
     UA_ASSIGN_OR_RETURN(std::unique_ptr<Model> unified, Model::Load(o.out_dir, backend.get(), false));
     std::vector<std::vector<int32_t>> corpus;
     if (o.calib.empty()) {
-        UA_ASSIGN_OR_RETURN(corpus, SampleFromModel(*original, backend.get(), o.calib_samples, o.calib_len, o.seed,
-                                                    o.progress));
+        UA_ASSIGN_OR_RETURN(
+            corpus, SampleFromModel(*original, backend.get(), o.calib_samples, o.calib_len, o.seed, o.progress));
     } else {
         UA_ASSIGN_OR_RETURN(corpus, LoadCorpus(o.calib, *original->tokenizer, cfg.max_position_embeddings));
     }

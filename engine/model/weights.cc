@@ -83,7 +83,23 @@ class Loader {
         }
         if (!any) return Stack(parts, backend_->WeightDType());
         ++w_.num_fp8_linear;
-        return Stack(parts, backend_->WeightDType(), std::move(fp8));
+        // e4m3 bytes with a scale per row where the backend takes them and every part has one scale per row
+        // (per tensor or per channel, or rounded here); block-scaled or partly 16-bit tensors keep their values.
+        bool native = backend_->HoldsFp8Weights();
+        for (const Fp8Part& f : fp8) native = native && (f.quantize || (f.scale != nullptr && f.block_cols == f.cols));
+        if (!native) return Stack(parts, backend_->WeightDType(), std::move(fp8));
+        ++w_.num_fp8_stored;
+        int64_t rows = 0;
+        for (const auto* p : parts) rows += p->shape[0];
+        UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> sbuf, backend_->Alloc(sizeof(float) * rows));
+        UA_ASSIGN_OR_RETURN(Tensor t, Stack(parts, DType::kF8E4M3, std::move(fp8)));
+        t.scale = static_cast<const float*>(sbuf->data());
+        Job& job = jobs_.back();
+        job.scale_dst = static_cast<float*>(sbuf->data());
+        job.row_scale.assign(static_cast<size_t>(rows), 1.0f);
+        w_.bytes += static_cast<int64_t>(sizeof(float) * rows);
+        w_.buffers.push_back(std::move(sbuf));
+        return t;
     }
     // A scalar read before the tensors (KV cache scales); the read happens in Run, after every check.
     Status Scalar(const TensorView* v, float* out) {
@@ -174,7 +190,13 @@ class Loader {
         work();
         for (std::thread& t : threads) t.join();
         uploader->Finish();
-        return failed ? error : Status::Ok();
+        if (failed) return error;
+        for (const Job& job : jobs_) {
+            if (job.scale_dst != nullptr) {
+                backend_->CopyToDevice(job.scale_dst, job.row_scale.data(), sizeof(float) * job.row_scale.size());
+            }
+        }
+        return Status::Ok();
     }
 
   private:
@@ -188,6 +210,10 @@ class Loader {
         void* dst;
         int64_t numel;
         std::vector<Fp8Part> fp8;  // linear weights with fp8 parts: one per part; else empty
+        // dtype kF8E4M3: each row's scale, written by FillFp8 (chunks hold distinct rows) and uploaded to
+        // scale_dst once every chunk is in.
+        float* scale_dst = nullptr;
+        mutable std::vector<float> row_scale;
     };
     // Elements [first, first + count) of jobs_[job].
     struct Chunk {
@@ -268,6 +294,12 @@ class Loader {
                 const int64_t in_elem = DTypeBytes(p->dtype);
                 if (scratch.size() < static_cast<size_t>(cols * in_elem))
                     scratch.resize(static_cast<size_t>(cols * in_elem));
+                uint8_t* dst = out + (at - first) * out_elem;
+                if (job.dtype == DType::kF8E4M3 && p->dtype == DType::kF8E4M3) {  // stored: the bytes and the scale
+                    UA_RETURN_IF_ERROR(p->Read(static_cast<uint64_t>(r * cols), static_cast<size_t>(cols), dst));
+                    job.row_scale[static_cast<size_t>(at / cols)] = f.ScaleAt(r, 0);
+                    continue;
+                }
                 UA_RETURN_IF_ERROR(p->Read(static_cast<uint64_t>(r * cols * in_elem),
                                            static_cast<size_t>(cols * in_elem), scratch.data()));
                 if (p->dtype == DType::kF8E4M3) {
@@ -286,10 +318,15 @@ class Loader {
                                                    " holds a non-finite value: it cannot be quantized to fp8");
                         }
                         const float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+                        if (job.dtype == DType::kF8E4M3) {  // stored: the bytes and the scale
+                            for (int64_t i = 0; i < cols; ++i) dst[i] = FloatToFp8E4M3(row[i] / scale);
+                            job.row_scale[static_cast<size_t>(at / cols)] = scale;
+                            continue;
+                        }
                         for (float& x : row) x = kE4M3[FloatToFp8E4M3(x / scale)] * scale;
                     }
                 }
-                ConvertDType(row.data(), DType::kF32, out + (at - first) * out_elem, job.dtype, cols);
+                ConvertDType(row.data(), DType::kF32, dst, job.dtype, cols);
             }
             part_start += n;
         }

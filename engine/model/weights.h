@@ -10,8 +10,10 @@
 //
 // FP8 (issue 18, docs/models.md "FP8"): a linear weight of an FP8 checkpoint (F8_E4M3 with its weight_scale), or
 // one quantized at load (LoadOptions::quantize_fp8: per output row, scale = amax / 448, round to nearest even),
-// reaches the backend as the values it stands for, e4m3 value x scale, in the backend's weight dtype: exact in
-// fp32 on the CPU oracle (no backend holds e4m3 bytes yet). The embedding and lm_head stay in 16/32 bits.
+// reaches a backend that takes fp8 weights (Backend::HoldsFp8Weights: CUDA) as e4m3 bytes with one fp32 scale per
+// row (Tensor::scale), and any other backend as the values it stands for, e4m3 value x scale, in its weight
+// dtype: exact in fp32 on the CPU oracle. Block-scaled checkpoint tensors keep their values everywhere. The
+// embedding and lm_head stay in 16/32 bits.
 #pragma once
 
 #include <memory>
@@ -56,6 +58,7 @@ struct ModelWeights {
     int64_t bytes = 0;
     WeightLoadStats load;    // LoadWeights only
     int num_fp8_linear = 0;  // linear weights holding fp8 values (from the checkpoint or quantized at load)
+    int num_fp8_stored = 0;  // of those, stored as e4m3 bytes with per-row scales (Backend::HoldsFp8Weights)
     // An FP8 checkpoint's KV cache scales (self_attn.k_scale / v_scale, or the older kv_scale for both), one per
     // layer (K of reuse layers: 0, unused); empty when the checkpoint has none.
     std::vector<float> kv_k_scale, kv_v_scale;

@@ -39,7 +39,8 @@ std::vector<double> CorrelatedGram(int64_t cols, int64_t tokens, uint64_t seed, 
     std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
     for (int64_t t = 0; t < tokens; ++t) {
         for (int64_t i = 0; i < cols; ++i) {
-            for (int64_t j = 0; j < cols; ++j) h[i * cols + j] += static_cast<double>(x[t * cols + i]) * x[t * cols + j];
+            for (int64_t j = 0; j < cols; ++j)
+                h[i * cols + j] += static_cast<double>(x[t * cols + i]) * x[t * cols + j];
         }
     }
     if (x_out) *x_out = std::move(x);
@@ -233,7 +234,7 @@ TEST(QuantizeFp8, GptqOnSampledCalibrationLowersTheOutputErrorAndLoads) {
         num += (a[i] - b[i]) * (a[i] - b[i]);
         den += b[i] * b[i];
     }
-    EXPECT_GT(num, 0);                   // quantized
+    EXPECT_GT(num, 0);                     // quantized
     EXPECT_LT(std::sqrt(num / den), 0.1);  // e4m3 has 3 mantissa bits: a few percent
 }
 

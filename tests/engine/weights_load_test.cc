@@ -18,6 +18,7 @@
 #include "engine/test_models.h"
 #include "gtest/gtest.h"
 #include "model/weights.h"
+#include "staging_backend.h"
 #include "uniattn/dtype.h"
 #include "uniattn/safetensors.h"
 
@@ -25,6 +26,7 @@ namespace uniattn {
 namespace {
 
 using testutil::Rng;
+using testutil::StagingBackend;
 using testutil::TempDir;
 
 bool IsHalfNaN(uint16_t h) { return (h & 0x7C00) == 0x7C00 && (h & 0x3FF) != 0; }
@@ -136,48 +138,6 @@ TEST(ConvertDType, Fp32ValuesMatchTheScalarRounding) {
         }
     }
 }
-
-// A CPU backend that stores weights in `dtype` and keeps Backend's default (staging, copying) uploader:
-// the loader's path on device backends, run on host memory.
-class StagingBackend final : public Backend {
-  public:
-    explicit StagingBackend(DType dtype) : cpu_(MakeCpuBackend(1)), dtype_(dtype) {}
-    std::string Name() const override { return "staging"; }
-    DType WeightDType() const override { return dtype_; }
-    StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override { return cpu_->Alloc(bytes); }
-    void CopyToDevice(void* dst, const void* src, size_t bytes) override {
-        ++copies_;
-        cpu_->CopyToDevice(dst, src, bytes);
-    }
-    void CopyToHost(void* dst, const void* src, size_t bytes) override { cpu_->CopyToHost(dst, src, bytes); }
-    void Fill(void* dst, int value, size_t bytes) override { cpu_->Fill(dst, value, bytes); }
-    void Synchronize() override {}
-    // The ops are never run: these tests only load.
-    void Embedding(const int32_t*, int, const Tensor&, const Tensor&) override { std::abort(); }
-    void RmsNorm(const Tensor&, const Tensor&, float, const Tensor&) override { std::abort(); }
-    void MatMul(const Tensor&, const Tensor&, const Tensor&, bool) override { std::abort(); }
-    void Rope(const Tensor&, int, int, const int32_t*, const double*) override { std::abort(); }
-    void WriteKv(const Tensor&, const KvPlane&, const int64_t*) override { std::abort(); }
-    void AddBias(const Tensor&, const Tensor&) override { std::abort(); }
-    void HeadRmsNorm(const Tensor&, int, int, const Tensor&, float) override { std::abort(); }
-    void Attention(const Tensor&, const KvPlane&, const KvPlane&, const AttentionBatch&, int, const Tensor&,
-                   float*) override {
-        std::abort();
-    }
-    void ReuseAttention(const float*, const KvPlane&, const AttentionBatch&, int, const Tensor&) override {
-        std::abort();
-    }
-    void SiluMul(const Tensor&, const Tensor&) override { std::abort(); }
-    void Add(const Tensor&, const Tensor&) override { std::abort(); }
-    void GatherRows(const Tensor&, const int32_t*, int, const Tensor&) override { std::abort(); }
-
-    int copies() const { return copies_; }
-
-  private:
-    std::unique_ptr<Backend> cpu_;
-    DType dtype_;
-    int copies_ = 0;  // only under the uploader's lock
-};
 
 // What the original loader put in a stacked tensor: every part widened to fp32, then rounded to `dtype`.
 std::vector<uint8_t> OldStack(const TensorSet& set, const std::vector<std::string>& names, DType dtype) {

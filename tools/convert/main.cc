@@ -110,9 +110,10 @@ int UnifyMain(int argc, char** argv) {
 int Fp8Main(int argc, char** argv) {
     Fp8QuantizeOptions o;
     int64_t seed = static_cast<int64_t>(o.seed);
-    CLI::App app{"Writes an FP8 checkpoint (compressed-tensors layout: F8_E4M3 weights with one F32 scale per output "
-                 "channel, lm_head and embedding kept) of a 16/32-bit model.",
-                 "uniattn-convert fp8"};
+    CLI::App app{
+        "Writes an FP8 checkpoint (compressed-tensors layout: F8_E4M3 weights with one F32 scale per output "
+        "channel, lm_head and embedding kept) of a 16/32-bit model.",
+        "uniattn-convert fp8"};
     auto* model = app.add_option("--model", o.model_dir, "input model directory (IN); required");
     auto* out = app.add_option("--out", o.out_dir, "output model directory (OUT); required");
     app.add_option("--method", o.method,

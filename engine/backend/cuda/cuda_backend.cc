@@ -188,6 +188,8 @@ class CudaBackend final : public Backend {
         return free_bytes;
     }
     DType WeightDType() const override { return options_.weight_dtype; }
+    // e4m3 weights with per-row scales: GEMVs read the bytes (1 byte per weight), larger GEMMs widen them.
+    bool HoldsFp8Weights() const override { return true; }
     DType KvDType() const override { return options_.kv_dtype; }
 
     StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {
@@ -263,13 +265,23 @@ class CudaBackend final : public Backend {
             case DType::kF16:
             case DType::kBF16:
                 break;
-            case DType::kF8E4M3:  // engine.quantization=fp8 and fp8 checkpoints are refused before loading
-                ::uniattn::CheckFailed(__FILE__, __LINE__, "w.dtype != kF8E4M3",
-                                       "fp8 weights have no CUDA kernels yet");
+            case DType::kF8E4M3:
+                UA_CHECK(w.scale != nullptr);
+                break;
         }
         if (rows <= cuda::kGemvMaxRows) {
             cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
-                       KStream(), options_.stage_gemv_input, options_.gemv_row_segs);
+                       KStream(), options_.stage_gemv_input, options_.gemv_row_segs, w.scale);
+            return;
+        }
+        if (w.dtype == DType::kF8E4M3) {
+            // More rows than a GEMV takes: the weights widened to the 16-bit dtype once per call, then the 16-bit
+            // path (prefill and batched decode read the weights 3x more than fp16 would: FP8 tensor-core GEMMs
+            // are the next step, issue 18).
+            const DType wide = options_.weight_dtype == DType::kBF16 ? DType::kBF16 : DType::kF16;
+            void* w16 = Workspace(kWsW16, static_cast<size_t>(w.rows * w.cols) * DTypeBytes(wide));
+            cuda::DequantFp8(w.data, w.ld, w.scale, w.rows, w.cols, w16, wide, KStream());
+            MatMul(x, MakeTensor(w16, wide, w.rows, w.cols), y, accumulate);
             return;
         }
         const cudaDataType_t wt = CudaType(w.dtype);
@@ -298,7 +310,7 @@ class CudaBackend final : public Backend {
 
     // Whether MatMul of `rows` rows by w runs one GEMM on activations rounded to w's 16-bit dtype.
     bool RoundsActivations(int64_t rows, const Tensor& w) const {
-        return w.dtype != DType::kF32 && rows > cuda::kGemvMaxRows &&
+        return w.dtype != DType::kF32 && w.dtype != DType::kF8E4M3 && rows > cuda::kGemvMaxRows &&
                (rows > kSplitMaxRows || !options_.exact_activations);
     }
 
@@ -319,7 +331,7 @@ class CudaBackend final : public Backend {
             norm_w.dtype == DType::kF32) {
             UA_CHECK_EQ(w.cols, x.cols);
             cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
-                           w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
+                           w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);
             return;
         }
         if (RoundsActivations(x.rows, w) && x.rows > 0 && w.rows > 0) {
@@ -339,7 +351,7 @@ class CudaBackend final : public Backend {
         if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
-                              w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs);
+                              w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);
             return;
         }
         if (RoundsActivations(gate_up.rows, w) && gate_up.rows > 0 && w.rows > 0) {
@@ -491,6 +503,7 @@ class CudaBackend final : public Backend {
     enum WorkspaceSlot {
         kWsGather,
         kWsX16,
+        kWsW16,  // fp8 weights widened for GEMMs of more than kGemvMaxRows rows
         kWsY2,
         kWsPartAcc,
         kWsPartMl,

@@ -196,6 +196,18 @@ __global__ void SplitHiLoKernel(const float* __restrict__ x, int64_t x_ld, int64
     }
 }
 
+template <typename T>
+__global__ void DequantFp8Kernel(const __nv_fp8_e4m3* __restrict__ w, int64_t w_ld, const float* __restrict__ scale,
+                                 int64_t rows, int64_t cols, T* __restrict__ out) {
+    PdlEnter();
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        out[idx] = FromFloat<T>(ToFloat(w[r * w_ld + c]) * scale[r]);
+    }
+}
+
 __global__ void CombinePartsKernel(const float* __restrict__ yy, int parts, int64_t rows, int64_t cols,
                                    float* __restrict__ y, int64_t y_ld, bool accumulate) {
     PdlEnter();
@@ -337,6 +349,26 @@ void SplitHiLo(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* o
     UA_DISPATCH_DTYPE(dtype, T,
                       LaunchKernel("SplitHiLoKernel", SplitHiLoKernel<T>, StrideGrid(rows * cols), kThreads, 0, stream,
                                    x, x_ld, rows, cols, static_cast<T*>(out), with_lo));
+}
+
+void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, int64_t cols, void* out, DType out_dtype,
+                Stream stream) {
+    if (rows * cols == 0) return;
+    const auto* wp = static_cast<const __nv_fp8_e4m3*>(w);
+    switch (out_dtype) {
+        case DType::kF16:
+            LaunchKernel("DequantFp8Kernel", DequantFp8Kernel<__half>, StrideGrid(rows * cols), kThreads, 0, stream, wp,
+                         w_ld, scale, rows, cols, static_cast<__half*>(out));
+            return;
+        case DType::kBF16:
+            LaunchKernel("DequantFp8Kernel", DequantFp8Kernel<__nv_bfloat16>, StrideGrid(rows * cols), kThreads, 0,
+                         stream, wp, w_ld, scale, rows, cols, static_cast<__nv_bfloat16*>(out));
+            return;
+        case DType::kF32:
+        case DType::kF8E4M3:
+            break;
+    }
+    UA_CHECK(false);
 }
 
 void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,

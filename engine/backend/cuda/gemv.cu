@@ -29,8 +29,9 @@ struct GemvIn {
     int64_t x_ld;
     const float* g;  // kRmsNorm: the norm weight [in]
     float eps;
-    bool staged;   // kPlain: use GemvStagedKernel too (the transforms always do when the shapes allow)
-    int row_segs;  // GemvStagedKernel: warps per output row, 1, 2, 4 or 8 (0: by shape)
+    bool staged;           // kPlain: use GemvStagedKernel too (the transforms always do when the shapes allow)
+    int row_segs;          // GemvStagedKernel: warps per output row, 1, 2, 4 or 8 (0: by shape)
+    const float* w_scale;  // fp8 weights: the scale of each output row; else null
 };
 
 template <int kXform>
@@ -127,6 +128,7 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
     for (int r = 0; r < kRows; ++r) {
         float s = WarpSum(acc[r]);
         if constexpr (kXform == kRmsNorm) s *= 1.0f / sqrtf(WarpSum(ss[r]) / static_cast<float>(n_in) + in.eps);
+        if constexpr (sizeof(WT) == 1) s *= in.w_scale[o];
         if (lane == 0) {
             float* dst = y + r * y_ld + o;
             *dst = accumulate ? *dst + s : s;
@@ -141,14 +143,15 @@ __global__ __launch_bounds__(kWarpsPerBlock * 32) void GemvKernel(GemvIn in, con
 // than once per output row (the cause of the per-warp fusion's slowness). Shared layout per input row: for
 // every 8-element chunk c, elements 0-3 at [c·4, c·4+4) of the first half and 4-7 in the second half, so the
 // two float4 reads of a lane that holds one 16-byte fp16 weight load are conflict-free across the warp.
-// Needs 16-bit weights, n_in % 8 == 0 and 16-byte aligned rows (the launcher checks).
+// Needs 16-bit weights (16-byte loads of 8) or fp8 ones (8-byte loads of 8), n_in % 8 == 0 and rows aligned to
+// one load (the launcher checks).
 constexpr int kStagedThreads = kWarpsPerBlock * 32;
 
 template <typename WT, int kRows, int kXform>
 __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, const WT* __restrict__ w, int64_t w_ld,
                                                                    int64_t n_out, int64_t n_in, float* __restrict__ y,
                                                                    int64_t y_ld, bool accumulate, int segs) {
-    static_assert(sizeof(WT) == 2, "16-bit weights");
+    static_assert(sizeof(WT) == 2 || sizeof(WT) == 1, "16-bit or fp8 weights");
     extern __shared__ float4 staged4[];
     float* staged = reinterpret_cast<float*>(staged4);  // [kRows][n_in], chunk-split layout above
     __shared__ float red[kRows][kWarpsPerBlock];
@@ -283,6 +286,7 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
             for (int r = 0; r < kRows; ++r) {
                 float s = acc[r];
                 if constexpr (kXform == kRmsNorm) s *= scale[r];
+                if constexpr (sizeof(WT) == 1) s *= in.w_scale[o];
                 float* dst = y + r * y_ld + o;
                 *dst = accumulate ? *dst + s : s;
             }
@@ -320,10 +324,10 @@ int StagedResidentBlocks(size_t smem) {
 template <typename WT, int kRows, int kXform>
 bool LaunchStaged(const GemvIn& in, const WT* w, int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld,
                   bool accumulate, Stream stream) {
-    if constexpr (sizeof(WT) != 2) {
+    if constexpr (sizeof(WT) != 2 && sizeof(WT) != 1) {
         return false;
     } else {
-        const bool ok = n_in % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && w_ld % 8 == 0 &&
+        const bool ok = n_in % 8 == 0 && reinterpret_cast<uintptr_t>(w) % (8 * sizeof(WT)) == 0 && w_ld % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && (kRows == 1 || in.x_ld % 4 == 0) &&
                         (kXform != kRmsNorm || reinterpret_cast<uintptr_t>(in.g) % 16 == 0);
         if (!ok) return false;
@@ -383,6 +387,12 @@ template <int kXform>
 void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out, int64_t n_in,
                   float* y, int64_t y_ld, bool accumulate, Stream stream) {
     if (rows == 0 || n_out == 0) return;
+    if (w_dtype == DType::kF8E4M3) {
+        UA_CHECK(in.w_scale != nullptr);
+        GemvRows<__nv_fp8_e4m3, kXform>(in, rows, static_cast<const __nv_fp8_e4m3*>(w), w_ld, n_out, n_in, y, y_ld,
+                                        accumulate, stream);
+        return;
+    }
     UA_DISPATCH_DTYPE(
         w_dtype, T,
         GemvRows<T, kXform>(in, rows, static_cast<const T*>(w), w_ld, n_out, n_in, y, y_ld, accumulate, stream));
@@ -391,22 +401,24 @@ void GemvDispatch(const GemvIn& in, int rows, const void* w, DType w_dtype, int6
 }  // namespace
 
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged, int row_segs) {
-    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f, staged, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
-                         accumulate, stream);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged, int row_segs,
+          const float* w_scale) {
+    GemvDispatch<kPlain>(GemvIn{x, x_ld, nullptr, 0.f, staged, row_segs, w_scale}, rows, w, w_dtype, w_ld, n_out, n_in,
+                         y, y_ld, accumulate, stream);
 }
 
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
               int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream,
-              int row_segs) {
-    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps, true, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y, y_ld,
-                           accumulate, stream);
+              int row_segs, const float* w_scale) {
+    GemvDispatch<kRmsNorm>(GemvIn{x, x_ld, norm_w, eps, true, row_segs, w_scale}, rows, w, w_dtype, w_ld, n_out, n_in,
+                           y, y_ld, accumulate, stream);
 }
 
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
-                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, int row_segs) {
-    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f, true, row_segs}, rows, w, w_dtype, w_ld, n_out, n_in, y,
-                           y_ld, accumulate, stream);
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, int row_segs,
+                 const float* w_scale) {
+    GemvDispatch<kSiluMul>(GemvIn{gate_up, gu_ld, nullptr, 0.f, true, row_segs, w_scale}, rows, w, w_dtype, w_ld, n_out,
+                           n_in, y, y_ld, accumulate, stream);
 }
 
 }  // namespace uniattn::cuda

@@ -89,23 +89,30 @@ void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t
 
 // Matrix-vector products for few rows, reading fp32 x directly (exact products, fp32 accumulation):
 //   y[t, o] = (accumulate ? y[t, o] : 0) + Σ_i x[t, i] · w[o, i]
-//   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16), y [rows, out] fp32; rows <= kGemvMaxRows
+//   x [rows, in] fp32, w [out, in] of w_dtype (f16/bf16, or f8_e4m3 with w_scale [out] fp32: w[o, i] stands for
+//   e4m3(w[o, i]) · w_scale[o]), y [rows, out] fp32; rows <= kGemvMaxRows
 constexpr int kGemvMaxRows = 2;
 // staged: through the shared-memory staged kernel below (a persistent grid), else one warp per output row
 // reading x from global memory. row_segs (staged kernel): warps sharing one output row, 1/2/4/8, 0 = by shape.
 void Gemv(const float* x, int64_t x_ld, int rows, const void* w, DType w_dtype, int64_t w_ld, int64_t n_out,
-          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged = false, int row_segs = 0);
+          int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, bool staged = false, int row_segs = 0,
+          const float* w_scale = nullptr);
 // Gemv of RmsNorm(x) with the norm fused in (no normalised copy of x is written): with 16-bit weights and
 // in % 8 == 0 every block stages x·g in shared memory once (and the 1/rms of each row), then streams weight
 // rows against it; otherwise the transform is applied in each warp's loads.
 //   y[t, o] (+)= Σ_i x[t, i] g[i] w[o, i] / rms(x[t])       norm_w g [in] fp32
 void NormGemv(const float* x, int64_t x_ld, const float* norm_w, float eps, int rows, const void* w, DType w_dtype,
               int64_t w_ld, int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream,
-              int row_segs = 0);
+              int row_segs = 0, const float* w_scale = nullptr);
 // Gemv of SwiGLU(gate_up) with the activation fused in (staged in shared memory as NormGemv):
 //   y[t, o] (+)= Σ_i silu(gu[t, i]) gu[t, n_in + i] w[o, i]     gate_up [rows, 2·n_in]
 void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, DType w_dtype, int64_t w_ld,
-                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, int row_segs = 0);
+                 int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, Stream stream, int row_segs = 0,
+                 const float* w_scale = nullptr);
+// out[r, c] = e4m3(w[r, c]) · scale[r] in out_dtype (f16/bf16): fp8 weights for the GEMMs of more rows than a
+// GEMV takes (the values are exact in fp16 when they are normal there; bf16 rounds them).
+void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, int64_t cols, void* out, DType out_dtype,
+                Stream stream);
 
 // ---- attention.cu ----
 

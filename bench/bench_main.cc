@@ -101,11 +101,16 @@ struct Variant {
     std::string name;
     bool uniattn = false;
     int g = 1, b = 0, e = 0;
+    bool fp8 = false;  // ":fp8": e4m3 linear weights with per-row scales
 };
 
-StatusOr<Variant> ParseVariant(const std::string& s) {
+StatusOr<Variant> ParseVariant(std::string s) {
     Variant v;
     v.name = s;
+    if (s.size() > 4 && s.compare(s.size() - 4, 4, ":fp8") == 0) {
+        v.fp8 = true;
+        s.resize(s.size() - 4);
+    }
     if (s == "std") return v;
     const std::vector<std::string> p = Split(s, '/');
     if (p.size() != 3) return InvalidArgument("variant \"" + s + "\": expected std or G/B/E");
@@ -346,7 +351,9 @@ int Main(int argc, char** argv) {
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "weight dtype")->capture_default_str();
     auto* kv_dtype_opt = app.add_option("--kv-dtype", kv_dtype_name, "KV cache dtype (default: --dtype)");
-    app.add_option("--variants", variants_list, "comma-separated: std (every layer normal) or G/B/E (UniAttn grouping)")
+    app.add_option("--variants", variants_list,
+                   "comma-separated: std (every layer normal) or G/B/E (UniAttn grouping), either with :fp8 (e4m3 "
+                   "linear weights with per-row scales)")
         ->capture_default_str();
     auto* decode_opt = app.add_option("--decode", decode_list, "decode cases BxC,... (default 1x512 without --batch)");
     auto* batch_opt = app.add_option("--batch", batch_list, "decode batch sizes, crossed with --ctx");
@@ -457,7 +464,7 @@ int Main(int argc, char** argv) {
         if (Status st = c.DeriveLayerKinds(); !st.ok()) return Fail(st);
         Model model;
         model.config = c;
-        auto w = RandomWeights(c, env.be, env.seed);
+        auto w = RandomWeights(c, env.be, env.seed, v.fp8);
         if (!w.ok()) return Fail(w.status());
         model.weights = std::move(w).value();
         const int64_t kv_tok = c.KvBytesPerToken(DTypeBytes(*kd));

@@ -33,7 +33,9 @@ case "${1:-}" in
 prepare)
     set -e
     LLAMACPP_DIR=${LLAMACPP_DIR:-/tmp/uniattn-peer-llamacpp}
-    rm -rf "$C" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/lc/bin" "$C/tok/llama2-7b" "$C/tok/llama3-8b"
+    if [ "${BINS_ONLY:-0}" = 1 ]; then rm -rf "$C/pkg" && mkdir -p "$C/pkg/bin" "$C/pkg/lib"; else
+        rm -rf "$C" && mkdir -p "$C/pkg/bin" "$C/pkg/lib" "$C/lc/bin" "$C/tok/llama2-7b" "$C/tok/llama3-8b"
+    fi
     cp build/bin/uniattn-serve build/bin/uniattn-bench ${EXTRA_BINS:-} "$C/pkg/bin/"  # EXTRA_BINS: e.g. gpu_tests
     strip "$C/pkg/bin/"*
     # Libraries the Ubuntu 24.04 GPU image has (or CUDA provides) stay behind; the rest travel.
@@ -49,6 +51,7 @@ prepare)
     fi
     XZ_OPT=-9e tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
     rm -rf "$C/pkg"
+    [ "${BINS_ONLY:-0}" = 1 ] && { du -sh "$C"/*; exit 0; }  # new binaries; llama.cpp and tokenizers as packed
     cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"
     strip "$C/lc/bin/llama-server"
     cp -r "$LLAMACPP_DIR/src/convert_hf_to_gguf.py" "$LLAMACPP_DIR/src/conversion" "$LLAMACPP_DIR/src/gguf-py" "$C/lc/"
@@ -164,6 +167,24 @@ if [ -n "${GPU_TESTS:-}" ] && [ -x "$BIN/gpu_tests" ]; then
     timeout 300 "$BIN/gpu_tests" --gtest_color=no --gtest_filter="$GPU_TESTS" >"$OUT/gpu_tests.log" 2>&1
     say "gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/gpu_tests.log" | tr '\n' ' ')"
     grep -E "^\[  FAILED|Failure|Which is|Expected|metric" "$OUT/gpu_tests.log" | head -40 | tee -a "$S"
+fi
+# FP8 weights (issue 18), when the packed binaries have them (FP8=0 skips): the fp8 GPU tests against the CPU
+# oracle with the MatMul tests the fp8 GEMV touched, then the engine-level decode and prefill of each shape with
+# 16-bit and fp8 linear weights side by side (uniattn-bench --variants std,std:fp8).
+if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2>&1 | grep -q ':fp8'; then
+    if [ -x "$BIN/gpu_tests" ]; then
+        timeout 150 "$BIN/gpu_tests" --gtest_color=no \
+            --gtest_filter='CudaFp8*:CudaOpsTest.MatMulEveryPath:CudaOpsTest.FusedMatMulsMatchCpu' >"$OUT/fp8_tests.log" 2>&1
+        say "fp8 gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/fp8_tests.log" | tr '\n' ' ')"
+        grep -E "^\[  FAILED|Failure|metric" "$OUT/fp8_tests.log" | head -30 | tee -a "$S"
+    fi
+    for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+        timeout 150 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std,std:fp8 \
+            --decode "${FP8_DECODE:-1x512,16x640,64x640}" --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 \
+            >"$OUT/fp8-bench-$shape.log" 2>&1
+        say "fp8 bench $shape rc=$?"
+        grep -E "^std|decode|prefill|measured" "$OUT/fp8-bench-$shape.log" | tee -a "$S" >/dev/null
+    done
 fi
 if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
     for shape in ${SHAPES:-llama2-7b llama3-8b}; do

@@ -622,7 +622,10 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
     return w;
 }
 
-StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uint64_t seed) {
+StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uint64_t seed, bool fp8) {
+    if (fp8 && !backend->HoldsFp8Weights()) {
+        return Unimplemented("random fp8 weights: the " + backend->Name() + " backend does not hold fp8 weights");
+    }
     ModelWeights w;
     const DType wt = backend->WeightDType();
     uint64_t stream = seed * 0x100000001B3ULL;
@@ -636,9 +639,16 @@ StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uin
         return t;
     };
     // Unit output variance for unit-RMS inputs, as tests/engine/test_models.h draws them.
-    auto linear = [&](int64_t rows, int64_t cols) {
+    auto linear = [&](int64_t rows, int64_t cols) -> StatusOr<Tensor> {
         const float a = std::sqrt(3.0f / static_cast<float>(cols));
-        return make(rows, cols, wt, -a, a);
+        if (!fp8) return make(rows, cols, wt, -a, a);
+        // e4m3 values uniform in [-448, 448) times a / 448: uniform in [-a, a), rounded to e4m3.
+        UA_ASSIGN_OR_RETURN(Tensor t, make(rows, cols, DType::kF8E4M3, -kFp8E4M3Max, kFp8E4M3Max));
+        UA_ASSIGN_OR_RETURN(Tensor s, make(1, rows, DType::kF32, a / kFp8E4M3Max, a / kFp8E4M3Max));
+        t.scale = s.f32();
+        ++w.num_fp8_linear;
+        ++w.num_fp8_stored;
+        return t;
     };
     const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
     const int64_t ff = c.intermediate_size, vocab = c.vocab_size;
@@ -647,7 +657,8 @@ StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uin
     if (c.tie_word_embeddings) {
         w.lm_head = w.embed;
     } else {
-        UA_ASSIGN_OR_RETURN(w.lm_head, linear(vocab, d));
+        const float a = std::sqrt(3.0f / static_cast<float>(d));  // lm_head stays 16-bit, as in FP8 checkpoints
+        UA_ASSIGN_OR_RETURN(w.lm_head, make(vocab, d, wt, -a, a));
     }
     w.layers.resize(c.num_layers);
     for (int l = 0; l < c.num_layers; ++l) {

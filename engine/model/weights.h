@@ -91,8 +91,9 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
 
 // Seeded uniform random weights of `config`'s shapes, generated on the backend (Backend::FillUniform):
 // for benchmarks of real shapes without checkpoint files. Linear weights have unit output variance for
-// unit-RMS inputs, norms are near 1.
-StatusOr<ModelWeights> RandomWeights(const ModelConfig& config, Backend* backend, uint64_t seed);
+// unit-RMS inputs, norms are near 1. fp8: linear weights as e4m3 bytes with per-row scales (the backend must
+// hold fp8 weights: Backend::HoldsFp8Weights), the same distribution.
+StatusOr<ModelWeights> RandomWeights(const ModelConfig& config, Backend* backend, uint64_t seed, bool fp8 = false);
 
 // The tensor names of the Hugging Face Llama layout.
 std::string LayerTensorName(int layer, const std::string& suffix);

@@ -36,6 +36,10 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
+template <>
+__device__ __forceinline__ __nv_fp8_e4m3 FromFloat<__nv_fp8_e4m3>(float x) {
+    return __nv_fp8_e4m3(x);  // round to nearest even, saturating to ±448
+}
 
 // N consecutive elements at p, converted to fp32. Uses the widest access the byte count allows; the
 // caller guarantees p is aligned to that width (element offsets that are multiples of N).

@@ -380,6 +380,11 @@ void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float*
 
 void FillUniform(void* dst, DType dtype, int64_t n, float lo, float hi, uint64_t seed, Stream stream) {
     if (n == 0) return;
+    if (dtype == DType::kF8E4M3) {  // raw e4m3 values (benchmark weights; their scales are separate)
+        LaunchKernel("FillUniformKernel", FillUniformKernel<__nv_fp8_e4m3>, StrideGrid(n), kThreads, 0, stream,
+                     static_cast<__nv_fp8_e4m3*>(dst), n, lo, hi, seed);
+        return;
+    }
     UA_DISPATCH_DTYPE(dtype, T,
                       LaunchKernel("FillUniformKernel", FillUniformKernel<T>, StrideGrid(n), kThreads, 0, stream,
                                    static_cast<T*>(dst), n, lo, hi, seed));

@@ -30,7 +30,7 @@ struct EngineConfig {
     std::string dtype = "auto";
     // Linear weights rounded to fp8 e4m3 at load, a scale per output channel: "none" or "fp8" (docs/models.md
     // "FP8"). FP8 checkpoints (quantization_config) load as they are whatever this says. The cpu backend emulates
-    // fp8 exactly (fp8 values held in fp32); the cuda backend has no fp8 kernels yet and refuses it.
+    // fp8 exactly (fp8 values held in fp32); the cuda backend stores e4m3 bytes with a scale per row.
     std::string quantization = "none";
     // The KV cache: "auto" (the backend's own: float32 on cpu, the weight dtype on cuda) or "fp8_e4m3" (alias
     // "fp8"), one byte per value with a scale per layer and KV head: the checkpoint's k_scale / v_scale when it

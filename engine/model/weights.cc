@@ -487,7 +487,8 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
                     ignored.insert(LayerTensorName(l, w.substr(0, w.size() - 6) + "input_scale"));
                 }
             }
-            for (const char* s : {"self_attn.k_scale", "self_attn.v_scale", "self_attn.kv_scale"}) {
+            for (const char* s : {"self_attn.k_scale", "self_attn.v_scale", "self_attn.kv_scale",
+                                  "self_attn.k_proj.output_scale", "self_attn.v_proj.output_scale"}) {
                 ignored.insert(LayerTensorName(l, s));
             }
         }
@@ -542,9 +543,15 @@ StatusOr<ModelWeights> LoadWeights(const TensorSet& tensors, const ModelConfig& 
         k.assign(static_cast<size_t>(c.num_layers), 0.0f);
         v.assign(static_cast<size_t>(c.num_layers), 0.0f);
         for (int l = 0; l < c.num_layers; ++l) {
-            const TensorView* ks = tensors.Find(LayerTensorName(l, "self_attn.k_scale"));
-            const TensorView* vs = tensors.Find(LayerTensorName(l, "self_attn.v_scale"));
-            const TensorView* kvs = tensors.Find(LayerTensorName(l, "self_attn.kv_scale"));  // older: one for both
+            // self_attn.k_scale / v_scale; older llm-compressor files name them k_proj / v_proj.output_scale, and
+            // older AutoFP8 ones have one kv_scale for both.
+            auto find = [&](const char* a, const char* b) {
+                const TensorView* t = tensors.Find(LayerTensorName(l, a));
+                return t != nullptr ? t : tensors.Find(LayerTensorName(l, b));
+            };
+            const TensorView* ks = find("self_attn.k_scale", "self_attn.k_proj.output_scale");
+            const TensorView* vs = find("self_attn.v_scale", "self_attn.v_proj.output_scale");
+            const TensorView* kvs = tensors.Find(LayerTensorName(l, "self_attn.kv_scale"));
             if (ks == nullptr) ks = kvs;
             if (vs == nullptr) vs = kvs;
             if (ks == nullptr && vs == nullptr) continue;

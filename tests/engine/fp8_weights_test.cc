@@ -408,7 +408,11 @@ TEST(Fp8Checkpoint, IgnoredLayersStaySixteenBitAndKvScalesAreRead) {
     }
     for (int l = 0; l < o.num_layers; ++l) {
         data.push_back({0.25f * static_cast<float>(l + 1)});
-        write.push_back({LayerTensorName(l, "self_attn.k_scale"), DType::kF32, {}, data.back().data()});
+        // Layer 1 in llm-compressor's older spelling.
+        write.push_back({LayerTensorName(l, l == 1 ? "self_attn.k_proj.output_scale" : "self_attn.k_scale"),
+                         DType::kF32,
+                         {},
+                         data.back().data()});
         data.push_back({0.5f * static_cast<float>(l + 1)});
         write.push_back({LayerTensorName(l, "self_attn.v_scale"), DType::kF32, {}, data.back().data()});
     }

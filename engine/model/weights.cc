@@ -235,7 +235,7 @@ class Loader {
         const size_t bytes = static_cast<size_t>(rows * cols) * DTypeBytes(dtype);
         UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> buf, backend_->Alloc(bytes));
         Tensor t = MakeTensor(buf->data(), dtype, rows, cols);
-        if (rows * cols > 0) jobs_.push_back({parts, dtype, buf->data(), rows * cols, std::move(fp8)});
+        if (rows * cols > 0) jobs_.push_back({parts, dtype, buf->data(), rows * cols, std::move(fp8), nullptr, {}});
         w_.bytes += static_cast<int64_t>(bytes);
         for (const auto* p : parts) w_.load.file_bytes += static_cast<int64_t>(p->nbytes);
         w_.buffers.push_back(std::move(buf));

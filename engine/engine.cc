@@ -18,6 +18,7 @@
 #include "kv/kv_scales.h"
 #include "model/forward.h"
 #include "model/model.h"
+#include "parallel/tensor_parallel.h"
 #include "request/inbox.h"
 #include "request/request_clock.h"
 #include "request/sample_output.h"
@@ -124,9 +125,13 @@ class EngineImpl final : public Engine {
     EngineStats stats_;
     std::atomic<int64_t> last_loop_ns_{0};
 
-    // Engine thread only.
-    std::unique_ptr<KvCache> kv_;
-    std::unique_ptr<ModelRunner> runner_;
+    // Engine thread only. With tensor parallelism tp_ owns every rank's runner and cache, and runner_ / kv_ are
+    // rank 0's (its logits, its cache's block size); otherwise own_kv_ / own_runner_.
+    std::unique_ptr<TensorParallelGroup> tp_;
+    std::unique_ptr<KvCache> own_kv_;
+    std::unique_ptr<ModelRunner> own_runner_;
+    KvCache* kv_ = nullptr;
+    ModelRunner* runner_ = nullptr;
     std::unique_ptr<Scheduler> scheduler_;
     std::unordered_map<uint64_t, std::unique_ptr<ActiveRequest>> requests_;
     std::unordered_map<uint64_t, std::pair<ActiveRequest*, int>> by_seq_;  // seq id -> (request, sample)
@@ -154,9 +159,22 @@ Status EngineImpl::Init(const EngineConfig& config) {
         return bad("kv_cache_memory_fraction", "must be in (0, 1]");
     }
     if (config.max_model_len < 0) return bad("max_model_len", "must be >= 0");
+    if (config.tensor_parallel_size < 1 || config.tensor_parallel_size > 64) {
+        return bad("tensor_parallel_size", "must be in [1, 64]");
+    }
+    if (config.tensor_parallel_size > 1 && config.backend != "cpu") {
+        return Unimplemented("tensor_parallel_size " + std::to_string(config.tensor_parallel_size) + " on the " +
+                             config.backend +
+                             " backend: not wired yet (the cpu backend runs tensor parallel ranks; "
+                             "the NCCL communicator exists)");
+    }
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
     UA_ASSIGN_OR_RETURN(const Fp8Choice fp8, ResolveFp8(config));
+    if (config.tensor_parallel_size > 1) {  // a model that cannot be split fails before its weights load
+        UA_ASSIGN_OR_RETURN(const ModelConfig full, Model::LoadConfig(config.model_dir));
+        UA_RETURN_IF_ERROR(ShardConfig(full, config.tensor_parallel_size).status());
+    }
     // Small files before the weights: a broken generation_config.json fails fast.
     UA_ASSIGN_OR_RETURN(const GenerationConfig generation, LoadGenerationConfig(config));
     UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
@@ -197,23 +215,45 @@ Status EngineImpl::Init(const EngineConfig& config) {
                                         std::to_string(mc.max_position_embeddings) + ")");
     }
 
-    // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
-    runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
-    UA_ASSIGN_OR_RETURN(const int64_t bytes, KvPoolBytes(config, backend_.get(), runner_.get(), max_model_len_));
     const DType kv_dtype = fp8.kv ? DType::kF8E4M3 : backend_->KvDType();  // what KvCache::Create allocates
     KvScales kv_scales;
     if (fp8.kv) {
         UA_ASSIGN_OR_RETURN(kv_scales, FindKvScales(*model_, backend_.get()));
     }
-    const int64_t per_block = mc.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
-    int64_t num_blocks = BlockManager::NumBlocksForBytes(mc, kv_dtype, config.block_size, bytes);
+    // Tensor parallel: the whole model (loaded above on the cpu backend) is cut into one shard per rank, each on
+    // its own backend and thread (parallel/tensor_parallel.h); the pool below is per rank, for its KV heads.
+    const int tp = config.tensor_parallel_size;
+    if (tp > 1) {
+        std::vector<std::unique_ptr<Backend>> backends;
+        const int threads =
+            config.num_threads > 0 ? config.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+        for (int r = 0; r < tp; ++r) backends.push_back(MakeCpuBackend(std::max(1, threads / tp)));
+        UA_ASSIGN_OR_RETURN(tp_, TensorParallelGroup::Create(*model_, std::move(backends), MakeHostCommunicators(tp)));
+        model_->weights = ModelWeights{};  // every rank has its shard; the config and tokenizer stay
+        runner_ = &tp_->runner(0);
+        std::fprintf(stderr, "uniattn: tensor parallel over %d ranks (cpu, %s communicator)\n", tp, "host");
+    } else {
+        own_runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
+        runner_ = own_runner_.get();
+    }
+    const ModelConfig& rank_config = tp_ ? tp_->model(0).config : mc;  // rank 0's heads: every rank's KV shape
+    // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
+    UA_ASSIGN_OR_RETURN(const int64_t bytes, KvPoolBytes(config, backend_.get(), runner_, max_model_len_));
+    const int64_t per_block = rank_config.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
+    int64_t num_blocks = BlockManager::NumBlocksForBytes(rank_config, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);
     if (num_blocks < 1) {
         return bad("kv_cache_bytes", "(" + std::to_string(bytes) + ") is smaller than one KV block (" +
                                          std::to_string(per_block) + " bytes)");
     }
-    UA_ASSIGN_OR_RETURN(kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks, kv_dtype,
-                                             fp8.kv ? &kv_scales : nullptr));
+    if (tp_) {
+        UA_RETURN_IF_ERROR(tp_->CreateKv(config.block_size, num_blocks, kv_dtype, fp8.kv ? &kv_scales : nullptr));
+        kv_ = &tp_->kv(0);
+    } else {
+        UA_ASSIGN_OR_RETURN(own_kv_, KvCache::Create(backend_.get(), mc, config.block_size, num_blocks, kv_dtype,
+                                                     fp8.kv ? &kv_scales : nullptr));
+        kv_ = own_kv_.get();
+    }
     UA_CHECK_EQ(kv_->bytes_per_block(), per_block);
     limits_.vocab_size = mc.vocab_size;
     limits_.max_model_len = max_model_len_;
@@ -248,7 +288,7 @@ Status EngineImpl::Init(const EngineConfig& config) {
     info_.eos_token_ids = EosTokenIds(*tokenizer_, mc, generation);
 
     stats_.num_blocks_total = num_blocks;
-    stats_.kv_bytes_total = kv_->total_bytes();
+    stats_.kv_bytes_total = kv_->total_bytes() * std::max(1, tp);
     last_loop_ns_ = Clock::now().time_since_epoch().count();
     thread_ = std::thread([this] { Loop(); });
     return Status::Ok();
@@ -376,6 +416,10 @@ void EngineImpl::CancelRequest(uint64_t request_id) {
 }
 
 void EngineImpl::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies) {
+    if (tp_) {
+        tp_->CopyBlocks(copies);
+        return;
+    }
     // Each plane is [num_blocks, block_size, num_kv_heads, head_dim]: a block is one contiguous run.
     for (const auto& [src, dst] : copies) {
         for (int l = 0; l < model_->config.num_layers; ++l) {
@@ -421,7 +465,8 @@ void EngineImpl::Step() {
     CopyBlocks(out.block_copies);
     if (!device_sampling_) logits_.resize(in.logits_rows.size() * static_cast<size_t>(model_->config.vocab_size));
     const Clock::time_point t1 = Clock::now();
-    const Status status = runner_->Forward(in, *kv_, device_sampling_ ? nullptr : logits_.data());
+    float* host_logits = device_sampling_ ? nullptr : logits_.data();
+    const Status status = tp_ ? tp_->Forward(in, host_logits) : runner_->Forward(in, *kv_, host_logits);
     const Clock::time_point t2 = Clock::now();
 
     std::vector<ActiveRequest*> touched;
@@ -610,7 +655,7 @@ void EngineImpl::PublishStats() {
     stats_.num_waiting = scheduler_->num_waiting() + pending;
     stats_.num_blocks_used = bm.num_used();
     stats_.num_blocks_cached = bm.num_cached();
-    stats_.kv_bytes_used = bm.num_used() * kv_->bytes_per_block();
+    stats_.kv_bytes_used = bm.num_used() * kv_->bytes_per_block() * (tp_ ? tp_->size() : 1);
     stats_.num_preemptions = scheduler_->num_preemptions();
     stats_.prefix_cache_queries = bm.prefix_query_tokens();
     stats_.prefix_cache_hits = bm.prefix_hit_tokens();

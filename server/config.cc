@@ -284,6 +284,7 @@ const std::vector<Key>& Keys() {
              c.engine.kv_cache_dtype = v;
              return Status::Ok();
          }},
+        {"engine.tensor_parallel_size", EngineInt(&EngineConfig::tensor_parallel_size, 1, 64, "must be in 1..64")},
         {"engine.num_threads", EngineInt(&EngineConfig::num_threads, 0, 1024, "0 = all cores")},
         {"engine.block_size",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
@@ -587,6 +588,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "dtype" << YAML::Value << c.engine.dtype;
     out << YAML::Key << "quantization" << YAML::Value << c.engine.quantization;
     out << YAML::Key << "kv_cache_dtype" << YAML::Value << c.engine.kv_cache_dtype;
+    out << YAML::Key << "tensor_parallel_size" << YAML::Value << c.engine.tensor_parallel_size;
     out << YAML::Key << "num_threads" << YAML::Value << c.engine.num_threads;
     out << YAML::Key << "block_size" << YAML::Value << c.engine.block_size;
     out << YAML::Key << "kv_cache_bytes" << YAML::Value << c.engine.kv_cache_bytes;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "parallel/communicator.h"
+
 namespace uniattn {
 
 void ForwardInput::AddSequence(const std::vector<int32_t>& chunk, int start, const std::vector<int32_t>& blocks,
@@ -31,7 +33,7 @@ void ForwardInput::Finish() {
 }
 
 namespace {
-enum Scratch : size_t { kX, kXn, kQkv, kAttn, kMlp, kGateUp, kLogitIn, kProbs, kNumScratch };
+enum Scratch : size_t { kX, kXn, kQkv, kAttn, kMlp, kGateUp, kLogitIn, kProbs, kPart, kNumScratch };
 }
 
 Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t meta_bytes) {
@@ -53,6 +55,7 @@ Status ModelRunner::Reserve(int num_tokens, int num_logits, int max_ctx, size_t 
             T * 2 * static_cast<int64_t>(c.intermediate_size),
             static_cast<int64_t>(cap_logits_) * c.hidden_size,
             cap_probs_,
+            comm_ != nullptr ? T * c.hidden_size : 1,  // tensor parallel: this rank's partial sums, all-reduced
         };
         scratch_.clear();
         ++generation_;
@@ -91,8 +94,8 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     // shape runs eagerly (sizing every workspace), the second is recorded, later ones replay. A graph
     // freezes host-side sizes, so the context is rounded up to a bucket (it sets grid shapes and the row
     // stride of the probability buffer) and block tables are padded to that bucket.
-    const bool graph_mode =
-        use_graphs_ && !tap_ && T == S && all_rows && T <= kMaxGraphTokens && backend_->CanCapture();
+    const bool graph_mode = use_graphs_ && !tap_ && comm_ == nullptr && T == S && all_rows && T <= kMaxGraphTokens &&
+                            backend_->CanCapture();
     int shape_ctx = max_ctx;
     int table_width = in.max_blocks_per_seq;
     const std::vector<int32_t>* tables = &in.block_tables;
@@ -162,6 +165,19 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     const Tensor gate_up = MakeTensor(Scratch(kGateUp), DType::kF32, T, 2 * ff);
     float* probs = Scratch(kProbs);
     const auto eps = static_cast<float>(c.rms_norm_eps);
+    // Tensor parallel (SetCommunicator): o_proj and down_proj are row-parallel, so each rank's product is a
+    // partial sum: it goes to `part`, is summed over the ranks, then joins the residual. The compensation of a
+    // reuse layer (its rows of Wc, this rank's slice of the hidden size) joins the same sum.
+    const Tensor part = MakeTensor(comm_ ? Scratch(kPart) : nullptr, DType::kF32, T, d);
+    Status comm_status;
+    auto reduce_into_x = [&]() -> bool {
+        if (Status s = comm_->AllReduceSum(part.f32(), static_cast<int64_t>(T) * d); !s.ok()) {
+            comm_status = s;
+            return false;
+        }
+        backend_->Add(x, part);
+        return true;
+    };
 
     // The device work of the step, from the embedding to the logits; false when a tap stopped it.
     auto run = [&]() -> bool {
@@ -194,7 +210,12 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                     // An anchor keeps P only when reuse layers follow it (G = 1 makes anchors without any).
                     const bool keep_p = l + 1 < c.num_layers && c.anchor_of[l + 1] == l;
                     backend_->Attention(q, kv.K(l), kv.V(l), batch, c.num_heads, attn, keep_p ? probs : nullptr);
-                    backend_->MatMul(attn, lw.w_o, x, true);
+                    if (comm_) {
+                        backend_->MatMul(attn, lw.w_o, part, false);
+                        if (!reduce_into_x()) return false;
+                    } else {
+                        backend_->MatMul(attn, lw.w_o, x, true);
+                    }
                     if (c.o_bias) backend_->AddBias(x, lw.b_o);
                     break;
                 }
@@ -206,8 +227,15 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                     if (c.qkv_bias) backend_->AddBias(vc.Cols(0, kv_dim), lw.b_v);
                     backend_->WriteKv(vc.Cols(0, kv_dim), kv.V(l), batch.slot_mapping);
                     backend_->ReuseAttention(probs, kv.V(l), batch, c.num_heads, attn);
-                    backend_->Add(x, vc.Cols(kv_dim, q_dim));
-                    backend_->MatMul(attn, lw.w_o, x, true);
+                    if (comm_) {
+                        // This rank's q_dim columns of the compensation land at its slice of the hidden size.
+                        backend_->MatMul(attn, lw.w_o, part, false);
+                        backend_->Add(part.Cols(comm_->rank() * q_dim, q_dim), vc.Cols(kv_dim, q_dim));
+                        if (!reduce_into_x()) return false;
+                    } else {
+                        backend_->Add(x, vc.Cols(kv_dim, q_dim));
+                        backend_->MatMul(attn, lw.w_o, x, true);
+                    }
                     if (c.o_bias) backend_->AddBias(x, lw.b_o);
                     break;
                 }
@@ -222,7 +250,12 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
                 if (!tap_(l, tap_xn_.data(), tap_h1_.data(), tap_attn_.data(), T)) return false;
             }
             backend_->NormMatMul(x, lw.ffn_norm, eps, lw.w_gate_up, gate_up, xn, false);
-            backend_->SiluMulMatMul(gate_up, lw.w_down, x, mlp, true);
+            if (comm_) {
+                backend_->SiluMulMatMul(gate_up, lw.w_down, part, mlp, false);
+                if (!reduce_into_x()) return false;
+            } else {
+                backend_->SiluMulMatMul(gate_up, lw.w_down, x, mlp, true);
+            }
         }
         if (num_logits == 0) return true;
         const Tensor sel = all_rows ? x : MakeTensor(Scratch(kLogitIn), DType::kF32, num_logits, d);
@@ -251,7 +284,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
         }
     } else if (!run()) {
         last_num_logits_ = 0;
-        return Status::Ok();
+        return comm_status;  // Ok when a tap stopped the pass
     }
     last_num_logits_ = num_logits;
     if (num_logits == 0 || host_logits == nullptr) return Status::Ok();

@@ -44,6 +44,8 @@ struct ForwardInput {
 // normalised layer input x̃ and `h1` the post-attention residual x + Attn(x), both [num_tokens, hidden], and
 // `attn` the attention output o_proj reads, [num_tokens, num_heads · head_dim], all in host memory. Return false
 // to stop the pass after this layer (no logits are produced then).
+class Communicator;
+
 using LayerTap = std::function<bool(int layer, const float* xn, const float* h1, const float* attn, int num_tokens)>;
 
 class ModelRunner {
@@ -52,6 +54,10 @@ class ModelRunner {
 
     // Installs (or clears, with nullptr) a tap; taps cost three device-to-host copies per layer.
     void SetLayerTap(LayerTap tap) { tap_ = std::move(tap); }
+    // Tensor parallelism (parallel/tensor_parallel.h): this runner is rank comm->rank() of comm->size(), its model
+    // one shard (ShardModel); o_proj and down_proj outputs are all-reduced through `comm` before they join the
+    // residual. Every rank must run the same Forward calls. Null: the whole model on one backend.
+    void SetCommunicator(Communicator* comm) { comm_ = comm; }
     // Decode-only steps replay recorded device graphs when the backend can record them (default on).
     void SetUseGraphs(bool use) { use_graphs_ = use; }
 
@@ -85,6 +91,7 @@ class ModelRunner {
     const Model* model_;
     Backend* backend_;
     LayerTap tap_;
+    Communicator* comm_ = nullptr;
     std::vector<float> tap_xn_, tap_h1_, tap_attn_;
     std::vector<std::unique_ptr<DeviceBuffer>> scratch_;
     std::unique_ptr<DeviceBuffer> meta_;

@@ -162,11 +162,8 @@ Status EngineImpl::Init(const EngineConfig& config) {
     if (config.tensor_parallel_size < 1 || config.tensor_parallel_size > 64) {
         return bad("tensor_parallel_size", "must be in [1, 64]");
     }
-    if (config.tensor_parallel_size > 1 && config.backend != "cpu") {
-        return Unimplemented("tensor_parallel_size " + std::to_string(config.tensor_parallel_size) + " on the " +
-                             config.backend +
-                             " backend: not wired yet (the cpu backend runs tensor parallel ranks; "
-                             "the NCCL communicator exists)");
+    if (config.tensor_parallel_size > 1 && config.backend != "cpu" && config.backend != "cuda") {
+        return Unimplemented("tensor_parallel_size > 1 on the " + config.backend + " backend");
     }
 
     UA_ASSIGN_OR_RETURN(const DType device_dtype, ResolveDeviceDType(config));
@@ -177,7 +174,10 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
     // Small files before the weights: a broken generation_config.json fails fast.
     UA_ASSIGN_OR_RETURN(const GenerationConfig generation, LoadGenerationConfig(config));
-    UA_ASSIGN_OR_RETURN(backend_, MakeBackend(config.backend, config.num_threads, device_dtype, config.cuda));
+    // Tensor parallel: the whole model loads on the cpu backend (host memory) and is cut into the ranks' shards.
+    const int tp = config.tensor_parallel_size;
+    UA_ASSIGN_OR_RETURN(backend_,
+                        MakeBackend(tp > 1 ? "cpu" : config.backend, config.num_threads, device_dtype, config.cuda));
     const bool has_tokenizer =
         FileExists(config.model_dir + "/tokenizer.model") || FileExists(config.model_dir + "/tokenizer.json");
     LoadOptions load_options;
@@ -215,30 +215,57 @@ Status EngineImpl::Init(const EngineConfig& config) {
                                         std::to_string(mc.max_position_embeddings) + ")");
     }
 
-    const DType kv_dtype = fp8.kv ? DType::kF8E4M3 : backend_->KvDType();  // what KvCache::Create allocates
+    // What KvCache::Create allocates (under tensor parallelism on cuda, the ranks' 16-bit planes, not the cpu
+    // loader's).
+    const DType kv_dtype = fp8.kv                               ? DType::kF8E4M3
+                           : tp > 1 && config.backend == "cuda" ? device_dtype
+                                                                : backend_->KvDType();
     KvScales kv_scales;
     if (fp8.kv) {
         UA_ASSIGN_OR_RETURN(kv_scales, FindKvScales(*model_, backend_.get()));
     }
     // Tensor parallel: the whole model (loaded above on the cpu backend) is cut into one shard per rank, each on
     // its own backend and thread (parallel/tensor_parallel.h); the pool below is per rank, for its KV heads.
-    const int tp = config.tensor_parallel_size;
     if (tp > 1) {
         std::vector<std::unique_ptr<Backend>> backends;
-        const int threads =
-            config.num_threads > 0 ? config.num_threads : static_cast<int>(std::thread::hardware_concurrency());
-        for (int r = 0; r < tp; ++r) backends.push_back(MakeCpuBackend(std::max(1, threads / tp)));
-        UA_ASSIGN_OR_RETURN(tp_, TensorParallelGroup::Create(*model_, std::move(backends), MakeHostCommunicators(tp)));
+        std::unique_ptr<CommunicatorGroup> comms;
+        if (config.backend == "cpu") {
+            const int threads =
+                config.num_threads > 0 ? config.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+            for (int r = 0; r < tp; ++r) backends.push_back(MakeCpuBackend(std::max(1, threads / tp)));
+            comms = MakeHostCommunicators(tp);
+        } else {
+#ifdef UNIATTN_HAVE_CUDA
+            // Rank r on device engine.cuda.device + r, NCCL between them on each rank's stream.
+            std::vector<int> devices;
+            std::vector<void*> streams;
+            for (int r = 0; r < tp; ++r) {
+                CudaOptions o = config.cuda;
+                o.device = config.cuda.device + r;
+                UA_ASSIGN_OR_RETURN(std::unique_ptr<Backend> be, MakeBackend("cuda", 0, device_dtype, o));
+                devices.push_back(o.device);
+                streams.push_back(be->NativeStream());
+                backends.push_back(std::move(be));
+            }
+            UA_ASSIGN_OR_RETURN(comms, MakeNcclCommunicators(devices, streams));
+#else
+            return InvalidArgument("backend \"" + config.backend + "\" is not available in this build");
+#endif
+        }
+        const std::string comm_name = comms->Name();
+        UA_ASSIGN_OR_RETURN(tp_, TensorParallelGroup::Create(*model_, std::move(backends), std::move(comms)));
         model_->weights = ModelWeights{};  // every rank has its shard; the config and tokenizer stay
         runner_ = &tp_->runner(0);
-        std::fprintf(stderr, "uniattn: tensor parallel over %d ranks (cpu, %s communicator)\n", tp, "host");
+        std::fprintf(stderr, "uniattn: tensor parallel over %d ranks (%s, %s communicator)\n", tp,
+                     config.backend.c_str(), comm_name.c_str());
     } else {
         own_runner_ = std::make_unique<ModelRunner>(model_.get(), backend_.get());
         runner_ = own_runner_.get();
     }
     const ModelConfig& rank_config = tp_ ? tp_->model(0).config : mc;  // rank 0's heads: every rank's KV shape
     // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
-    UA_ASSIGN_OR_RETURN(const int64_t bytes, KvPoolBytes(config, backend_.get(), runner_, max_model_len_));
+    UA_ASSIGN_OR_RETURN(const int64_t bytes,
+                        KvPoolBytes(config, tp_ ? tp_->backend(0) : backend_.get(), runner_, max_model_len_));
     const int64_t per_block = rank_config.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(rank_config, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);
@@ -281,8 +308,9 @@ Status EngineImpl::Init(const EngineConfig& config) {
     info_.block_size = config.block_size;
     info_.kv_bytes_per_token = mc.KvBytesPerToken(DTypeBytes(kv_dtype));
     info_.kv_bytes_per_token_dense = mc.DenseKvBytesPerToken(DTypeBytes(kv_dtype));
-    info_.backend = backend_->Name();
-    info_.dtype = std::string(DTypeName(backend_->WeightDType())) + (num_fp8 > 0 ? " (fp8 e4m3 values)" : "") + " / " +
+    Backend* serving = tp_ ? tp_->backend(0) : backend_.get();
+    info_.backend = serving->Name();
+    info_.dtype = std::string(DTypeName(serving->WeightDType())) + (num_fp8 > 0 ? " (fp8 e4m3 values)" : "") + " / " +
                   DTypeName(kv_dtype);
     info_.sampling_defaults = generation.sampling;
     info_.eos_token_ids = EosTokenIds(*tokenizer_, mc, generation);

@@ -127,6 +127,12 @@ class Backend {
     // (Tensor::scale): then LoadWeights stores fp8 linear weights as e4m3 bytes (1 byte per weight); otherwise
     // as the values they stand for in WeightDType().
     virtual bool HoldsFp8Weights() const { return false; }
+    // Makes the calling thread ready to run this backend's ops (CUDA: its device is the thread's current device);
+    // tensor-parallel rank threads call it once before their first op. Default: nothing.
+    virtual void BindThread() {}
+    // The stream this backend's ops are enqueued on (CUDA: a cudaStream_t), for collectives that must run in
+    // order with them (NCCL); null where ops run synchronously (CPU).
+    virtual void* NativeStream() { return nullptr; }
     // The dtype of the KV cache planes KvCache allocates on this backend by default.
     virtual DType KvDType() const { return DType::kF32; }
     // Whether WriteKv, Attention and ReuseAttention accept KV planes of `dtype` (KvCache::Create refuses the

@@ -165,11 +165,13 @@ StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Create(
     for (int r = 0; r < n; ++r) {
         Rank& rk = g->ranks_[r];
         rk.backend = std::move(backends[r]);
+        rk.backend->BindThread();  // CUDA: allocations go to this rank's device
         UA_ASSIGN_OR_RETURN(rk.model, ShardModel(full, r, n, rk.backend.get()));
         rk.runner = std::make_unique<ModelRunner>(rk.model.get(), rk.backend.get());
         rk.runner->SetCommunicator(comms->rank(r));
     }
     g->comms_ = std::move(comms);
+    g->ranks_[0].backend->BindThread();  // the calling (engine) thread runs rank 0
     for (int r = 1; r < n; ++r) g->threads_.emplace_back([gp = g.get(), r] { gp->Work(r); });
     return g;
 }
@@ -202,13 +204,16 @@ Status TensorParallelGroup::CreateKv(int block_size, int64_t num_blocks, DType d
             }
             use = &local;
         }
+        rk.backend->BindThread();
         UA_ASSIGN_OR_RETURN(rk.kv,
                             KvCache::Create(rk.backend.get(), rk.model->config, block_size, num_blocks, dtype, use));
     }
+    ranks_[0].backend->BindThread();
     return Status::Ok();
 }
 
 void TensorParallelGroup::Work(int r) {
+    ranks_[r].backend->BindThread();
     uint64_t seen = 0;
     for (;;) {
         const ForwardInput* in = nullptr;
@@ -237,6 +242,7 @@ Status TensorParallelGroup::Forward(const ForwardInput& in, float* host_logits) 
         pending_ = size() - 1;
     }
     cv_.notify_all();
+    ranks_[0].backend->BindThread();
     Status s0 = ranks_[0].runner->Forward(in, *ranks_[0].kv, host_logits);
     if (!s0.ok()) comms_->Abort();
     std::unique_lock<std::mutex> lock(mu_);
@@ -252,6 +258,7 @@ Status TensorParallelGroup::Forward(const ForwardInput& in, float* host_logits) 
 
 void TensorParallelGroup::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies) {
     for (Rank& rk : ranks_) {
+        rk.backend->BindThread();
         const ModelConfig& c = rk.model->config;
         for (const auto& [src, dst] : copies) {
             for (int l = 0; l < c.num_layers; ++l) {
@@ -267,6 +274,7 @@ void TensorParallelGroup::CopyBlocks(const std::vector<std::pair<int32_t, int32_
             }
         }
     }
+    ranks_[0].backend->BindThread();
 }
 
 }  // namespace uniattn

@@ -12,7 +12,7 @@ import { parser as promqlParser } from "@prometheus-io/lezer-promql";
 
 export const HERE = dirname(fileURLToPath(import.meta.url));
 export const ROOT = resolve(HERE, "../..");
-export const OVERLAYS = ["cpu", "gpu"];
+export const OVERLAYS = ["cpu", "gpu", "gpu-tp2"];
 
 export const readText = (p) => readFileSync(join(ROOT, p), "utf8");
 export const readYaml = (p) => YAML.parse(readText(p));

@@ -196,10 +196,11 @@ TEST(TensorParallel, ModelsThatCannotBeSplitAreRefusedByName) {
 }
 
 // Greedy tokens of a few prompts through the engine, split `tp` ways.
-std::vector<std::vector<int32_t>> Greedy(int tp) {
+std::vector<std::vector<int32_t>> Greedy(int tp, const std::string& kv_dtype = "auto") {
     EngineConfig c;
     c.model_dir = testutil::DefaultModelDir();
     c.tensor_parallel_size = tp;
+    c.kv_cache_dtype = kv_dtype;
     c.num_threads = 2;
     c.kv_cache_bytes = int64_t{4} << 20;
     c.max_num_batched_tokens = 24;  // prompts chunked
@@ -234,6 +235,8 @@ TEST(TensorParallel, Stories15MSplitTwoAndThreeWaysServesTheSameGreedyTokens) {
     ASSERT_EQ(one.size(), 3u);
     EXPECT_EQ(Greedy(2), one);  // 6 heads: 3 per rank; ff 768: 384
     EXPECT_EQ(Greedy(3), one);  // 2 heads per rank; ff 256
+    // An fp8 KV cache: each rank keeps its KV heads' scales (measured on the whole model).
+    EXPECT_EQ(Greedy(2, "fp8"), Greedy(1, "fp8"));
     EngineConfig bad;
     bad.model_dir = testutil::DefaultModelDir();
     bad.tensor_parallel_size = 4;  // 6 heads

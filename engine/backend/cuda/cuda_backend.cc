@@ -190,6 +190,8 @@ class CudaBackend final : public Backend {
     DType WeightDType() const override { return options_.weight_dtype; }
     // e4m3 weights with per-row scales: GEMVs read the bytes (1 byte per weight), larger GEMMs widen them.
     bool HoldsFp8Weights() const override { return true; }
+    void BindThread() override { UA_CUDA_CHECK(cudaSetDevice(options_.device)); }
+    void* NativeStream() override { return stream_.get(); }
     DType KvDType() const override { return options_.kv_dtype; }
 
     StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {

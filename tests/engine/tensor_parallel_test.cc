@@ -16,16 +16,8 @@
 namespace uniattn {
 namespace {
 
+using testutil::RelL2;
 using testutil::TempDir;
-
-double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-        den += static_cast<double>(want[i]) * want[i];
-    }
-    return std::sqrt(num / den);
-}
 
 // Two steps through `runner`-like callers: a 21-token prefill (logits of every token) and one decode step.
 std::vector<ForwardInput> Steps(int vocab) {

@@ -223,6 +223,16 @@ inline std::vector<NamedTensor> MakeRandomTensors(const ModelConfig& c, DType dt
     return out;
 }
 
+// ||got - want|| / ||want|| over two equal-length vectors (logits comparisons), in double.
+inline double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+        den += static_cast<double>(want[i]) * want[i];
+    }
+    return std::sqrt(num / den);
+}
+
 // Finds a tensor by name; nullptr when absent.
 inline NamedTensor* FindTensor(std::vector<NamedTensor>& tensors, const std::string& name) {
     for (NamedTensor& t : tensors) {

@@ -18,6 +18,7 @@ namespace uniattn {
 namespace {
 
 using testutil::Rng;
+using testutil::RelL2;
 using testutil::TempDir;
 
 class CudaFp8Test : public testutil::OpFixture<> {
@@ -124,15 +125,6 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
             }
         }
     }
-}
-
-double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-        den += static_cast<double>(want[i]) * want[i];
-    }
-    return std::sqrt(num / den);
 }
 
 TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {

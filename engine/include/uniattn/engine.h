@@ -37,7 +37,7 @@ struct EngineConfig {
     // has them, else measured at load on a built-in passage (kv/kv_scales.h). cpu only for now.
     std::string kv_cache_dtype = "auto";
     // Ranks the model is split over (parallel/tensor_parallel.h): attention heads, KV heads and the MLP divided,
-    // one thread and backend per rank. cpu only for now; 1 = no split.
+    // one thread and backend per rank (cuda: devices cuda.device + r, NCCL); 1 = no split.
     int tensor_parallel_size = 1;
     int block_size = 16;                    // tokens per KV block
     int64_t kv_cache_bytes = 0;             // KV pool size in bytes; 0 = use kv_cache_memory_fraction

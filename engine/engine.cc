@@ -264,8 +264,21 @@ Status EngineImpl::Init(const EngineConfig& config) {
     }
     const ModelConfig& rank_config = tp_ ? tp_->model(0).config : mc;  // rank 0's heads: every rank's KV shape
     // The pool: KV bytes -> blocks for this layout (reuse layers keep no K plane: more blocks per byte).
-    UA_ASSIGN_OR_RETURN(const int64_t bytes,
-                        KvPoolBytes(config, tp_ ? tp_->backend(0) : backend_.get(), runner_, max_model_len_));
+    // Per rank. Tensor parallel: on cuda the smallest of the ranks' pools (each a fraction of its own card's free
+    // memory); on cpu the ranks share the host's RAM, so a fraction of it is divided among them
+    // (kv_cache_bytes, when set, is already per rank).
+    int64_t bytes = 0;
+    if (!tp_) {
+        UA_ASSIGN_OR_RETURN(bytes, KvPoolBytes(config, backend_.get(), runner_, max_model_len_));
+    } else {
+        for (int r = 0; r < tp_->size(); ++r) {
+            tp_->backend(r)->BindThread();
+            UA_ASSIGN_OR_RETURN(const int64_t b, KvPoolBytes(config, tp_->backend(r), &tp_->runner(r), max_model_len_));
+            bytes = r == 0 ? b : std::min(bytes, b);
+        }
+        tp_->backend(0)->BindThread();
+        if (config.backend == "cpu" && config.kv_cache_bytes == 0) bytes /= tp_->size();
+    }
     const int64_t per_block = rank_config.KvBytesPerToken(DTypeBytes(kv_dtype)) * config.block_size;
     int64_t num_blocks = BlockManager::NumBlocksForBytes(rank_config, kv_dtype, config.block_size, bytes);
     num_blocks = std::min<int64_t>(num_blocks, INT32_MAX);

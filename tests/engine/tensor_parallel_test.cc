@@ -237,5 +237,24 @@ TEST(TensorParallel, Stories15MSplitTwoAndThreeWaysServesTheSameGreedyTokens) {
     EXPECT_NE(e.status().message().find("num_attention_heads (6)"), std::string::npos) << e.status().ToString();
 }
 
+TEST(TensorParallel, CpuRanksShareTheHostsKvFraction) {
+    // kv_cache_memory_fraction of the host's RAM is the whole pool, whatever the rank count: two ranks, each
+    // holding half the heads, get the same number of blocks in half the bytes each.
+    std::vector<EngineStats> stats;
+    for (int tp : {1, 2}) {
+        EngineConfig c;
+        c.model_dir = testutil::DefaultModelDir();
+        c.tensor_parallel_size = tp;
+        c.num_threads = 2;
+        c.kv_cache_memory_fraction = 0.0005;
+        auto e = Engine::Create(c);
+        ASSERT_TRUE(e.ok()) << e.status().ToString();
+        stats.push_back((*e)->Stats());
+    }
+    EXPECT_NEAR(static_cast<double>(stats[1].num_blocks_total), static_cast<double>(stats[0].num_blocks_total), 1.0);
+    EXPECT_LE(stats[1].kv_bytes_total, stats[0].kv_bytes_total);
+    EXPECT_GT(stats[1].kv_bytes_total, stats[0].kv_bytes_total * 99 / 100);
+}
+
 }  // namespace
 }  // namespace uniattn

@@ -17,8 +17,8 @@
 namespace uniattn {
 namespace {
 
-using testutil::Rng;
 using testutil::RelL2;
+using testutil::Rng;
 using testutil::TempDir;
 
 class CudaFp8Test : public testutil::OpFixture<> {

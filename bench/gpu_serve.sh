@@ -21,7 +21,8 @@
 #                                ends; for a dry run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
-#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); PROFILE (a decode
+#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
+#                                fp8 engine bench, SHAPES by default); PROFILE (a decode
 #                                case BxC: ncu per-kernel times of uniattn-bench's decode steps, bench/ncu_summary.py)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
@@ -178,7 +179,7 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
         say "fp8 gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/fp8_tests.log" | tr '\n' ' ')"
         grep -E "^\[  FAILED|Failure|metric" "$OUT/fp8_tests.log" | head -30 | tee -a "$S"
     fi
-    for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+    for shape in ${FP8_SHAPES:-${SHAPES:-llama2-7b llama3-8b}}; do
         timeout 150 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std,std:fp8 \
             --decode "${FP8_DECODE:-1x512,16x640,64x640}" --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 \
             >"$OUT/fp8-bench-$shape.log" 2>&1

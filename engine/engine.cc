@@ -461,20 +461,7 @@ void EngineImpl::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copi
         tp_->CopyBlocks(copies);
         return;
     }
-    // Each plane is [num_blocks, block_size, num_kv_heads, head_dim]: a block is one contiguous run.
-    for (const auto& [src, dst] : copies) {
-        for (int l = 0; l < model_->config.num_layers; ++l) {
-            for (int k = 0; k < 2; ++k) {
-                if (k == 0 && !kv_->HasK(l)) continue;
-                const KvPlane& plane = k == 0 ? kv_->K(l) : kv_->V(l);
-                const size_t bytes = static_cast<size_t>(plane.block_size) * plane.num_kv_heads * plane.head_dim *
-                                     DTypeBytes(plane.dtype);
-                char* base = static_cast<char*>(plane.base);
-                backend_->CopyOnDevice(base + static_cast<int64_t>(dst) * bytes,
-                                       base + static_cast<int64_t>(src) * bytes, bytes);
-            }
-        }
-    }
+    kv_->CopyBlocks(backend_.get(), copies);
 }
 
 void EngineImpl::Step() {

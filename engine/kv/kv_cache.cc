@@ -63,4 +63,20 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, const Model
     return kv;
 }
 
+void KvCache::CopyBlocks(Backend* backend, const std::vector<std::pair<int32_t, int32_t>>& copies) const {
+    // Each plane is [num_blocks, block_size, num_kv_heads, head_dim]: a block is one contiguous run.
+    for (const auto& [src, dst] : copies) {
+        for (size_t l = 0; l < v_planes_.size(); ++l) {
+            for (const KvPlane* plane : {&k_planes_[l], &v_planes_[l]}) {
+                if (plane->base == nullptr) continue;  // a reuse layer's K
+                const size_t bytes = static_cast<size_t>(plane->block_size) * plane->num_kv_heads * plane->head_dim *
+                                     DTypeBytes(plane->dtype);
+                char* base = static_cast<char*>(plane->base);
+                backend->CopyOnDevice(base + static_cast<int64_t>(dst) * bytes,
+                                      base + static_cast<int64_t>(src) * bytes, bytes);
+            }
+        }
+    }
+}
+
 }  // namespace uniattn

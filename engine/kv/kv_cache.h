@@ -7,7 +7,9 @@
 // interprets ownership.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -40,6 +42,10 @@ class KvCache {
     bool HasK(int layer) const { return k_planes_[layer].base != nullptr; }
     const KvPlane& K(int layer) const { return k_planes_[layer]; }  // precondition: HasK(layer)
     const KvPlane& V(int layer) const { return v_planes_[layer]; }
+
+    // Copies whole blocks (src, dst) in every plane on `backend` (the one the cache was created on): the prefix
+    // cache's copy-on-write of a shared partial block, before the pass that writes into it.
+    void CopyBlocks(Backend* backend, const std::vector<std::pair<int32_t, int32_t>>& copies) const;
 
   private:
     KvCache() = default;

@@ -259,20 +259,7 @@ Status TensorParallelGroup::Forward(const ForwardInput& in, float* host_logits) 
 void TensorParallelGroup::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies) {
     for (Rank& rk : ranks_) {
         rk.backend->BindThread();
-        const ModelConfig& c = rk.model->config;
-        for (const auto& [src, dst] : copies) {
-            for (int l = 0; l < c.num_layers; ++l) {
-                for (int k = 0; k < 2; ++k) {
-                    if (k == 0 && !rk.kv->HasK(l)) continue;
-                    const KvPlane& plane = k == 0 ? rk.kv->K(l) : rk.kv->V(l);
-                    const size_t bytes = static_cast<size_t>(plane.block_size) * plane.num_kv_heads * plane.head_dim *
-                                         DTypeBytes(plane.dtype);
-                    char* base = static_cast<char*>(plane.base);
-                    rk.backend->CopyOnDevice(base + static_cast<int64_t>(dst) * bytes,
-                                             base + static_cast<int64_t>(src) * bytes, bytes);
-                }
-            }
-        }
+        rk.kv->CopyBlocks(rk.backend.get(), copies);
     }
     ranks_[0].backend->BindThread();
 }

@@ -187,8 +187,9 @@ TEST(TensorParallel, ModelsThatCannotBeSplitAreRefusedByName) {
     EXPECT_NE(kv.status().message().find("num_key_value_heads (4)"), std::string::npos);
 }
 
-// Greedy tokens of a few prompts through the engine, split `tp` ways.
-std::vector<std::vector<int32_t>> Greedy(int tp, const std::string& kv_dtype = "auto") {
+// Greedy tokens of a few prompts through the engine, split `tp` ways; with n > 1 each prompt asks for n samples
+// (they share the prompt's blocks, the partial one copied on write in every rank) and gives n rows.
+std::vector<std::vector<int32_t>> Greedy(int tp, const std::string& kv_dtype = "auto", int n = 1) {
     EngineConfig c;
     c.model_dir = testutil::DefaultModelDir();
     c.tensor_parallel_size = tp;
@@ -206,18 +207,21 @@ std::vector<std::vector<int32_t>> Greedy(int tp, const std::string& kv_dtype = "
         r.max_tokens = 24;
         r.temperature = 0;
         r.ignore_eos = true;
+        r.n = n;
         auto h = (*e)->Submit(r);
         EXPECT_TRUE(h.ok());
-        std::vector<int32_t> tokens;
+        std::vector<std::vector<int32_t>> tokens(n);
         RequestEvent ev;
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
         while (h.ok() && !(*h)->closed() && std::chrono::steady_clock::now() < deadline) {
             if (!(*h)->Next(&ev, std::chrono::milliseconds(50))) continue;
             EXPECT_NE(ev.kind, RequestEvent::Kind::kError) << ev.error.ToString();
-            if (ev.kind == RequestEvent::Kind::kToken) tokens.push_back(ev.token);
+            if (ev.kind == RequestEvent::Kind::kToken) tokens.at(ev.index).push_back(ev.token);
         }
-        EXPECT_EQ(tokens.size(), 24u);
-        out.push_back(tokens);
+        for (auto& t : tokens) {
+            EXPECT_EQ(t.size(), 24u);
+            out.push_back(std::move(t));
+        }
     }
     return out;
 }
@@ -229,6 +233,10 @@ TEST(TensorParallel, Stories15MSplitTwoAndThreeWaysServesTheSameGreedyTokens) {
     EXPECT_EQ(Greedy(3), one);  // 2 heads per rank; ff 256
     // An fp8 KV cache: each rank keeps its KV heads' scales (measured on the whole model).
     EXPECT_EQ(Greedy(2, "fp8"), Greedy(1, "fp8"));
+    // Three samples of each prompt: the shared partial block is copied in both ranks' caches.
+    std::vector<std::vector<int32_t>> three;
+    for (const auto& t : one) three.insert(three.end(), 3, t);
+    EXPECT_EQ(Greedy(2, "auto", 3), three);
     EngineConfig bad;
     bad.model_dir = testutil::DefaultModelDir();
     bad.tensor_parallel_size = 4;  // 6 heads

@@ -200,6 +200,13 @@ Status EngineImpl::Init(const EngineConfig& config) {
                      mc.quantization.fp8() ? ("checkpoint quant_method " + mc.quantization.method).c_str()
                                            : "engine.quantization=fp8, a scale per output channel",
                      as.c_str());
+        if (mc.quantization.static_activations) {
+            // Weight-only fp8: the matmuls take 16-bit (CUDA) or fp32 (CPU) activations, so static activation
+            // scales have nothing to scale. Said here so nobody expects fp8 x fp8 products.
+            std::fprintf(stderr,
+                         "uniattn: the checkpoint's static activation scales (input_scale) are read and not applied: "
+                         "activations stay in the engine's precision (weight-only fp8)\n");
+        }
     }
     if (model_->tokenizer) {
         tokenizer_ = model_->tokenizer.get();

@@ -324,6 +324,7 @@ const std::vector<Key>& Keys() {
         {"engine.max_queued_requests", EngineInt(&EngineConfig::max_queued_requests, 1, 1 << 24, "must be >= 1")},
         {"engine.cuda.device", CudaInt(&CudaOptions::device, 0, 1023, "a CUDA device ordinal")},
         {"engine.cuda.exact_activations", CudaBool(&CudaOptions::exact_activations)},
+        {"engine.cuda.fp8_tensor_cores", CudaBool(&CudaOptions::fp8_tensor_cores)},
         {"engine.cuda.pdl", CudaBool(&CudaOptions::pdl)},
         {"engine.cuda.fuse_gemv_inputs", CudaBool(&CudaOptions::fuse_gemv_inputs)},
         {"engine.cuda.stage_gemv_input", CudaBool(&CudaOptions::stage_gemv_input)},
@@ -601,6 +602,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "device" << YAML::Value << cu.device;
     out << YAML::Key << "exact_activations" << YAML::Value << cu.exact_activations;
+    out << YAML::Key << "fp8_tensor_cores" << YAML::Value << cu.fp8_tensor_cores;
     out << YAML::Key << "pdl" << YAML::Value << cu.pdl;
     out << YAML::Key << "fuse_gemv_inputs" << YAML::Value << cu.fuse_gemv_inputs;
     out << YAML::Key << "stage_gemv_input" << YAML::Value << cu.stage_gemv_input;

@@ -44,6 +44,45 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, c
     EXPECT_EQ(bad, 0) << what;
 }
 
+// An fp8 linear weight [out, in] with a scale per row: e4m3 bytes, the fp32 values they stand for, the scales.
+// Rows have very different magnitudes, so a scale applied to the wrong row shows.
+struct Fp8Weight {
+    std::vector<uint8_t> bytes;
+    std::vector<float> values, scale;
+};
+Fp8Weight RandomFp8Weight(Rng& rng, int64_t out, int64_t in) {
+    Fp8Weight w;
+    w.values.resize(static_cast<size_t>(out * in));
+    w.bytes.resize(w.values.size());
+    w.scale.resize(static_cast<size_t>(out));
+    std::vector<float> row(static_cast<size_t>(in));
+    for (int64_t o = 0; o < out; ++o) {
+        const float mag = std::ldexp(1.0f, rng.Int(9) - 6);
+        float amax = 0;
+        for (float& v : row) amax = std::max(amax, std::fabs(v = mag * rng.Uniform(-1, 1)));
+        w.scale[o] = amax / kFp8E4M3Max;
+        for (int64_t i = 0; i < in; ++i) {
+            w.bytes[o * in + i] = FloatToFp8E4M3(row[i] / w.scale[o]);
+            w.values[o * in + i] = Fp8E4M3ToFloat(w.bytes[o * in + i]) * w.scale[o];
+        }
+    }
+    return w;
+}
+
+// What the FP8 tensor-core path does to activations, on the host: per row s = amax / 448, x -> e4m3(x / s) · s.
+std::vector<float> QuantizePerRow(const std::vector<float>& x, int64_t rows, int64_t cols, std::vector<float>* scale) {
+    std::vector<float> q(x.size());
+    scale->assign(static_cast<size_t>(rows), 1.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+        float amax = 0;
+        for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+        const float s = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+        (*scale)[r] = s;
+        for (int64_t c = 0; c < cols; ++c) q[r * cols + c] = Fp8E4M3ToFloat(FloatToFp8E4M3(x[r * cols + c] / s)) * s;
+    }
+    return q;
+}
+
 TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
     Rng rng(808);
     struct Shape {
@@ -52,6 +91,7 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
     // mode 0: plain GEMV; 1: fused norm / SwiGLU GEMV inputs; 2: also the staged plain GEMV.
     for (int mode = 0; mode < 3; ++mode) {
         CudaBackendOptions options;
+        options.fp8_tensor_cores = false;  // 3+ rows: the widened 16-bit GEMM (FP8 tensor cores: the next test)
         options.fuse_gemv_inputs = mode >= 1;
         options.stage_gemv_input = mode >= 2;
         auto gpu = CreateCudaBackend(options);
@@ -127,6 +167,97 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
     }
 }
 
+// GEMMs of 3+ rows on FP8 tensor cores (cuBLASLt): activations quantized to e4m3 per token. MatMul equals the CPU
+// oracle run on the same quantized activations (host emulation: the same bytes and scales) up to fp32 summation;
+// the fused norm / SwiGLU inputs are quantized on the device from values that may differ from the CPU's in the
+// last bit, so those are held to the quantization's own bound against the unquantized oracle: each product off
+// by at most 2^-4 of itself (round to nearest with 3 mantissa bits), plus 2^-10 · s of |w| for e4m3 subnormals.
+TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
+    Rng rng(909);
+    struct Shape {
+        int64_t in, out;
+    };
+    auto gpu = CreateCudaBackend(CudaBackendOptions{});
+    ASSERT_TRUE(gpu.ok());
+    for (const Shape& sh : {Shape{1024, 96}, Shape{4096, 1024}, Shape{1056, 64}, Shape{512, 11008}}) {
+        const Fp8Weight fw = RandomFp8Weight(rng, sh.out, sh.in);
+        const Tensor wc = MakeTensor(UploadTo(cpu_.get(), fw.values), DType::kF32, sh.out, sh.in);
+        Tensor wg = MakeTensor(UploadTo(gpu->get(), fw.bytes), DType::kF8E4M3, sh.out, sh.in);
+        wg.scale = UploadTo(gpu->get(), fw.scale);
+        for (int64_t T : {3, 16, 64, 65, 300}) {
+            SCOPED_TRACE("in " + std::to_string(sh.in) + " out " + std::to_string(sh.out) + " T=" + std::to_string(T));
+            std::vector<float> xh = RandomVector(rng, T * sh.in, -2.0f, 2.0f);
+            for (int64_t i = 0; i < sh.in; i += 7) xh[i] *= 50.0f;  // an outlier column: row 0's scale follows it
+            const std::vector<float> y0 = RandomVector(rng, T * sh.out);
+            // The inputs each op quantizes, as the CPU computes them: x; RmsNorm(x) (unit weights); silu(x)·x.
+            std::vector<std::vector<float>> inputs(3, xh);
+            for (int64_t t = 0; t < T; ++t) {
+                double ss = 0;
+                for (int64_t i = 0; i < sh.in; ++i) ss += static_cast<double>(xh[t * sh.in + i]) * xh[t * sh.in + i];
+                const double inv = 1.0 / std::sqrt(ss / sh.in + 1e-5);
+                for (int64_t i = 0; i < sh.in; ++i) {
+                    const float v = xh[t * sh.in + i];
+                    inputs[1][t * sh.in + i] = static_cast<float>(v * inv);
+                    inputs[2][t * sh.in + i] = v / (1.0f + std::exp(-v)) * v;
+                }
+            }
+            auto run = [&](Backend* be, const Tensor& w, int op, const std::vector<float>& x_host) {
+                const Tensor x = MakeTensor(UploadTo(be, x_host), DType::kF32, T, sh.in);
+                const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, sh.out);
+                if (op == 0) {
+                    be->MatMul(x, w, y, true);
+                } else if (op == 1) {
+                    const Tensor g = MakeTensor(UploadTo(be, std::vector<float>(sh.in, 1.0f)), DType::kF32, 1, sh.in);
+                    const Tensor xn = MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
+                    be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
+                } else {
+                    std::vector<float> gu(static_cast<size_t>(2 * T * sh.in));
+                    for (int64_t t = 0; t < T; ++t) {
+                        for (int64_t i = 0; i < sh.in; ++i)
+                            gu[t * 2 * sh.in + i] = gu[t * 2 * sh.in + sh.in + i] = x_host[t * sh.in + i];
+                    }
+                    const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * sh.in);
+                    const Tensor mlp = MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
+                    be->SiluMulMatMul(tgu, w, y, mlp, true);
+                }
+                return DownloadFrom(be, y.data, static_cast<size_t>(T * sh.out), DType::kF32);
+            };
+            // MatMul against the oracle on the host-quantized activations.
+            std::vector<float> xs;
+            const std::vector<float> xq = QuantizePerRow(xh, T, sh.in, &xs);
+            std::vector<double> tight(static_cast<size_t>(T * sh.out));
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t o = 0; o < sh.out; ++o) {
+                    double mag = std::abs(y0[t * sh.out + o]);
+                    for (int64_t i = 0; i < sh.in; ++i) mag += std::abs(xq[t * sh.in + i] * fw.values[o * sh.in + i]);
+                    tight[t * sh.out + o] = 0x1.0p-10 * mag + 1e-30;
+                }
+            }
+            ExpectNear(run(gpu->get(), wg, 0, xh), run(cpu_.get(), wc, 0, xq), tight, "MatMul");
+            // Every op against the unquantized oracle, within the quantization bound.
+            for (int op = 0; op < 3; ++op) {
+                const std::vector<float>& in = inputs[op];
+                std::vector<float> s;
+                QuantizePerRow(in, T, sh.in, &s);
+                std::vector<double> bound(static_cast<size_t>(T * sh.out));
+                for (int64_t t = 0; t < T; ++t) {
+                    for (int64_t o = 0; o < sh.out; ++o) {
+                        double prod = 0, wsum = 0;
+                        for (int64_t i = 0; i < sh.in; ++i) {
+                            prod += std::abs(in[t * sh.in + i] * fw.values[o * sh.in + i]);
+                            wsum += std::abs(fw.values[o * sh.in + i]);
+                        }
+                        bound[t * sh.out + o] = 0x1.0p-4 * 1.01 * prod + 0x1.0p-10 * s[t] * wsum +
+                                                0x1.0p-10 * (prod + std::abs(y0[t * sh.out + o]));
+                    }
+                }
+                ExpectNear(run(gpu->get(), wg, op, xh), run(cpu_.get(), wc, 0, in), bound,
+                           "op " + std::to_string(op) + " within the quantization bound");
+            }
+        }
+    }
+}
+
 TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
     struct Case {
         std::string name;
@@ -158,43 +289,49 @@ TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
         lo.quantize_fp8 = true;
         auto cm = Model::Load(tmp.path(), cpu_.get(), false, lo);
         ASSERT_TRUE(cm.ok()) << cm.status().ToString();
-        CudaBackendOptions go;
-        go.kv_dtype = DType::kF32;  // the KV cache exact: what is compared is the fp8 weights' arithmetic
-        auto gpu = CreateCudaBackend(go);
-        ASSERT_TRUE(gpu.ok());
-        auto gm = Model::Load(tmp.path(), gpu->get(), false, lo);
-        ASSERT_TRUE(gm.ok()) << gm.status().ToString();
-        EXPECT_EQ((*gm)->weights.num_fp8_stored, (*gm)->weights.num_fp8_linear);
-        EXPECT_GT((*gm)->weights.num_fp8_stored, 0);
-        EXPECT_LT((*gm)->weights.bytes, (*cm)->weights.bytes / 3);  // 1-byte linear weights against fp32
-        // A prompt of 40 tokens (GEMMs of 40 rows: widened weights) then 6 decode steps (GEMVs on the bytes).
-        Rng rng(c.o.seed);
-        std::vector<int32_t> prompt(40), forced(6);
-        for (int32_t& t : prompt) t = rng.Int(c.o.vocab_size);
-        for (int32_t& t : forced) t = rng.Int(c.o.vocab_size);
-        auto steps = [&](const Model& m, Backend* be) {
-            auto s = Session::Create(&m, be, 16, 64, 64);
-            EXPECT_TRUE(s.ok());
-            std::vector<std::vector<float>> out;
-            std::vector<float> logits;
-            EXPECT_TRUE((*s)->Append(prompt, false, &logits).ok());
-            out.push_back(logits);
-            for (int32_t t : forced) {
-                EXPECT_TRUE((*s)->Append({t}, false, &logits).ok());
+        for (bool tensor_cores : {false, true}) {
+            SCOPED_TRACE(tensor_cores ? "fp8 tensor cores" : "widened weights");
+            CudaBackendOptions go;
+            go.kv_dtype = DType::kF32;  // the KV cache exact: what is compared is the fp8 weights' arithmetic
+            go.fp8_tensor_cores = tensor_cores;
+            auto gpu = CreateCudaBackend(go);
+            ASSERT_TRUE(gpu.ok());
+            auto gm = Model::Load(tmp.path(), gpu->get(), false, lo);
+            ASSERT_TRUE(gm.ok()) << gm.status().ToString();
+            EXPECT_EQ((*gm)->weights.num_fp8_stored, (*gm)->weights.num_fp8_linear);
+            EXPECT_GT((*gm)->weights.num_fp8_stored, 0);
+            EXPECT_LT((*gm)->weights.bytes, (*cm)->weights.bytes / 3);  // 1-byte linear weights against fp32
+            // A prompt of 40 tokens (GEMMs of 40 rows) then 6 decode steps (GEMVs on the bytes).
+            Rng rng(c.o.seed);
+            std::vector<int32_t> prompt(40), forced(6);
+            for (int32_t& t : prompt) t = rng.Int(c.o.vocab_size);
+            for (int32_t& t : forced) t = rng.Int(c.o.vocab_size);
+            auto steps = [&](const Model& m, Backend* be) {
+                auto s = Session::Create(&m, be, 16, 64, 64);
+                EXPECT_TRUE(s.ok());
+                std::vector<std::vector<float>> out;
+                std::vector<float> logits;
+                EXPECT_TRUE((*s)->Append(prompt, false, &logits).ok());
                 out.push_back(logits);
+                for (int32_t t : forced) {
+                    EXPECT_TRUE((*s)->Append({t}, false, &logits).ok());
+                    out.push_back(logits);
+                }
+                return out;
+            };
+            const auto want = steps(**cm, cpu_.get());
+            const auto got = steps(**gm, gpu->get());
+            ASSERT_EQ(got.size(), want.size());
+            for (size_t i = 0; i < want.size(); ++i) {
+                const double e = RelL2(got[i], want[i]);
+                std::printf("[ metric   ] %s %s step %zu: relative L2 logit error %.3g\n", c.name.c_str(),
+                            tensor_cores ? "fp8-tc" : "widened", i, e);
+                // Widened: the prefill's GEMMs round activations and widened weights to fp16 (about 1e-3 relative
+                // per layer), and the decode steps attend over the K/V it wrote; their own GEMVs are fp32 arithmetic
+                // on the same values. Tensor cores: the prefill's activations are e4m3 (up to 2^-4 relative per
+                // element, a few % per layer on random weights). A misplaced scale or byte is O(1).
+                EXPECT_LT(e, tensor_cores ? 0.15 : 1e-2) << c.name << " step " << i;
             }
-            return out;
-        };
-        const auto want = steps(**cm, cpu_.get());
-        const auto got = steps(**gm, gpu->get());
-        ASSERT_EQ(got.size(), want.size());
-        for (size_t i = 0; i < want.size(); ++i) {
-            const double e = RelL2(got[i], want[i]);
-            std::printf("[ metric   ] %s step %zu: relative L2 logit error %.3g\n", c.name.c_str(), i, e);
-            // The prefill's GEMMs round activations and widened weights to fp16 (about 1e-3 relative per layer),
-            // and the decode steps attend over the K/V it wrote; their own GEMVs are fp32 arithmetic on the same
-            // values. A misplaced scale or byte is O(1).
-            EXPECT_LT(e, 1e-2) << c.name << " step " << i;
         }
     }
 }

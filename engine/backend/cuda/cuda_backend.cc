@@ -2,15 +2,20 @@
 // workspaces; every op enqueues on the stream and returns. CopyToHost and Synchronize wait.
 #include "backend/cuda/cuda_backend.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/cuda_check.h"
@@ -45,6 +50,36 @@ class CublasHandle {
 
   private:
     cublasHandle_t handle_ = nullptr;
+};
+
+class CublasLtHandle {
+  public:
+    CublasLtHandle() { UA_CUBLAS_CHECK(cublasLtCreate(&handle_)); }
+    ~CublasLtHandle() { cublasLtDestroy(handle_); }
+    CublasLtHandle(const CublasLtHandle&) = delete;
+    CublasLtHandle& operator=(const CublasLtHandle&) = delete;
+    cublasLtHandle_t get() const { return handle_; }
+
+  private:
+    cublasLtHandle_t handle_ = nullptr;
+};
+
+// One FP8 GEMM shape's cuBLASLt descriptors and chosen algorithm (ok == false: the library has none for it).
+struct Fp8GemmPlan {
+    bool ok = false;
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    size_t workspace_bytes = 0;
+    Fp8GemmPlan() = default;
+    Fp8GemmPlan(const Fp8GemmPlan&) = delete;
+    Fp8GemmPlan& operator=(const Fp8GemmPlan&) = delete;
+    ~Fp8GemmPlan() {
+        if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+        if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+        if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+        if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    }
 };
 
 class CudaBuffer final : public DeviceBuffer {
@@ -188,7 +223,8 @@ class CudaBackend final : public Backend {
         return free_bytes;
     }
     DType WeightDType() const override { return options_.weight_dtype; }
-    // e4m3 weights with per-row scales: GEMVs read the bytes (1 byte per weight), larger GEMMs widen them.
+    // e4m3 weights with per-row scales: GEMVs read the bytes (1 byte per weight), larger GEMMs run on FP8 tensor
+    // cores (activations quantized per token) or, with fp8_tensor_cores off, widen them to 16 bits.
     bool HoldsFp8Weights() const override { return true; }
     void BindThread() override { UA_CUDA_CHECK(cudaSetDevice(options_.device)); }
     void* NativeStream() override { return stream_.get(); }
@@ -276,10 +312,11 @@ class CudaBackend final : public Backend {
                        KStream(), options_.stage_gemv_input, options_.gemv_row_segs, w.scale);
             return;
         }
+        if (w.dtype == DType::kF8E4M3 && options_.fp8_tensor_cores && Fp8Gemm(x, w, y, accumulate)) return;
         if (w.dtype == DType::kF8E4M3) {
-            // More rows than a GEMV takes: the weights widened to the 16-bit dtype once per call, then the 16-bit
-            // path (prefill and batched decode read the weights 3x more than fp16 would: FP8 tensor-core GEMMs
-            // are the next step, issue 18).
+            // More rows than a GEMV takes (without FP8 tensor cores): the weights widened to the 16-bit dtype once per
+            // call, then the 16-bit path (prefill and batched decode read the weights 3x more than fp16 would: FP8
+            // tensor-core GEMMs are the next step, issue 18).
             const DType wide = options_.weight_dtype == DType::kBF16 ? DType::kBF16 : DType::kF16;
             void* w16 = Workspace(kWsW16, static_cast<size_t>(w.rows * w.cols) * DTypeBytes(wide));
             cuda::DequantFp8(w.data, w.ld, w.scale, w.rows, w.cols, w16, wide, KStream());
@@ -308,6 +345,66 @@ class CudaBackend final : public Backend {
         void* x1 = Workspace(kWsX16, static_cast<size_t>(rows * in) * elem);
         cuda::SplitHiLo(x.f32(), x.ld, rows, in, x1, w.dtype, false, KStream());
         Gemm16(x1, rows, w, y, accumulate);
+    }
+
+    // y (+)= x · w^T for e4m3 w (a scale per row) on FP8 tensor cores: x quantized to e4m3 per token
+    // (QuantizeRowsFp8), one cuBLASLt GEMM e4m3 x e4m3 -> fp32 (TN, fp32 accumulation), then both scales.
+    // False (nothing run) where cuBLASLt cannot take the shape: FP8 needs K and the leading dimensions to be
+    // multiples of 16.
+    bool Fp8Gemm(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) {
+        const int64_t rows = x.rows, in = x.cols, out = w.rows;
+        if (in % 16 != 0 || w.ld % 16 != 0 || out % 16 != 0) return false;
+        const Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld);
+        if (!plan.ok) return false;
+        auto* xq = Workspace(kWsX16, static_cast<size_t>(rows * in));
+        auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(rows)));
+        auto* raw = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * out)));
+        void* lt_ws = plan.workspace_bytes > 0 ? Workspace(kWsLt, plan.workspace_bytes) : nullptr;
+        cuda::QuantizeRowsFp8(x.f32(), x.ld, rows, in, xq, xs, KStream());
+        const float one = 1.0f, zero = 0.0f;
+        UA_CUBLAS_CHECK(cublasLtMatmul(cublas_lt_.get(), plan.op, &one, w.data, plan.a, xq, plan.b, &zero, raw, plan.d,
+                                       raw, plan.d, &plan.algo, lt_ws, plan.workspace_bytes, stream_.get()));
+        cuda::ScaleRowsCols(raw, rows, out, xs, w.scale, y.f32(), y.ld, accumulate, KStream());
+        return true;
+    }
+
+    // The plan of one FP8 GEMM shape, made on first use (outside graph capture: the decode graphs record
+    // shapes that ran before) and kept. Column-major, as cuBLASLt sees row-major data: D [out, rows] =
+    // A^T · B with A the weight [in, out] (ld w_ld) and B the activations [in, rows].
+    const Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld) {
+        auto& slot = fp8_plans_[std::make_tuple(rows, out, in, w_ld)];
+        if (slot) return *slot;
+        slot = std::make_unique<Fp8GemmPlan>();
+        Fp8GemmPlan& p = *slot;
+        UA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+        UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, w_ld));
+        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in));
+        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, out));
+        cublasLtMatmulPreference_t pref = nullptr;
+        UA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        const size_t max_ws = kCublasWorkspaceBytes;
+        UA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
+                                                             sizeof(max_ws)));
+        cublasLtMatmulHeuristicResult_t result{};
+        int found = 0;
+        const cublasStatus_t st =
+            cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
+        if (p.ok) {
+            p.algo = result.algo;
+            p.workspace_bytes = result.workspaceSize;
+        } else {
+            std::fprintf(stderr,
+                         "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld (status %d): fp8 weights "
+                         "widened to 16 bits there\n",
+                         static_cast<long long>(rows), static_cast<long long>(out), static_cast<long long>(in),
+                         static_cast<int>(st));
+        }
+        return p;
     }
 
     // Whether MatMul of `rows` rows by w runs one GEMM on activations rounded to w's 16-bit dtype.
@@ -505,7 +602,9 @@ class CudaBackend final : public Backend {
     enum WorkspaceSlot {
         kWsGather,
         kWsX16,
-        kWsW16,  // fp8 weights widened for GEMMs of more than kGemvMaxRows rows
+        kWsW16,     // fp8 weights widened for GEMMs of more than kGemvMaxRows rows (fp8_tensor_cores off)
+        kWsXScale,  // per-token scales of activations quantized to e4m3 (Fp8Gemm)
+        kWsLt,      // cuBLASLt's workspace for FP8 GEMMs
         kWsY2,
         kWsPartAcc,
         kWsPartMl,
@@ -569,6 +668,8 @@ class CudaBackend final : public Backend {
     std::string description_;
     CudaStream stream_;
     CublasHandle cublas_;
+    CublasLtHandle cublas_lt_;
+    std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Fp8GemmPlan>> fp8_plans_;
     void* workspace_[kNumWorkspaces] = {};
     size_t workspace_bytes_[kNumWorkspaces] = {};
     std::vector<void*> retired_;

@@ -208,6 +208,44 @@ __global__ void DequantFp8Kernel(const __nv_fp8_e4m3* __restrict__ w, int64_t w_
     }
 }
 
+// One block per row: scale[r] = amax_r / 448 (1 for an all-zero row), q[r, c] = e4m3(x[r, c] / scale[r]) rounded
+// to nearest even and saturated (the CPU's FloatToFp8E4M3 gives the same bytes: the same IEEE max, division and
+// rounding).   x [rows, cols] fp32 (row stride x_ld), q [rows, cols] dense
+__global__ void QuantizeRowsFp8Kernel(const float* __restrict__ x, int64_t x_ld, int64_t cols,
+                                      __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scale) {
+    PdlEnter();
+    __shared__ float partial[kThreads / 32];
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * x_ld;
+    float m = 0.f;
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
+    m = WarpMax(m);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, partial[i]);
+    const float s = amax > 0.f ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0) scale[r] = s;
+    __nv_fp8_e4m3* qr = q + r * cols;
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) qr[i] = __nv_fp8_e4m3(xr[i] / s);
+}
+
+// y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]     raw [rows, cols] dense fp32
+__global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int64_t rows, int64_t cols,
+                                    const float* __restrict__ row_scale, const float* __restrict__ col_scale,
+                                    float* __restrict__ y, int64_t y_ld, bool accumulate) {
+    PdlEnter();
+    const int64_t n = rows * cols;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / cols, c = idx % cols;
+        const float v = raw[idx] * row_scale[r] * col_scale[c];
+        float* dst = y + r * y_ld + c;
+        *dst = accumulate ? *dst + v : v;
+    }
+}
+
 __global__ void CombinePartsKernel(const float* __restrict__ yy, int parts, int64_t rows, int64_t cols,
                                    float* __restrict__ y, int64_t y_ld, bool accumulate) {
     PdlEnter();
@@ -369,6 +407,19 @@ void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, i
             break;
     }
     UA_CHECK(false);
+}
+
+void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* q, float* scale, Stream stream) {
+    if (rows == 0) return;
+    LaunchKernel("QuantizeRowsFp8Kernel", QuantizeRowsFp8Kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x,
+                 x_ld, cols, static_cast<__nv_fp8_e4m3*>(q), scale);
+}
+
+void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,
+                   float* y, int64_t y_ld, bool accumulate, Stream stream) {
+    if (rows * cols == 0) return;
+    LaunchKernel("ScaleRowsColsKernel", ScaleRowsColsKernel, StrideGrid(rows * cols), kThreads, 0, stream, raw, rows,
+                 cols, row_scale, col_scale, y, y_ld, accumulate);
 }
 
 void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,

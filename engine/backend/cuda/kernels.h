@@ -113,6 +113,13 @@ void SiluMulGemv(const float* gate_up, int64_t gu_ld, int rows, const void* w, D
 // GEMV takes (the values are exact in fp16 when they are normal there; bf16 rounds them).
 void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, int64_t cols, void* out, DType out_dtype,
                 Stream stream);
+// Activations for FP8 tensor-core GEMMs, per token: scale[r] = max_c |x[r, c]| / 448 (1 for a zero row) and
+// q[r, c] = e4m3(x[r, c] / scale[r]) (round to nearest even, saturating), q [rows, cols] dense.
+void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* q, float* scale, Stream stream);
+// y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]: an FP8 GEMM's fp32 result
+// (raw [rows, cols] dense) with the per-token activation and per-channel weight scales.
+void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,
+                   float* y, int64_t y_ld, bool accumulate, Stream stream);
 
 // ---- attention.cu ----
 

@@ -40,6 +40,12 @@ struct CudaOptions {
     // a split and a combine kernel): closer to the CPU oracle, 4-17% slower GEMMs at 16-64 rows
     // (docs/gpu-notes.md). 1-2 row GEMVs always read fp32 activations.
     bool exact_activations = false;
+    // fp8 (e4m3) weights in GEMMs of 3 or more rows (batched decode, prefill): true runs them on FP8 tensor cores
+    // (cuBLASLt, e4m3 x e4m3 with fp32 accumulation) on activations quantized to e4m3 per token (scale
+    // amax / 448), as fp8 serving engines do; false widens the weights to 16 bits in a workspace on every call and
+    // keeps 16-bit activations (closer to the CPU oracle, slower than fp16). 1-2 row GEMVs always read fp32
+    // activations and the e4m3 bytes.
+    bool fp8_tensor_cores = true;
     // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
     // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
     // wait. Kernels in recorded decode graphs keep the programmatic edges.

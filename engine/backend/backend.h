@@ -29,6 +29,9 @@ struct Tensor {
     // kF8E4M3 weights (Backend::HoldsFp8Weights): row r stands for e4m3(data[r, :]) · scale[r]; [rows] fp32 in
     // backend memory. Null otherwise.
     const float* scale = nullptr;
+    // A linear weight whose rows hold fp8 values with a scale per row (kF8E4M3 above, or on a backend that keeps
+    // 16/32-bit values, the values those bytes stand for): the CPU backend's fp8 activation emulation keys on it.
+    bool fp8_rows = false;
 
     float* f32() const { return static_cast<float*>(data); }
     // Columns [col, col + n) of every row, same stride.
@@ -230,7 +233,10 @@ class Backend {
     std::vector<float> sample_rows_;
 };
 
-std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
+// fp8_activations: MatMul of 3+ rows by an fp8_rows weight first rounds each activation row to e4m3 with the
+// scale amax/448 (the values the CUDA backend's FP8 tensor-core GEMMs multiply, bit for bit), so quality and
+// the CUDA oracle can include per-token activation quantization; off, activations stay fp32.
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads, bool fp8_activations = false);
 // Which backends this build has: "cpu" always, "cuda" when compiled in.
 bool HasBackend(const std::string& name);
 // device_dtype: the weight and KV dtype of a device backend (CUDA: kF16, kBF16 or kF32); the CPU backend

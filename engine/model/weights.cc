@@ -85,15 +85,21 @@ class Loader {
         ++w_.num_fp8_linear;
         // e4m3 bytes with a scale per row where the backend takes them and every part has one scale per row
         // (per tensor or per channel, or rounded here); block-scaled or partly 16-bit tensors keep their values.
-        bool native = backend_->HoldsFp8Weights();
-        for (const Fp8Part& f : fp8) native = native && (f.quantize || (f.scale != nullptr && f.block_cols == f.cols));
-        if (!native) return Stack(parts, backend_->WeightDType(), std::move(fp8));
+        bool per_row = true;
+        for (const Fp8Part& f : fp8)
+            per_row = per_row && (f.quantize || (f.scale != nullptr && f.block_cols == f.cols));
+        if (!backend_->HoldsFp8Weights() || !per_row) {
+            UA_ASSIGN_OR_RETURN(Tensor t, Stack(parts, backend_->WeightDType(), std::move(fp8)));
+            t.fp8_rows = per_row;  // what a backend holding fp8 would store as e4m3 rows
+            return t;
+        }
         ++w_.num_fp8_stored;
         int64_t rows = 0;
         for (const auto* p : parts) rows += p->shape[0];
         UA_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> sbuf, backend_->Alloc(sizeof(float) * rows));
         UA_ASSIGN_OR_RETURN(Tensor t, Stack(parts, DType::kF8E4M3, std::move(fp8)));
         t.scale = static_cast<const float*>(sbuf->data());
+        t.fp8_rows = true;
         Job& job = jobs_.back();
         job.scale_dst = static_cast<float*>(sbuf->data());
         job.row_scale.assign(static_cast<size_t>(rows), 1.0f);
@@ -653,6 +659,7 @@ StatusOr<ModelWeights> RandomWeights(const ModelConfig& c, Backend* backend, uin
         UA_ASSIGN_OR_RETURN(Tensor t, make(rows, cols, DType::kF8E4M3, -kFp8E4M3Max, kFp8E4M3Max));
         UA_ASSIGN_OR_RETURN(Tensor s, make(1, rows, DType::kF32, a / kFp8E4M3Max, a / kFp8E4M3Max));
         t.scale = s.f32();
+        t.fp8_rows = true;
         ++w.num_fp8_linear;
         ++w.num_fp8_stored;
         return t;

@@ -325,6 +325,46 @@ TEST(Fp8Checkpoint, QuantizingAtLoadEqualsTheCheckpointQuantizedPerChannel) {
     EXPECT_FALSE(same(a.layers[0].w_down, b.layers[0].w_down));  // rounded: bf16 has more mantissa than e4m3
     EXPECT_EQ(a.num_fp8_linear, 12);
     EXPECT_EQ(b.num_fp8_linear, 0);
+    // The fp8 linear weights are marked (the CPU's activation emulation keys on it); nothing else is.
+    for (const LayerWeights& l : a.layers) EXPECT_TRUE(l.w_down.fp8_rows && l.w_gate_up.fp8_rows && l.w_o.fp8_rows);
+    EXPECT_FALSE(a.embed.fp8_rows || a.lm_head.fp8_rows || b.layers[0].w_down.fp8_rows);
+}
+
+// MakeCpuBackend(n, fp8_activations=true): MatMul of 3+ rows by an fp8_rows weight rounds each activation row to
+// e4m3 with s = amax / 448 first (the CUDA FP8 GEMMs' inputs); 1-2 rows (the GEMVs) and other weights are exact.
+TEST(Fp8Activations, TheCpuEmulationRoundsEachTokenAsTheFp8GemmsDo) {
+    testutil::Rng rng(77);
+    const int64_t in = 40, out = 24;
+    auto emu = MakeCpuBackend(1, true);
+    auto plain = MakeCpuBackend(1);
+    std::vector<float> w(static_cast<size_t>(out * in));
+    for (float& v : w) v = rng.Uniform(-1, 1);
+    Tensor wt = MakeTensor(w.data(), DType::kF32, out, in);
+    wt.fp8_rows = true;
+    for (int64_t T : {1, 2, 3, 7}) {
+        SCOPED_TRACE("T=" + std::to_string(T));
+        std::vector<float> x(static_cast<size_t>(T * in)), q(x.size());
+        for (float& v : x) v = rng.Uniform(-3, 3);
+        x[5] = 1000.0f;  // row 0's scale follows its outlier; its small values round coarsely
+        for (int64_t t = 0; t < T; ++t) {
+            float amax = 0;
+            for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(x[t * in + i]));
+            const float s = amax / kFp8E4M3Max;
+            for (int64_t i = 0; i < in; ++i) q[t * in + i] = Fp8E4M3ToFloat(FloatToFp8E4M3(x[t * in + i] / s)) * s;
+        }
+        auto mm = [&](Backend* be, std::vector<float> xs, const Tensor& weight) {
+            std::vector<float> y(static_cast<size_t>(T * out));
+            be->MatMul(MakeTensor(xs.data(), DType::kF32, T, in), weight, MakeTensor(y.data(), DType::kF32, T, out),
+                       false);
+            return y;
+        };
+        const std::vector<float> got = mm(emu.get(), x, wt);
+        EXPECT_EQ(got, mm(plain.get(), T > 2 ? q : x, wt));
+        if (T > 2) EXPECT_NE(got, mm(plain.get(), x, wt));
+        Tensor not_fp8 = wt;
+        not_fp8.fp8_rows = false;
+        EXPECT_EQ(mm(emu.get(), x, not_fp8), mm(plain.get(), x, not_fp8));
+    }
 }
 
 TEST(Fp8Checkpoint, BackendsThatTakeFp8GetTheBytesAndOneScalePerRow) {

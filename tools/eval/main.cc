@@ -1,9 +1,11 @@
 // uniattn-eval: perplexity of a model on a text file and, with --reference, how far its next-token
 // distributions are from a reference model's (greedy-token agreement and mean KL(reference || model)).
 //   uniattn-eval --model DIR --text FILE [--reference DIR] [--quantization fp8] [--kv-cache-dtype fp8_e4m3]
-//                [--threads N] [--json]
+//                [--fp8-activations] [--threads N] [--json]
 // --quantization / --kv-cache-dtype apply to --model only (engine.quantization / engine.kv_cache_dtype, emulated
-// on the CPU): with --reference naming the same directory they measure what fp8 costs.
+// on the CPU): with --reference naming the same directory they measure what fp8 costs. --fp8-activations also
+// rounds the activations of fp8 matmuls to e4m3 per token (what the CUDA backend's FP8 tensor-core GEMMs do for
+// 3+ rows: prefill and batched decode; every matmul here, since each document is one prefill).
 // Protocol (model/text_corpus.h): documents split at blank lines, each BOS + tokens truncated to the
 // context length; perplexity = exp(mean NLL over every predicted token of every document).
 #include <algorithm>
@@ -39,7 +41,7 @@ void LogSoftmax(const float* logits, int n, std::vector<double>& out) {
 int Main(int argc, char** argv) {
     std::string model_dir, text_path, reference_dir, quantization = "none", kv_cache_dtype = "auto";
     int threads = 0;
-    bool json = false;
+    bool json = false, fp8_activations = false;
     CLI::App app{
         "Perplexity of a model on a text file and, with --reference, how far its next-token distributions "
         "are from a reference model's (greedy-token agreement and mean KL(reference || model)).",
@@ -50,6 +52,8 @@ int Main(int argc, char** argv) {
     app.add_option("--quantization", quantization, "none or fp8: the model's linear weights rounded to e4m3 at load")
         ->capture_default_str();
     app.add_option("--kv-cache-dtype", kv_cache_dtype, "auto or fp8_e4m3: the model's KV cache")->capture_default_str();
+    app.add_flag("--fp8-activations", fp8_activations,
+                 "fp8 weights' matmuls on activations rounded to e4m3 per token (engine.cuda.fp8_tensor_cores)");
     app.add_option("--threads", threads, "CPU threads (0: all)")->capture_default_str();
     app.add_flag("--json", json, "print the results as one JSON object");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-eval")) return *code;
@@ -62,7 +66,7 @@ int Main(int argc, char** argv) {
     ec.kv_cache_dtype = kv_cache_dtype;
     auto fp8 = ResolveFp8(ec);
     if (!fp8.ok()) return Fail(fp8.status());
-    auto backend = MakeCpuBackend(threads);
+    auto backend = MakeCpuBackend(threads, fp8_activations);
     LoadOptions load;
     load.quantize_fp8 = fp8->weights;
     auto model = Model::Load(model_dir, backend.get(), /*load_tokenizer=*/true, load);

@@ -88,7 +88,8 @@ const float* Fp8Table() {
 
 class CpuBackend final : public Backend {
   public:
-    explicit CpuBackend(int num_threads) : num_threads_(num_threads > 0 ? num_threads : omp_get_max_threads()) {
+    CpuBackend(int num_threads, bool fp8_activations)
+        : num_threads_(num_threads > 0 ? num_threads : omp_get_max_threads()), fp8_activations_(fp8_activations) {
 #ifdef UNIATTN_HAVE_BLAS
         openblas_set_num_threads(num_threads_);
 #endif
@@ -140,6 +141,26 @@ class CpuBackend final : public Backend {
     }
 
     void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
+        if (fp8_activations_ && w.fp8_rows && x.rows > 2) {
+            // Per token, as the CUDA backend's FP8 GEMMs: s = amax / 448 (1 for a zero row), x -> e4m3(x / s) · s.
+            const int64_t T = x.rows, in = x.cols;
+            fp8_x_.resize(static_cast<size_t>(T * in));
+            for (int64_t t = 0; t < T; ++t) {
+                const float* xr = x.f32() + t * x.ld;
+                float amax = 0.f;
+                for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(xr[i]));
+                const float s = amax > 0.f ? amax / kFp8E4M3Max : 1.f;
+                float* q = fp8_x_.data() + t * in;
+                for (int64_t i = 0; i < in; ++i) q[i] = Fp8E4M3ToFloat(FloatToFp8E4M3(xr[i] / s)) * s;
+            }
+            Tensor xq = MakeTensor(fp8_x_.data(), DType::kF32, T, in);
+            MatMulF32(xq, w, y, accumulate);
+            return;
+        }
+        MatMulF32(x, w, y, accumulate);
+    }
+
+    void MatMulF32(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) {
         const int64_t T = x.rows, in = x.cols, out = w.rows;
 #ifdef UNIATTN_HAVE_BLAS
         if (T >= kBlasMinRows) {
@@ -411,6 +432,8 @@ class CpuBackend final : public Backend {
     }
 
     int num_threads_;
+    bool fp8_activations_;
+    std::vector<float> fp8_x_;  // activations rounded to e4m3 (fp8_activations_)
     // fp8 attention's scratch (CopyBlocksRead, Fp32Blocks), kept between calls: block_copy_[block] is -1
     // between calls.
     std::vector<int32_t> block_copy_, copy_source_, copy_tables_;
@@ -419,6 +442,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeCpuBackend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads, bool fp8_activations) {
+    return std::make_unique<CpuBackend>(num_threads, fp8_activations);
+}
 
 }  // namespace uniattn

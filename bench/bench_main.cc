@@ -5,7 +5,8 @@
 //                 [--kv-dtype f16|bf16|f32] [--variants std,8/0/32] [--decode 1x512,16x4096]
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
-//                 [--exact-activations 1|0] [--fp8-tensor-cores 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1]
+//                 [--exact-activations 1|0] [--fp8-tensor-cores 1|0]
+//                 [--fp8-outer-scales 1|0] [--pdl 1|0] [--fuse-gemv-inputs 0|1]
 //                 [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
 //                 [--decode-min-chunk 0|64|128|...]
@@ -339,7 +340,7 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = -1, fp8_tc = -1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1,
+    int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1,
         tensor_cores = -1, min_chunk = 0;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
@@ -376,6 +377,9 @@ int Main(int argc, char** argv) {
                    "CUDA: fp8 weights in GEMMs of 3+ rows on FP8 tensor cores with per-token e4m3 activations (1) or "
                    "widened to 16 bits (0) (-1: the backend's default)")
         ->capture_default_str();
+    app.add_option("--fp8-outer-scales", fp8_outer,
+                   "CUDA: FP8 GEMMs apply the scales in cuBLASLt's epilogue (1) or in a kernel after (0) (-1: default)")
+        ->capture_default_str();
     app.add_option("--pdl", pdl, "CUDA: programmatic dependent launch on (1) or off (0)")->capture_default_str();
     app.add_option("--fuse-gemv-inputs", fuse, "CUDA: fuse GEMV inputs (-1: the backend's default)")
         ->capture_default_str();
@@ -404,6 +408,7 @@ int Main(int argc, char** argv) {
     cuda.decode_heads_per_block = hpb;
     if (exact >= 0) cuda.exact_activations = exact != 0;
     if (fp8_tc >= 0) cuda.fp8_tensor_cores = fp8_tc != 0;
+    if (fp8_outer >= 0) cuda.fp8_outer_scales = fp8_outer != 0;
     cuda.pdl = pdl != 0;
     if (fuse >= 0) cuda.fuse_gemv_inputs = fuse != 0;
     if (stage >= 0) cuda.stage_gemv_input = stage != 0;

@@ -22,7 +22,8 @@
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
-#                                fp8 engine bench, SHAPES by default; FP8_WIDEN=0 skips its widened-weights run); PROFILE (a decode
+#                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
+#                                "--fp8-tensor-cores 0" by default, none skips it); PROFILE (a decode
 #                                case BxC: ncu per-kernel times of uniattn-bench's decode steps, bench/ncu_summary.py)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
@@ -185,11 +186,12 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
             >"$OUT/fp8-bench-$shape.log" 2>&1
         say "fp8 bench $shape rc=$?"
         grep -E "^std|decode|prefill|measured" "$OUT/fp8-bench-$shape.log" | tee -a "$S" >/dev/null
-        if [ "${FP8_WIDEN:-1}" = 1 ]; then  # the same fp8 weights widened to 16 bits in GEMMs of 3+ rows
+        if [ "${FP8_ALT:---fp8-tensor-cores 0}" != none ]; then  # the fp8 variant again with other CUDA options
+            # shellcheck disable=SC2086  # FP8_ALT: several flags
             timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std:fp8 \
-                --fp8-tensor-cores 0 --decode "${FP8_DECODE:-1x512,16x640,64x640}" --prefill "${FP8_PREFILL:-512}" \
-                --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
-            say "fp8 bench $shape, fp8 widened (--fp8-tensor-cores 0) rc=$?"
+                ${FP8_ALT:---fp8-tensor-cores 0} --decode "${FP8_DECODE:-1x512,16x640,64x640}" \
+                --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
+            say "fp8 bench $shape, fp8 with ${FP8_ALT:---fp8-tensor-cores 0} rc=$?"
         fi
     done
 fi

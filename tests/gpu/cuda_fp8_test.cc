@@ -177,82 +177,125 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
     struct Shape {
         int64_t in, out;
     };
-    auto gpu = CreateCudaBackend(CudaBackendOptions{});
-    ASSERT_TRUE(gpu.ok());
-    for (const Shape& sh : {Shape{1024, 96}, Shape{4096, 1024}, Shape{1056, 64}, Shape{512, 11008}}) {
-        const Fp8Weight fw = RandomFp8Weight(rng, sh.out, sh.in);
-        const Tensor wc = MakeTensor(UploadTo(cpu_.get(), fw.values), DType::kF32, sh.out, sh.in);
-        Tensor wg = MakeTensor(UploadTo(gpu->get(), fw.bytes), DType::kF8E4M3, sh.out, sh.in);
-        wg.scale = UploadTo(gpu->get(), fw.scale);
-        for (int64_t T : {3, 16, 64, 65, 300}) {
-            SCOPED_TRACE("in " + std::to_string(sh.in) + " out " + std::to_string(sh.out) + " T=" + std::to_string(T));
-            std::vector<float> xh = RandomVector(rng, T * sh.in, -2.0f, 2.0f);
-            for (int64_t i = 0; i < sh.in; i += 7) xh[i] *= 50.0f;  // an outlier column: row 0's scale follows it
-            const std::vector<float> y0 = RandomVector(rng, T * sh.out);
-            // The inputs each op quantizes, as the CPU computes them: x; RmsNorm(x) (unit weights); silu(x)·x.
-            std::vector<std::vector<float>> inputs(3, xh);
-            for (int64_t t = 0; t < T; ++t) {
-                double ss = 0;
-                for (int64_t i = 0; i < sh.in; ++i) ss += static_cast<double>(xh[t * sh.in + i]) * xh[t * sh.in + i];
-                const double inv = 1.0 / std::sqrt(ss / sh.in + 1e-5);
-                for (int64_t i = 0; i < sh.in; ++i) {
-                    const float v = xh[t * sh.in + i];
-                    inputs[1][t * sh.in + i] = static_cast<float>(v * inv);
-                    inputs[2][t * sh.in + i] = v / (1.0f + std::exp(-v)) * v;
-                }
-            }
-            auto run = [&](Backend* be, const Tensor& w, int op, const std::vector<float>& x_host) {
-                const Tensor x = MakeTensor(UploadTo(be, x_host), DType::kF32, T, sh.in);
-                const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, sh.out);
-                if (op == 0) {
-                    be->MatMul(x, w, y, true);
-                } else if (op == 1) {
-                    const Tensor g = MakeTensor(UploadTo(be, std::vector<float>(sh.in, 1.0f)), DType::kF32, 1, sh.in);
-                    const Tensor xn = MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                    be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
-                } else {
-                    std::vector<float> gu(static_cast<size_t>(2 * T * sh.in));
-                    for (int64_t t = 0; t < T; ++t) {
-                        for (int64_t i = 0; i < sh.in; ++i)
-                            gu[t * 2 * sh.in + i] = gu[t * 2 * sh.in + sh.in + i] = x_host[t * sh.in + i];
+    for (bool outer : {true, false}) {  // scales in cuBLASLt's epilogue, or in our kernel after it
+        CudaBackendOptions options;
+        options.fp8_outer_scales = outer;
+        auto gpu = CreateCudaBackend(options);
+        ASSERT_TRUE(gpu.ok());
+        for (const Shape& sh : {Shape{1024, 96}, Shape{4096, 1024}, Shape{1056, 64}, Shape{512, 11008}}) {
+            const Fp8Weight fw = RandomFp8Weight(rng, sh.out, sh.in);
+            const Tensor wc = MakeTensor(UploadTo(cpu_.get(), fw.values), DType::kF32, sh.out, sh.in);
+            Tensor wg = MakeTensor(UploadTo(gpu->get(), fw.bytes), DType::kF8E4M3, sh.out, sh.in);
+            wg.scale = UploadTo(gpu->get(), fw.scale);
+            for (int64_t T : {3, 16, 64, 65, 300}) {
+                SCOPED_TRACE(std::string(outer ? "outer scales" : "scales after") + " in " + std::to_string(sh.in) +
+                             " out " + std::to_string(sh.out) + " T=" + std::to_string(T));
+                std::vector<float> xh = RandomVector(rng, T * sh.in, -2.0f, 2.0f);
+                for (int64_t i = 0; i < sh.in; i += 7) xh[i] *= 50.0f;  // an outlier column: row 0's scale follows it
+                const std::vector<float> y0 = RandomVector(rng, T * sh.out);
+                // The inputs each op quantizes, as the CPU computes them: x; RmsNorm(x) (unit weights); silu(x)·x.
+                std::vector<std::vector<float>> inputs(3, xh);
+                for (int64_t t = 0; t < T; ++t) {
+                    double ss = 0;
+                    for (int64_t i = 0; i < sh.in; ++i)
+                        ss += static_cast<double>(xh[t * sh.in + i]) * xh[t * sh.in + i];
+                    const double inv = 1.0 / std::sqrt(ss / sh.in + 1e-5);
+                    for (int64_t i = 0; i < sh.in; ++i) {
+                        const float v = xh[t * sh.in + i];
+                        inputs[1][t * sh.in + i] = static_cast<float>(v * inv);
+                        inputs[2][t * sh.in + i] = v / (1.0f + std::exp(-v)) * v;
                     }
-                    const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * sh.in);
-                    const Tensor mlp = MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                    be->SiluMulMatMul(tgu, w, y, mlp, true);
                 }
-                return DownloadFrom(be, y.data, static_cast<size_t>(T * sh.out), DType::kF32);
-            };
-            // MatMul against the oracle on the host-quantized activations.
-            std::vector<float> xs;
-            const std::vector<float> xq = QuantizePerRow(xh, T, sh.in, &xs);
-            std::vector<double> tight(static_cast<size_t>(T * sh.out));
-            for (int64_t t = 0; t < T; ++t) {
-                for (int64_t o = 0; o < sh.out; ++o) {
-                    double mag = std::abs(y0[t * sh.out + o]);
-                    for (int64_t i = 0; i < sh.in; ++i) mag += std::abs(xq[t * sh.in + i] * fw.values[o * sh.in + i]);
-                    tight[t * sh.out + o] = 0x1.0p-10 * mag + 1e-30;
-                }
-            }
-            ExpectNear(run(gpu->get(), wg, 0, xh), run(cpu_.get(), wc, 0, xq), tight, "MatMul");
-            // Every op against the unquantized oracle, within the quantization bound.
-            for (int op = 0; op < 3; ++op) {
-                const std::vector<float>& in = inputs[op];
-                std::vector<float> s;
-                QuantizePerRow(in, T, sh.in, &s);
-                std::vector<double> bound(static_cast<size_t>(T * sh.out));
+                auto run = [&](Backend* be, const Tensor& w, int op, const std::vector<float>& x_host) {
+                    const Tensor x = MakeTensor(UploadTo(be, x_host), DType::kF32, T, sh.in);
+                    const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, sh.out);
+                    if (op == 0) {
+                        be->MatMul(x, w, y, true);
+                    } else if (op == 1) {
+                        const Tensor g =
+                            MakeTensor(UploadTo(be, std::vector<float>(sh.in, 1.0f)), DType::kF32, 1, sh.in);
+                        const Tensor xn =
+                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
+                        be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
+                    } else {
+                        std::vector<float> gu(static_cast<size_t>(2 * T * sh.in));
+                        for (int64_t t = 0; t < T; ++t) {
+                            for (int64_t i = 0; i < sh.in; ++i)
+                                gu[t * 2 * sh.in + i] = gu[t * 2 * sh.in + sh.in + i] = x_host[t * sh.in + i];
+                        }
+                        const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * sh.in);
+                        const Tensor mlp =
+                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
+                        be->SiluMulMatMul(tgu, w, y, mlp, true);
+                    }
+                    return DownloadFrom(be, y.data, static_cast<size_t>(T * sh.out), DType::kF32);
+                };
+                // MatMul against the oracle on the host-quantized activations.
+                std::vector<float> xs;
+                const std::vector<float> xq = QuantizePerRow(xh, T, sh.in, &xs);
+                std::vector<double> tight(static_cast<size_t>(T * sh.out));
                 for (int64_t t = 0; t < T; ++t) {
                     for (int64_t o = 0; o < sh.out; ++o) {
-                        double prod = 0, wsum = 0;
-                        for (int64_t i = 0; i < sh.in; ++i) {
-                            prod += std::abs(in[t * sh.in + i] * fw.values[o * sh.in + i]);
-                            wsum += std::abs(fw.values[o * sh.in + i]);
-                        }
-                        bound[t * sh.out + o] = 0x1.0p-4 * 1.01 * prod + 0x1.0p-10 * s[t] * wsum +
-                                                0x1.0p-10 * (prod + std::abs(y0[t * sh.out + o]));
+                        double mag = std::abs(y0[t * sh.out + o]);
+                        for (int64_t i = 0; i < sh.in; ++i)
+                            mag += std::abs(xq[t * sh.in + i] * fw.values[o * sh.in + i]);
+                        tight[t * sh.out + o] = 0x1.0p-10 * mag + 1e-30;
                     }
                 }
-                ExpectNear(run(gpu->get(), wg, op, xh), run(cpu_.get(), wc, 0, in), bound,
-                           "op " + std::to_string(op) + " within the quantization bound");
+                ExpectNear(run(gpu->get(), wg, 0, xh), run(cpu_.get(), wc, 0, xq), tight, "MatMul");
+                // Every op against the unquantized oracle, within the quantization bound.
+                for (int op = 0; op < 3; ++op) {
+                    const std::vector<float>& in = inputs[op];
+                    std::vector<float> s;
+                    QuantizePerRow(in, T, sh.in, &s);
+                    std::vector<double> bound(static_cast<size_t>(T * sh.out));
+                    for (int64_t t = 0; t < T; ++t) {
+                        for (int64_t o = 0; o < sh.out; ++o) {
+                            double prod = 0, wsum = 0;
+                            for (int64_t i = 0; i < sh.in; ++i) {
+                                prod += std::abs(in[t * sh.in + i] * fw.values[o * sh.in + i]);
+                                wsum += std::abs(fw.values[o * sh.in + i]);
+                            }
+                            bound[t * sh.out + o] = 0x1.0p-4 * 1.01 * prod + 0x1.0p-10 * s[t] * wsum +
+                                                    0x1.0p-10 * (prod + std::abs(y0[t * sh.out + o]));
+                        }
+                    }
+                    ExpectNear(run(gpu->get(), wg, op, xh), run(cpu_.get(), wc, 0, in), bound,
+                               "op " + std::to_string(op) + " within the quantization bound");
+                }
+            }
+        }
+    }
+}
+
+// Every e4m3 code (the NaN pair aside) read by the GEMVs, per warp and staged: a one-hot input row picks one
+// weight, so y is that code's value exactly (scale 1).
+TEST_F(CudaFp8Test, GemvsReadEveryCodeExactly) {
+    std::vector<uint8_t> codes(256);
+    for (int c = 0; c < 256; ++c) codes[c] = (c & 0x7F) == 0x7F ? 0 : static_cast<uint8_t>(c);
+    for (bool staged : {false, true}) {
+        CudaBackendOptions options;
+        options.stage_gemv_input = staged;
+        auto gpu = CreateCudaBackend(options);
+        ASSERT_TRUE(gpu.ok());
+        // 32 output rows, row o holding every code rotated by o: out 32 x in 256.
+        std::vector<uint8_t> bytes(32 * 256);
+        for (int o = 0; o < 32; ++o) {
+            for (int i = 0; i < 256; ++i) bytes[o * 256 + i] = codes[(i + o) % 256];
+        }
+        Tensor w = MakeTensor(UploadTo(gpu->get(), bytes), DType::kF8E4M3, 32, 256);
+        w.scale = UploadTo(gpu->get(), std::vector<float>(32, 1.0f));
+        for (int j = 0; j < 256; ++j) {
+            std::vector<float> x(256, 0.0f);
+            x[j] = 1.0f;
+            const Tensor xt = MakeTensor(UploadTo(gpu->get(), x), DType::kF32, 1, 256);
+            const Tensor y = MakeTensor(UploadTo(gpu->get(), std::vector<float>(32)), DType::kF32, 1, 32);
+            (*gpu)->MatMul(xt, w, y, false);
+            const std::vector<float> got = DownloadFrom(gpu->get(), y.data, 32, DType::kF32);
+            for (int o = 0; o < 32; ++o) {
+                const uint8_t code = codes[(j + o) % 256];
+                ASSERT_EQ(got[o], Fp8E4M3ToFloat(code))
+                    << "code 0x" << std::hex << int{code} << (staged ? " staged" : "");
             }
         }
     }

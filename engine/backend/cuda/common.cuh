@@ -20,7 +20,15 @@ namespace uniattn::cuda {
 __device__ __forceinline__ float ToFloat(float x) { return x; }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__nv_fp8_e4m3 x) { return static_cast<float>(x); }  // raw e4m3, unscaled
+// Raw e4m3, unscaled, without the conversion unit (static_cast<float> takes two conversions, e4m3 -> f16 -> f32,
+// at 16 results per SM per clock: the fp8 GEMV's limit, half the card's bandwidth): the byte's exponent and
+// mantissa bits put at fp32's bits 26-20 are exactly value · 2^-120, for normal and subnormal e4m3 alike (those
+// become fp32 subnormals), and the product with 2^120 is exact. Needs denormals kept (no -ftz, as this build
+// compiles). The NaN codes 0x7F / 0xFF read as ±480, never stored by a saturating encoder.
+__device__ __forceinline__ float ToFloat(__nv_fp8_e4m3 x) {
+    const uint32_t b = x.__x;
+    return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * 0x1p120f;
+}
 
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);

@@ -67,6 +67,7 @@ class CublasLtHandle {
 // One FP8 GEMM shape's cuBLASLt descriptors and chosen algorithm (ok == false: the library has none for it).
 struct Fp8GemmPlan {
     bool ok = false;
+    bool outer = false;  // the GEMM applies the per-channel and per-token scales (CUBLASLT_MATMUL_DESC_*_SCALE_MODE)
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
@@ -74,11 +75,14 @@ struct Fp8GemmPlan {
     Fp8GemmPlan() = default;
     Fp8GemmPlan(const Fp8GemmPlan&) = delete;
     Fp8GemmPlan& operator=(const Fp8GemmPlan&) = delete;
-    ~Fp8GemmPlan() {
+    ~Fp8GemmPlan() { Reset(); }
+    void Reset() {
         if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
         if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
         if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
         if (op != nullptr) cublasLtMatmulDescDestroy(op);
+        op = nullptr;
+        a = b = d = nullptr;
     }
 };
 
@@ -348,20 +352,34 @@ class CudaBackend final : public Backend {
     }
 
     // y (+)= x · w^T for e4m3 w (a scale per row) on FP8 tensor cores: x quantized to e4m3 per token
-    // (QuantizeRowsFp8), one cuBLASLt GEMM e4m3 x e4m3 -> fp32 (TN, fp32 accumulation), then both scales.
+    // (QuantizeRowsFp8), then one cuBLASLt GEMM e4m3 x e4m3 with fp32 accumulation (TN). Where the library
+    // applies both scale vectors itself (outer-vector scaling) the GEMM writes or accumulates y directly;
+    // otherwise it writes the unscaled fp32 product to a workspace and ScaleRowsCols applies the scales.
     // False (nothing run) where cuBLASLt cannot take the shape: FP8 needs K and the leading dimensions to be
     // multiples of 16.
     bool Fp8Gemm(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) {
         const int64_t rows = x.rows, in = x.cols, out = w.rows;
         if (in % 16 != 0 || w.ld % 16 != 0 || out % 16 != 0) return false;
-        const Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld);
+        Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld, y.ld);
         if (!plan.ok) return false;
         auto* xq = Workspace(kWsX16, static_cast<size_t>(rows * in));
         auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(rows)));
-        auto* raw = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * out)));
         void* lt_ws = plan.workspace_bytes > 0 ? Workspace(kWsLt, plan.workspace_bytes) : nullptr;
         cuda::QuantizeRowsFp8(x.f32(), x.ld, rows, in, xq, xs, KStream());
         const float one = 1.0f, zero = 0.0f;
+        if (plan.outer) {
+            const void* a_scale = w.scale;
+            const void* b_scale = xs;
+            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                                           sizeof(a_scale)));
+            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                                           sizeof(b_scale)));
+            UA_CUBLAS_CHECK(cublasLtMatmul(cublas_lt_.get(), plan.op, &one, w.data, plan.a, xq, plan.b,
+                                           accumulate ? &one : &zero, y.data, plan.d, y.data, plan.d, &plan.algo, lt_ws,
+                                           plan.workspace_bytes, stream_.get()));
+            return true;
+        }
+        auto* raw = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * out)));
         UA_CUBLAS_CHECK(cublasLtMatmul(cublas_lt_.get(), plan.op, &one, w.data, plan.a, xq, plan.b, &zero, raw, plan.d,
                                        raw, plan.d, &plan.algo, lt_ws, plan.workspace_bytes, stream_.get()));
         cuda::ScaleRowsCols(raw, rows, out, xs, w.scale, y.f32(), y.ld, accumulate, KStream());
@@ -370,39 +388,60 @@ class CudaBackend final : public Backend {
 
     // The plan of one FP8 GEMM shape, made on first use (outside graph capture: the decode graphs record
     // shapes that ran before) and kept. Column-major, as cuBLASLt sees row-major data: D [out, rows] =
-    // A^T · B with A the weight [in, out] (ld w_ld) and B the activations [in, rows].
-    const Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld) {
-        auto& slot = fp8_plans_[std::make_tuple(rows, out, in, w_ld)];
+    // A^T · B with A the weight [in, out] (ld w_ld) and B the activations [in, rows]. Outer-vector scales
+    // (A's per output channel, B's per token) where the heuristic has an algorithm for them (D = y, ld y_ld),
+    // else scalar (D a dense workspace).
+    Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld, int64_t y_ld) {
+        auto& slot = fp8_plans_[std::make_tuple(rows, out, in, w_ld, y_ld)];
         if (slot) return *slot;
         slot = std::make_unique<Fp8GemmPlan>();
         Fp8GemmPlan& p = *slot;
-        UA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-        UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-        UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, w_ld));
-        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in));
-        UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, out));
         cublasLtMatmulPreference_t pref = nullptr;
         UA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
         const size_t max_ws = kCublasWorkspaceBytes;
         UA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
                                                              sizeof(max_ws)));
-        cublasLtMatmulHeuristicResult_t result{};
-        int found = 0;
-        const cublasStatus_t st =
-            cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+        cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+        for (bool outer : {options_.fp8_outer_scales, false}) {
+            p.Reset();
+            UA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+            const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+            if (outer) {
+                const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+                UA_CUBLAS_CHECK(
+                    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
+                UA_CUBLAS_CHECK(
+                    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
+            }
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, w_ld));
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in));
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, outer ? y_ld : out));
+            cublasLtMatmulHeuristicResult_t result{};
+            int found = 0;
+            st = cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+            if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+                p.ok = true;
+                p.outer = outer;
+                p.algo = result.algo;
+                p.workspace_bytes = result.workspaceSize;
+                break;
+            }
+        }
         cublasLtMatmulPreferenceDestroy(pref);
-        p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
-        if (p.ok) {
-            p.algo = result.algo;
-            p.workspace_bytes = result.workspaceSize;
-        } else {
+        if (!p.ok) {
+            p.Reset();
             std::fprintf(stderr,
                          "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld (status %d): fp8 weights "
                          "widened to 16 bits there\n",
                          static_cast<long long>(rows), static_cast<long long>(out), static_cast<long long>(in),
                          static_cast<int>(st));
+        } else if (!fp8_path_logged_) {
+            fp8_path_logged_ = true;
+            std::fprintf(stderr, "uniattn: FP8 tensor-core GEMMs (cuBLASLt), %s\n",
+                         p.outer ? "scales applied by the GEMM (outer-vector scaling)"
+                                 : "scales applied after the GEMM (the library has no outer-vector scaling here)");
         }
         return p;
     }
@@ -669,7 +708,8 @@ class CudaBackend final : public Backend {
     CudaStream stream_;
     CublasHandle cublas_;
     CublasLtHandle cublas_lt_;
-    std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Fp8GemmPlan>> fp8_plans_;
+    std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Fp8GemmPlan>> fp8_plans_;
+    bool fp8_path_logged_ = false;
     void* workspace_[kNumWorkspaces] = {};
     size_t workspace_bytes_[kNumWorkspaces] = {};
     std::vector<void*> retired_;

@@ -46,6 +46,10 @@ struct CudaOptions {
     // keeps 16-bit activations (closer to the CPU oracle, slower than fp16). 1-2 row GEMVs always read fp32
     // activations and the e4m3 bytes.
     bool fp8_tensor_cores = true;
+    // FP8 GEMMs: let cuBLASLt apply the per-channel and per-token scales in its epilogue (outer-vector scaling,
+    // the GEMM writes y) where it has an algorithm for it; false (or where it has none) writes the unscaled product
+    // to a workspace and scales it in a second kernel.
+    bool fp8_outer_scales = true;
     // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
     // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
     // wait. Kernels in recorded decode graphs keep the programmatic edges.

@@ -82,7 +82,9 @@ say() { echo "$* (t=$(($(date +%s) - T0))s)" | tee -a "$S"; }
 W=/tmp/serve-work  # JSON results and server logs stay here: at most 8 files come back from $OUT
 rm -rf "$W/json" "$W/logs" && mkdir -p "$W/json" "$W/logs"
 if [ "${SETUP:-1}" = 1 ]; then
-    tar xJf "$C/bins.tar.xz" -C "$W" && tar xJf "$C/llamacpp.tar.xz" -C "$W" && tar xJf "$C/tok.tar.xz" -C "$W"
+    for t in bins llamacpp tok; do  # llamacpp.tar.xz may stay behind (the carry's 64 MiB) when no variant needs it
+        [ -f "$C/$t.tar.xz" ] && tar xJf "$C/$t.tar.xz" -C "$W"
+    done
     export LD_LIBRARY_PATH=$W/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     BIN=$W/bin
     say "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"

@@ -49,12 +49,6 @@ StatusOr<Fp8Choice> ResolveFp8(const EngineConfig& config) {
                       "kv_cache_dtype \"" + config.kv_cache_dtype + "\" is not one of auto, fp8_e4m3, fp8",
                       "kv_cache_dtype");
     }
-    if (config.backend != "cpu") {  // cuda: fp8 weights yes, fp8 attention kernels not yet (issue 18)
-        if (c.kv) {
-            return Unimplemented("kv_cache_dtype=" + config.kv_cache_dtype + ": the " + config.backend +
-                                 " backend has no fp8 attention kernels yet (the cpu backend emulates fp8)");
-        }
-    }
     return c;
 }
 

@@ -20,8 +20,8 @@ namespace uniattn {
 StatusOr<DType> ResolveDeviceDType(const EngineConfig& config);
 
 // engine.quantization ("none", "fp8") and engine.kv_cache_dtype ("auto", "fp8_e4m3", "fp8"): kInvalidArgument
-// naming the field for another value, kUnimplemented for fp8 on a backend without fp8 support (cuda today), before
-// anything loads.
+// naming the field for another value, kUnimplemented for fp8_e5m2, before anything loads. Both backends take
+// both.
 struct Fp8Choice {
     bool weights = false;  // round linear weights to e4m3 at load (LoadOptions::quantize_fp8)
     bool kv = false;       // an fp8 e4m3 KV cache

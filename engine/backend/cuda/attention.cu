@@ -15,6 +15,9 @@
 // materialises the score matrix. With tensor cores (16-bit planes, head_dim 64/128) PrefillMmaKernel does
 // the same on mma.sync with 64 x 64 tiles staged in shared memory; otherwise PrefillKernel on CUDA cores.
 //
+// fp8 e4m3 planes (PagedBatch::k_scale / v_scale) run on the CUDA-core kernels (DecodeStreamKernel, PrefillKernel;
+// the mma.sync ones take 16-bit planes): each element read is multiplied by its KV head's scale (Dequant).
+//
 // Sliding window (Mistral): a token at pos attends to pos - W < j <= pos. Decode splits cut only the window
 // (SplitsFor), so positions before it cost no block and no load; prefill tiles start at the window of the
 // tile's first query row; masked columns inside a tile are skipped like the causal ones. The anchor's P is 0
@@ -108,6 +111,24 @@ struct LaneMap {
         }
     }
 };
+
+// fp8 e4m3 planes hold x / scale[kv head] (PagedBatch::k_scale, v_scale): every K or V element read from one is
+// multiplied by its head's scale, the CPU backend's dequantized value bit for bit. 16/32-bit planes are read as
+// they are (no multiply).
+template <typename T>
+inline constexpr bool kFp8Kv = std::is_same_v<T, __nv_fp8_e4m3>;
+template <typename T>
+__device__ __forceinline__ float KvScale(const float* __restrict__ scale, int kv_head) {
+    return kFp8Kv<T> && scale != nullptr ? __ldg(scale + kv_head) : 1.0f;
+}
+template <typename T>
+__device__ __forceinline__ float Dequant(float raw, float scale) {
+    if constexpr (kFp8Kv<T>) {
+        return raw * scale;
+    } else {
+        return raw;
+    }
+}
 
 // Sum over the kGroup lanes of a group (consecutive lanes).
 template <int kGroup>
@@ -314,6 +335,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
     const int32_t* table = blk.table;
     const int hd = kHd > 0 ? kHd : b.head_dim;
     const float scale = 1.0f / sqrtf(static_cast<float>(hd));  // the CPU backend's rounding
+    const float k_scale = KvScale<T>(b.k_scale, kvh), v_scale = KvScale<T>(b.v_scale, kvh);  // fp8 planes
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % kGroup, tok = lane / kGroup;
 
@@ -374,7 +396,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
                 if constexpr (!kReuse) {
                     float dot = 0.f;
 #pragma unroll
-                    for (int i = 0; i < kElems; ++i) dot += qr[r][i] * kf[u].At(i);
+                    for (int i = 0; i < kElems; ++i) dot += qr[r][i] * Dequant<T>(kf[u].At(i), k_scale);
                     dot = GroupSum<kGroup>(dot) * scale;
                     if (!valid) continue;
                     if (g == 0 && probs != nullptr) {
@@ -392,7 +414,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
                     p = pv[kReuse ? u : 0][r];
                 }
 #pragma unroll
-                for (int i = 0; i < kElems; ++i) acc[r][i] += p * vf[u].At(i);
+                for (int i = 0; i < kElems; ++i) acc[r][i] += p * Dequant<T>(vf[u].At(i), v_scale);
             }
         }
     }
@@ -724,6 +746,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     if (t0 >= q1 || q1 - q0 == 1) return;  // single-token sequences go to the decode kernel
     const int nq = min(kBq, q1 - t0);
     const int kvh = h / (b.num_heads / b.num_kv_heads);
+    const float k_scale = KvScale<T>(b.k_scale, kvh), v_scale = KvScale<T>(b.v_scale, kvh);  // fp8 planes
     const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     const int ld = hd + 1;  // padded rows: no bank conflicts across the four column groups
 
@@ -755,9 +778,11 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
         if constexpr (!kReuse) {
             for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
                 const int c = idx / hd, e = idx % hd, j = kt + c;
-                s_kv[c * ld + e] = j <= max_pos
-                                       ? ToFloat(k_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e])
-                                       : 0.f;
+                s_kv[c * ld + e] =
+                    j <= max_pos
+                        ? Dequant<T>(ToFloat(k_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e]),
+                                     k_scale)
+                        : 0.f;
             }
             __syncthreads();
             float sc[kCols];
@@ -801,7 +826,10 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
         for (int idx = threadIdx.x; idx < kBk * hd; idx += kPrefillThreads) {
             const int c = idx / hd, e = idx % hd, j = kt + c;
             s_kv[c * ld + e] =
-                j <= max_pos ? ToFloat(v_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e]) : 0.f;
+                j <= max_pos
+                    ? Dequant<T>(ToFloat(v_plane[KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, hd) + e]),
+                                 v_scale)
+                    : 0.f;
         }
         __syncthreads();
         for (int c = 0; c < kBk; ++c) {
@@ -1164,7 +1192,7 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
                      q_ld, k, v, b, p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats,
                      probs, probs_ld, counters);
     };
-    // Lane groups: 16-byte loads per lane where head_dim allows.
+    // Lane groups: 16-byte loads per lane where head_dim allows (fp8: 8 bytes, 8 elements a lane).
     constexpr int kG128 = sizeof(T) == 4 ? 32 : 16;
     constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
     const bool mha = p.heads_per_block == 1;
@@ -1250,7 +1278,8 @@ void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_
                const AttentionWorkspace& ws, Stream stream) {
     if (b.num_tokens == 0) return;
     const bool all_decode = b.num_tokens == b.num_seqs;
-    UA_DISPATCH_DTYPE(kv_dtype, T, {
+    UA_CHECK(kv_dtype != DType::kF8E4M3 || (b.k_scale != nullptr && b.v_scale != nullptr));
+    UA_DISPATCH_KV_DTYPE(kv_dtype, T, {
         const T* k = static_cast<const T*>(k_plane);
         const T* v = static_cast<const T*>(v_plane);
         LaunchDecode<T, false>(q, q_ld, k, v, b, out, out_ld, probs, probs_ld, ws, stream);
@@ -1267,7 +1296,8 @@ void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, D
     if (b.num_tokens == 0) return;
     const bool all_decode = b.num_tokens == b.num_seqs;
     float* p = const_cast<float*>(probs);  // read only on the reuse path
-    UA_DISPATCH_DTYPE(kv_dtype, T, {
+    UA_CHECK(kv_dtype != DType::kF8E4M3 || b.v_scale != nullptr);
+    UA_DISPATCH_KV_DTYPE(kv_dtype, T, {
         const T* v = static_cast<const T*>(v_plane);
         LaunchDecode<T, true>(nullptr, 0, nullptr, v, b, out, out_ld, p, probs_ld, ws, stream);
         if (!all_decode) LaunchPrefill<T, true>(nullptr, 0, nullptr, v, b, out, out_ld, p, probs_ld, nullptr, stream);

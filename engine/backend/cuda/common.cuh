@@ -158,7 +158,8 @@ void LaunchKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 b
 
 }  // namespace uniattn::cuda
 
-// Runs the statements with `T` bound to the element type of `dtype` (every DType listed, no default).
+// Runs the statements with `T` bound to the element type of `dtype`: f32, f16 and bf16 (the kernels that take
+// f8_e4m3 handle it before dispatching, or through UA_DISPATCH_KV_DTYPE).
 #define UA_DISPATCH_DTYPE(dtype, T, ...) \
     switch (dtype) {                     \
         case ::uniattn::DType::kF32: {   \
@@ -176,4 +177,14 @@ void LaunchKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 b
             __VA_ARGS__;                 \
             break;                       \
         }                                \
+    }
+
+// UA_DISPATCH_DTYPE and f8_e4m3 (`T` = __nv_fp8_e4m3): the KV-cache kernels (attention, KV writes), whose fp8
+// planes come with per-head scales.
+#define UA_DISPATCH_KV_DTYPE(dtype, T, ...)      \
+    if ((dtype) == ::uniattn::DType::kF8E4M3) {  \
+        using T = __nv_fp8_e4m3;                 \
+        __VA_ARGS__;                             \
+    } else {                                     \
+        UA_DISPATCH_DTYPE(dtype, T, __VA_ARGS__) \
     }

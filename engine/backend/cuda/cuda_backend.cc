@@ -233,6 +233,8 @@ class CudaBackend final : public Backend {
     void BindThread() override { UA_CUDA_CHECK(cudaSetDevice(options_.device)); }
     void* NativeStream() override { return stream_.get(); }
     DType KvDType() const override { return options_.kv_dtype; }
+    // The default dtype, and fp8 e4m3 with per-head scales (CUDA-core attention kernels; KvPlane::scale).
+    bool SupportsKvDType(DType dtype) const override { return dtype == options_.kv_dtype || dtype == DType::kF8E4M3; }
 
     StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(size_t bytes) override {
         void* p = nullptr;
@@ -524,7 +526,8 @@ class CudaBackend final : public Backend {
     void WriteKv(const Tensor& src, const KvPlane& plane, const int64_t* slot_mapping) override {
         UA_CHECK(src.dtype == DType::kF32);
         cuda::WriteKv(src.f32(), src.ld, src.rows, plane.base, plane.dtype,
-                      static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim, slot_mapping, KStream());
+                      static_cast<int64_t>(plane.num_kv_heads) * plane.head_dim, slot_mapping, plane.scale,
+                      plane.head_dim, KStream());
     }
 
     void RopeWriteKv(const Tensor& q, const Tensor& k, const Tensor& v, const KvPlane& k_plane, const KvPlane& v_plane,
@@ -534,13 +537,13 @@ class CudaBackend final : public Backend {
         UA_CHECK(k_plane.dtype == v_plane.dtype);
         cuda::RopeWriteKv(q.f32(), q.ld, k.f32(), k.ld, v.f32(), v.ld, q.rows, num_heads, k_plane.num_kv_heads,
                           k_plane.head_dim, positions, inv_freq, k_plane.base, v_plane.base, k_plane.dtype,
-                          slot_mapping, KStream());
+                          k_plane.scale, v_plane.scale, slot_mapping, KStream());
     }
 
     void Attention(const Tensor& q, const KvPlane& k, const KvPlane& v, const AttentionBatch& batch, int num_heads,
                    const Tensor& out, float* probs) override {
         UA_CHECK(k.dtype == v.dtype);
-        const cuda::PagedBatch b = Paged(batch, k, num_heads);
+        const cuda::PagedBatch b = Paged(batch, v, num_heads, &k);
         const cuda::AttentionWorkspace ws = AttnWorkspace(b);
         cuda::Attention(q.f32(), q.ld, k.base, v.base, k.dtype, b, out.f32(), out.ld, probs, batch.max_context_len, ws,
                         KStream());
@@ -671,7 +674,10 @@ class CudaBackend final : public Backend {
         return workspace_[slot];
     }
 
-    cuda::PagedBatch Paged(const AttentionBatch& a, const KvPlane& plane, int num_heads) const {
+    // The kernels' view of a step over V plane `plane` (and K plane `k`, null for reuse layers): fp8 planes bring
+    // their per-head scales and stay off the tensor-core kernels (16-bit planes only).
+    cuda::PagedBatch Paged(const AttentionBatch& a, const KvPlane& plane, int num_heads,
+                           const KvPlane* k = nullptr) const {
         UA_CHECK(cuda::AttentionSupportsHeadDim(plane.head_dim));
         UA_CHECK_EQ(num_heads % plane.num_kv_heads, 0);
         cuda::PagedBatch b;
@@ -684,6 +690,12 @@ class CudaBackend final : public Backend {
         b.heads_per_block = options_.decode_heads_per_block;
         b.tensor_cores = options_.tensor_core_attention;
         b.decode_min_chunk = options_.decode_min_chunk;
+        if (plane.dtype == DType::kF8E4M3) {
+            UA_CHECK(plane.scale != nullptr && (k == nullptr || k->scale != nullptr));
+            b.v_scale = plane.scale;
+            if (k != nullptr) b.k_scale = k->scale;
+            b.tensor_cores = false;
+        }
         return b;
     }
 

@@ -1,5 +1,6 @@
 // The CUDA backend: the op interface of backend/backend.h on one NVIDIA GPU. Weights in fp16/bf16 (or
-// fp32) through cuBLAS with fp32 accumulation, KV planes in fp16/bf16/fp32, activations fp32.
+// fp32) through cuBLAS with fp32 accumulation, KV planes in fp16/bf16/fp32 (or fp8 e4m3 with per-head scales),
+// activations fp32.
 // Not thread-safe: one backend is driven by one thread (the engine thread); all work goes to one stream. The
 // exception is an Uploader (MakeUploader), whose Stage/Submit several loader threads call at once.
 #pragma once

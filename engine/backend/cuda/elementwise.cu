@@ -72,13 +72,27 @@ __global__ void RopeKernel(float* __restrict__ x, int64_t x_ld, int num_heads, i
     }
 }
 
+// A K/V value of KV head h as a plane of T stores it: fp8 e4m3 planes hold e4m3(x / scale[h]) (an IEEE division,
+// round to nearest even, saturating: the CPU backend's FloatToFp8E4M3(x / scale[h]) bit for bit); other planes x
+// rounded to T.
+template <typename T>
+__device__ __forceinline__ T ToKv(float x, const float* __restrict__ scale, int h) {
+    if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+        return FromFloat<T>(__fdiv_rn(x, scale[h]));
+    } else {
+        return FromFloat<T>(x);
+    }
+}
+
 template <typename T>
 __global__ void WriteKvKernel(const float* __restrict__ src, int64_t src_ld, T* __restrict__ plane, int64_t width,
-                              const int64_t* __restrict__ slot_mapping) {
+                              const int64_t* __restrict__ slot_mapping, const float* __restrict__ scale, int head_dim) {
     PdlEnter();
     const int64_t t = blockIdx.x;
     T* dst = plane + slot_mapping[t] * width;
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = FromFloat<T>(src[t * src_ld + i]);
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+        dst[i] = ToKv<T>(src[t * src_ld + i], scale, static_cast<int>(i / head_dim));
+    }
 }
 
 // One block per token: rotate q in place, write rotated k and v into the planes.
@@ -87,6 +101,7 @@ __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const flo
                                   const float* __restrict__ v, int64_t v_ld, int num_heads, int num_kv_heads,
                                   int head_dim, const int32_t* __restrict__ positions,
                                   const double* __restrict__ inv_freq, T* __restrict__ k_plane, T* __restrict__ v_plane,
+                                  const float* __restrict__ k_scale, const float* __restrict__ v_scale,
                                   const int64_t* __restrict__ slot_mapping) {
     PdlEnter();
     extern __shared__ float table[];
@@ -110,12 +125,13 @@ __global__ void RopeWriteKvKernel(float* __restrict__ q, int64_t q_ld, const flo
         const int h = idx / half, i = idx % half;
         const int64_t o = static_cast<int64_t>(h) * head_dim;
         const float a = kr[o + i], b = kr[o + i + half], c = table[i], s = table[half + i];
-        kd[o + i] = FromFloat<T>(a * c - b * s);
-        kd[o + i + half] = FromFloat<T>(b * c + a * s);
+        kd[o + i] = ToKv<T>(a * c - b * s, k_scale, h);
+        kd[o + i + half] = ToKv<T>(b * c + a * s, k_scale, h);
     }
     const float* vr = v + t * v_ld;
     T* vd = v_plane + slot * width;
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) vd[i] = FromFloat<T>(vr[i]);
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+        vd[i] = ToKv<T>(vr[i], v_scale, static_cast<int>(i / head_dim));
 }
 
 // One warp per (row, head): RMSNorm of the head's head_dim slice, in place, scaled by w (Qwen3's q/k norm).
@@ -307,22 +323,26 @@ void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, con
 }
 
 void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
-             const int64_t* slot_mapping, Stream stream) {
+             const int64_t* slot_mapping, const float* scale, int head_dim, Stream stream) {
     if (rows == 0) return;
-    UA_DISPATCH_DTYPE(plane_dtype, T,
-                      LaunchKernel("WriteKvKernel", WriteKvKernel<T>, static_cast<unsigned>(rows), 128, 0, stream, src,
-                                   src_ld, static_cast<T*>(plane), width, slot_mapping));
+    UA_CHECK(plane_dtype != DType::kF8E4M3 || (scale != nullptr && head_dim > 0));
+    UA_DISPATCH_KV_DTYPE(plane_dtype, T,
+                         LaunchKernel("WriteKvKernel", WriteKvKernel<T>, static_cast<unsigned>(rows), 128, 0, stream,
+                                      src, src_ld, static_cast<T*>(plane), width, slot_mapping, scale, head_dim));
 }
 
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
                  int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, const double* inv_freq,
-                 void* k_plane, void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream) {
+                 void* k_plane, void* v_plane, DType plane_dtype, const float* k_scale, const float* v_scale,
+                 const int64_t* slot_mapping, Stream stream) {
     if (rows == 0) return;
+    UA_CHECK(plane_dtype != DType::kF8E4M3 || (k_scale != nullptr && v_scale != nullptr));
     const size_t smem = sizeof(float) * head_dim;
-    UA_DISPATCH_DTYPE(plane_dtype, T,
-                      LaunchKernel("RopeWriteKvKernel", RopeWriteKvKernel<T>, static_cast<unsigned>(rows), 256, smem,
-                                   stream, q, q_ld, k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions,
-                                   inv_freq, static_cast<T*>(k_plane), static_cast<T*>(v_plane), slot_mapping));
+    UA_DISPATCH_KV_DTYPE(
+        plane_dtype, T,
+        LaunchKernel("RopeWriteKvKernel", RopeWriteKvKernel<T>, static_cast<unsigned>(rows), 256, smem, stream, q, q_ld,
+                     k, k_ld, v, v_ld, num_heads, num_kv_heads, head_dim, positions, inv_freq, static_cast<T*>(k_plane),
+                     static_cast<T*>(v_plane), k_scale, v_scale, slot_mapping));
 }
 
 void HeadRmsNorm(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const void* w, DType w_dtype,

@@ -1,6 +1,6 @@
 // Host-side launchers of the CUDA backend's kernels. Raw device pointers, explicit sizes and row strides
 // (ld, in elements); every launch goes to `stream` and is checked. Offsets are computed in 64 bits.
-// Element types are named by DType: f32 `float`, f16 `__half`, bf16 `__nv_bfloat16`.
+// Element types are named by DType: f32 `float`, f16 `__half`, bf16 `__nv_bfloat16`, f8_e4m3 `__nv_fp8_e4m3`.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,15 +46,19 @@ void HeadRmsNorm(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_d
 void AddBias(float* x, int64_t x_ld, const void* bias, DType bias_dtype, int64_t rows, int64_t cols, Stream stream);
 
 // plane[slot_mapping[t] * width + i] = src[t, i]      src [rows, width] fp32;
-//   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim
+//   plane [num_blocks, block_size, num_kv_heads, head_dim] of plane_dtype, width = num_kv_heads * head_dim.
+// f8_e4m3 planes: e4m3(src[t, i] / scale[i / head_dim]) (a division, round to nearest even, saturating: the CPU
+// backend's bytes); scale [num_kv_heads] fp32, device memory (ignored, may be null, for other dtypes).
 void WriteKv(const float* src, int64_t src_ld, int64_t rows, void* plane, DType plane_dtype, int64_t width,
-             const int64_t* slot_mapping, Stream stream);
+             const int64_t* slot_mapping, const float* scale, int head_dim, Stream stream);
 
 // Rope(q) in place; rotated k and plain v written to their planes (k itself is left unrotated).
-//   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32; inv_freq as Rope
+//   q [rows, num_heads * head_dim], k and v [rows, num_kv_heads * head_dim] fp32; inv_freq as Rope;
+//   k_scale / v_scale: the f8_e4m3 planes' per-head scales as WriteKv's
 void RopeWriteKv(float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v, int64_t v_ld, int64_t rows,
                  int num_heads, int num_kv_heads, int head_dim, const int32_t* positions, const double* inv_freq,
-                 void* k_plane, void* v_plane, DType plane_dtype, const int64_t* slot_mapping, Stream stream);
+                 void* k_plane, void* v_plane, DType plane_dtype, const float* k_scale, const float* v_scale,
+                 const int64_t* slot_mapping, Stream stream);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i]     gate_up [rows, 2·ff], out [rows, ff] fp32
 void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, int64_t rows, int64_t ff, Stream stream);
@@ -133,6 +137,10 @@ struct PagedBatch : AttentionBatch {
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
     bool tensor_cores = false;  // 16-bit planes, head_dim 64/128: GQA decode and prefill on mma.sync
     int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 128; a multiple of 64)
+    // f8_e4m3 planes (CUDA-core kernels only): [num_kv_heads] fp32 per-head scales, device memory; an element b
+    // of KV head h reads as e4m3(b) · scale[h] (KvPlane::scale). Null for 16/32-bit planes.
+    const float* k_scale = nullptr;
+    const float* v_scale = nullptr;
 };
 
 // Scratch the attention launchers need, sized by AttentionWorkspaceFloats().
@@ -152,7 +160,8 @@ void AttentionWorkspaceFloats(const PagedBatch& b, int64_t sizes[4]);
 // [num_tokens, num_heads, probs_ld] when non-null: the normalised probabilities in the window, 0 before it
 // (positions past pos are not written). A token's result depends only on its own sequence (bit-identical
 // alone or in any batch).
-//   q [num_tokens, num_heads·hd] fp32, k/v planes of kv_dtype, out [num_tokens, num_heads·hd] fp32
+//   q [num_tokens, num_heads·hd] fp32, k/v planes of kv_dtype (f8_e4m3: with b.k_scale / b.v_scale),
+//   out [num_tokens, num_heads·hd] fp32
 void Attention(const float* q, int64_t q_ld, const void* k_plane, const void* v_plane, DType kv_dtype,
                const PagedBatch& b, float* out, int64_t out_ld, float* probs, int64_t probs_ld,
                const AttentionWorkspace& ws, Stream stream);

@@ -100,23 +100,11 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
         for (const Shape& sh : {Shape{1024, 96}, Shape{1056, 64}, Shape{37, 29}, Shape{520, 9000}}) {
-            // fp8 weights: rows with very different magnitudes (so a scale applied to the wrong row shows).
-            std::vector<float> values(static_cast<size_t>(sh.out * sh.in)), scale(static_cast<size_t>(sh.out));
-            std::vector<uint8_t> bytes(values.size());
-            for (int64_t o = 0; o < sh.out; ++o) {
-                const float mag = std::ldexp(1.0f, rng.Int(9) - 6);
-                float amax = 0;
-                std::vector<float> row(static_cast<size_t>(sh.in));
-                for (float& v : row) amax = std::max(amax, std::fabs(v = mag * rng.Uniform(-1, 1)));
-                scale[o] = amax / kFp8E4M3Max;
-                for (int64_t i = 0; i < sh.in; ++i) {
-                    bytes[o * sh.in + i] = FloatToFp8E4M3(row[i] / scale[o]);
-                    values[o * sh.in + i] = Fp8E4M3ToFloat(bytes[o * sh.in + i]) * scale[o];
-                }
-            }
+            const Fp8Weight fw = RandomFp8Weight(rng, sh.out, sh.in);
+            const std::vector<float>& values = fw.values;
             const Tensor wc = MakeTensor(UploadTo(cpu_.get(), values), DType::kF32, sh.out, sh.in);
-            Tensor wg = MakeTensor(UploadTo(gpu->get(), bytes), DType::kF8E4M3, sh.out, sh.in);
-            wg.scale = UploadTo(gpu->get(), scale);
+            Tensor wg = MakeTensor(UploadTo(gpu->get(), fw.bytes), DType::kF8E4M3, sh.out, sh.in);
+            wg.scale = UploadTo(gpu->get(), fw.scale);
             for (int64_t T : {1, 2, 3, 17, 65}) {
                 SCOPED_TRACE("mode " + std::to_string(mode) + " in " + std::to_string(sh.in) + " out " +
                              std::to_string(sh.out) + " T=" + std::to_string(T));

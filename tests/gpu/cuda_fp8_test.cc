@@ -292,12 +292,13 @@ TEST_F(CudaFp8Test, GemvsReadEveryCodeExactly) {
     }
 }
 
-TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
-    struct Case {
-        std::string name;
-        testutil::RandomModelOptions o;
-    };
-    std::vector<Case> cases(3);
+// The whole-model cases of these tests: MHA, GQA and UniAttn (GQA with reuse layers), small, fp16 files.
+struct ModelCase {
+    std::string name;
+    testutil::RandomModelOptions o;
+};
+std::vector<ModelCase> ModelCases() {
+    std::vector<ModelCase> cases(3);
     cases[0].name = "mha";
     cases[0].o.num_heads = cases[0].o.num_kv_heads = 4;
     cases[0].o.hidden_size = 256;
@@ -311,12 +312,18 @@ TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
     cases[2].o.has_grouping = true;
     cases[2].o.grouping_idx = 2;
     cases[2].o.grouping_end_idx = 4;
-    for (Case& c : cases) {
-        SCOPED_TRACE(c.name);
+    for (ModelCase& c : cases) {
         c.o.vocab_size = 300;
         c.o.intermediate_size = 2 * c.o.hidden_size + 64;
         c.o.max_position_embeddings = 256;
         c.o.dtype = DType::kF16;
+    }
+    return cases;
+}
+
+TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
+    for (const ModelCase& c : ModelCases()) {
+        SCOPED_TRACE(c.name);
         TempDir tmp;
         ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), c.o).ok());
         LoadOptions lo;
@@ -604,30 +611,8 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
 // cache on both backends, with the same scales: the CPU's calibration (CalibrateKvScales), which the GPU's own
 // calibration must reproduce (it runs the model forward on the CUDA backend).
 TEST_F(CudaFp8Test, RandomModelsWithAnFp8KvCacheMatchTheCpuOracle) {
-    struct Case {
-        std::string name;
-        testutil::RandomModelOptions o;
-    };
-    std::vector<Case> cases(3);
-    cases[0].name = "mha";
-    cases[0].o.num_heads = cases[0].o.num_kv_heads = 4;
-    cases[0].o.hidden_size = 256;
-    cases[1].name = "gqa";
-    cases[1].o.num_heads = 8;
-    cases[1].o.num_kv_heads = 2;
-    cases[1].o.hidden_size = 512;
-    cases[2].name = "uniattn";
-    cases[2].o = cases[1].o;
-    cases[2].o.num_layers = 4;
-    cases[2].o.has_grouping = true;
-    cases[2].o.grouping_idx = 2;
-    cases[2].o.grouping_end_idx = 4;
-    for (Case& c : cases) {
+    for (const ModelCase& c : ModelCases()) {
         SCOPED_TRACE(c.name);
-        c.o.vocab_size = 300;
-        c.o.intermediate_size = 2 * c.o.hidden_size + 64;
-        c.o.max_position_embeddings = 256;
-        c.o.dtype = DType::kF16;
         TempDir tmp;
         ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), c.o).ok());
         auto cm = Model::Load(tmp.path(), cpu_.get(), false);

@@ -85,7 +85,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
     int max_ctx = 0, max_query = 0;
     for (int32_t n : in.context_len) max_ctx = std::max(max_ctx, n);
     for (int s = 0; s < S; ++s) max_query = std::max(max_query, in.query_start[s + 1] - in.query_start[s]);
-    const int num_logits = static_cast<int>(in.logits_rows.size());
+    const int num_logits = computes_logits_ ? static_cast<int>(in.logits_rows.size()) : 0;
     // Decode steps want every row in order: no gather then.
     bool all_rows = num_logits == T;
     for (int i = 0; all_rows && i < num_logits; ++i) all_rows = in.logits_rows[i] == i;
@@ -258,6 +258,7 @@ Status ModelRunner::Forward(const ForwardInput& in, KvCache& kv, float* host_log
             }
         }
         if (num_logits == 0) return true;
+        UA_CHECK(w.lm_head.data != nullptr);  // a tensor-parallel rank > 0 holds none
         const Tensor sel = all_rows ? x : MakeTensor(Scratch(kLogitIn), DType::kF32, num_logits, d);
         const Tensor sel_norm = MakeTensor(Scratch(kXn), DType::kF32, num_logits, d);
         if (!all_rows) backend_->GatherRows(x, in.logits_rows.data(), num_logits, sel);

@@ -58,6 +58,9 @@ class ModelRunner {
     // one shard (ShardModel); o_proj and down_proj outputs are all-reduced through `comm` before they join the
     // residual. Every rank must run the same Forward calls. Null: the whole model on one backend.
     void SetCommunicator(Communicator* comm) { comm_ = comm; }
+    // False: Forward stops after the last layer (no final norm, no lm_head, no logits), as the tensor-parallel
+    // ranks other than 0 do: every rank's logits would be the same.
+    void SetComputesLogits(bool computes) { computes_logits_ = computes; }
     // Decode-only steps replay recorded device graphs when the backend can record them (default on).
     void SetUseGraphs(bool use) { use_graphs_ = use; }
 
@@ -101,6 +104,7 @@ class ModelRunner {
     int64_t cap_probs_ = 0;
     size_t cap_meta_ = 0;
     bool use_graphs_ = true;
+    bool computes_logits_ = true;
     uint64_t generation_ = 0, graphs_generation_ = 0;
     std::map<GraphKey, std::unique_ptr<DeviceGraph>> graphs_;
     std::set<GraphKey> seen_;

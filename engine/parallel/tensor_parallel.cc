@@ -55,7 +55,8 @@ std::vector<float> Columns(const Tensor& t, int64_t c0, int64_t n) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Model>> ShardModel(const Model& full, int rank, int size, Backend* backend) {
+StatusOr<std::unique_ptr<Model>> ShardModel(const Model& full, int rank, int size, Backend* backend,
+                                            bool with_lm_head) {
     const ModelConfig& f = full.config;
     UA_ASSIGN_OR_RETURN(ModelConfig c, ShardConfig(f, size));
     if (rank < 0 || rank >= size)
@@ -96,7 +97,7 @@ StatusOr<std::unique_ptr<Model>> ShardModel(const Model& full, int rank, int siz
     UA_ASSIGN_OR_RETURN(w.final_norm, whole(fw.final_norm, DType::kF32));
     if (fw.lm_head.data == fw.embed.data) {
         w.lm_head = w.embed;
-    } else {
+    } else if (with_lm_head) {
         UA_ASSIGN_OR_RETURN(w.lm_head, whole(fw.lm_head, wt));
     }
     w.layers.resize(f.num_layers);
@@ -166,9 +167,10 @@ StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Create(
         Rank& rk = g->ranks_[r];
         rk.backend = std::move(backends[r]);
         rk.backend->BindThread();  // CUDA: allocations go to this rank's device
-        UA_ASSIGN_OR_RETURN(rk.model, ShardModel(full, r, n, rk.backend.get()));
+        UA_ASSIGN_OR_RETURN(rk.model, ShardModel(full, r, n, rk.backend.get(), /*with_lm_head=*/r == 0));
         rk.runner = std::make_unique<ModelRunner>(rk.model.get(), rk.backend.get());
         rk.runner->SetCommunicator(comms->rank(r));
+        rk.runner->SetComputesLogits(r == 0);  // the engine reads rank 0's logits alone
     }
     g->comms_ = std::move(comms);
     g->ranks_[0].backend->BindThread();  // the calling (engine) thread runs rank 0

@@ -42,8 +42,10 @@ StatusOr<ModelConfig> ShardConfig(const ModelConfig& full, int size);
 int FirstKvHead(const ModelConfig& full, int rank, int size);
 
 // Rank `rank`'s weights (layout above) on `backend`, in its weight dtype, from a model loaded on the CPU
-// backend (host memory; fp32). Tokenizer not copied.
-StatusOr<std::unique_ptr<Model>> ShardModel(const Model& full, int rank, int size, Backend* backend);
+// backend (host memory; fp32). Tokenizer not copied. with_lm_head false leaves lm_head out (null) unless it is
+// the embedding (tied): TensorParallelGroup's ranks other than 0 never compute logits.
+StatusOr<std::unique_ptr<Model>> ShardModel(const Model& full, int rank, int size, Backend* backend,
+                                            bool with_lm_head = true);
 
 // The ranks of one engine: their backends, shard models, runners, caches and threads.
 class TensorParallelGroup {

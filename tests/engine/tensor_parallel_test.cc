@@ -120,6 +120,37 @@ TEST(TensorParallel, ShardsGiveTheWholeModelsLogits) {
     }
 }
 
+// Only rank 0 computes logits: the group's other ranks hold no lm_head (untied), unless it is the embedding (tied).
+TEST(TensorParallel, OnlyRankZeroHoldsTheLmHead) {
+    for (bool tied : {false, true}) {
+        SCOPED_TRACE(tied ? "tied" : "untied");
+        testutil::RandomModelOptions o = Gqa();
+        o.tie_word_embeddings = tied;
+        TempDir tmp;
+        ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), o).ok());
+        auto cpu = MakeCpuBackend(1);
+        auto m = Model::Load(tmp.path(), cpu.get(), false);
+        ASSERT_TRUE(m.ok()) << m.status().ToString();
+        auto r0 = ShardModel(**m, 0, 2, cpu.get());
+        auto r1 = ShardModel(**m, 1, 2, cpu.get(), /*with_lm_head=*/false);  // as the group makes rank 1
+        ASSERT_TRUE(r0.ok() && r1.ok());
+        EXPECT_NE((*r0)->weights.lm_head.data, nullptr);
+        const int64_t head_bytes = static_cast<int64_t>(sizeof(float)) * o.vocab_size * o.hidden_size;
+        if (tied) {
+            EXPECT_EQ((*r1)->weights.lm_head.data, (*r1)->weights.embed.data);
+            EXPECT_EQ((*r1)->weights.bytes, (*r0)->weights.bytes);
+        } else {
+            EXPECT_EQ((*r1)->weights.lm_head.data, nullptr);
+            EXPECT_EQ((*r0)->weights.bytes - (*r1)->weights.bytes, head_bytes);
+        }
+        // The group still gives the whole model's logits.
+        const auto want = RunWhole(**m, cpu.get());
+        const auto got = RunGroup(**m, 2);
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t st = 0; st < want.size(); ++st) EXPECT_LT(RelL2(got[st], want[st]), 1e-5) << "step " << st;
+    }
+}
+
 TEST(TensorParallel, AMisorderedShardIsNotTheModel) {
     // Rank 0 given rank 1's shard and rank 1 rank 0's: the partial sums still add up for o_proj and down_proj
     // (a sum does not care which rank holds which part), but the UniAttn compensation lands on the wrong slice

@@ -434,11 +434,12 @@ class CudaBackend final : public Backend {
         cublasLtMatmulPreferenceDestroy(pref);
         if (!p.ok) {
             p.Reset();
+            // FP8 tensor cores need compute capability 8.9 (Ada) or 9.0 (Hopper) and later.
             std::fprintf(stderr,
-                         "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld (status %d): fp8 weights "
-                         "widened to 16 bits there\n",
+                         "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld on %s (status %d): fp8 weights "
+                         "widened to 16 bits there (FP8 tensor cores need compute capability 8.9 or later)\n",
                          static_cast<long long>(rows), static_cast<long long>(out), static_cast<long long>(in),
-                         static_cast<int>(st));
+                         description_.c_str(), static_cast<int>(st));
         } else if (!fp8_path_logged_) {
             fp8_path_logged_ = true;
             std::fprintf(stderr, "uniattn: FP8 tensor-core GEMMs (cuBLASLt), %s\n",

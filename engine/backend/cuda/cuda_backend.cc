@@ -432,15 +432,18 @@ class CudaBackend final : public Backend {
             }
         }
         cublasLtMatmulPreferenceDestroy(pref);
-        if (!p.ok) {
-            p.Reset();
+        if (!p.ok) p.Reset();
+        if (!p.ok && !fp8_fallback_logged_) {  // once: decode batch sizes would repeat it per shape
+            fp8_fallback_logged_ = true;
             // FP8 tensor cores need compute capability 8.9 (Ada) or 9.0 (Hopper) and later.
-            std::fprintf(stderr,
-                         "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld on %s (status %d): fp8 weights "
-                         "widened to 16 bits there (FP8 tensor cores need compute capability 8.9 or later)\n",
-                         static_cast<long long>(rows), static_cast<long long>(out), static_cast<long long>(in),
-                         description_.c_str(), static_cast<int>(st));
-        } else if (!fp8_path_logged_) {
+            std::fprintf(
+                stderr,
+                "uniattn: cuBLASLt has no FP8 GEMM for %lld x %lld x %lld on %s (status %d): fp8 weights "
+                "widened to 16 bits there and for any such shape (FP8 tensor cores need compute capability 8.9 "
+                "or later)\n",
+                static_cast<long long>(rows), static_cast<long long>(out), static_cast<long long>(in),
+                description_.c_str(), static_cast<int>(st));
+        } else if (p.ok && !fp8_path_logged_) {
             fp8_path_logged_ = true;
             std::fprintf(stderr, "uniattn: FP8 tensor-core GEMMs (cuBLASLt), %s\n",
                          p.outer ? "scales applied by the GEMM (outer-vector scaling)"
@@ -722,7 +725,7 @@ class CudaBackend final : public Backend {
     CublasHandle cublas_;
     CublasLtHandle cublas_lt_;
     std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Fp8GemmPlan>> fp8_plans_;
-    bool fp8_path_logged_ = false;
+    bool fp8_path_logged_ = false, fp8_fallback_logged_ = false;
     void* workspace_[kNumWorkspaces] = {};
     size_t workspace_bytes_[kNumWorkspaces] = {};
     std::vector<void*> retired_;

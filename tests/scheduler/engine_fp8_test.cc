@@ -4,6 +4,8 @@
 // still tells the story the fp32 model tells.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <memory>
 #include <thread>
@@ -94,11 +96,26 @@ TEST(EngineFp8, WeightsAndKvInFp8ServeTheStoryAndBatchLikeAlone) {
         threads.emplace_back([&, i] { together[i] = Generate(*fp8, prompts[i], 24); });
     }
     for (auto& t : threads) t.join();
+    // Batched steps of 4+ rows run the CPU's BLAS GEMM, a lone decode its dot product: the sums may differ in the
+    // last bit, and an fp8 KV cache can turn that bit into the neighbouring e4m3 value, so a near tie between two
+    // tokens can go the other way later in a batched run (seen once in ten runs under load, at token 19 of 24).
+    // The stated tolerance: the first 8 tokens equal, and at least half of the 24.
     for (size_t i = 0; i < prompts.size(); ++i) {
-        EXPECT_EQ(together[i].tokens, alone[i].tokens) << texts[i];
-        EXPECT_EQ(alone[i].tokens.size(), 24u) << texts[i] << ": " << alone[i].text;
+        ASSERT_EQ(alone[i].tokens.size(), 24u) << texts[i] << ": " << alone[i].text;
+        ASSERT_EQ(together[i].tokens.size(), 24u) << texts[i] << ": " << together[i].text;
+        int same = 0;
+        for (size_t j = 0; j < 24; ++j) same += together[i].tokens[j] == alone[i].tokens[j];
+        EXPECT_TRUE(std::equal(alone[i].tokens.begin(), alone[i].tokens.begin() + 8, together[i].tokens.begin()))
+            << texts[i] << ": " << alone[i].text << " | " << together[i].text;
+        EXPECT_GE(same, 12) << texts[i] << ": " << alone[i].text << " | " << together[i].text;
     }
-    EXPECT_EQ(fp8->Stats().num_blocks_used, 0);  // nothing leaked
+    // Nothing leaked: the last blocks are freed at the end of the step that answered, which may come just after
+    // the answer.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (fp8->Stats().num_blocks_used != 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(fp8->Stats().num_blocks_used, 0);
 }
 
 TEST(EngineFp8, KvCacheOnlyKeepsTheWeightsAndBadChoicesFailCreate) {

@@ -31,6 +31,29 @@ class CudaFp8Test : public testutil::OpFixture<> {
         if (!gpu.ok()) GTEST_SKIP() << "no CUDA device: " << gpu.status().ToString();
         cpu_ = MakeCpuBackend(2);
     }
+    // y0 [T, out] plus, on `be`: op 0 x · wᵀ (MatMul); 1 RmsNorm(x) · wᵀ with unit norm weights (NormMatMul);
+    // 2 (silu(x) · x) · wᵀ, the SwiGLU of [x | x] (SiluMulMatMul). x [T, in] from the host; the result downloaded.
+    std::vector<float> RunOp(Backend* be, const Tensor& w, int op, const std::vector<float>& x_host,
+                             const std::vector<float>& y0, int64_t T, int64_t in, int64_t out) {
+        const Tensor x = MakeTensor(UploadTo(be, x_host), DType::kF32, T, in);
+        const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, out);
+        if (op == 0) {
+            be->MatMul(x, w, y, true);
+        } else if (op == 1) {
+            const Tensor g = MakeTensor(UploadTo(be, std::vector<float>(in, 1.0f)), DType::kF32, 1, in);
+            const Tensor xn = MakeTensor(UploadTo(be, std::vector<float>(T * in)), DType::kF32, T, in);
+            be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
+        } else {
+            std::vector<float> gu(static_cast<size_t>(2 * T * in));
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t i = 0; i < in; ++i) gu[t * 2 * in + i] = gu[t * 2 * in + in + i] = x_host[t * in + i];
+            }
+            const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * in);
+            const Tensor mlp = MakeTensor(UploadTo(be, std::vector<float>(T * in)), DType::kF32, T, in);
+            be->SiluMulMatMul(tgu, w, y, mlp, true);
+        }
+        return DownloadFrom(be, y.data, static_cast<size_t>(T * out), DType::kF32);
+    }
     std::unique_ptr<Backend> cpu_;
 };
 
@@ -123,28 +146,7 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
                     }
                 }
                 auto run = [&](Backend* be, const Tensor& w, int op) {
-                    const Tensor x = MakeTensor(UploadTo(be, xh), DType::kF32, T, sh.in);
-                    const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, sh.out);
-                    if (op == 0) {
-                        be->MatMul(x, w, y, true);
-                    } else if (op == 1) {  // RmsNorm(x) with unit weights: the same sum, normalised rows
-                        const Tensor g =
-                            MakeTensor(UploadTo(be, std::vector<float>(sh.in, 1.0f)), DType::kF32, 1, sh.in);
-                        const Tensor xn =
-                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                        be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
-                    } else {  // SwiGLU of [x | x]
-                        std::vector<float> gu(static_cast<size_t>(2 * T * sh.in));
-                        for (int64_t t = 0; t < T; ++t) {
-                            for (int64_t i = 0; i < sh.in; ++i)
-                                gu[t * 2 * sh.in + i] = gu[t * 2 * sh.in + sh.in + i] = xh[t * sh.in + i];
-                        }
-                        const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * sh.in);
-                        const Tensor mlp =
-                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                        be->SiluMulMatMul(tgu, w, y, mlp, true);
-                    }
-                    return DownloadFrom(be, y.data, static_cast<size_t>(T * sh.out), DType::kF32);
+                    return RunOp(be, w, op, xh, y0, T, sh.in, sh.out);
                 };
                 ExpectNear(run(gpu->get(), wg, 0), run(cpu_.get(), wc, 0), tol, "MatMul");
                 // The norm and SwiGLU change magnitudes (normalised rows, silu(x)·x <= x² of |x| <= 2): the same
@@ -198,28 +200,7 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
                     }
                 }
                 auto run = [&](Backend* be, const Tensor& w, int op, const std::vector<float>& x_host) {
-                    const Tensor x = MakeTensor(UploadTo(be, x_host), DType::kF32, T, sh.in);
-                    const Tensor y = MakeTensor(UploadTo(be, y0), DType::kF32, T, sh.out);
-                    if (op == 0) {
-                        be->MatMul(x, w, y, true);
-                    } else if (op == 1) {
-                        const Tensor g =
-                            MakeTensor(UploadTo(be, std::vector<float>(sh.in, 1.0f)), DType::kF32, 1, sh.in);
-                        const Tensor xn =
-                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                        be->NormMatMul(x, g, 1e-5f, w, y, xn, true);
-                    } else {
-                        std::vector<float> gu(static_cast<size_t>(2 * T * sh.in));
-                        for (int64_t t = 0; t < T; ++t) {
-                            for (int64_t i = 0; i < sh.in; ++i)
-                                gu[t * 2 * sh.in + i] = gu[t * 2 * sh.in + sh.in + i] = x_host[t * sh.in + i];
-                        }
-                        const Tensor tgu = MakeTensor(UploadTo(be, gu), DType::kF32, T, 2 * sh.in);
-                        const Tensor mlp =
-                            MakeTensor(UploadTo(be, std::vector<float>(T * sh.in)), DType::kF32, T, sh.in);
-                        be->SiluMulMatMul(tgu, w, y, mlp, true);
-                    }
-                    return DownloadFrom(be, y.data, static_cast<size_t>(T * sh.out), DType::kF32);
+                    return RunOp(be, w, op, x_host, y0, T, sh.in, sh.out);
                 };
                 // MatMul against the oracle on the host-quantized activations.
                 std::vector<float> xs;

@@ -233,9 +233,9 @@ class Backend {
     std::vector<float> sample_rows_;
 };
 
-// fp8_activations: MatMul of 3+ rows by an fp8_rows weight first rounds each activation row to e4m3 with the
-// scale amax/448 (the values the CUDA backend's FP8 tensor-core GEMMs multiply, bit for bit), so quality and
-// the CUDA oracle can include per-token activation quantization; off, activations stay fp32.
+// fp8_activations: MatMul of 3+ rows by an fp8_rows weight (both dimensions multiples of 16) first rounds each
+// activation row to e4m3 with the scale amax/448 (the values the CUDA backend's FP8 tensor-core GEMMs multiply, bit for
+// bit), so quality and the CUDA oracle can include per-token activation quantization; off, activations stay fp32.
 std::unique_ptr<Backend> MakeCpuBackend(int num_threads, bool fp8_activations = false);
 // Which backends this build has: "cpu" always, "cuda" when compiled in.
 bool HasBackend(const std::string& name);

@@ -331,10 +331,11 @@ TEST(Fp8Checkpoint, QuantizingAtLoadEqualsTheCheckpointQuantizedPerChannel) {
 }
 
 // MakeCpuBackend(n, fp8_activations=true): MatMul of 3+ rows by an fp8_rows weight rounds each activation row to
-// e4m3 with s = amax / 448 first (the CUDA FP8 GEMMs' inputs); 1-2 rows (the GEMVs) and other weights are exact.
+// e4m3 with s = amax / 448 first (the CUDA FP8 GEMMs' inputs); 1-2 rows (the GEMVs), other weights and shapes
+// cuBLASLt's FP8 GEMMs do not take (a dimension not a multiple of 16: widened on CUDA) are exact.
 TEST(Fp8Activations, TheCpuEmulationRoundsEachTokenAsTheFp8GemmsDo) {
     testutil::Rng rng(77);
-    const int64_t in = 40, out = 24;
+    const int64_t in = 48, out = 32;
     auto emu = MakeCpuBackend(1, true);
     auto plain = MakeCpuBackend(1);
     std::vector<float> w(static_cast<size_t>(out * in));
@@ -364,6 +365,14 @@ TEST(Fp8Activations, TheCpuEmulationRoundsEachTokenAsTheFp8GemmsDo) {
         Tensor not_fp8 = wt;
         not_fp8.fp8_rows = false;
         EXPECT_EQ(mm(emu.get(), x, not_fp8), mm(plain.get(), x, not_fp8));
+        Tensor rows_24 = wt;  // 24 output rows: no FP8 GEMM on CUDA either
+        rows_24.rows = 24;
+        std::vector<float> y24(static_cast<size_t>(T * 24)), want24(y24.size());
+        emu->MatMul(MakeTensor(x.data(), DType::kF32, T, in), rows_24, MakeTensor(y24.data(), DType::kF32, T, 24),
+                    false);
+        plain->MatMul(MakeTensor(x.data(), DType::kF32, T, in), rows_24, MakeTensor(want24.data(), DType::kF32, T, 24),
+                      false);
+        EXPECT_EQ(y24, want24);
     }
 }
 

@@ -349,19 +349,33 @@ TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
             const auto plain = steps(**cm, cpu_.get());
             const auto got = steps(**gm, gpu->get());
             ASSERT_EQ(got.size(), want.size());
+            double sum_oracle = 0, sum_plain = 0;
             for (size_t i = 0; i < want.size(); ++i) {
-                const double e = RelL2(got[i], want[i]);
+                const double e = RelL2(got[i], want[i]), e_plain = RelL2(got[i], plain[i]);
+                sum_oracle += e;
+                sum_plain += e_plain;
                 std::printf(
                     "[ metric   ] %s %s step %zu: relative L2 logit error %.3g (to the fp32-activation "
                     "oracle %.3g)\n",
-                    c.name.c_str(), tensor_cores ? "fp8-tc" : "widened", i, e, RelL2(got[i], plain[i]));
-                // Widened: the prefill's GEMMs round activations and widened weights to fp16 (about 1e-3 relative
-                // per layer), and the decode steps attend over the K/V it wrote; their own GEMVs are fp32
-                // arithmetic on the same values. Tensor cores: the prefill's activations are e4m3 on both sides
-                // (the CPU emulates the rounding), fp32 sums in another order; a fused input one bit off can round
-                // to a neighbouring e4m3 value, rarely. A misplaced scale or byte, or activations left unrounded,
-                // is O(1e-1) or more.
-                EXPECT_LT(e, 1e-2) << c.name << " step " << i;
+                    c.name.c_str(), tensor_cores ? "fp8-tc" : "widened", i, e, e_plain);
+                if (!tensor_cores) {
+                    // The prefill's GEMMs round activations and widened weights to fp16 (about 1e-3 relative per
+                    // layer), and the decode steps attend over the K/V it wrote; their own GEMVs are fp32
+                    // arithmetic on the same values.
+                    EXPECT_LT(e, 1e-2) << c.name << " step " << i;
+                } else {
+                    // A misplaced scale or byte is O(1e-1) or more against either oracle.
+                    EXPECT_LT(e, 0.1) << c.name << " step " << i;
+                }
+            }
+            if (tensor_cores) {
+                // The prefill's activations are e4m3 on both sides, but the inputs of each rounding differ in
+                // their last bits (fp32 sums in other orders), now and then one lands on the other side of a
+                // rounding boundary, and in models this narrow one activation a whole e4m3 step off moves the
+                // logits by about 1e-2 (measured on an H100, 2026-12-07: 0.008-0.05 to the emulating oracle,
+                // 0.024-0.06 to the unrounded one). So the check is which oracle the GPU follows: activations
+                // left unrounded would sit near the fp32-activation oracle (the widened run's 1e-3).
+                EXPECT_LT(sum_oracle, 0.7 * sum_plain) << c.name;
             }
         }
     }

@@ -141,8 +141,10 @@ class CpuBackend final : public Backend {
     }
 
     void MatMul(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
-        if (fp8_activations_ && w.fp8_rows && x.rows > 2) {
+        if (fp8_activations_ && w.fp8_rows && x.rows > 2 && x.cols % 16 == 0 && w.rows % 16 == 0) {
             // Per token, as the CUDA backend's FP8 GEMMs: s = amax / 448 (1 for a zero row), x -> e4m3(x / s) · s.
+            // Those need both dimensions to be multiples of 16 (cuBLASLt's FP8 rule); other shapes keep fp32
+            // activations there too (their weights widened).
             const int64_t T = x.rows, in = x.cols;
             fp8_x_.resize(static_cast<size_t>(T * in));
             for (int64_t t = 0; t < T; ++t) {

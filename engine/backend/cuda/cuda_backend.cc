@@ -446,8 +446,10 @@ class CudaBackend final : public Backend {
         } else if (p.ok && !fp8_path_logged_) {
             fp8_path_logged_ = true;
             std::fprintf(stderr, "uniattn: FP8 tensor-core GEMMs (cuBLASLt), %s\n",
-                         p.outer ? "scales applied by the GEMM (outer-vector scaling)"
-                                 : "scales applied after the GEMM (the library has no outer-vector scaling here)");
+                         p.outer                     ? "scales applied by the GEMM (outer-vector scaling)"
+                         : options_.fp8_outer_scales ? "scales applied after the GEMM (the library has no "
+                                                       "outer-vector scaling here)"
+                                                     : "scales applied after the GEMM (fp8_outer_scales off)");
         }
         return p;
     }

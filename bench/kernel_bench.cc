@@ -4,6 +4,7 @@
 // bandwidth against the measured device copy bandwidth.
 //
 //   uniattn-kernel-bench [--config bench/configs/llama2-7b.json] [--decode 1x512,16x4096] [--reps 50]
+//                        [--attention-only | --fp8-gemm]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -72,7 +73,7 @@ std::unique_ptr<DeviceBuffer> Alloc(Backend* be, size_t bytes) {
 int Main(int argc, char** argv) {
     std::string path = "bench/configs/llama2-7b.json", decode = "1x512,16x4096,32x2048";
     int reps = 50;
-    bool attention_only = false;
+    bool attention_only = false, fp8_gemm = false;
     CLI::App app{
         "Each CUDA backend op alone at the shapes of a real model (bench/configs), timed over back-to-back "
         "launches.",
@@ -81,6 +82,9 @@ int Main(int argc, char** argv) {
     app.add_option("--decode", decode, "attention decode cases BxC, comma-separated")->capture_default_str();
     app.add_option("--reps", reps, "launches per timing round")->capture_default_str();
     app.add_flag("--attention-only", attention_only, "time the attention ops only");
+    app.add_flag("--fp8-gemm", fp8_gemm,
+                 "time only MatMul of each matrix with e4m3 weights beside fp16 ones, 1 to 2048 rows, under the FP8 "
+                 "GEMM options (fast accumulation, timed cuBLASLt candidates, scales after the GEMM)");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;
@@ -136,10 +140,60 @@ int Main(int argc, char** argv) {
                         {"gate_up", 2 * ff, d},
                         {"down", d, ff},
                         {"lm_head", c.vocab_size, d}};
-    const int64_t max_rows = 256;
+    const int64_t max_rows = fp8_gemm ? 2048 : 256;
     auto x = Alloc(be, sizeof(float) * max_rows * std::max(ff, d));
     auto y = Alloc(be, sizeof(float) * max_rows * std::max<int64_t>(2 * ff, c.vocab_size));
     be->FillUniform(x->data(), DType::kF32, max_rows * std::max(ff, d), -1, 1, 2);
+    if (fp8_gemm) {
+        // us per MatMul, fp16 weights (the default backend: 16-bit activations) against e4m3 weights with a scale
+        // per row under each FP8 option set; GB/s counts the weight bytes once.
+        struct Fp8Case {
+            const char* name;
+            CudaBackendOptions o;
+        };
+        std::vector<Fp8Case> fp8_cases(4);
+        fp8_cases[0].name = "fp8";
+        fp8_cases[1].name = "fp8 fast-accum";
+        fp8_cases[1].o.fp8_fast_accum = true;
+        fp8_cases[2].name = "fp8 8 candidates";
+        fp8_cases[2].o.fp8_algo_candidates = 8;
+        fp8_cases[3].name = "fp8 fast-accum 8 candidates";
+        fp8_cases[3].o.fp8_fast_accum = true;
+        fp8_cases[3].o.fp8_algo_candidates = 8;
+        std::vector<std::unique_ptr<Backend>> fp8_bes;
+        for (const Fp8Case& fc : fp8_cases) {
+            auto r = CreateCudaBackend(fc.o);
+            if (!r.ok()) return 1;
+            fp8_bes.push_back(std::move(r).value());
+        }
+        std::printf("MatMul, fp16 against e4m3 weights (us per call)\n");
+        for (const Mat& m : mats) {
+            auto w16 = Alloc(be, 2 * m.out * m.in);
+            be->FillUniform(w16->data(), DType::kF16, m.out * m.in, -0.02f, 0.02f, 3);
+            auto w8 = Alloc(be, m.out * m.in);
+            be->FillUniform(w8->data(), DType::kF8E4M3, m.out * m.in, -448.0f, 448.0f, 3);
+            auto sc = Alloc(be, sizeof(float) * m.out);
+            be->FillUniform(sc->data(), DType::kF32, m.out, 2e-5f, 6e-5f, 4);
+            const Tensor t16 = MakeTensor(w16->data(), DType::kF16, m.out, m.in);
+            Tensor t8 = MakeTensor(w8->data(), DType::kF8E4M3, m.out, m.in);
+            t8.scale = static_cast<const float*>(sc->data());
+            t8.fp8_rows = true;
+            for (int64_t T : {1, 2, 16, 32, 64, 128, 256, 512, 2048}) {
+                const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
+                const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
+                const std::string at = std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) +
+                                       "x" + std::to_string(m.in) + "] ";
+                bench.Report(at + "fp16", bench.Time([&] { be->MatMul(tx, t16, ty, false); }), 2.0 * m.out * m.in);
+                for (size_t i = 0; i < fp8_cases.size(); ++i) {
+                    if (T <= 2 && i > 0) break;  // GEMVs: the FP8 GEMM options do not apply
+                    Backend* fb = fp8_bes[i].get();
+                    bench.Report(at + fp8_cases[i].name, bench.Time([&] { fb->MatMul(tx, t8, ty, false); }),
+                                 1.0 * m.out * m.in);
+                }
+            }
+        }
+        return 0;
+    }
     if (!attention_only) std::printf("MatMul (fp16 weights, fp32 activations)\n");
     for (const Mat& m : attention_only ? std::span<const Mat>() : std::span<const Mat>(mats)) {
         auto w = Alloc(be, 2 * m.out * m.in);

@@ -519,8 +519,10 @@ TEST_F(CudaFp8Test, KvWritesStoreTheCpuBytes) {
 }
 
 // Attention and ReuseAttention over fp8 planes against the CPU backend over the same bytes and scales: decode
-// (one and several splits, MHA / GQA, head_dim 128 / 64 / generic), prefill tiles, mixed batches, anchor
-// probabilities, with the default plan (fp8 leaves the tensor cores to 16-bit planes) and one head per decode block.
+// (one and several splits, MHA / GQA / MQA, head_dim 128 / 64 / generic, up to 4 sequences, whose last split block
+// merges, and more, merged by the combine kernel), prefill tiles, mixed batches, anchor probabilities; on CUDA cores
+// and with tensor cores (GQA decode with head_dim 64/128 on DecodeMmaKernel, e4m3 widened to fp16; prefill stays on
+// the CUDA-core kernel), each with up to 4 (8 on tensor cores) query heads per decode block and with one.
 TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
     using testutil::AttnCase;
     using testutil::AttnSetup;
@@ -533,16 +535,30 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
         {4, 1, 64, 32, {130}, {65}},                    // MQA prefill after a cached prefix
         {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},    // odd head_dim and block size
         {4, 4, 128, 16, {260, 200}, {260, 130}},        // MHA prefill over several tiles
+        // GQA decode of more than 4 sequences (the combine kernel merges the splits): n_rep 7 (a head group of 7,
+        // one spare row of the tensor-core tile), head_dim 128; n_rep 4, head_dim 64; both with one split and many.
+        {14, 2, 128, 16, {700, 33, 2500, 5, 1200}, {1, 1, 1, 1, 1}},
+        {16, 4, 64, 16, {2100, 129, 64, 1000, 3, 257}, {1, 1, 1, 1, 1, 1}},
+        {16, 1, 64, 32, {3000, 50}, {1, 1}},  // MQA decode: n_rep 16, two head groups
     };
+    const struct {
+        bool tensor_cores;
+        int heads_per_block;
+        const char* name;
+    } plans[] = {{false, 0, "CUDA cores"},
+                 {false, 1, "CUDA cores, one head per block"},
+                 {true, 0, "tensor cores"},
+                 {true, 1, "tensor cores, one head per block"}};
     Rng rng(1819);
-    for (int heads_per_block : {0, 1}) {
+    for (const auto& plan : plans) {
         CudaBackendOptions options;
-        options.decode_heads_per_block = heads_per_block;  // tensor_core_attention stays on: fp8 must ignore it
+        options.tensor_core_attention = plan.tensor_cores;
+        options.decode_heads_per_block = plan.heads_per_block;
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
         Backend* g = gpu->get();
         for (const AttnCase& c : cases) {
-            SCOPED_TRACE(testutil::Describe(c) + (heads_per_block == 1 ? ", one head per block" : ""));
+            SCOPED_TRACE(testutil::Describe(c) + ", " + plan.name);
             AttnSetup s = testutil::MakeAttnSetup(rng, c);
             // Heads of different magnitudes, each with its own scale (amax / 224, as calibration sets them).
             std::vector<float> k_scale(c.num_kv_heads), v_scale(c.num_kv_heads);
@@ -591,7 +607,9 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
                            DownloadFrom(be, reuse.data, reuse.rows * width)};
             };
             const Out want = run(cpu_.get()), got = run(g);
-            // Both sides read e4m3(b) · scale exactly; what differs is fp32 summation order (splits, tiles).
+            // Both sides read e4m3(b) · scale exactly; what differs is fp32 summation order (splits, tiles) and, on
+            // tensor cores, where the scales multiply (the scores and the output, not each element) and Q and P as
+            // sums of two f16 parts (as for fp16 planes, whose tensor-core tolerance is the same 2e-5).
             const double vmax = 2.0;
             ExpectNear(got.out, want.out, std::vector<double>(want.out.size(), 2e-5 * vmax), "Attention out");
             ExpectNear(got.reuse, want.reuse, std::vector<double>(want.reuse.size(), 2e-5 * vmax), "ReuseAttention");
@@ -604,7 +622,8 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
 
 // Whole random models (MHA, GQA, UniAttn with reuse layers reading fp8 V) with 16-bit weights and an fp8 e4m3 KV
 // cache on both backends, with the same scales: the CPU's calibration (CalibrateKvScales), which the GPU's own
-// calibration must reproduce (it runs the model forward on the CUDA backend).
+// calibration must reproduce (it runs the model forward on the CUDA backend). The GPU decodes with tensor-core
+// attention (the default: GQA decode steps on DecodeMmaKernel) and on CUDA cores.
 TEST_F(CudaFp8Test, RandomModelsWithAnFp8KvCacheMatchTheCpuOracle) {
     for (const ModelCase& c : ModelCases()) {
         SCOPED_TRACE(c.name);
@@ -655,17 +674,27 @@ TEST_F(CudaFp8Test, RandomModelsWithAnFp8KvCacheMatchTheCpuOracle) {
         };
         const auto want = steps(**cm, cpu_.get(), DType::kF8E4M3);
         const auto exact_kv = steps(**cm, cpu_.get(), std::nullopt);  // fp32 KV: how much fp8 KV moves the logits
-        const auto got = steps(**gm, gpu->get(), DType::kF8E4M3);
-        ASSERT_EQ(got.size(), want.size());
-        for (size_t i = 0; i < want.size(); ++i) {
-            const double e = RelL2(got[i], want[i]);
-            std::printf(
-                "[ metric   ] %s fp8 KV step %zu: relative L2 logit error %.3g (fp8 against fp32 KV on the CPU: "
-                "%.3g)\n",
-                c.name.c_str(), i, e, RelL2(want[i], exact_kv[i]));
-            // The prefill's GEMMs round activations to fp16 (about 1e-3 relative per layer), so a K/V value near
-            // a rounding boundary may land on the neighbouring e4m3 code; a misplaced scale or byte is O(1e-1).
-            EXPECT_LT(e, 1e-2) << c.name << " step " << i;
+        CudaBackendOptions cuda_cores;
+        cuda_cores.tensor_core_attention = false;
+        auto gpu_cc = CreateCudaBackend(cuda_cores);
+        ASSERT_TRUE(gpu_cc.ok());
+        auto gm_cc = Model::Load(tmp.path(), gpu_cc->get(), false);
+        ASSERT_TRUE(gm_cc.ok()) << gm_cc.status().ToString();
+        for (bool tensor_cores : {true, false}) {
+            const auto got =
+                tensor_cores ? steps(**gm, gpu->get(), DType::kF8E4M3) : steps(**gm_cc, gpu_cc->get(), DType::kF8E4M3);
+            const char* attn = tensor_cores ? "tensor-core attention" : "CUDA-core attention";
+            ASSERT_EQ(got.size(), want.size());
+            for (size_t i = 0; i < want.size(); ++i) {
+                const double e = RelL2(got[i], want[i]);
+                std::printf(
+                    "[ metric   ] %s fp8 KV step %zu, %s: relative L2 logit error %.3g (fp8 against fp32 KV on the "
+                    "CPU: %.3g)\n",
+                    c.name.c_str(), i, attn, e, RelL2(want[i], exact_kv[i]));
+                // The prefill's GEMMs round activations to fp16 (about 1e-3 relative per layer), so a K/V value near
+                // a rounding boundary may land on the neighbouring e4m3 code; a misplaced scale or byte is O(1e-1).
+                EXPECT_LT(e, 1e-2) << c.name << " step " << i << ", " << attn;
+            }
         }
     }
 }

@@ -15,8 +15,10 @@
 // materialises the score matrix. With tensor cores (16-bit planes, head_dim 64/128) PrefillMmaKernel does
 // the same on mma.sync with 64 x 64 tiles staged in shared memory; otherwise PrefillKernel on CUDA cores.
 //
-// fp8 e4m3 planes (PagedBatch::k_scale / v_scale) run on the CUDA-core kernels (DecodeStreamKernel, PrefillKernel;
-// the mma.sync ones take 16-bit planes): each element read is multiplied by its KV head's scale (Dequant).
+// fp8 e4m3 planes (PagedBatch::k_scale / v_scale): the CUDA-core kernels (DecodeStreamKernel, PrefillKernel)
+// multiply each element read by its KV head's scale (Dequant). GQA decode with tensor cores (head_dim 64/128)
+// runs DecodeMmaKernel on them: the e4m3 bytes are widened to fp16 in registers (exact) and the scales are
+// applied once per block, K's to the scores and V's to the output. Prefill of fp8 planes stays on PrefillKernel.
 //
 // Sliding window (Mistral): a token at pos attends to pos - W < j <= pos. Decode splits cut only the window
 // (SplitsFor), so positions before it cost no block and no load; prefill tiles start at the window of the
@@ -463,7 +465,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
                                     part_acc, part_ml, stats, counters);
 }
 
-// ---- Decode on tensor cores (PagedBatch::tensor_cores, 16-bit K/V planes, head_dim 64 or 128) ----
+// ---- Decode on tensor cores (PagedBatch::tensor_cores, 16-bit or fp8 K/V planes, head_dim 64 or 128) ----
 //
 // The same work split as DecodeStreamKernel (a block: one decode token, one KV head, up to kMmaHeads of its
 // query heads, one split of the context; the warps take turns over 16-token tiles), but QK^T and P·V run as
@@ -479,6 +481,11 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeStreamKernel(
 //  - P·V: the k index is the token, so a B register needs two tokens' values of one dim. A lane loads dims
 //    [64·hh + 8g, +8) of tokens 2c, 2c+1, 2c+8, 2c+9 and pairs them with byte permutes; output column n of
 //    n8 tile nt is dim (nt / 8)·64 + 8n + nt % 8 (kMmaDim), undone when the block writes its result.
+// fp8 e4m3 planes: the same 8 elements per load come in 8 bytes (a uint2), held raw while in flight and widened to
+// fp16 (Widen16: the words a 16-bit plane's 16-byte load would hold) where the mma.sync reads them; the products run
+// on f16 with the raw e4m3 values (Q and P split into f16 halves as for fp16 planes), the head's K scale joins
+// 1/sqrt(head_dim) on the scores, and its V scale multiplies the block's output (before the splits' merge, which is
+// linear in it; the probabilities never see it).
 constexpr int kMmaHeads = 8;  // query heads per tensor-core decode block (the high rows of an m16 tile)
 constexpr int kMmaTile = 16;  // cached tokens per warp step (two n8 tiles of scores, one k16 step of P·V)
 
@@ -521,17 +528,51 @@ __device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
     return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
-// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads.
-template <typename T, int kHd, bool kReuse>
+// The mma.sync element type for planes of P: 16-bit planes as stored, fp8 e4m3 widened to fp16 (every e4m3 value,
+// subnormals included, is exact in fp16).
+template <typename P>
+using MmaType = std::conditional_t<kFp8Kv<P>, __half, P>;
+// What DecodeMmaKernel loads of 8 consecutive elements: 16 bytes of a 16-bit plane, 8 of an fp8 one.
+template <typename P>
+using Raw8 = std::conditional_t<kFp8Kv<P>, uint2, uint4>;
+// Planes DecodeMmaKernel reads: 16-bit and fp8 e4m3.
+template <typename P>
+inline constexpr bool kMmaKv = sizeof(P) == 2 || kFp8Kv<P>;
+
+// 8 elements as loaded, in the layout of a 16-bit plane's 16-byte load: word w holds elements 2w (low half) and
+// 2w + 1 (high half). 16-bit planes: as they are.
+__device__ __forceinline__ uint4 Widen16(const uint4& v) { return v; }
+// fp8 e4m3 (element i in byte i of the uint2) to fp16. cvt.rn.f16x2.e4m3x2 puts the low byte of its 16-bit source
+// in the low half of the result (as cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2 reads it), so byte pair (2w, 2w + 1)
+// becomes word w. The NaN codes 0x7F / 0xFF (never written: the KV writes saturate) become NaN here, unlike ToFloat.
+__device__ __forceinline__ uint32_t E4m3x2ToHalf2(uint32_t two) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    uint32_t h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(static_cast<uint16_t>(two)));
+    return h2;
+#else
+    const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two), __NV_E4M3);
+    return static_cast<uint32_t>(r.x) | (static_cast<uint32_t>(r.y) << 16);
+#endif
+}
+__device__ __forceinline__ uint4 Widen16(const uint2& v) {
+    return make_uint4(E4m3x2ToHalf2(v.x), E4m3x2ToHalf2(v.x >> 16), E4m3x2ToHalf2(v.y), E4m3x2ToHalf2(v.y >> 16));
+}
+
+// grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads. P: the planes' element type (fp16, bf16,
+// fp8 e4m3), T: the mma's.
+template <typename P, int kHd, bool kReuse>
 __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
-    const T* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
-    const T* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
+    const P* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
+    const P* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
     PagedBatch b, int heads_per_block, int max_splits, float* __restrict__ out, int64_t out_ld,
     float* __restrict__ part_acc, float* __restrict__ part_ml, float* __restrict__ stats, float* __restrict__ probs,
     int64_t probs_ld, unsigned* __restrict__ counters) {
     PdlEnter();
     static_assert(kHd == 64 || kHd == 128, "specialised head dims only");
+    using T = MmaType<P>;
+    using Raw = Raw8<P>;
     constexpr int kChunks = kHd / 32;  // QK^T: 32-dim chunks, two k16 steps each
     constexpr int kNTiles = kHd / 8;   // P·V: n8 tiles of the output
     constexpr int kHalves = kHd / 64;  // P·V: 64-dim ranges of a lane's V loads
@@ -540,7 +581,12 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     const int s = blk.s, t = blk.t, num_splits = blk.num_splits, split = blk.split, kvh = blk.kvh, h0 = blk.h0;
     const int nh = blk.nh, start = blk.start, end = blk.end;
     const int32_t* table = blk.table;
-    const float scale = 1.0f / sqrtf(static_cast<float>(kHd));  // the CPU backend's rounding
+    float scale = 1.0f / sqrtf(static_cast<float>(kHd));  // the CPU backend's rounding
+    float v_scale = 1.0f;
+    if constexpr (kFp8Kv<P>) {  // the scores and the output of raw e4m3 values, times the head's scales
+        if constexpr (!kReuse) scale *= KvScale<P>(b.k_scale, kvh);
+        v_scale = KvScale<P>(b.v_scale, kvh);
+    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const bool row_ok = g < nh;  // lane's row: query head h0 + g
@@ -569,19 +615,18 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     // K fragments of the tile at j0: token j0 + 8·tile + g, dims 32·ch + 8c ..; loaded one tile ahead (right
     // after the QK^T of the tile before, whose K registers are then free), so they arrive during its softmax
     // and P·V instead of stalling the next tile's QK^T.
-    uint4 kr[2][kChunks];  // unused by reuse layers
+    Raw kr[2][kChunks];  // unused by reuse layers
     auto load_k = [&](int j0) {
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile) {
             const int j = j0 + tile * 8 + g;
             if (j < end) {
-                const T* row = k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + c * 8;
+                const P* row = k_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + c * 8;
 #pragma unroll
-                for (int ch = 0; ch < kChunks; ++ch)
-                    kr[tile][ch] = __ldg(reinterpret_cast<const uint4*>(row + ch * 32));
+                for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = __ldg(reinterpret_cast<const Raw*>(row + ch * 32));
             } else {
 #pragma unroll
-                for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = make_uint4(0, 0, 0, 0);
+                for (int ch = 0; ch < kChunks; ++ch) kr[tile][ch] = Raw{};
             }
         }
     };
@@ -590,17 +635,17 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
         if (start + warp * kMmaTile < end) load_k(start + warp * kMmaTile);
     }
     for (int j0 = start + warp * kMmaTile; j0 < end; j0 += kStride) {
-        uint4 vr[4][kHalves];  // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
+        Raw vr[4][kHalves];  // tokens j0 + 2c + {0, 1, 8, 9}, dims 64·hh + 8g ..
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int j = j0 + 2 * c + (i & 1) + (i >> 1) * 8;
             if (j < end) {  // V past the split must be 0, not stale: P is 0 there but 0 · NaN is not
-                const T* row = v_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + g * 8;
+                const P* row = v_plane + KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + g * 8;
 #pragma unroll
-                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = __ldg(reinterpret_cast<const uint4*>(row + hh * 64));
+                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = __ldg(reinterpret_cast<const Raw*>(row + hh * 64));
             } else {
 #pragma unroll
-                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = make_uint4(0, 0, 0, 0);
+                for (int hh = 0; hh < kHalves; ++hh) vr[i][hh] = Raw{};
             }
         }
         float p[2][2];  // [tile][i]: token j0 + 8·tile + 2c + i of row g
@@ -611,8 +656,9 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
                 sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
 #pragma unroll
                 for (int ch = 0; ch < kChunks; ++ch) {
-                    Mma16816<T>(sc[tile], qa[ch][0], kr[tile][ch].x, kr[tile][ch].y);
-                    Mma16816<T>(sc[tile], qa[ch][1], kr[tile][ch].z, kr[tile][ch].w);
+                    const uint4 kw = Widen16(kr[tile][ch]);
+                    Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
+                    Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
                 }
             }
             if (j0 + kStride < end) load_k(j0 + kStride);  // the next tile's K, in flight from here
@@ -665,13 +711,26 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
         uint32_t pa[4];  // P's A fragment: tokens 2c, 2c+1 (tile 0) and 2c+8, 2c+9 (tile 1); hi rows, lo rows
         SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
         SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
+        auto pv = [&](const uint4(&vw)[4][kHalves]) {  // V's words as a 16-bit plane holds them
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-            const int hh = nt >> 3, w = (nt & 7) >> 1;
-            const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;  // the high or low halves of two words
-            const uint32_t b0 = __byte_perm(Word(vr[0][hh], w), Word(vr[1][hh], w), sel);
-            const uint32_t b1 = __byte_perm(Word(vr[2][hh], w), Word(vr[3][hh], w), sel);
-            Mma16816<T>(o[nt], pa, b0, b1);
+            for (int nt = 0; nt < kNTiles; ++nt) {
+                const int hh = nt >> 3, w = (nt & 7) >> 1;
+                const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;  // the high or low halves of two words
+                const uint32_t b0 = __byte_perm(Word(vw[0][hh], w), Word(vw[1][hh], w), sel);
+                const uint32_t b1 = __byte_perm(Word(vw[2][hh], w), Word(vw[3][hh], w), sel);
+                Mma16816<T>(o[nt], pa, b0, b1);
+            }
+        };
+        if constexpr (kFp8Kv<P>) {
+            uint4 vw[4][kHalves];  // each word converted once (two n8 tiles read it)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                for (int hh = 0; hh < kHalves; ++hh) vw[i][hh] = Widen16(vr[i][hh]);
+            }
+            pv(vw);
+        } else {
+            pv(vr);
         }
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -683,8 +742,13 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
         float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-            acc[KmmaDim(nt, 2 * c)] = o[nt][0] + o[nt][2];
-            acc[KmmaDim(nt, 2 * c + 1)] = o[nt][1] + o[nt][3];
+            if constexpr (kFp8Kv<P>) {
+                acc[KmmaDim(nt, 2 * c)] = (o[nt][0] + o[nt][2]) * v_scale;
+                acc[KmmaDim(nt, 2 * c + 1)] = (o[nt][1] + o[nt][3]) * v_scale;
+            } else {
+                acc[KmmaDim(nt, 2 * c)] = o[nt][0] + o[nt][2];
+                acc[KmmaDim(nt, 2 * c + 1)] = o[nt][1] + o[nt][3];
+            }
         }
         if (c == 0) {
             s_ml[(warp * kMmaHeads + g) * 2] = m;
@@ -1147,13 +1211,12 @@ int MaxAttended(const PagedBatch& b) {
     return b.sliding_window > 0 ? std::min(b.max_context_len, b.sliding_window) : b.max_context_len;
 }
 
-// Whether a decode launch over planes of T runs DecodeMmaKernel.
+// Whether a decode launch over planes of T (16-bit or fp8 e4m3) runs DecodeMmaKernel.
 template <typename T>
 bool DecodeOnTensorCores(const PagedBatch& b) {
     // MHA stays on the CUDA-core kernel: one real row of 16 lost to it (81% against 95% of copy bandwidth at
     // Llama-2-7B 16x4096, docs/gpu-notes.md); GQA gains (66% against 44% at Llama-3-8B 16x4096).
-    return sizeof(T) == 2 && b.tensor_cores && b.num_heads / b.num_kv_heads >= 2 &&
-           (b.head_dim == 64 || b.head_dim == 128);
+    return kMmaKv<T> && b.tensor_cores && b.num_heads / b.num_kv_heads >= 2 && (b.head_dim == 64 || b.head_dim == 128);
 }
 
 DecodePlan PlanDecode(const PagedBatch& b, bool mma) {
@@ -1197,7 +1260,7 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     constexpr int kG64 = sizeof(T) == 4 ? 16 : 8;
     const bool mha = p.heads_per_block == 1;
     if (mma) {
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (kMmaKv<T>) {
             launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
         }
     } else if (b.head_dim == 128) {
@@ -1216,7 +1279,8 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
 }
 
 // Whether a prefill launch over planes of T runs PrefillMmaKernel (MHA and GQA alike: prefill is bound by
-// arithmetic, which tensor cores do faster for any head layout).
+// arithmetic, which tensor cores do faster for any head layout). 16-bit planes only: fp8 planes (sizeof 1) stay
+// on PrefillKernel whatever PagedBatch::tensor_cores says.
 template <typename T>
 bool PrefillOnTensorCores(const PagedBatch& b) {
     return sizeof(T) == 2 && b.tensor_cores && (b.head_dim == 64 || b.head_dim == 128);

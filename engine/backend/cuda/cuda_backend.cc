@@ -362,20 +362,19 @@ class CudaBackend final : public Backend {
     bool Fp8Gemm(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) {
         const int64_t rows = x.rows, in = x.cols, out = w.rows;
         if (in % 16 != 0 || w.ld % 16 != 0 || out % 16 != 0) return false;
-        Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld, y.ld);
-        if (!plan.ok) return false;
+        if (auto known = fp8_plans_.find(std::make_tuple(rows, out, in, w.ld, y.ld));
+            known != fp8_plans_.end() && !known->second->ok) {
+            return false;
+        }
         auto* xq = Workspace(kWsX16, static_cast<size_t>(rows * in));
         auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(rows)));
-        void* lt_ws = plan.workspace_bytes > 0 ? Workspace(kWsLt, plan.workspace_bytes) : nullptr;
         cuda::QuantizeRowsFp8(x.f32(), x.ld, rows, in, xq, xs, KStream());
+        Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld, y.ld, w, xq, xs);
+        if (!plan.ok) return false;
+        void* lt_ws = plan.workspace_bytes > 0 ? Workspace(kWsLt, plan.workspace_bytes) : nullptr;
         const float one = 1.0f, zero = 0.0f;
         if (plan.outer) {
-            const void* a_scale = w.scale;
-            const void* b_scale = xs;
-            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
-                                                           sizeof(a_scale)));
-            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
-                                                           sizeof(b_scale)));
+            SetFp8Scales(plan, w.scale, xs);
             UA_CUBLAS_CHECK(cublasLtMatmul(cublas_lt_.get(), plan.op, &one, w.data, plan.a, xq, plan.b,
                                            accumulate ? &one : &zero, y.data, plan.d, y.data, plan.d, &plan.algo, lt_ws,
                                            plan.workspace_bytes, stream_.get()));
@@ -388,14 +387,25 @@ class CudaBackend final : public Backend {
         return true;
     }
 
+    void SetFp8Scales(const Fp8GemmPlan& plan, const void* a_scale, const void* b_scale) {
+        UA_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
+        UA_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
+    }
+
     // The plan of one FP8 GEMM shape, made on first use (outside graph capture: the decode graphs record
     // shapes that ran before) and kept. Column-major, as cuBLASLt sees row-major data: D [out, rows] =
     // A^T · B with A the weight [in, out] (ld w_ld) and B the activations [in, rows]. Outer-vector scales
     // (A's per output channel, B's per token) where the heuristic has an algorithm for them (D = y, ld y_ld),
-    // else scalar (D a dense workspace).
-    Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld, int64_t y_ld) {
+    // else scalar (D a dense workspace). With fp8_algo_candidates > 1 the heuristic's first candidates run on
+    // this call's operands (w, the quantized xq and its scales xs; the output to a scratch buffer) and the
+    // fastest is kept.
+    Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld, int64_t y_ld, const Tensor& w,
+                         const void* xq, const float* xs) {
         auto& slot = fp8_plans_[std::make_tuple(rows, out, in, w_ld, y_ld)];
         if (slot) return *slot;
+        UA_CHECK(!capturing_);  // the caller runs the same shapes once before recording them
         slot = std::make_unique<Fp8GemmPlan>();
         Fp8GemmPlan& p = *slot;
         cublasLtMatmulPreference_t pref = nullptr;
@@ -403,6 +413,7 @@ class CudaBackend final : public Backend {
         const size_t max_ws = kCublasWorkspaceBytes;
         UA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
                                                              sizeof(max_ws)));
+        const int want = std::clamp(options_.fp8_algo_candidates, 1, 16);
         cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
         for (bool outer : {options_.fp8_outer_scales, false}) {
             p.Reset();
@@ -410,6 +421,8 @@ class CudaBackend final : public Backend {
             const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
             UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
             UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+            const int8_t fast = options_.fp8_fast_accum ? 1 : 0;
+            UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
             if (outer) {
                 const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
                 UA_CUBLAS_CHECK(
@@ -419,17 +432,25 @@ class CudaBackend final : public Backend {
             }
             UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, w_ld));
             UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in));
-            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, outer ? y_ld : out));
-            cublasLtMatmulHeuristicResult_t result{};
+            const int64_t d_ld = outer ? y_ld : out;
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, d_ld));
+            std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(want));
             int found = 0;
-            st = cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
-            if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-                p.ok = true;
-                p.outer = outer;
-                p.algo = result.algo;
-                p.workspace_bytes = result.workspaceSize;
-                break;
+            st = cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, want, results.data(),
+                                                &found);
+            if (st != CUBLAS_STATUS_SUCCESS || found == 0) continue;
+            int best = 0;
+            if (found > 1) {
+                if (outer) SetFp8Scales(p, w.scale, xs);
+                float* scratch =
+                    static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * d_ld)));
+                best = FastestFp8Algo(p, results.data(), found, w.data, xq, scratch);
             }
+            p.ok = true;
+            p.outer = outer;
+            p.algo = results[static_cast<size_t>(best)].algo;
+            p.workspace_bytes = results[static_cast<size_t>(best)].workspaceSize;
+            break;
         }
         cublasLtMatmulPreferenceDestroy(pref);
         if (!p.ok) p.Reset();
@@ -452,6 +473,42 @@ class CudaBackend final : public Backend {
                                                      : "scales applied after the GEMM (fp8_outer_scales off)");
         }
         return p;
+    }
+
+    // The index of the fastest of n candidate algorithms for plan p (median of 5 timed runs after one warm-up
+    // each; a candidate that fails to run is skipped), its output written to scratch.
+    int FastestFp8Algo(const Fp8GemmPlan& p, const cublasLtMatmulHeuristicResult_t* cand, int n, const void* w,
+                       const void* xq, float* scratch) {
+        cudaEvent_t t0 = nullptr, t1 = nullptr;
+        UA_CUDA_CHECK(cudaEventCreate(&t0));
+        UA_CUDA_CHECK(cudaEventCreate(&t1));
+        const float one = 1.0f, zero = 0.0f;
+        int best = -1;
+        float best_ms = 0.f;
+        for (int i = 0; i < n; ++i) {
+            void* ws = cand[i].workspaceSize > 0 ? Workspace(kWsLt, cand[i].workspaceSize) : nullptr;
+            auto run = [&] {
+                return cublasLtMatmul(cublas_lt_.get(), p.op, &one, w, p.a, xq, p.b, &zero, scratch, p.d, scratch, p.d,
+                                      &cand[i].algo, ws, cand[i].workspaceSize, stream_.get());
+            };
+            if (run() != CUBLAS_STATUS_SUCCESS) continue;
+            float ms[5];
+            for (float& m : ms) {
+                UA_CUDA_CHECK(cudaEventRecord(t0, stream_.get()));
+                UA_CUBLAS_CHECK(run());
+                UA_CUDA_CHECK(cudaEventRecord(t1, stream_.get()));
+                UA_CUDA_CHECK(cudaEventSynchronize(t1));
+                UA_CUDA_CHECK(cudaEventElapsedTime(&m, t0, t1));
+            }
+            std::sort(ms, ms + 5);
+            if (best < 0 || ms[2] < best_ms) {
+                best = i;
+                best_ms = ms[2];
+            }
+        }
+        cudaEventDestroy(t0);
+        cudaEventDestroy(t1);
+        return std::max(best, 0);
     }
 
     // Whether MatMul of `rows` rows by w runs one GEMM on activations rounded to w's 16-bit dtype.
@@ -681,7 +738,7 @@ class CudaBackend final : public Backend {
     }
 
     // The kernels' view of a step over V plane `plane` (and K plane `k`, null for reuse layers): fp8 planes bring
-    // their per-head scales and stay off the tensor-core kernels (16-bit planes only).
+    // their per-head scales (tensor cores: GQA decode only; their prefill stays on the CUDA-core kernel).
     cuda::PagedBatch Paged(const AttentionBatch& a, const KvPlane& plane, int num_heads,
                            const KvPlane* k = nullptr) const {
         UA_CHECK(cuda::AttentionSupportsHeadDim(plane.head_dim));
@@ -700,7 +757,6 @@ class CudaBackend final : public Backend {
             UA_CHECK(plane.scale != nullptr && (k == nullptr || k->scale != nullptr));
             b.v_scale = plane.scale;
             if (k != nullptr) b.k_scale = k->scale;
-            b.tensor_cores = false;
         }
         return b;
     }

@@ -235,13 +235,19 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
         for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
         if (o < n_out) {
             const WT* wr = w + o * w_ld;
-            int64_t c = c_begin + lane;
-            for (; c + (kUnroll - 1) * 32 < c_end; c += kUnroll * 32) {
-                float wf[kUnroll][8];
+            // kLoads loads of 8 weights per lane in flight before any arithmetic (the last round predicated, so
+            // a row's tail is not a chain of one dependent load each): 4 x 16 bytes of 16-bit weights, 8 x 8
+            // bytes of fp8 ones, the same bytes in flight per lane.
+            constexpr int kLoads = sizeof(WT) == 1 ? 2 * kUnroll : kUnroll;
+            for (int64_t c = c_begin + lane; c < c_end; c += kLoads * 32) {
+                float wf[kLoads][8];
 #pragma unroll
-                for (int u = 0; u < kUnroll; ++u) LoadFloats<WT, 8>(wr + (c + u * 32) * 8, wf[u]);
+                for (int u = 0; u < kLoads; ++u) {
+                    if (c + u * 32 < c_end) LoadFloats<WT, 8>(wr + (c + u * 32) * 8, wf[u]);
+                }
 #pragma unroll
-                for (int u = 0; u < kUnroll; ++u) {
+                for (int u = 0; u < kLoads; ++u) {
+                    if (c + u * 32 >= c_end) break;
 #pragma unroll
                     for (int r = 0; r < kRows; ++r) {
                         const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + (c + u * 32) * 4);
@@ -249,17 +255,6 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
                         acc[r] += x0.x * wf[u][0] + x0.y * wf[u][1] + x0.z * wf[u][2] + x0.w * wf[u][3] +
                                   x1.x * wf[u][4] + x1.y * wf[u][5] + x1.z * wf[u][6] + x1.w * wf[u][7];
                     }
-                }
-            }
-            for (; c < c_end; c += 32) {
-                float wf[8];
-                LoadFloats<WT, 8>(wr + c * 8, wf);
-#pragma unroll
-                for (int r = 0; r < kRows; ++r) {
-                    const float4 x0 = *reinterpret_cast<const float4*>(staged + r * n_in + c * 4);
-                    const float4 x1 = *reinterpret_cast<const float4*>(staged + r * n_in + half + c * 4);
-                    acc[r] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
-                              x1.z * wf[6] + x1.w * wf[7];
                 }
             }
 #pragma unroll

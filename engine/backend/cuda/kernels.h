@@ -135,9 +135,9 @@ struct PagedBatch : AttentionBatch {
     int num_kv_heads = 0;
     int head_dim = 0;
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
-    bool tensor_cores = false;  // 16-bit planes, head_dim 64/128: GQA decode and prefill on mma.sync
+    bool tensor_cores = false;  // head_dim 64/128: GQA decode (16-bit or fp8 planes) and prefill (16-bit) on mma.sync
     int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 128; a multiple of 64)
-    // f8_e4m3 planes (CUDA-core kernels only): [num_kv_heads] fp32 per-head scales, device memory; an element b
+    // f8_e4m3 planes: [num_kv_heads] fp32 per-head scales, device memory; an element b
     // of KV head h reads as e4m3(b) · scale[h] (KvPlane::scale). Null for 16/32-bit planes.
     const float* k_scale = nullptr;
     const float* v_scale = nullptr;

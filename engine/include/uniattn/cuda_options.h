@@ -23,11 +23,11 @@ struct CudaOptions {
     // GQA decode: 0 lets up to 4 query heads share one block's K/V reads; 1 gives every query head its
     // own block (K/V rows re-read per head, mostly from L2, with the lighter one-head kernel).
     int decode_heads_per_block = 0;
-    // Attention over fp16/bf16 KV planes with head_dim 64 or 128 on tensor cores (mma.sync; QK^T and P·V split
-    // into 16-bit high and low parts so the results keep fp32 accuracy): GQA decode (up to 8 query heads of a KV
-    // head per block) and prefill of every head layout (flash-attention tiles of 64 x 64); false keeps the
-    // CUDA-core kernels. MHA decode always uses the CUDA-core kernel (faster there). docs/gpu-notes.md has the
-    // measurements.
+    // Attention over KV planes with head_dim 64 or 128 on tensor cores (mma.sync; QK^T and P·V split into 16-bit
+    // high and low parts so the results keep fp32 accuracy): GQA decode (up to 8 query heads of a KV head per
+    // block; fp16/bf16 planes, and fp8 e4m3 ones widened to fp16 in registers) and prefill of every head layout
+    // (flash-attention tiles of 64 x 64; fp16/bf16 planes); false keeps the CUDA-core kernels. MHA decode always uses
+    // the CUDA-core kernel (faster there). docs/gpu-notes.md has the measurements.
     bool tensor_core_attention = true;
     // Decode attention: the fewest context tokens per split of the context (0: 128; else a multiple of 64 up
     // to 2048). Contexts are cut into about 16 splits of at least this many tokens; larger minimums give each
@@ -50,6 +50,12 @@ struct CudaOptions {
     // the GEMM writes y) where it has an algorithm for it; false (or where it has none) writes the unscaled product
     // to a workspace and scales it in a second kernel.
     bool fp8_outer_scales = true;
+    // FP8 GEMMs: cuBLASLt's fast accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM: Hopper's FP8 tensor cores keep
+    // their partial sums in reduced precision instead of promoting them to fp32 every few k-steps).
+    bool fp8_fast_accum = false;
+    // FP8 GEMMs: the number of cuBLASLt heuristic candidates timed on each shape's first call (the fastest is
+    // kept; 1 takes the heuristic's first choice untimed). Shapes are planned outside graph capture.
+    int fp8_algo_candidates = 1;
     // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
     // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that
     // wait. Kernels in recorded decode graphs keep the programmatic edges.

@@ -186,7 +186,16 @@ struct Env {
     int steps, warmup, block_size;
     uint64_t seed;
     std::string sampling = "none";
+    bool kv_fp8 = false;  // --kv-dtype fp8_e4m3: the cache in e4m3 with per-head scales of 1
 };
+
+// The benchmark's KV cache: the backend's dtype, or e4m3 (--kv-dtype fp8_e4m3) with every scale 1 (the random
+// fills are e4m3 values in [-1, 1]).
+StatusOr<std::unique_ptr<KvCache>> BenchKvCache(const Env& env, const ModelConfig& c, int64_t num_blocks) {
+    if (!env.kv_fp8) return KvCache::Create(env.be, c, env.block_size, num_blocks);
+    const KvScales scales = UniformKvScales(c, 1.0f, 1.0f);
+    return KvCache::Create(env.be, c, env.block_size, num_blocks, DType::kF8E4M3, &scales);
+}
 
 // Parameters a decode step reads: every weight except the embedding table (only B rows of it are read;
 // when tied it is the LM head and counted).
@@ -209,8 +218,7 @@ Status RunDecode(const Env& env, const Model& model, int batch, int ctx, Ordered
     Backend* be = env.be;
     const int total = ctx + env.warmup + env.steps + 1;
     const int per_seq = (total + env.block_size - 1) / env.block_size;
-    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv,
-                        KvCache::Create(be, c, env.block_size, static_cast<int64_t>(batch) * per_seq));
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv, BenchKvCache(env, c, static_cast<int64_t>(batch) * per_seq));
     for (int l = 0; l < c.num_layers; ++l) {
         const int64_t n = kv->num_blocks() * env.block_size * c.num_kv_heads * c.head_dim;
         if (kv->HasK(l)) be->FillUniform(kv->K(l).base, kv->dtype(), n, -1, 1, env.seed + 100 + 2 * l);
@@ -295,7 +303,7 @@ Status RunPrefill(const Env& env, const Model& model, int tokens, OrderedJson& o
     const ModelConfig& c = model.config;
     Backend* be = env.be;
     const int per_seq = (tokens + env.block_size - 1) / env.block_size;
-    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv, KvCache::Create(be, c, env.block_size, per_seq));
+    UA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> kv, BenchKvCache(env, c, per_seq));
     ModelRunner runner(&model, be);
     std::vector<int32_t> blocks, prompt(tokens);
     for (int i = 0; i < per_seq; ++i) blocks.push_back(per_seq - 1 - i);
@@ -352,7 +360,8 @@ int Main(int argc, char** argv) {
     app.add_option("--config", config_path, "model config JSON")->capture_default_str();
     app.add_option("--backend", backend_name, "backend: cpu or cuda")->capture_default_str();
     app.add_option("--dtype", dtype_name, "weight dtype")->capture_default_str();
-    auto* kv_dtype_opt = app.add_option("--kv-dtype", kv_dtype_name, "KV cache dtype (default: --dtype)");
+    auto* kv_dtype_opt =
+        app.add_option("--kv-dtype", kv_dtype_name, "KV cache dtype: f16, bf16, f32 or fp8_e4m3 (default: --dtype)");
     app.add_option("--variants", variants_list,
                    "comma-separated: std (every layer normal) or G/B/E (UniAttn grouping), either with :fp8 (e4m3 "
                    "linear weights with per-row scales)")
@@ -407,7 +416,8 @@ int Main(int argc, char** argv) {
     auto base = ModelConfig::FromJson(*text, config_path);
     if (!base.ok()) return Fail(base.status());
     auto wd = DTypeFlag(dtype_name);
-    auto kd = DTypeFlag(kv_dtype_opt->count() ? kv_dtype_name : dtype_name);
+    const bool kv_fp8 = kv_dtype_opt->count() && (kv_dtype_name == "fp8_e4m3" || kv_dtype_name == "fp8");
+    auto kd = DTypeFlag(kv_dtype_opt->count() && !kv_fp8 ? kv_dtype_name : dtype_name);
     if (!wd.ok()) return Fail(wd.status());
     if (!kd.ok()) return Fail(kd.status());
     CudaOptions cuda;  // the flags left at -1 keep the backend's defaults
@@ -453,6 +463,7 @@ int Main(int argc, char** argv) {
     }
     Env env{be->get(), 0, 0, steps, warmup, block, seed};
     env.sampling = sampling;
+    env.kv_fp8 = kv_fp8;
     if (env.sampling != "none" && env.sampling != "host" && env.sampling != "device") {
         return Fail(InvalidArgument("--sampling: none, host or device, got \"" + env.sampling + "\""));
     }
@@ -462,7 +473,7 @@ int Main(int argc, char** argv) {
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
     std::printf("uniattn-bench %s on %s, weights %s, KV %s, %s\n", config_path.c_str(), env.be->Description().c_str(),
-                DTypeName(*wd), DTypeName(*kd), date);
+                DTypeName(*wd), kv_fp8 ? "F8_E4M3" : DTypeName(*kd), date);
     std::printf("measured: device copy %.1f GB/s (read + write)%s\n", env.copy_bw / 1e9,
                 env.matmul_rate > 0 ? (", MatMul " + std::to_string(env.matmul_rate / 1e12) + " TFLOP/s").c_str() : "");
 
@@ -471,7 +482,7 @@ int Main(int argc, char** argv) {
     root["device"] = env.be->Description();
     root["date"] = date;
     root["weight_dtype"] = DTypeName(*wd);
-    root["kv_dtype"] = DTypeName(*kd);
+    root["kv_dtype"] = kv_fp8 ? "f8_e4m3" : DTypeName(*kd);
     root["copy_bandwidth_bytes_per_s"] = env.copy_bw;
     root["matmul_flops_per_s"] = env.matmul_rate;
     OrderedJson results = OrderedJson::array();
@@ -486,8 +497,9 @@ int Main(int argc, char** argv) {
         auto w = RandomWeights(c, env.be, env.seed, v.fp8);
         if (!w.ok()) return Fail(w.status());
         model.weights = std::move(w).value();
-        const int64_t kv_tok = c.KvBytesPerToken(DTypeBytes(*kd));
-        const int64_t dense_tok = c.DenseKvBytesPerToken(DTypeBytes(*kd));
+        const int kv_elem = kv_fp8 ? 1 : DTypeBytes(*kd);
+        const int64_t kv_tok = c.KvBytesPerToken(kv_elem);
+        const int64_t dense_tok = c.DenseKvBytesPerToken(kv_elem);
         char head[256];
         std::snprintf(head, sizeof(head),
                       "%s: %d reuse layers, weights %.2f GB, KV %lld B/token (%.2f%% less than dense)\n",

@@ -23,7 +23,8 @@
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
-#                                "--fp8-tensor-cores 0" by default, none skips it); PROFILE (a decode
+#                                "--fp8-tensor-cores 0" by default, none skips it; FP8_KV_DECODE: decode cases over an
+#                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (a decode
 #                                case BxC: ncu per-kernel times of uniattn-bench's decode steps, bench/ncu_summary.py)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
@@ -180,8 +181,9 @@ fi
 # 16-bit and fp8 linear weights side by side (uniattn-bench --variants std,std:fp8).
 if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2>&1 | grep -q ':fp8'; then
     if [ -x "$BIN/gpu_tests" ]; then
-        timeout 150 "$BIN/gpu_tests" --gtest_color=no \
-            --gtest_filter='CudaFp8*:CudaOpsTest.MatMulEveryPath:CudaOpsTest.FusedMatMulsMatchCpu' >"$OUT/fp8_tests.log" 2>&1
+        timeout 200 "$BIN/gpu_tests" --gtest_color=no \
+            --gtest_filter='CudaFp8*:CudaAttentionTest.*:CudaOpsTest.MatMulEveryPath:CudaOpsTest.FusedMatMulsMatchCpu' \
+            >"$OUT/fp8_tests.log" 2>&1
         say "fp8 gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/fp8_tests.log" | tr '\n' ' ')"
         grep -E "^\[  FAILED|Failure|metric" "$OUT/fp8_tests.log" | head -30 | tee -a "$S"
     fi
@@ -197,6 +199,17 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
                 ${FP8_ALT:---fp8-tensor-cores 0} --decode "${FP8_DECODE:-1x512,16x640,64x640}" \
                 --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
             say "fp8 bench $shape, fp8 with ${FP8_ALT:---fp8-tensor-cores 0} rc=$?"
+        fi
+        if [ -n "${FP8_KV_DECODE:-}" ]; then  # fp16 and fp8 weights over an fp8 e4m3 KV cache
+            timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std,std:fp8 \
+                --kv-dtype fp8_e4m3 --decode "$FP8_KV_DECODE" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
+            say "fp8 bench $shape, fp8 KV cache rc=$?"
+        fi
+        if [ -x "$BIN/uniattn-kernel-bench" ]; then  # every matrix at 1-2048 rows, fp16 beside fp8 under its options
+            timeout 100 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --fp8-gemm --reps 10 \
+                >"$W/fp8-gemm-$shape.log" 2>&1
+            say "fp8 GEMMs $shape rc=$?"
+            grep -E "T=(1|16|64|256|2048) " "$W/fp8-gemm-$shape.log" | tee -a "$S" >/dev/null
         fi
     done
 fi
@@ -221,6 +234,7 @@ for shape in ${SHAPES:-llama2-7b llama3-8b}; do
     # Random weights emit tokens that leave the text invalid UTF-8, which llama.cpp's server answers with an error
     # event: both servers get the same logit_bias banning the tokens that are not whole UTF-8 on their own
     # (bench/peers/byte_token_ban.py, written by prepare: Llama-2's 256 byte tokens, 1352 of Llama-3's).
+    late && { say "$shape skipped: past STOP_AFTER"; continue; }
     BAN=
     [ -s "$TOK/$shape/ban.txt" ] && [ "${BAN_BYTES:-1}" = 1 ] && BAN="--ban-tokens $(cat "$TOK/$shape/ban.txt")"
     M=/tmp/m-$shape

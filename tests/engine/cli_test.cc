@@ -22,6 +22,7 @@ namespace {
 const std::string kGenerate = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-generate";
 const std::string kConvert = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-convert";
 const std::string kEval = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-eval";
+const std::string kBench = std::string(UNIATTN_BINARY_DIR) + "/bin/uniattn-bench";
 
 struct RunResult {
     int exit_code = -1;  // the shell's: 128 + N when the program died of signal N
@@ -230,6 +231,49 @@ TEST(CliFamilyTest, UnifyAndEvalOnQwen3) {
     EXPECT_TRUE(std::isfinite(u["perplexity"].get<double>()));
     EXPECT_GT(u["mean_kl"].get<double>(), 1e-6);  // reuse layers without compensation: another model
     EXPECT_EQ(u["predicted_tokens"], self["predicted_tokens"]);
+}
+
+// uniattn-bench on the CPU backend (seeded random weights of a tiny config, no checkpoint): the engine-level
+// decode and prefill over an fp32 cache and over an e4m3 one (--kv-dtype fp8_e4m3, per-head scales of 1), whose
+// JSON reports a quarter of the KV bytes per token; an unknown KV dtype is an error naming it.
+TEST(BenchCli, CpuDecodeAndPrefillOverAnFp8Cache) {
+    ASSERT_TRUE(FileExists(kBench)) << kBench << " is not built (ninja uniattn-bench)";
+    testutil::TempDir tmp;
+    const std::string config = tmp.path() + "/config.json";
+    ASSERT_TRUE(WriteFile(config, R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "tie_word_embeddings": false})")
+                    .ok());
+    // 2 layers x (K + V) x 2 KV heads x head_dim 16 elements per token.
+    const int64_t elems_per_token = 2 * 2 * 2 * 16;
+    for (const std::string kv : {"f32", "fp8_e4m3"}) {
+        SCOPED_TRACE(kv);
+        const std::string json = tmp.path() + "/" + kv + ".json";
+        const RunResult r =
+            RunTool(kBench, "--config " + Quote(config) + " --backend cpu --dtype f32 --kv-dtype " + kv +
+                                " --decode 2x40 --prefill 24 --steps 2 --warmup 1 --json " + Quote(json));
+        ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+        auto text = ReadFile(json);
+        ASSERT_TRUE(text.ok());
+        auto j = ParseJsonFile(*text, json);
+        ASSERT_TRUE(j.ok()) << j.status().ToString();
+        const nlohmann::json* dtype = JsonFind(*j, "kv_dtype");
+        ASSERT_NE(dtype, nullptr);
+        EXPECT_EQ(dtype->get<std::string>(), DTypeName(kv == "f32" ? DType::kF32 : DType::kF8E4M3));
+        const nlohmann::json* results = JsonFind(*j, "results");
+        ASSERT_TRUE(results != nullptr && results->size() == 1);
+        const nlohmann::json& v = (*results)[0];
+        EXPECT_EQ(JsonInt64(*JsonFind(v, "kv_bytes_per_token")), elems_per_token * (kv == "f32" ? 4 : 1));
+        const nlohmann::json* decode = JsonFind(v, "decode");
+        const nlohmann::json* prefill = JsonFind(v, "prefill");
+        ASSERT_TRUE(decode != nullptr && decode->size() == 1 && prefill != nullptr && prefill->size() == 1);
+        EXPECT_GT((*decode)[0]["ms_per_step"].get<double>(), 0.0);
+        EXPECT_EQ(JsonInt64(*JsonFind((*decode)[0], "kv_bytes_per_token")), elems_per_token * (kv == "f32" ? 4 : 1));
+    }
+    const RunResult bad = RunTool(kBench, "--config " + Quote(config) + " --backend cpu --dtype f32 --kv-dtype fp4");
+    EXPECT_EQ(bad.exit_code, 1) << bad.err;
+    EXPECT_NE(bad.err.find("fp4"), std::string::npos) << bad.err;
 }
 
 }  // namespace

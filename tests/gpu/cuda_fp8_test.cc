@@ -389,9 +389,10 @@ TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
                 // their last bits (fp32 sums in other orders), now and then one lands on the other side of a
                 // rounding boundary, and in models this narrow one activation a whole e4m3 step off moves the
                 // logits by about 1e-2 (measured on an H100, 2026-12-07: 0.008-0.05 to the emulating oracle,
-                // 0.024-0.06 to the unrounded one). So the check is which oracle the GPU follows: activations
-                // left unrounded would sit near the fp32-activation oracle (the widened run's 1e-3).
-                EXPECT_LT(sum_oracle, 0.7 * sum_plain) << c.name;
+                // 0.024-0.06 to the unrounded one; summed over the steps 0.46, 0.46 and 0.63 of it for mha, gqa
+                // and uniattn). So the check is which oracle the GPU follows: activations left unrounded would sit
+                // near the fp32-activation oracle (the widened run's 1e-3), a ratio far above 1.
+                EXPECT_LT(sum_oracle, 0.85 * sum_plain) << c.name;
             }
         }
     }

@@ -25,7 +25,8 @@
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
 #                                "--fp8-tensor-cores 0" by default, none skips it; FP8_KV_DECODE: decode cases over an
 #                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (a decode
-#                                case BxC: ncu per-kernel times of uniattn-bench's decode steps, bench/ncu_summary.py)
+#                                case BxC, or "prefill" with PROFILE_FLAGS="--prefill 2048": ncu per-kernel times
+#                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
 # the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
@@ -223,11 +224,16 @@ if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
 fi
 if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of decode steps of each shape
     for shape in ${SHAPES:-llama2-7b llama3-8b}; do
-        timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
-            "$CONFIGS/$shape.json" --variants std --decode "$PROFILE" --steps 1 --warmup 1 --sampling device \
-            >"$W/profile.csv" 2>&1
-        say "ncu $shape $PROFILE rc=$?"
-        python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
+        dec=(--decode "$PROFILE")
+        [ "$PROFILE" = prefill ] && dec=(--decode "")  # no decode case: PROFILE_FLAGS="--prefill 2048"
+        for pv in ${PROFILE_VARIANTS:-std}; do  # e.g. "std std:fp8"
+            # shellcheck disable=SC2086  # PROFILE_FLAGS: several uniattn-bench flags
+            timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
+                "$CONFIGS/$shape.json" --variants "$pv" "${dec[@]}" --steps 1 --warmup 1 --sampling device \
+                ${PROFILE_FLAGS:-} >"$W/profile.csv" 2>&1
+            say "ncu $shape $pv $PROFILE ${PROFILE_FLAGS:-} rc=$?"
+            python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
+        done
     done
 fi
 for shape in ${SHAPES:-llama2-7b llama3-8b}; do

@@ -24,8 +24,8 @@
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
 #                                "--fp8-tensor-cores 0" by default, none skips it; FP8_KV_DECODE: decode cases over an
-#                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (a decode
-#                                case BxC, or "prefill" with PROFILE_FLAGS="--prefill 2048": ncu per-kernel times
+#                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (decode
+#                                cases BxC and prefills pN, e.g. "64x640 p2048": ncu per-kernel times
 #                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
@@ -222,17 +222,20 @@ if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
         grep -E "copy|Attention" "$OUT/kbench-$shape.log" | tee -a "$S" >/dev/null
     done
 fi
-if [ -n "${PROFILE:-}" ]; then  # PROFILE=256x640: ncu per-kernel GPU time of decode steps of each shape
+if [ -n "${PROFILE:-}" ]; then  # PROFILE="256x640 p2048": ncu per-kernel GPU time of decode steps / a prefill
     for shape in ${SHAPES:-llama2-7b llama3-8b}; do
-        dec=(--decode "$PROFILE")
-        [ "$PROFILE" = prefill ] && dec=(--decode "")  # no decode case: PROFILE_FLAGS="--prefill 2048"
-        for pv in ${PROFILE_VARIANTS:-std}; do  # e.g. "std std:fp8"
-            # shellcheck disable=SC2086  # PROFILE_FLAGS: several uniattn-bench flags
-            timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
-                "$CONFIGS/$shape.json" --variants "$pv" "${dec[@]}" --steps 1 --warmup 1 --sampling device \
-                ${PROFILE_FLAGS:-} >"$W/profile.csv" 2>&1
-            say "ncu $shape $pv $PROFILE ${PROFILE_FLAGS:-} rc=$?"
-            python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
+        for case in $PROFILE; do
+            dec=(--decode "$case")
+            [ "$case" = prefill ] && dec=(--decode "")          # no decode case: PROFILE_FLAGS="--prefill 2048"
+            [ "${case#p}" != "$case" ] && [ "$case" != prefill ] && dec=(--decode "" --prefill "${case#p}")
+            for pv in ${PROFILE_VARIANTS:-std}; do  # e.g. "std std:fp8"
+                # shellcheck disable=SC2086  # PROFILE_FLAGS: several uniattn-bench flags
+                timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
+                    "$CONFIGS/$shape.json" --variants "$pv" "${dec[@]}" --steps 1 --warmup 1 --sampling device \
+                    ${PROFILE_FLAGS:-} >"$W/profile.csv" 2>&1
+                say "ncu $shape $pv $case ${PROFILE_FLAGS:-} rc=$?"
+                python3 bench/ncu_summary.py "$W/profile.csv" 2 | tee -a "$S"
+            done
         done
     done
 fi

@@ -23,7 +23,8 @@
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
-#                                "--fp8-tensor-cores 0" by default, none skips it; FP8_KV_DECODE: decode cases over an
+#                                "--fp8-tensor-cores 0" by default, none skips it, on FP8_ALT_VARIANTS, std:fp8 by default;
+#                                FP8_TESTS: the gtest filter of the fp8 stage; FP8_KV_DECODE: decode cases over an
 #                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (decode
 #                                cases BxC and prefills pN, e.g. "64x640 p2048": ncu per-kernel times
 #                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default)
@@ -182,8 +183,8 @@ fi
 # 16-bit and fp8 linear weights side by side (uniattn-bench --variants std,std:fp8).
 if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2>&1 | grep -q ':fp8'; then
     if [ -x "$BIN/gpu_tests" ]; then
-        timeout 200 "$BIN/gpu_tests" --gtest_color=no \
-            --gtest_filter='CudaFp8*:CudaAttentionTest.*:CudaOpsTest.MatMulEveryPath:CudaOpsTest.FusedMatMulsMatchCpu' \
+        timeout 300 "$BIN/gpu_tests" --gtest_color=no \
+            --gtest_filter="${FP8_TESTS:-CudaFp8*:CudaAttentionTest.*:CudaOpsTest.MatMulEveryPath:CudaOpsTest.FusedMatMulsMatchCpu:CudaModelTest.MmaDecodeGemmsMatchCpu}" \
             >"$OUT/fp8_tests.log" 2>&1
         say "fp8 gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/fp8_tests.log" | tr '\n' ' ')"
         grep -E "^\[  FAILED|Failure|metric" "$OUT/fp8_tests.log" | head -30 | tee -a "$S"
@@ -196,7 +197,8 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
         grep -E "^std|decode|prefill|measured" "$OUT/fp8-bench-$shape.log" | tee -a "$S" >/dev/null
         if [ "${FP8_ALT:---fp8-tensor-cores 0}" != none ]; then  # the fp8 variant again with other CUDA options
             # shellcheck disable=SC2086  # FP8_ALT: several flags
-            timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std:fp8 \
+            timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda \
+                --variants "${FP8_ALT_VARIANTS:-std:fp8}" \
                 ${FP8_ALT:---fp8-tensor-cores 0} --decode "${FP8_DECODE:-1x512,16x640,64x640}" \
                 --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
             say "fp8 bench $shape, fp8 with ${FP8_ALT:---fp8-tensor-cores 0} rc=$?"

@@ -84,7 +84,8 @@ int Main(int argc, char** argv) {
     app.add_flag("--attention-only", attention_only, "time the attention ops only");
     app.add_flag("--fp8-gemm", fp8_gemm,
                  "time only MatMul of each matrix with e4m3 weights beside fp16 ones, 1 to 2048 rows, under the FP8 "
-                 "GEMM options (fast accumulation, timed cuBLASLt candidates, scales after the GEMM)");
+                 "GEMM options (fast accumulation, timed cuBLASLt candidates), and the engine's mma.sync kernel at "
+                 "3-64 rows");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;
@@ -160,6 +161,13 @@ int Main(int argc, char** argv) {
         fp8_cases[3].name = "fp8 fast-accum 8 candidates";
         fp8_cases[3].o.fp8_fast_accum = true;
         fp8_cases[3].o.fp8_algo_candidates = 8;
+        // The engine's own mma.sync kernel for 3..64 rows (mma_decode_gemms): fp16 weights, and fp8 weights widened
+        // in registers (16-bit activations).
+        CudaBackendOptions mo;
+        mo.mma_decode_gemms = true;
+        auto mma_or = CreateCudaBackend(mo);
+        if (!mma_or.ok()) return 1;
+        Backend* mma = mma_or->get();
         std::vector<std::unique_ptr<Backend>> fp8_bes;
         for (const Fp8Case& fc : fp8_cases) {
             auto r = CreateCudaBackend(fc.o);
@@ -178,7 +186,7 @@ int Main(int argc, char** argv) {
             Tensor t8 = MakeTensor(w8->data(), DType::kF8E4M3, m.out, m.in);
             t8.scale = static_cast<const float*>(sc->data());
             t8.fp8_rows = true;
-            for (int64_t T : {1, 2, 16, 32, 64, 128, 256, 512, 2048}) {
+            for (int64_t T : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048}) {
                 const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
                 const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
                 const std::string at = std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) +
@@ -188,6 +196,12 @@ int Main(int argc, char** argv) {
                     if (T <= 2 && i > 0) break;  // GEMVs: the FP8 GEMM options do not apply
                     Backend* fb = fp8_bes[i].get();
                     bench.Report(at + fp8_cases[i].name, bench.Time([&] { fb->MatMul(tx, t8, ty, false); }),
+                                 1.0 * m.out * m.in);
+                }
+                if (T > 2 && T <= cuda::kRowGemmMaxRows) {
+                    bench.Report(at + "fp16 mma", bench.Time([&] { mma->MatMul(tx, t16, ty, false); }),
+                                 2.0 * m.out * m.in);
+                    bench.Report(at + "fp8 mma", bench.Time([&] { mma->MatMul(tx, t8, ty, false); }),
                                  1.0 * m.out * m.in);
                 }
             }

@@ -70,6 +70,9 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, c
     EXPECT_EQ(bad, 0) << what;
 }
 
+// One rounding step of a 16-bit type, relative (the bound of an activation rounded to it).
+double Ulp16(DType d) { return d == DType::kF16 ? 0x1.0p-10 : 0x1.0p-7; }
+
 // An fp8 linear weight [out, in] with a scale per row: e4m3 bytes, the fp32 values they stand for, the scales.
 // Rows have very different magnitudes, so a scale applied to the wrong row shows.
 struct Fp8Weight {
@@ -250,6 +253,83 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
                     }
                     ExpectNear(run(gpu->get(), wg, op, xh), run(cpu_.get(), wc, 0, in), bound,
                                "op " + std::to_string(op) + " within the quantization bound");
+                }
+            }
+        }
+    }
+}
+
+// The engine's own mma.sync GEMM for 3..64 rows (mma_decode_gemms, gemm_rows.cu): 16-bit weights, and fp8 weights
+// widened in registers under f16 or bf16 activations (the model's 16-bit type). Against the CPU oracle on the same
+// weight values: each term may move by one rounding step of the activation dtype (the products and the widening
+// are exact), 4x the magnitude for the norm / SwiGLU inputs as above. Shapes: one whose input dimension is split over
+// blocks (4096: partial sums added by the last block of each tile), a tail tile (300 channels), and one the kernel
+// does not take (in 520: cuBLAS on the same call path). Rows 3..64 of one shape are batch-invariant bit for bit (a
+// row alone in 3 rows, in 17, in 64), and a second run gives the same bits.
+TEST_F(CudaFp8Test, MmaDecodeGemmsMatchTheCpuAndAreBatchInvariant) {
+    Rng rng(909);
+    struct Shape {
+        int64_t in, out;
+    };
+    struct Case {
+        DType w, act;  // act: the activations' 16-bit type (CudaBackendOptions::weight_dtype for fp8 weights)
+    };
+    for (const Case& c : {Case{DType::kF16, DType::kF16}, Case{DType::kBF16, DType::kBF16},
+                          Case{DType::kF8E4M3, DType::kF16}, Case{DType::kF8E4M3, DType::kBF16}}) {
+        CudaBackendOptions options;
+        options.mma_decode_gemms = true;
+        options.weight_dtype = c.act;
+        auto gpu_or = CreateCudaBackend(options);
+        ASSERT_TRUE(gpu_or.ok());
+        Backend* gpu = gpu_or->get();
+        for (const Shape& sh : {Shape{1024, 96}, Shape{4096, 256}, Shape{512, 300}, Shape{520, 64}}) {
+            const bool mma = sh.in % 256 == 0;
+            std::vector<float> values;
+            Tensor wg;
+            if (c.w == DType::kF8E4M3) {
+                const Fp8Weight fw = RandomFp8Weight(rng, sh.out, sh.in);
+                values = fw.values;
+                wg = MakeTensor(UploadTo(gpu, fw.bytes), DType::kF8E4M3, sh.out, sh.in);
+                wg.scale = UploadTo(gpu, fw.scale);
+            } else {
+                values = RandomVector(rng, sh.out * sh.in, -0.5f, 0.5f);
+                for (float& v : values)
+                    v = c.w == DType::kF16 ? HalfToFloat(FloatToHalf(v)) : BF16ToFloat(FloatToBF16(v));
+                wg = MakeTensor(UploadTo(gpu, values, c.w), c.w, sh.out, sh.in);
+            }
+            const Tensor wc = MakeTensor(UploadTo(cpu_.get(), values), DType::kF32, sh.out, sh.in);
+            const std::vector<float> x64 = RandomVector(rng, 64 * sh.in, -2.0f, 2.0f);
+            const std::vector<float> y64 = RandomVector(rng, 64 * sh.out);
+            std::vector<float> first[3];  // each op's result at 64 rows
+            for (int64_t T : {64, 3, 5, 8, 9, 16, 17, 33}) {
+                SCOPED_TRACE(std::string(DTypeName(c.w)) + " act " + DTypeName(c.act) + " in " + std::to_string(sh.in) +
+                             " out " + std::to_string(sh.out) + " T=" + std::to_string(T));
+                const std::vector<float> xh(x64.begin(), x64.begin() + T * sh.in);
+                const std::vector<float> y0(y64.begin(), y64.begin() + T * sh.out);
+                std::vector<double> tol(static_cast<size_t>(T * sh.out));
+                for (int64_t t = 0; t < T; ++t) {
+                    for (int64_t o = 0; o < sh.out; ++o) {
+                        double mag = std::abs(y0[t * sh.out + o]);
+                        for (int64_t i = 0; i < sh.in; ++i) mag += std::abs(xh[t * sh.in + i] * values[o * sh.in + i]);
+                        tol[t * sh.out + o] = Ulp16(c.act) * mag + 1e-30;
+                    }
+                }
+                for (int op = 0; op < 3; ++op) {
+                    const char* what = op == 0 ? "MatMul" : (op == 1 ? "NormMatMul" : "SiluMulMatMul");
+                    const std::vector<float> got = RunOp(gpu, wg, op, xh, y0, T, sh.in, sh.out);
+                    std::vector<double> t_op = tol;
+                    if (op > 0) {
+                        for (double& v : t_op) v *= 4;
+                    }
+                    ExpectNear(got, RunOp(cpu_.get(), wc, op, xh, y0, T, sh.in, sh.out), t_op, what);
+                    if (!mma) continue;
+                    if (T == 64) {
+                        first[op] = got;
+                        EXPECT_EQ(RunOp(gpu, wg, op, xh, y0, T, sh.in, sh.out), got) << what << ": a second run";
+                    } else {
+                        const std::vector<float> head(first[op].begin(), first[op].begin() + T * sh.out);
+                        EXPECT_EQ(got, head) << what << ": rows of a " << T << "-row batch against the same rows of 64";
+                    }
                 }
             }
         }

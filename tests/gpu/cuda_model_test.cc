@@ -281,6 +281,37 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
     }
 }
 
+// GEMMs of 3..64 rows on the engine's own mma.sync kernel (CudaOptions::mma_decode_gemms): the UniAttn GQA model with
+// an MLP every matrix of which the kernel takes (768 wide: input dimensions multiples of 256), prompts in chunks of 40
+// and 20 rows, against the CPU with the default path's bound (both round activations to fp16), fp16 and fp8 weights
+// (engine.quantization=fp8 on both backends: the CPU holds the e4m3 values, so only the rounding differs).
+TEST_F(CudaModelTest, MmaDecodeGemmsMatchCpu) {
+    RandomCase rc = RandomCases()[2];
+    rc.options.intermediate_size = 768;
+    TempDir tmp;
+    ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), rc.options).ok());
+    const int vocab = rc.options.vocab_size, prompt_len = 100, max_chunk = 40;
+    const auto prompt = RandomTokens(71, prompt_len, vocab);
+    const auto forced = RandomTokens(72, 6, vocab);
+    for (bool fp8 : {false, true}) {
+        const std::string what = std::string("mma decode GEMMs, ") + (fp8 ? "fp8" : "fp16") + " weights";
+        LoadOptions lo;
+        lo.quantize_fp8 = fp8;
+        auto cpu_model = Model::Load(tmp.path(), cpu_.get(), false, lo);
+        ASSERT_TRUE(cpu_model.ok()) << cpu_model.status().ToString();
+        const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, max_chunk, prompt_len + 6);
+        CudaBackendOptions o;
+        o.mma_decode_gemms = true;
+        auto gpu = CreateCudaBackend(o);
+        ASSERT_TRUE(gpu.ok());
+        auto model = Model::Load(tmp.path(), gpu->get(), false, lo);
+        ASSERT_TRUE(model.ok()) << model.status().ToString();
+        const double err =
+            MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, max_chunk, prompt_len + 6), cpu_steps, what);
+        EXPECT_LT(err, rc.tol_f16_kv) << what;
+    }
+}
+
 // Zeroing the compensation or mapping query heads to the wrong KV heads moves UniAttn logits far beyond
 // the tolerances above (docs/uniattn.md §4: 0.40 and 4.1 in the reference's float64 check); here the GPU must see
 // the difference between a model and the same model with another seed for Wc only.

@@ -36,6 +36,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/mma.cuh"
 
 namespace uniattn::cuda {
 namespace {
@@ -507,27 +508,6 @@ __device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi, uint
     lo = PackPair(FromFloat<T>(x0 - ToFloat(h0)), FromFloat<T>(x1 - ToFloat(h1)));
 }
 
-// d += A·B for one m16n8k16 tile: a row-major A fragment, a column-major B fragment, fp32 accumulators.
-template <typename T>
-__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    if constexpr (std::is_same_v<T, __half>) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core attention reads 16-bit planes");
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
-__device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
-    return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
-}
-
 // The mma.sync element type for planes of P: 16-bit planes as stored, fp8 e4m3 widened to fp16 (every e4m3 value,
 // subnormals included, is exact in fp16).
 template <typename P>
@@ -542,19 +522,7 @@ inline constexpr bool kMmaKv = sizeof(P) == 2 || kFp8Kv<P>;
 // 8 elements as loaded, in the layout of a 16-bit plane's 16-byte load: word w holds elements 2w (low half) and
 // 2w + 1 (high half). 16-bit planes: as they are.
 __device__ __forceinline__ uint4 Widen16(const uint4& v) { return v; }
-// fp8 e4m3 (element i in byte i of the uint2) to fp16. cvt.rn.f16x2.e4m3x2 puts the low byte of its 16-bit source
-// in the low half of the result (as cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2 reads it), so byte pair (2w, 2w + 1)
-// becomes word w. The NaN codes 0x7F / 0xFF (never written: the KV writes saturate) become NaN here, unlike ToFloat.
-__device__ __forceinline__ uint32_t E4m3x2ToHalf2(uint32_t two) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    uint32_t h2;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(static_cast<uint16_t>(two)));
-    return h2;
-#else
-    const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two), __NV_E4M3);
-    return static_cast<uint32_t>(r.x) | (static_cast<uint32_t>(r.y) << 16);
-#endif
-}
+// fp8 e4m3 (element i in byte i of the uint2) to fp16: byte pair (2w, 2w + 1) becomes word w (E4m3x2ToHalf2).
 __device__ __forceinline__ uint4 Widen16(const uint2& v) {
     return make_uint4(E4m3x2ToHalf2(v.x), E4m3x2ToHalf2(v.x >> 16), E4m3x2ToHalf2(v.y), E4m3x2ToHalf2(v.y >> 16));
 }
@@ -938,18 +906,6 @@ constexpr int kPmTile = 64;             // cached tokens per tile
 constexpr int kPmThreads = 32 * kPmWarps;
 constexpr int kPmPad = 8;  // 16-bit elements of padding per staged row: ldmatrix's 8 rows hit distinct banks
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (nothing is read then).
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 // Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
 __device__ __forceinline__ void LdMatrix4(uint32_t (&r)[4], const void* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

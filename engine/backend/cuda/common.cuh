@@ -25,10 +25,10 @@ __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162fl
 // mantissa bits put at fp32's bits 26-20 are exactly value · 2^-120, for normal and subnormal e4m3 alike (those
 // become fp32 subnormals), and the product with 2^120 is exact. Needs denormals kept (no -ftz, as this build
 // compiles). The NaN codes 0x7F / 0xFF read as ±480, never stored by a saturating encoder.
-__device__ __forceinline__ float ToFloat(__nv_fp8_e4m3 x) {
-    const uint32_t b = x.__x;
+__device__ __forceinline__ float E4m3BitsToFloat(uint32_t b) {  // b: the code in bits 0-7 (higher bits ignored)
     return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * 0x1p120f;
 }
+__device__ __forceinline__ float ToFloat(__nv_fp8_e4m3 x) { return E4m3BitsToFloat(x.__x); }
 
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);

@@ -318,6 +318,12 @@ class CudaBackend final : public Backend {
                        KStream(), options_.stage_gemv_input, options_.gemv_row_segs, w.scale);
             return;
         }
+        if (UsesRowGemm(rows, w)) {
+            void* x16 = Workspace(kWsX16, static_cast<size_t>(rows * in) * 2);
+            cuda::SplitHiLo(x.f32(), x.ld, rows, in, x16, ActivationDType(w), false, KStream());
+            Gemm16(x16, rows, w, y, accumulate);
+            return;
+        }
         if (w.dtype == DType::kF8E4M3 && options_.fp8_tensor_cores && Fp8Gemm(x, w, y, accumulate)) return;
         if (w.dtype == DType::kF8E4M3) {
             // More rows than a GEMV takes (without FP8 tensor cores): the weights widened to the 16-bit dtype once per
@@ -512,12 +518,45 @@ class CudaBackend final : public Backend {
 
     // Whether MatMul of `rows` rows by w runs one GEMM on activations rounded to w's 16-bit dtype.
     bool RoundsActivations(int64_t rows, const Tensor& w) const {
-        return w.dtype != DType::kF32 && w.dtype != DType::kF8E4M3 && rows > cuda::kGemvMaxRows &&
-               (rows > kSplitMaxRows || !options_.exact_activations);
+        return (w.dtype != DType::kF32 && w.dtype != DType::kF8E4M3 && rows > cuda::kGemvMaxRows &&
+                (rows > kSplitMaxRows || !options_.exact_activations)) ||
+               UsesRowGemm(rows, w);
+    }
+    // The 16-bit type a GEMM on w rounds its activations to: w's own, or for fp8 weights the model's 16-bit type.
+    DType ActivationDType(const Tensor& w) const {
+        if (w.dtype != DType::kF8E4M3) return w.dtype;
+        return options_.weight_dtype == DType::kBF16 ? DType::kBF16 : DType::kF16;
+    }
+    // Whether a GEMM of `rows` rows on w runs RowGemmKernel (CudaOptions::mma_decode_gemms).
+    bool UsesRowGemm(int64_t rows, const Tensor& w) const {
+        if (!options_.mma_decode_gemms || rows <= cuda::kGemvMaxRows || rows > cuda::kRowGemmMaxRows) return false;
+        if (w.dtype == DType::kF8E4M3) {
+            if (w.scale == nullptr) return false;
+        } else if (w.dtype != DType::kF16 && w.dtype != DType::kBF16) {
+            return false;
+        } else if (options_.exact_activations) {
+            return false;
+        }
+        return cuda::RowGemmSupports(static_cast<int>(rows), ActivationDType(w), w.data, w.dtype, w.ld, w.cols);
     }
 
-    // y (+)= x16 · w^T, x16 [rows, w.cols] dense in w's 16-bit dtype; fp32 accumulation and output.
+    // y (+)= x16 · w^T, x16 [rows, w.cols] dense in ActivationDType(w); fp32 accumulation and output.
     void Gemm16(const void* x16, int64_t rows, const Tensor& w, const Tensor& y, bool accumulate) {
+        if (UsesRowGemm(rows, w)) {
+            const int splits = cuda::RowGemmSplits(w.rows, w.cols, num_sms_, options_.gemm_ksplit);
+            float* partial = nullptr;
+            unsigned* counters = nullptr;
+            if (splits > 1) {
+                partial = static_cast<float*>(
+                    Workspace(kWsRowGemm, sizeof(float) * static_cast<size_t>(splits * rows * w.rows)));
+                counters = static_cast<unsigned*>(
+                    Workspace(kWsRowGemmCounters, sizeof(unsigned) * static_cast<size_t>(cuda::RowGemmTiles(w.rows))));
+            }
+            cuda::RowGemm(x16, ActivationDType(w), static_cast<int>(rows), w.data, w.dtype, w.ld, w.scale, w.rows,
+                          w.cols, y.f32(), y.ld, accumulate, splits, partial, counters, KStream());
+            return;
+        }
+        UA_CHECK(w.dtype == DType::kF16 || w.dtype == DType::kBF16);
         const float one = 1.0f, zero = 0.0f;
         const cudaDataType_t wt = CudaType(w.dtype);
         UA_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
@@ -540,8 +579,9 @@ class CudaBackend final : public Backend {
             // The norm writes the GEMM's 16-bit input itself (no fp32 copy, no conversion pass): same values.
             UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
             UA_CHECK_EQ(w.cols, x.cols);
-            void* x16 = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols) * DTypeBytes(w.dtype));
-            cuda::RmsNorm16(x.f32(), x.ld, norm_w.data, norm_w.dtype, eps, x16, w.dtype, x.rows, x.cols, KStream());
+            void* x16 = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols) * 2);
+            cuda::RmsNorm16(x.f32(), x.ld, norm_w.data, norm_w.dtype, eps, x16, ActivationDType(w), x.rows, x.cols,
+                            KStream());
             Gemm16(x16, x.rows, w, y, accumulate);
             return;
         }
@@ -559,8 +599,8 @@ class CudaBackend final : public Backend {
         if (RoundsActivations(gate_up.rows, w) && gate_up.rows > 0 && w.rows > 0) {
             UA_CHECK(gate_up.dtype == DType::kF32 && y.dtype == DType::kF32);
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
-            void* x16 = Workspace(kWsX16, static_cast<size_t>(gate_up.rows * w.cols) * DTypeBytes(w.dtype));
-            cuda::SiluMul16(gate_up.f32(), gate_up.ld, x16, w.dtype, gate_up.rows, w.cols, KStream());
+            void* x16 = Workspace(kWsX16, static_cast<size_t>(gate_up.rows * w.cols) * 2);
+            cuda::SiluMul16(gate_up.f32(), gate_up.ld, x16, ActivationDType(w), gate_up.rows, w.cols, KStream());
             Gemm16(x16, gate_up.rows, w, y, accumulate);
             return;
         }
@@ -706,9 +746,11 @@ class CudaBackend final : public Backend {
     enum WorkspaceSlot {
         kWsGather,
         kWsX16,
-        kWsW16,     // fp8 weights widened for GEMMs of more than kGemvMaxRows rows (fp8_tensor_cores off)
-        kWsXScale,  // per-token scales of activations quantized to e4m3 (Fp8Gemm)
-        kWsLt,      // cuBLASLt's workspace for FP8 GEMMs
+        kWsW16,              // fp8 weights widened for GEMMs of more than kGemvMaxRows rows (fp8_tensor_cores off)
+        kWsXScale,           // per-token scales of activations quantized to e4m3 (Fp8Gemm)
+        kWsLt,               // cuBLASLt's workspace for FP8 GEMMs
+        kWsRowGemm,          // RowGemm's per-split partial sums
+        kWsRowGemmCounters,  // RowGemm's per-tile counters (zeroed once, left zeroed by every launch)
         kWsY2,
         kWsPartAcc,
         kWsPartMl,
@@ -731,7 +773,8 @@ class CudaBackend final : public Backend {
             UA_CUDA_CHECK(cudaMalloc(&workspace_[slot], grown));
             workspace_bytes_[slot] = grown;
             // The attention kernels expect zeroed counters and leave them zeroed.
-            if (slot == kWsSplitCounters) UA_CUDA_CHECK(cudaMemsetAsync(workspace_[slot], 0, grown, stream_.get()));
+            if (slot == kWsSplitCounters || slot == kWsRowGemmCounters)
+                UA_CUDA_CHECK(cudaMemsetAsync(workspace_[slot], 0, grown, stream_.get()));
         }
         return workspace_[slot];
     }

@@ -125,6 +125,27 @@ void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, v
 void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,
                    float* y, int64_t y_ld, bool accumulate, Stream stream);
 
+// ---- gemm_rows.cu ----
+
+// GEMMs of up to kRowGemmMaxRows rows (decode batches) on mma.sync, weights read once (fp32 accumulation):
+//   y[t, o] = (accumulate ? y[t, o] : 0) + s[o] · Σ_i x[t, i] · w[o, i]
+//   x [rows, n_in] dense of x_dtype (f16/bf16); w [n_out, n_in] (row stride w_ld) of x_dtype, or f8_e4m3 with w_scale
+//   [n_out] (s; 1 for 16-bit weights) widened to x_dtype in registers (exact); y [rows, n_out] fp32 (row stride y_ld).
+// The input dimension is cut into `splits` parts (RowGemmSplits); with more than one, partial [splits, rows, n_out]
+// fp32 is scratch and counters [RowGemmTiles(n_out)] must be zero before the first launch (each launch leaves them
+// zero). A row's result depends only on that row and the shape (the same bits in any batch).
+constexpr int kRowGemmMaxRows = 64;
+constexpr int kRowGemmTile = 128;  // output channels per block
+constexpr int kRowGemmMaxSplits = 16;
+bool RowGemmSupports(int rows, DType x_dtype, const void* w, DType w_dtype, int64_t w_ld, int64_t n_in);
+int64_t RowGemmTiles(int64_t n_out);
+// The split of the input dimension for a matrix (`forced` > 0: that many parts, within 1..kRowGemmMaxSplits and
+// the number of 256-element chunks).
+int RowGemmSplits(int64_t n_out, int64_t n_in, int num_sms, int forced);
+void RowGemm(const void* x, DType x_dtype, int rows, const void* w, DType w_dtype, int64_t w_ld, const float* w_scale,
+             int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, int splits, float* partial,
+             unsigned* counters, Stream stream);
+
 // ---- attention.cu ----
 
 // The paged-cache view of one step: the step's AttentionBatch (backend/backend.h), with max_query_len > 0

@@ -1,0 +1,362 @@
+// GEMMs of 3-64 rows (decode batches) on mma.sync, written for the weight-bound regime: every weight byte is read
+// from memory once, straight into the registers of the warp that multiplies it (no shared-memory staging of
+// weights), with several loads in flight per lane; only the few activation rows are staged in shared memory.
+// fp8 e4m3 weights are widened to the activations' 16-bit type in registers (exact), so an fp8 model reads half of
+// fp16's bytes without rounding its activations to fp8 (weight-only fp8: the activations are rounded to 16 bits, as
+// for 16-bit weights).
+//
+// Layout ("swap AB"): the mma's M dimension is the output channel, N the activation row. A warp owns 32 output
+// channels (two m16 tiles) and every activation row (up to eight n8 tiles); a block of 4 warps owns 128 channels.
+// The input dimension goes in rounds of 64: lane (g, t) of a warp (g = lane / 4, t = lane % 4) loads input elements
+// [16t, 16t + 16) of the round for its channel rows g and g + 8 of each m-tile (32 bytes of a 16-bit row, 16 of an
+// fp8 one; 64 or 128 contiguous bytes per channel row per round across the four lanes of one g). The mma's k index
+// is a permutation of the input index, the same for A and B (a dot product does not care about the order of its
+// terms): in k16 step s of a round, lane t's logical columns 2t, 2t + 1, 2t + 8, 2t + 9 are its input elements
+// 4s .. 4s + 3. So a lane's B fragments of a round are 16 consecutive activations of one row: two 16-byte shared loads.
+//
+// The input dimension is also split over blocks (`splits` parts, so that matrices of few output tiles fill the
+// device); each part's fp32 sums go to a scratch buffer and the last block of an output tile to finish adds them in
+// split order (a counter per tile), so the result does not depend on which block finishes first. The split is a
+// function of the matrix shape only, and every output element is its own mma accumulation in a fixed k order, so a
+// row's result is the same in any batch of 3-64 rows.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/mma.cuh"
+
+namespace uniattn::cuda {
+namespace {
+
+constexpr int kRgWarps = 4;
+constexpr int kRgThreads = 32 * kRgWarps;
+constexpr int kRgWarpChannels = 32;                     // output channels per warp (two m16 tiles)
+constexpr int kRgRound = 64;                            // input elements per round (4 lanes x 16)
+constexpr int kRgChunk = 256;                           // input elements staged per chunk
+constexpr int kRgRoundsPerChunk = kRgChunk / kRgRound;  // 4
+// Staged 16-bit elements per activation row: 528 bytes (16 mod 128), so the two rows that a quarter-warp's
+// 16-byte loads touch land in different banks.
+constexpr int kRgRowStride = kRgChunk + 8;
+static_assert(kRowGemmTile == kRgWarps * kRgWarpChannels, "a block's output channels");
+
+// fp8 e4m3 pair (the low 16 bits) to a 16-bit pair of AT, exact: fp16 by cvt.rn.f16x2.e4m3x2; bf16 through fp32
+// (E4m3BitsToFloat, integer operations) and one cvt.rn.bf16x2.f32 (every e4m3 value is a bf16 value).
+template <typename AT>
+__device__ __forceinline__ uint32_t WidenE4m3x2(uint32_t two) {
+    if constexpr (std::is_same_v<AT, __half>) {
+        return E4m3x2ToHalf2(two);
+    } else {
+        const __nv_bfloat162 p = __floats2bfloat162_rn(E4m3BitsToFloat(two), E4m3BitsToFloat(two >> 8));
+        uint32_t r;
+        memcpy(&r, &p, 4);
+        return r;
+    }
+}
+
+// One lane's weights of one round for one channel row: 16 input elements (two 16-byte words of a 16-bit row, one of
+// an fp8 row).
+template <typename WT>
+struct RgRow {
+    static constexpr int kWords = sizeof(WT) == 1 ? 1 : 2;
+    uint4 w[kWords];
+    __device__ __forceinline__ void Load(const WT* __restrict__ p) {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+    }
+    // The 32-bit A-fragment word of elements (4s + 2h, 4s + 2h + 1): h = 0 for columns 2t, 2t + 1, h = 1 for 2t + 8, 2t
+    // + 9.
+    template <typename AT>
+    __device__ __forceinline__ uint32_t Pair(int s, int h) const {
+        if constexpr (sizeof(WT) == 1) {
+            const uint32_t word = Word(w[0], s);
+            return WidenE4m3x2<AT>(h == 0 ? word : word >> 16);
+        } else {
+            return Word(w[s / 2], (s % 2) * 2 + h);
+        }
+    }
+};
+
+// y [rows, n_out] (+)= x [rows, n_in] · w^T over input chunks [c_begin, c_end) of this block's split.
+//   grid (ceil(n_out / 128), splits); dynamic shared memory: 2 x kNT·8 x kRgRowStride elements of AT.
+// WT: the weights' element type (AT, or __nv_fp8_e4m3); AT: the activations' (__half, __nv_bfloat16);
+// kNT: n8 tiles of activation rows (rows <= 8·kNT); kU: rounds of weights in flight per lane (divides 4).
+template <typename WT, typename AT, int kNT, int kU>
+__global__ __launch_bounds__(kRgThreads) void RowGemmKernel(const AT* __restrict__ x, int rows,
+                                                            const WT* __restrict__ w, int64_t w_ld,
+                                                            const float* __restrict__ w_scale, int64_t n_out,
+                                                            int64_t n_in, float* __restrict__ y, int64_t y_ld,
+                                                            bool accumulate, float* __restrict__ partial,
+                                                            unsigned* __restrict__ counters) {
+    static_assert(kRgRoundsPerChunk % kU == 0, "rounds in flight divide a chunk's rounds");
+    extern __shared__ uint4 rg_smem[];
+    AT* staged = reinterpret_cast<AT*>(rg_smem);  // [2][kNT·8][kRgRowStride]
+    __shared__ bool last_block;
+    constexpr int kRows = kNT * 8;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int splits = gridDim.y, split = blockIdx.y;
+    const int64_t n_chunks = n_in / kRgChunk;
+    const int64_t c_begin = n_chunks * split / splits, c_end = n_chunks * (split + 1) / splits;
+    const int n_rounds = static_cast<int>(c_end - c_begin) * kRgRoundsPerChunk;
+    const int64_t k_begin = c_begin * kRgChunk;
+
+    // This lane's four channel rows (m-tile mt, half h: rows g and g + 8), clamped into the matrix (rows past
+    // n_out load the last row and are never stored).
+    const int64_t tile = static_cast<int64_t>(blockIdx.x) * kRowGemmTile + warp * kRgWarpChannels;
+    const WT* wrow[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int64_t o = min(tile + mt * 16 + h * 8 + g, n_out - 1);
+            wrow[mt][h] = w + o * w_ld + k_begin + t * 16;
+        }
+    }
+    // Weights are never written during a step: the first rounds' loads go out before waiting for the previous
+    // kernel (programmatic dependent launch).
+    RgRow<WT> ring[kU][2][2];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+        if (u < n_rounds) {
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) ring[u][mt][h].Load(wrow[mt][h] + u * kRgRound);
+            }
+        }
+    }
+    PdlEnter();
+
+    // Stages chunk c (of this split) into buffer c & 1: rows past `rows` are zero-filled.
+    auto stage = [&](int c) {
+        AT* buf = staged + (c & 1) * kRows * kRgRowStride;
+        const int64_t k0 = k_begin + static_cast<int64_t>(c) * kRgChunk;
+        constexpr int kPieces = kRows * (kRgChunk / 8);  // 16-byte pieces
+#pragma unroll
+        for (int p = threadIdx.x; p < kPieces; p += kRgThreads) {
+            const int r = p / (kRgChunk / 8), piece = p % (kRgChunk / 8);
+            const bool valid = r < rows;
+            const AT* src = x + (valid ? static_cast<int64_t>(r) * n_in + k0 + piece * 8 : 0);
+            CpAsync16(buf + r * kRgRowStride + piece * 8, src, valid);
+        }
+        CpAsyncCommit();
+    };
+
+    float acc[2][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
+        }
+    }
+
+    const int my_chunks = static_cast<int>(c_end - c_begin);
+    if (my_chunks > 0) stage(0);
+    for (int c = 0; c < my_chunks; ++c) {
+        if (c + 1 < my_chunks) {
+            stage(c + 1);
+        } else {
+            CpAsyncCommit();  // an empty group keeps the wait below at "all but the newest"
+        }
+        CpAsyncWait<1>();
+        __syncthreads();
+        const AT* buf = staged + (c & 1) * kRows * kRgRowStride;
+#pragma unroll
+        for (int r = 0; r < kRgRoundsPerChunk; ++r) {
+            const int slot = r % kU;
+            // A fragments of the round's four k16 steps, both m-tiles.
+            uint32_t a[2][4][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int s = 0; s < 4; ++s) {
+                    a[mt][s][0] = ring[slot][mt][0].template Pair<AT>(s, 0);
+                    a[mt][s][1] = ring[slot][mt][1].template Pair<AT>(s, 0);
+                    a[mt][s][2] = ring[slot][mt][0].template Pair<AT>(s, 1);
+                    a[mt][s][3] = ring[slot][mt][1].template Pair<AT>(s, 1);
+                }
+            }
+            // The slot is free again: the round kU ahead goes out now.
+            const int next = c * kRgRoundsPerChunk + r + kU;
+            if (next < n_rounds) {
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        ring[slot][mt][h].Load(wrow[mt][h] + static_cast<int64_t>(next) * kRgRound);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+                const AT* xr = buf + (j * 8 + g) * kRgRowStride + r * kRgRound + t * 16;
+                const uint4 b0 = *reinterpret_cast<const uint4*>(xr);
+                const uint4 b1 = *reinterpret_cast<const uint4*>(xr + 8);
+                const uint32_t b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                for (int s = 0; s < 4; ++s) {
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) Mma16816<AT>(acc[mt][j], a[mt][s], b[2 * s], b[2 * s + 1]);
+                }
+            }
+        }
+        __syncthreads();  // buffer c & 1 is staged again for chunk c + 2
+    }
+
+    // Accumulator e of (mt, j): channel tile + mt·16 + g (+8 for e >= 2), activation row j·8 + 2t (+1 for odd e).
+    if (splits == 1) {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int64_t o = tile + mt * 16 + g + (e >> 1) * 8;
+                    const int n = j * 8 + 2 * t + (e & 1);
+                    if (o < n_out && n < rows) {
+                        float v = acc[mt][j][e];
+                        if constexpr (sizeof(WT) == 1) v *= w_scale[o];
+                        float* dst = y + n * y_ld + o;
+                        *dst = accumulate ? *dst + v : v;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    // Split: this part's sums to partial [splits, rows, n_out]; the tile's last block adds the parts in order.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t o = tile + mt * 16 + g + (e >> 1) * 8;
+                const int n = j * 8 + 2 * t + (e & 1);
+                if (o < n_out && n < rows)
+                    partial[(static_cast<int64_t>(split) * rows + n) * n_out + o] = acc[mt][j][e];
+            }
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_block = atomicAdd(&counters[blockIdx.x], 1u) == static_cast<unsigned>(splits - 1);
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    const int64_t o = static_cast<int64_t>(blockIdx.x) * kRowGemmTile + threadIdx.x;
+    if (o < n_out) {
+        const float scale = sizeof(WT) == 1 ? w_scale[o] : 1.0f;
+        for (int n = 0; n < rows; ++n) {
+            float v = 0.f;
+            for (int p = 0; p < splits; ++p) v += __ldcg(partial + (static_cast<int64_t>(p) * rows + n) * n_out + o);
+            if constexpr (sizeof(WT) == 1) v *= scale;
+            float* dst = y + n * y_ld + o;
+            *dst = accumulate ? *dst + v : v;
+        }
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // for the next launch (a later kernel waits for this one)
+}
+
+size_t RowGemmSmem(int n_tiles) { return sizeof(uint16_t) * 2 * n_tiles * 8 * kRgRowStride; }
+
+// Raises the kernel's dynamic shared-memory limit once per (device, instantiation).
+template <typename WT, typename AT, int kNT, int kU>
+void PrepareRowGemm() {
+    static std::mutex mu;
+    static std::map<int, bool> done;
+    int device = 0;
+    UA_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(mu);
+    if (done[device]) return;
+    UA_CUDA_CHECK(cudaFuncSetAttribute(RowGemmKernel<WT, AT, kNT, kU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(RowGemmSmem(kNT))));
+    done[device] = true;
+}
+
+template <typename WT, typename AT, int kNT>
+void LaunchRowGemm(const AT* x, int rows, const WT* w, int64_t w_ld, const float* w_scale, int64_t n_out, int64_t n_in,
+                   float* y, int64_t y_ld, bool accumulate, int splits, float* partial, unsigned* counters,
+                   Stream stream) {
+    // 256 bytes of weights in flight per lane: four rounds of fp8, two of 16-bit.
+    constexpr int kU = sizeof(WT) == 1 ? 4 : 2;
+    PrepareRowGemm<WT, AT, kNT, kU>();
+    const dim3 grid(static_cast<unsigned>(RowGemmTiles(n_out)), static_cast<unsigned>(splits));
+    LaunchKernel("RowGemmKernel", RowGemmKernel<WT, AT, kNT, kU>, grid, kRgThreads, RowGemmSmem(kNT), stream, x, rows,
+                 w, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, partial, counters);
+}
+
+template <typename WT, typename AT>
+void RowGemmTyped(const void* x, int rows, const void* w, int64_t w_ld, const float* w_scale, int64_t n_out,
+                  int64_t n_in, float* y, int64_t y_ld, bool accumulate, int splits, float* partial, unsigned* counters,
+                  Stream stream) {
+    const auto* xa = static_cast<const AT*>(x);
+    const auto* wt = static_cast<const WT*>(w);
+    const int n_tiles = (rows + 7) / 8;
+    if (n_tiles <= 1) {
+        LaunchRowGemm<WT, AT, 1>(xa, rows, wt, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits, partial,
+                                 counters, stream);
+    } else if (n_tiles <= 2) {
+        LaunchRowGemm<WT, AT, 2>(xa, rows, wt, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits, partial,
+                                 counters, stream);
+    } else if (n_tiles <= 4) {
+        LaunchRowGemm<WT, AT, 4>(xa, rows, wt, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits, partial,
+                                 counters, stream);
+    } else {
+        LaunchRowGemm<WT, AT, 8>(xa, rows, wt, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits, partial,
+                                 counters, stream);
+    }
+}
+
+}  // namespace
+
+int64_t RowGemmTiles(int64_t n_out) { return (n_out + kRowGemmTile - 1) / kRowGemmTile; }
+
+int RowGemmSplits(int64_t n_out, int64_t n_in, int num_sms, int forced) {
+    const int64_t chunks = n_in / kRgChunk;
+    if (chunks <= 0) return 1;
+    // About two blocks per SM (the 64-row kernel holds two per SM): 4096-channel matrices (32 tiles) split in 9,
+    // the widest (gate_up, lm_head) not at all.
+    const int64_t want =
+        forced > 0 ? forced : (2 * static_cast<int64_t>(num_sms) + RowGemmTiles(n_out) - 1) / RowGemmTiles(n_out);
+    return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(chunks, kRowGemmMaxSplits)));
+}
+
+bool RowGemmSupports(int rows, DType x_dtype, const void* w, DType w_dtype, int64_t w_ld, int64_t n_in) {
+    const bool x_ok = x_dtype == DType::kF16 || x_dtype == DType::kBF16;
+    const bool w_ok = w_dtype == x_dtype || w_dtype == DType::kF8E4M3;
+    return rows >= 1 && rows <= kRowGemmMaxRows && x_ok && w_ok && n_in > 0 && n_in % kRgChunk == 0 &&
+           (w_ld * static_cast<int64_t>(DTypeBytes(w_dtype))) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+void RowGemm(const void* x, DType x_dtype, int rows, const void* w, DType w_dtype, int64_t w_ld, const float* w_scale,
+             int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, int splits, float* partial,
+             unsigned* counters, Stream stream) {
+    UA_CHECK(RowGemmSupports(rows, x_dtype, w, w_dtype, w_ld, n_in));
+    UA_CHECK(splits >= 1 && splits <= kRowGemmMaxSplits);
+    UA_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0);
+    UA_CHECK(w_dtype != DType::kF8E4M3 || w_scale != nullptr);
+    if (n_out == 0) return;
+    if (x_dtype == DType::kF16) {
+        if (w_dtype == DType::kF8E4M3) {
+            RowGemmTyped<__nv_fp8_e4m3, __half>(x, rows, w, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits,
+                                                partial, counters, stream);
+        } else {
+            RowGemmTyped<__half, __half>(x, rows, w, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate, splits, partial,
+                                         counters, stream);
+        }
+    } else {
+        if (w_dtype == DType::kF8E4M3) {
+            RowGemmTyped<__nv_fp8_e4m3, __nv_bfloat16>(x, rows, w, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate,
+                                                       splits, partial, counters, stream);
+        } else {
+            RowGemmTyped<__nv_bfloat16, __nv_bfloat16>(x, rows, w, w_ld, w_scale, n_out, n_in, y, y_ld, accumulate,
+                                                       splits, partial, counters, stream);
+        }
+    }
+}
+
+}  // namespace uniattn::cuda

@@ -174,6 +174,13 @@ int Main(int argc, char** argv) {
             if (!r.ok()) return 1;
             fp8_bes.push_back(std::move(r).value());
         }
+        // Direct RowGemm launches at 1-2 rows: an fp16 copy of x, the split scratch and zeroed counters.
+        auto x16 = Alloc(be, 2 * 2 * std::max(ff, d));
+        be->FillUniform(x16->data(), DType::kF16, 2 * std::max(ff, d), -1, 1, 5);
+        auto part = Alloc(be, sizeof(float) * cuda::kRowGemmMaxSplits * 2 * std::max<int64_t>(2 * ff, c.vocab_size));
+        auto counters = Alloc(be, sizeof(unsigned) * cuda::RowGemmTiles(std::max<int64_t>(2 * ff, c.vocab_size)));
+        cudaMemset(counters->data(), 0, sizeof(unsigned) * cuda::RowGemmTiles(std::max<int64_t>(2 * ff, c.vocab_size)));
+        cudaDeviceSynchronize();
         std::printf("MatMul, fp16 against e4m3 weights (us per call)\n");
         for (const Mat& m : mats) {
             auto w16 = Alloc(be, 2 * m.out * m.in);
@@ -197,6 +204,21 @@ int Main(int argc, char** argv) {
                     Backend* fb = fp8_bes[i].get();
                     bench.Report(at + fp8_cases[i].name, bench.Time([&] { fb->MatMul(tx, t8, ty, false); }),
                                  1.0 * m.out * m.in);
+                }
+                if (T <= 2) {  // the mma kernel where GEMVs run today: 16-bit activations, launched directly
+                    int sms = 0;
+                    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+                    const int splits = cuda::RowGemmSplits(m.out, m.in, sms, 0);
+                    float* yf = static_cast<float*>(y->data());
+                    auto direct = [&](const Tensor& w) {
+                        cuda::RowGemm(x16->data(), DType::kF16, static_cast<int>(T), w.data, w.dtype, m.in, w.scale,
+                                      m.out, m.in, yf, m.out, false, splits, static_cast<float*>(part->data()),
+                                      static_cast<unsigned*>(counters->data()), nullptr);
+                    };
+                    if (cuda::RowGemmSupports(static_cast<int>(T), DType::kF16, w16->data(), DType::kF16, m.in, m.in)) {
+                        bench.Report(at + "fp16 mma (direct)", bench.Time([&] { direct(t16); }), 2.0 * m.out * m.in);
+                        bench.Report(at + "fp8 mma (direct)", bench.Time([&] { direct(t8); }), 1.0 * m.out * m.in);
+                    }
                 }
                 if (T > 2 && T <= cuda::kRowGemmMaxRows) {
                     bench.Report(at + "fp16 mma", bench.Time([&] { mma->MatMul(tx, t16, ty, false); }),

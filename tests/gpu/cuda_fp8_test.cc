@@ -259,6 +259,51 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
     }
 }
 
+// FP8 tensor-core GEMMs of norm / SwiGLU inputs: RmsNormFp8 and SiluMulFp8 quantize the rows in the kernel that
+// computes them. That must give exactly the bits of the two-op path (the fp32 norm or SwiGLU, then MatMul's
+// QuantizeRowsFp8 and the same GEMM), at decode and prefill row counts, for fp16 and bf16 norm weights.
+TEST_F(CudaFp8Test, FusedFp8GemmInputsAreBitIdenticalToTwoOps) {
+    Rng rng(919);
+    const int64_t in = 512, out = 144;
+    auto gpu_or = CreateCudaBackend(CudaBackendOptions{});
+    ASSERT_TRUE(gpu_or.ok());
+    Backend* gpu = gpu_or->get();
+    const Fp8Weight fw = RandomFp8Weight(rng, out, in);
+    Tensor w = MakeTensor(UploadTo(gpu, fw.bytes), DType::kF8E4M3, out, in);
+    w.scale = UploadTo(gpu, fw.scale);
+    for (DType gd : {DType::kF32, DType::kF16, DType::kBF16}) {
+        for (int64_t T : {3, 17, 65, 130}) {
+            SCOPED_TRACE(std::string("norm weights ") + DTypeName(gd) + " T=" + std::to_string(T));
+            const Tensor x = MakeTensor(UploadTo(gpu, RandomVector(rng, T * in, -2.0f, 2.0f)), DType::kF32, T, in);
+            std::vector<float> gh = RandomVector(rng, in, 0.5f, 1.5f);
+            for (float& v : gh) {
+                if (gd == DType::kF16) v = HalfToFloat(FloatToHalf(v));
+                if (gd == DType::kBF16) v = BF16ToFloat(FloatToBF16(v));
+            }
+            const Tensor g = MakeTensor(UploadTo(gpu, gh, gd), gd, 1, in);
+            const Tensor xn = MakeTensor(UploadTo(gpu, std::vector<float>(T * in)), DType::kF32, T, in);
+            const Tensor fused = MakeTensor(UploadTo(gpu, std::vector<float>(T * out)), DType::kF32, T, out);
+            const Tensor two = MakeTensor(UploadTo(gpu, std::vector<float>(T * out)), DType::kF32, T, out);
+            gpu->NormMatMul(x, g, 1e-5f, w, fused, xn, false);
+            gpu->RmsNorm(x, g, 1e-5f, xn);
+            gpu->MatMul(xn, w, two, false);
+            EXPECT_EQ(DownloadFrom(gpu, fused.data, T * out), DownloadFrom(gpu, two.data, T * out)) << "NormMatMul";
+
+            const std::vector<float> y0 = RandomVector(rng, T * out);
+            const Tensor gu =
+                MakeTensor(UploadTo(gpu, RandomVector(rng, T * 2 * in, -4.0f, 4.0f)), DType::kF32, T, 2 * in);
+            const Tensor mlp = MakeTensor(UploadTo(gpu, std::vector<float>(T * in)), DType::kF32, T, in);
+            const Tensor fused2 = MakeTensor(UploadTo(gpu, y0), DType::kF32, T, out);
+            const Tensor two2 = MakeTensor(UploadTo(gpu, y0), DType::kF32, T, out);
+            gpu->SiluMulMatMul(gu, w, fused2, mlp, true);
+            gpu->SiluMul(gu, mlp);
+            gpu->MatMul(mlp, w, two2, true);
+            EXPECT_EQ(DownloadFrom(gpu, fused2.data, T * out), DownloadFrom(gpu, two2.data, T * out))
+                << "SiluMulMatMul";
+        }
+    }
+}
+
 // The engine's own mma.sync GEMM for 3..64 rows (mma_decode_gemms, gemm_rows.cu): 16-bit weights, and fp8 weights
 // widened in registers under f16 or bf16 activations (the model's 16-bit type). Against the CPU oracle on the same
 // weight values: each term may move by one rounding step of the activation dtype (the products and the widening

@@ -366,15 +366,30 @@ class CudaBackend final : public Backend {
     // False (nothing run) where cuBLASLt cannot take the shape: FP8 needs K and the leading dimensions to be
     // multiples of 16.
     bool Fp8Gemm(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) {
-        const int64_t rows = x.rows, in = x.cols, out = w.rows;
+        if (!Fp8GemmTakes(x.rows, w, y)) return false;
+        auto* xq = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols));
+        auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(x.rows)));
+        cuda::QuantizeRowsFp8(x.f32(), x.ld, x.rows, x.cols, xq, xs, KStream());
+        return Fp8GemmOn(xq, xs, x.rows, w, y, accumulate);
+    }
+    // Whether an FP8 tensor-core GEMM may run for this shape (false: cuBLASLt's FP8 rules, or a plan made before
+    // that failed).
+    bool Fp8GemmTakes(int64_t rows, const Tensor& w, const Tensor& y) const {
+        const int64_t in = w.cols, out = w.rows;
         if (in % 16 != 0 || w.ld % 16 != 0 || out % 16 != 0) return false;
-        if (auto known = fp8_plans_.find(std::make_tuple(rows, out, in, w.ld, y.ld));
-            known != fp8_plans_.end() && !known->second->ok) {
-            return false;
-        }
-        auto* xq = Workspace(kWsX16, static_cast<size_t>(rows * in));
-        auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(rows)));
-        cuda::QuantizeRowsFp8(x.f32(), x.ld, rows, in, xq, xs, KStream());
+        const auto known = fp8_plans_.find(std::make_tuple(rows, out, in, w.ld, y.ld));
+        return known == fp8_plans_.end() || known->second->ok;
+    }
+    // Whether the norm / SwiGLU input of a GEMM on w of `rows` rows is quantized by the fused kernels
+    // (RmsNormFp8, SiluMulFp8) for an FP8 tensor-core GEMM.
+    bool FusesFp8Input(int64_t rows, const Tensor& w, const Tensor& y) const {
+        return w.dtype == DType::kF8E4M3 && w.scale != nullptr && options_.fp8_tensor_cores &&
+               rows > cuda::kGemvMaxRows && !UsesRowGemm(rows, w) && Fp8GemmTakes(rows, w, y);
+    }
+    // The GEMM on activations already quantized: xq [rows, w.cols] e4m3 with per-row scales xs. False (nothing run)
+    // where cuBLASLt has no plan for the shape.
+    bool Fp8GemmOn(void* xq, float* xs, int64_t rows, const Tensor& w, const Tensor& y, bool accumulate) {
+        const int64_t in = w.cols, out = w.rows;
         Fp8GemmPlan& plan = Fp8Plan(rows, out, in, w.ld, y.ld, w, xq, xs);
         if (!plan.ok) return false;
         void* lt_ws = plan.workspace_bytes > 0 ? Workspace(kWsLt, plan.workspace_bytes) : nullptr;
@@ -575,6 +590,15 @@ class CudaBackend final : public Backend {
                            w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);
             return;
         }
+        if (FusesFp8Input(x.rows, w, y) && w.rows > 0) {
+            UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
+            UA_CHECK_EQ(w.cols, x.cols);
+            auto* xq = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols));
+            auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(x.rows)));
+            cuda::RmsNormFp8(x.f32(), x.ld, norm_w.data, norm_w.dtype, eps, xq, xs, x.rows, x.cols, KStream());
+            if (Fp8GemmOn(xq, xs, x.rows, w, y, accumulate)) return;
+            // No FP8 GEMM for the shape after all: the two-op path below (MatMul widens the weights).
+        }
         if (RoundsActivations(x.rows, w) && x.rows > 0 && w.rows > 0) {
             // The norm writes the GEMM's 16-bit input itself (no fp32 copy, no conversion pass): same values.
             UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
@@ -595,6 +619,14 @@ class CudaBackend final : public Backend {
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
                               w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);
             return;
+        }
+        if (FusesFp8Input(gate_up.rows, w, y) && w.rows > 0) {
+            UA_CHECK(gate_up.dtype == DType::kF32 && y.dtype == DType::kF32);
+            UA_CHECK_EQ(w.cols * 2, gate_up.cols);
+            auto* xq = Workspace(kWsX16, static_cast<size_t>(gate_up.rows * w.cols));
+            auto* xs = static_cast<float*>(Workspace(kWsXScale, sizeof(float) * static_cast<size_t>(gate_up.rows)));
+            cuda::SiluMulFp8(gate_up.f32(), gate_up.ld, xq, xs, gate_up.rows, w.cols, KStream());
+            if (Fp8GemmOn(xq, xs, gate_up.rows, w, y, accumulate)) return;
         }
         if (RoundsActivations(gate_up.rows, w) && gate_up.rows > 0 && w.rows > 0) {
             UA_CHECK(gate_up.dtype == DType::kF32 && y.dtype == DType::kF32);

@@ -247,6 +247,52 @@ __global__ void QuantizeRowsFp8Kernel(const float* __restrict__ x, int64_t x_ld,
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) qr[i] = __nv_fp8_e4m3(xr[i] / s);
 }
 
+// RmsNorm and SwiGLU writing an FP8 GEMM's input: one block per row computes the row's fp32 values exactly as
+// RmsNormKernel / SiluMulKernel do (the same expressions, the same sum order for the norm), their amax, then
+// QuantizeRowsFp8Kernel's scale and bytes; the values are recomputed for the second pass, never written out.
+// The same bytes and scales as the fp32 kernel followed by QuantizeRowsFp8.
+template <int kOp, typename T>  // kOp 0: RmsNorm(x) · w; 1: silu(gate) · up of a [gate | up] row (w unused)
+__global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
+                                     int64_t d, __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scale) {
+    PdlEnter();
+    __shared__ float partial[kThreads / 32];
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * x_ld;
+    float inv = 1.0f;
+    if constexpr (kOp == 0) {
+        float ss = 0.f;
+        for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+        ss = WarpSum(ss);
+        if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        float total = 0.f;
+#pragma unroll
+        for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
+        inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+        __syncthreads();  // partial is reused below
+    }
+    auto value = [&](int64_t i) {
+        if constexpr (kOp == 0) {
+            return xr[i] * inv * ToFloat(w[i]);
+        } else {
+            const float g = xr[i], u = xr[d + i];
+            return g / (1.0f + expf(-g)) * u;
+        }
+    };
+    float m = 0.f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) m = fmaxf(m, fabsf(value(i)));
+    m = WarpMax(m);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, partial[i]);
+    const float s = amax > 0.f ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0) scale[r] = s;
+    __nv_fp8_e4m3* qr = q + r * d;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) qr[i] = __nv_fp8_e4m3(value(i) / s);
+}
+
 // y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]     raw [rows, cols] dense fp32
 __global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int64_t rows, int64_t cols,
                                     const float* __restrict__ row_scale, const float* __restrict__ col_scale,
@@ -433,6 +479,22 @@ void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, v
     if (rows == 0) return;
     LaunchKernel("QuantizeRowsFp8Kernel", QuantizeRowsFp8Kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x,
                  x_ld, cols, static_cast<__nv_fp8_e4m3*>(q), scale);
+}
+
+void RmsNormFp8(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* q, float* scale,
+                int64_t rows, int64_t d, Stream stream) {
+    if (rows == 0) return;
+    UA_DISPATCH_DTYPE(
+        w_dtype, T,
+        LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<0, T>, static_cast<unsigned>(rows), kThreads, 0,
+                     stream, x, x_ld, static_cast<const T*>(w), eps, d, static_cast<__nv_fp8_e4m3*>(q), scale));
+}
+
+void SiluMulFp8(const float* gate_up, int64_t gu_ld, void* q, float* scale, int64_t rows, int64_t ff, Stream stream) {
+    if (rows == 0) return;
+    LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<1, float>, static_cast<unsigned>(rows), kThreads, 0,
+                 stream, gate_up, gu_ld, static_cast<const float*>(nullptr), 0.0f, ff, static_cast<__nv_fp8_e4m3*>(q),
+                 scale);
 }
 
 void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,

@@ -120,6 +120,11 @@ void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, i
 // Activations for FP8 tensor-core GEMMs, per token: scale[r] = max_c |x[r, c]| / 448 (1 for a zero row) and
 // q[r, c] = e4m3(x[r, c] / scale[r]) (round to nearest even, saturating), q [rows, cols] dense.
 void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* q, float* scale, Stream stream);
+// RmsNorm / SiluMul followed by QuantizeRowsFp8 in one kernel (q [rows, d] / [rows, ff] dense, scale [rows]): the
+// same bytes and scales, without the fp32 rows written and read back (FP8 tensor-core GEMMs of norm / SwiGLU inputs).
+void RmsNormFp8(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* q, float* scale,
+                int64_t rows, int64_t d, Stream stream);
+void SiluMulFp8(const float* gate_up, int64_t gu_ld, void* q, float* scale, int64_t rows, int64_t ff, Stream stream);
 // y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]: an FP8 GEMM's fp32 result
 // (raw [rows, cols] dense) with the per-token activation and per-channel weight scales.
 void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,

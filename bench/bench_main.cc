@@ -7,7 +7,7 @@
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--fp8-tensor-cores 1|0]
 //                 [--fp8-outer-scales 1|0] [--fp8-fast-accum 1|0] [--fp8-algo-candidates N]
-//                 [--mma-decode-gemms 1|0] [--pdl 1|0]
+//                 [--mma-gemm-max-rows N] [--pdl 1|0]
 //                 [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
 //                 [--decode-min-chunk 0|64|128|...]
@@ -349,7 +349,7 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, mma_gemms = -1, pdl = 1,
+    int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, mma_rows = -1, pdl = 1,
         fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
@@ -397,8 +397,8 @@ int Main(int argc, char** argv) {
                    "CUDA: cuBLASLt candidates timed per FP8 GEMM shape on first use (0: the default)")
         ->capture_default_str();
     app.add_option(
-           "--mma-decode-gemms", mma_gemms,
-           "CUDA: GEMMs of 3..64 rows on the engine's own mma.sync kernel (1) or cuBLAS/cuBLASLt (0) (-1: default)")
+           "--mma-gemm-max-rows", mma_rows,
+           "CUDA: GEMMs of 1 to N rows on the engine's own mma.sync kernel (0: none; -1: the backend's default)")
         ->capture_default_str();
     app.add_option("--pdl", pdl, "CUDA: programmatic dependent launch on (1) or off (0)")->capture_default_str();
     app.add_option("--fuse-gemv-inputs", fuse, "CUDA: fuse GEMV inputs (-1: the backend's default)")
@@ -432,7 +432,7 @@ int Main(int argc, char** argv) {
     if (fp8_outer >= 0) cuda.fp8_outer_scales = fp8_outer != 0;
     if (fp8_fast >= 0) cuda.fp8_fast_accum = fp8_fast != 0;
     if (fp8_cands > 0) cuda.fp8_algo_candidates = fp8_cands;
-    if (mma_gemms >= 0) cuda.mma_decode_gemms = mma_gemms != 0;
+    if (mma_rows >= 0) cuda.mma_gemm_max_rows = mma_rows;
     cuda.pdl = pdl != 0;
     if (fuse >= 0) cuda.fuse_gemv_inputs = fuse != 0;
     if (stage >= 0) cuda.stage_gemv_input = stage != 0;

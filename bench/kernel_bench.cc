@@ -161,10 +161,10 @@ int Main(int argc, char** argv) {
         fp8_cases[3].name = "fp8 fast-accum 8 candidates";
         fp8_cases[3].o.fp8_fast_accum = true;
         fp8_cases[3].o.fp8_algo_candidates = 8;
-        // The engine's own mma.sync kernel for 3..64 rows (mma_decode_gemms): fp16 weights, and fp8 weights widened
+        // The engine's own mma.sync kernel for 1..64 rows (mma_gemm_max_rows): fp16 weights, and fp8 weights widened
         // in registers (16-bit activations).
         CudaBackendOptions mo;
-        mo.mma_decode_gemms = true;
+        mo.mma_gemm_max_rows = 64;
         auto mma_or = CreateCudaBackend(mo);
         if (!mma_or.ok()) return 1;
         Backend* mma = mma_or->get();
@@ -174,13 +174,6 @@ int Main(int argc, char** argv) {
             if (!r.ok()) return 1;
             fp8_bes.push_back(std::move(r).value());
         }
-        // Direct RowGemm launches at 1-2 rows: an fp16 copy of x, the split scratch and zeroed counters.
-        auto x16 = Alloc(be, 2 * 2 * std::max(ff, d));
-        be->FillUniform(x16->data(), DType::kF16, 2 * std::max(ff, d), -1, 1, 5);
-        auto part = Alloc(be, sizeof(float) * cuda::kRowGemmMaxSplits * 2 * std::max<int64_t>(2 * ff, c.vocab_size));
-        auto counters = Alloc(be, sizeof(unsigned) * cuda::RowGemmTiles(std::max<int64_t>(2 * ff, c.vocab_size)));
-        cudaMemset(counters->data(), 0, sizeof(unsigned) * cuda::RowGemmTiles(std::max<int64_t>(2 * ff, c.vocab_size)));
-        cudaDeviceSynchronize();
         std::printf("MatMul, fp16 against e4m3 weights (us per call)\n");
         for (const Mat& m : mats) {
             auto w16 = Alloc(be, 2 * m.out * m.in);
@@ -205,22 +198,7 @@ int Main(int argc, char** argv) {
                     bench.Report(at + fp8_cases[i].name, bench.Time([&] { fb->MatMul(tx, t8, ty, false); }),
                                  1.0 * m.out * m.in);
                 }
-                if (T <= 2) {  // the mma kernel where GEMVs run today: 16-bit activations, launched directly
-                    int sms = 0;
-                    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-                    const int splits = cuda::RowGemmSplits(m.out, m.in, sms, 0);
-                    float* yf = static_cast<float*>(y->data());
-                    auto direct = [&](const Tensor& w) {
-                        cuda::RowGemm(x16->data(), DType::kF16, static_cast<int>(T), w.data, w.dtype, m.in, w.scale,
-                                      m.out, m.in, yf, m.out, false, splits, static_cast<float*>(part->data()),
-                                      static_cast<unsigned*>(counters->data()), nullptr);
-                    };
-                    if (cuda::RowGemmSupports(static_cast<int>(T), DType::kF16, w16->data(), DType::kF16, m.in, m.in)) {
-                        bench.Report(at + "fp16 mma (direct)", bench.Time([&] { direct(t16); }), 2.0 * m.out * m.in);
-                        bench.Report(at + "fp8 mma (direct)", bench.Time([&] { direct(t8); }), 1.0 * m.out * m.in);
-                    }
-                }
-                if (T > 2 && T <= cuda::kRowGemmMaxRows) {
+                if (T <= cuda::kRowGemmMaxRows) {
                     bench.Report(at + "fp16 mma", bench.Time([&] { mma->MatMul(tx, t16, ty, false); }),
                                  2.0 * m.out * m.in);
                     bench.Report(at + "fp8 mma", bench.Time([&] { mma->MatMul(tx, t8, ty, false); }),

@@ -304,13 +304,13 @@ TEST_F(CudaFp8Test, FusedFp8GemmInputsAreBitIdenticalToTwoOps) {
     }
 }
 
-// The engine's own mma.sync GEMM for 3..64 rows (mma_decode_gemms, gemm_rows.cu): 16-bit weights, and fp8 weights
+// The engine's own mma.sync GEMM for 1..64 rows (mma_gemm_max_rows, gemm_rows.cu): 16-bit weights, and fp8 weights
 // widened in registers under f16 or bf16 activations (the model's 16-bit type). Against the CPU oracle on the same
 // weight values: each term may move by one rounding step of the activation dtype (the products and the widening
 // are exact), 4x the magnitude for the norm / SwiGLU inputs as above. Shapes: one whose input dimension is split over
 // blocks (4096: partial sums added by the last block of each tile), a tail tile (300 channels), and one the kernel
-// does not take (in 520: cuBLAS on the same call path). Rows 3..64 of one shape are batch-invariant bit for bit (a
-// row alone in 3 rows, in 17, in 64), and a second run gives the same bits.
+// does not take (in 520: the GEMVs and cuBLAS on the same call path). Rows 1..64 of one shape are batch-invariant bit
+// for bit (a row alone, in 3 rows, in 17, in 64), and a second run gives the same bits.
 TEST_F(CudaFp8Test, MmaDecodeGemmsMatchTheCpuAndAreBatchInvariant) {
     Rng rng(909);
     struct Shape {
@@ -322,7 +322,7 @@ TEST_F(CudaFp8Test, MmaDecodeGemmsMatchTheCpuAndAreBatchInvariant) {
     for (const Case& c : {Case{DType::kF16, DType::kF16}, Case{DType::kBF16, DType::kBF16},
                           Case{DType::kF8E4M3, DType::kF16}, Case{DType::kF8E4M3, DType::kBF16}}) {
         CudaBackendOptions options;
-        options.mma_decode_gemms = true;
+        options.mma_gemm_max_rows = 64;
         options.weight_dtype = c.act;
         auto gpu_or = CreateCudaBackend(options);
         ASSERT_TRUE(gpu_or.ok());
@@ -346,7 +346,7 @@ TEST_F(CudaFp8Test, MmaDecodeGemmsMatchTheCpuAndAreBatchInvariant) {
             const std::vector<float> x64 = RandomVector(rng, 64 * sh.in, -2.0f, 2.0f);
             const std::vector<float> y64 = RandomVector(rng, 64 * sh.out);
             std::vector<float> first[3];  // each op's result at 64 rows
-            for (int64_t T : {64, 3, 5, 8, 9, 16, 17, 33}) {
+            for (int64_t T : {64, 1, 2, 3, 5, 8, 9, 16, 17, 33}) {
                 SCOPED_TRACE(std::string(DTypeName(c.w)) + " act " + DTypeName(c.act) + " in " + std::to_string(sh.in) +
                              " out " + std::to_string(sh.out) + " T=" + std::to_string(T));
                 const std::vector<float> xh(x64.begin(), x64.begin() + T * sh.in);

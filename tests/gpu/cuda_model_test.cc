@@ -281,10 +281,11 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
     }
 }
 
-// GEMMs of 3..64 rows on the engine's own mma.sync kernel (CudaOptions::mma_decode_gemms): the UniAttn GQA model with
+// GEMMs of 1..64 rows on the engine's own mma.sync kernel (CudaOptions::mma_gemm_max_rows): the UniAttn GQA model with
 // an MLP every matrix of which the kernel takes (768 wide: input dimensions multiples of 256), prompts in chunks of 40
-// and 20 rows, against the CPU with the default path's bound (both round activations to fp16), fp16 and fp8 weights
-// (engine.quantization=fp8 on both backends: the CPU holds the e4m3 values, so only the rounding differs).
+// and 20 rows and one-row decode steps, against the CPU with the default path's bound (both round activations to fp16),
+// fp16 and fp8 weights (engine.quantization=fp8 on both backends: the CPU holds the e4m3 values, so only the rounding
+// differs).
 TEST_F(CudaModelTest, MmaDecodeGemmsMatchCpu) {
     RandomCase rc = RandomCases()[2];
     rc.options.intermediate_size = 768;
@@ -301,7 +302,7 @@ TEST_F(CudaModelTest, MmaDecodeGemmsMatchCpu) {
         ASSERT_TRUE(cpu_model.ok()) << cpu_model.status().ToString();
         const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, max_chunk, prompt_len + 6);
         CudaBackendOptions o;
-        o.mma_decode_gemms = true;
+        o.mma_gemm_max_rows = 64;
         auto gpu = CreateCudaBackend(o);
         ASSERT_TRUE(gpu.ok());
         auto model = Model::Load(tmp.path(), gpu->get(), false, lo);

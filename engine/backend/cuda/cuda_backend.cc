@@ -313,15 +313,15 @@ class CudaBackend final : public Backend {
                 UA_CHECK(w.scale != nullptr);
                 break;
         }
-        if (rows <= cuda::kGemvMaxRows) {
-            cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
-                       KStream(), options_.stage_gemv_input, options_.gemv_row_segs, w.scale);
-            return;
-        }
         if (UsesRowGemm(rows, w)) {
             void* x16 = Workspace(kWsX16, static_cast<size_t>(rows * in) * 2);
             cuda::SplitHiLo(x.f32(), x.ld, rows, in, x16, ActivationDType(w), false, KStream());
             Gemm16(x16, rows, w, y, accumulate);
+            return;
+        }
+        if (rows <= cuda::kGemvMaxRows) {
+            cuda::Gemv(x.f32(), x.ld, static_cast<int>(rows), w.data, w.dtype, w.ld, out, in, y.f32(), y.ld, accumulate,
+                       KStream(), options_.stage_gemv_input, options_.gemv_row_segs, w.scale);
             return;
         }
         if (w.dtype == DType::kF8E4M3 && options_.fp8_tensor_cores && Fp8Gemm(x, w, y, accumulate)) return;
@@ -542,14 +542,14 @@ class CudaBackend final : public Backend {
         if (w.dtype != DType::kF8E4M3) return w.dtype;
         return options_.weight_dtype == DType::kBF16 ? DType::kBF16 : DType::kF16;
     }
-    // Whether a GEMM of `rows` rows on w runs RowGemmKernel (CudaOptions::mma_decode_gemms).
+    // Whether a GEMM of `rows` rows on w runs RowGemmKernel (CudaOptions::mma_gemm_max_rows).
     bool UsesRowGemm(int64_t rows, const Tensor& w) const {
-        if (!options_.mma_decode_gemms || rows <= cuda::kGemvMaxRows || rows > cuda::kRowGemmMaxRows) return false;
+        if (rows < 1 || rows > std::min<int64_t>(options_.mma_gemm_max_rows, cuda::kRowGemmMaxRows)) return false;
         if (w.dtype == DType::kF8E4M3) {
             if (w.scale == nullptr) return false;
         } else if (w.dtype != DType::kF16 && w.dtype != DType::kBF16) {
             return false;
-        } else if (options_.exact_activations) {
+        } else if (options_.exact_activations && rows > cuda::kGemvMaxRows) {
             return false;
         }
         return cuda::RowGemmSupports(static_cast<int>(rows), ActivationDType(w), w.data, w.dtype, w.ld, w.cols);
@@ -584,7 +584,7 @@ class CudaBackend final : public Backend {
     void NormMatMul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor& y,
                     const Tensor& xn, bool accumulate) override {
         if (options_.fuse_gemv_inputs && x.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32 &&
-            norm_w.dtype == DType::kF32) {
+            norm_w.dtype == DType::kF32 && !UsesRowGemm(x.rows, w)) {
             UA_CHECK_EQ(w.cols, x.cols);
             cuda::NormGemv(x.f32(), x.ld, norm_w.f32(), eps, static_cast<int>(x.rows), w.data, w.dtype, w.ld, w.rows,
                            w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);
@@ -614,7 +614,8 @@ class CudaBackend final : public Backend {
 
     void SiluMulMatMul(const Tensor& gate_up, const Tensor& w, const Tensor& y, const Tensor& mlp,
                        bool accumulate) override {
-        if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32) {
+        if (options_.fuse_gemv_inputs && gate_up.rows <= cuda::kGemvMaxRows && w.dtype != DType::kF32 &&
+            !UsesRowGemm(gate_up.rows, w)) {
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
             cuda::SiluMulGemv(gate_up.f32(), gate_up.ld, static_cast<int>(gate_up.rows), w.data, w.dtype, w.ld, w.rows,
                               w.cols, y.f32(), y.ld, accumulate, KStream(), options_.gemv_row_segs, w.scale);

@@ -236,9 +236,10 @@ __global__ __launch_bounds__(kStagedThreads) void GemvStagedKernel(GemvIn in, co
         if (o < n_out) {
             const WT* wr = w + o * w_ld;
             // kLoads loads of 8 weights per lane in flight before any arithmetic (the last round predicated, so
-            // a row's tail is not a chain of one dependent load each): 4 x 16 bytes of 16-bit weights, 8 x 8
-            // bytes of fp8 ones, the same bytes in flight per lane.
-            constexpr int kLoads = sizeof(WT) == 1 ? 2 * kUnroll : kUnroll;
+            // a row's tail is not a chain of one dependent load each). fp8 with 8 loads of 8 bytes (the bytes of
+            // fp16's 4 x 16) made the batch-1 step 2x slower on an H100 (9.46 ms against 4.74, 2026-12-07): 4 for
+            // both.
+            constexpr int kLoads = kUnroll;
             for (int64_t c = c_begin + lane; c < c_end; c += kLoads * 32) {
                 float wf[kLoads][8];
 #pragma unroll

@@ -46,12 +46,12 @@ struct CudaOptions {
     // keeps 16-bit activations (closer to the CPU oracle, slower than fp16). 1-2 row GEMVs always read fp32
     // activations and the e4m3 bytes.
     bool fp8_tensor_cores = true;
-    // GEMMs of 3..64 rows (decode batches) on the backend's own mma.sync kernel (gemm_rows.cu: every weight byte read
-    // once straight into registers, the input dimension split over blocks by shape, 16-bit activations) instead of
-    // cuBLAS / cuBLASLt. fp8 weights are widened to 16 bits in registers there (weight-only fp8: no activation
-    // rounding to e4m3 at those rows, fp8_tensor_cores then applies to prefill only). 16-bit weights with
-    // exact_activations keep cuBLAS.
-    bool mma_decode_gemms = false;
+    // GEMMs (and GEMVs) of 1 to this many rows (at most 64; 0: none) on the backend's own mma.sync kernel
+    // (gemm_rows.cu: every weight byte read once straight into registers, the input dimension split over blocks by
+    // shape, 16-bit activations) instead of the GEMVs and cuBLAS / cuBLASLt. fp8 weights are widened to 16 bits in
+    // registers there (weight-only fp8: no activation rounding to e4m3 at those rows). 16-bit weights with
+    // exact_activations keep cuBLAS above 2 rows.
+    int mma_gemm_max_rows = 0;
     // FP8 GEMMs: let cuBLASLt apply the per-channel and per-token scales in its epilogue (outer-vector scaling,
     // the GEMM writes y) where it has an algorithm for it; false (or where it has none) writes the unscaled product
     // to a workspace and scales it in a second kernel.

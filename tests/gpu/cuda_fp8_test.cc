@@ -121,6 +121,7 @@ TEST_F(CudaFp8Test, Fp8WeightsOnEveryMatMulPath) {
     for (int mode = 0; mode < 3; ++mode) {
         CudaBackendOptions options;
         options.fp8_tensor_cores = false;  // 3+ rows: the widened 16-bit GEMM (FP8 tensor cores: the next test)
+        options.mma_gemm_max_rows = 0;     // the GEMVs and cuBLAS (the mma kernel: MmaDecodeGemms... below)
         options.fuse_gemv_inputs = mode >= 1;
         options.stage_gemv_input = mode >= 2;
         auto gpu = CreateCudaBackend(options);
@@ -187,6 +188,7 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
         options.fp8_outer_scales = plan.outer;
         options.fp8_fast_accum = plan.fast;
         options.fp8_algo_candidates = plan.candidates;
+        options.mma_gemm_max_rows = 0;  // every row count of 3+ on cuBLASLt
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
         for (const Shape& sh : {Shape{1024, 96}, Shape{4096, 1024}, Shape{1056, 64}, Shape{512, 11008}}) {
@@ -265,7 +267,9 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
 TEST_F(CudaFp8Test, FusedFp8GemmInputsAreBitIdenticalToTwoOps) {
     Rng rng(919);
     const int64_t in = 512, out = 144;
-    auto gpu_or = CreateCudaBackend(CudaBackendOptions{});
+    CudaBackendOptions options;
+    options.mma_gemm_max_rows = 0;  // every row count of 3+ on FP8 tensor cores
+    auto gpu_or = CreateCudaBackend(options);
     ASSERT_TRUE(gpu_or.ok());
     Backend* gpu = gpu_or->get();
     const Fp8Weight fw = RandomFp8Weight(rng, out, in);
@@ -389,6 +393,7 @@ TEST_F(CudaFp8Test, GemvsReadEveryCodeExactly) {
     for (bool staged : {false, true}) {
         CudaBackendOptions options;
         options.stage_gemv_input = staged;
+        options.mma_gemm_max_rows = 0;  // the GEMVs
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
         // 32 output rows, row o holding every code rotated by o: out 32 x in 256.
@@ -461,6 +466,7 @@ TEST_F(CudaFp8Test, RandomModelsQuantizedAtLoadMatchTheCpuOracle) {
             CudaBackendOptions go;
             go.kv_dtype = DType::kF32;  // the KV cache exact: what is compared is the fp8 weights' arithmetic
             go.fp8_tensor_cores = tensor_cores;
+            go.mma_gemm_max_rows = 0;  // decode rows on the fp32-activation GEMVs, as the oracles
             auto gpu = CreateCudaBackend(go);
             ASSERT_TRUE(gpu.ok());
             auto gm = Model::Load(tmp.path(), gpu->get(), false, lo);

@@ -544,7 +544,9 @@ class CudaBackend final : public Backend {
     }
     // Whether a GEMM of `rows` rows on w runs RowGemmKernel (CudaOptions::mma_gemm_max_rows).
     bool UsesRowGemm(int64_t rows, const Tensor& w) const {
-        if (rows < 1 || rows > std::min<int64_t>(options_.mma_gemm_max_rows, cuda::kRowGemmMaxRows)) return false;
+        const int max_rows = options_.mma_gemm_max_rows >= 0 ? options_.mma_gemm_max_rows
+                                                             : (w.dtype == DType::kF8E4M3 ? kFp8MmaRows : 0);
+        if (rows < 1 || rows > std::min<int64_t>(max_rows, cuda::kRowGemmMaxRows)) return false;
         if (w.dtype == DType::kF8E4M3) {
             if (w.scale == nullptr) return false;
         } else if (w.dtype != DType::kF16 && w.dtype != DType::kBF16) {
@@ -761,6 +763,7 @@ class CudaBackend final : public Backend {
 
     // Rows up to which MatMul with 16-bit weights splits activations into hi/lo halves (exact fp32 inputs).
     static constexpr int64_t kSplitMaxRows = 64;
+    static constexpr int kFp8MmaRows = 16;  // CudaOptions::mma_gemm_max_rows -1: fp8 weights up to this many rows
 
     // K splits for a weight-bound GEMM of `out` rows: enough 128-row output tiles for two per SM, each
     // split a multiple of 64 inputs.

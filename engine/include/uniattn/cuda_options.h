@@ -40,18 +40,20 @@ struct CudaOptions {
     // a split and a combine kernel): closer to the CPU oracle, 4-17% slower GEMMs at 16-64 rows
     // (docs/gpu-notes.md). 1-2 row GEMVs always read fp32 activations.
     bool exact_activations = false;
-    // fp8 (e4m3) weights in GEMMs of 3 or more rows (batched decode, prefill): true runs them on FP8 tensor cores
-    // (cuBLASLt, e4m3 x e4m3 with fp32 accumulation) on activations quantized to e4m3 per token (scale
-    // amax / 448), as fp8 serving engines do; false widens the weights to 16 bits in a workspace on every call and
-    // keeps 16-bit activations (closer to the CPU oracle, slower than fp16). 1-2 row GEMVs always read fp32
-    // activations and the e4m3 bytes.
+    // fp8 (e4m3) weights in GEMMs of 3 or more rows beyond mma_gemm_max_rows (larger decode batches, prefill): true
+    // runs them on FP8 tensor cores (cuBLASLt, e4m3 x e4m3 with fp32 accumulation) on activations quantized to e4m3
+    // per token (scale amax / 448), as fp8 serving engines do; false widens the weights to 16 bits in a workspace on
+    // every call and keeps 16-bit activations (closer to the CPU oracle, slower than fp16). 1-2 row GEMVs (with
+    // mma_gemm_max_rows 0) read fp32 activations and the e4m3 bytes.
     bool fp8_tensor_cores = true;
     // GEMMs (and GEMVs) of 1 to this many rows (at most 64; 0: none) on the backend's own mma.sync kernel
     // (gemm_rows.cu: every weight byte read once straight into registers, the input dimension split over blocks by
     // shape, 16-bit activations) instead of the GEMVs and cuBLAS / cuBLASLt. fp8 weights are widened to 16 bits in
     // registers there (weight-only fp8: no activation rounding to e4m3 at those rows). 16-bit weights with
-    // exact_activations keep cuBLAS above 2 rows.
-    int mma_gemm_max_rows = 0;
+    // exact_activations keep cuBLAS above 2 rows. -1 (the default): 16 for fp8 weights, none for 16-bit ones (H100,
+    // docs/performance.md run 3: fp8 at 1-16 rows 18-40% faster per layer than the fp8 GEMVs and cuBLASLt; 16-bit
+    // weights gain at 2 rows only).
+    int mma_gemm_max_rows = -1;
     // FP8 GEMMs: let cuBLASLt apply the per-channel and per-token scales in its epilogue (outer-vector scaling,
     // the GEMM writes y) where it has an algorithm for it; false (or where it has none) writes the unscaled product
     // to a workspace and scales it in a second kernel.

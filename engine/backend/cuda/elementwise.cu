@@ -29,6 +29,9 @@ __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T
     const int64_t r = blockIdx.x;
     const float* xr = x + r * x_ld;
     float ss = 0.f;
+    // Unrolled so that several loads of a thread are in flight at once (the sums keep their order): one block per
+    // row, so a 4096-wide row is 16 loads per thread, which one at a time took about 15 us (ncu, H100, 2026-12-07).
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
     ss = WarpSum(ss);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
@@ -37,6 +40,7 @@ __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T
 #pragma unroll
     for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
     const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
         out[r * out_ld + i] = FromFloat<O>(xr[i] * inv * ToFloat(w[i]));
 }
@@ -234,6 +238,7 @@ __global__ void QuantizeRowsFp8Kernel(const float* __restrict__ x, int64_t x_ld,
     const int64_t r = blockIdx.x;
     const float* xr = x + r * x_ld;
     float m = 0.f;
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
     m = WarpMax(m);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
@@ -244,6 +249,7 @@ __global__ void QuantizeRowsFp8Kernel(const float* __restrict__ x, int64_t x_ld,
     const float s = amax > 0.f ? amax / 448.f : 1.f;
     if (threadIdx.x == 0) scale[r] = s;
     __nv_fp8_e4m3* qr = q + r * cols;
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) qr[i] = __nv_fp8_e4m3(xr[i] / s);
 }
 
@@ -261,6 +267,7 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     float inv = 1.0f;
     if constexpr (kOp == 0) {
         float ss = 0.f;
+#pragma unroll 4
         for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
         ss = WarpSum(ss);
         if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
@@ -280,6 +287,7 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
         }
     };
     float m = 0.f;
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) m = fmaxf(m, fabsf(value(i)));
     m = WarpMax(m);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
@@ -290,6 +298,7 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     const float s = amax > 0.f ? amax / 448.f : 1.f;
     if (threadIdx.x == 0) scale[r] = s;
     __nv_fp8_e4m3* qr = q + r * d;
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) qr[i] = __nv_fp8_e4m3(value(i) / s);
 }
 

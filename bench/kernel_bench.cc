@@ -85,7 +85,7 @@ int Main(int argc, char** argv) {
     app.add_flag("--fp8-gemm", fp8_gemm,
                  "time only MatMul of each matrix with e4m3 weights beside fp16 ones, 1 to 2048 rows, under the FP8 "
                  "GEMM options (fast accumulation, timed cuBLASLt candidates), and the engine's mma.sync kernel at "
-                 "3-64 rows");
+                 "1-64 rows");
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;

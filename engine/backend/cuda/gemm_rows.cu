@@ -1,4 +1,4 @@
-// GEMMs of 3-64 rows (decode batches) on mma.sync, written for the weight-bound regime: every weight byte is read
+// GEMMs of 1-64 rows (decode batches) on mma.sync, written for the weight-bound regime: every weight byte is read
 // from memory once, straight into the registers of the warp that multiplies it (no shared-memory staging of
 // weights), with several loads in flight per lane; only the few activation rows are staged in shared memory.
 // fp8 e4m3 weights are widened to the activations' 16-bit type in registers (exact), so an fp8 model reads half of
@@ -18,7 +18,7 @@
 // device); each part's fp32 sums go to a scratch buffer and the last block of an output tile to finish adds them in
 // split order (a counter per tile), so the result does not depend on which block finishes first. The split is a
 // function of the matrix shape only, and every output element is its own mma accumulation in a fixed k order, so a
-// row's result is the same in any batch of 3-64 rows.
+// row's result is the same in any batch of 1-64 rows.
 #include <algorithm>
 #include <map>
 #include <mutex>

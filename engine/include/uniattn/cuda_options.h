@@ -7,7 +7,8 @@ namespace uniattn {
 struct CudaOptions {
     int device = 0;  // CUDA device ordinal
     // Tuning (the defaults are the fastest measured; benchmarks and tests compare the alternatives).
-    int gemm_ksplit = 0;  // cuBLAS GEMMs of 3..64 rows: K split in this many parts (0: by shape)
+    // K split in this many parts (0: by shape) in cuBLAS GEMMs of 3..64 rows and the mma kernel (mma_gemm_max_rows)
+    int gemm_ksplit = 0;
     // RmsNorm / SwiGLU fused into 1-2 row GEMVs: each block of a persistent grid stages the transformed
     // input in shared memory once (the first, per-warp design recomputed it per output row and was slower;
     // docs/gpu-notes.md). Saves the norm and SwiGLU kernels of every layer at batch 1-2.

@@ -228,36 +228,13 @@ __global__ void DequantFp8Kernel(const __nv_fp8_e4m3* __restrict__ w, int64_t w_
     }
 }
 
-// One block per row: scale[r] = amax_r / 448 (1 for an all-zero row), q[r, c] = e4m3(x[r, c] / scale[r]) rounded
-// to nearest even and saturated (the CPU's FloatToFp8E4M3 gives the same bytes: the same IEEE max, division and
-// rounding).   x [rows, cols] fp32 (row stride x_ld), q [rows, cols] dense
-__global__ void QuantizeRowsFp8Kernel(const float* __restrict__ x, int64_t x_ld, int64_t cols,
-                                      __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scale) {
-    PdlEnter();
-    __shared__ float partial[kThreads / 32];
-    const int64_t r = blockIdx.x;
-    const float* xr = x + r * x_ld;
-    float m = 0.f;
-#pragma unroll 4
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
-    m = WarpMax(m);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
-    __syncthreads();
-    float amax = 0.f;
-#pragma unroll
-    for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, partial[i]);
-    const float s = amax > 0.f ? amax / 448.f : 1.f;
-    if (threadIdx.x == 0) scale[r] = s;
-    __nv_fp8_e4m3* qr = q + r * cols;
-#pragma unroll 4
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) qr[i] = __nv_fp8_e4m3(xr[i] / s);
-}
-
-// RmsNorm and SwiGLU writing an FP8 GEMM's input: one block per row computes the row's fp32 values exactly as
-// RmsNormKernel / SiluMulKernel do (the same expressions, the same sum order for the norm), their amax, then
-// QuantizeRowsFp8Kernel's scale and bytes; the values are recomputed for the second pass, never written out.
-// The same bytes and scales as the fp32 kernel followed by QuantizeRowsFp8.
-template <int kOp, typename T>  // kOp 0: RmsNorm(x) · w; 1: silu(gate) · up of a [gate | up] row (w unused)
+// An FP8 GEMM's input, one block per row: the row's fp32 values v (kOp 0: RmsNorm(x) · w, computed exactly as
+// RmsNormKernel does, the same expressions and sum order; 1: silu(gate) · up of a [gate | up] row as SiluMulKernel;
+// 2: x itself), then scale[r] = amax_r / 448 (1 for an all-zero row) and q[r, c] = e4m3(v / scale[r]) rounded to
+// nearest even and saturated (the CPU's FloatToFp8E4M3 gives the same bytes: the same IEEE max, division and
+// rounding). The values are recomputed for the second pass, never written out, so kOp 0 and 1 give the bytes of
+// the fp32 kernel followed by kOp 2 (QuantizeRowsFp8).   q [rows, d] dense; w: kOp 0's norm weight, else unused
+template <int kOp, typename T>
 __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
                                      int64_t d, __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scale) {
     PdlEnter();
@@ -281,6 +258,8 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     auto value = [&](int64_t i) {
         if constexpr (kOp == 0) {
             return xr[i] * inv * ToFloat(w[i]);
+        } else if constexpr (kOp == 2) {
+            return xr[i];
         } else {
             const float g = xr[i], u = xr[d + i];
             return g / (1.0f + expf(-g)) * u;
@@ -486,8 +465,9 @@ void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, i
 
 void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* q, float* scale, Stream stream) {
     if (rows == 0) return;
-    LaunchKernel("QuantizeRowsFp8Kernel", QuantizeRowsFp8Kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x,
-                 x_ld, cols, static_cast<__nv_fp8_e4m3*>(q), scale);
+    LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<2, float>, static_cast<unsigned>(rows), kThreads, 0,
+                 stream, x, x_ld, static_cast<const float*>(nullptr), 0.0f, cols, static_cast<__nv_fp8_e4m3*>(q),
+                 scale);
 }
 
 void RmsNormFp8(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* q, float* scale,

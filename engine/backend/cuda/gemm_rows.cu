@@ -207,27 +207,8 @@ __global__ __launch_bounds__(kRgThreads) void RowGemmKernel(const AT* __restrict
     }
 
     // Accumulator e of (mt, j): channel tile + mt·16 + g (+8 for e >= 2), activation row j·8 + 2t (+1 for odd e).
-    if (splits == 1) {
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-            for (int j = 0; j < kNT; ++j) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int64_t o = tile + mt * 16 + g + (e >> 1) * 8;
-                    const int n = j * 8 + 2 * t + (e & 1);
-                    if (o < n_out && n < rows) {
-                        float v = acc[mt][j][e];
-                        if constexpr (sizeof(WT) == 1) v *= w_scale[o];
-                        float* dst = y + n * y_ld + o;
-                        *dst = accumulate ? *dst + v : v;
-                    }
-                }
-            }
-        }
-        return;
-    }
-    // Split: this part's sums to partial [splits, rows, n_out]; the tile's last block adds the parts in order.
+    // Without a split each goes to y; with one, this part's sums go to partial [splits, rows, n_out] and the tile's
+    // last block adds the parts in order.
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -236,11 +217,19 @@ __global__ __launch_bounds__(kRgThreads) void RowGemmKernel(const AT* __restrict
             for (int e = 0; e < 4; ++e) {
                 const int64_t o = tile + mt * 16 + g + (e >> 1) * 8;
                 const int n = j * 8 + 2 * t + (e & 1);
-                if (o < n_out && n < rows)
-                    partial[(static_cast<int64_t>(split) * rows + n) * n_out + o] = acc[mt][j][e];
+                if (o >= n_out || n >= rows) continue;
+                float v = acc[mt][j][e];
+                if (splits > 1) {
+                    partial[(static_cast<int64_t>(split) * rows + n) * n_out + o] = v;
+                } else {
+                    if constexpr (sizeof(WT) == 1) v *= w_scale[o];
+                    float* dst = y + n * y_ld + o;
+                    *dst = accumulate ? *dst + v : v;
+                }
             }
         }
     }
+    if (splits == 1) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last_block = atomicAdd(&counters[blockIdx.x], 1u) == static_cast<unsigned>(splits - 1);

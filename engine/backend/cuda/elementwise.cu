@@ -20,17 +20,12 @@ __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __r
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * out_ld + i] = ToFloat(row[i]);
 }
 
-// O: float, or the 16-bit type a GEMM reads (the fp32 result rounded once: the same values as RmsNorm + SplitHiLo).
-template <typename T, typename O = float>
-__global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
-                              O* __restrict__ out, int64_t out_ld, int64_t d) {
-    PdlEnter();
-    __shared__ float partial[kThreads / 32];
-    const int64_t r = blockIdx.x;
-    const float* xr = x + r * x_ld;
+// 1 / rms(xr[0, d)) for one block of kThreads threads (partial: kThreads / 32 floats of shared memory, free again
+// on return). The one sum order of RmsNormKernel and QuantizedInputKernel, so their values agree bit for bit. The
+// loop is unrolled so that a thread's loads are in flight together (the sum keeps its order): one block per row
+// makes a 4096-wide row 16 loads per thread, which one at a time took about 15 us (ncu, H100, 2026-12-07).
+__device__ __forceinline__ float BlockInvRms(const float* __restrict__ xr, int64_t d, float eps, float* partial) {
     float ss = 0.f;
-    // Unrolled so that several loads of a thread are in flight at once (the sums keep their order): one block per
-    // row, so a 4096-wide row is 16 loads per thread, which one at a time took about 15 us (ncu, H100, 2026-12-07).
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
     ss = WarpSum(ss);
@@ -39,7 +34,19 @@ __global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T
     float total = 0.f;
 #pragma unroll
     for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
-    const float inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+    __syncthreads();
+    return 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+}
+
+// O: float, or the 16-bit type a GEMM reads (the fp32 result rounded once: the same values as RmsNorm + SplitHiLo).
+template <typename T, typename O = float>
+__global__ void RmsNormKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps,
+                              O* __restrict__ out, int64_t out_ld, int64_t d) {
+    PdlEnter();
+    __shared__ float partial[kThreads / 32];
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * x_ld;
+    const float inv = BlockInvRms(xr, d, eps, partial);
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
         out[r * out_ld + i] = FromFloat<O>(xr[i] * inv * ToFloat(w[i]));
@@ -242,19 +249,7 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     const int64_t r = blockIdx.x;
     const float* xr = x + r * x_ld;
     float inv = 1.0f;
-    if constexpr (kOp == 0) {
-        float ss = 0.f;
-#pragma unroll 4
-        for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
-        ss = WarpSum(ss);
-        if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-        __syncthreads();
-        float total = 0.f;
-#pragma unroll
-        for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
-        inv = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
-        __syncthreads();  // partial is reused below
-    }
+    if constexpr (kOp == 0) inv = BlockInvRms(xr, d, eps, partial);
     auto value = [&](int64_t i) {
         if constexpr (kOp == 0) {
             return xr[i] * inv * ToFloat(w[i]);

@@ -6,7 +6,7 @@
 //                 [--batch 1,16 --ctx 512,4096] [--prefill 512,2048] [--steps 20] [--warmup 3]
 //                 [--block-size 16] [--seed 1] [--json out.json] [--decode-heads-per-block 0|1]
 //                 [--exact-activations 1|0] [--fp8-tensor-cores 1|0]
-//                 [--fp8-outer-scales 1|0] [--fp8-fast-accum 1|0] [--fp8-algo-candidates N]
+//                 [--fp8-outer-scales 1|0] [--fp8-fast-accum 1|0] [--fp8-algo-candidates N] [--fp8-split-k N]
 //                 [--mma-gemm-max-rows N] [--pdl 1|0]
 //                 [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
@@ -349,8 +349,8 @@ int Main(int argc, char** argv) {
     std::string config_path = "bench/configs/llama2-7b.json", backend_name = "cuda", dtype_name = "f16", kv_dtype_name,
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
-    int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, mma_rows = -1, pdl = 1,
-        fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0;
+    int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, fp8_split = 0, mma_rows = -1,
+        pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
@@ -396,6 +396,9 @@ int Main(int argc, char** argv) {
     app.add_option("--fp8-algo-candidates", fp8_cands,
                    "CUDA: cuBLASLt candidates timed per FP8 GEMM shape on first use (0: the default)")
         ->capture_default_str();
+    app.add_option("--fp8-split-k", fp8_split,
+                   "CUDA: FP8 GEMMs with the input dimension split in N parts (1: never; 0: the default, by shape)")
+        ->capture_default_str();
     app.add_option(
            "--mma-gemm-max-rows", mma_rows,
            "CUDA: GEMMs of 1 to N rows on the engine's own mma.sync kernel (0: none; -1: the backend's default)")
@@ -432,6 +435,7 @@ int Main(int argc, char** argv) {
     if (fp8_outer >= 0) cuda.fp8_outer_scales = fp8_outer != 0;
     if (fp8_fast >= 0) cuda.fp8_fast_accum = fp8_fast != 0;
     if (fp8_cands > 0) cuda.fp8_algo_candidates = fp8_cands;
+    if (fp8_split > 0) cuda.fp8_split_k = fp8_split;
     if (mma_rows >= 0) cuda.mma_gemm_max_rows = mma_rows;
     cuda.pdl = pdl != 0;
     if (fuse >= 0) cuda.fuse_gemv_inputs = fuse != 0;

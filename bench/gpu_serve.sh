@@ -9,7 +9,7 @@
 #                                build) and `CUDA=1 bench/peers/llamacpp.sh` (llama-server with CUDA in a scratch
 #                                folder): packs into build/serve-carry the two binaries with the shared libraries
 #                                the GPU image lacks (bins.tar.xz; EXTRA_BINS="build/bin/gpu_tests ..." packs more),
-#                                llama-server with the bundle's converter
+#                                llama-server with the bundle's converter (LLAMACPP=0 leaves llama.cpp out)
 #                                (llamacpp.tar.xz) and the tokenizers of the shapes (tok.tar.xz)
 #   bench/gpu_serve.sh run       on the GPU machine (device tool, carry ["build/serve-carry"]); env:
 #                                SHAPES ("llama2-7b llama3-8b"), VARIANTS ("std 8/0/32 4/16/33 llamacpp"),
@@ -22,12 +22,15 @@
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
-#                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of a second fp8 run,
-#                                "--fp8-tensor-cores 0" by default, none skips it, on FP8_ALT_VARIANTS, std:fp8 by default;
+#                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of more fp8 runs,
+#                                sets separated by ";", "--fp8-tensor-cores 0" by default, none skips them, on
+#                                FP8_ALT_VARIANTS, std:fp8 by default;
 #                                FP8_TESTS: the gtest filter of the fp8 stage; FP8_KV_DECODE: decode cases over an
-#                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table); PROFILE (decode
+#                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table on the shapes of
+#                                FP8_KBENCH, all by default); PROFILE (decode
 #                                cases BxC and prefills pN, e.g. "64x640 p2048": ncu per-kernel times
-#                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default)
+#                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default;
+#                                NCU_FLAGS: "--cache-control none --clock-control none" by default)
 #
 # The converter needs torch and numpy (the GPU image has them) and, for SentencePiece tokenizers (Llama-2),
 # the sentencepiece module: where the image lacks it, bench/peers/spm_reader stands in (a reader of
@@ -60,11 +63,14 @@ prepare)
     XZ_OPT=-9e tar cJf "$C/bins.tar.xz" -C "$C/pkg" bin lib
     rm -rf "$C/pkg"
     [ "${BINS_ONLY:-0}" = 1 ] && { du -sh "$C"/*; exit 0; }  # new binaries; llama.cpp and tokenizers as packed
-    cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"
-    strip "$C/lc/bin/llama-server"
-    cp -r "$LLAMACPP_DIR/src/convert_hf_to_gguf.py" "$LLAMACPP_DIR/src/conversion" "$LLAMACPP_DIR/src/gguf-py" "$C/lc/"
-    cp -r bench/peers/spm_reader "$C/lc/"
-    XZ_OPT=-9e tar cJf "$C/llamacpp.tar.xz" -C "$C" lc
+    if [ "${LLAMACPP:-1}" = 1 ]; then  # LLAMACPP=0: no llama.cpp in the carry (no llamacpp variant to run)
+        cp "$LLAMACPP_DIR/build-cuda/bin/llama-server" "$C/lc/bin/"
+        strip "$C/lc/bin/llama-server"
+        cp -r "$LLAMACPP_DIR/src/convert_hf_to_gguf.py" "$LLAMACPP_DIR/src/conversion" "$LLAMACPP_DIR/src/gguf-py" \
+            "$C/lc/"
+        cp -r bench/peers/spm_reader "$C/lc/"
+        XZ_OPT=-9e tar cJf "$C/llamacpp.tar.xz" -C "$C" lc
+    fi
     rm -rf "$C/lc"
     cp models/stories15M/tokenizer.model models/stories15M/tokenizer_config.json "$C/tok/llama2-7b/"
     cp models/tokenizers/llama-3.1/tokenizer.json models/tokenizers/llama-3.1/tokenizer_config.json "$C/tok/llama3-8b/"
@@ -195,24 +201,27 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
             >"$OUT/fp8-bench-$shape.log" 2>&1
         say "fp8 bench $shape rc=$?"
         grep -E "^std|decode|prefill|measured" "$OUT/fp8-bench-$shape.log" | tee -a "$S" >/dev/null
-        if [ "${FP8_ALT:---fp8-tensor-cores 0}" != none ]; then  # the fp8 variant again with other CUDA options
-            # shellcheck disable=SC2086  # FP8_ALT: several flags
+        # The fp8 variant again with other CUDA options: FP8_ALT, flag sets separated by ";" (none: no rerun).
+        IFS=';' read -ra alts <<<"${FP8_ALT:---fp8-tensor-cores 0}"
+        for alt in "${alts[@]}"; do
+            [ "$alt" = none ] && continue
+            # shellcheck disable=SC2086  # one FP8_ALT set: several flags
             timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda \
-                --variants "${FP8_ALT_VARIANTS:-std:fp8}" \
-                ${FP8_ALT:---fp8-tensor-cores 0} --decode "${FP8_DECODE:-1x512,16x640,64x640}" \
+                --variants "${FP8_ALT_VARIANTS:-std:fp8}" $alt --decode "${FP8_DECODE:-1x512,16x640,64x640}" \
                 --prefill "${FP8_PREFILL:-512}" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
-            say "fp8 bench $shape, fp8 with ${FP8_ALT:---fp8-tensor-cores 0} rc=$?"
-        fi
+            say "fp8 bench $shape, fp8 with $alt rc=$?"
+        done
         if [ -n "${FP8_KV_DECODE:-}" ]; then  # fp16 and fp8 weights over an fp8 e4m3 KV cache
             timeout 100 "$BIN/uniattn-bench" --config "$CONFIGS/$shape.json" --backend cuda --variants std,std:fp8 \
                 --kv-dtype fp8_e4m3 --decode "$FP8_KV_DECODE" --steps 10 --warmup 2 >>"$OUT/fp8-bench-$shape.log" 2>&1
             say "fp8 bench $shape, fp8 KV cache rc=$?"
         fi
-        if [ -x "$BIN/uniattn-kernel-bench" ]; then  # every matrix at 1-2048 rows, fp16 beside fp8 under its options
-            timeout 100 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --fp8-gemm --reps 10 \
-                >"$W/fp8-gemm-$shape.log" 2>&1
+        # every matrix at 1-2048 rows, fp16 beside fp8 under its options (FP8_KBENCH: the shapes, all by default)
+        if [ -x "$BIN/uniattn-kernel-bench" ] && [[ " ${FP8_KBENCH:-$shape} " == *" $shape "* ]]; then
+            timeout 150 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --fp8-gemm --reps 10 \
+                >"$OUT/fp8-gemm-$shape.log" 2>&1
             say "fp8 GEMMs $shape rc=$?"
-            grep -E "T=(1|16|64|256|2048) " "$W/fp8-gemm-$shape.log" | tee -a "$S" >/dev/null
+            grep -E "T=(1|16|64|256|2048) " "$OUT/fp8-gemm-$shape.log" | tee -a "$S" >/dev/null
         fi
     done
 fi
@@ -231,8 +240,11 @@ if [ -n "${PROFILE:-}" ]; then  # PROFILE="256x640 p2048": ncu per-kernel GPU ti
             [ "$case" = prefill ] && dec=(--decode "")          # no decode case: PROFILE_FLAGS="--prefill 2048"
             [ "${case#p}" != "$case" ] && [ "$case" != prefill ] && dec=(--decode "" --prefill "${case#p}")
             for pv in ${PROFILE_VARIANTS:-std}; do  # e.g. "std std:fp8"
-                # shellcheck disable=SC2086  # PROFILE_FLAGS: several uniattn-bench flags
-                timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
+                # NCU_FLAGS: by default neither caches flushed nor clocks locked between kernels, as in a real step
+                # (ncu's own defaults, "--cache-control all --clock-control base", inflate short kernels).
+                # shellcheck disable=SC2086  # NCU_FLAGS, PROFILE_FLAGS: several flags each
+                timeout 200 ncu ${NCU_FLAGS:---cache-control none --clock-control none} --metrics \
+                    gpu__time_duration.sum --csv --page raw "$BIN/uniattn-bench" --config \
                     "$CONFIGS/$shape.json" --variants "$pv" "${dec[@]}" --steps 1 --warmup 1 --sampling device \
                     ${PROFILE_FLAGS:-} >"$W/profile.csv" 2>&1
                 say "ncu $shape $pv $case ${PROFILE_FLAGS:-} rc=$?"

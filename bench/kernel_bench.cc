@@ -152,15 +152,19 @@ int Main(int argc, char** argv) {
             const char* name;
             CudaBackendOptions o;
         };
-        std::vector<Fp8Case> fp8_cases(4);
+        // The default (the mma kernel at 1-16 rows, cuBLASLt FP8 beyond with the K split by shape), then cuBLASLt at
+        // every row count of 3+ with the K split fixed (1: one GEMM), and fast accumulation.
+        std::vector<Fp8Case> fp8_cases(6);
         fp8_cases[0].name = "fp8";
-        fp8_cases[1].name = "fp8 fast-accum";
-        fp8_cases[1].o.fp8_fast_accum = true;
-        fp8_cases[2].name = "fp8 8 candidates";
-        fp8_cases[2].o.fp8_algo_candidates = 8;
-        fp8_cases[3].name = "fp8 fast-accum 8 candidates";
-        fp8_cases[3].o.fp8_fast_accum = true;
-        fp8_cases[3].o.fp8_algo_candidates = 8;
+        for (int i = 1; i <= 4; ++i) {
+            static const char* const kNames[] = {"fp8 lt split 1", "fp8 lt split 2", "fp8 lt split 4",
+                                                 "fp8 lt split 8"};
+            fp8_cases[i].name = kNames[i - 1];
+            fp8_cases[i].o.fp8_split_k = 1 << (i - 1);
+            fp8_cases[i].o.mma_gemm_max_rows = 0;
+        }
+        fp8_cases[5].name = "fp8 fast-accum";
+        fp8_cases[5].o.fp8_fast_accum = true;
         // The engine's own mma.sync kernel for 1..64 rows (mma_gemm_max_rows): fp16 weights, and fp8 weights widened
         // in registers (16-bit activations).
         CudaBackendOptions mo;

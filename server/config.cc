@@ -328,6 +328,7 @@ const std::vector<Key>& Keys() {
         {"engine.cuda.fp8_outer_scales", CudaBool(&CudaOptions::fp8_outer_scales)},
         {"engine.cuda.fp8_fast_accum", CudaBool(&CudaOptions::fp8_fast_accum)},
         {"engine.cuda.fp8_algo_candidates", CudaInt(&CudaOptions::fp8_algo_candidates, 1, 16, "1..16")},
+        {"engine.cuda.fp8_split_k", CudaInt(&CudaOptions::fp8_split_k, 0, 16, "0 (by shape) or 1..16")},
         {"engine.cuda.mma_gemm_max_rows",
          CudaInt(&CudaOptions::mma_gemm_max_rows, -1, 64, "-1 (by weight dtype) or 0..64")},
         {"engine.cuda.pdl", CudaBool(&CudaOptions::pdl)},
@@ -611,6 +612,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "fp8_outer_scales" << YAML::Value << cu.fp8_outer_scales;
     out << YAML::Key << "fp8_fast_accum" << YAML::Value << cu.fp8_fast_accum;
     out << YAML::Key << "fp8_algo_candidates" << YAML::Value << cu.fp8_algo_candidates;
+    out << YAML::Key << "fp8_split_k" << YAML::Value << cu.fp8_split_k;
     out << YAML::Key << "mma_gemm_max_rows" << YAML::Value << cu.mma_gemm_max_rows;
     out << YAML::Key << "pdl" << YAML::Value << cu.pdl;
     out << YAML::Key << "fuse_gemv_inputs" << YAML::Value << cu.fuse_gemv_inputs;

@@ -179,15 +179,20 @@ TEST_F(CudaFp8Test, Fp8TensorCoreGemmsQuantizeActivationsPerToken) {
         bool outer;      // scales in cuBLASLt's epilogue, or in our kernel after it
         bool fast;       // fp8_fast_accum
         int candidates;  // fp8_algo_candidates
+        int splits;      // fp8_split_k (0: by shape, as the engine runs; the others pin one GEMM to test their path)
     };
-    // The last two run fewer cases (their own paths: the accumulation mode, and a timed choice of algorithm).
-    for (const Plan& plan : {Plan{"outer scales", true, false, 1}, Plan{"scales after", false, false, 1},
-                             Plan{"fast accumulation", true, true, 1}, Plan{"4 timed candidates", true, false, 4}}) {
-        const bool few = plan.fast || plan.candidates > 1;
+    // Fast accumulation and timed candidates run fewer cases (their own paths: the accumulation mode, and a timed
+    // choice of algorithm). K split in 4: 1056 inputs do not split in 16-multiples (one GEMM, the fallback).
+    for (const Plan& plan :
+         {Plan{"outer scales", true, false, 1, 1}, Plan{"scales after", false, false, 1, 1},
+          Plan{"fast accumulation", true, true, 1, 1}, Plan{"4 timed candidates", true, false, 4, 1},
+          Plan{"K split by shape", true, false, 1, 0}, Plan{"K split in 4, 2 timed candidates", true, false, 2, 4}}) {
+        const bool few = plan.fast || (plan.candidates > 1 && plan.splits == 1);
         CudaBackendOptions options;
         options.fp8_outer_scales = plan.outer;
         options.fp8_fast_accum = plan.fast;
         options.fp8_algo_candidates = plan.candidates;
+        options.fp8_split_k = plan.splits;
         options.mma_gemm_max_rows = 0;  // every row count of 3+ on cuBLASLt
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());

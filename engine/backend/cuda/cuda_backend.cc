@@ -68,6 +68,7 @@ class CublasLtHandle {
 struct Fp8GemmPlan {
     bool ok = false;
     bool outer = false;  // the GEMM applies the per-channel and per-token scales (CUBLASLT_MATMUL_DESC_*_SCALE_MODE)
+    int splits = 1;      // K split in this many parts: a batched GEMM of fp32 partial products (never outer)
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
@@ -401,10 +402,11 @@ class CudaBackend final : public Backend {
                                            plan.workspace_bytes, stream_.get()));
             return true;
         }
-        auto* raw = static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * out)));
+        auto* raw =
+            static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(plan.splits * rows * out)));
         UA_CUBLAS_CHECK(cublasLtMatmul(cublas_lt_.get(), plan.op, &one, w.data, plan.a, xq, plan.b, &zero, raw, plan.d,
                                        raw, plan.d, &plan.algo, lt_ws, plan.workspace_bytes, stream_.get()));
-        cuda::ScaleRowsCols(raw, rows, out, xs, w.scale, y.f32(), y.ld, accumulate, KStream());
+        cuda::ScaleRowsCols(raw, plan.splits, rows, out, xs, w.scale, y.f32(), y.ld, accumulate, KStream());
         return true;
     }
 
@@ -419,7 +421,10 @@ class CudaBackend final : public Backend {
     // shapes that ran before) and kept. Column-major, as cuBLASLt sees row-major data: D [out, rows] =
     // A^T · B with A the weight [in, out] (ld w_ld) and B the activations [in, rows]. Outer-vector scales
     // (A's per output channel, B's per token) where the heuristic has an algorithm for them (D = y, ld y_ld),
-    // else scalar (D a dense workspace). With fp8_algo_candidates > 1 the heuristic's first candidates run on
+    // else scalar (D a dense workspace). With a K split (Fp8Splits) the GEMM is batched over the parts: part j reads
+    // the inputs [j·kc, (j+1)·kc) of the weight and the activations (batch stride kc) and writes its fp32 product
+    // [out, rows] to the workspace, which ScaleRowsCols adds in part order and scales; a split the library has no
+    // algorithm for falls back to one GEMM. With fp8_algo_candidates > 1 the heuristic's first candidates run on
     // this call's operands (w, the quantized xq and its scales xs; the output to a scratch buffer) and the
     // fastest is kept (not during graph capture, which the decode graphs do only for shapes that ran before).
     Fp8GemmPlan& Fp8Plan(int64_t rows, int64_t out, int64_t in, int64_t w_ld, int64_t y_ld, const Tensor& w,
@@ -435,8 +440,17 @@ class CudaBackend final : public Backend {
                                                              sizeof(max_ws)));
         const int want = std::clamp(options_.fp8_algo_candidates, 1, 16);
         cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
-        for (bool outer : {options_.fp8_outer_scales, false}) {
+        struct Try {
+            int splits;
+            bool outer;
+        };
+        std::vector<Try> tries;
+        if (const int ks = Fp8Splits(rows, out, in); ks > 1) tries.push_back({ks, false});
+        if (options_.fp8_outer_scales) tries.push_back({1, true});
+        tries.push_back({1, false});
+        for (const auto [splits, outer] : tries) {
             p.Reset();
+            const int64_t kc = in / splits;
             UA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
             const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
             UA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
@@ -450,10 +464,20 @@ class CudaBackend final : public Backend {
                 UA_CUBLAS_CHECK(
                     cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
             }
-            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, w_ld));
-            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in));
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, kc, out, w_ld));
+            UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, kc, rows, in));
             const int64_t d_ld = outer ? y_ld : out;
             UA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, out, rows, d_ld));
+            if (splits > 1) {
+                const int32_t count = splits;
+                const int64_t d_stride = rows * out;
+                for (auto [layout, stride] : {std::pair{p.a, kc}, std::pair{p.b, kc}, std::pair{p.d, d_stride}}) {
+                    UA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                                     sizeof(count)));
+                    UA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+                        layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+                }
+            }
             std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(want));
             int found = 0;
             st = cublasLtMatmulAlgoGetHeuristic(cublas_lt_.get(), p.op, p.a, p.b, p.d, p.d, pref, want, results.data(),
@@ -463,11 +487,12 @@ class CudaBackend final : public Backend {
             if (found > 1 && !capturing_) {  // timing synchronizes; a shape first seen in a capture takes the first
                 if (outer) SetFp8Scales(p, w.scale, xs);
                 float* scratch =
-                    static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(rows * d_ld)));
+                    static_cast<float*>(Workspace(kWsY2, sizeof(float) * static_cast<size_t>(splits * rows * d_ld)));
                 best = FastestFp8Algo(p, results.data(), found, w.data, xq, scratch);
             }
             p.ok = true;
             p.outer = outer;
+            p.splits = splits;
             p.algo = results[static_cast<size_t>(best)].algo;
             p.workspace_bytes = results[static_cast<size_t>(best)].workspaceSize;
             break;
@@ -764,6 +789,21 @@ class CudaBackend final : public Backend {
     // Rows up to which MatMul with 16-bit weights splits activations into hi/lo halves (exact fp32 inputs).
     static constexpr int64_t kSplitMaxRows = 64;
     static constexpr int kFp8MmaRows = 16;  // CudaOptions::mma_gemm_max_rows -1: fp8 weights up to this many rows
+
+    // K parts of an FP8 GEMM of `rows` x `out` x `in` (CudaOptions::fp8_split_k): by shape, doubled while the
+    // 128 x 128 output tiles times the parts still fit one wave (a block per SM), each part a multiple of 128
+    // inputs, at most 8 (on an H100's 132 SMs: 4 for the 4096-row matrices at up to 128 rows, 2 for 6144 rows and
+    // for 4096 at 129-256, none for the MLP's up projection or prefill).
+    int Fp8Splits(int64_t rows, int64_t out, int64_t in) const {
+        if (options_.fp8_split_k > 0) {
+            const int ks = options_.fp8_split_k;
+            return in % ks == 0 && (in / ks) % 16 == 0 ? ks : 1;
+        }
+        const int64_t tiles = ((out + 127) / 128) * ((rows + 127) / 128);
+        int ks = 1;
+        while (ks < 8 && tiles * ks * 2 <= num_sms_ && in % (2 * ks * 128) == 0) ks *= 2;
+        return ks;
+    }
 
     // K splits for a weight-bound GEMM of `out` rows: enough 128-row output tiles for two per SM, each
     // split a multiple of 64 inputs.

@@ -276,8 +276,9 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) qr[i] = __nv_fp8_e4m3(value(i) / s);
 }
 
-// y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]     raw [rows, cols] dense fp32
-__global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int64_t rows, int64_t cols,
+// y[r, c] = (accumulate ? y[r, c] : 0) + (Σ_p raw[p, r, c]) · row_scale[r] · col_scale[c]
+//     raw [parts, rows, cols] dense fp32
+__global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int parts, int64_t rows, int64_t cols,
                                     const float* __restrict__ row_scale, const float* __restrict__ col_scale,
                                     float* __restrict__ y, int64_t y_ld, bool accumulate) {
     PdlEnter();
@@ -285,7 +286,9 @@ __global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int64_t rows,
     for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
          idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const int64_t r = idx / cols, c = idx % cols;
-        const float v = raw[idx] * row_scale[r] * col_scale[c];
+        float sum = raw[idx];
+        for (int p = 1; p < parts; ++p) sum += raw[p * n + idx];
+        const float v = sum * row_scale[r] * col_scale[c];
         float* dst = y + r * y_ld + c;
         *dst = accumulate ? *dst + v : v;
     }
@@ -481,11 +484,11 @@ void SiluMulFp8(const float* gate_up, int64_t gu_ld, void* q, float* scale, int6
                  scale);
 }
 
-void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,
-                   float* y, int64_t y_ld, bool accumulate, Stream stream) {
+void ScaleRowsCols(const float* raw, int parts, int64_t rows, int64_t cols, const float* row_scale,
+                   const float* col_scale, float* y, int64_t y_ld, bool accumulate, Stream stream) {
     if (rows * cols == 0) return;
-    LaunchKernel("ScaleRowsColsKernel", ScaleRowsColsKernel, StrideGrid(rows * cols), kThreads, 0, stream, raw, rows,
-                 cols, row_scale, col_scale, y, y_ld, accumulate);
+    LaunchKernel("ScaleRowsColsKernel", ScaleRowsColsKernel, StrideGrid(rows * cols), kThreads, 0, stream, raw, parts,
+                 rows, cols, row_scale, col_scale, y, y_ld, accumulate);
 }
 
 void CombineParts(const float* yy, int parts, int64_t rows, int64_t cols, float* y, int64_t y_ld, bool accumulate,

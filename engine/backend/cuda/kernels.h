@@ -125,10 +125,11 @@ void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, v
 void RmsNormFp8(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* q, float* scale,
                 int64_t rows, int64_t d, Stream stream);
 void SiluMulFp8(const float* gate_up, int64_t gu_ld, void* q, float* scale, int64_t rows, int64_t ff, Stream stream);
-// y[r, c] = (accumulate ? y[r, c] : 0) + raw[r, c] · row_scale[r] · col_scale[c]: an FP8 GEMM's fp32 result
-// (raw [rows, cols] dense) with the per-token activation and per-channel weight scales.
-void ScaleRowsCols(const float* raw, int64_t rows, int64_t cols, const float* row_scale, const float* col_scale,
-                   float* y, int64_t y_ld, bool accumulate, Stream stream);
+// y[r, c] = (accumulate ? y[r, c] : 0) + (Σ_p raw[p, r, c]) · row_scale[r] · col_scale[c]: an FP8 GEMM's fp32
+// result (raw [parts, rows, cols] dense: the partial products of a K split, added in part order) with the per-token
+// activation and per-channel weight scales.
+void ScaleRowsCols(const float* raw, int parts, int64_t rows, int64_t cols, const float* row_scale,
+                   const float* col_scale, float* y, int64_t y_ld, bool accumulate, Stream stream);
 
 // ---- gemm_rows.cu ----
 

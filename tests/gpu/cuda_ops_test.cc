@@ -248,6 +248,30 @@ TEST_F(CudaOpsTest, FusedMatMulsMatchCpu) {
     }
 }
 
+// RmsNorm on each plan of the register row kernels (PlanRowVec in elementwise.cu: one slot a thread up to 4096 wide,
+// then 2, 4 and 8 slots of 1024 threads) and on the scalar kernel (a row stride that is not a multiple of 4), to fp32
+// and to the 16-bit input of the mma GEMMs, against the CPU; and a row normalised alone equals the same row in a batch.
+TEST_F(CudaOpsTest, RmsNormOnEveryRowPlanMatchesCpu) {
+    Rng rng(104);
+    for (int64_t d : {4096, 6144, 14336, 20480}) {
+        for (int64_t pad : {0, 1}) {  // 1: x's row stride d + 1, the scalar kernel
+            SCOPED_TRACE("d " + std::to_string(d) + " stride d + " + std::to_string(pad));
+            const int64_t T = 3;
+            Twin x = Both(RandomVector(rng, T * (d + pad), -3.0f, 3.0f), T, d, d + pad);
+            Twin w = Both(RandomVector(rng, d, 0.5f, 1.5f), 1, d, d, 0, DType::kBF16);
+            Twin out = Both(std::vector<float>(T * d, kNaN), T, d, d);
+            cpu_->RmsNorm(x.cpu, w.cpu, 1e-5f, out.cpu);
+            gpu_->RmsNorm(x.gpu, w.gpu, 1e-5f, out.gpu);
+            const std::vector<float> all = Fetch(gpu_.get(), out.gpu, 0);
+            ExpectNear(all, Fetch(cpu_.get(), out.cpu, 0), 1e-5, "RmsNorm");
+            Twin one = Both(std::vector<float>(d, kNaN), 1, d, d);
+            gpu_->RmsNorm(Tensor{x.gpu.data, DType::kF32, 1, d, d + pad}, w.gpu, 1e-5f, one.gpu);
+            EXPECT_EQ(Fetch(gpu_.get(), one.gpu, 0), std::vector<float>(all.begin(), all.begin() + d))
+                << "a row alone against the same row in 3";
+        }
+    }
+}
+
 TEST_F(CudaOpsTest, SmallOps) {
     Rng rng(102);
     for (DType wd : {DType::kF32, DType::kF16, DType::kBF16}) {

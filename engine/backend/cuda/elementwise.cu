@@ -21,7 +21,8 @@ __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __r
 }
 
 // 1 / rms(xr[0, d)) for one block of kThreads threads (partial: kThreads / 32 floats of shared memory, free again
-// on return). The one sum order of RmsNormKernel and QuantizedInputKernel, so their values agree bit for bit. The
+// on return). The one sum order of RmsNormKernel and QuantizedInputKernel (the scalar kernels, for rows the register
+// kernels below do not take: PlanRowVec), so their values agree bit for bit. The
 // loop is unrolled so that a thread's loads are in flight together (the sum keeps its order): one block per row
 // makes a 4096-wide row 16 loads per thread, which one at a time took about 15 us (ncu, H100, 2026-12-07).
 __device__ __forceinline__ float BlockInvRms(const float* __restrict__ xr, int64_t d, float eps, float* partial) {
@@ -276,6 +277,163 @@ __global__ void QuantizedInputKernel(const float* __restrict__ x, int64_t x_ld, 
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) qr[i] = __nv_fp8_e4m3(value(i) / s);
 }
 
+// ---- Rows held in registers (RmsNorm, FP8 GEMM inputs): one block per row, 4 consecutive elements per slot ----
+// Thread t of a block of n threads holds elements 4(t + j·n) .. 4(t + j·n) + 3 of its row for j < kK, read once with
+// 16-byte loads; every pass (sum of squares, amax, output) works on the registers. One block per row with one load
+// per thread for rows up to 4096 wide (1024 threads): the scalar kernels above read a 4096-wide row 16 loads a
+// thread, twice or three times over, and took 11-16 us per launch for a few rows and 37 us at 512 rows (ncu,
+// H100, 2026-12-07). Sums and maxima go thread (slots in order), warp (xor tree), block (warps in order), so a
+// row's result is the same in any batch and the norm's 1/rms is one value for RmsNormVecKernel and
+// QuantizedInputVecKernel (their bit-equality, as BlockInvRms gives the scalar kernels).
+constexpr int kRowVecThreadsMax = 1024;
+constexpr int kRowVecSlotsMax = 8;
+
+template <int kK>
+struct RowSlots {
+    float4 v[kK];
+};
+
+// Element offset of slot j of this thread.
+__device__ __forceinline__ int64_t RowSlot(int j) { return 4 * (static_cast<int64_t>(threadIdx.x) + j * blockDim.x); }
+
+template <int kK>
+__device__ __forceinline__ RowSlots<kK> LoadRowSlots(const float* __restrict__ xr, int64_t d) {
+    RowSlots<kK> r;
+#pragma unroll
+    for (int j = 0; j < kK; ++j) {
+        const int64_t i = RowSlot(j);
+        r.v[j] = i < d ? *reinterpret_cast<const float4*>(xr + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    return r;
+}
+
+// Sum (kMax false) or maximum (true) over the block, warps in order (partial: 32 floats of shared memory, free again
+// on return).
+template <bool kMax>
+__device__ __forceinline__ float RowReduce(float v, float* partial) {
+    v = kMax ? WarpMax(v) : WarpSum(v);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float total = 0.f;
+    const int warps = static_cast<int>(blockDim.x >> 5);
+    for (int i = 0; i < warps; ++i) total = kMax ? fmaxf(total, partial[i]) : total + partial[i];
+    __syncthreads();
+    return total;
+}
+
+template <int kK>
+__device__ __forceinline__ float RowInvRms(const RowSlots<kK>& r, int64_t d, float eps, float* partial) {
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < kK; ++j)
+        ss += r.v[j].x * r.v[j].x + r.v[j].y * r.v[j].y + r.v[j].z * r.v[j].z + r.v[j].w * r.v[j].w;
+    return 1.0f / sqrtf(RowReduce<false>(ss, partial) / static_cast<float>(d) + eps);
+}
+
+// The norm of slot j in place: x · inv · w.
+template <int kK, typename T>
+__device__ __forceinline__ void NormSlots(RowSlots<kK>& r, int64_t d, float inv, const T* __restrict__ w) {
+#pragma unroll
+    for (int j = 0; j < kK; ++j) {
+        const int64_t i = RowSlot(j);
+        if (i >= d) continue;
+        float4& v = r.v[j];
+        v.x = v.x * inv * ToFloat(w[i]);
+        v.y = v.y * inv * ToFloat(w[i + 1]);
+        v.z = v.z * inv * ToFloat(w[i + 2]);
+        v.w = v.w * inv * ToFloat(w[i + 3]);
+    }
+}
+
+// RmsNormKernel on registers: the same expression per element, RowInvRms's sum order.   grid rows, block n threads
+template <typename T, typename O, int kK>
+__global__ void __launch_bounds__(kRowVecThreadsMax)
+    RmsNormVecKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps, O* __restrict__ out,
+                     int64_t out_ld, int64_t d) {
+    PdlEnter();
+    __shared__ float partial[32];
+    const int64_t r = blockIdx.x;
+    RowSlots<kK> s = LoadRowSlots<kK>(x + r * x_ld, d);
+    NormSlots(s, d, RowInvRms(s, d, eps, partial), w);
+    O* o = out + r * out_ld;
+#pragma unroll
+    for (int j = 0; j < kK; ++j) {
+        const int64_t i = RowSlot(j);
+        if (i >= d) continue;
+        o[i] = FromFloat<O>(s.v[j].x);
+        o[i + 1] = FromFloat<O>(s.v[j].y);
+        o[i + 2] = FromFloat<O>(s.v[j].z);
+        o[i + 3] = FromFloat<O>(s.v[j].w);
+    }
+}
+
+// QuantizedInputKernel on registers (kOp 0: RmsNorm(x) · w as RmsNormVecKernel; 1: silu(gate) · up of a [gate | up]
+// row; 2: x), the same scale and bytes: scale[r] = amax_r / 448 (1 for an all-zero row), q = e4m3(v / scale[r]).
+template <int kOp, typename T, int kK>
+__global__ void __launch_bounds__(kRowVecThreadsMax)
+    QuantizedInputVecKernel(const float* __restrict__ x, int64_t x_ld, const T* __restrict__ w, float eps, int64_t d,
+                            __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scale) {
+    PdlEnter();
+    __shared__ float partial[32];
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * x_ld;
+    RowSlots<kK> s = LoadRowSlots<kK>(xr, d);
+    if constexpr (kOp == 0) NormSlots(s, d, RowInvRms(s, d, eps, partial), w);
+    if constexpr (kOp == 1) {
+        const RowSlots<kK> u = LoadRowSlots<kK>(xr + d, d);
+        auto silu_mul = [](float g, float up) { return g / (1.0f + expf(-g)) * up; };
+#pragma unroll
+        for (int j = 0; j < kK; ++j) {
+            s.v[j] = make_float4(silu_mul(s.v[j].x, u.v[j].x), silu_mul(s.v[j].y, u.v[j].y),
+                                 silu_mul(s.v[j].z, u.v[j].z), silu_mul(s.v[j].w, u.v[j].w));
+        }
+    }
+    float m = 0.f;  // slots past d hold zeros
+#pragma unroll
+    for (int j = 0; j < kK; ++j)
+        m = fmaxf(m, fmaxf(fmaxf(fabsf(s.v[j].x), fabsf(s.v[j].y)), fmaxf(fabsf(s.v[j].z), fabsf(s.v[j].w))));
+    const float amax = RowReduce<true>(m, partial);
+    const float sc = amax > 0.f ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0) scale[r] = sc;
+    __nv_fp8_e4m3* qr = q + r * d;
+#pragma unroll
+    for (int j = 0; j < kK; ++j) {
+        const int64_t i = RowSlot(j);
+        if (i >= d) continue;
+        const uint32_t b0 = __nv_fp8_e4m3(s.v[j].x / sc).__x, b1 = __nv_fp8_e4m3(s.v[j].y / sc).__x,
+                       b2 = __nv_fp8_e4m3(s.v[j].z / sc).__x, b3 = __nv_fp8_e4m3(s.v[j].w / sc).__x;
+        *reinterpret_cast<uint32_t*>(qr + i) = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+    }
+}
+
+// ScaleRowsColsKernel four columns a thread, no index division.   grid (ceil(cols / 4 / 256), rows), 256 threads;
+// cols and y_ld multiples of 4, y 16-byte aligned
+__global__ void ScaleRowsColsVecKernel(const float* __restrict__ raw, int parts, int64_t rows, int64_t cols,
+                                       const float* __restrict__ row_scale, const float* __restrict__ col_scale,
+                                       float* __restrict__ y, int64_t y_ld, bool accumulate) {
+    PdlEnter();
+    const int64_t r = blockIdx.y, c = 4 * (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
+    if (c >= cols) return;
+    const int64_t n = rows * cols, idx = r * cols + c;
+    float4 sum = *reinterpret_cast<const float4*>(raw + idx);
+    for (int p = 1; p < parts; ++p) {
+        const float4 v = *reinterpret_cast<const float4*>(raw + p * n + idx);
+        sum.x += v.x;
+        sum.y += v.y;
+        sum.z += v.z;
+        sum.w += v.w;
+    }
+    const float rs = row_scale[r];
+    const float* cs = col_scale + c;
+    float4 out = make_float4(sum.x * rs * cs[0], sum.y * rs * cs[1], sum.z * rs * cs[2], sum.w * rs * cs[3]);
+    float4* dst = reinterpret_cast<float4*>(y + r * y_ld + c);
+    if (accumulate) {
+        const float4 old = *dst;
+        out = make_float4(old.x + out.x, old.y + out.y, old.z + out.z, old.w + out.w);
+    }
+    *dst = out;
+}
+
 // y[r, c] = (accumulate ? y[r, c] : 0) + (Σ_p raw[p, r, c]) · row_scale[r] · col_scale[c]
 //     raw [parts, rows, cols] dense fp32
 __global__ void ScaleRowsColsKernel(const float* __restrict__ raw, int parts, int64_t rows, int64_t cols,
@@ -328,6 +486,70 @@ unsigned StrideGrid(int64_t n) {
     return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks));
 }
 
+// Block size and slots per thread of the register row kernels for rows of d elements at x (row stride x_ld); 0
+// slots: the scalar kernels (d or x_ld not a multiple of 4, x not 16-byte aligned, or wider than 1024 x 4 x 8).
+struct RowVecPlan {
+    unsigned threads = 0;
+    int slots = 0;
+};
+RowVecPlan PlanRowVec(const float* x, int64_t x_ld, int64_t d) {
+    if (d <= 0 || d % 4 != 0 || x_ld % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) return {};
+    const int64_t quads = d / 4;
+    if (quads <= kRowVecThreadsMax) return {static_cast<unsigned>((quads + 31) / 32 * 32), 1};
+    int k = 2;
+    while (k < kRowVecSlotsMax && quads > int64_t{k} * kRowVecThreadsMax) k *= 2;
+    if (quads > int64_t{k} * kRowVecThreadsMax) return {};
+    return {kRowVecThreadsMax, k};
+}
+
+template <typename T, typename O>
+void LaunchRmsNorm(const float* x, int64_t x_ld, const T* w, float eps, O* out, int64_t out_ld, int64_t rows, int64_t d,
+                   Stream stream) {
+    const RowVecPlan p = PlanRowVec(x, x_ld, d);
+    const auto grid = static_cast<unsigned>(rows);
+    auto vec = [&](auto kernel) {
+        LaunchKernel("RmsNormVecKernel", kernel, grid, p.threads, 0, stream, x, x_ld, w, eps, out, out_ld, d);
+    };
+    switch (p.slots) {
+        case 1:
+            return vec(RmsNormVecKernel<T, O, 1>);
+        case 2:
+            return vec(RmsNormVecKernel<T, O, 2>);
+        case 4:
+            return vec(RmsNormVecKernel<T, O, 4>);
+        case 8:
+            return vec(RmsNormVecKernel<T, O, 8>);
+        default:
+            LaunchKernel("RmsNormKernel", RmsNormKernel<T, O>, grid, kThreads, 0, stream, x, x_ld, w, eps, out, out_ld,
+                         d);
+    }
+}
+
+// kOp 1 reads [gate | up] rows: both halves are d wide, so the plan of one half holds for the other.
+template <int kOp, typename T>
+void LaunchQuantizedInput(const float* x, int64_t x_ld, const T* w, float eps, int64_t d, void* q, float* scale,
+                          int64_t rows, Stream stream) {
+    const RowVecPlan p = PlanRowVec(x, x_ld, d);
+    const auto grid = static_cast<unsigned>(rows);
+    auto* qb = static_cast<__nv_fp8_e4m3*>(q);
+    auto vec = [&](auto kernel) {
+        LaunchKernel("QuantizedInputVecKernel", kernel, grid, p.threads, 0, stream, x, x_ld, w, eps, d, qb, scale);
+    };
+    switch (p.slots) {
+        case 1:
+            return vec(QuantizedInputVecKernel<kOp, T, 1>);
+        case 2:
+            return vec(QuantizedInputVecKernel<kOp, T, 2>);
+        case 4:
+            return vec(QuantizedInputVecKernel<kOp, T, 4>);
+        case 8:
+            return vec(QuantizedInputVecKernel<kOp, T, 8>);
+        default:
+            LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<kOp, T>, grid, kThreads, 0, stream, x, x_ld, w,
+                         eps, d, qb, scale);
+    }
+}
+
 }  // namespace
 
 void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
@@ -341,9 +563,7 @@ void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType t
 void RmsNorm(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, float* out, int64_t out_ld,
              int64_t rows, int64_t d, Stream stream) {
     if (rows == 0) return;
-    UA_DISPATCH_DTYPE(w_dtype, T,
-                      LaunchKernel("RmsNormKernel", RmsNormKernel<T, float>, static_cast<unsigned>(rows), kThreads, 0,
-                                   stream, x, x_ld, static_cast<const T*>(w), eps, out, out_ld, d));
+    UA_DISPATCH_DTYPE(w_dtype, T, LaunchRmsNorm(x, x_ld, static_cast<const T*>(w), eps, out, out_ld, rows, d, stream));
 }
 
 void Rope(float* x, int64_t x_ld, int64_t rows, int num_heads, int head_dim, const int32_t* positions,
@@ -406,9 +626,8 @@ void RmsNorm16(const float* x, int64_t x_ld, const void* w, DType w_dtype, float
     UA_DISPATCH_DTYPE(w_dtype, T,
                       UA_DISPATCH_DTYPE(
                           out_dtype, O, if constexpr (sizeof(O) == 2) {
-                              LaunchKernel("RmsNormKernel", RmsNormKernel<T, O>, static_cast<unsigned>(rows), kThreads,
-                                           0, stream, x, x_ld, static_cast<const T*>(w), eps, static_cast<O*>(out), d,
-                                           d);
+                              LaunchRmsNorm(x, x_ld, static_cast<const T*>(w), eps, static_cast<O*>(out), d, rows, d,
+                                            stream);
                           }));
 }
 
@@ -463,30 +682,31 @@ void DequantFp8(const void* w, int64_t w_ld, const float* scale, int64_t rows, i
 
 void QuantizeRowsFp8(const float* x, int64_t x_ld, int64_t rows, int64_t cols, void* q, float* scale, Stream stream) {
     if (rows == 0) return;
-    LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<2, float>, static_cast<unsigned>(rows), kThreads, 0,
-                 stream, x, x_ld, static_cast<const float*>(nullptr), 0.0f, cols, static_cast<__nv_fp8_e4m3*>(q),
-                 scale);
+    LaunchQuantizedInput<2>(x, x_ld, static_cast<const float*>(nullptr), 0.0f, cols, q, scale, rows, stream);
 }
 
 void RmsNormFp8(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* q, float* scale,
                 int64_t rows, int64_t d, Stream stream) {
     if (rows == 0) return;
-    UA_DISPATCH_DTYPE(
-        w_dtype, T,
-        LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<0, T>, static_cast<unsigned>(rows), kThreads, 0,
-                     stream, x, x_ld, static_cast<const T*>(w), eps, d, static_cast<__nv_fp8_e4m3*>(q), scale));
+    UA_DISPATCH_DTYPE(w_dtype, T,
+                      LaunchQuantizedInput<0>(x, x_ld, static_cast<const T*>(w), eps, d, q, scale, rows, stream));
 }
 
 void SiluMulFp8(const float* gate_up, int64_t gu_ld, void* q, float* scale, int64_t rows, int64_t ff, Stream stream) {
     if (rows == 0) return;
-    LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<1, float>, static_cast<unsigned>(rows), kThreads, 0,
-                 stream, gate_up, gu_ld, static_cast<const float*>(nullptr), 0.0f, ff, static_cast<__nv_fp8_e4m3*>(q),
-                 scale);
+    LaunchQuantizedInput<1>(gate_up, gu_ld, static_cast<const float*>(nullptr), 0.0f, ff, q, scale, rows, stream);
 }
 
 void ScaleRowsCols(const float* raw, int parts, int64_t rows, int64_t cols, const float* row_scale,
                    const float* col_scale, float* y, int64_t y_ld, bool accumulate, Stream stream) {
     if (rows * cols == 0) return;
+    if (cols % 4 == 0 && y_ld % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(raw) % 16 == 0) {
+        const dim3 grid(CeilDiv(cols / 4, kThreads), static_cast<unsigned>(rows));
+        LaunchKernel("ScaleRowsColsVecKernel", ScaleRowsColsVecKernel, grid, kThreads, 0, stream, raw, parts, rows,
+                     cols, row_scale, col_scale, y, y_ld, accumulate);
+        return;
+    }
     LaunchKernel("ScaleRowsColsKernel", ScaleRowsColsKernel, StrideGrid(rows * cols), kThreads, 0, stream, raw, parts,
                  rows, cols, row_scale, col_scale, y, y_ld, accumulate);
 }

@@ -323,10 +323,16 @@ __device__ __forceinline__ float RowReduce(float v, float* partial) {
 
 template <int kK>
 __device__ __forceinline__ float RowInvRms(const RowSlots<kK>& r, int64_t d, float eps, float* partial) {
+    // Explicit fused multiply-adds: left to the compiler, the contraction of this sum may differ between the kernels
+    // that inline it (one ulp of 1/rms apart in some rows: seen on an H100), and the two must agree bit for bit.
     float ss = 0.f;
 #pragma unroll
-    for (int j = 0; j < kK; ++j)
-        ss += r.v[j].x * r.v[j].x + r.v[j].y * r.v[j].y + r.v[j].z * r.v[j].z + r.v[j].w * r.v[j].w;
+    for (int j = 0; j < kK; ++j) {
+        ss = __fmaf_rn(r.v[j].x, r.v[j].x, ss);
+        ss = __fmaf_rn(r.v[j].y, r.v[j].y, ss);
+        ss = __fmaf_rn(r.v[j].z, r.v[j].z, ss);
+        ss = __fmaf_rn(r.v[j].w, r.v[j].w, ss);
+    }
     return 1.0f / sqrtf(RowReduce<false>(ss, partial) / static_cast<float>(d) + eps);
 }
 

@@ -2,6 +2,7 @@
 // paged-cache write), KV writes, bias add, SwiGLU, residual add, row gather, fp32 -> 16-bit activation
 // splitting, random fill.
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -508,26 +509,38 @@ RowVecPlan PlanRowVec(const float* x, int64_t x_ld, int64_t d) {
     return {kRowVecThreadsMax, k};
 }
 
+// Calls f(std::integral_constant<int, K>{}) for a plan of K slots a thread; false (nothing called) for none.
+template <typename F>
+bool WithRowSlots(int slots, F&& f) {
+    switch (slots) {
+        case 1:
+            f(std::integral_constant<int, 1>{});
+            return true;
+        case 2:
+            f(std::integral_constant<int, 2>{});
+            return true;
+        case 4:
+            f(std::integral_constant<int, 4>{});
+            return true;
+        case 8:
+            f(std::integral_constant<int, 8>{});
+            return true;
+        default:
+            return false;
+    }
+}
+
 template <typename T, typename O>
 void LaunchRmsNorm(const float* x, int64_t x_ld, const T* w, float eps, O* out, int64_t out_ld, int64_t rows, int64_t d,
                    Stream stream) {
     const RowVecPlan p = PlanRowVec(x, x_ld, d);
     const auto grid = static_cast<unsigned>(rows);
-    auto vec = [&](auto kernel) {
-        LaunchKernel("RmsNormVecKernel", kernel, grid, p.threads, 0, stream, x, x_ld, w, eps, out, out_ld, d);
-    };
-    switch (p.slots) {
-        case 1:
-            return vec(RmsNormVecKernel<T, O, 1>);
-        case 2:
-            return vec(RmsNormVecKernel<T, O, 2>);
-        case 4:
-            return vec(RmsNormVecKernel<T, O, 4>);
-        case 8:
-            return vec(RmsNormVecKernel<T, O, 8>);
-        default:
-            LaunchKernel("RmsNormKernel", RmsNormKernel<T, O>, grid, kThreads, 0, stream, x, x_ld, w, eps, out, out_ld,
-                         d);
+    const bool vec = WithRowSlots(p.slots, [&](auto k) {
+        LaunchKernel("RmsNormVecKernel", RmsNormVecKernel<T, O, decltype(k)::value>, grid, p.threads, 0, stream, x,
+                     x_ld, w, eps, out, out_ld, d);
+    });
+    if (!vec) {
+        LaunchKernel("RmsNormKernel", RmsNormKernel<T, O>, grid, kThreads, 0, stream, x, x_ld, w, eps, out, out_ld, d);
     }
 }
 
@@ -538,21 +551,13 @@ void LaunchQuantizedInput(const float* x, int64_t x_ld, const T* w, float eps, i
     const RowVecPlan p = PlanRowVec(x, x_ld, d);
     const auto grid = static_cast<unsigned>(rows);
     auto* qb = static_cast<__nv_fp8_e4m3*>(q);
-    auto vec = [&](auto kernel) {
-        LaunchKernel("QuantizedInputVecKernel", kernel, grid, p.threads, 0, stream, x, x_ld, w, eps, d, qb, scale);
-    };
-    switch (p.slots) {
-        case 1:
-            return vec(QuantizedInputVecKernel<kOp, T, 1>);
-        case 2:
-            return vec(QuantizedInputVecKernel<kOp, T, 2>);
-        case 4:
-            return vec(QuantizedInputVecKernel<kOp, T, 4>);
-        case 8:
-            return vec(QuantizedInputVecKernel<kOp, T, 8>);
-        default:
-            LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<kOp, T>, grid, kThreads, 0, stream, x, x_ld, w,
-                         eps, d, qb, scale);
+    const bool vec = WithRowSlots(p.slots, [&](auto k) {
+        LaunchKernel("QuantizedInputVecKernel", QuantizedInputVecKernel<kOp, T, decltype(k)::value>, grid, p.threads, 0,
+                     stream, x, x_ld, w, eps, d, qb, scale);
+    });
+    if (!vec) {
+        LaunchKernel("QuantizedInputKernel", QuantizedInputKernel<kOp, T>, grid, kThreads, 0, stream, x, x_ld, w, eps,
+                     d, qb, scale);
     }
 }
 

@@ -328,7 +328,16 @@ const std::vector<Key>& Keys() {
         {"engine.cuda.fp8_outer_scales", CudaBool(&CudaOptions::fp8_outer_scales)},
         {"engine.cuda.fp8_fast_accum", CudaBool(&CudaOptions::fp8_fast_accum)},
         {"engine.cuda.fp8_algo_candidates", CudaInt(&CudaOptions::fp8_algo_candidates, 1, 16, "1..16")},
-        {"engine.cuda.fp8_split_k", CudaInt(&CudaOptions::fp8_split_k, 0, 16, "0 (by shape) or 1..16")},
+        {"engine.cuda.fp8_split_k",
+         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+             UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
+             if (v < 0 || v > 16 || (v & (v - 1)) != 0) {
+                 return InvalidArgument(key + ": must be 0 (by shape), 1 (no split), 2, 4, 8 or 16, got " +
+                                        std::to_string(v));
+             }
+             c.engine.cuda.fp8_split_k = static_cast<int>(v);
+             return Status::Ok();
+         }},
         {"engine.cuda.mma_gemm_max_rows",
          CudaInt(&CudaOptions::mma_gemm_max_rows, -1, 64, "-1 (by weight dtype) or 0..64")},
         {"engine.cuda.pdl", CudaBool(&CudaOptions::pdl)},

@@ -112,13 +112,13 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
         ASSERT_FALSE(no.ok()) << v;
         EXPECT_NE(no.status().message().find("multiple of 64"), std::string::npos) << no.status().message();
     }
-    // FP8 GEMM K split: 0 (by shape, the default) .. 16, printed back.
+    // FP8 GEMM K split: 0 (by shape, the default) or a power of two up to 16, printed back; others refused by name.
     EXPECT_EQ(chunk->engine.cuda.fp8_split_k, 0);
     auto split = ParseConfig("model:\n  path: m\nengine:\n  cuda:\n    fp8_split_k: 4\n", "x.yaml", {});
     ASSERT_TRUE(split.ok()) << split.status().message();
     EXPECT_EQ(split->engine.cuda.fp8_split_k, 4);
     EXPECT_NE(ConfigToYaml(*split).find("fp8_split_k: 4"), std::string::npos);
-    for (const char* v : {"-1", "17"}) {
+    for (const char* v : {"-1", "3", "6", "17", "32"}) {
         auto no = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.fp8_split_k", v}});
         ASSERT_FALSE(no.ok()) << v;
         EXPECT_NE(no.status().message().find("engine.cuda.fp8_split_k"), std::string::npos) << no.status().message();

@@ -65,11 +65,12 @@ struct CudaOptions {
     // FP8 GEMMs: the number of cuBLASLt heuristic candidates timed on each shape's first call (the fastest is
     // kept; 1 takes the heuristic's first choice untimed). Shapes are planned outside graph capture.
     int fp8_algo_candidates = 1;
-    // FP8 GEMMs: the input dimension split into this many parts, one batched cuBLASLt GEMM writing fp32 partial
-    // products that a second kernel adds in order and scales (0: by shape, 1: never). Decode batches have few
-    // output tiles on the 4096-row matrices (attention output, down projection): 32 tiles of 128 leave most of an
-    // H100's 132 SMs idle, and cuBLASLt's FP8 GEMMs moved their weights at about 30% of copy bandwidth at 16-64
-    // rows (docs/performance.md run 3). By shape: doubled while two blocks per SM stay busy, at most 8.
+    // FP8 GEMMs: the input dimension split into this many parts (0: by shape; 1: never; 2, 4, 8, 16), one batched
+    // cuBLASLt GEMM writing fp32 partial products that ScaleRowsCols adds in part order and scales. A matrix whose
+    // input does not split into parts of a multiple of 16, or a split cuBLASLt has no algorithm for, runs as one
+    // GEMM. By shape: doubled while the 128 x 128 output tiles times the parts fit one wave, at most 8 (the
+    // 4096-row matrices of decode batches). Measured on an H100 (docs/performance.md runs 6-7): up to 6% per GEMM
+    // at 64 rows; one GEMM is better from 128 rows up, where the rule does not split.
     int fp8_split_k = 0;
     // Programmatic dependent launch (sm_90): each kernel may be scheduled while the one before it drains,
     // waits for its results inside (griddepcontrol), and GEMVs start their first weight loads before that

@@ -10,7 +10,7 @@
 //                 [--mma-gemm-max-rows N] [--pdl 1|0]
 //                 [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
-//                 [--decode-min-chunk 0|64|128|...]
+//                 [--decode-min-chunk 0|64|128|...] [--fuse-mma-gemm-inputs 0|1] [--fp8-prefill-tensor-cores 0|1]
 //                 [--sampling none|host|device]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
@@ -350,7 +350,8 @@ int Main(int argc, char** argv) {
                 variants_list = "std", decode_list, batch_list, ctx_list = "512", prefill_list, json_path,
                 sampling = "none";
     int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, fp8_split = 0, mma_rows = -1,
-        pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0;
+        pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0, fuse_mma = -1,
+        fp8_prefill_tc = -1;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
@@ -412,6 +413,12 @@ int Main(int argc, char** argv) {
     app.add_option("--fuse-attention-combine", fuse_combine,
                    "CUDA: fuse the split-KV attention combine (-1: the backend's default)")
         ->capture_default_str();
+    app.add_option("--fuse-mma-gemm-inputs", fuse_mma,
+                   "CUDA: the norm / SwiGLU / rounding fused into the mma GEMM's staging (-1: the backend's default)")
+        ->capture_default_str();
+    app.add_option("--fp8-prefill-tensor-cores", fp8_prefill_tc,
+                   "CUDA: prefill over an fp8 KV cache on tensor cores (-1: the backend's default)")
+        ->capture_default_str();
     app.add_option("--tensor-core-attention", tensor_cores,
                    "CUDA: decode attention on tensor cores (1) or CUDA cores (0) (-1: the backend's default)")
         ->capture_default_str();
@@ -443,6 +450,8 @@ int Main(int argc, char** argv) {
     cuda.gemv_row_segs = segs;
     if (fuse_combine >= 0) cuda.fuse_attention_combine = fuse_combine != 0;
     if (tensor_cores >= 0) cuda.tensor_core_attention = tensor_cores != 0;
+    if (fuse_mma >= 0) cuda.fuse_mma_gemm_inputs = fuse_mma != 0;
+    if (fp8_prefill_tc >= 0) cuda.fp8_prefill_tensor_cores = fp8_prefill_tc != 0;
     cuda.decode_min_chunk = min_chunk;
     auto be = MakeBenchBackend(backend_name, *wd, *kd, cuda);
     if (!be.ok()) return Fail(be.status());

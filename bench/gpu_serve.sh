@@ -21,13 +21,14 @@
 #                                ends; for a dry run of the script on a CPU: BACKEND=cpu CONFIGS=dir-of-tiny-configs TOK=tok-dir
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
+#                                SANITIZE ("memcheck racecheck": compute-sanitizer over SANITIZE_TESTS, GPU_TESTS by default),
 #                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of more fp8 runs,
 #                                sets separated by ";", "--fp8-tensor-cores 0" by default, none skips them, on
 #                                FP8_ALT_VARIANTS, std:fp8 by default;
 #                                FP8_TESTS: the gtest filter of the fp8 stage; FP8_KV_DECODE: decode cases over an
 #                                fp8 KV cache; with uniattn-kernel-bench packed, its --fp8-gemm table on the shapes of
-#                                FP8_KBENCH, all by default); PROFILE (decode
+#                                FP8_KBENCH, all by default, FP8_KBENCH_FLAGS e.g. "--fp8-rows 1,16"); PROFILE (decode
 #                                cases BxC and prefills pN, e.g. "64x640 p2048": ncu per-kernel times
 #                                of uniattn-bench's steps, bench/ncu_summary.py; PROFILE_VARIANTS: "std" by default;
 #                                NCU_FLAGS: "--cache-control none --clock-control none" by default)
@@ -184,6 +185,16 @@ if [ -n "${GPU_TESTS:-}" ] && [ -x "$BIN/gpu_tests" ]; then
     say "gpu_tests rc=$?: $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$OUT/gpu_tests.log" | tr '\n' ' ')"
     grep -E "^\[  FAILED|Failure|Which is|Expected|metric" "$OUT/gpu_tests.log" | head -40 | tee -a "$S"
 fi
+# SANITIZE ("memcheck racecheck"): compute-sanitizer tools over the gpu_tests of SANITIZE_TESTS (GPU_TESTS by default);
+# the logs stay in $W (few files come back from $OUT), their summary lines go to summary.txt.
+for tool in ${SANITIZE:-}; do
+    [ -x "$BIN/gpu_tests" ] || break
+    extra=()
+    [ "$tool" = memcheck ] && extra=(--leak-check full)
+    timeout 240 compute-sanitizer --tool "$tool" "${extra[@]}" "$BIN/gpu_tests" --gtest_color=no \
+        --gtest_filter="${SANITIZE_TESTS:-${GPU_TESTS:-CudaFp8*}}" >"$W/$tool.log" 2>&1
+    say "compute-sanitizer $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|^\[  PASSED|^\[  FAILED  \] [0-9]' "$W/$tool.log" | tr '\n' ' ')"
+done
 # FP8 weights (issue 18), when the packed binaries have them (FP8=0 skips): the fp8 GPU tests against the CPU
 # oracle with the MatMul tests the fp8 GEMV touched, then the engine-level decode and prefill of each shape with
 # 16-bit and fp8 linear weights side by side (uniattn-bench --variants std,std:fp8).
@@ -218,8 +229,9 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
         fi
         # every matrix at 1-2048 rows, fp16 beside fp8 under its options (FP8_KBENCH: the shapes, all by default)
         if [ -x "$BIN/uniattn-kernel-bench" ] && [[ " ${FP8_KBENCH:-$shape} " == *" $shape "* ]]; then
+            # shellcheck disable=SC2086  # FP8_KBENCH_FLAGS: several flags
             timeout 150 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --fp8-gemm --reps 10 \
-                >"$OUT/fp8-gemm-$shape.log" 2>&1
+                ${FP8_KBENCH_FLAGS:-} >"$OUT/fp8-gemm-$shape.log" 2>&1
             say "fp8 GEMMs $shape rc=$?"
             grep -E "T=(1|16|64|256|2048) " "$OUT/fp8-gemm-$shape.log" | tee -a "$S" >/dev/null
         fi

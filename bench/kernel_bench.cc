@@ -4,7 +4,7 @@
 // bandwidth against the measured device copy bandwidth.
 //
 //   uniattn-kernel-bench [--config bench/configs/llama2-7b.json] [--decode 1x512,16x4096] [--reps 50]
-//                        [--attention-only | --fp8-gemm]
+//                        [--attention-only | --fp8-gemm [--fp8-rows 1,16]]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -74,6 +74,7 @@ int Main(int argc, char** argv) {
     std::string path = "bench/configs/llama2-7b.json", decode = "1x512,16x4096,32x2048";
     int reps = 50;
     bool attention_only = false, fp8_gemm = false;
+    std::vector<int64_t> fp8_rows = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048};
     CLI::App app{
         "Each CUDA backend op alone at the shapes of a real model (bench/configs), timed over back-to-back "
         "launches.",
@@ -86,6 +87,9 @@ int Main(int argc, char** argv) {
                  "time only MatMul of each matrix with e4m3 weights beside fp16 ones, 1 to 2048 rows, under the FP8 "
                  "GEMM options (fast accumulation, timed cuBLASLt candidates), and the engine's mma.sync kernel at "
                  "1-64 rows");
+    app.add_option("--fp8-rows", fp8_rows, "row counts of the --fp8-gemm table (1 to 2048)")
+        ->delimiter(',')
+        ->capture_default_str();
     if (auto code = ParseCommandLine(app, argc, argv, "uniattn-kernel-bench")) return *code;
     auto text = ReadFile(path);
     if (!text.ok()) return 1;
@@ -172,6 +176,18 @@ int Main(int argc, char** argv) {
         auto mma_or = CreateCudaBackend(mo);
         if (!mma_or.ok()) return 1;
         Backend* mma = mma_or->get();
+        // The mma kernel with its input split fixed (engine.cuda.gemm_ksplit: 1 = none .. kRowGemmMaxSplits) against
+        // the by-shape rule of the default, at the row counts where a decode step is bound by its weight bytes.
+        const std::vector<int> mma_splits = {1, 2, 4, 8, 12, 16};
+        std::vector<std::unique_ptr<Backend>> split_bes;
+        for (int ks : mma_splits) {
+            CudaBackendOptions so;
+            so.mma_gemm_max_rows = 64;
+            so.gemm_ksplit = ks;
+            auto r = CreateCudaBackend(so);
+            if (!r.ok()) return 1;
+            split_bes.push_back(std::move(r).value());
+        }
         std::vector<std::unique_ptr<Backend>> fp8_bes;
         for (const Fp8Case& fc : fp8_cases) {
             auto r = CreateCudaBackend(fc.o);
@@ -190,7 +206,8 @@ int Main(int argc, char** argv) {
             Tensor t8 = MakeTensor(w8->data(), DType::kF8E4M3, m.out, m.in);
             t8.scale = static_cast<const float*>(sc->data());
             t8.fp8_rows = true;
-            for (int64_t T : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048}) {
+            for (int64_t T : fp8_rows) {
+                if (T < 1 || T > max_rows) continue;
                 const Tensor tx = MakeTensor(x->data(), DType::kF32, T, m.in);
                 const Tensor ty = MakeTensor(y->data(), DType::kF32, T, m.out);
                 const std::string at = std::string(m.name) + " T=" + std::to_string(T) + " [" + std::to_string(m.out) +
@@ -207,6 +224,14 @@ int Main(int argc, char** argv) {
                                  2.0 * m.out * m.in);
                     bench.Report(at + "fp8 mma", bench.Time([&] { mma->MatMul(tx, t8, ty, false); }),
                                  1.0 * m.out * m.in);
+                }
+                if (T == 1 || T == 16) {
+                    for (size_t i = 0; i < mma_splits.size(); ++i) {
+                        if (mma_splits[i] > m.in / 256) break;  // parts of at least one 256-input chunk
+                        Backend* sb = split_bes[i].get();
+                        bench.Report(at + "fp8 mma split " + std::to_string(mma_splits[i]),
+                                     bench.Time([&] { sb->MatMul(tx, t8, ty, false); }), 1.0 * m.out * m.in);
+                    }
                 }
             }
         }

@@ -342,12 +342,14 @@ const std::vector<Key>& Keys() {
          CudaInt(&CudaOptions::mma_gemm_max_rows, -1, 64, "-1 (by weight dtype) or 0..64")},
         {"engine.cuda.pdl", CudaBool(&CudaOptions::pdl)},
         {"engine.cuda.fuse_gemv_inputs", CudaBool(&CudaOptions::fuse_gemv_inputs)},
+        {"engine.cuda.fuse_mma_gemm_inputs", CudaBool(&CudaOptions::fuse_mma_gemm_inputs)},
         {"engine.cuda.stage_gemv_input", CudaBool(&CudaOptions::stage_gemv_input)},
         {"engine.cuda.gemv_row_segs", CudaInt(&CudaOptions::gemv_row_segs, 0, 8, "0, 1, 2, 4 or 8")},
         {"engine.cuda.gemm_ksplit", CudaInt(&CudaOptions::gemm_ksplit, 0, 64, "0 = by shape, else 1..64")},
         {"engine.cuda.fuse_attention_combine", CudaBool(&CudaOptions::fuse_attention_combine)},
         {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
         {"engine.cuda.tensor_core_attention", CudaBool(&CudaOptions::tensor_core_attention)},
+        {"engine.cuda.fp8_prefill_tensor_cores", CudaBool(&CudaOptions::fp8_prefill_tensor_cores)},
         {"engine.cuda.decode_min_chunk",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
@@ -625,12 +627,14 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "mma_gemm_max_rows" << YAML::Value << cu.mma_gemm_max_rows;
     out << YAML::Key << "pdl" << YAML::Value << cu.pdl;
     out << YAML::Key << "fuse_gemv_inputs" << YAML::Value << cu.fuse_gemv_inputs;
+    out << YAML::Key << "fuse_mma_gemm_inputs" << YAML::Value << cu.fuse_mma_gemm_inputs;
     out << YAML::Key << "stage_gemv_input" << YAML::Value << cu.stage_gemv_input;
     out << YAML::Key << "gemv_row_segs" << YAML::Value << cu.gemv_row_segs;
     out << YAML::Key << "gemm_ksplit" << YAML::Value << cu.gemm_ksplit;
     out << YAML::Key << "fuse_attention_combine" << YAML::Value << cu.fuse_attention_combine;
     out << YAML::Key << "decode_heads_per_block" << YAML::Value << cu.decode_heads_per_block;
     out << YAML::Key << "tensor_core_attention" << YAML::Value << cu.tensor_core_attention;
+    out << YAML::Key << "fp8_prefill_tensor_cores" << YAML::Value << cu.fp8_prefill_tensor_cores;
     out << YAML::Key << "decode_min_chunk" << YAML::Value << cu.decode_min_chunk;
     out << YAML::EndMap;
     out << YAML::EndMap;

@@ -404,6 +404,73 @@ TEST_F(CudaFp8Test, MmaDecodeGemmsMatchTheCpuAndAreBatchInvariant) {
     }
 }
 
+// The mma GEMM with its input op fused (fuse_mma_gemm_inputs: up to 8 rows, the norm up to 2): the fp32 rows
+// become the 16-bit values RmsNorm16 / SiluMul16 / SplitHiLo would have written as they are staged, and 1/rms is
+// summed in the norm kernel's order, so the results must be the two-launch path's bits exactly. Widths 256, 4096 and
+// 6144 are norm plans of 2 and 32 virtual warps of one slot and of two slots (PlanRowVec); 4096 inputs split over
+// blocks; x with a row stride of in + 4 (fused) and in + 1 (unaligned: both backends run the separate kernels).
+TEST_F(CudaFp8Test, FusedMmaGemmInputsAreBitIdenticalToTheSeparateKernels) {
+    Rng rng(929);
+    const int64_t out = 384;
+    for (DType act : {DType::kF16, DType::kBF16}) {
+        std::unique_ptr<Backend> be[2];  // fused (the default), separate kernels
+        for (int i = 0; i < 2; ++i) {
+            CudaBackendOptions options;
+            options.mma_gemm_max_rows = 16;
+            options.weight_dtype = act;
+            options.fuse_mma_gemm_inputs = i == 0;
+            auto r = CreateCudaBackend(options);
+            ASSERT_TRUE(r.ok());
+            be[i] = std::move(r).value();
+        }
+        for (DType wd : {DType::kF8E4M3, act}) {
+            for (const int64_t in : {256, 4096, 6144}) {
+                const Fp8Weight fw = RandomFp8Weight(rng, out, in);
+                std::vector<float> w16 = RandomVector(rng, out * in, -0.5f, 0.5f);
+                const std::vector<float> nw = RandomVector(rng, in, 0.5f, 1.5f);
+                for (int64_t pad : {4, 1}) {
+                    for (int64_t T : {1, 2, 3, 8, 9}) {
+                        SCOPED_TRACE(std::string("act ") + DTypeName(act) + " weights " + DTypeName(wd) + " in " +
+                                     std::to_string(in) + " stride in + " + std::to_string(pad) +
+                                     " T=" + std::to_string(T));
+                        const std::vector<float> xh = RandomVector(rng, T * 2 * (in + pad), -3.0f, 3.0f);
+                        const std::vector<float> y0 = RandomVector(rng, T * out);
+                        std::vector<float> got[2][3];
+                        for (int i = 0; i < 2; ++i) {
+                            Backend* g = be[i].get();
+                            Tensor w;
+                            if (wd == DType::kF8E4M3) {
+                                w = MakeTensor(UploadTo(g, fw.bytes), DType::kF8E4M3, out, in);
+                                w.scale = UploadTo(g, fw.scale);
+                            } else {
+                                w = MakeTensor(UploadTo(g, w16, wd), wd, out, in);
+                            }
+                            Tensor x = MakeTensor(UploadTo(g, xh), DType::kF32, T, in);
+                            x.ld = in + pad;
+                            Tensor gu = MakeTensor(x.data, DType::kF32, T, 2 * in);
+                            gu.ld = 2 * (in + pad);
+                            const Tensor norm = MakeTensor(UploadTo(g, nw), DType::kF32, 1, in);
+                            const Tensor scratch =
+                                MakeTensor(UploadTo(g, std::vector<float>(T * in)), DType::kF32, T, in);
+                            for (int op = 0; op < 3; ++op) {
+                                const Tensor y = MakeTensor(UploadTo(g, y0), DType::kF32, T, out);
+                                if (op == 0) g->MatMul(x, w, y, true);
+                                if (op == 1) g->NormMatMul(x, norm, 1e-5f, w, y, scratch, true);
+                                if (op == 2) g->SiluMulMatMul(gu, w, y, scratch, true);
+                                got[i][op] = DownloadFrom(g, y.data, static_cast<size_t>(T * out), DType::kF32);
+                            }
+                        }
+                        EXPECT_EQ(got[0][0], got[1][0]) << "MatMul";
+                        EXPECT_EQ(got[0][1], got[1][1]) << "NormMatMul";
+                        EXPECT_EQ(got[0][2], got[1][2]) << "SiluMulMatMul";
+                        EXPECT_NE(got[0][1], got[0][0]) << "the norm changed nothing";
+                    }
+                }
+            }
+        }
+    }
+}
+
 // Every e4m3 code (the NaN pair aside) read by the GEMVs, per warp and staged: a one-hot input row picks one
 // weight, so y is that code's value exactly (scale 1).
 TEST_F(CudaFp8Test, GemvsReadEveryCodeExactly) {
@@ -688,8 +755,9 @@ TEST_F(CudaFp8Test, KvWritesStoreTheCpuBytes) {
 // Attention and ReuseAttention over fp8 planes against the CPU backend over the same bytes and scales: decode
 // (one and several splits, MHA / GQA / MQA, head_dim 128 / 64 / generic, up to 4 sequences, whose last split block
 // merges, and more, merged by the combine kernel), prefill tiles, mixed batches, anchor probabilities; on CUDA cores
-// and with tensor cores (GQA decode with head_dim 64/128 on DecodeMmaKernel, e4m3 widened to fp16; prefill stays on
-// the CUDA-core kernel), each with up to 4 (8 on tensor cores) query heads per decode block and with one.
+// and with tensor cores (GQA decode with head_dim 64/128 on DecodeMmaKernel and prefill with head_dim 64/128 on
+// PrefillMmaKernel, e4m3 widened to fp16), each with up to 4 (8 on tensor cores) query heads per decode block and
+// with one.
 TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
     using testutil::AttnCase;
     using testutil::AttnSetup;
@@ -702,6 +770,10 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
         {4, 1, 64, 32, {130}, {65}},                    // MQA prefill after a cached prefix
         {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},    // odd head_dim and block size
         {4, 4, 128, 16, {260, 200}, {260, 130}},        // MHA prefill over several tiles
+        // GQA prefill chunks after a cached prefix (tiles that start mid-block, a partial last tile), head_dim 128
+        // and 64: the tensor-core prefill's fp8 staging.
+        {32, 8, 128, 16, {700, 150}, {200, 150}},
+        {16, 4, 64, 32, {129, 66}, {129, 2}},
         // GQA decode of more than 4 sequences (the combine kernel merges the splits): n_rep 7 (a head group of 7,
         // one spare row of the tensor-core tile), head_dim 128; n_rep 4, head_dim 64; both with one split and many.
         {14, 2, 128, 16, {700, 33, 2500, 5, 1200}, {1, 1, 1, 1, 1}},
@@ -720,6 +792,7 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
     for (const auto& plan : plans) {
         CudaBackendOptions options;
         options.tensor_core_attention = plan.tensor_cores;
+        options.fp8_prefill_tensor_cores = plan.tensor_cores;  // off by default until this test has passed on a GPU
         options.decode_heads_per_block = plan.heads_per_block;
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
@@ -798,7 +871,9 @@ TEST_F(CudaFp8Test, RandomModelsWithAnFp8KvCacheMatchTheCpuOracle) {
         ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), c.o).ok());
         auto cm = Model::Load(tmp.path(), cpu_.get(), false);
         ASSERT_TRUE(cm.ok()) << cm.status().ToString();
-        auto gpu = CreateCudaBackend(CudaBackendOptions{});  // fp16 weights (and default KV)
+        CudaBackendOptions tc;  // fp16 weights (and default KV); the prompt's prefill on tensor cores too
+        tc.fp8_prefill_tensor_cores = true;
+        auto gpu = CreateCudaBackend(tc);
         ASSERT_TRUE(gpu.ok());
         auto gm = Model::Load(tmp.path(), gpu->get(), false);
         ASSERT_TRUE(gm.ok()) << gm.status().ToString();

@@ -123,6 +123,17 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
         ASSERT_FALSE(no.ok()) << v;
         EXPECT_NE(no.status().message().find("engine.cuda.fp8_split_k"), std::string::npos) << no.status().message();
     }
+    // The two switches written before a GPU run: off by default, on through --set, printed back.
+    EXPECT_FALSE(chunk->engine.cuda.fuse_mma_gemm_inputs);
+    EXPECT_FALSE(chunk->engine.cuda.fp8_prefill_tensor_cores);
+    auto on =
+        ParseConfig("model:\n  path: m\n", "x.yaml",
+                    {{"engine.cuda.fuse_mma_gemm_inputs", "true"}, {"engine.cuda.fp8_prefill_tensor_cores", "true"}});
+    ASSERT_TRUE(on.ok()) << on.status().message();
+    EXPECT_TRUE(on->engine.cuda.fuse_mma_gemm_inputs);
+    EXPECT_TRUE(on->engine.cuda.fp8_prefill_tensor_cores);
+    EXPECT_NE(ConfigToYaml(*on).find("fuse_mma_gemm_inputs: true"), std::string::npos);
+    EXPECT_NE(ConfigToYaml(*on).find("fp8_prefill_tensor_cores: true"), std::string::npos);
 }
 
 TEST(ConfigTest, Fp8KeysFromYamlAndSetSurviveThePrintedConfig) {

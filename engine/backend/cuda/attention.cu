@@ -12,13 +12,15 @@
 //
 // Prefill (sequences with a multi-token chunk): flash-style tiles. A block owns kBq query tokens of one
 // sequence and one query head, walks the cache in tiles of kBk tokens with an online softmax, and never
-// materialises the score matrix. With tensor cores (16-bit planes, head_dim 64/128) PrefillMmaKernel does
-// the same on mma.sync with 64 x 64 tiles staged in shared memory; otherwise PrefillKernel on CUDA cores.
+// materialises the score matrix. With tensor cores (16-bit or fp8 planes, head_dim 64/128) PrefillMmaKernel
+// does the same on mma.sync with 64 x 64 tiles staged in shared memory; otherwise PrefillKernel on CUDA cores.
 //
 // fp8 e4m3 planes (PagedBatch::k_scale / v_scale): the CUDA-core kernels (DecodeStreamKernel, PrefillKernel)
 // multiply each element read by its KV head's scale (Dequant). GQA decode with tensor cores (head_dim 64/128)
 // runs DecodeMmaKernel on them: the e4m3 bytes are widened to fp16 in registers (exact) and the scales are
-// applied once per block, K's to the scores and V's to the output. Prefill of fp8 planes stays on PrefillKernel.
+// applied once per block, K's to the scores and V's to the output. PrefillMmaKernel stages fp8 tiles as they are
+// stored and widens them to fp16 in shared memory before its mma.sync reads them, with the scales applied the same
+// way.
 //
 // Sliding window (Mistral): a token at pos attends to pos - W < j <= pos. Decode splits cut only the window
 // (SplitsFor), so positions before it cost no block and no load; prefill tiles start at the window of the
@@ -887,7 +889,7 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
     }
 }
 
-// ---- Prefill on tensor cores (PagedBatch::tensor_cores, 16-bit K/V planes, head_dim 64 or 128) ----
+// ---- Prefill on tensor cores (PagedBatch::tensor_cores, 16-bit or fp8 K/V planes, head_dim 64 or 128) ----
 //
 // Flash-attention tiles on mma.sync.m16n8k16 with fp32 accumulation. A block owns kPmRows query tokens of one
 // sequence and one query head (16 rows per warp) and walks the cached tokens in tiles of kPmTile, staged in
@@ -900,6 +902,11 @@ __global__ __launch_bounds__(kPrefillThreads) void PrefillKernel(
 // quad); the row sums stay per lane until the end. kReuse: P read from the anchor's probabilities
 // (normalised), only V staged, no K, no softmax. Same outputs as PrefillKernel (raw scores into probs,
 // (max, sum) into stats for anchors), and the same tiles for a sequence in any batch.
+//
+// fp8 e4m3 planes: cp.async stages each tile's bytes as stored (double-buffered, 8 KiB per plane at head_dim 128),
+// and once a tile has landed the block widens it to fp16 (exact) into one 16-bit tile that the mma code reads as it
+// reads a 16-bit plane's. The products run on the raw e4m3 values; the head's K scale joins 1/sqrt(head_dim) on the
+// scores (so the probabilities see it as the CPU's dequantized keys give it), and its V scale multiplies the output.
 constexpr int kPmWarps = 4;
 constexpr int kPmRows = 16 * kPmWarps;  // query tokens per block
 constexpr int kPmTile = 64;             // cached tokens per tile
@@ -921,19 +928,23 @@ __device__ __forceinline__ void LdMatrix4T(uint32_t (&r)[4], const void* row) {
 // grid (query tiles of kPmRows, Hq, num_seqs), kPmThreads threads; sequences with one query token exit. Lane
 // (g = lane / 4, c = lane % 4) of warp w holds rows w·16 + g and w·16 + g + 8 of the block: score columns 2c,
 // 2c + 1 of every n8 tile, output dims 2c, 2c + 1 of every n8 tile of the head.
-template <typename T, int kHd, bool kReuse>
+// P: the planes' element type (fp16, bf16, fp8 e4m3); T: the mma's (fp8 widened to fp16).
+template <typename P, int kHd, bool kReuse>
 __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
     const float* __restrict__ q, int64_t q_ld,                           // [T, Hq·hd]
-    const T* __restrict__ k_plane,                                       // [num_blocks, block_size, Hkv, hd]
-    const T* __restrict__ v_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    const P* __restrict__ k_plane,                                       // [num_blocks, block_size, Hkv, hd]
+    const P* __restrict__ v_plane,                                       // [num_blocks, block_size, Hkv, hd]
     PagedBatch b, float scale, float* __restrict__ out, int64_t out_ld,  // [T, Hq·hd]
     float* __restrict__ probs, int64_t probs_ld, float* __restrict__ stats) {
     PdlEnter();
-    constexpr int kLd = kHd + kPmPad;     // staged row stride, elements
-    constexpr int kChunks = kHd / 8;      // 16-byte chunks per row
-    constexpr int kKSteps = kHd / 16;     // k16 steps of QK^T
-    constexpr int kSTiles = kPmTile / 8;  // n8 score tiles per tile
-    constexpr int kOTiles = kHd / 8;      // n8 output tiles
+    using T = MmaType<P>;
+    constexpr bool kFp8 = kFp8Kv<P>;
+    constexpr int kStages = kFp8 ? 1 : 2;  // 16-bit tiles in shared memory (fp8: the raw bytes are double-buffered)
+    constexpr int kLd = kHd + kPmPad;      // staged row stride, elements
+    constexpr int kChunks = kHd * static_cast<int>(sizeof(P)) / 16;  // 16-byte chunks per stored row
+    constexpr int kKSteps = kHd / 16;                                // k16 steps of QK^T
+    constexpr int kSTiles = kPmTile / 8;                             // n8 score tiles per tile
+    constexpr int kOTiles = kHd / 8;                                 // n8 output tiles
     const int s = blockIdx.z, h = blockIdx.y;
     const int q0 = b.query_start[s], q1 = b.query_start[s + 1];
     if (q1 - q0 == 1) return;  // single-token sequences go to the decode kernel
@@ -944,10 +955,20 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
     const int kvh = h / (b.num_heads / b.num_kv_heads);
     const int32_t* table = b.block_tables + static_cast<int64_t>(s) * b.max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    float v_scale = 1.0f;
+    if constexpr (kFp8) {  // the scores and the output of raw e4m3 values, times the head's scales
+        if constexpr (!kReuse) scale *= KvScale<P>(b.k_scale, kvh);
+        v_scale = KvScale<P>(b.v_scale, kvh);
+    }
 
     extern __shared__ __align__(16) unsigned char pm_smem[];
-    T* s_k = reinterpret_cast<T*>(pm_smem);           // [2][kPmTile][kLd] (anchors and normal layers)
-    T* s_v = s_k + (kReuse ? 0 : 2 * kPmTile * kLd);  // [2][kPmTile][kLd]
+    T* s_k = reinterpret_cast<T*>(pm_smem);                 // [kStages][kPmTile][kLd] (anchors and normal layers)
+    T* s_v = s_k + (kReuse ? 0 : kStages * kPmTile * kLd);  // [kStages][kPmTile][kLd]
+    P* r_k = reinterpret_cast<P*>(s_v + kStages * kPmTile * kLd);  // fp8: [2][kPmTile][kHd] as stored
+    P* r_v = r_k + (kReuse || !kFp8 ? 0 : 2 * kPmTile * kHd);      // fp8: [2][kPmTile][kHd]
+    P* st_k = kFp8 ? r_k : reinterpret_cast<P*>(s_k);  // where cp.async puts a tile: row stride kFp8 ? kHd : kLd
+    P* st_v = kFp8 ? r_v : reinterpret_cast<P*>(s_v);
+    constexpr int kStLd = kFp8 ? kHd : kLd;
 
     // This lane's two rows (a: g, b: g + 8 of the warp's 16): the positions they attend to.
     const int ra = warp * 16 + g, rb = ra + 8;
@@ -987,16 +1008,36 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
     const int64_t prow_b = (static_cast<int64_t>(t0 + rb) * b.num_heads + h) * probs_ld;
 
     const int n_tiles = (max_pos - first) / kPmTile + 1;
+    constexpr int kChunkElems = 16 / static_cast<int>(sizeof(P));
     auto load_tile = [&](int i) {
         const int kt = first + i * kPmTile, stage = i & 1;
         for (int idx = threadIdx.x; idx < kPmTile * kChunks; idx += kPmThreads) {
             const int row = idx / kChunks, ch = idx % kChunks, j = kt + row;
-            const bool valid = j <= max_pos;
-            const int64_t off = valid ? KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + ch * 8 : 0;
-            if constexpr (!kReuse) CpAsync16(s_k + (stage * kPmTile + row) * kLd + ch * 8, k_plane + off, valid);
-            CpAsync16(s_v + (stage * kPmTile + row) * kLd + ch * 8, v_plane + off, valid);
+            const bool valid = j <= max_pos;  // rows past it are zero-filled: P is 0 there but 0 · NaN is not
+            const int64_t off =
+                valid ? KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + ch * kChunkElems : 0;
+            const int64_t dst = (stage * kPmTile + row) * kStLd + ch * kChunkElems;
+            if constexpr (!kReuse) CpAsync16(st_k + dst, k_plane + off, valid);
+            CpAsync16(st_v + dst, v_plane + off, valid);
         }
         CpAsyncCommit();
+    };
+    // fp8: the staged bytes of tile i to the fp16 tile (16 elements a step: one 16-byte load, two 16-byte stores).
+    auto widen_tile = [&](int i) {
+        if constexpr (kFp8) {
+            const int stage = i & 1;
+            for (int idx = threadIdx.x; idx < kPmTile * kChunks; idx += kPmThreads) {
+                const int row = idx / kChunks, ch = idx % kChunks;
+                auto widen = [&](const P* src, T* dst) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(src + (stage * kPmTile + row) * kHd + ch * 16);
+                    uint4* d = reinterpret_cast<uint4*>(dst + row * kLd + ch * 16);
+                    d[0] = Widen16(make_uint2(raw.x, raw.y));
+                    d[1] = Widen16(make_uint2(raw.z, raw.w));
+                };
+                if constexpr (!kReuse) widen(r_k, s_k);
+                widen(r_v, s_v);
+            }
+        }
     };
     load_tile(0);
     for (int i = 0; i < n_tiles; ++i) {
@@ -1007,9 +1048,13 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
             CpAsyncWait<0>();
         }
         __syncthreads();  // tile i is staged
+        if constexpr (kFp8) {
+            widen_tile(i);  // the fp16 tile's last readers (tile i - 1) finished at the loop's closing barrier
+            __syncthreads();
+        }
         const int kt = first + i * kPmTile;
-        const T* tk = s_k + (i & 1) * kPmTile * kLd;
-        const T* tv = s_v + (i & 1) * kPmTile * kLd;
+        const T* tk = s_k + (kStages == 2 ? (i & 1) : 0) * kPmTile * kLd;
+        const T* tv = s_v + (kStages == 2 ? (i & 1) : 0) * kPmTile * kLd;
         if (kt <= warp_hi && kt + kPmTile > warp_lo) {
             // P of this tile as A fragments (hi, lo) per k16 step of tokens.
             uint32_t ph[kPmTile / 16][4], pl[kPmTile / 16][4];
@@ -1118,7 +1163,7 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
                 }
             }
         }
-        __syncthreads();  // tile i's stage is consumed before tile i + 2 loads into it
+        __syncthreads();  // tile i's stage is consumed before tile i + 2 loads into it (fp8: before i + 1 widens)
     }
 
     if constexpr (!kReuse) {
@@ -1128,7 +1173,7 @@ __global__ __launch_bounds__(kPmThreads) void PrefillMmaKernel(
             l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
         }
     }
-    const float inv_a = kReuse ? 1.0f : 1.0f / l_a, inv_b = kReuse ? 1.0f : 1.0f / l_b;
+    const float inv_a = (kReuse ? 1.0f : 1.0f / l_a) * v_scale, inv_b = (kReuse ? 1.0f : 1.0f / l_b) * v_scale;
 #pragma unroll
     for (int nd = 0; nd < kOTiles; ++nd) {
         const int e = nd * 8 + 2 * c;
@@ -1235,25 +1280,28 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
 }
 
 // Whether a prefill launch over planes of T runs PrefillMmaKernel (MHA and GQA alike: prefill is bound by
-// arithmetic, which tensor cores do faster for any head layout). 16-bit planes only: fp8 planes (sizeof 1) stay
-// on PrefillKernel whatever PagedBatch::tensor_cores says.
+// arithmetic, which tensor cores do faster for any head layout): 16-bit planes, and fp8 e4m3 ones with
+// PagedBatch::fp8_prefill_mma (CudaOptions::fp8_prefill_tensor_cores).
 template <typename T>
 bool PrefillOnTensorCores(const PagedBatch& b) {
-    return sizeof(T) == 2 && b.tensor_cores && (b.head_dim == 64 || b.head_dim == 128);
+    return kMmaKv<T> && b.tensor_cores && (!kFp8Kv<T> || b.fp8_prefill_mma) && (b.head_dim == 64 || b.head_dim == 128);
 }
 
-size_t PrefillMmaSmem(int head_dim, bool reuse) {
-    return sizeof(uint16_t) * 2 * kPmTile * (head_dim + kPmPad) * (reuse ? 1 : 2);
+// 16-bit planes: two 16-bit tiles per plane; fp8: one 16-bit tile and two tiles of bytes as stored.
+size_t PrefillMmaSmem(int head_dim, bool reuse, bool fp8) {
+    const size_t tile16 = sizeof(uint16_t) * kPmTile * (head_dim + kPmPad);
+    const size_t per_plane = fp8 ? tile16 + 2 * static_cast<size_t>(kPmTile) * head_dim : 2 * tile16;
+    return per_plane * (reuse ? 1 : 2);
 }
 
 template <typename T, bool kReuse>
 void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out,
                    int64_t out_ld, float* probs, int64_t probs_ld, float* stats, Stream stream) {
     const float scale = 1.0f / sqrtf(static_cast<float>(b.head_dim));  // the CPU backend's rounding
-    if constexpr (sizeof(T) == 2) {
+    if constexpr (kMmaKv<T>) {
         if (PrefillOnTensorCores<T>(b)) {
             const dim3 grid(CeilDiv(b.max_query_len, kPmRows), b.num_heads, b.num_seqs);
-            const size_t smem = PrefillMmaSmem(b.head_dim, kReuse);
+            const size_t smem = PrefillMmaSmem(b.head_dim, kReuse, kFp8Kv<T>);
             auto launch = [&](auto kernel) {
                 // Above 48 KiB of dynamic shared memory a kernel must opt in (once per kernel; cheap to repeat).
                 UA_CUDA_CHECK(

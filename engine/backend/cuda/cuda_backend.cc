@@ -315,6 +315,7 @@ class CudaBackend final : public Backend {
                 break;
         }
         if (UsesRowGemm(rows, w)) {
+            if (FusedRowGemm(cuda::RowGemmInputOp::kNone, x.f32(), x.ld, nullptr, 0.f, rows, w, y, accumulate)) return;
             void* x16 = Workspace(kWsX16, static_cast<size_t>(rows * in) * 2);
             cuda::SplitHiLo(x.f32(), x.ld, rows, in, x16, ActivationDType(w), false, KStream());
             Gemm16(x16, rows, w, y, accumulate);
@@ -582,20 +583,46 @@ class CudaBackend final : public Backend {
         return cuda::RowGemmSupports(static_cast<int>(rows), ActivationDType(w), w.data, w.dtype, w.ld, w.cols);
     }
 
+    // A RowGemm launch's input split and its scratch (partial sums, per-tile counters) when split.
+    struct RowGemmPlan {
+        int splits = 1;
+        float* partial = nullptr;
+        unsigned* counters = nullptr;
+    };
+    RowGemmPlan PlanRowGemm(int64_t rows, const Tensor& w) {
+        RowGemmPlan p;
+        p.splits = cuda::RowGemmSplits(w.rows, w.cols, num_sms_, options_.gemm_ksplit);
+        if (p.splits > 1) {
+            p.partial = static_cast<float*>(
+                Workspace(kWsRowGemm, sizeof(float) * static_cast<size_t>(p.splits * rows * w.rows)));
+            p.counters = static_cast<unsigned*>(
+                Workspace(kWsRowGemmCounters, sizeof(unsigned) * static_cast<size_t>(cuda::RowGemmTiles(w.rows))));
+        }
+        return p;
+    }
+
+    // y (+)= op(x) · w^T on RowGemmKernel with the input op applied as the fp32 rows are staged (no separate
+    // norm / SiluMul / rounding launch; the same bits): CudaOptions::fuse_mma_gemm_inputs, a GEMM that runs
+    // RowGemmKernel, up to cuda::kRowGemmFusedMaxRows rows. False (nothing launched) where that does not hold.
+    bool FusedRowGemm(cuda::RowGemmInputOp op, const float* x, int64_t x_ld, const float* norm_w, float eps,
+                      int64_t rows, const Tensor& w, const Tensor& y, bool accumulate) {
+        if (!options_.fuse_mma_gemm_inputs || rows < 1 || w.rows == 0 || !UsesRowGemm(rows, w) ||
+            !cuda::RowGemmFusedSupports(op, static_cast<int>(rows), x, x_ld, w.cols, norm_w)) {
+            return false;
+        }
+        const RowGemmPlan p = PlanRowGemm(rows, w);
+        cuda::RowGemmFused(op, x, x_ld, norm_w, eps, ActivationDType(w), static_cast<int>(rows), w.data, w.dtype, w.ld,
+                           w.scale, w.rows, w.cols, y.f32(), y.ld, accumulate, p.splits, p.partial, p.counters,
+                           KStream());
+        return true;
+    }
+
     // y (+)= x16 · w^T, x16 [rows, w.cols] dense in ActivationDType(w); fp32 accumulation and output.
     void Gemm16(const void* x16, int64_t rows, const Tensor& w, const Tensor& y, bool accumulate) {
         if (UsesRowGemm(rows, w)) {
-            const int splits = cuda::RowGemmSplits(w.rows, w.cols, num_sms_, options_.gemm_ksplit);
-            float* partial = nullptr;
-            unsigned* counters = nullptr;
-            if (splits > 1) {
-                partial = static_cast<float*>(
-                    Workspace(kWsRowGemm, sizeof(float) * static_cast<size_t>(splits * rows * w.rows)));
-                counters = static_cast<unsigned*>(
-                    Workspace(kWsRowGemmCounters, sizeof(unsigned) * static_cast<size_t>(cuda::RowGemmTiles(w.rows))));
-            }
+            const RowGemmPlan p = PlanRowGemm(rows, w);
             cuda::RowGemm(x16, ActivationDType(w), static_cast<int>(rows), w.data, w.dtype, w.ld, w.scale, w.rows,
-                          w.cols, y.f32(), y.ld, accumulate, splits, partial, counters, KStream());
+                          w.cols, y.f32(), y.ld, accumulate, p.splits, p.partial, p.counters, KStream());
             return;
         }
         UA_CHECK(w.dtype == DType::kF16 || w.dtype == DType::kBF16);
@@ -630,6 +657,10 @@ class CudaBackend final : public Backend {
             // The norm writes the GEMM's 16-bit input itself (no fp32 copy, no conversion pass): same values.
             UA_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32);
             UA_CHECK_EQ(w.cols, x.cols);
+            if (norm_w.dtype == DType::kF32 &&
+                FusedRowGemm(cuda::RowGemmInputOp::kNorm, x.f32(), x.ld, norm_w.f32(), eps, x.rows, w, y, accumulate)) {
+                return;
+            }
             void* x16 = Workspace(kWsX16, static_cast<size_t>(x.rows * x.cols) * 2);
             cuda::RmsNorm16(x.f32(), x.ld, norm_w.data, norm_w.dtype, eps, x16, ActivationDType(w), x.rows, x.cols,
                             KStream());
@@ -659,6 +690,10 @@ class CudaBackend final : public Backend {
         if (RoundsActivations(gate_up.rows, w) && gate_up.rows > 0 && w.rows > 0) {
             UA_CHECK(gate_up.dtype == DType::kF32 && y.dtype == DType::kF32);
             UA_CHECK_EQ(w.cols * 2, gate_up.cols);
+            if (FusedRowGemm(cuda::RowGemmInputOp::kSiluMul, gate_up.f32(), gate_up.ld, nullptr, 0.f, gate_up.rows, w,
+                             y, accumulate)) {
+                return;
+            }
             void* x16 = Workspace(kWsX16, static_cast<size_t>(gate_up.rows * w.cols) * 2);
             cuda::SiluMul16(gate_up.f32(), gate_up.ld, x16, ActivationDType(w), gate_up.rows, w.cols, KStream());
             Gemm16(x16, gate_up.rows, w, y, accumulate);
@@ -870,6 +905,7 @@ class CudaBackend final : public Backend {
         b.head_dim = plane.head_dim;
         b.heads_per_block = options_.decode_heads_per_block;
         b.tensor_cores = options_.tensor_core_attention;
+        b.fp8_prefill_mma = options_.fp8_prefill_tensor_cores;
         b.decode_min_chunk = options_.decode_min_chunk;
         if (plane.dtype == DType::kF8E4M3) {
             UA_CHECK(plane.scale != nullptr && (k == nullptr || k->scale != nullptr));

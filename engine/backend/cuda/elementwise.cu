@@ -563,6 +563,13 @@ void LaunchQuantizedInput(const float* x, int64_t x_ld, const T* w, float eps, i
 
 }  // namespace
 
+bool RowNormPlan(const float* x, int64_t x_ld, int64_t d, int* threads, int* slots) {
+    const RowVecPlan p = PlanRowVec(x, x_ld, d);
+    *threads = static_cast<int>(p.threads);
+    *slots = p.slots;
+    return p.slots > 0;
+}
+
 void Embedding(const int32_t* tokens, int num_tokens, const void* table, DType table_dtype, int64_t table_ld, int64_t d,
                float* out, int64_t out_ld, Stream stream) {
     if (num_tokens == 0) return;

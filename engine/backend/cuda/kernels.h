@@ -66,6 +66,9 @@ void SiluMul(const float* gate_up, int64_t gu_ld, float* out, int64_t out_ld, in
 // f16 or bf16): the fp32 results rounded once, the same values as the fp32 op followed by SplitHiLo.
 void RmsNorm16(const float* x, int64_t x_ld, const void* w, DType w_dtype, float eps, void* out, DType out_dtype,
                int64_t rows, int64_t d, Stream stream);
+// The row plan RmsNorm16 runs for rows of width d at x (row stride x_ld): one block of *threads threads, *slots
+// 4-element slots a thread; false where it takes the scalar kernel (unaligned, odd widths, rows wider than 32768).
+bool RowNormPlan(const float* x, int64_t x_ld, int64_t d, int* threads, int* slots);
 void SiluMul16(const float* gate_up, int64_t gu_ld, void* out, DType out_dtype, int64_t rows, int64_t ff,
                Stream stream);
 
@@ -151,6 +154,18 @@ int RowGemmSplits(int64_t n_out, int64_t n_in, int num_sms, int forced);
 void RowGemm(const void* x, DType x_dtype, int rows, const void* w, DType w_dtype, int64_t w_ld, const float* w_scale,
              int64_t n_out, int64_t n_in, float* y, int64_t y_ld, bool accumulate, int splits, float* partial,
              unsigned* counters, Stream stream);
+// RowGemm with fp32 activations and the op that turns them into the 16-bit GEMM input, applied as they are staged
+// (no second launch): kNone, x rounded (SplitHiLo's hi part); kNorm, RMSNorm(x) · norm_w (fp32 [n_in]) as RmsNorm16
+// writes it; kSiluMul, silu(gate) · up of x = [gate | up] rows (up at column n_in) as SiluMul16 writes it. The same
+// 16-bit values as the separate kernel, hence the same result bits. x: 16-byte aligned, x_ld a multiple of 4.
+enum class RowGemmInputOp { kNone, kNorm, kSiluMul };
+constexpr int kRowGemmFusedMaxRows = 8;
+constexpr int kRowGemmFusedNormMaxRows = 2;  // every block reads its rows whole for 1/rms
+bool RowGemmFusedSupports(RowGemmInputOp op, int rows, const float* x, int64_t x_ld, int64_t n_in, const float* norm_w);
+void RowGemmFused(RowGemmInputOp op, const float* x, int64_t x_ld, const float* norm_w, float eps, DType x_dtype,
+                  int rows, const void* w, DType w_dtype, int64_t w_ld, const float* w_scale, int64_t n_out,
+                  int64_t n_in, float* y, int64_t y_ld, bool accumulate, int splits, float* partial, unsigned* counters,
+                  Stream stream);
 
 // ---- attention.cu ----
 
@@ -163,7 +178,8 @@ struct PagedBatch : AttentionBatch {
     int head_dim = 0;
     int heads_per_block = 0;    // decode: query heads per block, 0 = up to kMaxRep (8 on tensor cores), 1 = one
     bool tensor_cores = false;  // head_dim 64/128: GQA decode (16-bit or fp8 planes) and prefill (16-bit) on mma.sync
-    int decode_min_chunk = 0;   // decode: fewest context tokens per split (0: 128; a multiple of 64)
+    bool fp8_prefill_mma = false;  // with tensor_cores: prefill over fp8 planes on mma.sync too
+    int decode_min_chunk = 0;      // decode: fewest context tokens per split (0: 128; a multiple of 64)
     // f8_e4m3 planes: [num_kv_heads] fp32 per-head scales, device memory; an element b
     // of KV head h reads as e4m3(b) · scale[h] (KvPlane::scale). Null for 16/32-bit planes.
     const float* k_scale = nullptr;

@@ -13,6 +13,10 @@ struct CudaOptions {
     // input in shared memory once (the first, per-warp design recomputed it per output row and was slower;
     // docs/gpu-notes.md). Saves the norm and SwiGLU kernels of every layer at batch 1-2.
     bool fuse_gemv_inputs = true;  // measured faster (docs/gpu-notes.md run 9)
+    // The same for the mma GEMM kernel (mma_gemm_max_rows): the norm (1-2 rows), SwiGLU and the 16-bit rounding
+    // (1-8 rows) applied to the fp32 rows as the kernel stages them, with the separate kernels' exact values (one
+    // launch instead of two). Off until it has run on a GPU: written 2026-12-07 when no device machine came.
+    bool fuse_mma_gemm_inputs = false;
     // Plain 1-2 row GEMVs through the same staged, persistent kernel (x read once per block).
     bool stage_gemv_input = false;
     // Staged GEMVs: warps sharing one output row (1, 2, 4, 8; 0 picks by shape: 2 at one input row when the
@@ -27,9 +31,14 @@ struct CudaOptions {
     // Attention over KV planes with head_dim 64 or 128 on tensor cores (mma.sync; QK^T and P·V split into 16-bit
     // high and low parts so the results keep fp32 accuracy): GQA decode (up to 8 query heads of a KV head per
     // block; fp16/bf16 planes, and fp8 e4m3 ones widened to fp16 in registers) and prefill of every head layout
-    // (flash-attention tiles of 64 x 64; fp16/bf16 planes); false keeps the CUDA-core kernels. MHA decode always uses
-    // the CUDA-core kernel (faster there). docs/gpu-notes.md has the measurements.
+    // (flash-attention tiles of 64 x 64; fp16/bf16 planes, and fp8 e4m3 ones with fp8_prefill_tensor_cores); false
+    // keeps the CUDA-core kernels. MHA decode always uses the CUDA-core kernel (faster there). docs/gpu-notes.md has
+    // the measurements.
     bool tensor_core_attention = true;
+    // With tensor_core_attention: prefill over fp8 e4m3 KV planes on the tensor-core prefill kernel (the bytes staged
+    // as stored and widened to fp16 in shared memory) instead of the CUDA-core one. Off until it has run on a GPU:
+    // written 2026-12-07 when no device machine came.
+    bool fp8_prefill_tensor_cores = false;
     // Decode attention: the fewest context tokens per split of the context (0: 128; else a multiple of 64 up
     // to 2048). Contexts are cut into about 16 splits of at least this many tokens; larger minimums give each
     // block more tiles to pipeline and fewer partial results to merge (faster at many sequences of short

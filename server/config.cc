@@ -471,6 +471,10 @@ Status Validate(const ServerConfig& c) {
                                " is below engine.max_num_seqs (" + std::to_string(c.engine.max_num_seqs) +
                                "): a step could not decode every running sequence");
     }
+    if (c.engine.cuda.fp8_prefill_tensor_cores && !c.engine.cuda.tensor_core_attention) {
+        return InvalidArgument(
+            "engine.cuda.fp8_prefill_tensor_cores: needs engine.cuda.tensor_core_attention (it is false here)");
+    }
     return Status::Ok();
 }
 

@@ -134,6 +134,12 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     EXPECT_TRUE(on->engine.cuda.fp8_prefill_tensor_cores);
     EXPECT_NE(ConfigToYaml(*on).find("fuse_mma_gemm_inputs: true"), std::string::npos);
     EXPECT_NE(ConfigToYaml(*on).find("fp8_prefill_tensor_cores: true"), std::string::npos);
+    auto alone =
+        ParseConfig("model:\n  path: m\n", "x.yaml",
+                    {{"engine.cuda.fp8_prefill_tensor_cores", "true"}, {"engine.cuda.tensor_core_attention", "false"}});
+    ASSERT_FALSE(alone.ok());
+    EXPECT_NE(alone.status().message().find("engine.cuda.fp8_prefill_tensor_cores"), std::string::npos)
+        << alone.status().message();
 }
 
 TEST(ConfigTest, Fp8KeysFromYamlAndSetSurviveThePrintedConfig) {

@@ -494,14 +494,6 @@ constexpr int kMmaTile = 16;  // cached tokens per warp step (two n8 tiles of sc
 
 __device__ __forceinline__ int KmmaDim(int nt, int n) { return (nt >> 3) * 64 + n * 8 + (nt & 7); }
 
-template <typename T>
-__device__ __forceinline__ uint32_t PackPair(T lo_elem, T hi_elem) {
-    uint16_t a, b;
-    memcpy(&a, &lo_elem, 2);
-    memcpy(&b, &hi_elem, 2);
-    return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
-}
-
 // x0, x1 as two 16-bit pairs: hi = (T(x0), T(x1)) and lo = (T(x0 - hi0), T(x1 - hi1)).
 template <typename T>
 __device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi, uint32_t& lo) {

@@ -68,15 +68,6 @@ struct RgFused {
     int vthreads = 0, slots = 0;
 };
 
-template <typename AT>
-__device__ __forceinline__ uint32_t Pack16(float lo, float hi) {
-    const AT a = FromFloat<AT>(lo), b = FromFloat<AT>(hi);
-    uint16_t ua, ub;
-    memcpy(&ua, &a, 2);
-    memcpy(&ub, &b, 2);
-    return static_cast<uint32_t>(ua) | (static_cast<uint32_t>(ub) << 16);
-}
-
 // 1/rms of rows 0 .. rows-1 of f.x (kInNorm), in RowInvRms's order: virtual thread v (of f.vthreads) sums the squares
 // of its slots j (elements 4(v + j·vthreads) ..) by fused multiply-adds in slot order, virtual warps of 32 by the xor
 // tree (WarpSum), then the virtual warps in order. Real warp w plays the virtual warps w, w + 4, ...; a lane's loads
@@ -343,7 +334,7 @@ __global__ __launch_bounds__(kRgThreads) void RowGemmKernel(const AT* __restrict
                         }
                     }
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) b[i] = Pack16<AT>(e[2 * i], e[2 * i + 1]);
+                    for (int i = 0; i < 8; ++i) b[i] = PackPair(FromFloat<AT>(e[2 * i]), FromFloat<AT>(e[2 * i + 1]));
                 } else {
                     const AT* xr = buf + (j * 8 + g) * kStride + r * kRgRound + t * 16;
                     const uint4 b0 = *reinterpret_cast<const uint4*>(xr);

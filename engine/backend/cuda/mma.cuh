@@ -6,6 +6,7 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace uniattn::cuda {
@@ -25,6 +26,15 @@ __device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], 
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+}
+
+// Two 16-bit elements as one 32-bit mma operand word: lo_elem in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(T lo_elem, T hi_elem) {
+    uint16_t a, b;
+    memcpy(&a, &lo_elem, 2);
+    memcpy(&b, &hi_elem, 2);
+    return static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
 }
 
 // 32-bit word i (0-3) of a 16-byte vector.

@@ -22,7 +22,9 @@
 #                                SETUP=0 (binaries from build/bin), SERVE_SET="engine.kv_cache_bytes=...", VARIANTS
 #                                without llamacpp; checks first when packed (EXTRA_BINS): GPU_TESTS (gtest filter),
 #                                SANITIZE ("memcheck racecheck": compute-sanitizer over SANITIZE_TESTS, GPU_TESTS by default),
-#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only); FP8_SHAPES (the shapes of the
+#                                KBENCH (decode cases of uniattn-kernel-bench --attention-only; with a second build's
+#                                kernel bench packed as uniattn-kernel-bench-base, KBENCH_REPS (2) rounds of base then
+#                                this build, an A/B in one call; on KBENCH_SHAPES, SHAPES by default); FP8_SHAPES (the shapes of the
 #                                fp8 engine bench, SHAPES by default; FP8_ALT: uniattn-bench flags of more fp8 runs,
 #                                sets separated by ";", "--fp8-tensor-cores 0" by default, none skips them, on
 #                                FP8_ALT_VARIANTS, std:fp8 by default;
@@ -238,7 +240,22 @@ if [ "${FP8:-1}" = 1 ] && [ "${SETUP:-1}" = 1 ] && "$BIN/uniattn-bench" --help 2
     done
 fi
 if [ -n "${KBENCH:-}" ] && [ -x "$BIN/uniattn-kernel-bench" ]; then
-    for shape in ${SHAPES:-llama2-7b llama3-8b}; do
+    for shape in ${KBENCH_SHAPES:-${SHAPES:-llama2-7b llama3-8b}}; do
+        if [ -x "$BIN/uniattn-kernel-bench-base" ]; then  # A/B: base and this build in turn, same card, same call
+            : >"$OUT/kbench-$shape.log"
+            for r in $(seq "${KBENCH_REPS:-2}"); do
+                for v in base new; do
+                    b="$BIN/uniattn-kernel-bench"
+                    [ $v = base ] && b="$BIN/uniattn-kernel-bench-base"
+                    echo "== $v round $r" >>"$OUT/kbench-$shape.log"
+                    timeout 120 "$b" --config "$CONFIGS/$shape.json" --attention-only --decode "$KBENCH" \
+                        >>"$OUT/kbench-$shape.log" 2>&1
+                    say "kernel bench $shape $v round $r rc=$?"
+                done
+            done
+            grep -E "^==|copy|Attention" "$OUT/kbench-$shape.log" | tee -a "$S" >/dev/null
+            continue
+        fi
         timeout 120 "$BIN/uniattn-kernel-bench" --config "$CONFIGS/$shape.json" --attention-only --decode "$KBENCH" \
             >"$OUT/kbench-$shape.log" 2>&1
         say "kernel bench $shape rc=$?"

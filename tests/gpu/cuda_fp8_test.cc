@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/kernels.h"
 #include "engine/op_cases.h"
 #include "engine/test_models.h"
 #include "kv/kv_scales.h"
@@ -453,6 +454,18 @@ TEST_F(CudaFp8Test, FusedMmaGemmInputsAreBitIdenticalToTheSeparateKernels) {
                             const Tensor scratch =
                                 MakeTensor(UploadTo(g, std::vector<float>(T * in)), DType::kF32, T, in);
                             for (int op = 0; op < 3; ++op) {
+                                if (i == 0) {  // the cases meant to fuse do reach the fused kernel
+                                    const cuda::RowGemmInputOp kop[3] = {cuda::RowGemmInputOp::kNone,
+                                                                         cuda::RowGemmInputOp::kNorm,
+                                                                         cuda::RowGemmInputOp::kSiluMul};
+                                    const int64_t max_rows =
+                                        op == 1 ? cuda::kRowGemmFusedNormMaxRows : cuda::kRowGemmFusedMaxRows;
+                                    const Tensor& xin = op == 2 ? gu : x;
+                                    EXPECT_EQ(cuda::RowGemmFusedSupports(kop[op], static_cast<int>(T), xin.f32(),
+                                                                         xin.ld, in, op == 1 ? norm.f32() : nullptr),
+                                              pad == 4 && T <= max_rows)
+                                        << "op " << op;
+                                }
                                 const Tensor y = MakeTensor(UploadTo(g, y0), DType::kF32, T, out);
                                 if (op == 0) g->MatMul(x, w, y, true);
                                 if (op == 1) g->NormMatMul(x, norm, 1e-5f, w, y, scratch, true);
@@ -770,10 +783,11 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
         {4, 1, 64, 32, {130}, {65}},                    // MQA prefill after a cached prefix
         {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},    // odd head_dim and block size
         {4, 4, 128, 16, {260, 200}, {260, 130}},        // MHA prefill over several tiles
-        // GQA prefill chunks after a cached prefix (tiles that start mid-block, a partial last tile), head_dim 128
-        // and 64: the tensor-core prefill's fp8 staging.
+        // GQA prefill chunks after a cached prefix (a partial last tile), head_dim 128 and 64, and with blocks of
+        // 24 tokens (a 64-token tile spans three or four blocks): the tensor-core prefill's fp8 staging.
         {32, 8, 128, 16, {700, 150}, {200, 150}},
         {16, 4, 64, 32, {129, 66}, {129, 2}},
+        {8, 2, 128, 24, {300, 90}, {100, 90}},
         // GQA decode of more than 4 sequences (the combine kernel merges the splits): n_rep 7 (a head group of 7,
         // one spare row of the tensor-core tile), head_dim 128; n_rep 4, head_dim 64; both with one split and many.
         {14, 2, 128, 16, {700, 33, 2500, 5, 1200}, {1, 1, 1, 1, 1}},

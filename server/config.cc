@@ -211,117 +211,10 @@ Setter SamplingDefault(std::optional<T> SamplingDefaults::*field) {
     };
 }
 
-const std::vector<Key>& Keys() {
+// engine.cuda.*: a table of its own (Keys() appends it; one initializer holding every key grows past what
+// clang-format lays out sanely).
+const std::vector<Key>& CudaKeys() {
     static const std::vector<Key> keys = {
-        {"model.path",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(c.engine.model_dir, ReadString(key, node));
-             if (c.engine.model_dir.empty()) return InvalidArgument(key + ": must name the model directory");
-             return Status::Ok();
-         }},
-        {"model.name",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             if (node.IsNull()) {
-                 c.engine.model_name.clear();
-                 return Status::Ok();
-             }
-             UA_ASSIGN_OR_RETURN(c.engine.model_name, ReadString(key, node));
-             return Status::Ok();
-         }},
-        {"model.chat_template",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             // auto, a built-in name, or a path to a Jinja file (read and parsed at start-up).
-             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
-             const bool is_path =
-                 v.find('/') != std::string::npos || (v.size() > 6 && v.compare(v.size() - 6, 6, ".jinja") == 0);
-             if (!is_path && v != "auto" && !ParseChatTemplateName(v).ok()) {
-                 return InvalidArgument(key + ": '" + v +
-                                        "' is not auto, plain, llama-2, llama-3, chatml, mistral, none or a path to "
-                                        "a .jinja file");
-             }
-             c.chat_template = v;
-             return Status::Ok();
-         }},
-        {"model.generation_config",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(c.engine.generation_config, ReadString(key, node));
-             if (c.engine.generation_config.empty()) {
-                 return InvalidArgument(key + ": must be auto, none or a directory holding generation_config.json");
-             }
-             return Status::Ok();
-         }},
-        {"model.override_generation_config.temperature", SamplingDefault(&SamplingDefaults::temperature)},
-        {"model.override_generation_config.top_p", SamplingDefault(&SamplingDefaults::top_p)},
-        {"model.override_generation_config.top_k", SamplingDefault(&SamplingDefaults::top_k)},
-        {"model.override_generation_config.min_p", SamplingDefault(&SamplingDefaults::min_p)},
-        {"model.override_generation_config.repetition_penalty", SamplingDefault(&SamplingDefaults::repetition_penalty)},
-        {"model.max_model_len", EngineInt(&EngineConfig::max_model_len, 0, 1 << 24, "0 = the model's, else >= 1")},
-        {"engine.backend",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
-             UA_RETURN_IF_ERROR(OneOf(key, v, {"cpu", "cuda"}));
-             c.engine.backend = v;
-             return Status::Ok();
-         }},
-        {"engine.dtype",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
-             UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "float32", "float16", "bfloat16"}));
-             c.engine.dtype = v;
-             return Status::Ok();
-         }},
-        {"engine.quantization",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
-             UA_RETURN_IF_ERROR(OneOf(key, v, {"none", "fp8"}));
-             c.engine.quantization = v;
-             return Status::Ok();
-         }},
-        {"engine.kv_cache_dtype",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
-             UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "fp8_e4m3", "fp8"}));
-             c.engine.kv_cache_dtype = v;
-             return Status::Ok();
-         }},
-        {"engine.tensor_parallel_size", EngineInt(&EngineConfig::tensor_parallel_size, 1, 64, "must be in 1..64")},
-        {"engine.num_threads", EngineInt(&EngineConfig::num_threads, 0, 1024, "0 = all cores")},
-        {"engine.block_size",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
-             if (v < 1 || v > 1024 || (v & (v - 1)) != 0) {
-                 return InvalidArgument(key + ": " + std::to_string(v) + " is not a power of two in 1..1024");
-             }
-             c.engine.block_size = static_cast<int>(v);
-             return Status::Ok();
-         }},
-        {"engine.kv_cache_bytes",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             if (!node.IsScalar()) return TypeError(key, "a byte size such as 268435456 or 256MiB", node);
-             auto v = ParseByteSize(node.Scalar());
-             if (!v.ok()) return InvalidArgument(key + ": " + v.status().message());
-             c.engine.kv_cache_bytes = *v;
-             return Status::Ok();
-         }},
-        {"engine.kv_cache_memory_fraction",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(double v, ReadDouble(key, node));
-             if (!(v > 0 && v <= 1)) {
-                 std::ostringstream os;
-                 os << key << ": " << v << " is out of range (must be in (0, 1])";
-                 return InvalidArgument(os.str());
-             }
-             c.engine.kv_cache_memory_fraction = v;
-             return Status::Ok();
-         }},
-        {"engine.max_num_seqs", EngineInt(&EngineConfig::max_num_seqs, 1, 1 << 16, "must be >= 1")},
-        {"engine.max_num_batched_tokens", EngineInt(&EngineConfig::max_num_batched_tokens, 1, 1 << 24, "must be >= 1")},
-        {"engine.enable_prefix_caching",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(c.engine.enable_prefix_caching, ReadBool(key, node));
-             return Status::Ok();
-         }},
-        {"engine.max_queued_requests", EngineInt(&EngineConfig::max_queued_requests, 1, 1 << 24, "must be >= 1")},
         {"engine.cuda.device", CudaInt(&CudaOptions::device, 0, 1023, "a CUDA device ordinal")},
         {"engine.cuda.exact_activations", CudaBool(&CudaOptions::exact_activations)},
         {"engine.cuda.fp8_tensor_cores", CudaBool(&CudaOptions::fp8_tensor_cores)},
@@ -350,6 +243,7 @@ const std::vector<Key>& Keys() {
         {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
         {"engine.cuda.tensor_core_attention", CudaBool(&CudaOptions::tensor_core_attention)},
         {"engine.cuda.fp8_prefill_tensor_cores", CudaBool(&CudaOptions::fp8_prefill_tensor_cores)},
+        {"engine.cuda.sampling_blocks_per_row", CudaInt(&CudaOptions::sampling_blocks_per_row, 1, 64, "1..64")},
         {"engine.cuda.decode_min_chunk",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
              UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
@@ -361,39 +255,162 @@ const std::vector<Key>& Keys() {
              c.engine.cuda.decode_min_chunk = static_cast<int>(v);
              return Status::Ok();
          }},
-        {"server.host",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(c.host, ReadString(key, node));
-             if (c.host.empty()) return InvalidArgument(key + ": must not be empty");
-             return Status::Ok();
-         }},
-        {"server.http_port", Int(&ServerConfig::http_port, 0, 65535, "0 = ephemeral, else 1..65535")},
-        {"server.grpc_port", Int(&ServerConfig::grpc_port, -1, 65535, "-1 = off, 0 = ephemeral, else 1..65535")},
-        {"server.http_threads", Int(&ServerConfig::http_threads, 1, 256, "1..256")},
-        {"server.prepare_threads", Int(&ServerConfig::prepare_threads, 1, 256, "1..256")},
-        {"server.max_sequences_per_request",
-         Int(&ServerConfig::max_sequences_per_request, 0, 1 << 16, "0 = engine.max_num_seqs, else >= 1")},
-        {"server.api_keys", StringList(&ServerConfig::api_keys, false)},
-        {"server.cors_allowed_origins", StringList(&ServerConfig::cors_allowed_origins, false)},
-        {"server.max_body_bytes",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             if (!node.IsScalar()) return TypeError(key, "a byte size such as 8MiB", node);
-             auto v = ParseByteSize(node.Scalar());
-             if (!v.ok()) return InvalidArgument(key + ": " + v.status().message());
-             if (*v < 1024) return InvalidArgument(key + ": " + std::to_string(*v) + " is below the minimum of 1024");
-             c.max_body_bytes = *v;
-             return Status::Ok();
-         }},
-        {"server.request_timeout_s", Seconds(&ServerConfig::request_timeout_s, 0.1, 86400, "0.1..86400")},
-        {"server.drain_timeout_s", Seconds(&ServerConfig::drain_timeout_s, 0, 86400, "0..86400")},
-        {"server.ready_max_stall_s", Seconds(&ServerConfig::ready_max_stall_s, 0.1, 86400, "0.1..86400")},
-        {"logging.level", Choice(&ServerConfig::log_level, {"trace", "debug", "info", "warn", "error", "off"})},
-        {"logging.access_log",
-         [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
-             UA_ASSIGN_OR_RETURN(c.access_log, ReadBool(key, node));
-             return Status::Ok();
-         }},
     };
+    return keys;
+}
+
+const std::vector<Key>& Keys() {
+    static const std::vector<Key> keys = [] {
+        std::vector<Key> all = {
+            {"model.path",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(c.engine.model_dir, ReadString(key, node));
+                 if (c.engine.model_dir.empty()) return InvalidArgument(key + ": must name the model directory");
+                 return Status::Ok();
+             }},
+            {"model.name",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 if (node.IsNull()) {
+                     c.engine.model_name.clear();
+                     return Status::Ok();
+                 }
+                 UA_ASSIGN_OR_RETURN(c.engine.model_name, ReadString(key, node));
+                 return Status::Ok();
+             }},
+            {"model.chat_template",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 // auto, a built-in name, or a path to a Jinja file (read and parsed at start-up).
+                 UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+                 const bool is_path =
+                     v.find('/') != std::string::npos || (v.size() > 6 && v.compare(v.size() - 6, 6, ".jinja") == 0);
+                 if (!is_path && v != "auto" && !ParseChatTemplateName(v).ok()) {
+                     return InvalidArgument(
+                         key + ": '" + v +
+                         "' is not auto, plain, llama-2, llama-3, chatml, mistral, none or a path to "
+                         "a .jinja file");
+                 }
+                 c.chat_template = v;
+                 return Status::Ok();
+             }},
+            {"model.generation_config",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(c.engine.generation_config, ReadString(key, node));
+                 if (c.engine.generation_config.empty()) {
+                     return InvalidArgument(key + ": must be auto, none or a directory holding generation_config.json");
+                 }
+                 return Status::Ok();
+             }},
+            {"model.override_generation_config.temperature", SamplingDefault(&SamplingDefaults::temperature)},
+            {"model.override_generation_config.top_p", SamplingDefault(&SamplingDefaults::top_p)},
+            {"model.override_generation_config.top_k", SamplingDefault(&SamplingDefaults::top_k)},
+            {"model.override_generation_config.min_p", SamplingDefault(&SamplingDefaults::min_p)},
+            {"model.override_generation_config.repetition_penalty",
+             SamplingDefault(&SamplingDefaults::repetition_penalty)},
+            {"model.max_model_len", EngineInt(&EngineConfig::max_model_len, 0, 1 << 24, "0 = the model's, else >= 1")},
+            {"engine.backend",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+                 UA_RETURN_IF_ERROR(OneOf(key, v, {"cpu", "cuda"}));
+                 c.engine.backend = v;
+                 return Status::Ok();
+             }},
+            {"engine.dtype",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+                 UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "float32", "float16", "bfloat16"}));
+                 c.engine.dtype = v;
+                 return Status::Ok();
+             }},
+            {"engine.quantization",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+                 UA_RETURN_IF_ERROR(OneOf(key, v, {"none", "fp8"}));
+                 c.engine.quantization = v;
+                 return Status::Ok();
+             }},
+            {"engine.kv_cache_dtype",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(std::string v, ReadString(key, node));
+                 UA_RETURN_IF_ERROR(OneOf(key, v, {"auto", "fp8_e4m3", "fp8"}));
+                 c.engine.kv_cache_dtype = v;
+                 return Status::Ok();
+             }},
+            {"engine.tensor_parallel_size", EngineInt(&EngineConfig::tensor_parallel_size, 1, 64, "must be in 1..64")},
+            {"engine.num_threads", EngineInt(&EngineConfig::num_threads, 0, 1024, "0 = all cores")},
+            {"engine.block_size",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(int64_t v, ReadInt(key, node));
+                 if (v < 1 || v > 1024 || (v & (v - 1)) != 0) {
+                     return InvalidArgument(key + ": " + std::to_string(v) + " is not a power of two in 1..1024");
+                 }
+                 c.engine.block_size = static_cast<int>(v);
+                 return Status::Ok();
+             }},
+            {"engine.kv_cache_bytes",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 if (!node.IsScalar()) return TypeError(key, "a byte size such as 268435456 or 256MiB", node);
+                 auto v = ParseByteSize(node.Scalar());
+                 if (!v.ok()) return InvalidArgument(key + ": " + v.status().message());
+                 c.engine.kv_cache_bytes = *v;
+                 return Status::Ok();
+             }},
+            {"engine.kv_cache_memory_fraction",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(double v, ReadDouble(key, node));
+                 if (!(v > 0 && v <= 1)) {
+                     std::ostringstream os;
+                     os << key << ": " << v << " is out of range (must be in (0, 1])";
+                     return InvalidArgument(os.str());
+                 }
+                 c.engine.kv_cache_memory_fraction = v;
+                 return Status::Ok();
+             }},
+            {"engine.max_num_seqs", EngineInt(&EngineConfig::max_num_seqs, 1, 1 << 16, "must be >= 1")},
+            {"engine.max_num_batched_tokens",
+             EngineInt(&EngineConfig::max_num_batched_tokens, 1, 1 << 24, "must be >= 1")},
+            {"engine.enable_prefix_caching",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(c.engine.enable_prefix_caching, ReadBool(key, node));
+                 return Status::Ok();
+             }},
+            {"engine.max_queued_requests", EngineInt(&EngineConfig::max_queued_requests, 1, 1 << 24, "must be >= 1")},
+            {"server.host",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(c.host, ReadString(key, node));
+                 if (c.host.empty()) return InvalidArgument(key + ": must not be empty");
+                 return Status::Ok();
+             }},
+            {"server.http_port", Int(&ServerConfig::http_port, 0, 65535, "0 = ephemeral, else 1..65535")},
+            {"server.grpc_port", Int(&ServerConfig::grpc_port, -1, 65535, "-1 = off, 0 = ephemeral, else 1..65535")},
+            {"server.http_threads", Int(&ServerConfig::http_threads, 1, 256, "1..256")},
+            {"server.prepare_threads", Int(&ServerConfig::prepare_threads, 1, 256, "1..256")},
+            {"server.max_sequences_per_request",
+             Int(&ServerConfig::max_sequences_per_request, 0, 1 << 16, "0 = engine.max_num_seqs, else >= 1")},
+            {"server.api_keys", StringList(&ServerConfig::api_keys, false)},
+            {"server.cors_allowed_origins", StringList(&ServerConfig::cors_allowed_origins, false)},
+            {"server.max_body_bytes",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 if (!node.IsScalar()) return TypeError(key, "a byte size such as 8MiB", node);
+                 auto v = ParseByteSize(node.Scalar());
+                 if (!v.ok()) return InvalidArgument(key + ": " + v.status().message());
+                 if (*v < 1024)
+                     return InvalidArgument(key + ": " + std::to_string(*v) + " is below the minimum of 1024");
+                 c.max_body_bytes = *v;
+                 return Status::Ok();
+             }},
+            {"server.request_timeout_s", Seconds(&ServerConfig::request_timeout_s, 0.1, 86400, "0.1..86400")},
+            {"server.drain_timeout_s", Seconds(&ServerConfig::drain_timeout_s, 0, 86400, "0..86400")},
+            {"server.ready_max_stall_s", Seconds(&ServerConfig::ready_max_stall_s, 0.1, 86400, "0.1..86400")},
+            {"logging.level", Choice(&ServerConfig::log_level, {"trace", "debug", "info", "warn", "error", "off"})},
+            {"logging.access_log",
+             [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
+                 UA_ASSIGN_OR_RETURN(c.access_log, ReadBool(key, node));
+                 return Status::Ok();
+             }},
+        };
+        all.insert(all.end(), CudaKeys().begin(), CudaKeys().end());
+        return all;
+    }();
     return keys;
 }
 
@@ -640,6 +657,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "tensor_core_attention" << YAML::Value << cu.tensor_core_attention;
     out << YAML::Key << "fp8_prefill_tensor_cores" << YAML::Value << cu.fp8_prefill_tensor_cores;
     out << YAML::Key << "decode_min_chunk" << YAML::Value << cu.decode_min_chunk;
+    out << YAML::Key << "sampling_blocks_per_row" << YAML::Value << cu.sampling_blocks_per_row;
     out << YAML::EndMap;
     out << YAML::EndMap;
     out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;

@@ -8,6 +8,7 @@
 // the device equal to host sampling of the same CUDA logits, and the KV pool sized from free memory.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -17,6 +18,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/kernels.h"
 #include "engine/test_models.h"
 #include "sampling/sampler.h"
 #include "uniattn/engine.h"
@@ -175,6 +177,90 @@ TEST_F(CudaSamplingTest, EveryParameterCombinationMatchesTheCpuTwin) {
             "[ metric   ] vocab %d: %d rows (%d sampled, %zu edits), %d token mismatches, max |dlogprob| %.3g\n", vocab,
             n, sampled, b.edits.size(), token_mismatches, worst_lp);
         EXPECT_GT(sampled, 300);
+    }
+}
+
+// Few rows per launch, as at batch 1: with sampling_blocks_per_row several blocks share each row (slices of the
+// row, histograms exchanged through global memory behind a barrier per row). Every combination of the test above,
+// launched 1, 2, 3 or 5 rows at a time, on backends allowing 64 and 3 blocks a row: the CPU twin's tokens and top
+// ids, logprobs within the same bound, and run twice alike (the barriers leave their counters ready for the next
+// launch). Both vocabularies, so the slices end inside a 1024-id run and one part may be short.
+TEST_F(CudaSamplingTest, RowGroupsOfSeveralBlocksMatchTheCpuTwin) {
+    int num_sms = 0;
+    ASSERT_EQ(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+    ASSERT_GE(num_sms, 16);
+    for (int max_parts : {64, 3}) {
+        // Every launch below splits its rows (a silent one-block launch would pass without testing the groups).
+        for (int rows : {1, 2, 3, 5}) {
+            for (int vocab : {32000, 128256}) {
+                const cuda::SampleSplit plan = cuda::PlanSampleSplit(vocab, rows, max_parts, num_sms);
+                EXPECT_GE(plan.parts, std::min(3, num_sms / rows)) << rows << " rows, vocab " << vocab;
+                EXPECT_LE(plan.parts * rows, num_sms);
+                EXPECT_GE(plan.parts * plan.slice, vocab);
+                EXPECT_LT((plan.parts - 1) * plan.slice, vocab);  // no empty part
+            }
+        }
+        CudaBackendOptions options;
+        options.sampling_blocks_per_row = max_parts;
+        auto made = CreateCudaBackend(options);
+        ASSERT_TRUE(made.ok()) << made.status().ToString();
+        std::unique_ptr<Backend> split = std::move(made).value();
+        for (int vocab : {32000, 128256}) {
+            SCOPED_TRACE("vocab " + std::to_string(vocab) + ", up to " + std::to_string(max_parts) + " blocks a row");
+            const int num_logits = 12;
+            Rng rng(vocab + 7);
+            std::vector<float> logits;
+            for (int r = 0; r < num_logits; ++r) {
+                const std::vector<float> row = LogitsRow(rng, vocab, r);
+                logits.insert(logits.end(), row.begin(), row.end());
+            }
+            const size_t bytes = sizeof(float) * logits.size();
+            auto gbuf = split->Alloc(bytes);
+            ASSERT_TRUE(gbuf.ok());
+            split->CopyToDevice((*gbuf)->data(), logits.data(), bytes);
+            const Tensor gt = MakeTensor((*gbuf)->data(), DType::kF32, num_logits, vocab);
+            const Tensor ct = MakeTensor(logits.data(), DType::kF32, num_logits, vocab);
+            const Batch b = AllCombinations(vocab, num_logits, vocab + 3);
+            const int n = static_cast<int>(b.rows.size());
+            int checked = 0, sampled = 0;
+            for (int start = 0, k = 0; start < n; start += std::min(n - start, 1 + (k % 4 == 3 ? 4 : k % 4)), ++k) {
+                const int count = std::min(n - start, 1 + (k % 4 == 3 ? 4 : k % 4));  // 1, 2, 3, 5 rows
+                // The rows' edits are a contiguous run of b.edits; pass the whole list, as the engine does.
+                std::vector<SampleRowResult> want(count), got(count), again(count);
+                for (SampleRowResult& r : got) r.token = -7;
+                cpu_->SampleRows(ct, b.rows.data() + start, count, b.edits.data(), static_cast<int>(b.edits.size()),
+                                 want.data());
+                split->SampleRows(gt, b.rows.data() + start, count, b.edits.data(), static_cast<int>(b.edits.size()),
+                                  got.data());
+                split->SampleRows(gt, b.rows.data() + start, count, b.edits.data(), static_cast<int>(b.edits.size()),
+                                  again.data());
+                for (int i = 0; i < count; ++i) {
+                    const SampleRowParams& p = b.rows[start + i];
+                    sampled += p.temperature > 0;
+                    ++checked;
+                    EXPECT_EQ(got[i].token, again[i].token) << "row " << start + i << ": not deterministic";
+                    EXPECT_EQ(got[i].token, want[i].token)
+                        << "row " << start + i << " (T " << p.temperature << ", top_k " << p.top_k << ", top_p "
+                        << p.top_p << ", min_p " << p.use_min_p << ", edits " << p.num_edits << ", u " << p.u << ")";
+                    if (p.want_logprob) {
+                        EXPECT_NEAR(got[i].logprob, want[i].logprob, 2e-4) << "row " << start + i;
+                    } else {
+                        EXPECT_EQ(got[i].logprob, 0.0f);
+                    }
+                    ASSERT_EQ(got[i].num_top, want[i].num_top) << "row " << start + i;
+                    for (int t = 0; t < want[i].num_top; ++t) {
+                        EXPECT_EQ(got[i].top_ids[t], want[i].top_ids[t]) << "row " << start + i << " top " << t;
+                        EXPECT_NEAR(got[i].top_logprobs[t], want[i].top_logprobs[t], 2e-4)
+                            << "row " << start + i << " top " << t;
+                    }
+                }
+            }
+            std::vector<float> after(logits.size());
+            split->CopyToHost(after.data(), (*gbuf)->data(), bytes);
+            EXPECT_EQ(after, logits);  // processors edit a copy
+            EXPECT_EQ(checked, n);
+            EXPECT_GT(sampled, 300);
+        }
     }
 }
 

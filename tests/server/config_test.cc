@@ -107,6 +107,18 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
     ASSERT_TRUE(chunk.ok()) << chunk.status().message();
     EXPECT_EQ(chunk->engine.cuda.decode_min_chunk, 256);
     EXPECT_NE(ConfigToYaml(*chunk).find("decode_min_chunk: 256"), std::string::npos);
+    // Device sampling's blocks per row: 1 by default, 1..64 accepted and printed back, others refused by name.
+    EXPECT_EQ(chunk->engine.cuda.sampling_blocks_per_row, 1);
+    auto rows = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.sampling_blocks_per_row", "32"}});
+    ASSERT_TRUE(rows.ok()) << rows.status().message();
+    EXPECT_EQ(rows->engine.cuda.sampling_blocks_per_row, 32);
+    EXPECT_NE(ConfigToYaml(*rows).find("sampling_blocks_per_row: 32"), std::string::npos);
+    for (const char* v : {"0", "65", "-2"}) {
+        auto no = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.sampling_blocks_per_row", v}});
+        ASSERT_FALSE(no.ok()) << v;
+        EXPECT_NE(no.status().message().find("engine.cuda.sampling_blocks_per_row"), std::string::npos)
+            << no.status().message();
+    }
     for (const char* v : {"96", "32", "4096", "-64"}) {
         auto no = ParseConfig("model:\n  path: m\n", "x.yaml", {{"engine.cuda.decode_min_chunk", v}});
         ASSERT_FALSE(no.ok()) << v;

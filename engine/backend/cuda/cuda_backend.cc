@@ -791,8 +791,17 @@ class CudaBackend final : public Backend {
         float* work =
             any_edits ? static_cast<float*>(Workspace(kWsSampleWork, sizeof(float) * num_rows * vocab)) : nullptr;
         auto* out = static_cast<SampleRowResult*>(Workspace(kWsSampleOut, sizeof(SampleRowResult) * num_rows));
+        const cuda::SampleSplit split =
+            cuda::PlanSampleSplit(vocab, num_rows, options_.sampling_blocks_per_row, num_sms_);
+        void* scratch = nullptr;
+        unsigned* barriers = nullptr;
+        if (split.parts >= 2) {
+            scratch = Workspace(kWsSampleSplit, cuda::SampleSplitScratchBytes(num_rows, split));
+            barriers = static_cast<unsigned*>(Workspace(kWsSampleBarriers, sizeof(unsigned) * 2 * num_rows));
+        }
         cuda::SampleRows(logits.f32(), logits.ld, vocab, num_rows, reinterpret_cast<const SampleRowParams*>(in),
-                         reinterpret_cast<const LogitEdit*>(in + rows_bytes), work, out, KStream());
+                         reinterpret_cast<const LogitEdit*>(in + rows_bytes), work, out, split, scratch, barriers,
+                         KStream());
         CopyToHost(host_results, out, sizeof(SampleRowResult) * num_rows);
     }
 
@@ -870,6 +879,8 @@ class CudaBackend final : public Backend {
         kWsSampleIn,
         kWsSampleWork,
         kWsSampleOut,
+        kWsSampleSplit,     // SampleRows' exchange slots when several blocks share a row
+        kWsSampleBarriers,  // and their barriers (zeroed once, left with zero arrivals by every launch)
         kNumWorkspaces
     };
 
@@ -884,7 +895,7 @@ class CudaBackend final : public Backend {
             UA_CUDA_CHECK(cudaMalloc(&workspace_[slot], grown));
             workspace_bytes_[slot] = grown;
             // The attention kernels expect zeroed counters and leave them zeroed.
-            if (slot == kWsSplitCounters || slot == kWsRowGemmCounters)
+            if (slot == kWsSplitCounters || slot == kWsRowGemmCounters || slot == kWsSampleBarriers)
                 UA_CUDA_CHECK(cudaMemsetAsync(workspace_[slot], 0, grown, stream_.get()));
         }
         return workspace_[slot];

@@ -216,12 +216,27 @@ void ReuseAttention(const float* probs, int64_t probs_ld, const void* v_plane, D
 
 // ---- sampling.cu ----
 
-// Token selection by the rule of sampling/row_select.h, one block per row:
+// Blocks per row of a SampleRows launch: 1, or `parts` blocks sharing each row's passes over slices of `slice` ids
+// (few rows leave most SMs idle with one block a row).
+struct SampleSplit {
+    int parts = 1;
+    int slice = 0;
+};
+// Up to max_parts blocks per row while the launch keeps at most one block per SM (num_sms); parts 1 when max_parts
+// < 2 or the rows leave fewer than two blocks each.
+SampleSplit PlanSampleSplit(int vocab, int num_rows, int max_parts, int num_sms);
+// Device scratch a split launch of num_rows rows exchanges through (0 for one block per row).
+size_t SampleSplitScratchBytes(int num_rows, const SampleSplit& split);
+
+// Token selection by the rule of sampling/row_select.h:
 //   logits [*, vocab] fp32 (row stride ld); rows [num_rows], edits (indexed by rows[r].edit_start),
 //   results [num_rows]: device memory. work [num_rows, vocab] fp32 scratch holds the processed copy of each
-//   row that has edits (may be null when no row has any). The logits are not written.
+//   row that has edits (may be null when no row has any). The logits are not written. With split.parts >= 2:
+//   scratch of SampleSplitScratchBytes and barriers [num_rows][2] (zeroed once when allocated; every launch
+//   leaves the arrival counts at zero). The tokens do not depend on the split.
 void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const SampleRowParams* rows,
-                const LogitEdit* edits, float* work, SampleRowResult* results, Stream stream);
+                const LogitEdit* edits, float* work, SampleRowResult* results, const SampleSplit& split, void* scratch,
+                unsigned* barriers, Stream stream);
 
 // Which head dimensions have a kernel (64, 128 specialised; others up to 128 through the generic one).
 bool AttentionSupportsHeadDim(int head_dim);

@@ -14,6 +14,15 @@
 // crossing: top-k (count), top-p (weight), the draw (weight), top logprobs (count). Rows with logits
 // processors first copy their row to a work buffer and edit it there; the logits themselves are never
 // written.
+//
+// Few rows (batch 1 to a few dozen) leave most SMs idle, and one block needs about 1 ms for the passes over a
+// 128k vocabulary. So a launch may give each row several blocks (a row group): each block takes a slice of the
+// row, builds its histogram (or max, sum, tie count) over the slice, and the group exchanges them through global
+// memory behind a barrier of its own (RowBarrier); every block then merges all parts in part order and walks the
+// same bins, so the group stays in step without a second barrier. Integer sums, minima and maxima merge the same
+// in any order, so the tokens are those of one block; the fp32 sum of log Z adds the parts in part order. The host
+// keeps every block of the launch resident at once (at most one block per SM), which the barrier needs.
+#include <algorithm>
 #include <climits>
 
 #include "backend/cuda/common.cuh"
@@ -69,9 +78,67 @@ struct Shared {
     int argmax;
     float log_z;
     int num_gathered;
+    int block_total;  // row groups: the block's count of ties in its slice
     int top_id[kMaxTopLogprobs];
     float top_l[kMaxTopLogprobs];
 };
+
+// What the blocks of a row group exchange in one round: a histogram, a (value, id) or count pair, or the top
+// logprobs gathered in a slice.
+union Exchange {
+    struct {
+        unsigned c[256];
+        unsigned long long w[256];
+        int lo[256], hi[256];
+    } hist;
+    struct {
+        float f;
+        int i;
+    } pair;
+    struct {
+        int count;
+        int id[kMaxTopLogprobs];
+        float l[kMaxTopLogprobs];
+    } top;
+};
+
+// A block's exchange slots. Round r uses x[r & 1]: a block writes round r + 2 only after the barrier of round
+// r + 1, which no block passes before every block has read round r.
+struct SplitSlot {
+    Exchange x[2];
+};
+
+// The blocks that share one row and this block's part of it: the slice [lo, hi) of the row.
+struct RowGroup {
+    int part = 0, parts = 1, lo = 0, hi = 0;
+    SplitSlot* slots = nullptr;   // the group's, [parts]
+    unsigned* barrier = nullptr;  // the group's: [0] arrivals (0 between rounds), [1] generation
+    int round = 0;
+};
+
+// Every block of the group reaches this point before any goes on; the writes before it are visible after it
+// (read them with ld.cg: L1 is not coherent across SMs).
+__device__ void RowBarrier(const RowGroup& g) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned* gen = g.barrier + 1;
+        const unsigned seen = *gen;
+        __threadfence();  // the block's writes (ordered by __syncthreads) and the read of gen before arriving
+        if (atomicAdd(g.barrier, 1u) == static_cast<unsigned>(g.parts - 1)) {
+            atomicExch(g.barrier, 0u);  // reset for the next round before releasing it
+            __threadfence();
+            atomicAdd(const_cast<unsigned*>(gen), 1u);
+        } else {
+            while (*gen == seen) __nanosleep(20);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// This block's slot of the current round, and part q's.
+__device__ __forceinline__ Exchange& MySlot(const RowGroup& g) { return g.slots[g.part].x[g.round & 1]; }
+__device__ __forceinline__ const Exchange& PartSlot(const RowGroup& g, int q) { return g.slots[q].x[g.round & 1]; }
 
 __device__ float BlockSum(float v, Shared& sh) {
     v = WarpSum(v);
@@ -114,10 +181,11 @@ __device__ int BlockExclusiveScan(int v, Shared& sh) {
 }
 
 // Max logit and its lowest id, broadcast to every thread through sh.m / sh.argmax.
-__device__ void BlockArgMax(const RowCtx& c, Shared& sh) {
+template <bool kSplit>
+__device__ void BlockArgMax(const RowCtx& c, RowGroup& g, Shared& sh) {
     float best = -INFINITY;
     int best_id = INT_MAX;
-    for (int i = threadIdx.x; i < c.vocab; i += kThreads) {
+    for (int i = g.lo + static_cast<int>(threadIdx.x); i < g.hi; i += kThreads) {
         const float x = c.l[i];
         if (x > best || best_id == INT_MAX) {
             best = x;
@@ -149,6 +217,76 @@ __device__ void BlockArgMax(const RowCtx& c, Shared& sh) {
         sh.argmax = best_id;
     }
     __syncthreads();
+    if constexpr (kSplit) {  // the parts' maxima in part order, ties to the lower id (the lower part)
+        if (threadIdx.x == 0) {
+            MySlot(g).pair.f = sh.m;
+            MySlot(g).pair.i = sh.argmax;
+        }
+        RowBarrier(g);
+        if (threadIdx.x == 0) {
+            best = __ldcg(&PartSlot(g, 0).pair.f);
+            best_id = __ldcg(&PartSlot(g, 0).pair.i);
+            for (int q = 1; q < g.parts; ++q) {
+                const float f = __ldcg(&PartSlot(g, q).pair.f);
+                const int i = __ldcg(&PartSlot(g, q).pair.i);
+                if (f > best || (f == best && i < best_id)) {
+                    best = f;
+                    best_id = i;
+                }
+            }
+            sh.m = best;
+            sh.argmax = best_id;
+        }
+        ++g.round;
+        __syncthreads();
+    }
+}
+
+// A row group's sum of the blocks' values v (each block's own, the same in all its threads), in part order.
+__device__ float MergeSum(float v, RowGroup& g) {
+    if (threadIdx.x == 0) MySlot(g).pair.f = v;
+    RowBarrier(g);
+    float sum = 0.0f;
+    for (int q = 0; q < g.parts; ++q) sum += __ldcg(&PartSlot(g, q).pair.f);
+    ++g.round;
+    return sum;
+}
+
+// A row group's histograms (after each block has built its own in sh, and a __syncthreads): the sums of every
+// part's counts and weights, and with ids the lowest and highest ids, in sh.
+__device__ void MergeHistograms(RowGroup& g, Shared& sh, bool ids) {
+    Exchange& mine = MySlot(g);
+    for (int b = threadIdx.x; b < 256; b += kThreads) {
+        mine.hist.c[b] = sh.hist_c[b];
+        mine.hist.w[b] = sh.hist_w[b];
+        if (ids) {
+            mine.hist.lo[b] = sh.bin_lo[b];
+            mine.hist.hi[b] = sh.bin_hi[b];
+        }
+    }
+    RowBarrier(g);
+    for (int b = threadIdx.x; b < 256; b += kThreads) {
+        unsigned cnt = 0;
+        unsigned long long w = 0;
+        int lo = INT_MAX, hi = -1;
+        for (int q = 0; q < g.parts; ++q) {
+            const Exchange& x = PartSlot(g, q);
+            cnt += __ldcg(&x.hist.c[b]);
+            w += __ldcg(&x.hist.w[b]);
+            if (ids) {
+                lo = min(lo, __ldcg(&x.hist.lo[b]));
+                hi = max(hi, __ldcg(&x.hist.hi[b]));
+            }
+        }
+        sh.hist_c[b] = cnt;
+        sh.hist_w[b] = w;
+        if (ids) {
+            sh.bin_lo[b] = lo;
+            sh.bin_hi[b] = hi;
+        }
+    }
+    ++g.round;
+    __syncthreads();
 }
 
 struct Crossing {
@@ -160,8 +298,8 @@ struct Crossing {
 // whose measure reaches the goal's target, the target computed from the total measure T in play:
 //   kCountAtLeast: count >= min(count, T);  kWeightAtLeastFraction: W >= ceil(frac · T);
 //   kWeightAboveFraction: W > min(floor(frac · T), T - 1)   (products in double, as in the reference).
-template <bool kByWeight>
-__device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_min_p, Goal goal,
+template <bool kByWeight, bool kSplit>
+__device__ Crossing FindCrossing(const RowCtx& c, RowGroup& g, const Bound& bound, bool use_min_p, Goal goal,
                                  unsigned long long count, float frac, Shared& sh) {
     const int lane = threadIdx.x & 31;
     uint32_t prefix = 0;
@@ -177,11 +315,11 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
             sh.bin_hi[b] = -1;
         }
         __syncthreads();
-        for (int base = 0; base < c.vocab; base += kThreads) {
+        for (int base = g.lo; base < g.hi; base += kThreads) {
             const int i = base + static_cast<int>(threadIdx.x);
             int digit = kNoDigit;
             unsigned long long w = 0;
-            if (i < c.vocab) {
+            if (i < g.hi) {
                 const float x = c.l[i];
                 const uint32_t key = OrderKey(x);
                 if ((pass == 0 || (key >> (shift + 8)) == (prefix >> (shift + 8))) && in_play(x, key, i)) {
@@ -210,6 +348,7 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
             }
         }
         __syncthreads();
+        if constexpr (kSplit) MergeHistograms(g, sh, pass == 3);
         // Warp 0 walks the bins from the top: lane L sums bins 255 - 8L down to 248 - 8L, a scan over the
         // lanes finds the lane where the running measure crosses the target, and that lane finds the bin.
         if (threadIdx.x < 32) {
@@ -311,16 +450,24 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
         __syncthreads();
         return out;
     }
-    const int chunk = (c.vocab + kThreads - 1) / kThreads;
-    const int begin = min(c.vocab, static_cast<int>(threadIdx.x) * chunk);
-    const int end = min(c.vocab, begin + chunk);
+    // Otherwise the ties in play are counted in id order: per thread over a run of the slice, a scan over the
+    // block, and in a row group the counts of the parts before this one.
+    const int chunk = (g.hi - g.lo + kThreads - 1) / kThreads;
+    const int begin = min(g.hi, g.lo + static_cast<int>(threadIdx.x) * chunk);
+    const int end = min(g.hi, begin + chunk);
     int mine = 0;
     for (int i = begin; i < end; ++i) {
         const float x = c.l[i];
         const uint32_t key = OrderKey(x);
         mine += key == prefix && in_play(x, key, i);
     }
-    const int before = BlockExclusiveScan(mine, sh);
+    int before = BlockExclusiveScan(mine, sh);
+    if constexpr (kSplit) {
+        if (threadIdx.x == kThreads - 1) MySlot(g).pair.i = before + mine;
+        RowBarrier(g);
+        for (int q = 0; q < g.part; ++q) before += __ldcg(&PartSlot(g, q).pair.i);
+        ++g.round;
+    }
     if (before < rank && rank <= before + mine) {
         int seen = before;
         for (int i = begin; i < end; ++i) {
@@ -333,26 +480,52 @@ __device__ Crossing FindCrossing(const RowCtx& c, const Bound& bound, bool use_m
         }
     }
     __syncthreads();
+    if constexpr (kSplit) {  // one block of the group found it; the others hold -1
+        if (threadIdx.x == 0) MySlot(g).pair.i = sh.tie_id;
+        RowBarrier(g);
+        if (threadIdx.x == 0) {
+            int id = -1;
+            for (int q = 0; q < g.parts; ++q) id = max(id, __ldcg(&PartSlot(g, q).pair.i));
+            sh.tie_id = id;
+        }
+        ++g.round;
+        __syncthreads();
+    }
     Crossing out{{prefix, sh.tie_id}, sh.cum_before};
     __syncthreads();
     return out;
 }
 
+// kSplit: `parts` blocks per row (block b: row b / parts, part b % parts, the slice of `slice` ids at
+// part · slice), exchanging through slots [rows · parts] and barriers [rows][2]; else one block per row.
+template <bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     SampleRowsKernel(const float* __restrict__ logits, int64_t ld, int vocab, const SampleRowParams* __restrict__ rows,
-                     const LogitEdit* __restrict__ edits, float* work, SampleRowResult* __restrict__ results) {
+                     const LogitEdit* __restrict__ edits, float* work, SampleRowResult* __restrict__ results, int parts,
+                     int slice, SplitSlot* slots, unsigned* barriers) {
     PdlEnter();
     __shared__ Shared sh;
-    const SampleRowParams p = rows[blockIdx.x];
+    const int row = kSplit ? static_cast<int>(blockIdx.x) / parts : static_cast<int>(blockIdx.x);
+    RowGroup g;
+    g.hi = vocab;
+    if constexpr (kSplit) {
+        g.part = static_cast<int>(blockIdx.x) % parts;
+        g.parts = parts;
+        g.lo = g.part * slice;
+        g.hi = min(vocab, g.lo + slice);
+        g.slots = slots + static_cast<int64_t>(row) * parts;
+        g.barrier = barriers + 2 * row;
+    }
+    const SampleRowParams p = rows[row];
     const float* l = logits + static_cast<int64_t>(p.logits_row) * ld;
-    if (p.num_edits > 0) {
-        float* w = work + static_cast<int64_t>(blockIdx.x) * vocab;
-        for (int i = threadIdx.x; i < vocab; i += kThreads) w[i] = l[i];
+    if (p.num_edits > 0) {  // each block edits its own slice: the passes read nothing else before a barrier
+        float* w = work + static_cast<int64_t>(row) * vocab;
+        for (int i = g.lo + static_cast<int>(threadIdx.x); i < g.hi; i += kThreads) w[i] = l[i];
         __syncthreads();
         const float rp = p.repetition_penalty;
         for (int e = threadIdx.x; e < p.num_edits; e += kThreads) {
             const LogitEdit ed = edits[p.edit_start + e];
-            if (ed.token_id < 0 || ed.token_id >= vocab) continue;
+            if (ed.token_id < g.lo || ed.token_id >= g.hi) continue;
             float x = __fadd_rn(w[ed.token_id], ed.bias);
             if (ed.repeated != 0) x = x > 0 ? __fdiv_rn(x, rp) : __fmul_rn(x, rp);
             w[ed.token_id] = __fsub_rn(x, ed.subtract);
@@ -361,14 +534,16 @@ __global__ void __launch_bounds__(kThreads)
         l = w;
     }
     RowCtx c{l, vocab, 0.0f, 1.0f, 0.0f};
-    BlockArgMax(c, sh);
+    BlockArgMax<kSplit>(c, g, sh);
     c.m = sh.m;
     const int num_top = min(min(p.num_top, kMaxTopLogprobs), vocab);
     float log_z = 0;
     if (p.want_logprob != 0 || num_top > 0) {
         float s = 0;
-        for (int i = threadIdx.x; i < vocab; i += kThreads) s += expf(l[i] - c.m);
-        log_z = c.m + logf(BlockSum(s, sh));
+        for (int i = g.lo + static_cast<int>(threadIdx.x); i < g.hi; i += kThreads) s += expf(l[i] - c.m);
+        s = BlockSum(s, sh);
+        if constexpr (kSplit) s = MergeSum(s, g);
+        log_z = c.m + logf(s);
     }
 
     int token = sh.argmax;
@@ -378,19 +553,20 @@ __global__ void __launch_bounds__(kThreads)
         const bool min_p = p.use_min_p != 0;
         Bound bound{0u, INT_MAX};  // everything
         if (p.top_k > 0 && p.top_k < vocab) {
-            bound = FindCrossing<false>(c, bound, false, Goal::kCountAtLeast, p.top_k, 0, sh).at;
+            bound = FindCrossing<false, kSplit>(c, g, bound, false, Goal::kCountAtLeast, p.top_k, 0, sh).at;
         }
         if (p.top_p < 1.0f)
-            bound = FindCrossing<true>(c, bound, min_p, Goal::kWeightAtLeastFraction, 0, p.top_p, sh).at;
-        token = FindCrossing<true>(c, bound, min_p, Goal::kWeightAboveFraction, 0, p.u, sh).at.id;
+            bound = FindCrossing<true, kSplit>(c, g, bound, min_p, Goal::kWeightAtLeastFraction, 0, p.top_p, sh).at;
+        token = FindCrossing<true, kSplit>(c, g, bound, min_p, Goal::kWeightAboveFraction, 0, p.u, sh).at.id;
         if (token < 0) token = sh.argmax;  // NaN logits only
     }
 
     if (num_top > 0) {
-        const Bound last = FindCrossing<false>(c, Bound{0u, INT_MAX}, false, Goal::kCountAtLeast, num_top, 0, sh).at;
+        const Bound last =
+            FindCrossing<false, kSplit>(c, g, Bound{0u, INT_MAX}, false, Goal::kCountAtLeast, num_top, 0, sh).at;
         if (threadIdx.x == 0) sh.num_gathered = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+        for (int i = g.lo + static_cast<int>(threadIdx.x); i < g.hi; i += kThreads) {
             const float x = l[i];
             if (InBound(last, OrderKey(x), i)) {
                 const int slot = atomicAdd(&sh.num_gathered, 1);
@@ -401,11 +577,35 @@ __global__ void __launch_bounds__(kThreads)
             }
         }
         __syncthreads();
+        if constexpr (kSplit) {  // part 0 collects the parts' finds in part order (the sort below orders them)
+            Exchange& mine = MySlot(g);
+            const int n = min(sh.num_gathered, kMaxTopLogprobs);
+            for (int k = threadIdx.x; k < n; k += kThreads) {
+                mine.top.id[k] = sh.top_id[k];
+                mine.top.l[k] = sh.top_l[k];
+            }
+            if (threadIdx.x == 0) mine.top.count = n;
+            RowBarrier(g);
+            if (g.part == 0 && threadIdx.x == 0) {
+                int n_all = 0;
+                for (int q = 0; q < g.parts; ++q) {
+                    const Exchange& x = PartSlot(g, q);
+                    const int m = __ldcg(&x.top.count);
+                    for (int k = 0; k < m && n_all < kMaxTopLogprobs; ++k, ++n_all) {
+                        sh.top_id[n_all] = __ldcg(&x.top.id[k]);
+                        sh.top_l[n_all] = __ldcg(&x.top.l[k]);
+                    }
+                }
+            }
+            ++g.round;
+            __syncthreads();
+        }
     }
-    if (threadIdx.x == 0) {
-        SampleRowResult& r = results[blockIdx.x];
+    if (g.part == 0 && threadIdx.x == 0) {
+        SampleRowResult& r = results[row];
         r.token = token;
-        r.logprob = p.want_logprob != 0 ? l[token] - log_z : 0.0f;
+        // A row group's processed row was written by the block that owns the token's slice: read past L1.
+        r.logprob = p.want_logprob != 0 ? (kSplit ? __ldcg(l + token) : l[token]) - log_z : 0.0f;
         r.num_top = num_top;
         if (num_top > 0) {
             // Insertion sort of the gathered few into the order.
@@ -432,11 +632,38 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
+SampleSplit PlanSampleSplit(int vocab, int num_rows, int max_parts, int num_sms) {
+    SampleSplit s;
+    if (max_parts < 2 || num_rows < 1 || vocab < 1) return s;
+    // At most one block per SM in all (the barrier needs every block of a group resident at once; a block of
+    // 1024 threads fits any SM), and slices of whole 128-id runs.
+    int parts = std::min(max_parts, num_sms / num_rows);
+    if (parts < 2) return s;
+    const int slice = static_cast<int>(CeilDiv(CeilDiv(vocab, parts), 128)) * 128;
+    parts = static_cast<int>(CeilDiv(vocab, slice));
+    if (parts < 2) return s;
+    s.parts = parts;
+    s.slice = slice;
+    return s;
+}
+
+size_t SampleSplitScratchBytes(int num_rows, const SampleSplit& split) {
+    return split.parts < 2 ? 0 : sizeof(SplitSlot) * static_cast<size_t>(num_rows) * split.parts;
+}
+
 void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const SampleRowParams* rows,
-                const LogitEdit* edits, float* work, SampleRowResult* results, Stream stream) {
+                const LogitEdit* edits, float* work, SampleRowResult* results, const SampleSplit& split, void* scratch,
+                unsigned* barriers, Stream stream) {
     if (num_rows == 0) return;
-    LaunchKernel("SampleRowsKernel", SampleRowsKernel, num_rows, kThreads, 0, stream, logits, ld, vocab, rows, edits,
-                 work, results);
+    if (split.parts >= 2) {
+        UA_CHECK(scratch != nullptr && barriers != nullptr && split.slice > 0);
+        LaunchKernel("SampleRowsKernel<split>", SampleRowsKernel<true>, num_rows * split.parts, kThreads, 0, stream,
+                     logits, ld, vocab, rows, edits, work, results, split.parts, split.slice,
+                     static_cast<SplitSlot*>(scratch), barriers);
+        return;
+    }
+    LaunchKernel("SampleRowsKernel", SampleRowsKernel<false>, num_rows, kThreads, 0, stream, logits, ld, vocab, rows,
+                 edits, work, results, 1, vocab, static_cast<SplitSlot*>(nullptr), static_cast<unsigned*>(nullptr));
 }
 
 }  // namespace uniattn::cuda

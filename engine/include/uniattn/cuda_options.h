@@ -45,6 +45,11 @@ struct CudaOptions {
     // contexts), smaller ones more blocks for one sequence (faster at batch 1). docs/gpu-notes.md has the
     // measurements.
     int decode_min_chunk = 0;
+    // Device sampling (SampleRows): up to this many blocks share one row when the rows leave SMs idle (1-64; 1: one
+    // block per row). One block takes about 1 ms for a temperature draw over a 128k vocabulary (five passes of
+    // radix histograms); a row group splits each pass over its blocks and exchanges the histograms. The same tokens
+    // either way. Off until it has run on a GPU: written 2026-12-08 when no device machine came.
+    int sampling_blocks_per_row = 1;
     // GEMMs of 3..64 rows (decode batches): false rounds the activations to the weight dtype as prefill does
     // (one GEMM, as fp16 engines do); true runs them on [x_hi; x_lo] (fp32-accurate activations, twice the rows,
     // a split and a combine kernel): closer to the CPU oracle, 4-17% slower GEMMs at 16-64 rows

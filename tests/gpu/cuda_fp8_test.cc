@@ -56,6 +56,7 @@ class CudaFp8Test : public testutil::OpFixture<> {
         return DownloadFrom(be, y.data, static_cast<size_t>(T * out), DType::kF32);
     }
     std::unique_ptr<Backend> cpu_;
+    void CheckFp8KvAttention(const std::vector<testutil::AttnCase>& cases);
 };
 
 // got vs want: |got - want| <= tol[i] everywhere; reports the first misses.
@@ -771,29 +772,11 @@ TEST_F(CudaFp8Test, KvWritesStoreTheCpuBytes) {
 // and with tensor cores (GQA decode with head_dim 64/128 on DecodeMmaKernel and prefill with head_dim 64/128 on
 // PrefillMmaKernel, e4m3 widened to fp16), each with up to 4 (8 on tensor cores) query heads per decode block and
 // with one.
-TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
+// Attention and reuse over fp8 e4m3 K/V planes with per-head scales, on every decode / prefill plan, against the
+// CPU reading the same bytes.
+void CudaFp8Test::CheckFp8KvAttention(const std::vector<testutil::AttnCase>& cases) {
     using testutil::AttnCase;
     using testutil::AttnSetup;
-    const std::vector<AttnCase> cases = {
-        {32, 32, 128, 16, {17, 600, 3000}, {1, 1, 1}},  // MHA decode: one split, several, many
-        {32, 8, 128, 16, {1, 4100, 2}, {1, 1, 1}},      // GQA n_rep 4, past the largest chunk
-        {16, 2, 64, 32, {300, 77}, {1, 1}},             // GQA n_rep 8, head_dim 64
-        {6, 6, 48, 16, {70, 33}, {70, 5}},              // generic head_dim, prefill
-        {8, 2, 128, 16, {100, 40, 300}, {100, 1, 45}},  // mixed batch
-        {4, 1, 64, 32, {130}, {65}},                    // MQA prefill after a cached prefix
-        {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},    // odd head_dim and block size
-        {4, 4, 128, 16, {260, 200}, {260, 130}},        // MHA prefill over several tiles
-        // GQA prefill chunks after a cached prefix (a partial last tile), head_dim 128 and 64, and with blocks of
-        // 24 tokens (a 64-token tile spans three or four blocks): the tensor-core prefill's fp8 staging.
-        {32, 8, 128, 16, {700, 150}, {200, 150}},
-        {16, 4, 64, 32, {129, 66}, {129, 2}},
-        {8, 2, 128, 24, {300, 90}, {100, 90}},
-        // GQA decode of more than 4 sequences (the combine kernel merges the splits): n_rep 7 (a head group of 7,
-        // one spare row of the tensor-core tile), head_dim 128; n_rep 4, head_dim 64; both with one split and many.
-        {14, 2, 128, 16, {700, 33, 2500, 5, 1200}, {1, 1, 1, 1, 1}},
-        {16, 4, 64, 16, {2100, 129, 64, 1000, 3, 257}, {1, 1, 1, 1, 1, 1}},
-        {16, 1, 64, 32, {3000, 50}, {1, 1}},  // MQA decode: n_rep 16, two head groups
-    };
     const struct {
         bool tensor_cores;
         int heads_per_block;
@@ -872,6 +855,42 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
             ExpectNear(got.probs, want.probs, ptol, "probs");
         }
     }
+}
+
+TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
+    using testutil::AttnCase;
+    using testutil::AttnSetup;
+    const std::vector<AttnCase> cases = {
+        {32, 32, 128, 16, {17, 600, 3000}, {1, 1, 1}},  // MHA decode: one split, several, many
+        {32, 8, 128, 16, {1, 4100, 2}, {1, 1, 1}},      // GQA n_rep 4, past the largest chunk
+        {16, 2, 64, 32, {300, 77}, {1, 1}},             // GQA n_rep 8, head_dim 64
+        {6, 6, 48, 16, {70, 33}, {70, 5}},              // generic head_dim, prefill
+        {8, 2, 128, 16, {100, 40, 300}, {100, 1, 45}},  // mixed batch
+        {4, 1, 64, 32, {130}, {65}},                    // MQA prefill after a cached prefix
+        {6, 2, 10, 3, {5, 20, 2, 90}, {3, 7, 2, 1}},    // odd head_dim and block size
+        {4, 4, 128, 16, {260, 200}, {260, 130}},        // MHA prefill over several tiles
+        // GQA prefill chunks after a cached prefix (a partial last tile), head_dim 128 and 64, and with blocks of
+        // 24 tokens (a 64-token tile spans three or four blocks): the tensor-core prefill's fp8 staging.
+        {32, 8, 128, 16, {700, 150}, {200, 150}},
+        {16, 4, 64, 32, {129, 66}, {129, 2}},
+        {8, 2, 128, 24, {300, 90}, {100, 90}},
+        // GQA decode of more than 4 sequences (the combine kernel merges the splits): n_rep 7 (a head group of 7,
+        // one spare row of the tensor-core tile), head_dim 128; n_rep 4, head_dim 64; both with one split and many.
+        {14, 2, 128, 16, {700, 33, 2500, 5, 1200}, {1, 1, 1, 1, 1}},
+        {16, 4, 64, 16, {2100, 129, 64, 1000, 3, 257}, {1, 1, 1, 1, 1, 1}},
+        {16, 1, 64, 32, {3000, 50}, {1, 1}},  // MQA decode: n_rep 16, two head groups
+    };
+    CheckFp8KvAttention(cases);
+}
+
+// The same on a few small cases, for compute-sanitizer (memcheck and racecheck finish on these in seconds; the
+// full sweep above does not finish under racecheck): GQA decode on the tensor-core kernel with several splits, a
+// prefill whose 64-token tile spans 24-token blocks, head_dim 64, and an MHA decode.
+TEST_F(CudaFp8Test, Fp8KvAttentionSmallCasesForSanitizers) {
+    CheckFp8KvAttention({{8, 2, 128, 16, {300, 1}, {1, 1}},
+                         {8, 2, 128, 24, {90}, {70}},
+                         {16, 4, 64, 32, {150}, {1}},
+                         {4, 4, 128, 16, {130}, {1}}});
 }
 
 // Whole random models (MHA, GQA, UniAttn with reuse layers reading fp8 V) with 16-bit weights and an fp8 e4m3 KV

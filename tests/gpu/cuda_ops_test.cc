@@ -696,6 +696,30 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     }
 }
 
+// A few small cases on every plan and 16-bit dtype, with and without the anchor's probabilities, and the reuse
+// path: what compute-sanitizer's memcheck and racecheck run (the full sweeps above do not finish under racecheck).
+// GQA decode on the tensor-core kernel with several splits (and a second sequence, so the splits are merged by the
+// combine kernel or the last block), a prefill over two 64-token query tiles after a cached prefix, head_dim 64,
+// an MHA decode.
+TEST_F(CudaAttentionTest, SmallCasesForSanitizers) {
+    const std::vector<AttnCase> cases = {{8, 2, 128, 16, {300, 40}, {1, 1}},
+                                         {8, 2, 128, 16, {150}, {90}},
+                                         {16, 4, 64, 32, {200}, {1}},
+                                         {4, 4, 128, 16, {130}, {1}}};
+    Rng rng(113);
+    for (const AttentionPlanCase& plan : kAttentionPlans) {
+        gpu_ = std::move(CreateCudaBackend(plan.Options())).value();
+        SCOPED_TRACE(plan.name);
+        for (DType kv : {DType::kF16, DType::kBF16}) {
+            for (const AttnCase& c : cases) {
+                SCOPED_TRACE(Describe(c, kv));
+                for (bool with_probs : {false, true}) CheckAttention(rng, c, kv, with_probs, 0);
+                CheckReuse(rng, c, kv, 0);
+            }
+        }
+    }
+}
+
 // Sliding windows (Mistral) in every path of AttentionCases(): decode with one split, several splits and more
 // than the target number (window 1000 of a 3000/4100-token context: splits of the window only), prefill tiles
 // whose rows have different window starts (window 1, 3, 16 inside one 32-row tile), chunked prefill after a

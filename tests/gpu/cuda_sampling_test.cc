@@ -264,6 +264,105 @@ TEST_F(CudaSamplingTest, RowGroupsOfSeveralBlocksMatchTheCpuTwin) {
     }
 }
 
+// The kernel itself with and without row groups, on the same device buffers (so nothing between the option and the
+// launch can make the comparison vacuous): the same tokens and top ids exactly, logprobs within fp32 summation
+// order, also on rows with NaN and infinities, where greedy rows follow the reference's argmax rule (a NaN at id 0
+// wins, NaN elsewhere never does).
+TEST_F(CudaSamplingTest, RowGroupsGiveTheOneBlockResultsOnTheSameBuffers) {
+    int num_sms = 0;
+    ASSERT_EQ(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+    const int vocab = 128256, num_logits = 9;
+    Rng rng(21);
+    std::vector<float> logits;
+    for (int r = 0; r < 6; ++r) {
+        const std::vector<float> row = LogitsRow(rng, vocab, r);
+        logits.insert(logits.end(), row.begin(), row.end());
+    }
+    std::vector<float> nan0 = LogitsRow(rng, vocab, 0), nans = LogitsRow(rng, vocab, 5),
+                       infs = LogitsRow(rng, vocab, 3);
+    nan0[0] = nan0[77] = std::nanf("");
+    for (int k = 0; k < 100; ++k) nans[rng.Int(vocab)] = std::nanf("");
+    nans[5] = -INFINITY;
+    for (int k = 0; k < 5000; ++k) infs[rng.Int(vocab)] = -INFINITY;
+    for (const auto* row : {&nan0, &nans, &infs}) logits.insert(logits.end(), row->begin(), row->end());
+    Batch b = AllCombinations(vocab, num_logits, 77);
+    for (int r = 6; r < num_logits; ++r) {  // greedy rows on the NaN / inf logits, with logprobs and without
+        for (int top : {0, 5}) {
+            SampleRowParams greedy;
+            greedy.logits_row = r;
+            greedy.want_logprob = top > 0;
+            greedy.num_top = top;
+            b.rows.push_back(greedy);
+        }
+    }
+    const int n = static_cast<int>(b.rows.size());
+    auto upload = [&](const void* data, size_t bytes) {
+        auto buf = gpu_->Alloc(bytes);
+        EXPECT_TRUE(buf.ok());
+        if (data != nullptr) gpu_->CopyToDevice((*buf)->data(), data, bytes);
+        return std::move(buf).value();
+    };
+    auto dl = upload(logits.data(), sizeof(float) * logits.size());
+    auto drows = upload(b.rows.data(), sizeof(SampleRowParams) * n);
+    auto dedits = upload(b.edits.data(), sizeof(LogitEdit) * std::max<size_t>(b.edits.size(), 1));
+    const int max_rows = 3;
+    auto work = upload(nullptr, sizeof(float) * max_rows * vocab);
+    auto one = upload(nullptr, sizeof(SampleRowResult) * max_rows);
+    auto grouped = upload(nullptr, sizeof(SampleRowResult) * max_rows);
+    auto scratch =
+        upload(nullptr, cuda::SampleSplitScratchBytes(max_rows, cuda::PlanSampleSplit(vocab, 1, 64, num_sms)));
+    auto barriers = upload(nullptr, sizeof(unsigned) * 2 * max_rows);
+    ASSERT_EQ(cudaMemset(barriers->data(), 0, sizeof(unsigned) * 2 * max_rows), cudaSuccess);
+    gpu_->Synchronize();
+    const auto* rows = static_cast<const SampleRowParams*>(drows->data());
+    const auto* edits = static_cast<const LogitEdit*>(dedits->data());
+    int compared = 0, greedy_nan_rows = 0;
+    for (int start = 0, k = 0; start < n; ++k) {
+        const int count = std::min(n - start, k % 2 == 0 ? 1 : max_rows);
+        const cuda::SampleSplit plan = cuda::PlanSampleSplit(vocab, count, 64, num_sms);
+        ASSERT_GE(plan.parts, 2);
+        ASSERT_LE(cuda::SampleSplitScratchBytes(count, plan), scratch->bytes());
+        cuda::SampleRows(static_cast<const float*>(dl->data()), vocab, vocab, count, rows + start, edits,
+                         static_cast<float*>(work->data()), static_cast<SampleRowResult*>(one->data()),
+                         cuda::SampleSplit{}, nullptr, nullptr, cuda::Stream(nullptr));
+        cuda::SampleRows(static_cast<const float*>(dl->data()), vocab, vocab, count, rows + start, edits,
+                         static_cast<float*>(work->data()), static_cast<SampleRowResult*>(grouped->data()), plan,
+                         scratch->data(), static_cast<unsigned*>(barriers->data()), cuda::Stream(nullptr));
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        std::vector<SampleRowResult> want(count), got(count);
+        ASSERT_EQ(cudaMemcpy(want.data(), one->data(), sizeof(SampleRowResult) * count, cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(got.data(), grouped->data(), sizeof(SampleRowResult) * count, cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        for (int i = 0; i < count; ++i) {
+            const SampleRowParams& p = b.rows[start + i];
+            SCOPED_TRACE("row " + std::to_string(start + i) + ", logits row " + std::to_string(p.logits_row) + ", T " +
+                         std::to_string(p.temperature) + ", " + std::to_string(plan.parts) + " parts");
+            EXPECT_EQ(got[i].token, want[i].token);
+            if (std::isnan(want[i].logprob)) {
+                EXPECT_TRUE(std::isnan(got[i].logprob));
+            } else {
+                EXPECT_NEAR(got[i].logprob, want[i].logprob, 1e-4);
+            }
+            ASSERT_EQ(got[i].num_top, want[i].num_top);
+            for (int t = 0; t < want[i].num_top; ++t) EXPECT_EQ(got[i].top_ids[t], want[i].top_ids[t]);
+            if (p.logits_row >= 6 && p.temperature == 0 && p.num_edits == 0) {  // the argmax rule on NaN / inf rows
+                const float* l = logits.data() + static_cast<size_t>(p.logits_row) * vocab;
+                int argmax = 0;
+                for (int j = 1; j < vocab; ++j) {
+                    if (l[j] > l[argmax]) argmax = j;
+                }
+                EXPECT_EQ(got[i].token, argmax);
+                ++greedy_nan_rows;
+            }
+            ++compared;
+        }
+        start += count;
+    }
+    EXPECT_EQ(compared, n);
+    EXPECT_GT(greedy_nan_rows, 3);
+}
+
 // A small share of the above for compute-sanitizer (memcheck, racecheck, synccheck): every 23rd combination over a
 // vocabulary of 5000, one row a launch in groups of up to 8 blocks (slices of 640 ids), against the CPU twin.
 TEST_F(CudaSamplingTest, RowGroupsSmallCasesForSanitizers) {

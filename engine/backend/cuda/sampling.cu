@@ -24,6 +24,7 @@
 // keeps every block of the launch resident at once (at most one block per SM), which the barrier needs.
 #include <algorithm>
 #include <climits>
+#include <string>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -116,8 +117,15 @@ struct RowGroup {
     int round = 0;
 };
 
+__device__ __forceinline__ unsigned long long GlobalTimerNs() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 // Every block of the group reaches this point before any goes on; the writes before it are visible after it
-// (read them with ld.cg: L1 is not coherent across SMs).
+// (read them with ld.cg: L1 is not coherent across SMs). The launch is cooperative, so every block is resident; a
+// wait of 20 s means a group that can never meet (a bug), and traps rather than hang the device.
 __device__ void RowBarrier(const RowGroup& g) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -129,7 +137,11 @@ __device__ void RowBarrier(const RowGroup& g) {
             __threadfence();
             atomicAdd(const_cast<unsigned*>(gen), 1u);
         } else {
-            while (*gen == seen) __nanosleep(20);
+            const unsigned long long t0 = GlobalTimerNs();
+            while (*gen == seen) {
+                __nanosleep(20);
+                if (GlobalTimerNs() - t0 > 20000000000ull) __trap();
+            }
         }
         __threadfence();
     }
@@ -187,7 +199,7 @@ __device__ void BlockArgMax(const RowCtx& c, RowGroup& g, Shared& sh) {
     int best_id = INT_MAX;
     for (int i = g.lo + static_cast<int>(threadIdx.x); i < g.hi; i += kThreads) {
         const float x = c.l[i];
-        if (x > best || best_id == INT_MAX) {
+        if (x > best || (best_id == INT_MAX && !isnan(x))) {  // NaN never wins here (the rule for l[0] is below)
             best = x;
             best_id = i;
         }
@@ -240,6 +252,16 @@ __device__ void BlockArgMax(const RowCtx& c, RowGroup& g, Shared& sh) {
         ++g.round;
         __syncthreads();
     }
+    // The reference starts from l[0] and takes only larger logits: a NaN there wins (and is the max), NaN
+    // elsewhere never does. In a row group l[0] is part 0's, written before the barrier above: read past L1.
+    if (threadIdx.x == 0) {
+        const float x0 = kSplit ? __ldcg(c.l) : c.l[0];
+        if (isnan(x0) || sh.argmax == INT_MAX) {  // INT_MAX: every element NaN
+            sh.m = x0;
+            sh.argmax = 0;
+        }
+    }
+    __syncthreads();
 }
 
 // A row group's sum of the blocks' values v (each block's own, the same in all its threads), in part order.
@@ -657,10 +679,27 @@ void SampleRows(const float* logits, int64_t ld, int vocab, int num_rows, const 
     if (num_rows == 0) return;
     if (split.parts >= 2) {
         UA_CHECK(scratch != nullptr && barriers != nullptr && split.slice > 0);
-        LaunchKernel("SampleRowsKernel<split>", SampleRowsKernel<true>, num_rows * split.parts, kThreads, 0, stream,
-                     logits, ld, vocab, rows, edits, work, results, split.parts, split.slice,
-                     static_cast<SplitSlot*>(scratch), barriers);
-        return;
+        // Cooperative: the driver starts every block at once or refuses the launch (the row barrier needs the whole
+        // group resident; an SM shared with other work could otherwise hold back a part while the rest spin).
+        // Without programmatic dependent launch: the kernel's PdlEnter is then a no-op.
+        cudaLaunchConfig_t config{};
+        config.gridDim = dim3(static_cast<unsigned>(num_rows * split.parts));
+        config.blockDim = dim3(kThreads);
+        config.stream = stream.stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeCooperative;
+        attr[0].val.cooperative = 1;
+        config.attrs = attr;
+        config.numAttrs = 1;
+        const cudaError_t err =
+            cudaLaunchKernelEx(&config, SampleRowsKernel<true>, logits, ld, vocab, rows, edits, work, results,
+                               split.parts, split.slice, static_cast<SplitSlot*>(scratch), barriers);
+        if (err == cudaSuccess) return;
+        if (err != cudaErrorCooperativeLaunchTooLarge) {
+            CudaFailed("cudaLaunchKernelEx", __FILE__, __LINE__,
+                       (std::string("SampleRowsKernel<split>: ") + cudaGetErrorString(err)).c_str());
+        }
+        cudaGetLastError();  // the card cannot hold the groups at once (shared SMs): one block per row instead
     }
     LaunchKernel("SampleRowsKernel", SampleRowsKernel<false>, num_rows, kThreads, 0, stream, logits, ld, vocab, rows,
                  edits, work, results, 1, vocab, static_cast<SplitSlot*>(nullptr), static_cast<unsigned*>(nullptr));

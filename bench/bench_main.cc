@@ -11,7 +11,7 @@
 //                 [--fuse-gemv-inputs 0|1] [--stage-gemv-input 0|1]
 //                 [--gemv-row-segs 0|1|2|4|8] [--fuse-attention-combine 1|0] [--tensor-core-attention 0|1]
 //                 [--decode-min-chunk 0|64|128|...] [--fuse-mma-gemm-inputs 0|1] [--fp8-prefill-tensor-cores 0|1]
-//                 [--sampling none|host|device] [--sampling-blocks-per-row N]
+//                 [--sampling none|host|device] [--sampling-blocks-per-row N] [--staged-decode 0|1]
 //
 //   uniattn-bench serve --base-url http://127.0.0.1:8000 ...   (the serving benchmark: bench/serve_bench.h)
 //   uniattn-bench load --model DIR ...                          (checkpoint load speed: bench/load_bench.cc)
@@ -351,7 +351,7 @@ int Main(int argc, char** argv) {
                 sampling = "none";
     int hpb = 0, exact = -1, fp8_tc = -1, fp8_outer = -1, fp8_fast = -1, fp8_cands = 0, fp8_split = 0, mma_rows = -1,
         pdl = 1, fuse = -1, stage = -1, segs = 0, fuse_combine = -1, tensor_cores = -1, min_chunk = 0, fuse_mma = -1,
-        fp8_prefill_tc = -1, sample_parts = 0;
+        fp8_prefill_tc = -1, sample_parts = 0, staged = -1;
     int steps = 20, warmup = 3, block = 16;
     uint64_t seed = 1;
     CLI::App app{"Decode and prefill speed of the backends at the shapes of a model config (bench/configs).",
@@ -422,6 +422,9 @@ int Main(int argc, char** argv) {
     app.add_option("--tensor-core-attention", tensor_cores,
                    "CUDA: decode attention on tensor cores (1) or CUDA cores (0) (-1: the backend's default)")
         ->capture_default_str();
+    app.add_option("--staged-decode", staged,
+                   "CUDA: GQA decode attention with K/V staged in shared memory (-1: the backend's default)")
+        ->capture_default_str();
     app.add_option("--sampling-blocks-per-row", sample_parts,
                    "CUDA, --sampling device: blocks sharing one row (0: the backend's default)")
         ->capture_default_str();
@@ -457,6 +460,7 @@ int Main(int argc, char** argv) {
     if (fp8_prefill_tc >= 0) cuda.fp8_prefill_tensor_cores = fp8_prefill_tc != 0;
     cuda.decode_min_chunk = min_chunk;
     if (sample_parts > 0) cuda.sampling_blocks_per_row = sample_parts;
+    if (staged >= 0) cuda.staged_decode_attention = staged != 0;
     auto be = MakeBenchBackend(backend_name, *wd, *kd, cuda);
     if (!be.ok()) return Fail(be.status());
 

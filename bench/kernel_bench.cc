@@ -125,6 +125,18 @@ int Main(int argc, char** argv) {
         if (!r.ok()) return 1;
         chunked.emplace_back(mc, std::move(r).value());
     }
+    // Tensor-core decode with K/V staged in shared memory (CudaOptions::staged_decode_attention), at the default
+    // splits and at 256-token ones.
+    std::vector<std::pair<int, std::unique_ptr<Backend>>> staged;
+    for (int mc : {0, 256}) {
+        CudaBackendOptions o;
+        o.tensor_core_attention = true;
+        o.staged_decode_attention = true;
+        o.decode_min_chunk = mc;
+        auto r = CreateCudaBackend(o);
+        if (!r.ok()) return 1;
+        staged.emplace_back(mc, std::move(r).value());
+    }
     Bench bench{be, reps};
     {
         const size_t bytes = size_t{1} << 30;
@@ -414,6 +426,17 @@ int Main(int argc, char** argv) {
             bet->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
         }),
                      plane_bytes);
+        for (const auto& [mc, bs] : staged) {
+            Backend* bsp = bs.get();
+            const std::string sfx =
+                std::string(" tensor cores staged") + (mc > 0 ? " min chunk " + std::to_string(mc) : "") + " " + tag;
+            bench.Report("Attention" + sfx, bench.Time([&] { bsp->Attention(q, k, v, b, c.num_heads, out, nullptr); }),
+                         2 * plane_bytes);
+            bench.Report("ReuseAttention" + sfx, bench.Time([&] {
+                bsp->ReuseAttention(static_cast<float*>(probs->data()), v, b, c.num_heads, out);
+            }),
+                         plane_bytes);
+        }
         for (const auto& [mc, bc] : chunked) {
             Backend* bcp = bc.get();
             const std::string sfx = " tensor cores min chunk " + std::to_string(mc) + " " + tag;

@@ -243,6 +243,7 @@ const std::vector<Key>& CudaKeys() {
         {"engine.cuda.decode_heads_per_block", CudaInt(&CudaOptions::decode_heads_per_block, 0, 1, "0 or 1")},
         {"engine.cuda.tensor_core_attention", CudaBool(&CudaOptions::tensor_core_attention)},
         {"engine.cuda.fp8_prefill_tensor_cores", CudaBool(&CudaOptions::fp8_prefill_tensor_cores)},
+        {"engine.cuda.staged_decode_attention", CudaBool(&CudaOptions::staged_decode_attention)},
         {"engine.cuda.sampling_blocks_per_row", CudaInt(&CudaOptions::sampling_blocks_per_row, 1, 64, "1..64")},
         {"engine.cuda.decode_min_chunk",
          [](const std::string& key, const YAML::Node& node, ServerConfig& c) -> Status {
@@ -492,6 +493,10 @@ Status Validate(const ServerConfig& c) {
         return InvalidArgument(
             "engine.cuda.fp8_prefill_tensor_cores: needs engine.cuda.tensor_core_attention (it is false here)");
     }
+    if (c.engine.cuda.staged_decode_attention && !c.engine.cuda.tensor_core_attention) {
+        return InvalidArgument(
+            "engine.cuda.staged_decode_attention: needs engine.cuda.tensor_core_attention (it is false here)");
+    }
     return Status::Ok();
 }
 
@@ -656,6 +661,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "decode_heads_per_block" << YAML::Value << cu.decode_heads_per_block;
     out << YAML::Key << "tensor_core_attention" << YAML::Value << cu.tensor_core_attention;
     out << YAML::Key << "fp8_prefill_tensor_cores" << YAML::Value << cu.fp8_prefill_tensor_cores;
+    out << YAML::Key << "staged_decode_attention" << YAML::Value << cu.staged_decode_attention;
     out << YAML::Key << "decode_min_chunk" << YAML::Value << cu.decode_min_chunk;
     out << YAML::Key << "sampling_blocks_per_row" << YAML::Value << cu.sampling_blocks_per_row;
     out << YAML::EndMap;

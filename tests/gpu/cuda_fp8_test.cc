@@ -781,16 +781,19 @@ void CudaFp8Test::CheckFp8KvAttention(const std::vector<testutil::AttnCase>& cas
         bool tensor_cores;
         int heads_per_block;
         const char* name;
-    } plans[] = {{false, 0, "CUDA cores"},
-                 {false, 1, "CUDA cores, one head per block"},
-                 {true, 0, "tensor cores"},
-                 {true, 1, "tensor cores, one head per block"}};
+        bool staged;
+    } plans[] = {{false, 0, "CUDA cores", false},
+                 {false, 1, "CUDA cores, one head per block", false},
+                 {true, 0, "tensor cores", false},
+                 {true, 1, "tensor cores, one head per block", false},
+                 {true, 0, "tensor cores, K/V staged in shared memory (decode)", true}};
     Rng rng(1819);
     for (const auto& plan : plans) {
         CudaBackendOptions options;
         options.tensor_core_attention = plan.tensor_cores;
         options.fp8_prefill_tensor_cores = plan.tensor_cores;  // off by default until this test has passed on a GPU
         options.decode_heads_per_block = plan.heads_per_block;
+        options.staged_decode_attention = plan.staged;  // off by default until this test has passed on a GPU
         auto gpu = CreateCudaBackend(options);
         ASSERT_TRUE(gpu.ok());
         Backend* g = gpu->get();

@@ -519,20 +519,24 @@ struct AttentionPlanCase {
     bool tensor_cores;
     int decode_min_chunk;
     const char* name;
-    // Whether the plan is the default's but for the split size.
-    bool Variant() const { return decode_min_chunk != 0; }
+    bool staged = false;  // GQA decode on DecodeStagedKernel (staged_decode_attention)
+    // Whether the plan is the default's but for the split size or the staged decode kernel.
+    bool Variant() const { return decode_min_chunk != 0 || staged; }
     CudaBackendOptions Options() const {
         CudaBackendOptions o;
         o.decode_heads_per_block = heads_per_block;
         o.tensor_core_attention = tensor_cores;
         o.decode_min_chunk = decode_min_chunk;
+        o.staged_decode_attention = staged;
         return o;
     }
 };
 const AttentionPlanCase kAttentionPlans[] = {{0, false, 0, "decode: heads share K/V reads"},
                                              {1, false, 0, "decode: one head per block"},
                                              {0, true, 0, "tensor cores (GQA decode, prefill)"},
-                                             {0, true, 64, "tensor cores, decode splits of at least 64 tokens"}};
+                                             {0, true, 64, "tensor cores, decode splits of at least 64 tokens"},
+                                             {0, true, 0, "tensor cores, K/V staged in shared memory (decode)", true},
+                                             {0, true, 256, "staged, decode splits of at least 256 tokens", true}};
 
 // The step's K/V rounded to the KV dtype, so the CPU side sees exactly the values the GPU holds.
 AttnSetup MakeSetup(Rng& rng, const AttnCase& c, DType kv) {

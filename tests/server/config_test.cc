@@ -135,23 +135,28 @@ TEST(ConfigTest, CudaOptionsReachTheEngineConfig) {
         ASSERT_FALSE(no.ok()) << v;
         EXPECT_NE(no.status().message().find("engine.cuda.fp8_split_k"), std::string::npos) << no.status().message();
     }
-    // The two switches written before a GPU run: off by default, on through --set, printed back.
+    // The switches written before a GPU run: off by default, on through --set, printed back.
     EXPECT_FALSE(chunk->engine.cuda.fuse_mma_gemm_inputs);
     EXPECT_FALSE(chunk->engine.cuda.fp8_prefill_tensor_cores);
-    auto on =
-        ParseConfig("model:\n  path: m\n", "x.yaml",
-                    {{"engine.cuda.fuse_mma_gemm_inputs", "true"}, {"engine.cuda.fp8_prefill_tensor_cores", "true"}});
+    EXPECT_FALSE(chunk->engine.cuda.staged_decode_attention);
+    auto on = ParseConfig("model:\n  path: m\n", "x.yaml",
+                          {{"engine.cuda.fuse_mma_gemm_inputs", "true"},
+                           {"engine.cuda.fp8_prefill_tensor_cores", "true"},
+                           {"engine.cuda.staged_decode_attention", "true"}});
     ASSERT_TRUE(on.ok()) << on.status().message();
     EXPECT_TRUE(on->engine.cuda.fuse_mma_gemm_inputs);
     EXPECT_TRUE(on->engine.cuda.fp8_prefill_tensor_cores);
+    EXPECT_TRUE(on->engine.cuda.staged_decode_attention);
     EXPECT_NE(ConfigToYaml(*on).find("fuse_mma_gemm_inputs: true"), std::string::npos);
     EXPECT_NE(ConfigToYaml(*on).find("fp8_prefill_tensor_cores: true"), std::string::npos);
-    auto alone =
-        ParseConfig("model:\n  path: m\n", "x.yaml",
-                    {{"engine.cuda.fp8_prefill_tensor_cores", "true"}, {"engine.cuda.tensor_core_attention", "false"}});
-    ASSERT_FALSE(alone.ok());
-    EXPECT_NE(alone.status().message().find("engine.cuda.fp8_prefill_tensor_cores"), std::string::npos)
-        << alone.status().message();
+    EXPECT_NE(ConfigToYaml(*on).find("staged_decode_attention: true"), std::string::npos);
+    // Either needs the tensor-core kernels, and is refused by name without them (it would be ignored).
+    for (const char* key : {"engine.cuda.fp8_prefill_tensor_cores", "engine.cuda.staged_decode_attention"}) {
+        auto alone = ParseConfig("model:\n  path: m\n", "x.yaml",
+                                 {{key, "true"}, {"engine.cuda.tensor_core_attention", "false"}});
+        ASSERT_FALSE(alone.ok()) << key;
+        EXPECT_NE(alone.status().message().find(key), std::string::npos) << alone.status().message();
+    }
 }
 
 TEST(ConfigTest, Fp8KeysFromYamlAndSetSurviveThePrintedConfig) {

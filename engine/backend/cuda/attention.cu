@@ -722,6 +722,237 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
                                          part_acc, part_ml, stats, counters);
 }
 
+// ---- Decode on tensor cores with K/V staged in shared memory (PagedBatch::staged_decode) ----
+//
+// DecodeMmaKernel's work split and arithmetic, but the block brings its context in tiles of kSdTile tokens with
+// cp.async into shared memory (two stages: tile i + 2 is requested as soon as tile i is used), and each warp reads
+// its 16-token part of a tile from there in the same fragment layout. DecodeMmaKernel keeps at most one 16-token
+// tile of K (and V) per warp in flight in registers: at short splits (128-token chunks, two tiles a warp) the
+// latency of each load is paid in full, and its 204 registers allow 8 warps an SM. Here a 128-token split is
+// requested whole when the block starts (64 KiB of 16-bit K and V), and the fragments cost no registers in flight.
+// Rows are padded so the fragment reads hit distinct banks: a K row read by lanes (g, c) at byte g·sk + 16c (16-bit
+// planes: 8 lanes of a quarter-warp need sk / 16 = 4 mod 8, so sk = row + 64) and a V row read at byte
+// (2c + i)·sv + 16g (sv / 16 = 1 mod 8: row + 16); fp8 planes read 8 bytes a lane (half-warp phases: row + 32 and
+// row + 16).
+constexpr int kSdTile = 64;  // cached tokens per staged tile (each warp takes 16)
+
+template <typename P, int kHd>
+struct StagedDecodeLayout {
+    static constexpr int kRow = kHd * static_cast<int>(sizeof(P));        // bytes of a stored K or V row
+    static constexpr int kSk = kRow + (sizeof(P) == 2 ? 64 : 32);         // staged K row stride, bytes
+    static constexpr int kSv = kRow + 16;                                 // staged V row stride, bytes
+    static constexpr int kStage = kSdTile * (kSk + kSv);                  // bytes per stage (K and V)
+    static constexpr int kChunks = kRow / 16;                             // 16-byte cp.async chunks per row
+    static constexpr int kChunkElems = 16 / static_cast<int>(sizeof(P));  // elements per chunk
+};
+
+// Dynamic shared memory of DecodeStagedKernel: two stages, or the cross-warp merge if larger.
+template <typename P, int kHd>
+size_t StagedDecodeSmem() {
+    const size_t merge = sizeof(float) * kDecodeWarps * kMmaHeads * (kHd + 2);
+    return std::max(static_cast<size_t>(2 * StagedDecodeLayout<P, kHd>::kStage), merge);
+}
+
+// grid and outputs as DecodeMmaKernel's.
+template <typename P, int kHd, bool kReuse>
+__global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
+    const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
+    const P* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
+    const P* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
+    PagedBatch b, int heads_per_block, int max_splits, float* __restrict__ out, int64_t out_ld,
+    float* __restrict__ part_acc, float* __restrict__ part_ml, float* __restrict__ stats, float* __restrict__ probs,
+    int64_t probs_ld, unsigned* __restrict__ counters) {
+    PdlEnter();
+    static_assert(kHd == 64 || kHd == 128, "specialised head dims only");
+    using T = MmaType<P>;
+    using Raw = Raw8<P>;
+    using L = StagedDecodeLayout<P, kHd>;
+    constexpr int kChunks = kHd / 32;
+    constexpr int kNTiles = kHd / 8;
+    constexpr int kHalves = kHd / 64;
+    extern __shared__ __align__(16) unsigned char sd_smem[];
+    const DecodeBlock blk = LocateDecodeBlock(b, heads_per_block);
+    if (!blk.ok) return;
+    const int s = blk.s, t = blk.t, num_splits = blk.num_splits, split = blk.split, kvh = blk.kvh, h0 = blk.h0;
+    const int nh = blk.nh, start = blk.start, end = blk.end;
+    const int32_t* table = blk.table;
+    float scale = 1.0f / sqrtf(static_cast<float>(kHd));  // the CPU backend's rounding
+    float v_scale = 1.0f;
+    if constexpr (kFp8Kv<P>) {
+        if constexpr (!kReuse) scale *= KvScale<P>(b.k_scale, kvh);
+        v_scale = KvScale<P>(b.v_scale, kvh);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const bool row_ok = g < nh;
+    const int64_t prow = (static_cast<int64_t>(t) * b.num_heads + h0 + g) * probs_ld;
+
+    // Tile i of the split to stage i & 1: every thread issues its share of the 16-byte chunks of the tile's K
+    // (anchors and normal layers) and V rows; rows past the split are zero-filled (V must be 0 there, not stale:
+    // P is 0 but 0 · NaN is not).
+    const int n_tiles = (end - start + kSdTile - 1) / kSdTile;
+    auto load_tile = [&](int i) {
+        unsigned char* sk = sd_smem + (i & 1) * L::kStage;
+        unsigned char* sv = sk + kSdTile * L::kSk;
+        const int base = start + i * kSdTile;
+        for (int idx = threadIdx.x; idx < kSdTile * L::kChunks; idx += kDecodeThreads) {
+            const int row = idx / L::kChunks, ch = idx % L::kChunks, j = base + row;
+            const bool valid = j < end;
+            const int64_t off =
+                valid ? KvOffset(table, j, b.block_size, b.num_kv_heads, kvh, kHd) + ch * L::kChunkElems : 0;
+            if constexpr (!kReuse) CpAsync16(sk + row * L::kSk + ch * 16, k_plane + off, valid);
+            CpAsync16(sv + row * L::kSv + ch * 16, v_plane + off, valid);
+        }
+        CpAsyncCommit();
+    };
+    if (n_tiles > 0) load_tile(0);
+    if (n_tiles > 1) load_tile(1);
+
+    uint32_t qa[kReuse ? 1 : kChunks][2][4];
+    if constexpr (!kReuse) {
+        const float* qrow = q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd;
+#pragma unroll
+        for (int ch = 0; ch < kChunks; ++ch) {
+            float x[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) x[i] = row_ok ? qrow[ch * 32 + c * 8 + i] : 0.f;
+#pragma unroll
+            for (int st = 0; st < 2; ++st) {
+                SplitPair<T>(x[st * 4], x[st * 4 + 1], qa[ch][st][0], qa[ch][st][1]);
+                SplitPair<T>(x[st * 4 + 2], x[st * 4 + 3], qa[ch][st][2], qa[ch][st][3]);
+            }
+        }
+    }
+    float o[kNTiles][4];
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+    float m = -FLT_MAX, l = 0.f;
+
+    for (int i = 0; i < n_tiles; ++i) {
+        const int j0 = start + i * kSdTile + warp * kMmaTile;  // this warp's 16 tokens of tile i
+        float pr[2][2];                                        // reuse layers: the anchor's P, read before the wait
+        if constexpr (kReuse) {
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int j = j0 + tile * 8 + 2 * c + e;
+                    pr[tile][e] = row_ok && j < end ? __ldg(probs + prow + j) : 0.f;
+                }
+            }
+        }
+        if (i + 1 < n_tiles) {
+            CpAsyncWait<1>();
+        } else {
+            CpAsyncWait<0>();
+        }
+        __syncthreads();  // tile i is in shared memory for every warp
+        if (j0 < end) {
+            const unsigned char* sk = sd_smem + (i & 1) * L::kStage + warp * kMmaTile * L::kSk;
+            const unsigned char* sv = sd_smem + (i & 1) * L::kStage + kSdTile * L::kSk + warp * kMmaTile * L::kSv;
+            float p[2][2];
+            if constexpr (!kReuse) {
+                float sc[2][4];
+#pragma unroll
+                for (int tile = 0; tile < 2; ++tile) {
+                    sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
+                    const unsigned char* krow = sk + (tile * 8 + g) * L::kSk + c * 8 * static_cast<int>(sizeof(P));
+#pragma unroll
+                    for (int ch = 0; ch < kChunks; ++ch) {
+                        const uint4 kw = Widen16(*reinterpret_cast<const Raw*>(krow + ch * 32 * sizeof(P)));
+                        Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
+                        Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
+                    }
+                }
+                float mx = -FLT_MAX;
+#pragma unroll
+                for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = j0 + tile * 8 + 2 * c + e;
+                        const float v = (sc[tile][e] + sc[tile][2 + e]) * scale;  // hi row + lo row
+                        if (j < end) {
+                            if (row_ok && probs != nullptr) probs[prow + j] = v;
+                            p[tile][e] = v;
+                            mx = fmaxf(mx, v);
+                        } else {
+                            p[tile][e] = -FLT_MAX;
+                        }
+                    }
+                }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m, mx);
+                const float corr = expf(m - m_new);
+                float sum = 0.f;
+#pragma unroll
+                for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        p[tile][e] = p[tile][e] == -FLT_MAX ? 0.f : expf(p[tile][e] - m_new);
+                        sum += p[tile][e];
+                    }
+                }
+                l = l * corr + sum;
+                m = m_new;
+#pragma unroll
+                for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[nt][e] *= corr;
+                }
+            } else {
+#pragma unroll
+                for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) p[tile][e] = pr[tile][e];
+                }
+            }
+            uint32_t pa[4];
+            SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
+            SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
+            // V's words of tokens 2c, 2c + 1, 2c + 8, 2c + 9, dims 64·hh + 8g .. (as DecodeMmaKernel loads them).
+            uint4 vw[4][kHalves];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const unsigned char* vrow = sv + (2 * c + (e & 1) + (e >> 1) * 8) * L::kSv + g * 8 * sizeof(P);
+#pragma unroll
+                for (int hh = 0; hh < kHalves; ++hh)
+                    vw[e][hh] = Widen16(*reinterpret_cast<const Raw*>(vrow + hh * 64 * sizeof(P)));
+            }
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+                const int hh = nt >> 3, w = (nt & 7) >> 1;
+                const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;
+                const uint32_t b0 = __byte_perm(Word(vw[0][hh], w), Word(vw[1][hh], w), sel);
+                const uint32_t b1 = __byte_perm(Word(vw[2][hh], w), Word(vw[3][hh], w), sel);
+                Mma16816<T>(o[nt], pa, b0, b1);
+            }
+        }
+        __syncthreads();  // every warp is done with stage i & 1
+        if (i + 2 < n_tiles) load_tile(i + 2);
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    // The stages are free (the last wait and barrier above): the cross-warp merge reuses the memory.
+    float* s_acc = reinterpret_cast<float*>(sd_smem);      // [kDecodeWarps][kMmaHeads][hd]
+    float* s_ml = s_acc + kDecodeWarps * kMmaHeads * kHd;  // [kDecodeWarps][kMmaHeads][2]
+    if (row_ok) {
+        float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+            acc[KmmaDim(nt, 2 * c)] = (o[nt][0] + o[nt][2]) * v_scale;
+            acc[KmmaDim(nt, 2 * c + 1)] = (o[nt][1] + o[nt][3]) * v_scale;
+        }
+        if (c == 0) {
+            s_ml[(warp * kMmaHeads + g) * 2] = m;
+            s_ml[(warp * kMmaHeads + g) * 2 + 1] = l;
+        }
+    }
+    __syncthreads();
+    FinishDecodeBlock<kReuse, kMmaHeads>(s_acc, s_ml, nh, kHd, s, t, h0, split, num_splits, max_splits, b, out, out_ld,
+                                         part_acc, part_ml, stats, counters);
+}
+
 // grid (num_seqs · num_heads): merges the splits of a decode token's row, in split order.
 // kReuse: plain sums.
 template <bool kReuse>
@@ -1254,7 +1485,28 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
     const bool mha = p.heads_per_block == 1;
     if (mma) {
         if constexpr (kMmaKv<T>) {
-            launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
+            if (b.staged_decode) {
+                auto staged = [&](auto kernel, size_t bytes) {
+                    // Above 48 KiB of dynamic shared memory a kernel must opt in, per device; not while a graph is
+                    // being recorded (the same shapes ran eagerly first, on this device).
+                    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+                    UA_CUDA_CHECK(cudaStreamIsCapturing(stream.stream, &capture));
+                    if (capture == cudaStreamCaptureStatusNone) {
+                        UA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                           static_cast<int>(bytes)));
+                    }
+                    LaunchKernel("DecodeStagedKernel", kernel, grid, kDecodeThreads, bytes, stream, q, q_ld, k, v, b,
+                                 p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs,
+                                 probs_ld, counters);
+                };
+                if (b.head_dim == 128) {
+                    staged(DecodeStagedKernel<T, 128, kReuse>, StagedDecodeSmem<T, 128>());
+                } else {
+                    staged(DecodeStagedKernel<T, 64, kReuse>, StagedDecodeSmem<T, 64>());
+                }
+            } else {
+                launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);
+            }
         }
     } else if (b.head_dim == 128) {
         mha ? launch(DecodeStreamKernel<T, 128, kG128, 1, kReuse>)

@@ -917,6 +917,7 @@ class CudaBackend final : public Backend {
         b.heads_per_block = options_.decode_heads_per_block;
         b.tensor_cores = options_.tensor_core_attention;
         b.fp8_prefill_mma = options_.fp8_prefill_tensor_cores;
+        b.staged_decode = options_.staged_decode_attention;
         b.decode_min_chunk = options_.decode_min_chunk;
         if (plane.dtype == DType::kF8E4M3) {
             UA_CHECK(plane.scale != nullptr && (k == nullptr || k->scale != nullptr));

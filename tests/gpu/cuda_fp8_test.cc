@@ -891,6 +891,7 @@ TEST_F(CudaFp8Test, Fp8KvAttentionMatchesTheCpu) {
 // prefill whose 64-token tile spans 24-token blocks, head_dim 64, and an MHA decode.
 TEST_F(CudaFp8Test, Fp8KvAttentionSmallCasesForSanitizers) {
     CheckFp8KvAttention({{8, 2, 128, 16, {300, 1}, {1, 1}},
+                         {8, 2, 128, 16, {2500}, {1}},  // splits of 160 tokens: three staged tiles
                          {8, 2, 128, 24, {90}, {70}},
                          {16, 4, 64, 32, {150}, {1}},
                          {4, 4, 128, 16, {130}, {1}}});

@@ -520,8 +520,8 @@ struct AttentionPlanCase {
     int decode_min_chunk;
     const char* name;
     bool staged = false;  // GQA decode on DecodeStagedKernel (staged_decode_attention)
-    // Whether the plan is the default's but for the split size or the staged decode kernel.
-    bool Variant() const { return decode_min_chunk != 0 || staged; }
+    // Whether the plan is the default's but for the split size.
+    bool Variant() const { return decode_min_chunk != 0; }
     CudaBackendOptions Options() const {
         CudaBackendOptions o;
         o.decode_heads_per_block = heads_per_block;
@@ -700,6 +700,55 @@ TEST_F(CudaAttentionTest, ReuseMatchesCpu) {
     }
 }
 
+// The staged decode kernel does DecodeMmaKernel's arithmetic in the same order: bit-identical outputs, anchor
+// probabilities and reuse outputs, for GQA decode batches whose splits span one, two and several staged tiles
+// (partial last tiles, warps past the end), head_dim 128 and 64, fp16 and bf16, default and 256-token splits.
+TEST_F(CudaAttentionTest, StagedDecodeIsBitIdenticalToTheRegisterKernel) {
+    const std::vector<AttnCase> cases = {{32, 8, 128, 16, {1, 4100, 2, 700, 129}, {1, 1, 1, 1, 1}},
+                                         {16, 4, 64, 32, {300, 2500, 65}, {1, 1, 1}},
+                                         {14, 2, 128, 16, {33, 1200}, {1, 1}}};
+    Rng rng(117);
+    for (int min_chunk : {0, 256}) {
+        CudaBackendOptions reg, staged;
+        reg.decode_min_chunk = staged.decode_min_chunk = min_chunk;
+        staged.staged_decode_attention = true;
+        std::unique_ptr<Backend> a = std::move(CreateCudaBackend(reg)).value();
+        std::unique_ptr<Backend> b = std::move(CreateCudaBackend(staged)).value();
+        for (DType kv : {DType::kF16, DType::kBF16}) {
+            for (const AttnCase& c : cases) {
+                SCOPED_TRACE(Describe(c, kv) + " min chunk " + std::to_string(min_chunk));
+                const AttnSetup s = MakeSetup(rng, c, kv);
+                const int64_t width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+                const std::vector<float> q = RandomVector(rng, s.num_tokens * width);
+                const std::vector<float> reuse_p = testutil::RandomProbs(rng, s, c.num_heads);
+                const size_t probs_n = static_cast<size_t>(s.num_tokens) * c.num_heads * s.max_context_len;
+                struct Out {
+                    std::vector<float> out, probs, reuse;
+                };
+                auto run = [&](Backend* be) {
+                    const KvPlane k = UploadPlane(be, s.k, kv), v = UploadPlane(be, s.v, kv);
+                    const AttentionBatch batch = UploadBatch(be, s);
+                    const Tensor qt = MakeTensor(UploadTo(be, q), DType::kF32, s.num_tokens, width);
+                    const Tensor out = MakeTensor(UploadTo(be, std::vector<float>(s.num_tokens * width, kNaN)),
+                                                  DType::kF32, s.num_tokens, width);
+                    const Tensor reuse = MakeTensor(UploadTo(be, std::vector<float>(s.num_tokens * width, kNaN)),
+                                                    DType::kF32, s.num_tokens, width);
+                    float* probs = UploadTo(be, std::vector<float>(probs_n, 0.0f));
+                    be->Attention(qt, k, v, batch, c.num_heads, out, probs);
+                    be->ReuseAttention(UploadTo(be, reuse_p), v, batch, c.num_heads, reuse);
+                    return Out{DownloadFrom(be, out.data, s.num_tokens * width), DownloadFrom(be, probs, probs_n),
+                               DownloadFrom(be, reuse.data, s.num_tokens * width)};
+                };
+                const Out want = run(a.get()), got = run(b.get());
+                EXPECT_EQ(std::memcmp(got.out.data(), want.out.data(), want.out.size() * sizeof(float)), 0);
+                EXPECT_EQ(std::memcmp(got.probs.data(), want.probs.data(), probs_n * sizeof(float)), 0);
+                EXPECT_EQ(std::memcmp(got.reuse.data(), want.reuse.data(), want.reuse.size() * sizeof(float)), 0);
+                EXPECT_FALSE(std::isnan(got.out[0]));  // written at all
+            }
+        }
+    }
+}
+
 // A few small cases on every plan and 16-bit dtype, with and without the anchor's probabilities, and the reuse
 // path: what compute-sanitizer's memcheck and racecheck run (the full sweeps above do not finish under racecheck).
 // GQA decode on the tensor-core kernel with several splits (and a second sequence, so the splits are merged by the
@@ -761,11 +810,12 @@ TEST_F(CudaAttentionTest, SlidingWindowMatchesCpu) {
 TEST_F(CudaAttentionTest, BatchIsBitIdenticalToEachSequenceAlone) {
     Rng rng(105);
     const AttnCase c{8, 2, 128, 16, {100, 40, 3000, 7, 1500}, {100, 1, 1, 3, 1}};
-    for (bool tensor_cores : {false, true}) {
+    for (int plan : {0, 1, 2}) {  // CUDA cores, tensor cores, tensor cores with K/V staged in shared memory
         CudaBackendOptions options;
-        options.tensor_core_attention = tensor_cores;
+        options.tensor_core_attention = plan > 0;
+        options.staged_decode_attention = plan == 2;
         gpu_ = std::move(CreateCudaBackend(options)).value();
-        SCOPED_TRACE(tensor_cores ? "tensor cores" : "CUDA cores");
+        SCOPED_TRACE(plan == 0 ? "CUDA cores" : (plan == 1 ? "tensor cores" : "tensor cores, staged"));
         for (int window : {0, 100, 1000}) {
             for (bool reuse : {false, true}) {
                 SCOPED_TRACE(std::string(reuse ? "reuse" : "attention") + " window " + std::to_string(window));

@@ -34,6 +34,7 @@
 // Probabilities for anchors: the kernels write raw scaled scores into `probs` and the final (max, sum)
 // of each row into `stats`; a last pass normalises the rows in place.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 
 #include "backend/cuda/common.cuh"
@@ -736,26 +737,38 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
 // row + 16).
 constexpr int kSdTile = 64;  // cached tokens per staged tile (each warp takes 16)
 
-template <typename P, int kHd>
+template <typename P, int kHd, bool kReuse>
 struct StagedDecodeLayout {
     static constexpr int kRow = kHd * static_cast<int>(sizeof(P));        // bytes of a stored K or V row
     static constexpr int kSk = kRow + (sizeof(P) == 2 ? 64 : 32);         // staged K row stride, bytes
     static constexpr int kSv = kRow + 16;                                 // staged V row stride, bytes
-    static constexpr int kStage = kSdTile * (kSk + kSv);                  // bytes per stage (K and V)
+    static constexpr int kKBytes = kReuse ? 0 : kSdTile * kSk;            // a stage's K rows (reuse layers: none)
+    static constexpr int kStage = kKBytes + kSdTile * kSv;                // bytes per stage
     static constexpr int kChunks = kRow / 16;                             // 16-byte cp.async chunks per row
     static constexpr int kChunkElems = 16 / static_cast<int>(sizeof(P));  // elements per chunk
 };
 
 // Dynamic shared memory of DecodeStagedKernel: two stages, or the cross-warp merge if larger.
-template <typename P, int kHd>
+template <typename P, int kHd, bool kReuse>
 size_t StagedDecodeSmem() {
     const size_t merge = sizeof(float) * kDecodeWarps * kMmaHeads * (kHd + 2);
-    return std::max(static_cast<size_t>(2 * StagedDecodeLayout<P, kHd>::kStage), merge);
+    return std::max(static_cast<size_t>(2 * StagedDecodeLayout<P, kHd, kReuse>::kStage), merge);
+}
+
+// A fragment's 16 or 8 bytes from shared memory in one vector load (through a byte pointer the compiler splits an
+// 8-byte read into two 4-byte ones, which halves the banks the fp8 layout spreads them over).
+__device__ __forceinline__ void LoadShared(const unsigned char* p, uint4& r) {
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "r"(SmemAddr(p)));
+}
+__device__ __forceinline__ void LoadShared(const unsigned char* p, uint2& r) {
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "r"(SmemAddr(p)));
 }
 
 // grid and outputs as DecodeMmaKernel's.
 template <typename P, int kHd, bool kReuse>
-__global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
+__global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
     const float* __restrict__ q, int64_t q_ld,  // [T, Hq·hd]
     const P* __restrict__ k_plane,              // [num_blocks, block_size, Hkv, hd]
     const P* __restrict__ v_plane,              // [num_blocks, block_size, Hkv, hd]
@@ -766,7 +779,7 @@ __global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
     static_assert(kHd == 64 || kHd == 128, "specialised head dims only");
     using T = MmaType<P>;
     using Raw = Raw8<P>;
-    using L = StagedDecodeLayout<P, kHd>;
+    using L = StagedDecodeLayout<P, kHd, kReuse>;
     constexpr int kChunks = kHd / 32;
     constexpr int kNTiles = kHd / 8;
     constexpr int kHalves = kHd / 64;
@@ -793,7 +806,7 @@ __global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
     const int n_tiles = (end - start + kSdTile - 1) / kSdTile;
     auto load_tile = [&](int i) {
         unsigned char* sk = sd_smem + (i & 1) * L::kStage;
-        unsigned char* sv = sk + kSdTile * L::kSk;
+        unsigned char* sv = sk + L::kKBytes;
         const int base = start + i * kSdTile;
         for (int idx = threadIdx.x; idx < kSdTile * L::kChunks; idx += kDecodeThreads) {
             const int row = idx / L::kChunks, ch = idx % L::kChunks, j = base + row;
@@ -849,7 +862,7 @@ __global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
         __syncthreads();  // tile i is in shared memory for every warp
         if (j0 < end) {
             const unsigned char* sk = sd_smem + (i & 1) * L::kStage + warp * kMmaTile * L::kSk;
-            const unsigned char* sv = sd_smem + (i & 1) * L::kStage + kSdTile * L::kSk + warp * kMmaTile * L::kSv;
+            const unsigned char* sv = sd_smem + (i & 1) * L::kStage + L::kKBytes + warp * kMmaTile * L::kSv;
             float p[2][2];
             if constexpr (!kReuse) {
                 float sc[2][4];
@@ -859,7 +872,9 @@ __global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
                     const unsigned char* krow = sk + (tile * 8 + g) * L::kSk + c * 8 * static_cast<int>(sizeof(P));
 #pragma unroll
                     for (int ch = 0; ch < kChunks; ++ch) {
-                        const uint4 kw = Widen16(*reinterpret_cast<const Raw*>(krow + ch * 32 * sizeof(P)));
+                        Raw kr;
+                        LoadShared(krow + ch * 32 * sizeof(P), kr);
+                        const uint4 kw = Widen16(kr);
                         Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
                         Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
                     }
@@ -916,8 +931,11 @@ __global__ __launch_bounds__(kDecodeThreads, 2) void DecodeStagedKernel(
             for (int e = 0; e < 4; ++e) {
                 const unsigned char* vrow = sv + (2 * c + (e & 1) + (e >> 1) * 8) * L::kSv + g * 8 * sizeof(P);
 #pragma unroll
-                for (int hh = 0; hh < kHalves; ++hh)
-                    vw[e][hh] = Widen16(*reinterpret_cast<const Raw*>(vrow + hh * 64 * sizeof(P)));
+                for (int hh = 0; hh < kHalves; ++hh) {
+                    Raw vr;
+                    LoadShared(vrow + hh * 64 * sizeof(P), vr);
+                    vw[e][hh] = Widen16(vr);
+                }
             }
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt) {
@@ -1462,6 +1480,20 @@ size_t PrefillSmem(int head_dim) {
     return sizeof(float) * (static_cast<size_t>(kBq + kBk) * (head_dim + 1) + static_cast<size_t>(kBq) * (kBk + 1));
 }
 
+// Above 48 KiB of dynamic shared memory a kernel must opt in, once per device (a bit per device ordinal, per kernel:
+// the template instance), outside graph capture: the engine runs every shape eagerly before it records it.
+template <auto kKernel>
+void OptInSharedMemory(size_t bytes) {
+    if (bytes <= 48 * 1024) return;
+    static std::atomic<uint64_t> done{0};
+    int device = 0;
+    UA_CUDA_CHECK(cudaGetDevice(&device));
+    const uint64_t bit = uint64_t{1} << (device & 63);
+    if ((done.load(std::memory_order_acquire) & bit) != 0) return;
+    UA_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    done.fetch_or(bit, std::memory_order_release);
+}
+
 template <typename T, bool kReuse>
 void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out, int64_t out_ld,
                   float* probs, int64_t probs_ld, const AttentionWorkspace& ws, Stream stream) {
@@ -1487,22 +1519,16 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
         if constexpr (kMmaKv<T>) {
             if (b.staged_decode) {
                 auto staged = [&](auto kernel, size_t bytes) {
-                    // Above 48 KiB of dynamic shared memory a kernel must opt in, per device; not while a graph is
-                    // being recorded (the same shapes ran eagerly first, on this device).
-                    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-                    UA_CUDA_CHECK(cudaStreamIsCapturing(stream.stream, &capture));
-                    if (capture == cudaStreamCaptureStatusNone) {
-                        UA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                           static_cast<int>(bytes)));
-                    }
                     LaunchKernel("DecodeStagedKernel", kernel, grid, kDecodeThreads, bytes, stream, q, q_ld, k, v, b,
                                  p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs,
                                  probs_ld, counters);
                 };
                 if (b.head_dim == 128) {
-                    staged(DecodeStagedKernel<T, 128, kReuse>, StagedDecodeSmem<T, 128>());
+                    OptInSharedMemory<DecodeStagedKernel<T, 128, kReuse>>(StagedDecodeSmem<T, 128, kReuse>());
+                    staged(DecodeStagedKernel<T, 128, kReuse>, StagedDecodeSmem<T, 128, kReuse>());
                 } else {
-                    staged(DecodeStagedKernel<T, 64, kReuse>, StagedDecodeSmem<T, 64>());
+                    OptInSharedMemory<DecodeStagedKernel<T, 64, kReuse>>(StagedDecodeSmem<T, 64, kReuse>());
+                    staged(DecodeStagedKernel<T, 64, kReuse>, StagedDecodeSmem<T, 64, kReuse>());
                 }
             } else {
                 launch(b.head_dim == 128 ? DecodeMmaKernel<T, 128, kReuse> : DecodeMmaKernel<T, 64, kReuse>);

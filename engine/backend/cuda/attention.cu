@@ -1456,9 +1456,11 @@ int MaxAttended(const PagedBatch& b) {
 // Whether a decode launch over planes of T (16-bit or fp8 e4m3) runs DecodeMmaKernel.
 template <typename T>
 bool DecodeOnTensorCores(const PagedBatch& b) {
-    // MHA stays on the CUDA-core kernel: one real row of 16 lost to it (81% against 95% of copy bandwidth at
-    // Llama-2-7B 16x4096, docs/gpu-notes.md); GQA gains (66% against 44% at Llama-3-8B 16x4096).
-    return kMmaKv<T> && b.tensor_cores && b.num_heads / b.num_kv_heads >= 2 && (b.head_dim == 64 || b.head_dim == 128);
+    // MHA stays on the CUDA-core kernel with the register kernel: one real row of 16 lost to it (81% against 95% of
+    // copy bandwidth at Llama-2-7B 16x4096, docs/gpu-notes.md); GQA gains (66% against 44% at Llama-3-8B 16x4096).
+    // The staged kernel takes MHA too (its loads do not wait on the arithmetic; to be measured against the CUDA cores).
+    return kMmaKv<T> && b.tensor_cores && (b.num_heads / b.num_kv_heads >= 2 || b.staged_decode) &&
+           (b.head_dim == 64 || b.head_dim == 128);
 }
 
 DecodePlan PlanDecode(const PagedBatch& b, bool mma) {

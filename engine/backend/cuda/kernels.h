@@ -180,7 +180,7 @@ struct PagedBatch : AttentionBatch {
     bool tensor_cores = false;  // head_dim 64/128: GQA decode (16-bit or fp8 planes) and prefill (16-bit) on mma.sync
     bool fp8_prefill_mma = false;  // with tensor_cores: prefill over fp8 planes on mma.sync too
     int decode_min_chunk = 0;      // decode: fewest context tokens per split (0: 128; a multiple of 64)
-    bool staged_decode = false;    // with tensor_cores: GQA decode on DecodeStagedKernel (K/V staged by cp.async)
+    bool staged_decode = false;    // with tensor_cores: decode (GQA and MHA) on DecodeStagedKernel (K/V by cp.async)
     // f8_e4m3 planes: [num_kv_heads] fp32 per-head scales, device memory; an element b
     // of KV head h reads as e4m3(b) · scale[h] (KvPlane::scale). Null for 16/32-bit planes.
     const float* k_scale = nullptr;

@@ -45,11 +45,12 @@ struct CudaOptions {
     // contexts), smaller ones more blocks for one sequence (faster at batch 1). docs/gpu-notes.md has the
     // measurements.
     int decode_min_chunk = 0;
-    // With tensor_core_attention: GQA decode on a kernel that stages each split's K/V in shared memory by cp.async, in
+    // With tensor_core_attention: decode on a kernel that stages each split's K/V in shared memory by cp.async, in
     // 64-token tiles two deep (a 128-token split is requested whole when its block starts), instead of loading each
     // warp's fragments one 16-token tile ahead into registers. Aimed at many sequences of short contexts, where the
-    // register kernel reaches about 40% of copy bandwidth. The same arithmetic, so the same results. Off until it has
-    // run on a GPU: written 2026-12-08 when no device machine came.
+    // register kernel reaches about 40% of copy bandwidth. For GQA the same arithmetic, so the same results; MHA
+    // (which otherwise stays on the CUDA-core kernel) runs on it too. Off until it has run on a GPU: written
+    // 2026-12-08 when no device machine came.
     bool staged_decode_attention = false;
     // Device sampling (SampleRows): up to this many blocks share one row when the rows leave SMs idle (1-64; 1: one
     // block per row). One block takes about 1 ms for a temperature draw over a 128k vocabulary (five passes of

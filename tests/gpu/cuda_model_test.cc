@@ -41,15 +41,16 @@ double RelL2(const float* got, const float* want, size_t n) {
 }
 
 // exact: GEMMs of 3-64 rows on fp32-accurate activations (CudaOptions::exact_activations; the default rounds
-// them to the weight dtype as fp16 engines do).
+// them to the weight dtype as fp16 engines do). staged: decode attention with K/V staged in shared memory.
 StatusOr<std::unique_ptr<Backend>> Gpu(DType weights, DType kv, bool pdl = true, bool tensor_cores = true,
-                                       bool exact = false) {
+                                       bool exact = false, bool staged = false) {
     CudaBackendOptions o;
     o.weight_dtype = weights;
     o.kv_dtype = kv;
     o.pdl = pdl;
     o.tensor_core_attention = tensor_cores;
     o.exact_activations = exact;
+    o.staged_decode_attention = staged;
     return CreateCudaBackend(o);
 }
 
@@ -267,13 +268,17 @@ TEST_F(CudaModelTest, RandomModelsMatchCpu) {
         }
         const auto cpu_steps = RunSteps(**cpu_model, cpu_.get(), prompt, forced, rc.max_chunk, max_tokens);
         // fp32 planes with exact activations (the arithmetic itself); fp16 planes with the default 16-bit
-        // activations, decode attention on CUDA cores and on tensor cores.
-        for (auto [kv, tensor_cores] : {std::pair{DType::kF32, false}, {DType::kF16, false}, {DType::kF16, true}}) {
-            auto gpu = Gpu(DType::kF16, kv, true, tensor_cores, kv == DType::kF32);
+        // activations, decode attention on CUDA cores, on tensor cores, and on tensor cores with K/V staged in shared
+        // memory (MHA too).
+        for (int plan = 0; plan < 4; ++plan) {
+            const DType kv = plan == 0 ? DType::kF32 : DType::kF16;
+            const bool tensor_cores = plan >= 2, staged = plan == 3;
+            auto gpu = Gpu(DType::kF16, kv, true, tensor_cores, kv == DType::kF32, staged);
             ASSERT_TRUE(gpu.ok());
             auto model = Model::Load(tmp.path(), gpu->get(), false);
             ASSERT_TRUE(model.ok()) << model.status().ToString();
-            const std::string what = rc.name + " kv " + DTypeName(kv) + (tensor_cores ? " tensor cores" : "");
+            const std::string what =
+                rc.name + " kv " + DTypeName(kv) + (tensor_cores ? " tensor cores" : "") + (staged ? " staged" : "");
             const double err =
                 MaxRelError(RunSteps(**model, gpu->get(), prompt, forced, rc.max_chunk, max_tokens), cpu_steps, what);
             EXPECT_LT(err, kv == DType::kF32 ? rc.tol_f32_kv : rc.tol_f16_kv) << what;
@@ -344,30 +349,32 @@ TEST_F(CudaModelTest, DecodeGraphsMatchEager) {
     RandomCase rc = RandomCases()[2];  // UniAttn, GQA
     TempDir tmp;
     ASSERT_TRUE(testutil::WriteRandomModel(tmp.path(), rc.options).ok());
-    auto gpu = Gpu(DType::kF16, DType::kF16);
-    ASSERT_TRUE(gpu.ok());
-    auto model = Model::Load(tmp.path(), gpu->get(), false);
-    ASSERT_TRUE(model.ok());
-    const int vocab = rc.options.vocab_size;
-    const auto prompt = RandomTokens(21, 250, vocab);
-    const auto forced = RandomTokens(22, 12, vocab);  // positions 250..261 cross the 256 bucket
-    for (int window : {0, 100}) {
-        SCOPED_TRACE("sliding window " + std::to_string(window));
-        (*model)->config.sliding_window = window;
-        std::vector<std::vector<float>> runs[2];
-        for (int graphs = 0; graphs < 2; ++graphs) {
-            auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
-            ASSERT_TRUE(session.ok());
-            (*session)->runner().SetUseGraphs(graphs == 1);
-            std::vector<float> logits;
-            ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
-            for (int32_t t : forced) {
-                ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
-                runs[graphs].push_back(logits);
+    for (bool staged : {false, true}) {  // the staged decode kernel's shared-memory opt-in must not run inside capture
+        auto gpu = Gpu(DType::kF16, DType::kF16, true, true, false, staged);
+        ASSERT_TRUE(gpu.ok());
+        auto model = Model::Load(tmp.path(), gpu->get(), false);
+        ASSERT_TRUE(model.ok());
+        const int vocab = rc.options.vocab_size;
+        const auto prompt = RandomTokens(21, 250, vocab);
+        const auto forced = RandomTokens(22, 12, vocab);  // positions 250..261 cross the 256 bucket
+        for (int window : {0, 100}) {
+            SCOPED_TRACE(std::string(staged ? "staged, " : "") + "sliding window " + std::to_string(window));
+            (*model)->config.sliding_window = window;
+            std::vector<std::vector<float>> runs[2];
+            for (int graphs = 0; graphs < 2; ++graphs) {
+                auto session = Session::Create(model->get(), gpu->get(), 16, 64, 512);
+                ASSERT_TRUE(session.ok());
+                (*session)->runner().SetUseGraphs(graphs == 1);
+                std::vector<float> logits;
+                ASSERT_TRUE((*session)->Append(prompt, false, &logits).ok());
+                for (int32_t t : forced) {
+                    ASSERT_TRUE((*session)->Append({t}, false, &logits).ok());
+                    runs[graphs].push_back(logits);
+                }
             }
-        }
-        for (size_t i = 0; i < forced.size(); ++i) {
-            EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+            for (size_t i = 0; i < forced.size(); ++i) {
+                EXPECT_EQ(runs[0][i], runs[1][i]) << "decode step " << i;
+            }
         }
     }
 }

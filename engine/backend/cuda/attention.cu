@@ -522,6 +522,131 @@ __device__ __forceinline__ uint4 Widen16(const uint2& v) {
     return make_uint4(E4m3x2ToHalf2(v.x), E4m3x2ToHalf2(v.x >> 16), E4m3x2ToHalf2(v.y), E4m3x2ToHalf2(v.y >> 16));
 }
 
+// Q's A fragments of the tensor-core decode kernels, [chunk][step][register], from the lane's query row qrow (row g of
+// the tile: hi parts in row g, lo parts in row g + 8; zero past the block's heads); the k order inside each k16 step
+// permuted as the K loads are (dims 8c + 4s .. of step s of chunk ch).
+template <typename T, int kHd>
+__device__ __forceinline__ void MmaDecodeQFragments(const float* qrow, bool row_ok, int c,
+                                                    uint32_t (&qa)[kHd / 32][2][4]) {
+#pragma unroll
+    for (int ch = 0; ch < kHd / 32; ++ch) {
+        float x[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] = row_ok ? qrow[ch * 32 + c * 8 + i] : 0.f;
+#pragma unroll
+        for (int st = 0; st < 2; ++st) {
+            SplitPair<T>(x[st * 4], x[st * 4 + 1], qa[ch][st][0], qa[ch][st][1]);
+            SplitPair<T>(x[st * 4 + 2], x[st * 4 + 3], qa[ch][st][2], qa[ch][st][3]);
+        }
+    }
+}
+
+// A warp's result for the cross-warp merge: row g's output (hi + lo rows, times the V scale of fp8 planes) in its
+// dims' order, and its running max and sum.
+template <bool kScaled, int kHd>
+__device__ __forceinline__ void MmaDecodeWarpResult(const float (&o)[kHd / 8][4], float m, float l, float v_scale,
+                                                    int warp, int g, int c, float* s_acc, float* s_ml) {
+    float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
+#pragma unroll
+    for (int nt = 0; nt < kHd / 8; ++nt) {
+        if constexpr (kScaled) {
+            acc[KmmaDim(nt, 2 * c)] = (o[nt][0] + o[nt][2]) * v_scale;
+            acc[KmmaDim(nt, 2 * c + 1)] = (o[nt][1] + o[nt][3]) * v_scale;
+        } else {
+            acc[KmmaDim(nt, 2 * c)] = o[nt][0] + o[nt][2];
+            acc[KmmaDim(nt, 2 * c + 1)] = o[nt][1] + o[nt][3];
+        }
+    }
+    if (c == 0) {
+        s_ml[(warp * kMmaHeads + g) * 2] = m;
+        s_ml[(warp * kMmaHeads + g) * 2 + 1] = l;
+    }
+}
+
+// One 16-token step of a warp in the tensor-core decode kernels (DecodeMmaKernel, DecodeStagedKernel): tokens
+// j0 + 8·tile + 2c + i of query row g. QK^T: sc[tile][i] (high rows) and sc[tile][2 + i] (low rows); k_words(tile,
+// ch) gives the K words of chunk ch as a 16-bit plane holds them.
+template <typename T, int kChunks, typename KWords>
+__device__ __forceinline__ void MmaDecodeScores(const uint32_t (&qa)[kChunks][2][4], KWords k_words,
+                                                float (&sc)[2][4]) {
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile) {
+        sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
+#pragma unroll
+        for (int ch = 0; ch < kChunks; ++ch) {
+            const uint4 kw = k_words(tile, ch);
+            Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
+            Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
+        }
+    }
+}
+
+// The online softmax over a step's scores (hi row + lo row, times scale; tokens past `end` out): the anchor's raw
+// scores to probs, this step's p, the running max m and this lane's share of the sum l, and o rescaled.
+template <int kNTiles>
+__device__ __forceinline__ void MmaDecodeSoftmax(const float (&sc)[2][4], int j0, int c, int end, float scale,
+                                                 bool row_ok, float* __restrict__ probs, int64_t prow, float& m,
+                                                 float& l, float (&o)[kNTiles][4], float (&p)[2][2]) {
+    float mx = -FLT_MAX;
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int j = j0 + tile * 8 + 2 * c + i;
+            const float v = (sc[tile][i] + sc[tile][2 + i]) * scale;  // hi row + lo row
+            if (j < end) {
+                if (row_ok && probs != nullptr) probs[prow + j] = v;
+                p[tile][i] = v;
+                mx = fmaxf(mx, v);
+            } else {
+                p[tile][i] = -FLT_MAX;
+            }
+        }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);
+    const float corr = expf(m - m_new);
+    float sum = 0.f;
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            p[tile][i] = p[tile][i] == -FLT_MAX ? 0.f : expf(p[tile][i] - m_new);
+            sum += p[tile][i];
+        }
+    }
+    l = l * corr + sum;
+    m = m_new;
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[nt][i] *= corr;
+    }
+}
+
+// P's A fragment of a step: tokens 2c, 2c+1 (tile 0) and 2c+8, 2c+9 (tile 1); hi rows, lo rows.
+template <typename T>
+__device__ __forceinline__ void MmaDecodePFragment(const float (&p)[2][2], uint32_t (&pa)[4]) {
+    SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
+    SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
+}
+
+// P·V of a step: o += P V, with V's words vw[i][hh] (tokens 2c + (i & 1) + 8·(i >> 1), dims 64·hh + 8g .., as a
+// 16-bit plane holds them).
+template <typename T, int kNTiles, int kHalves>
+__device__ __forceinline__ void MmaDecodePv(const uint32_t (&pa)[4], const uint4 (&vw)[4][kHalves],
+                                            float (&o)[kNTiles][4]) {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+        const int hh = nt >> 3, w = (nt & 7) >> 1;
+        const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;  // the high or low halves of two words
+        const uint32_t b0 = __byte_perm(Word(vw[0][hh], w), Word(vw[1][hh], w), sel);
+        const uint32_t b1 = __byte_perm(Word(vw[2][hh], w), Word(vw[3][hh], w), sel);
+        Mma16816<T>(o[nt], pa, b0, b1);
+    }
+}
+
 // grid and outputs as DecodeStreamKernel's; heads_per_block <= kMmaHeads. P: the planes' element type (fp16, bf16,
 // fp8 e4m3), T: the mma's.
 template <typename P, int kHd, bool kReuse>
@@ -557,20 +682,8 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
 
     // Q's A fragments, [chunk][step][register] (hi in rows g, lo in rows g + 8).
     uint32_t qa[kReuse ? 1 : kChunks][2][4];
-    if constexpr (!kReuse) {
-        const float* qrow = q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd;
-#pragma unroll
-        for (int ch = 0; ch < kChunks; ++ch) {
-            float x[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) x[i] = row_ok ? qrow[ch * 32 + c * 8 + i] : 0.f;
-#pragma unroll
-            for (int st = 0; st < 2; ++st) {
-                SplitPair<T>(x[st * 4], x[st * 4 + 1], qa[ch][st][0], qa[ch][st][1]);
-                SplitPair<T>(x[st * 4 + 2], x[st * 4 + 3], qa[ch][st][2], qa[ch][st][3]);
-            }
-        }
-    }
+    if constexpr (!kReuse)
+        MmaDecodeQFragments<T, kHd>(q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd, row_ok, c, qa);
     float o[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
@@ -614,53 +727,10 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
         float p[2][2];  // [tile][i]: token j0 + 8·tile + 2c + i of row g
         if constexpr (!kReuse) {
             float sc[2][4];
-#pragma unroll
-            for (int tile = 0; tile < 2; ++tile) {
-                sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
-#pragma unroll
-                for (int ch = 0; ch < kChunks; ++ch) {
-                    const uint4 kw = Widen16(kr[tile][ch]);
-                    Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
-                    Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
-                }
-            }
+            MmaDecodeScores<T, kChunks>(
+                qa, [&](int tile, int ch) { return Widen16(kr[tile][ch]); }, sc);
             if (j0 + kStride < end) load_k(j0 + kStride);  // the next tile's K, in flight from here
-            float mx = -FLT_MAX;
-#pragma unroll
-            for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int j = j0 + tile * 8 + 2 * c + i;
-                    const float v = (sc[tile][i] + sc[tile][2 + i]) * scale;  // hi row + lo row
-                    if (j < end) {
-                        if (row_ok && probs != nullptr) probs[prow + j] = v;
-                        p[tile][i] = v;
-                        mx = fmaxf(mx, v);
-                    } else {
-                        p[tile][i] = -FLT_MAX;
-                    }
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m, mx);
-            const float corr = expf(m - m_new);
-            float sum = 0.f;
-#pragma unroll
-            for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    p[tile][i] = p[tile][i] == -FLT_MAX ? 0.f : expf(p[tile][i] - m_new);
-                    sum += p[tile][i];
-                }
-            }
-            l = l * corr + sum;
-            m = m_new;
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-                for (int i = 0; i < 4; ++i) o[nt][i] *= corr;
-            }
+            MmaDecodeSoftmax<kNTiles>(sc, j0, c, end, scale, row_ok, probs, prow, m, l, o, p);
         } else {
 #pragma unroll
             for (int tile = 0; tile < 2; ++tile) {
@@ -671,19 +741,8 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
                 }
             }
         }
-        uint32_t pa[4];  // P's A fragment: tokens 2c, 2c+1 (tile 0) and 2c+8, 2c+9 (tile 1); hi rows, lo rows
-        SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
-        SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
-        auto pv = [&](const uint4(&vw)[4][kHalves]) {  // V's words as a 16-bit plane holds them
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) {
-                const int hh = nt >> 3, w = (nt & 7) >> 1;
-                const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;  // the high or low halves of two words
-                const uint32_t b0 = __byte_perm(Word(vw[0][hh], w), Word(vw[1][hh], w), sel);
-                const uint32_t b1 = __byte_perm(Word(vw[2][hh], w), Word(vw[3][hh], w), sel);
-                Mma16816<T>(o[nt], pa, b0, b1);
-            }
-        };
+        uint32_t pa[4];
+        MmaDecodePFragment<T>(p, pa);
         if constexpr (kFp8Kv<P>) {
             uint4 vw[4][kHalves];  // each word converted once (two n8 tiles read it)
 #pragma unroll
@@ -691,9 +750,9 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
 #pragma unroll
                 for (int hh = 0; hh < kHalves; ++hh) vw[i][hh] = Widen16(vr[i][hh]);
             }
-            pv(vw);
+            MmaDecodePv<T, kNTiles, kHalves>(pa, vw, o);
         } else {
-            pv(vr);
+            MmaDecodePv<T, kNTiles, kHalves>(pa, vr, o);
         }
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -701,23 +760,7 @@ __global__ __launch_bounds__(kDecodeThreads) void DecodeMmaKernel(
     extern __shared__ float smem[];
     float* s_acc = smem;                                  // [kDecodeWarps][kMmaHeads][hd]
     float* s_ml = smem + kDecodeWarps * kMmaHeads * kHd;  // [kDecodeWarps][kMmaHeads][2]
-    if (row_ok) {
-        float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-            if constexpr (kFp8Kv<P>) {
-                acc[KmmaDim(nt, 2 * c)] = (o[nt][0] + o[nt][2]) * v_scale;
-                acc[KmmaDim(nt, 2 * c + 1)] = (o[nt][1] + o[nt][3]) * v_scale;
-            } else {
-                acc[KmmaDim(nt, 2 * c)] = o[nt][0] + o[nt][2];
-                acc[KmmaDim(nt, 2 * c + 1)] = o[nt][1] + o[nt][3];
-            }
-        }
-        if (c == 0) {
-            s_ml[(warp * kMmaHeads + g) * 2] = m;
-            s_ml[(warp * kMmaHeads + g) * 2 + 1] = l;
-        }
-    }
+    if (row_ok) MmaDecodeWarpResult<kFp8Kv<P>, kHd>(o, m, l, v_scale, warp, g, c, s_acc, s_ml);
     __syncthreads();
     FinishDecodeBlock<kReuse, kMmaHeads>(s_acc, s_ml, nh, kHd, s, t, h0, split, num_splits, max_splits, b, out, out_ld,
                                          part_acc, part_ml, stats, counters);
@@ -822,20 +865,8 @@ __global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
     if (n_tiles > 1) load_tile(1);
 
     uint32_t qa[kReuse ? 1 : kChunks][2][4];
-    if constexpr (!kReuse) {
-        const float* qrow = q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd;
-#pragma unroll
-        for (int ch = 0; ch < kChunks; ++ch) {
-            float x[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) x[i] = row_ok ? qrow[ch * 32 + c * 8 + i] : 0.f;
-#pragma unroll
-            for (int st = 0; st < 2; ++st) {
-                SplitPair<T>(x[st * 4], x[st * 4 + 1], qa[ch][st][0], qa[ch][st][1]);
-                SplitPair<T>(x[st * 4 + 2], x[st * 4 + 3], qa[ch][st][2], qa[ch][st][3]);
-            }
-        }
-    }
+    if constexpr (!kReuse)
+        MmaDecodeQFragments<T, kHd>(q + t * q_ld + static_cast<int64_t>(h0 + g) * kHd, row_ok, c, qa);
     float o[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
@@ -866,55 +897,15 @@ __global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
             float p[2][2];
             if constexpr (!kReuse) {
                 float sc[2][4];
-#pragma unroll
-                for (int tile = 0; tile < 2; ++tile) {
-                    sc[tile][0] = sc[tile][1] = sc[tile][2] = sc[tile][3] = 0.f;
-                    const unsigned char* krow = sk + (tile * 8 + g) * L::kSk + c * 8 * static_cast<int>(sizeof(P));
-#pragma unroll
-                    for (int ch = 0; ch < kChunks; ++ch) {
+                MmaDecodeScores<T, kChunks>(
+                    qa,
+                    [&](int tile, int ch) {
                         Raw kr;
-                        LoadShared(krow + ch * 32 * sizeof(P), kr);
-                        const uint4 kw = Widen16(kr);
-                        Mma16816<T>(sc[tile], qa[ch][0], kw.x, kw.y);
-                        Mma16816<T>(sc[tile], qa[ch][1], kw.z, kw.w);
-                    }
-                }
-                float mx = -FLT_MAX;
-#pragma unroll
-                for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int j = j0 + tile * 8 + 2 * c + e;
-                        const float v = (sc[tile][e] + sc[tile][2 + e]) * scale;  // hi row + lo row
-                        if (j < end) {
-                            if (row_ok && probs != nullptr) probs[prow + j] = v;
-                            p[tile][e] = v;
-                            mx = fmaxf(mx, v);
-                        } else {
-                            p[tile][e] = -FLT_MAX;
-                        }
-                    }
-                }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float m_new = fmaxf(m, mx);
-                const float corr = expf(m - m_new);
-                float sum = 0.f;
-#pragma unroll
-                for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        p[tile][e] = p[tile][e] == -FLT_MAX ? 0.f : expf(p[tile][e] - m_new);
-                        sum += p[tile][e];
-                    }
-                }
-                l = l * corr + sum;
-                m = m_new;
-#pragma unroll
-                for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) o[nt][e] *= corr;
-                }
+                        LoadShared(sk + (tile * 8 + g) * L::kSk + (c * 8 + ch * 32) * sizeof(P), kr);
+                        return Widen16(kr);
+                    },
+                    sc);
+                MmaDecodeSoftmax<kNTiles>(sc, j0, c, end, scale, row_ok, probs, prow, m, l, o, p);
             } else {
 #pragma unroll
                 for (int tile = 0; tile < 2; ++tile) {
@@ -923,8 +914,7 @@ __global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
                 }
             }
             uint32_t pa[4];
-            SplitPair<T>(p[0][0], p[0][1], pa[0], pa[1]);
-            SplitPair<T>(p[1][0], p[1][1], pa[2], pa[3]);
+            MmaDecodePFragment<T>(p, pa);
             // V's words of tokens 2c, 2c + 1, 2c + 8, 2c + 9, dims 64·hh + 8g .. (as DecodeMmaKernel loads them).
             uint4 vw[4][kHalves];
 #pragma unroll
@@ -937,14 +927,7 @@ __global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
                     vw[e][hh] = Widen16(vr);
                 }
             }
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) {
-                const int hh = nt >> 3, w = (nt & 7) >> 1;
-                const unsigned sel = (nt & 1) ? 0x7632u : 0x5410u;
-                const uint32_t b0 = __byte_perm(Word(vw[0][hh], w), Word(vw[1][hh], w), sel);
-                const uint32_t b1 = __byte_perm(Word(vw[2][hh], w), Word(vw[3][hh], w), sel);
-                Mma16816<T>(o[nt], pa, b0, b1);
-            }
+            MmaDecodePv<T, kNTiles, kHalves>(pa, vw, o);
         }
         __syncthreads();  // every warp is done with stage i & 1
         if (i + 2 < n_tiles) load_tile(i + 2);
@@ -954,18 +937,7 @@ __global__ __launch_bounds__(kDecodeThreads, 3) void DecodeStagedKernel(
     // The stages are free (the last wait and barrier above): the cross-warp merge reuses the memory.
     float* s_acc = reinterpret_cast<float*>(sd_smem);      // [kDecodeWarps][kMmaHeads][hd]
     float* s_ml = s_acc + kDecodeWarps * kMmaHeads * kHd;  // [kDecodeWarps][kMmaHeads][2]
-    if (row_ok) {
-        float* acc = s_acc + (warp * kMmaHeads + g) * kHd;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-            acc[KmmaDim(nt, 2 * c)] = (o[nt][0] + o[nt][2]) * v_scale;
-            acc[KmmaDim(nt, 2 * c + 1)] = (o[nt][1] + o[nt][3]) * v_scale;
-        }
-        if (c == 0) {
-            s_ml[(warp * kMmaHeads + g) * 2] = m;
-            s_ml[(warp * kMmaHeads + g) * 2 + 1] = l;
-        }
-    }
+    if (row_ok) MmaDecodeWarpResult<kFp8Kv<P>, kHd>(o, m, l, v_scale, warp, g, c, s_acc, s_ml);
     __syncthreads();
     FinishDecodeBlock<kReuse, kMmaHeads>(s_acc, s_ml, nh, kHd, s, t, h0, split, num_splits, max_splits, b, out, out_ld,
                                          part_acc, part_ml, stats, counters);

@@ -34,7 +34,6 @@
 // Probabilities for anchors: the kernels write raw scaled scores into `probs` and the final (max, sum)
 // of each row into `stats`; a last pass normalises the rows in place.
 #include <algorithm>
-#include <atomic>
 #include <cfloat>
 
 #include "backend/cuda/common.cuh"
@@ -1454,20 +1453,6 @@ size_t PrefillSmem(int head_dim) {
     return sizeof(float) * (static_cast<size_t>(kBq + kBk) * (head_dim + 1) + static_cast<size_t>(kBq) * (kBk + 1));
 }
 
-// Above 48 KiB of dynamic shared memory a kernel must opt in, once per device (a bit per device ordinal, per kernel:
-// the template instance), outside graph capture: the engine runs every shape eagerly before it records it.
-template <auto kKernel>
-void OptInSharedMemory(size_t bytes) {
-    if (bytes <= 48 * 1024) return;
-    static std::atomic<uint64_t> done{0};
-    int device = 0;
-    UA_CUDA_CHECK(cudaGetDevice(&device));
-    const uint64_t bit = uint64_t{1} << (device & 63);
-    if ((done.load(std::memory_order_acquire) & bit) != 0) return;
-    UA_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-    done.fetch_or(bit, std::memory_order_release);
-}
-
 template <typename T, bool kReuse>
 void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const PagedBatch& b, float* out, int64_t out_ld,
                   float* probs, int64_t probs_ld, const AttentionWorkspace& ws, Stream stream) {
@@ -1493,15 +1478,14 @@ void LaunchDecode(const float* q, int64_t q_ld, const T* k, const T* v, const Pa
         if constexpr (kMmaKv<T>) {
             if (b.staged_decode) {
                 auto staged = [&](auto kernel, size_t bytes) {
+                    OptInSharedMemory(reinterpret_cast<const void*>(kernel), bytes);
                     LaunchKernel("DecodeStagedKernel", kernel, grid, kDecodeThreads, bytes, stream, q, q_ld, k, v, b,
                                  p.heads_per_block, p.max_splits, out, out_ld, ws.part_acc, ws.part_ml, ws.stats, probs,
                                  probs_ld, counters);
                 };
                 if (b.head_dim == 128) {
-                    OptInSharedMemory<DecodeStagedKernel<T, 128, kReuse>>(StagedDecodeSmem<T, 128, kReuse>());
                     staged(DecodeStagedKernel<T, 128, kReuse>, StagedDecodeSmem<T, 128, kReuse>());
                 } else {
-                    OptInSharedMemory<DecodeStagedKernel<T, 64, kReuse>>(StagedDecodeSmem<T, 64, kReuse>());
                     staged(DecodeStagedKernel<T, 64, kReuse>, StagedDecodeSmem<T, 64, kReuse>());
                 }
             } else {
@@ -1547,9 +1531,7 @@ void LaunchPrefill(const float* q, int64_t q_ld, const T* k, const T* v, const P
             const dim3 grid(CeilDiv(b.max_query_len, kPmRows), b.num_heads, b.num_seqs);
             const size_t smem = PrefillMmaSmem(b.head_dim, kReuse, kFp8Kv<T>);
             auto launch = [&](auto kernel) {
-                // Above 48 KiB of dynamic shared memory a kernel must opt in (once per kernel; cheap to repeat).
-                UA_CUDA_CHECK(
-                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+                OptInSharedMemory(reinterpret_cast<const void*>(kernel), smem);
                 LaunchKernel("PrefillMmaKernel", kernel, grid, kPmThreads, smem, stream, q, q_ld, k, v, b, scale, out,
                              out_ld, probs, probs_ld, stats);
             };

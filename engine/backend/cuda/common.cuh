@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -130,6 +132,22 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 __device__ __forceinline__ void PdlEnter() {
     PdlWait();
     PdlLaunchDependents();
+}
+
+// Raises `kernel`'s dynamic shared-memory limit to at least `bytes` on the current device (above 48 KiB a kernel must
+// opt in), once per (device, kernel) and size: later calls only look it up. Outside graph capture: the engine runs
+// every shape eagerly before it records it.
+inline void OptInSharedMemory(const void* kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return;
+    static std::mutex mu;
+    static std::map<std::pair<int, const void*>, size_t> raised;
+    int device = 0;
+    UA_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(mu);
+    size_t& at = raised[{device, kernel}];
+    if (bytes <= at) return;
+    UA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    at = bytes;
 }
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute

@@ -27,8 +27,6 @@
 // alone), rounded once to the 16-bit type. The same bits as the two launches (tested), without the second launch:
 // at batch 1 a decode step runs 3 such small kernels a layer, about 4 us each plus the gap between launches.
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <tuple>
 
 #include "backend/cuda/common.cuh"
@@ -421,15 +419,7 @@ size_t RowGemmSmem(int n_tiles) {
 // Raises the kernel's dynamic shared-memory limit once per (device, instantiation).
 template <typename WT, typename AT, int kNT, int kU, int kIn>
 void PrepareRowGemm() {
-    static std::mutex mu;
-    static std::map<int, bool> done;
-    int device = 0;
-    UA_CUDA_CHECK(cudaGetDevice(&device));
-    std::lock_guard<std::mutex> lock(mu);
-    if (done[device]) return;
-    UA_CUDA_CHECK(cudaFuncSetAttribute(RowGemmKernel<WT, AT, kNT, kU, kIn>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(RowGemmSmem<kIn>(kNT))));
-    done[device] = true;
+    OptInSharedMemory(reinterpret_cast<const void*>(RowGemmKernel<WT, AT, kNT, kU, kIn>), RowGemmSmem<kIn>(kNT));
 }
 
 template <typename WT, typename AT, int kNT, int kIn = kIn16>

@@ -519,7 +519,7 @@ struct AttentionPlanCase {
     bool tensor_cores;
     int decode_min_chunk;
     const char* name;
-    bool staged = false;  // GQA decode on DecodeStagedKernel (staged_decode_attention)
+    bool staged = false;  // GQA and MHA decode on DecodeStagedKernel (staged_decode_attention)
     // Whether the plan is the default's but for the split size.
     bool Variant() const { return decode_min_chunk != 0; }
     CudaBackendOptions Options() const {
